@@ -1,0 +1,31 @@
+"""The small set of errors qvl raises on bad input.
+
+The CLI catches `QvlError` at the command boundary and prints its message as one line on stderr,
+exiting with `exit_code`; anything else is a bug and keeps its traceback.
+"""
+
+
+class QvlError(Exception):
+    """Base class: a problem the user can fix, reported without a traceback."""
+
+    exit_code = 1
+
+
+class InputError(QvlError):
+    """A missing, unreadable, corrupt or unsupported input file or URL."""
+
+
+class OptionError(QvlError):
+    """An impossible combination or value of options."""
+
+    exit_code = 2
+
+
+class ModelError(QvlError):
+    """A model that cannot be resolved or loaded (unknown preset, missing weights, no network)."""
+
+    exit_code = 2
+
+
+class CacheError(QvlError):
+    """The frame cache cannot be used (not writable, for instance)."""

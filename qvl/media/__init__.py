@@ -1,0 +1,1 @@
+"""qvl media: images, videos and the frame cache."""

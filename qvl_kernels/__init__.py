@@ -1,0 +1,4 @@
+"""Triton kernels for Pyramid Sparse Attention (PSA).
+
+Depends on torch and triton only: never on transformers or qvl.
+"""
