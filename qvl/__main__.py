@@ -1,0 +1,3 @@
+from qvl.cli import main
+
+main()

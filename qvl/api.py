@@ -1,0 +1,80 @@
+"""The Python API, under the names of the published Qwen2.5-VL example it grew from.
+
+    from qvl import QwenVLInference
+    model = QwenVLInference(model_name="7b")
+    print(model.inference_image("photo.jpg", "What is in this picture?"))
+
+Each call returns the answer as a string; `last_result` keeps the full `Result` (token counts,
+timings) of the latest call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from qvl.engine import Engine, Request, Result, VideoFrames
+
+DEFAULT_IMAGE_PROMPT = "Describe this image."
+DEFAULT_VIDEO_PROMPT = "Describe this video."
+
+
+class QwenVLInference:
+    """Load a model once and ask it about images and videos.
+
+    model_name: preset (3b, 7b, 72b, tiny), Hub id or local folder; None means $QVL_MODEL, else 7b.
+    device, dtype: as on the command line ("auto", "cuda", "cpu"; "auto", "bfloat16", ...).
+    use_psa: reserved for Pyramid Sparse Attention; not wired into the engine yet.
+    cache: use the frame cache for videos (default True); cache_dir overrides its location.
+    """
+
+    def __init__(
+        self,
+        model_name: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        use_psa: bool = False,
+        max_new_tokens: int = 512,
+        cache: bool = True,
+        cache_dir: str | Path | None = None,
+    ):
+        if use_psa:
+            raise NotImplementedError("use_psa: PSA is not wired into the engine yet (see docs/psa-kernels.md)")
+        self.engine = Engine(model_name, device=device, dtype=dtype)
+        self.max_new_tokens = max_new_tokens
+        self.cache, self.cache_dir = cache, cache_dir
+        self.last_result: Result | None = None
+
+    def inference_image(self, image_path: str, prompt: str = DEFAULT_IMAGE_PROMPT, max_new_tokens: int | None = None) -> str:
+        return self.inference_multi_image([image_path], prompt, max_new_tokens)
+
+    def inference_multi_image(
+        self, image_paths: Sequence[str], prompt: str = DEFAULT_IMAGE_PROMPT, max_new_tokens: int | None = None
+    ) -> str:
+        from qvl.media.images import open_image
+
+        images = [open_image(str(path)) for path in image_paths]
+        return self._answer(Request(prompt=prompt, images=images, max_new_tokens=max_new_tokens or self.max_new_tokens))
+
+    def inference_video(
+        self,
+        video_path: str,
+        prompt: str = DEFAULT_VIDEO_PROMPT,
+        preprocess_frames: int | None = None,
+        max_new_tokens: int | None = None,
+        **video_options,
+    ) -> str:
+        """`preprocess_frames` is the number of frames to sample; other keywords go to `VideoOptions`
+        (fps, start, end, min_frames, max_frames, max_pixels, total_pixels)."""
+        from qvl.media.cache import FrameCache
+        from qvl.media.video import VideoOptions, load_video
+
+        options = VideoOptions(frames=preprocess_frames, **video_options)
+        cache = FrameCache(Path(self.cache_dir) if self.cache_dir else None) if self.cache else None
+        clip = load_video(str(video_path), options, cache=cache)
+        video = VideoFrames(clip.frames, clip.sampled_fps)
+        return self._answer(Request(prompt=prompt, video=video, max_new_tokens=max_new_tokens or self.max_new_tokens))
+
+    def _answer(self, request: Request) -> str:
+        self.last_result = self.engine.generate(request)
+        return self.last_result.text

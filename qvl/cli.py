@@ -1,0 +1,399 @@
+"""The `qvl` command line: one function per command, each parse -> engine/media -> render.
+
+Heavy imports (torch, transformers, the engine) happen inside the commands, so `qvl --help`
+starts instantly. Errors the user can fix are `QvlError`s, printed as one red line on stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from qvl import __version__
+from qvl.errors import QvlError
+
+app = typer.Typer(
+    name="qvl",
+    help="Run Qwen2.5-VL on images and long videos from one machine.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+DEFAULT_IMAGE_PROMPT = "Describe this image."
+DEFAULT_IMAGES_PROMPT = "Describe these images."
+DEFAULT_VIDEO_PROMPT = "Describe this video."
+
+# Options shared by the commands that run a model.
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="Preset (3b, 7b, 72b, tiny), Hub id or local folder. Default: $QVL_MODEL, else 7b."),
+]
+PromptOpt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="What to ask about the input.")]
+MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", help="Most tokens to generate per answer.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda if available), cuda or cpu.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object per input on stdout, nothing else.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr (errors still).")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature; 0 is greedy.")]
+TopPOpt = Annotated[Optional[float], typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling (with --temperature).")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.")]
+PsaOpt = Annotated[bool, typer.Option("--psa", "--use-psa", hidden=True, help="Pyramid Sparse Attention (not wired into the engine yet).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"qvl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Run Qwen2.5-VL on images and long videos from one machine."""
+
+
+# --- describe ---------------------------------------------------------------------------------
+
+
+@app.command()
+def describe(
+    images: Annotated[list[str], typer.Argument(help="Image paths, globs, directories, http(s) URLs or data URIs.")],
+    prompt: PromptOpt = None,
+    together: Annotated[bool, typer.Option("--together", help="Put all images in one prompt, one answer.")] = False,
+    model: ModelOpt = None,
+    max_tokens: MaxTokensOpt = 512,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    temperature: TemperatureOpt = 0.0,
+    top_p: TopPOpt = None,
+    seed: SeedOpt = None,
+    psa: PsaOpt = False,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Describe images (or answer --prompt about them), one answer per image unless --together."""
+    from qvl.media.images import expand_image_inputs, open_image
+
+    _reject_psa(psa)
+    sources = expand_image_inputs(images)
+    session = _Session(model, device, dtype, max_tokens, temperature, top_p, seed, json_output, quiet)
+    if together:
+        opened = []
+        for label, source in sources:
+            try:
+                opened.append(_open_or_raise(source, open_image))
+            except QvlError as exc:
+                session.fail(label, exc)
+        # One answer about all the images: with any of them missing it would answer another question.
+        if opened and session.exit_code == 0:
+            session.run(", ".join(label for label, _ in sources), prompt or DEFAULT_IMAGES_PROMPT, lambda: {"images": opened})
+    else:
+        session.several = len(sources) > 1
+        for label, source in sources:
+            session.run(label, prompt or DEFAULT_IMAGE_PROMPT, lambda source=source: {"images": [_open_or_raise(source, open_image)]})
+    raise typer.Exit(session.exit_code)
+
+
+# --- video ------------------------------------------------------------------------------------
+
+
+@app.command()
+def video(
+    videos: Annotated[list[str], typer.Argument(help="Video paths or http(s) URLs.")],
+    prompt: PromptOpt = None,
+    frames: Annotated[
+        Optional[int], typer.Option("--frames", "--preprocess-frames", "-n", help="Number of frames to sample (even).")
+    ] = None,
+    fps: Annotated[Optional[float], typer.Option("--fps", help="Frames per second to sample (default 2).")] = None,
+    start: Annotated[Optional[float], typer.Option("--start", help="Start of the clip, seconds.")] = None,
+    end: Annotated[Optional[float], typer.Option("--end", help="End of the clip, seconds.")] = None,
+    min_frames: Annotated[int, typer.Option("--min-frames", help="Fewest frames to sample.")] = 4,
+    max_frames: Annotated[int, typer.Option("--max-frames", help="Most frames to sample.")] = 768,
+    max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", help="Pixel budget per frame.")] = None,
+    total_pixels: Annotated[Optional[int], typer.Option("--total-pixels", help="Pixel budget for the whole video.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the frame plan and stop; loads no model.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or fill the frame cache.")] = False,
+    cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="Frame cache folder (default: $QVL_CACHE_DIR or the user cache).")] = None,
+    max_download_mb: Annotated[int, typer.Option("--max-download-mb", help="Size limit for video URLs.")] = 2048,
+    model: ModelOpt = None,
+    max_tokens: MaxTokensOpt = 512,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    temperature: TemperatureOpt = 0.0,
+    top_p: TopPOpt = None,
+    seed: SeedOpt = None,
+    psa: PsaOpt = False,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Answer --prompt about each video, sampling frames at their real timestamps."""
+    _reject_psa(psa)
+    from qvl.media import video as media_video
+
+    try:
+        options = media_video.VideoOptions(
+            frames=frames, fps=fps, start=start, end=end, min_frames=min_frames, max_frames=max_frames,
+            max_pixels=max_pixels, total_pixels=total_pixels,
+        )
+    except QvlError as exc:
+        _fail_now(exc)
+    if dry_run:
+        raise typer.Exit(_dry_run(videos, options, json_output, max_download_mb))
+    cache = None if no_cache else _frame_cache(cache_dir)
+    session = _Session(model, device, dtype, max_tokens, temperature, top_p, seed, json_output, quiet)
+    session.several = len(videos) > 1
+    for source in videos:
+        session.run(source, prompt or DEFAULT_VIDEO_PROMPT, lambda source=source: _load_clip(source, options, cache, max_download_mb, quiet))
+    raise typer.Exit(session.exit_code)
+
+
+def _load_clip(source, options, cache, max_download_mb, quiet):
+    from qvl.engine import VideoFrames
+    from qvl.media.video import load_video
+
+    with _status(f"Sampling frames from {source}", quiet):
+        clip = load_video(source, options, cache=cache, max_download_mb=max_download_mb)
+    extra = {
+        "frames": len(clip.timestamps),
+        "sampled_fps": round(clip.sampled_fps, 6),
+        "frame_size": [clip.plan.width, clip.plan.height],
+        "span": [round(clip.timestamps[0], 3), round(clip.timestamps[-1], 3)],
+        "from_cache": clip.from_cache,
+    }
+    return {"video": VideoFrames(clip.frames, clip.sampled_fps), "extra": extra}
+
+
+def _dry_run(videos, options, json_output: bool, max_download_mb: int) -> int:
+    from qvl import output
+    from qvl.media.video import plan_source
+
+    exit_code = 0
+    for source in videos:
+        try:
+            plan = plan_source(source, options, max_download_mb=max_download_mb)
+        except QvlError as exc:
+            output.error(str(exc))
+            if json_output:
+                output.json_line({"input": source, "error": str(exc)})
+            exit_code = exc.exit_code
+            continue
+        record = {"input": source, **plan.to_dict()}
+        if json_output:
+            output.json_line(record)
+        else:
+            _print_plan(source, plan)
+    return exit_code
+
+
+def _print_plan(source: str, plan) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    info = plan.to_dict()
+    table = Table(title=source, show_header=False, title_justify="left")
+    for key in ("frames", "width", "height", "sampled_fps", "tokens"):
+        if key in info:
+            table.add_row(key.replace("_", " "), str(info[key]))
+    if plan.timestamps:
+        table.add_row("span", f"{plan.timestamps[0]:.3f} s .. {plan.timestamps[-1]:.3f} s")
+    # The plan is the data this command was asked for, so it goes to stdout.
+    Console(highlight=False).print(table)
+
+
+def _frame_cache(cache_dir):
+    from pathlib import Path
+
+    from qvl.media.cache import FrameCache
+
+    return FrameCache(Path(cache_dir) if cache_dir else None)
+
+
+# --- download ---------------------------------------------------------------------------------
+
+
+@app.command()
+def download(
+    model: Annotated[str, typer.Argument(help="Preset (3b, 7b, 72b, tiny) or Hub id.")],
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit on the Hub.")] = None,
+    local_dir: Annotated[Optional[str], typer.Option("--local-dir", help="Download into this folder instead of the HF cache.")] = None,
+) -> None:
+    """Download a model's weights (with progress) so later runs work offline."""
+    from qvl import models
+
+    try:
+        path = models.download(model, revision=revision, local_dir=local_dir)
+    except QvlError as exc:
+        _fail_now(exc)
+    typer.echo(str(path))
+
+
+# --- seed-compatible entry point ----------------------------------------------------------------
+
+
+@app.command("infer", hidden=True)
+def infer(
+    input: Annotated[str, typer.Option("--input", help="Image or video path or URL.")],
+    type: Annotated[str, typer.Option("--type", help="image or video.")] = "image",
+    prompt: PromptOpt = None,
+    model: ModelOpt = None,
+    max_tokens: MaxTokensOpt = 512,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    preprocess_frames: Annotated[Optional[int], typer.Option("--preprocess-frames")] = None,
+    psa: PsaOpt = False,
+    psa_log_dir: Annotated[Optional[str], typer.Option("--psa-log-dir", hidden=True)] = None,
+) -> None:
+    """The published example's flags (`--type image|video --input X`), mapped onto describe/video."""
+    if type not in ("image", "video"):
+        _fail_now(QvlError(f"--type must be image or video, not {type!r}"))
+    if type == "image":
+        describe([input], prompt=prompt, model=model, max_tokens=max_tokens, device=device, dtype=dtype, psa=psa)
+    video([input], prompt=prompt, frames=preprocess_frames, model=model, max_tokens=max_tokens, device=device, dtype=dtype, psa=psa)
+
+
+# --- shared plumbing ----------------------------------------------------------------------------
+
+
+class _Session:
+    """Loads the engine on first use and runs one request per input, reporting each on its own."""
+
+    def __init__(self, model, device, dtype, max_tokens, temperature, top_p, seed, json_output, quiet):
+        self.model_spec, self.device, self.dtype = model, device, dtype
+        self.max_tokens, self.temperature, self.top_p, self.seed = max_tokens, temperature, top_p, seed
+        self.json_output, self.quiet = json_output, quiet
+        self.engine = None
+        self.exit_code = 0
+        self.count = 0
+        self.several = False  # several inputs: a header before each streamed answer
+
+    def fail(self, label: str, exc: QvlError) -> None:
+        from qvl import output
+
+        output.error(str(exc))
+        if self.json_output:
+            output.json_line({"input": label, "error": str(exc)})
+        self.exit_code = self.exit_code or exc.exit_code
+
+    def run(self, label: str, prompt: str, load_media) -> None:
+        import time
+
+        from qvl import output
+        from qvl.engine import Request
+
+        self.count += 1
+        try:
+            engine = self._engine()
+            started = time.perf_counter()
+            media = load_media()
+            media_s = time.perf_counter() - started
+            request = Request(
+                prompt=prompt, images=media.get("images", ()), video=media.get("video"),
+                max_new_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed,
+            )
+            streaming = not self.json_output
+            if streaming and self.count > 1:
+                output.write("\n")
+            if streaming and self.several:
+                output.write(f"==> {label} <==\n")
+            result = engine.generate(request, on_text=output.write if streaming else None)
+        except QvlError as exc:
+            self.fail(label, exc)
+            if isinstance(exc, _FatalModelError):
+                raise typer.Exit(exc.exit_code) from None
+            return
+        result.timings.media_s = media_s
+        if streaming:
+            output.write("\n")
+        else:
+            output.json_line(
+                {
+                    "input": label,
+                    "model": engine.name,
+                    "prompt": prompt,
+                    "text": result.text,
+                    "tokens": {"prompt": result.prompt_tokens, "generated": result.generated_tokens},
+                    "timings": result.timings.to_dict(),
+                    **media.get("extra", {}),
+                    "error": None,
+                }
+            )
+
+    def _engine(self):
+        if self.engine is None:
+            from qvl import output
+            from qvl.engine import Engine
+            from qvl.errors import ModelError
+
+            try:
+                with _status("Loading model", self.quiet):
+                    self.engine = Engine(self.model_spec, device=self.device, dtype=self.dtype)
+            except ModelError as exc:
+                # Without a model no input can succeed: stop after this one line.
+                raise _FatalModelError(str(exc)) from None
+            if self.engine.is_tiny:
+                output.warn("using the built-in tiny model: random weights, so its answers are random text")
+            output.note(f"loaded {self.engine.name} on {self.engine.device} in {self.engine.load_s:.1f} s", quiet=self.quiet)
+        return self.engine
+
+
+class _FatalModelError(QvlError):
+    exit_code = 2
+
+
+def _open_or_raise(source, opener):
+    if isinstance(source, QvlError):
+        raise source
+    return opener(source)
+
+
+def _status(message: str, quiet: bool):
+    import contextlib
+
+    if quiet:
+        return contextlib.nullcontext()
+    from qvl import output
+
+    return output.console().status(message)
+
+
+def _reject_psa(psa: bool) -> None:
+    if psa:
+        _fail_now(QvlError("--psa is not wired into the engine yet; the kernels live in qvl_kernels (see docs/psa-kernels.md)"))
+
+
+def _fail_now(exc: QvlError):
+    from qvl import output
+
+    output.error(str(exc))
+    raise typer.Exit(exc.exit_code)
+
+
+def main() -> None:
+    """Console-script entry point: Click's usage errors become one line too."""
+    import click
+
+    try:
+        code = app(standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        from qvl import output
+
+        hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+        output.error(exc.format_message() + hint)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        from qvl import output
+
+        output.error("interrupted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        from qvl import output
+
+        output.error("interrupted")
+        sys.exit(130)
+    sys.exit(code or 0)
