@@ -1,0 +1,392 @@
+"""Triton pyramid attention: one online softmax over full-resolution and mean-pooled key blocks.
+
+The definition is in naive.py; docs/psa-kernels.md has the derivations and the measurements.
+
+Plan of one call:
+1. `mean_pool` (qvl_kernels.pooling) builds the 2x, 4x and 8x pooled K and V once, [B, HKV, L/r, D]
+   each (1.75x the bytes of K + V, one pass), unless POOL_IN_KERNEL pools inside the attention loop.
+2. `_block_lists_kernel` compacts every (batch, head, query block) row of `levels` into a list of
+   the key blocks it uses, grouped by level (all level-1 blocks, then level 2, 4, 8), plus the
+   "edge" block handled last with masks: the diagonal block when causal, the last key block when
+   not. Level-0 blocks are not in the list and cost nothing. Built on the GPU, no host sync.
+3. `_pyramid_attn_kernel`: one program per (query tile, batch * query head). For each level r it
+   walks its part of the list with r a constexpr (one generic code path, four instances), with no
+   masks at all; then the edge block, with the causal and length masks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ..pooling import mean_pool
+from .naive import check_args
+
+_META = 8  # int32 per row in the list metadata: 5 level offsets, edge block, edge level, pad
+
+
+@triton.jit
+def _block_lists_kernel(
+    LEV, IDX, META,
+    s_lb, s_lh, s_li, s_lj,
+    HQ, NB,
+    CAUSAL: tl.constexpr,
+    BLOCK_NB: tl.constexpr,
+):
+    # One program per (batch, head, query block) row: counting sort of the row by level.
+    i_row = tl.program_id(0)
+    i_bh, i_i = i_row // NB, i_row % NB
+    i_b, i_h = i_bh // HQ, i_bh % HQ
+    o_j = tl.arange(0, BLOCK_NB)
+    p_lev = LEV + i_b.to(tl.int64) * s_lb + i_h.to(tl.int64) * s_lh + i_i.to(tl.int64) * s_li
+    b_lev = tl.load(p_lev + o_j * s_lj, mask=o_j < NB, other=0).to(tl.int32)  # [BNB]
+    if CAUSAL:
+        i_edge = i_i
+    else:
+        i_edge = NB - 1
+    m_reg = o_j < i_edge  # causal: only blocks left of the diagonal; else all but the last
+    p_idx = IDX + i_row.to(tl.int64) * NB
+    p_meta = META + i_row.to(tl.int64) * 8
+    n = 0
+    tl.store(p_meta, n)
+    for c in tl.static_range(4):
+        m_c = m_reg & (b_lev == (1 << c))
+        o_pos = n + tl.cumsum(m_c.to(tl.int32), 0) - 1
+        tl.store(p_idx + o_pos, o_j, mask=m_c)
+        n += tl.sum(m_c.to(tl.int32), 0)
+        tl.store(p_meta + 1 + c, n)
+    lev_edge = tl.load(p_lev + i_edge * s_lj).to(tl.int32)
+    tl.store(p_meta + 5, i_edge)
+    tl.store(p_meta + 6, lev_edge)
+
+
+@triton.jit
+def _load_pooled(p_x, s_l, s_d, o_n, m_n, o_d, m_d, L,
+                 R: tl.constexpr, CN: tl.constexpr, BLOCK_D: tl.constexpr, POOL_IN_KERNEL: tl.constexpr):
+    # [CN, BD] tile of keys (or values) at ratio R, rows o_n (pooled indices).
+    if POOL_IN_KERNEL and R > 1:
+        o_t = (o_n[:, None] * R + tl.arange(0, R)[None, :]).reshape(CN * R)  # raw token index
+        m_t = (m_n[:, None] & (tl.arange(0, R)[None, :] >= 0)).reshape(CN * R) & (o_t < L)
+        b_x = tl.load(p_x + o_t[:, None].to(tl.int64) * s_l + o_d[None, :] * s_d,
+                      mask=m_t[:, None] & m_d[None, :], other=0.0).to(tl.float32)  # [CN*R, BD]
+        b_x = tl.sum(tl.reshape(b_x, (CN, R, BLOCK_D)), axis=1)
+        b_cnt = tl.maximum(tl.minimum(L - o_n * R, R), 1).to(tl.float32)
+        b_x = (b_x / b_cnt[:, None]).to(p_x.dtype.element_ty)
+    else:
+        b_x = tl.load(p_x + o_n[:, None].to(tl.int64) * s_l + o_d[None, :] * s_d,
+                      mask=m_n[:, None] & m_d[None, :], other=0.0)
+    return b_x
+
+
+@triton.jit
+def _attend_block(
+    b_acc, b_m, b_l, b_q, p_k, p_v, s_kl, s_kd, s_vl, s_vd, i_j, o_m, o_d, m_d, L, qk_scale,
+    R: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, POOL_IN_KERNEL: tl.constexpr,
+):
+    # Key block i_j at ratio R: NP = BLOCK / R pooled keys, in chunks of CN (at least 16, the
+    # smallest dot; columns past NP are masked when NP < 16).
+    NP: tl.constexpr = BLOCK // R
+    CN: tl.constexpr = max(min(BLOCK_N, NP), 16)
+    NC: tl.constexpr = max(NP // CN, 1)
+    PAD: tl.constexpr = NP < CN
+    LOG2R: tl.constexpr = math.log2(R)
+    for i_c in tl.static_range(NC):
+        o_c = i_c * CN + tl.arange(0, CN)  # pooled index inside the block
+        o_n = i_j * NP + o_c  # pooled index in the sequence
+        m_n = o_c < NP
+        if MASKED:
+            m_n = m_n & (o_n * R < L)
+        b_k = _load_pooled(p_k, s_kl, s_kd, o_n, m_n, o_d, m_d, L, R, CN, BLOCK_D, POOL_IN_KERNEL)
+        b_s = tl.dot(b_q, tl.trans(b_k)) * qk_scale  # [BM, CN], log2 domain
+        if MASKED:
+            # A final partial group stands for fewer than R tokens: bias log2(count), not log2(R).
+            b_last = tl.minimum(o_n * R + R, L) - 1
+            b_s += tl.log2(tl.maximum(b_last - o_n * R + 1, 1).to(tl.float32))[None, :]
+            m_s = m_n[None, :]
+            if CAUSAL:
+                m_s = m_s & (b_last[None, :] <= o_m[:, None])
+            b_s = tl.where(m_s, b_s, float("-inf"))
+        else:
+            if R > 1:
+                b_s += LOG2R
+            if PAD:
+                b_s = tl.where(m_n[None, :], b_s, float("-inf"))
+        b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+        if MASKED:
+            b_m_use = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
+        else:
+            b_m_use = b_m_new
+        b_p = tl.math.exp2(b_s - b_m_use[:, None])
+        b_alpha = tl.math.exp2(b_m - b_m_use)
+        b_l = b_l * b_alpha + tl.sum(b_p, 1)
+        b_v = _load_pooled(p_v, s_vl, s_vd, o_n, m_n, o_d, m_d, L, R, CN, BLOCK_D, POOL_IN_KERNEL)
+        b_acc = b_acc * b_alpha[:, None]
+        b_acc = tl.dot(b_p.to(b_v.dtype), b_v, b_acc)
+        b_m = b_m_new
+    return b_acc, b_m, b_l
+
+
+@triton.jit
+def _level_pointers(K, V, K2, V2, K4, V4, K8, V8, i_b, i_hk, HKV, L,
+                    s_kb, s_kh, s_kl, s_kd, s_vb, s_vh, s_vl, s_vd,
+                    D: tl.constexpr, R: tl.constexpr, POOL_IN_KERNEL: tl.constexpr):
+    # Base pointers and strides of the (batch, KV head) slice of K and V at ratio R.
+    if R == 1 or POOL_IN_KERNEL:
+        p_k = K + i_b.to(tl.int64) * s_kb + i_hk.to(tl.int64) * s_kh
+        p_v = V + i_b.to(tl.int64) * s_vb + i_hk.to(tl.int64) * s_vh
+        return p_k, p_v, s_kl, s_kd, s_vl, s_vd
+    else:
+        L_R = (L + R - 1) // R  # pooled tensors are contiguous [B, HKV, L_R, D]
+        off = (i_b.to(tl.int64) * HKV + i_hk) * L_R * D
+        if R == 2:
+            return K2 + off, V2 + off, D, 1, D, 1
+        elif R == 4:
+            return K4 + off, V4 + off, D, 1, D, 1
+        else:
+            return K8 + off, V8 + off, D, 1, D, 1
+
+
+@triton.jit
+def _level_loop(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, IDX, p_meta, i_row, NB,
+                i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd, s_vb, s_vh, s_vl, s_vd,
+                o_m, o_d, m_d, qk_scale,
+                R: tl.constexpr, C: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                POOL_IN_KERNEL: tl.constexpr):
+    # All list entries of this row at level R (C = log2 R): unmasked blocks only.
+    p_k, p_v, s_l_k, s_d_k, s_l_v, s_d_v = _level_pointers(
+        K, V, K2, V2, K4, V4, K8, V8, i_b, i_hk, HKV, L,
+        s_kb, s_kh, s_kl, s_kd, s_vb, s_vh, s_vl, s_vd, D, R, POOL_IN_KERNEL)
+    i_start = tl.load(p_meta + C)
+    i_end = tl.load(p_meta + C + 1)
+    p_idx = IDX + i_row.to(tl.int64) * NB
+    for i_e in range(i_start, i_end):
+        i_j = tl.load(p_idx + i_e)
+        b_acc, b_m, b_l = _attend_block(
+            b_acc, b_m, b_l, b_q, p_k, p_v, s_l_k, s_d_k, s_l_v, s_d_v, i_j, o_m, o_d, m_d, L,
+            qk_scale, R, BLOCK, BLOCK_N, BLOCK_D, False, CAUSAL, POOL_IN_KERNEL)
+    return b_acc, b_m, b_l
+
+
+@triton.jit
+def _edge_block(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, i_j,
+                i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd, s_vb, s_vh, s_vl, s_vd,
+                o_m, o_d, m_d, qk_scale,
+                R: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                POOL_IN_KERNEL: tl.constexpr):
+    p_k, p_v, s_l_k, s_d_k, s_l_v, s_d_v = _level_pointers(
+        K, V, K2, V2, K4, V4, K8, V8, i_b, i_hk, HKV, L,
+        s_kb, s_kh, s_kl, s_kd, s_vb, s_vh, s_vl, s_vd, D, R, POOL_IN_KERNEL)
+    return _attend_block(
+        b_acc, b_m, b_l, b_q, p_k, p_v, s_l_k, s_d_k, s_l_v, s_d_v, i_j, o_m, o_d, m_d, L,
+        qk_scale, R, BLOCK, BLOCK_N, BLOCK_D, True, CAUSAL, POOL_IN_KERNEL)
+
+
+@triton.jit
+def _pyramid_attn_kernel(
+    Q, K, V, K2, V2, K4, V4, K8, V8, O, IDX, META,
+    s_qb, s_qh, s_ql, s_qd,
+    s_kb, s_kh, s_kl, s_kd,
+    s_vb, s_vh, s_vl, s_vd,
+    s_ob, s_oh, s_ol, s_od,
+    qk_scale, L, NB,
+    HQ: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
+    CAUSAL: tl.constexpr, POOL_IN_KERNEL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # Heaviest query tiles (last rows, causal) start first.
+    i_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b, i_h = i_bh // HQ, i_bh % HQ
+    i_hk = i_h // G
+    HKV: tl.constexpr = HQ // G
+    i_row = i_bh * NB + (i_m * BLOCK_M) // BLOCK  # row of `levels` (and of the lists)
+    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < D
+    m_m = o_m < L
+    p_q = Q + i_b.to(tl.int64) * s_qb + i_h.to(tl.int64) * s_qh \
+        + o_m[:, None].to(tl.int64) * s_ql + o_d[None, :] * s_qd
+    b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
+
+    b_m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
+    b_acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    p_meta = META + i_row.to(tl.int64) * 8
+    b_acc, b_m, b_l = _level_loop(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, IDX, p_meta,
+                                  i_row, NB, i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd,
+                                  s_vb, s_vh, s_vl, s_vd, o_m, o_d, m_d, qk_scale,
+                                  1, 0, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
+    b_acc, b_m, b_l = _level_loop(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, IDX, p_meta,
+                                  i_row, NB, i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd,
+                                  s_vb, s_vh, s_vl, s_vd, o_m, o_d, m_d, qk_scale,
+                                  2, 1, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
+    b_acc, b_m, b_l = _level_loop(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, IDX, p_meta,
+                                  i_row, NB, i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd,
+                                  s_vb, s_vh, s_vl, s_vd, o_m, o_d, m_d, qk_scale,
+                                  4, 2, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
+    b_acc, b_m, b_l = _level_loop(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, IDX, p_meta,
+                                  i_row, NB, i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd,
+                                  s_vb, s_vh, s_vl, s_vd, o_m, o_d, m_d, qk_scale,
+                                  8, 3, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
+    # The edge block (diagonal when causal, last key block otherwise), with masks.
+    i_j = tl.load(p_meta + 5)
+    lev = tl.load(p_meta + 6)
+    if lev == 1:
+        b_acc, b_m, b_l = _edge_block(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, i_j,
+                                      i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd, s_vb, s_vh, s_vl, s_vd,
+                                      o_m, o_d, m_d, qk_scale,
+                                      1, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
+    elif lev == 2:
+        b_acc, b_m, b_l = _edge_block(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, i_j,
+                                      i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd, s_vb, s_vh, s_vl, s_vd,
+                                      o_m, o_d, m_d, qk_scale,
+                                      2, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
+    elif lev == 4:
+        b_acc, b_m, b_l = _edge_block(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, i_j,
+                                      i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd, s_vb, s_vh, s_vl, s_vd,
+                                      o_m, o_d, m_d, qk_scale,
+                                      4, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
+    elif lev == 8:
+        b_acc, b_m, b_l = _edge_block(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, i_j,
+                                      i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd, s_vb, s_vh, s_vl, s_vd,
+                                      o_m, o_d, m_d, qk_scale,
+                                      8, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
+    # A row that saw no key at all (l = 0) gets 0.
+    b_o = b_acc / tl.where(b_l > 0, b_l, 1.0)[:, None]
+    p_o = O + i_b.to(tl.int64) * s_ob + i_h.to(tl.int64) * s_oh \
+        + o_m[:, None].to(tl.int64) * s_ol + o_d[None, :] * s_od
+    tl.store(p_o, b_o.to(O.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _configs():
+    if _interpreting():  # one config: the interpreter is slow and autotuning would multiply it
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": 64}, num_warps=4, num_stages=1) for bm in (16, 32, 64)]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm in (16, 32, 64, 128) for bn in (64, 128) for w in (4, 8) for s in (2, 3)
+    ]
+
+
+def _keep(conf: triton.Config) -> bool:
+    return True
+
+
+def _prune(configs, named_args, **kwargs):
+    block = named_args["BLOCK"] if "BLOCK" in named_args else kwargs["BLOCK"]
+    bd = named_args["BLOCK_D"] if "BLOCK_D" in named_args else kwargs["BLOCK_D"]
+    out = []
+    for c in configs:
+        bm, bn, w = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps
+        if bm > block or bm < min(64, block):  # a query tile sits inside one level row
+            continue
+        if _interpreting():
+            out.append(c)
+            continue
+        if bm == 128 and w == 4:  # 128 x 128 fp32 accumulators need 8 warps
+            continue
+        if bm == 64 and w == 8:
+            continue
+        if bd > 128 and bn == 128:
+            continue
+        out.append(c)
+    return out or configs[:1]
+
+
+_pyramid_attn_kernel_tuned = triton.autotune(
+    configs=_configs(),
+    key=["HQ", "G", "D", "BLOCK", "CAUSAL", "POOL_IN_KERNEL"],
+    prune_configs_by={"early_config_prune": _prune},
+)(_pyramid_attn_kernel)
+
+
+def build_block_lists(levels: torch.Tensor, causal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compact `levels` [B, HQ, nb, nb] into per-row key-block lists, grouped by level.
+
+    Returns (idx [B, HQ, nb, nb] int32, meta [B, HQ, nb, 8] int32). For row (b, h, i):
+    idx[b, h, i, meta[..., c]:meta[..., c + 1]] are the key blocks at level 2^c (c = 0..3), in
+    increasing order, excluding the edge block; meta[..., 5] is the edge block (i when causal,
+    nb - 1 otherwise) and meta[..., 6] its level. When causal, blocks right of the diagonal are
+    dropped whatever their level. Levels other than 1, 2, 4, 8 are treated as 0.
+    Entries of idx past meta[..., 4] are left unwritten.
+    """
+    B, HQ, nb, _ = levels.shape
+    idx = torch.empty(B, HQ, nb, nb, device=levels.device, dtype=torch.int32)
+    meta = torch.zeros(B, HQ, nb, _META, device=levels.device, dtype=torch.int32)
+    _block_lists_kernel[(B * HQ * nb,)](
+        levels, idx, meta, *levels.stride(), HQ, nb,
+        CAUSAL=causal, BLOCK_NB=max(16, triton.next_power_of_2(nb)), num_warps=4,
+    )
+    return idx, meta
+
+
+def _pyramid_attention_fwd(q, k, v, levels, causal, scale, block, *, pool_in_kernel=False,
+                           pooled=None, lists=None, config=None):
+    B, HQ, HKV, L, D, nb = check_args(q, k, v, levels, causal, block)
+    if D > 256:
+        raise ValueError(f"head_dim up to 256 is supported, got {D}")
+    scale = D ** -0.5 if scale is None else float(scale)
+    if pool_in_kernel:
+        k2 = v2 = k4 = v4 = k8 = v8 = k  # unused
+    else:
+        if pooled is None:
+            k2, k4, k8 = mean_pool(k)
+            v2, v4, v8 = mean_pool(v)
+        else:
+            k2, k4, k8, v2, v4, v8 = pooled
+    idx, meta = build_block_lists(levels, causal) if lists is None else lists
+    o = torch.empty_like(q)
+    args = (
+        q, k, v, k2, v2, k4, v4, k8, v8, o, idx, meta,
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+        scale * 1.4426950408889634, L, nb,
+    )
+    consts = dict(HQ=HQ, G=HQ // HKV, D=D, BLOCK=block, CAUSAL=bool(causal),
+                  POOL_IN_KERNEL=bool(pool_in_kernel), BLOCK_D=max(16, triton.next_power_of_2(D)))
+    if config is None:
+        grid = lambda meta_: (triton.cdiv(L, meta_["BLOCK_M"]), B * HQ)  # noqa: E731
+        _pyramid_attn_kernel_tuned[grid](*args, **consts)
+    else:
+        cfg = dict(config)
+        warps, stages = cfg.pop("num_warps", 8), cfg.pop("num_stages", 3)
+        grid = (triton.cdiv(L, cfg["BLOCK_M"]), B * HQ)
+        _pyramid_attn_kernel[grid](*args, **consts, **cfg, num_warps=warps, num_stages=stages)
+    return o
+
+
+def pyramid_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    levels: torch.Tensor,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    block: int = 128,
+) -> torch.Tensor:
+    """Pyramid sparse attention (PSA step 4) with per-block pooling levels.
+
+    q: [B, HQ, L, D]; k, v: [B, HKV, L, D] with HQ = G * HKV (query head h reads KV head h // G,
+    in place: K and V are never expanded); any strides; fp32, fp16 or bf16; D <= 256 (64, 80 and
+    128 are tested); any L >= 1.
+    levels: [B, HQ, nb, nb] integers (int8 preferred) in {0, 1, 2, 4, 8}, nb = ceil(L / block);
+    levels[b, h, i, j] = r > 0 lets query block i attend to key block j mean-pooled over r
+    consecutive tokens (pooled score + ln r); 0 skips the block. When causal, blocks right of
+    the diagonal are ignored whatever their level, and a pooled key is used only by queries at or
+    after its last token.
+    causal: default True. scale: default 1 / sqrt(D). block: tokens per block, a power of two
+    >= 16, default 128.
+    Returns o: [B, HQ, L, D] in q's dtype. A query that sees no key gets 0.
+    With every visible block at level 1 this equals (causal) scaled-dot-product attention.
+    """
+    return _pyramid_attention_fwd(q, k, v, levels, causal, scale, block)
