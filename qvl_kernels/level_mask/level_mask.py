@@ -1,0 +1,125 @@
+"""PSA levels from block importance, vectorized on the device (see `naive.py` for the definition).
+
+One stable descending sort per row gives every visible block its rank; the band of each rank is
+found with one `searchsorted` against the band starts (topk: a [nb, nb] table shared by all
+batches and heads, since n depends only on the row; energybound: the cumulative share of the row
+in fp64), written back through the sort indices with one scatter, then the forced blocks, the
+cap and causality are single `where`/`minimum` passes. No Python loop over rows or levels, no
+host sync: the only host-to-device copy is the band table, made once per (ratios, device).
+
+Cost: dominated by the segmented sort of B * HQ * nb rows of nb fp32 values (nb = 512 at 64K
+tokens, block 128).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .naive import LEVELS, check_args
+
+
+@functools.lru_cache(maxsize=64)
+def _band_table(bands: tuple, device: torch.device):
+    """Band starts, ends (fp64) and levels (int8) on `device`, sorted by (start, end)."""
+    t = torch.tensor([[a, b, r] for a, b, r in bands], dtype=torch.float64)
+    if device.type == "cuda":
+        t = t.pin_memory()
+    t = t.to(device, non_blocking=True)
+    return t[:, 0].contiguous(), t[:, 1].contiguous(), t[:, 2].to(torch.int8)
+
+
+def _visible(nb: int, causal: bool, device) -> torch.Tensor:
+    o = torch.arange(nb, device=device)
+    return (o[None, :] <= o[:, None]) if causal else torch.ones(nb, nb, dtype=torch.bool, device=device)
+
+
+def level_mask(
+    scores: torch.Tensor,
+    cap: torch.Tensor | None = None,
+    *,
+    mode: str = "energybound",
+    ratios: dict,
+    text_blocks: int = 0,
+    causal: bool = True,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-block pooling levels of PSA.
+
+    scores: [B, HQ, nb, nb] block importance (any float dtype, non-negative; invisible entries
+    are ignored). cap: optional [B, HKV, nb] integer similarity cap (query head h reads KV head
+    h // (HQ // HKV)); None applies no cap. mode: "energybound" (default) or "topk".
+    ratios: {level: (start, end)} bands, levels in {0, 1, 2, 4, 8}, 0 <= start <= end <= 1, not
+    overlapping (e.g. {1: (0.0, 0.7), 2: (0.7, 0.8), 4: (0.8, 0.9), 8: (0.9, 0.9), 0: (0.9, 1.0)}).
+    text_blocks: 0, the number of trailing query and key blocks forced to level 1 (the prompt).
+    causal: True. out: optional [B, HQ, nb, nb] int8 to write into.
+    Returns levels: [B, HQ, nb, nb] int8 in {0, 1, 2, 4, 8}; 0 above the diagonal under causality.
+    """
+    B, HQ, nb, bands = check_args(scores, cap, mode, ratios, text_blocks)
+    if out is not None and (out.shape != (B, HQ, nb, nb) or out.dtype != torch.int8):
+        raise ValueError(f"out must be an int8 tensor of shape [{B}, {HQ}, {nb}, {nb}]")
+    dev = scores.device
+    start, end, level = _band_table(tuple(bands), dev)
+    visible = _visible(nb, causal, dev)  # [nb, nb]
+    o = torch.arange(nb, device=dev)
+    n = (o + 1 if causal else torch.full_like(o, nb)).double()  # [nb] visible blocks per row
+
+    s = scores.float().masked_fill(~visible, float("-inf"))
+    s_sorted, order = torch.sort(s, dim=-1, descending=True, stable=True)  # [B, HQ, nb, nb]
+    rho = o.double()
+    if mode == "topk":
+        # band k holds ranks start_k * n <= rho < end_k * n (fp64, as the reference)
+        lo = start[None, :] * n[:, None]  # [nb, K]
+        k = torch.searchsorted(lo, rho.expand(nb, nb).contiguous(), right=True) - 1  # [nb, nb]
+        kc = k.clamp(min=0)
+        ok = (k >= 0) & (rho[None, :] < end[kc] * n[:, None])
+        lev_sorted = torch.where(ok, level[kc], 0).to(torch.int8).expand(B, HQ, nb, nb)
+    else:
+        # band k holds cumulative shares start_k < c <= end_k
+        vals = torch.where(rho[None, :] < n[:, None], s_sorted.double(), 0.0)
+        cum = torch.cumsum(vals, dim=-1)
+        total = cum[..., -1:]
+        c = torch.where(total > 0, cum / torch.where(total > 0, total, 1.0), 0.0)
+        k = torch.bucketize(c, start) - 1  # last band with start < c
+        kc = k.clamp(min=0)
+        ok = (k >= 0) & (c <= end[kc])
+        lev_sorted = torch.where(ok, level[kc], 0).to(torch.int8)
+    lev = torch.empty(B, HQ, nb, nb, dtype=torch.int8, device=dev)
+    lev.scatter_(-1, order, lev_sorted)
+
+    T = min(text_blocks, nb)
+    force = (o[:, None] == o[None, :]) | (o[None, :] == 0) | (o[:, None] >= nb - T) | (o[None, :] >= nb - T)
+    lev = torch.where(force, torch.ones((), dtype=torch.int8, device=dev), lev)
+    if cap is not None:
+        HKV = cap.shape[1]
+        lev = torch.minimum(lev.view(B, HKV, HQ // HKV, nb, nb), cap.to(torch.int8)[:, :, None, None, :]).view(B, HQ, nb, nb)
+    lev = torch.where(visible, lev, torch.zeros((), dtype=torch.int8, device=dev))
+    if out is not None:
+        out.copy_(lev)
+        return out
+    return lev
+
+
+def density(levels: torch.Tensor, causal: bool = True) -> torch.Tensor:
+    """Compute budget per (batch, head): [B, HQ] fp32 = sum over visible blocks of 1/r over their
+    count (level 0 counts 0). levels: [B, HQ, nb, nb] integers in {0, 1, 2, 4, 8}. No host sync.
+    Sparsity is 1 - density."""
+    nb = levels.shape[-1]
+    lf = levels.float()
+    inv = torch.where(lf > 0, 1.0 / lf.clamp(min=1.0), 0.0)
+    if causal:
+        inv = inv * _visible(nb, True, levels.device)
+    count = nb * (nb + 1) / 2 if causal else nb * nb
+    return inv.sum((-1, -2)) / count
+
+
+def level_fractions(levels: torch.Tensor, causal: bool = True) -> torch.Tensor:
+    """Fraction of visible blocks at each level of LEVELS = (0, 1, 2, 4, 8), per (batch, head):
+    [B, HQ, 5] fp32 (rows sum to 1). No host sync."""
+    nb = levels.shape[-1]
+    count = nb * (nb + 1) / 2 if causal else nb * nb
+    vis = _visible(nb, causal, levels.device)
+    # five small reductions (not a per-element [.., 5] tensor); level 0 is what is left
+    above = torch.stack([((levels == r) & vis).sum((-1, -2)) for r in LEVELS[1:]], -1).float() / count
+    return torch.cat([1.0 - above.sum(-1, keepdim=True), above], -1)
