@@ -330,9 +330,12 @@ class _Session:
             from qvl.engine import Engine
             from qvl.errors import ModelError
 
+            if self.quiet:
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
             try:
-                with _status("Loading model", self.quiet):
-                    self.engine = Engine(self.model_spec, device=self.device, dtype=self.dtype)
+                self.engine = Engine(self.model_spec, device=self.device, dtype=self.dtype)
             except ModelError as exc:
                 # Without a model no input can succeed: stop after this one line.
                 raise _FatalModelError(str(exc)) from None
@@ -376,24 +379,18 @@ def _fail_now(exc: QvlError):
 
 def main() -> None:
     """Console-script entry point: Click's usage errors become one line too."""
-    import click
+    # Typer may vendor Click; its exception classes are found through a public one.
+    click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    from qvl import output
 
     try:
         code = app(standalone_mode=False)
-    except click.exceptions.UsageError as exc:
-        from qvl import output
-
-        hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+    except click_exception as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
         output.error(exc.format_message() + hint)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        from qvl import output
-
-        output.error("interrupted")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        from qvl import output
-
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
         output.error("interrupted")
         sys.exit(130)
     sys.exit(code or 0)

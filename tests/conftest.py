@@ -6,6 +6,7 @@ variable has to be set before triton is first imported, so it is set here, at co
 
 import os
 import shutil
+import tempfile
 
 import pytest
 
@@ -17,6 +18,21 @@ def _cuda_available() -> bool:
 
 if not _cuda_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Tests never read or write the user's caches, and never reach for the Hub: one private qvl cache
+# (frames, the tiny model) and one private Hugging Face home for the whole session.
+_SESSION_HOME = tempfile.mkdtemp(prefix="qvl-tests-")
+os.environ["QVL_CACHE_DIR"] = os.path.join(_SESSION_HOME, "qvl")
+os.environ["HF_HOME"] = os.path.join(_SESSION_HOME, "hf")
+os.environ.pop("QVL_MODEL", None)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir():
+    """The tiny model folder, built once per test session."""
+    from qvl.tiny import tiny_model_dir
+
+    return tiny_model_dir()
 
 
 def pytest_collection_modifyitems(config, items):

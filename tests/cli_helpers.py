@@ -1,0 +1,48 @@
+"""Running the real `qvl` app in tests, and checking the one-line error contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from qvl.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    """Run `qvl ARGS` in-process (the real app, the real tiny model); stdout and stderr apart."""
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def run_subprocess(*args: str, timeout: float = 120):
+    """Run `python -m qvl ARGS` as a user would, through the console entry point."""
+    return subprocess.run(
+        [sys.executable, "-m", "qvl", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def json_lines(stdout: str) -> list[dict]:
+    """Every stdout line must be one JSON object."""
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("qvl: error:")]
+
+
+def assert_one_error(result, *, contains: str, exit_code: int | None = None) -> str:
+    """Non-zero exit, exactly one error line mentioning `contains`, and no traceback."""
+    code = getattr(result, "exit_code", None)
+    code = result.returncode if code is None else code
+    assert code != 0, f"expected failure, got exit 0; stderr: {result.stderr}"
+    if exit_code is not None:
+        assert code == exit_code, (code, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr
+    assert contains.lower() in errors[0].lower(), errors[0]
+    return errors[0]
