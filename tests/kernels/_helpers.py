@@ -49,3 +49,31 @@ def poison(*tensors: torch.Tensor) -> None:
 def randn(*shape: int, dtype=torch.float32, device="cpu", generator=None) -> torch.Tensor:
     """Standard normal values (never zeros), drawn in fp32 and cast."""
     return torch.randn(*shape, generator=generator, device=device, dtype=torch.float32).to(dtype)
+
+
+class poisoned_allocations:
+    """Context manager: torch.empty / torch.empty_like return NaN-filled (float) or -1-filled
+    (integer) tensors, so outputs an op allocates internally are poisoned before its kernels run.
+
+        with poisoned_allocations():
+            out = op(x)
+    """
+
+    def __enter__(self):
+        self._empty, self._empty_like = torch.empty, torch.empty_like
+        empty, empty_like = self._empty, self._empty_like
+
+        def _fill(t):
+            if t.is_floating_point():
+                t.fill_(float("nan"))
+            elif t.dtype != torch.bool:
+                t.fill_(-1)
+            return t
+
+        torch.empty = lambda *a, **k: _fill(empty(*a, **k))
+        torch.empty_like = lambda *a, **k: _fill(empty_like(*a, **k))
+        return self
+
+    def __exit__(self, *exc):
+        torch.empty, torch.empty_like = self._empty, self._empty_like
+        return False
