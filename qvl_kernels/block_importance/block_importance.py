@@ -63,7 +63,7 @@ def _prune(configs, named_args, **kwargs):
 
 @triton.autotune(
     configs=_configs(),
-    key=["D", "STRIDE", "R", "CAUSAL"],
+    key=["D", "STRIDE", "R", "CAUSAL", "IEEE"],
     prune_configs_by={"early_config_prune": _prune},
 )
 @triton.jit
@@ -80,6 +80,7 @@ def _xattn_kernel(
     STRIDE: tl.constexpr,
     R: tl.constexpr,
     CAUSAL: tl.constexpr,
+    IEEE: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
 ):
@@ -117,7 +118,10 @@ def _xattn_kernel(
                           mask=(o_tq < L)[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
             b_k = tl.load(p_k + o_tk.to(tl.int64)[None, :] * s_kl + o_d[:, None],
                           mask=(o_tk < L)[None, :] & m_d[:, None], other=0.0)  # [BD, BN]
-            b_s += tl.dot(b_q, b_k)
+            if IEEE:  # fp32 inputs: full-precision products (tests, references)
+                b_s += tl.dot(b_q, b_k, input_precision="ieee")
+            else:
+                b_s += tl.dot(b_q, b_k)
         b_s = b_s * scale  # base-2 logits
         m_s = (o_n < LS)[None, :]
         if CAUSAL:
@@ -174,7 +178,7 @@ def _xattn(q, k, block, stride, causal, out):
             scale,
             L, LS, NB, row0, CH,
             HQ=HQ, G=HQ // HKV, D=D, BD=triton.next_power_of_2(D),
-            STRIDE=stride, R=R, CAUSAL=causal,
+            STRIDE=stride, R=R, CAUSAL=causal, IEEE=q.dtype == torch.float32,
         )
     return out
 

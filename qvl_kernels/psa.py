@@ -1,0 +1,128 @@
+"""Pyramid Sparse Attention (PSA) as one call: importance -> levels (capped) -> pyramid attention.
+
+    out, stats = psa_attention(q, k, v, PSAConfig.preset("default"))
+
+Every step runs on the device and nothing syncs the host: `stats` holds device tensors (read
+them when you need them, e.g. once per generation, not once per layer).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from .block_importance import block_importance
+from .level_mask import LEVELS, density, level_fractions, level_mask
+from .level_mask.naive import check_args as _check_ratios
+from .similarity_cap import similarity_cap
+
+# Bands {level: (start, end)} of the published Qwen2.5-VL example (energybound). Level 8's band
+# is empty there, so that preset pools at most 4x.
+PUBLISHED_RATIOS = {1: (0.0, 0.7), 2: (0.7, 0.8), 4: (0.8, 0.9), 8: (0.9, 0.9), 0: (0.9, 1.0)}
+
+_PRESETS = {
+    # published default: keep 70 % of each row's importance at full resolution
+    "default": dict(mode="energybound", ratios=PUBLISHED_RATIOS),
+    # topk, about 10 % of the dense cost before forced blocks and the cap: 4 % of the visible
+    # blocks at 1x, 4 % at 2x, 8 % at 4x, 16 % at 8x, the rest skipped
+    "fast": dict(mode="topk", ratios={1: (0.0, 0.04), 2: (0.04, 0.08), 4: (0.08, 0.16), 8: (0.16, 0.32), 0: (0.32, 1.0)}),
+    # topk, about 35 %: 18 % at 1x, 20 % at 2x, 20 % at 4x, 20 % at 8x, 22 % skipped
+    "balanced": dict(mode="topk", ratios={1: (0.0, 0.18), 2: (0.18, 0.38), 4: (0.38, 0.58), 8: (0.58, 0.78), 0: (0.78, 1.0)}),
+    # every visible block at level 1: exactly causal attention (for checks and baselines)
+    "dense": dict(mode="topk", ratios={1: (0.0, 1.0)}, similarity_cap=False),
+}
+
+
+@dataclass
+class PSAConfig:
+    """Settings of one PSA call (defaults: the published example with our stride).
+
+    block: 128 tokens per query/key block (a power of two >= 16).
+    stride: 8, xattn antidiagonal stride (a power of two <= block).
+    method: "xattn" (default) or "pooling" block importance.
+    mode: "energybound" (default) or "topk" level assignment.
+    ratios: {level: (start, end)} bands, levels in {0, 1, 2, 4, 8}; PUBLISHED_RATIOS by default.
+    thresholds: (0.75, 0.70, 0.70) similarity thresholds for levels 2, 4, 8.
+    text_length: 0 tokens of text prompt at the end of the sequence, kept at level 1.
+    similarity_cap: True, cap each key block's level by its key similarity.
+    causal: True.
+    """
+
+    block: int = 128
+    stride: int = 8
+    method: str = "xattn"
+    mode: str = "energybound"
+    ratios: dict = field(default_factory=lambda: dict(PUBLISHED_RATIOS))
+    thresholds: tuple = (0.75, 0.70, 0.70)
+    text_length: int = 0
+    similarity_cap: bool = True
+    causal: bool = True
+
+    def __post_init__(self) -> None:
+        self.method = self.method.lower()
+        self.mode = self.mode.lower()
+        if self.method not in ("xattn", "pooling"):
+            raise ValueError(f"method must be 'xattn' or 'pooling', got {self.method!r}")
+        if self.block < 16 or self.block & (self.block - 1):
+            raise ValueError(f"block must be a power of two >= 16, got {self.block}")
+        if self.stride < 1 or self.stride & (self.stride - 1) or self.stride > self.block:
+            raise ValueError(f"stride must be a power of two <= block, got {self.stride}")
+        if self.text_length < 0:
+            raise ValueError("text_length must be >= 0")
+        self.ratios = {int(r): (float(a), float(b)) for r, (a, b) in self.ratios.items()}
+        self.thresholds = tuple(float(t) for t in self.thresholds)
+        _check_ratios(torch.zeros(1, 1, 1, 1), None, self.mode, self.ratios, 0)
+        if len(self.thresholds) != 3:
+            raise ValueError("thresholds must be 3 floats (levels 2, 4, 8)")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "PSAConfig":
+        """A named configuration: "default", "fast", "balanced" or "dense"; keywords override fields."""
+        if name not in _PRESETS:
+            raise ValueError(f"unknown PSA preset {name!r}; choose one of {sorted(_PRESETS)}")
+        return cls(**{**_PRESETS[name], **overrides})
+
+    @property
+    def text_blocks(self) -> int:
+        return math.ceil(self.text_length / self.block)
+
+    def with_(self, **changes) -> "PSAConfig":
+        """A copy with some fields changed (e.g. the text length of this request)."""
+        return replace(self, **changes)
+
+
+def psa_levels(q: torch.Tensor, k: torch.Tensor, config: PSAConfig) -> torch.Tensor:
+    """The level mask PSA uses: q [B, HQ, L, D], k [B, HKV, L, D] -> [B, HQ, nb, nb] int8."""
+    scores = block_importance(q, k, block=config.block, stride=config.stride, method=config.method,
+                              causal=config.causal)
+    cap = similarity_cap(k, block=config.block, thresholds=config.thresholds) if config.similarity_cap else None
+    return level_mask(scores, cap, mode=config.mode, ratios=config.ratios, text_blocks=config.text_blocks,
+                      causal=config.causal)
+
+
+def level_stats(levels: torch.Tensor, causal: bool = True) -> dict:
+    """Statistics of a level mask, as device tensors (no host sync).
+
+    levels: [B, HQ, nb, nb]. Returns {"density": [B, HQ] fp32 (sum of 1/r over visible blocks
+    over their count), "level_fraction": [B, HQ, 5] fp32 (share of visible blocks at each level
+    of LEVELS = (0, 1, 2, 4, 8)), "levels": the mask itself}. Sparsity = 1 - density.
+    """
+    return {"density": density(levels, causal), "level_fraction": level_fractions(levels, causal), "levels": levels}
+
+
+def psa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: PSAConfig | None = None):
+    """Pyramid Sparse Attention.
+
+    q: [B, HQ, L, D]; k, v: [B, HKV, L, D] (HQ = G * HKV, query head h reads KV head h // G; K/V
+    are never copied per query head); config: PSAConfig() (the published default) when None.
+    Returns (out [B, HQ, L, D] in q's dtype, stats) with stats from `level_stats` (device tensors:
+    "density" [B, HQ], "level_fraction" [B, HQ, 5], "levels" [B, HQ, nb, nb] int8). No host sync.
+    """
+    from .pyramid_attention import pyramid_attention
+
+    config = PSAConfig() if config is None else config
+    levels = psa_levels(q, k, config)
+    out = pyramid_attention(q, k, v, levels, causal=config.causal, block=config.block)
+    return out, level_stats(levels, config.causal)
