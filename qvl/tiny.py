@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -170,12 +171,18 @@ def tiny_model_dir(cache_root_dir: Path | None = None) -> Path:
     final = root / "models" / f"tiny-{TINY_VERSION}"
     if _is_complete(final):
         return final
+    with _BUILD_LOCK:  # threads share torch's global RNG; processes are kept apart by the rename
+        if not _is_complete(final):
+            _build_into(final)
+    return final
+
+
+def _build_into(final: Path) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{uuid.uuid4().hex[:8]}-", dir=final.parent))
     try:
         build_tiny_model(tmp)
-        (tmp / _DONE_MARKER).write_text(TINY_VERSION + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         try:
             os.rename(tmp, final)  # atomic; fails if another builder got there first
@@ -187,10 +194,10 @@ def tiny_model_dir(cache_root_dir: Path | None = None) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 _DONE_MARKER = ".qvl-tiny-complete"
+_BUILD_LOCK = threading.RLock()
 
 
 def _is_complete(path: Path) -> bool:
@@ -241,12 +248,19 @@ def build_tiny_model(out_dir: Path | str) -> Path:
     """Write the tiny model, tokenizer and processor configs into ``out_dir`` (created if needed).
 
     Same bytes on every build with the same library versions: fixed seed, fixed corpus, sorted JSON.
+    The completion marker is written last.
     """
-    import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with _BUILD_LOCK:
+        _build(out)
+    (out / _DONE_MARKER).write_text(TINY_VERSION + "\n")
+    return out
+
+
+def _build(out: Path) -> None:
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     tok = build_tokenizer()
     ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
@@ -285,7 +299,6 @@ def build_tiny_model(out_dir: Path | str) -> Path:
     })
     _write_tokenizer(out, tok)
     _write_processor(out)
-    return out
 
 
 def _write_tokenizer(out: Path, tok) -> None:
