@@ -34,11 +34,12 @@ import triton.language as tl
 from .naive import _block_mean, check_args
 
 SCRATCH_BYTES = 256 * 2**20
+ROW_ALIGN = 256  # rows per chunk are a multiple of this: every BM and R = block / stride divide it
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _configs():
-    sizes = (16, 32) if _INTERPRET else (64, 128)
+    sizes = (16, 32) if _INTERPRET else (64, 128)  # interpreter: few, large numpy ops are fastest
     warps = (4,) if _INTERPRET else (4, 8)
     stages = (1,) if _INTERPRET else (2, 3, 4)
     return [
@@ -58,7 +59,7 @@ def _prune(configs, named_args, **kwargs):
     kept = [c for c in configs if _keep(c, R)]
     if not kept:  # R larger than every tile: one tile per block
         kept = [triton.Config({"BM": R, "BN": R}, num_warps=8 if R >= 128 else 4, num_stages=2)]
-    return kept[:1] if _INTERPRET else kept
+    return kept[-1:] if _INTERPRET else kept
 
 
 @triton.autotune(
@@ -160,9 +161,9 @@ def _xattn(q, k, block, stride, causal, out):
         q = q.contiguous()
     if k.stride(-1) != 1:
         k = k.contiguous()
-    # Rows per chunk: a multiple of 256 (every BM and R divide it), scratch under SCRATCH_BYTES.
-    CH = max(256, SCRATCH_BYTES // (4 * B * HQ * NB) // 256 * 256)
-    CH = min(CH, triton.cdiv(LS, 256) * 256)
+    # Strided query rows per chunk: a multiple of ROW_ALIGN, scratch under SCRATCH_BYTES.
+    CH = max(ROW_ALIGN, SCRATCH_BYTES // (4 * B * HQ * NB) // ROW_ALIGN * ROW_ALIGN)
+    CH = min(CH, triton.cdiv(LS, ROW_ALIGN) * ROW_ALIGN)
     lse = torch.empty(B * HQ * CH * NB, device=q.device, dtype=torch.float32)
     scale = math.log2(math.e) / (math.sqrt(D) * stride)
     for row0 in range(0, LS, CH):
