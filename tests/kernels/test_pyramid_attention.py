@@ -1,0 +1,158 @@
+"""pyramid_attention (Triton) against its fp32 definition (naive.py) and against SDPA.
+
+On the CPU the kernels run in the Triton interpreter (fp32, fp16); the `gpu` tests repeat the
+cases in bf16 on a CUDA device.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _helpers import TOL, assert_close_rel, poisoned_allocations
+from qvl_kernels.pyramid_attention import build_block_lists, pyramid_attention
+from qvl_kernels.pyramid_attention.naive import pyramid_attention as pyramid_attention_ref
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+LEVEL_VALUES = torch.tensor([0, 1, 2, 4, 8], dtype=torch.int8)
+
+
+def _qkv(B, HQ, HKV, L, D, dtype, seed, device=DEVICE):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, h, L, D, generator=g) for h in (HQ, HKV, HKV))
+    return [t.to(device=device, dtype=dtype) for t in (q, k, v)]
+
+
+def _levels(B, HQ, L, block, seed, device=DEVICE):
+    """Random levels in {0, 1, 2, 4, 8}, every value present where there is room for it."""
+    nb = math.ceil(L / block)
+    g = torch.Generator().manual_seed(seed + 1)
+    lev = LEVEL_VALUES[torch.randint(0, 5, (B, HQ, nb, nb), generator=g)]
+    # Make sure each level appears in the visible (lower-triangular) part.
+    flat = torch.tril(torch.ones(nb, nb, dtype=torch.bool)).nonzero()
+    for n, val in enumerate((1, 2, 4, 8, 0)):
+        if n < len(flat):
+            i, j = flat[-1 - n].tolist()
+            lev[0, 0, i, j] = val
+    return lev.to(device)
+
+
+def _check(q, k, v, lev, causal, block, tol, scale=None):
+    with poisoned_allocations():
+        out = pyramid_attention(q, k, v, lev, causal=causal, block=block, scale=scale)
+    ref = pyramid_attention_ref(q.float(), k.float(), v.float(), lev, causal=causal, block=block, scale=scale)
+    assert out.dtype == q.dtype and out.shape == q.shape
+    assert_close_rel(out, ref, tol)
+    return out
+
+
+# (B, HQ, HKV, L, D, block): GQA groups 1, 2 and 7; L = 1, 63, 129, 300; D = 64, 80, 128.
+CASES = [
+    (1, 2, 2, 1, 64, 128),
+    (1, 2, 1, 63, 80, 32),
+    (2, 4, 2, 129, 128, 32),
+    (1, 7, 1, 300, 64, 32),
+    (1, 2, 1, 300, 80, 128),
+    (1, 4, 2, 129, 64, 64),
+]
+CASE_IDS = [f"B{b}-HQ{hq}-HKV{hkv}-L{L}-D{d}-blk{blk}" for b, hq, hkv, L, d, blk in CASES]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("B, HQ, HKV, L, D, block", CASES, ids=CASE_IDS)
+def test_matches_reference(B, HQ, HKV, L, D, block, causal, dtype):
+    seed = L * 100 + D + HQ
+    q, k, v = _qkv(B, HQ, HKV, L, D, dtype, seed)
+    lev = _levels(B, HQ, L, block, seed)
+    _check(q, k, v, lev, causal, block, TOL[dtype])
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("B, HQ, HKV, L, D, block", CASES[:4], ids=CASE_IDS[:4])
+def test_all_level_one_equals_sdpa(B, HQ, HKV, L, D, block, causal):
+    q, k, v = _qkv(B, HQ, HKV, L, D, torch.float32, seed=L + D)
+    nb = math.ceil(L / block)
+    lev = torch.ones(B, HQ, nb, nb, dtype=torch.int8, device=DEVICE)
+    out = pyramid_attention(q, k, v, lev, causal=causal, block=block)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+    assert_close_rel(out, ref, TOL[torch.float32])
+
+
+def test_every_level_present_and_scale():
+    B, HQ, HKV, L, D, block = 1, 2, 1, 300, 64, 32
+    q, k, v = _qkv(B, HQ, HKV, L, D, torch.float32, seed=11)
+    lev = _levels(B, HQ, L, block, seed=11)
+    visible = lev[..., torch.tril(torch.ones_like(lev[0, 0], dtype=torch.bool))]
+    assert set(visible.unique().tolist()) == {0, 1, 2, 4, 8}
+    _check(q, k, v, lev, True, block, TOL[torch.float32], scale=0.05)
+
+
+def test_row_with_only_its_diagonal_block():
+    B, HQ, HKV, L, D, block = 1, 2, 1, 129, 64, 32
+    q, k, v = _qkv(B, HQ, HKV, L, D, torch.float32, seed=5)
+    nb = math.ceil(L / block)
+    lev = torch.eye(nb, dtype=torch.int8).expand(B, HQ, nb, nb).contiguous().to(DEVICE)
+    out = _check(q, k, v, lev, True, block, TOL[torch.float32])
+    # Block-diagonal causal attention, written with SDPA and an explicit mask.
+    pos = torch.arange(L, device=DEVICE)
+    mask = (pos[:, None] // block == pos[None, :] // block) & (pos[None, :] <= pos[:, None])
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    assert_close_rel(out, ref, TOL[torch.float32])
+
+
+def test_diagonal_at_level_8_leaves_early_queries_empty():
+    # Query 0 cannot use the pooled key over tokens 0..7: it sees nothing and gets 0.
+    B, HQ, HKV, L, D, block = 1, 1, 1, 40, 64, 16
+    q, k, v = _qkv(B, HQ, HKV, L, D, torch.float32, seed=6)
+    nb = math.ceil(L / block)
+    lev = torch.full((B, HQ, nb, nb), 8, dtype=torch.int8, device=DEVICE)
+    out = _check(q, k, v, lev, True, block, TOL[torch.float32])
+    assert torch.all(out[0, 0, :7] == 0)
+
+
+def test_strided_inputs():
+    B, HQ, HKV, L, D, block = 1, 4, 2, 100, 64, 32
+    g = torch.Generator().manual_seed(9)
+    q = torch.randn(B, L, HQ, D, generator=g).to(DEVICE).transpose(1, 2)
+    k = torch.randn(B, L, HKV, D, generator=g).to(DEVICE).transpose(1, 2)
+    v = torch.randn(B, L, HKV, D, generator=g).to(DEVICE).transpose(1, 2)
+    lev = _levels(B, HQ, L, block, seed=9)
+    _check(q, k, v, lev, True, block, TOL[torch.float32])
+
+
+def test_block_lists_group_by_level():
+    lev = torch.tensor([[[[1, 0, 0, 0], [2, 1, 0, 0], [8, 4, 1, 0], [0, 2, 4, 8]]]], dtype=torch.int8)
+    with poisoned_allocations():
+        idx, meta = build_block_lists(lev.to(DEVICE), causal=True)
+    idx, meta = idx.cpu(), meta.cpu()
+    row = meta[0, 0, 3]
+    assert row[:5].tolist() == [0, 0, 1, 2, 2]  # level-1: none, 2: [1], 4: [2], 8: none
+    assert idx[0, 0, 3, :2].tolist() == [1, 2]
+    assert row[5:7].tolist() == [3, 8]  # edge = diagonal, at level 8
+    assert meta[0, 0, 2, :5].tolist() == [0, 0, 0, 1, 2] and idx[0, 0, 2, :2].tolist() == [1, 0]
+
+
+def test_rejects_bad_shapes():
+    q, k, v = _qkv(1, 3, 2, 16, 64, torch.float32, seed=0)
+    with pytest.raises(ValueError):
+        pyramid_attention(q, k, v, torch.ones(1, 3, 1, 1, dtype=torch.int8))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize(
+    "B, HQ, HKV, L, D, block",
+    CASES + [(1, 28, 4, 2000, 128, 128), (2, 16, 2, 1037, 128, 128), (1, 16, 16, 777, 80, 64)],
+    ids=CASE_IDS + ["qwen7b-L2000", "qwen3b-L1037", "vit-L777-D80"],
+)
+def test_bf16_gpu(B, HQ, HKV, L, D, block, causal):
+    seed = L + D
+    q, k, v = _qkv(B, HQ, HKV, L, D, torch.bfloat16, seed, device="cuda")
+    lev = _levels(B, HQ, L, block, seed, device="cuda")
+    _check(q, k, v, lev, causal, block, TOL[torch.bfloat16])
+    ones = torch.ones_like(lev)
+    out = pyramid_attention(q, k, v, ones, causal=causal, block=block)
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal, enable_gqa=True)
+    assert_close_rel(out, ref, TOL[torch.bfloat16])
