@@ -289,7 +289,15 @@ def _build(out: Path) -> None:
         model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
     finally:
         torch.random.set_rng_state(state)
-    model.save_pretrained(out)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a one-second build needs no "Writing model shards" bar
+    try:
+        model.save_pretrained(out)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
     _write_json(out / "generation_config.json", {
         "bos_token_id": ids["<|endoftext|>"],
