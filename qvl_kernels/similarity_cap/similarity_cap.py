@@ -7,33 +7,34 @@ tens of microseconds at 128K tokens on an H100, next to milliseconds for the imp
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from .naive import EPS, check_args
 
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_EPS2 = tl.constexpr(EPS * EPS)  # jit code may read only constexpr globals
+
 
 @triton.jit
-def _pair_cos_mean(p_k, s_kl, o_b, L, o_d, m_d,
-                   R: tl.constexpr, BLOCK: tl.constexpr, GC: tl.constexpr):
-    # Mean cosine of the pairs (g*R, g*R + R - 1) of the block starting at token o_b.
-    NG: tl.constexpr = BLOCK // R
-    b_sum = tl.zeros([GC], dtype=tl.float32)
-    b_cnt = tl.zeros([GC], dtype=tl.float32)
-    for g0 in range(0, NG, GC):
-        o_a = o_b + (g0 + tl.arange(0, GC)) * R  # first token of each pair
-        m_p = (o_a + R - 1) < L  # both tokens inside the sequence
-        m_2 = m_p[:, None] & m_d[None, :]
-        b_a = tl.load(p_k + o_a.to(tl.int64)[:, None] * s_kl + o_d[None, :], mask=m_2, other=0.0).to(tl.float32)
-        b_b = tl.load(p_k + (o_a + R - 1).to(tl.int64)[:, None] * s_kl + o_d[None, :], mask=m_2, other=0.0).to(tl.float32)
-        b_dot = tl.sum(b_a * b_b, 1)  # [GC]
-        b_nn = tl.sum(b_a * b_a, 1) * tl.sum(b_b * b_b, 1)
-        b_cos = b_dot / tl.sqrt(tl.maximum(b_nn, EPS * EPS))
-        b_sum += tl.where(m_p, b_cos, 0.0)
-        b_cnt += m_p.to(tl.float32)
-    n = tl.sum(b_cnt, 0)
-    return tl.sum(b_sum, 0) / tl.maximum(n, 1.0), n
+def _pair_cos_mean(p_k, s_kl, o_c, L, o_d, m_d,
+                   R: tl.constexpr, BLOCK: tl.constexpr, NBLK: tl.constexpr):
+    # Mean cosine of the pairs (g*R, g*R + R - 1) of each of the NBLK blocks starting at token o_c.
+    NG: tl.constexpr = NBLK * BLOCK // R
+    o_a = o_c + tl.arange(0, NG) * R  # first token of each pair
+    m_p = (o_a + R - 1) < L  # both tokens inside the sequence
+    m_2 = m_p[:, None] & m_d[None, :]
+    b_a = tl.load(p_k + o_a.to(tl.int64)[:, None] * s_kl + o_d[None, :], mask=m_2, other=0.0).to(tl.float32)
+    b_b = tl.load(p_k + (o_a + R - 1).to(tl.int64)[:, None] * s_kl + o_d[None, :], mask=m_2, other=0.0).to(tl.float32)
+    b_dot = tl.sum(b_a * b_b, 1)  # [NG]
+    b_nn = tl.sum(b_a * b_a, 1) * tl.sum(b_b * b_b, 1)
+    b_cos = tl.where(m_p, b_dot / tl.sqrt(tl.maximum(b_nn, _EPS2)), 0.0)
+    b_sum = tl.sum(tl.reshape(b_cos, [NBLK, BLOCK // R]), 1)  # [NBLK]
+    b_cnt = tl.sum(tl.reshape(m_p.to(tl.float32), [NBLK, BLOCK // R]), 1)
+    return b_sum / tl.maximum(b_cnt, 1.0), b_cnt
 
 
 @triton.jit
@@ -46,26 +47,28 @@ def _similarity_kernel(
     D: tl.constexpr,
     BD: tl.constexpr,
     BLOCK: tl.constexpr,
-    EPS: tl.constexpr,
+    NBLK: tl.constexpr,
 ):
-    # Grid: (NB, B * H); one key block per program.
-    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    # Grid: (cdiv(NB, NBLK), B * H); NBLK key blocks per program.
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     o_d = tl.arange(0, BD)
     m_d = o_d < D
     p_k = k + i_b.to(tl.int64) * s_kb + i_h.to(tl.int64) * s_kh
-    o_b = i_n * BLOCK
-    s2, n2 = _pair_cos_mean(p_k, s_kl, o_b, L, o_d, m_d, 2, BLOCK, min(BLOCK // 2, 16))
-    s4, n4 = _pair_cos_mean(p_k, s_kl, o_b, L, o_d, m_d, 4, BLOCK, min(BLOCK // 4, 16))
-    s8, n8 = _pair_cos_mean(p_k, s_kl, o_b, L, o_d, m_d, 8, BLOCK, min(BLOCK // 8, 16))
-    b_cap = tl.where((n2 > 0) & (s2 > t2), 2, 1)
+    o_c = i_c * NBLK * BLOCK
+    s2, n2 = _pair_cos_mean(p_k, s_kl, o_c, L, o_d, m_d, 2, BLOCK, NBLK)
+    s4, n4 = _pair_cos_mean(p_k, s_kl, o_c, L, o_d, m_d, 4, BLOCK, NBLK)
+    s8, n8 = _pair_cos_mean(p_k, s_kl, o_c, L, o_d, m_d, 8, BLOCK, NBLK)
+    b_cap = tl.where((n2 > 0) & (s2 > t2), 2, 1)  # [NBLK]
     b_cap = tl.where((n4 > 0) & (s4 > t4), 4, b_cap)
     b_cap = tl.where((n8 > 0) & (s8 > t8), 8, b_cap)
-    o_s = i_bh.to(tl.int64) * NB + i_n
-    tl.store(sim + o_s * 3 + 0, s2)
-    tl.store(sim + o_s * 3 + 1, s4)
-    tl.store(sim + o_s * 3 + 2, s8)
-    tl.store(cap + o_s, b_cap.to(tl.int8))
+    o_n = i_c * NBLK + tl.arange(0, NBLK)
+    m_n = o_n < NB
+    o_s = i_bh.to(tl.int64) * NB + o_n
+    tl.store(sim + o_s * 3 + 0, s2, mask=m_n)
+    tl.store(sim + o_s * 3 + 1, s4, mask=m_n)
+    tl.store(sim + o_s * 3 + 2, s8, mask=m_n)
+    tl.store(cap + o_s, b_cap.to(tl.int8), mask=m_n)
 
 
 def _similarity(k, block, thresholds, sim=None, cap=None):
@@ -77,12 +80,15 @@ def _similarity(k, block, thresholds, sim=None, cap=None):
     if cap is None:
         cap = torch.empty(B, H, nb, device=k.device, dtype=torch.int8)
     BD = triton.next_power_of_2(D)
-    _similarity_kernel[(nb, B * H)](
+    # GPU: about 128 tokens per program (the r = 2 tiles are [64, BD]); the interpreter prefers
+    # few programs with large numpy ops.
+    NBLK = min(triton.next_power_of_2(nb), 32) if _INTERPRET else max(1, 128 // block)
+    _similarity_kernel[(triton.cdiv(nb, NBLK), B * H)](
         k, sim, cap,
         k.stride(0), k.stride(1), k.stride(2),
         float(thresholds[0]), float(thresholds[1]), float(thresholds[2]),
         L, nb,
-        H=H, D=D, BD=BD, BLOCK=block, EPS=EPS,
+        H=H, D=D, BD=BD, BLOCK=block, NBLK=NBLK,
         num_warps=4 if BD <= 64 else 8,
     )
     return sim, cap
