@@ -163,6 +163,12 @@ def download(spec: str, *, revision: str | None = None, local_dir: str | Path | 
         return tiny_model_dir()
     if kind == "folder":
         raise ModelError(f"{spec} is a local folder, not a Hub model; nothing to download")
+    if local_dir is None and (is_offline() or not hub_reachable()):
+        cached, _ = _cached_snapshot(value, revision)
+        if cached is not None:  # nothing to update without the Hub; the cached copy is complete
+            print(f"{value} is already downloaded ({cached}); the Hub cannot be reached to check for updates",
+                  file=sys.stderr)
+            return cached
     if is_offline():
         raise ModelError(f"cannot download {value}: HF_HUB_OFFLINE is set")
     return _download_repo(value, revision=revision, local_dir=local_dir)

@@ -197,6 +197,13 @@ def test_hub_unreachable_on_this_machine():
     assert message.endswith("run: qvl download 72b") and elapsed < 5
 
 
+def test_download_of_a_cached_model_without_network(tiny_dir, tmp_path, monkeypatch, capsys):
+    snapshot = _put_in_hf_cache("Qwen/Qwen2.5-VL-7B-Instruct", tiny_dir, tmp_path / "hf" / "hub")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    assert download("7b") == snapshot
+    assert "already downloaded" in capsys.readouterr().err
+
+
 def test_download_tiny_builds(tmp_path, tiny_dir):
     assert download("tiny") == tiny_dir
     out = download("tiny", local_dir=tmp_path / "t")
