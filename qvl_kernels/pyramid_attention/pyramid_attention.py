@@ -195,8 +195,8 @@ def _pyramid_attn_kernel(
     s_kb, s_kh, s_kl, s_kd,
     s_vb, s_vh, s_vl, s_vd,
     s_ob, s_oh, s_ol, s_od,
-    qk_scale, L, NB,
-    HQ: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
+    qk_scale, L, NB, HQ, G,
+    D: tl.constexpr, BLOCK: tl.constexpr,
     CAUSAL: tl.constexpr, POOL_IN_KERNEL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -205,7 +205,7 @@ def _pyramid_attn_kernel(
     i_bh = tl.program_id(1)
     i_b, i_h = i_bh // HQ, i_bh % HQ
     i_hk = i_h // G
-    HKV: tl.constexpr = HQ // G
+    HKV = HQ // G
     i_row = i_bh * NB + (i_m * BLOCK_M) // BLOCK  # row of `levels` (and of the lists)
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, BLOCK_D)
@@ -278,34 +278,29 @@ def _configs():
     ]
 
 
-def _keep(conf: triton.Config) -> bool:
-    return True
+def _keep(conf: triton.Config, block: int, block_d: int) -> bool:
+    """The few configs worth compiling for a (block, head_dim) pair (measured: NOTES-psa.md)."""
+    bm, bn, w, s = conf.kwargs["BLOCK_M"], conf.kwargs["BLOCK_N"], conf.num_warps, conf.num_stages
+    if bm > block or bm < min(64, block):  # a query tile sits inside one level row
+        return False
+    if bm == 128:  # 128-row tiles: 8 warps (two warpgroups), FA2-style
+        return w == 8 and (bn, s) in ((64, 3), (128, 2))
+    return w == 4 and bn == 64 and s == 3 and block_d <= 128 or (block_d > 128 and w == 4 and bn == 64 and s == 2)
 
 
 def _prune(configs, named_args, **kwargs):
     block = named_args["BLOCK"] if "BLOCK" in named_args else kwargs["BLOCK"]
     bd = named_args["BLOCK_D"] if "BLOCK_D" in named_args else kwargs["BLOCK_D"]
-    out = []
-    for c in configs:
-        bm, bn, w = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps
-        if bm > block or bm < min(64, block):  # a query tile sits inside one level row
-            continue
-        if _interpreting():
-            out.append(c)
-            continue
-        if bm == 128 and w == 4:  # 128 x 128 fp32 accumulators need 8 warps
-            continue
-        if bm == 64 and w == 8:
-            continue
-        if bd > 128 and bn == 128:
-            continue
-        out.append(c)
+    if _interpreting():
+        out = [c for c in configs if min(64, block) == c.kwargs["BLOCK_M"]]
+    else:
+        out = [c for c in configs if _keep(c, block, bd)]
     return out or configs[:1]
 
 
 _pyramid_attn_kernel_tuned = triton.autotune(
     configs=_configs(),
-    key=["HQ", "G", "D", "BLOCK", "CAUSAL", "POOL_IN_KERNEL"],
+    key=["D", "BLOCK", "CAUSAL", "POOL_IN_KERNEL"],
     prune_configs_by={"early_config_prune": _prune},
 )(_pyramid_attn_kernel)
 
@@ -349,9 +344,9 @@ def _pyramid_attention_fwd(q, k, v, levels, causal, scale, block, *, pool_in_ker
     args = (
         q, k, v, k2, v2, k4, v4, k8, v8, o, idx, meta,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-        scale * 1.4426950408889634, L, nb,
+        scale * 1.4426950408889634, L, nb, HQ, HQ // HKV,
     )
-    consts = dict(HQ=HQ, G=HQ // HKV, D=D, BLOCK=block, CAUSAL=bool(causal),
+    consts = dict(D=D, BLOCK=block, CAUSAL=bool(causal),
                   POOL_IN_KERNEL=bool(pool_in_kernel), BLOCK_D=max(16, triton.next_power_of_2(D)))
     if config is None:
         grid = lambda meta_: (triton.cdiv(L, meta_["BLOCK_M"]), B * HQ)  # noqa: E731
