@@ -41,7 +41,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 def _configs():
     sizes = (16, 32) if _INTERPRET else (64, 128)  # interpreter: few, large numpy ops are fastest
     warps = (4,) if _INTERPRET else (4, 8)
-    stages = (1,) if _INTERPRET else (2, 3, 4)
+    stages = (1,) if _INTERPRET else (2, 3)
     return [
         triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=st)
         for bm in sizes for bn in sizes for w in warps for st in stages
