@@ -115,6 +115,7 @@ def video(
     end: Annotated[Optional[float], typer.Option("--end", help="End of the clip, seconds.")] = None,
     min_frames: Annotated[int, typer.Option("--min-frames", help="Fewest frames to sample.")] = 4,
     max_frames: Annotated[int, typer.Option("--max-frames", help="Most frames to sample.")] = 768,
+    min_pixels: Annotated[Optional[int], typer.Option("--min-pixels", help="Smallest frame, in pixels (default 128 tokens).")] = None,
     max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", help="Pixel budget per frame.")] = None,
     total_pixels: Annotated[Optional[int], typer.Option("--total-pixels", help="Pixel budget for the whole video.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the frame plan and stop; loads no model.")] = False,
@@ -139,53 +140,61 @@ def video(
     try:
         options = media_video.VideoOptions(
             frames=frames, fps=fps, start=start, end=end, min_frames=min_frames, max_frames=max_frames,
-            max_pixels=max_pixels, total_pixels=total_pixels,
+            max_pixels=max_pixels, total_pixels=total_pixels, max_download_mb=max_download_mb,
+            **({"min_pixels": min_pixels} if min_pixels is not None else {}),
         )
     except QvlError as exc:
         _fail_now(exc)
     if dry_run:
-        raise typer.Exit(_dry_run(videos, options, json_output, max_download_mb))
+        raise typer.Exit(_dry_run(videos, options, json_output))
     cache = None if no_cache else _frame_cache(cache_dir)
     session = _Session(model, device, dtype, max_tokens, temperature, top_p, seed, json_output, quiet)
     session.several = len(videos) > 1
     for source in videos:
-        session.run(source, prompt or DEFAULT_VIDEO_PROMPT, lambda source=source: _load_clip(source, options, cache, max_download_mb, quiet))
+        session.run(source, prompt or DEFAULT_VIDEO_PROMPT, lambda source=source: _load_clip(source, options, cache, quiet))
     raise typer.Exit(session.exit_code)
 
 
-def _load_clip(source, options, cache, max_download_mb, quiet):
+def _load_clip(source, options, cache, quiet):
     from qvl.engine import VideoFrames
     from qvl.media.video import load_video
 
-    with _status(f"Sampling frames from {source}", quiet):
-        clip = load_video(source, options, cache=cache, max_download_mb=max_download_mb)
+    with _progress(quiet) as progress:
+        task = progress.add_task(f"frames of {source}", total=None) if progress else None
+
+        def advance(done: int, total: int) -> None:
+            if progress is not None:
+                progress.update(task, completed=done, total=total)
+
+        clip = load_video(source, options, cache=cache, progress=advance)
     extra = {
         "frames": len(clip.timestamps),
         "sampled_fps": round(clip.sampled_fps, 6),
         "frame_size": [clip.plan.width, clip.plan.height],
         "span": [round(clip.timestamps[0], 3), round(clip.timestamps[-1], 3)],
+        "video_tokens": clip.plan.tokens,
         "from_cache": clip.from_cache,
+        "timestamps": [round(t, 3) for t in clip.timestamps],
     }
     return {"video": VideoFrames(clip.frames, clip.sampled_fps), "extra": extra}
 
 
-def _dry_run(videos, options, json_output: bool, max_download_mb: int) -> int:
+def _dry_run(videos, options, json_output: bool) -> int:
     from qvl import output
     from qvl.media.video import plan_source
 
     exit_code = 0
     for source in videos:
         try:
-            plan = plan_source(source, options, max_download_mb=max_download_mb)
+            plan = plan_source(source, options)
         except QvlError as exc:
             output.error(str(exc))
             if json_output:
                 output.json_line({"input": source, "error": str(exc)})
             exit_code = exc.exit_code
             continue
-        record = {"input": source, **plan.to_dict()}
         if json_output:
-            output.json_line(record)
+            output.json_line({"input": source, **plan.to_dict(), "error": None})
         else:
             _print_plan(source, plan)
     return exit_code
@@ -195,13 +204,14 @@ def _print_plan(source: str, plan) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    info = plan.to_dict()
     table = Table(title=source, show_header=False, title_justify="left")
-    for key in ("frames", "width", "height", "sampled_fps", "tokens"):
-        if key in info:
-            table.add_row(key.replace("_", " "), str(info[key]))
-    if plan.timestamps:
-        table.add_row("span", f"{plan.timestamps[0]:.3f} s .. {plan.timestamps[-1]:.3f} s")
+    table.add_row("frames", str(plan.frames))
+    table.add_row("frame size", f"{plan.width} x {plan.height}")
+    table.add_row("span", f"{plan.timestamps[0]:.3f} s .. {plan.timestamps[-1]:.3f} s of {plan.source_duration:.3f} s")
+    table.add_row("sampled fps", f"{plan.sampled_fps:.4g}")
+    table.add_row("LLM tokens", f"{plan.tokens:,}")
+    for note in plan.notes:
+        table.add_row("note", note)
     # The plan is the data this command was asked for, so it goes to stdout.
     Console(highlight=False).print(table)
 
@@ -288,10 +298,11 @@ class _Session:
 
         self.count += 1
         try:
-            engine = self._engine()
+            # Media first: a bad input is reported without waiting for a model to load.
             started = time.perf_counter()
             media = load_media()
             media_s = time.perf_counter() - started
+            engine = self._engine()
             request = Request(
                 prompt=prompt, images=media.get("images", ()), video=media.get("video"),
                 max_new_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed,
@@ -355,14 +366,19 @@ def _open_or_raise(source, opener):
     return opener(source)
 
 
-def _status(message: str, quiet: bool):
+def _progress(quiet: bool):
+    """A transient Rich progress bar on stderr, or a null context yielding None when quiet."""
     import contextlib
 
-    if quiet:
-        return contextlib.nullcontext()
     from qvl import output
 
-    return output.console().status(message)
+    # Off a terminal a live bar has nothing to redraw and would only leave blank lines.
+    if quiet or not output.console().is_terminal:
+        return contextlib.nullcontext()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=output.console(), transient=True)
 
 
 def _reject_psa(psa: bool) -> None:

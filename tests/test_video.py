@@ -1,0 +1,126 @@
+"""`qvl video` end to end: real ffmpeg-made videos, the tiny model, temporal positions, bad input."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from cli_helpers import assert_one_error, invoke, json_lines, run_subprocess
+
+SMALL = ["--min-pixels", str(28 * 28 * 4), "--max-pixels", str(28 * 28 * 4), "--max-tokens", "4"]
+
+
+def make_video(path: Path, seconds: float, rate: int = 8, size: str = "64x48", extra: tuple = ()) -> Path:
+    from qvl.media.ffmpeg import ffmpeg_exe
+
+    subprocess.run(
+        [ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}",
+         *extra, "-c:v", "libx264", "-g", str(rate), "-pix_fmt", "yuv420p", str(path)],
+        check=True,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return make_video(tmp_path_factory.mktemp("videos") / "clip.mp4", seconds=6)
+
+
+@pytest.fixture(autouse=True)
+def _tiny(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("QVL_MODEL", "tiny")
+
+
+@pytest.mark.parametrize("seconds, expected", [(16, 0.5), (64, 2.0)], ids=["16s", "64s"])
+def test_64_frames_give_the_real_seconds_per_temporal_patch(tmp_path, seconds, expected):
+    """Two frames make one temporal patch: 64 frames over 16 s are 0.5 s apart in pairs of 0.25 s."""
+    from qvl.engine import Engine, Request, VideoFrames
+    from qvl.media.video import VideoOptions, load_video
+
+    video = make_video(tmp_path / f"{seconds}s.mp4", seconds=seconds, rate=8)
+    clip = load_video(video, VideoOptions(frames=64, max_pixels=28 * 28 * 4, min_pixels=28 * 28 * 4))
+    assert clip.frames.shape[0] == 64
+    engine = Engine("tiny")
+    inputs = engine.prepare(Request("What happens?", video=VideoFrames(clip.frames, clip.sampled_fps)))
+    (second_per_grid,) = inputs["second_per_grid_ts"].tolist()
+    assert second_per_grid == pytest.approx(expected, rel=0.02)
+    # The same as the real spacing of the frames the model saw, pair by pair.
+    spacing = (clip.timestamps[-1] - clip.timestamps[0]) / (len(clip.timestamps) - 1)
+    assert second_per_grid == pytest.approx(2 * spacing, rel=1e-6)
+
+
+def test_video_json_reports_frames_fps_and_cache(clip):
+    first = invoke("video", clip, "--frames", "8", "--json", *SMALL)
+    assert first.exit_code == 0, first.stderr
+    (record,) = json_lines(first.stdout)
+    assert record["error"] is None and record["frames"] == 8 and record["from_cache"] is False
+    assert record["sampled_fps"] == pytest.approx(8 / 6, rel=0.25)
+    assert len(record["timestamps"]) == 8 and record["span"][0] < record["span"][1] <= 6
+    second = json_lines(invoke("video", clip, "--frames", "8", "--json", *SMALL).stdout)[0]
+    assert second["from_cache"] is True and second["timestamps"] == record["timestamps"]
+    bypass = json_lines(invoke("video", clip, "--frames", "8", "--json", "--no-cache", *SMALL).stdout)[0]
+    assert bypass["from_cache"] is False
+
+
+def test_streamed_answer_and_seed_alias(clip):
+    result = invoke("video", clip, "--preprocess-frames", "4", *SMALL)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip()
+
+
+def test_dry_run_needs_no_model(clip, monkeypatch):
+    monkeypatch.setenv("QVL_MODEL", "no-such-model")
+    result = invoke("video", clip, "--frames", "16", "--dry-run", "--json")
+    assert result.exit_code == 0, result.stderr
+    (plan,) = json_lines(result.stdout)
+    assert plan["frames"] == 16 and plan["width"] % 28 == 0 and plan["height"] % 28 == 0
+    assert plan["tokens"] == 8 * (plan["width"] // 28) * (plan["height"] // 28)
+    table = invoke("video", clip, "--fps", "1", "--dry-run")
+    assert table.exit_code == 0 and "LLM tokens" in table.stdout
+
+
+def test_infer_keeps_the_published_flags(clip):
+    result = invoke("infer", "--type", "video", "--input", clip, "--preprocess-frames", "4", "--max-tokens", "3")
+    assert result.exit_code == 0, result.stderr and result.stdout.strip()
+
+
+def _bad_videos(tmp_path: Path, clip: Path) -> dict:
+    from qvl.media.ffmpeg import ffmpeg_exe
+
+    audio = tmp_path / "audio.m4a"
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", "sine=duration=2", str(audio)], check=True)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(clip.read_bytes()[:2000])
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video at all\n" * 50)
+    return {"no video stream": (audio, "video"), "zero-length": (empty, "empty"), "truncated": (truncated, ""),
+            "text named .mp4": (text, "")}
+
+
+@pytest.mark.parametrize("case", ["no video stream", "zero-length", "truncated", "text named .mp4"])
+def test_bad_video_is_one_clear_line(tmp_path, clip, case):
+    source, message = _bad_videos(tmp_path, clip)[case]
+    assert_one_error(invoke("video", source, *SMALL), contains=message)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--frames", "0"], "--frames"), (["--frames", "-4"], "--frames"), (["--fps", "0"], "--fps"),
+     (["--start", "4", "--end", "2"], "--start"), (["--start", "60"], "past the end"),
+     (["--frames", "8", "--fps", "2"], "exclusive")],
+    ids=["zero frames", "negative frames", "zero fps", "start after end", "start past end", "frames and fps"],
+)
+def test_impossible_options_are_one_line(clip, args, message):
+    assert_one_error(invoke("video", clip, *args, *SMALL), contains=message)
+
+
+def test_non_numeric_frames_is_a_usage_error(clip):
+    assert_one_error(run_subprocess("video", clip, "--frames", "many"), contains="--frames", exit_code=2)
+
+
+def test_missing_video_does_not_stop_the_next(tmp_path, clip):
+    result = invoke("video", tmp_path / "nope.mp4", clip, "--frames", "4", "--json", *SMALL)
+    assert result.exit_code == 1
+    records = json_lines(result.stdout)
+    assert "no such file" in records[0]["error"] and records[1]["error"] is None
