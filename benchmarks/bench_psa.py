@@ -1,0 +1,500 @@
+"""PSA kernels on the GPU: pyramid_attention and the whole PSA pipeline against dense and sparse baselines.
+
+    PYTHONPATH=. python3 benchmarks/bench_psa.py --out bench-out [--models 7b,3b] [--lengths 8,16,32,64,128]
+        [--sweep] [--deadline 540]
+
+Everything runs in one process on one card, so every ratio below compares numbers from the same
+run. Baselines: SDPA (cuDNN and flash backends, enable_gqa), FlexAttention with a block mask that
+keeps the same blocks as PSA (binary), and the published PSA code (github ziplab/Pyramid-Sparse-
+Attention, qwen2.5-vl-example, fetched into third_party/psa_ref, never committed) at the same config
+and inputs, called as its Qwen example calls it (K/V expanded to every query head first).
+
+Inputs: "random" (standard normal q, k, v) and "video" (synthetic spatio-temporal locality over a
+frames x 16 x 16 token grid: q and k share random-Fourier features of the token's (t, y, x) so that
+nearby tokens attend to each other and neighbouring keys are similar; a few attention sinks).
+
+Reports per row: ms (median of CUDA-event timings), useful TFLOP/s (density x dense causal
+FLOPs / time), density (sum of 1/r over visible blocks / visible blocks), estimation share
+(importance + mask + cap over the whole pipeline), relative error vs dense SDPA (cuDNN) output.
+Writes a JSON file with every number and prints a compact table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from qvl_kernels.pooling import mean_pool  # noqa: E402
+from qvl_kernels.pyramid_attention import build_block_lists, pyramid_attention  # noqa: E402
+from qvl_kernels.pyramid_attention.pyramid_attention import _pyramid_attention_fwd  # noqa: E402
+
+MODELS = {"7b": (28, 4, 128), "3b": (16, 2, 128)}  # HQ, HKV, D
+BLOCK = 128
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU only for a smoke test of the helpers
+PUBLISHED_RATIOS = {1: (0.0, 0.7), 2: (0.7, 0.8), 4: (0.8, 0.9), 8: (0.9, 0.9), 0: (0.9, 1.0)}
+T0 = time.time()
+ROWS: list[dict] = []
+LOG: list[str] = []
+
+
+def log(msg: str) -> None:
+    line = f"[{time.time() - T0:6.1f}s] {msg}"
+    print(line, flush=True)
+    LOG.append(line)
+
+
+# ----------------------------------------------------------------------------- timing, inputs
+
+
+def timed(fn, budget_ms: float = 300.0, min_reps: int = 3, max_reps: int = 40) -> float:
+    """Median ms of fn() over CUDA events, after a warm-up call; rep count from a first estimate."""
+    fn()
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    fn()
+    e.record()
+    torch.cuda.synchronize()
+    est = s.elapsed_time(e)
+    reps = int(min(max_reps, max(min_reps, budget_ms / max(est, 1e-3))))
+    times = []
+    for _ in range(reps):
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def dense_causal_flops(B, HQ, L, D) -> float:
+    return 4.0 * B * HQ * D * L * (L + 1) / 2  # QK^T and PV over the visible (lower) triangle
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    num = den = 0.0
+    for i in range(a.shape[1]):  # per head: no fp32 copy of the whole tensor
+        x, y = a[:, i].float(), b[:, i].float()
+        num += (x - y).pow(2).sum().item()
+        den += y.pow(2).sum().item()
+    return math.sqrt(num / max(den, 1e-30))
+
+
+def random_inputs(B, HQ, HKV, L, D, seed):
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    return [torch.randn(B, h, L, D, device=DEV, generator=g, dtype=torch.float32).to(torch.bfloat16)
+            for h in (HQ, HKV, HKV)]
+
+
+def _features(pos, D, g, scale):
+    # Random Fourier features: phi(p) . phi(p') ~ D * exp(-|p - p'|^2 / 2) in the scaled units.
+    w = torch.randn(D // 2, pos.shape[1], device=DEV, generator=g) * scale
+    b = torch.rand(D // 2, device=DEV, generator=g) * 2 * math.pi
+    a = pos @ w.T + b
+    return torch.cat([a.cos(), a.sin()], -1) * math.sqrt(2.0)  # [L, D], |phi|^2 = D
+
+
+def video_inputs(B, HQ, HKV, L, D, seed, grid=16, sigma_s=2.0, sigma_t=1.5, n_sinks=4):
+    """Synthetic video-like q, k, v over a frames x grid x grid token order (t, y, x)."""
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    i = torch.arange(L, device=DEV)
+    per = grid * grid
+    pos = torch.stack([(i // per) / sigma_t, ((i % per) // grid) / sigma_s, (i % grid) / sigma_s], -1).float()
+    G = HQ // HKV
+    qs, ks, vs = [], [], []
+    for _b in range(B):
+        qh, kh, vh = [], [], []
+        for _h in range(HKV):
+            phi = _features(pos, D, g, 1.0)
+            u = torch.randn(D, device=DEV, generator=g)
+            u = u / u.norm() * math.sqrt(D)
+            k = phi + 0.3 * torch.randn(L, D, device=DEV, generator=g)
+            k[:n_sinks] += 2.0 * u
+            kh.append(k)
+            vh.append(_features(pos, D, g, 0.7) + 0.5 * torch.randn(L, D, device=DEV, generator=g))
+            for _g in range(G):
+                qh.append(phi * (0.8 + 0.4 * torch.rand(1, device=DEV, generator=g))
+                          + 0.5 * torch.randn(L, D, device=DEV, generator=g) + 0.3 * u)
+        qs.append(torch.stack(qh))
+        ks.append(torch.stack(kh))
+        vs.append(torch.stack(vh))
+    return [torch.stack(t).to(torch.bfloat16).contiguous() for t in (qs, ks, vs)]
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def sdpa(backend):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    b = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}[backend]
+
+    def run(q, k, v):
+        with sdpa_kernel([b]):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    return run
+
+
+def level_density(levels: torch.Tensor) -> float:
+    nb = levels.shape[-1]
+    vis = torch.ones(nb, nb, dtype=torch.bool, device=levels.device).tril()
+    lv = levels.float()
+    inv = torch.where(lv > 0, 1.0 / lv.clamp(min=1), torch.zeros_like(lv))
+    return (inv[..., vis].sum() / (vis.sum() * levels.shape[0] * levels.shape[1])).item()
+
+
+def fixed_levels(B, HQ, L, density, pyramid, seed):
+    """A fixed level mask of about `density`: binary (level 1 or 0) or a pyramid mix."""
+    nb = math.ceil(L / BLOCK)
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    u = torch.rand(B, HQ, nb, nb, device=DEV, generator=g)
+    if not pyramid:
+        lev = (u < density).to(torch.int8)
+    else:  # equal shares of 1, 2, 4, 8 among kept blocks: density = keep * (1 + 1/2 + 1/4 + 1/8) / 4
+        keep = min(1.0, density * 4 / 1.875)
+        choice = torch.tensor([1, 2, 4, 8], device=DEV, dtype=torch.int8)[
+            torch.randint(0, 4, (B, HQ, nb, nb), device=DEV, generator=g)]
+        lev = torch.where(u < keep, choice, torch.zeros_like(choice))
+    idx = torch.arange(nb, device=DEV)
+    lev[..., idx, idx] = 1
+    lev[..., :, 0] = 1
+    return lev.tril()
+
+
+def binary_same_budget(scores: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Binary block mask keeping, per row, round(sum of 1/r) blocks at level 1 (the same full-block
+    equivalents as `levels`), chosen by the same scores; diagonal and first block forced."""
+    nb = levels.shape[-1]
+    vis = torch.ones(nb, nb, dtype=torch.bool, device=levels.device).tril()
+    lv = levels.float()
+    budget = torch.where(lv > 0, 1.0 / lv.clamp(min=1), torch.zeros_like(lv)).sum(-1).round().clamp(min=1)
+    s = scores.float().masked_fill(~vis, float("-inf"))
+    idx = torch.arange(nb, device=levels.device)
+    s[..., idx, idx] = float("inf")
+    s[..., :, 0] = torch.where(vis[:, 0], float("inf"), float("-inf"))
+    rank = s.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
+    return ((rank < budget[..., None]) & vis).to(torch.int8)
+
+
+_FLEX = {}
+
+
+def flex_from_levels(levels: torch.Tensor, L: int):
+    """FlexAttention block mask with the blocks of `levels` (> 0) kept at full resolution."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    nb = levels.shape[-1]
+    idx = torch.arange(nb, device=levels.device)
+    off = (levels > 0) & (idx[None, :] < idx[:, None])  # full blocks left of the diagonal
+    full_num = off.sum(-1).to(torch.int32)
+    full_idx = (~off).to(torch.int8).argsort(dim=-1, stable=True).to(torch.int32)
+    part_num = torch.ones_like(full_num)
+    # The one partial block of a row is its diagonal; the rest of the row lists the other blocks.
+    part_idx = (idx[None, :] != idx[:, None]).to(torch.int8).argsort(dim=-1, stable=True).to(torch.int32)
+    part_idx = part_idx.expand(*levels.shape[:2], nb, nb).contiguous()
+
+    keep = levels > 0
+
+    def causal(b, h, q_idx, kv_idx):  # the block test matters only where flex runs unfused (eager)
+        return (q_idx >= kv_idx) & keep[b, h, q_idx // BLOCK, kv_idx // BLOCK]
+
+    return BlockMask.from_kv_blocks(part_num, part_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=causal,
+                                    seq_lengths=(L, L))
+
+
+def flex_run(q, k, v, bm):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if "fn" not in _FLEX:
+        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
+    return _FLEX["fn"](q, k, v, block_mask=bm, enable_gqa=True)
+
+
+_PUB = {}
+
+
+def published():
+    """(AttentionConfig, adaptive_block_sparse_attn, kernel fn) of the published PSA, or None."""
+    if "mod" not in _PUB:
+        path = os.path.join(ROOT, "third_party", "psa_ref", "qwen2.5-vl-example", "src", "attention")
+        if not os.path.isdir(path):
+            _PUB["mod"] = None
+        else:
+            sys.path.insert(0, path)
+            import PSA_casual  # noqa: F401
+            from PSA_casual import AttentionConfig, adaptive_block_sparse_attn
+            from PSA_casual.kernels import sparse_attention_factory
+
+            cfg = AttentionConfig(mask_mode="energybound", mask_ratios=dict(PUBLISHED_RATIOS), importance_method="xattn",
+                                  causal_main=True, xattn_stride=8, warmup_steps=0, text_length=0)
+            _PUB["mod"] = (cfg, adaptive_block_sparse_attn, sparse_attention_factory(causal=True))
+    return _PUB["mod"]
+
+
+def repeat_kv(x, n):
+    B, H, L, D = x.shape
+    return x[:, :, None].expand(B, H, n, L, D).reshape(B, H * n, L, D)
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+def add(**row):
+    ROWS.append(row)
+    ms, tf, d, er = row.get("ms"), row.get("tflops"), row.get("density"), row.get("err")
+    log(f"{row['model']:>3} L={row['L']:>6} {row['input']:>6} {row['method']:<34} "
+        f"{'' if ms is None else f'{ms:9.3f} ms'} {'' if tf is None else f'{tf:6.0f} TF/s'} "
+        f"{'' if d is None else f'd={d:.3f}'} {'' if er is None else f'err={er:.4f}'} {row.get('note', '')}")
+
+
+def guard(name, fn):
+    try:
+        return fn()
+    except Exception as exc:  # keep the run going: one failing baseline must not lose the rest
+        log(f"FAILED {name}: {type(exc).__name__}: {str(exc)[:300]}")
+        LOG.append(traceback.format_exc())
+        return None
+
+
+def check_small():
+    """bf16 on the GPU against the fp32 definition (naive.py), every level, both masks."""
+    from qvl_kernels.pyramid_attention.naive import pyramid_attention as ref_fn
+
+    for L, causal, pik in ((2000, True, False), (2000, False, False), (1537, True, True)):
+        HQ, HKV, D = MODELS["7b"]
+        q, k, v = random_inputs(1, HQ, HKV, L, D, seed=L)
+        lev = fixed_levels(1, HQ, L, 0.5, True, seed=3)
+        if not causal:
+            lev = lev + lev.transpose(-1, -2).tril(-1).transpose(-1, -2)
+        out = _pyramid_attention_fwd(q, k, v, lev, causal, None, BLOCK, pool_in_kernel=pik)
+        ref = ref_fn(q.float(), k.float(), v.float(), lev, causal=causal)
+        err = rel_err(out, ref)
+        add(model="7b", L=L, input="random", method=f"check vs fp32 naive {'causal' if causal else 'full'}"
+            f"{' fused-pool' if pik else ''}", err=err, note="OK" if err < 3e-2 and out.isfinite().all() else "FAIL")
+
+
+def sweep(args):
+    """Kernel variants at one shape: tile configs, pooled K/V precomputed vs pooled in the kernel."""
+    HQ, HKV, D = MODELS["7b"]
+    B = 1
+    guard("check_small", check_small)
+    for Lk in args.sweep_lengths:
+        L = Lk * 1024
+        q, k, v = video_inputs(B, HQ, HKV, L, D, seed=L)
+        fl = dense_causal_flops(B, HQ, L, D)
+        t_cudnn = timed(lambda: sdpa("cudnn")(q, k, v))
+        add(model="7b", L=L, input="video", method="sdpa-cudnn", ms=t_cudnn, tflops=fl / t_cudnn / 1e9, density=1.0)
+        nb = math.ceil(L / BLOCK)
+        ones = torch.ones(B, HQ, nb, nb, dtype=torch.int8, device=DEV)
+        lists1 = build_block_lists(ones, True)
+        pooled = (*mean_pool(k), *mean_pool(v))
+        lev35 = fixed_levels(B, HQ, L, 0.35, True, seed=1)
+        lists35 = build_block_lists(lev35, True)
+        d35 = level_density(lev35)
+        configs = [
+            dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+            dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),
+            dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2),
+            dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
+            dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
+            dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
+        ]
+        ref = sdpa("cudnn")(q, k, v)
+        for cfg in configs:
+            name = "cfg{BLOCK_M}x{BLOCK_N}w{num_warps}s{num_stages}".format(**cfg)
+
+            def one():
+                run = lambda: _pyramid_attention_fwd(q, k, v, ones, True, None, BLOCK, pooled=pooled,  # noqa: E731
+                                                     lists=lists1, config=cfg)
+                out = run()
+                t = timed(run)
+                add(model="7b", L=L, input="video", method=f"pyr-all1-{name}", ms=t, tflops=fl / t / 1e9,
+                    density=1.0, err=rel_err(out, ref), note=f"x{t_cudnn / t:.2f} of cudnn")
+                for pik in (False, True):
+                    run = lambda: _pyramid_attention_fwd(q, k, v, lev35, True, None, BLOCK, pooled=pooled,  # noqa: E731
+                                                         lists=lists35, config=cfg, pool_in_kernel=pik)
+                    t = timed(run)
+                    add(model="7b", L=L, input="video", method=f"pyr-mix35-{'fused' if pik else 'pre'}-{name}",
+                        ms=t, tflops=d35 * fl / t / 1e9, density=d35)
+            guard(name, one)
+        t = timed(lambda: mean_pool(k) + mean_pool(v))
+        add(model="7b", L=L, input="video", method="mean_pool k+v (2,4,8)", ms=t)
+        t = timed(lambda: build_block_lists(lev35, True))
+        add(model="7b", L=L, input="video", method="build_block_lists", ms=t)
+        del q, k, v, ref
+        torch.cuda.empty_cache()
+
+
+def bench_shape(model, Lk, args):
+    HQ, HKV, D = MODELS[model]
+    B = 1
+    L = Lk * 1024
+    nb = math.ceil(L / BLOCK)
+    fl = dense_causal_flops(B, HQ, L, D)
+    from qvl_kernels.psa import PSAConfig, psa_attention, psa_levels
+    from qvl_kernels.block_importance import block_importance
+    from qvl_kernels.similarity_cap import similarity_cap
+    from qvl_kernels.level_mask import level_mask
+
+    for inp in args.inputs:
+        if time.time() - T0 > args.deadline:
+            log(f"deadline: skipping {model} {L} {inp}")
+            return
+        q, k, v = (video_inputs if inp == "video" else random_inputs)(B, HQ, HKV, L, D, seed=L + 7)
+        base = dict(model=model, L=L, input=inp)
+        ref = sdpa("cudnn")(q, k, v)
+        t_cudnn = timed(lambda: sdpa("cudnn")(q, k, v))
+        add(**base, method="sdpa-cudnn", ms=t_cudnn, tflops=fl / t_cudnn / 1e9, density=1.0)
+        if inp == args.inputs[0]:
+            def fl_run():
+                t = timed(lambda: sdpa("flash")(q, k, v))
+                add(**base, method="sdpa-flash", ms=t, tflops=fl / t / 1e9, density=1.0)
+            guard("sdpa-flash", fl_run)
+
+            # Dense: every block at level 1 (kernel only, then the whole call).
+            ones = torch.ones(B, HQ, nb, nb, dtype=torch.int8, device=DEV)
+            lists = build_block_lists(ones, True)
+            pooled = (*mean_pool(k), *mean_pool(v))
+            out = pyramid_attention(q, k, v, ones)
+            t1 = timed(lambda: _pyramid_attention_fwd(q, k, v, ones, True, None, BLOCK, pooled=pooled, lists=lists))
+            add(**base, method="pyramid all-level-1 (kernel)", ms=t1, tflops=fl / t1 / 1e9, density=1.0,
+                err=rel_err(out, ref), note=f"x{t_cudnn / t1:.2f} of cudnn")
+            t = timed(lambda: pyramid_attention(q, k, v, ones))
+            add(**base, method="pyramid all-level-1 (call)", ms=t, tflops=fl / t / 1e9, density=1.0)
+            # Fixed masks of density d: kernel time vs 1.25 * d * t1 + 0.1 ms.
+            for d, pyr in ((0.5, False), (0.25, False), (0.1, False), (0.35, True), (0.1, True)):
+                lev = fixed_levels(B, HQ, L, d, pyr, seed=int(d * 100))
+                dd = level_density(lev)
+                lists = build_block_lists(lev, True)
+                t = timed(lambda: _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled, lists=lists))
+                bound = 1.25 * dd * t1 + 0.1
+                add(**base, method=f"fixed {'pyramid' if pyr else 'binary'} d~{d}", ms=t, tflops=dd * fl / t / 1e9,
+                    density=dd, note=f"bound {bound:.3f} ms {'OK' if t <= bound else 'MISS'}")
+            del ones, lists, pooled, out
+
+        # Whole PSA pipeline, three presets; estimation parts timed on their own.
+        for preset in ("fast", "balanced", "default"):
+            def pipe():
+                cfg = PSAConfig.preset(preset)
+                levels = psa_levels(q, k, cfg)
+                dd = level_density(levels)
+                out, _ = psa_attention(q, k, v, cfg)
+                t_all = timed(lambda: psa_attention(q, k, v, cfg))
+                t_est = timed(lambda: psa_levels(q, k, cfg))
+                t_att = timed(lambda: pyramid_attention(q, k, v, levels))
+                err = rel_err(out, ref)
+                add(**base, method=f"PSA {preset} (pipeline)", ms=t_all, tflops=dd * fl / t_all / 1e9, density=dd,
+                    est_share=t_est / t_all, err=err,
+                    note=f"x{t_cudnn / t_all:.2f} vs cudnn; est {t_est:.2f} ms ({100 * t_est / t_all:.0f}%), attn {t_att:.2f} ms")
+                if preset == "fast" or preset == "balanced" or inp == "video":
+                    t_imp = timed(lambda: block_importance(q, k, block=BLOCK, stride=8))
+                    scores = block_importance(q, k, block=BLOCK, stride=8)
+                    t_cap = timed(lambda: similarity_cap(k, block=BLOCK, thresholds=cfg.thresholds))
+                    cap = similarity_cap(k, block=BLOCK, thresholds=cfg.thresholds)
+                    t_mask = timed(lambda: level_mask(scores, cap, mode=cfg.mode, ratios=cfg.ratios))
+                    add(**base, method=f"  est parts {preset}", ms=t_imp + t_cap + t_mask,
+                        note=f"importance {t_imp:.3f} cap {t_cap:.3f} mask {t_mask:.3f} ms = "
+                             f"{100 * (t_imp + t_cap + t_mask) / t_cudnn:.1f}% of cudnn dense")
+                if inp == "video" and preset in ("fast", "balanced"):
+                    binl = binary_same_budget(scores, levels)
+                    ob = pyramid_attention(q, k, v, binl)
+                    eb = rel_err(ob, ref)
+                    tb = timed(lambda: pyramid_attention(q, k, v, binl))
+                    add(**base, method=f"binary same budget ({preset})", ms=tb, density=level_density(binl), err=eb,
+                        note=f"PSA/binary error ratio {err / max(eb, 1e-12):.2f}")
+                    if model == "7b" and L in args.flex_lengths:
+                        def flex():
+                            bm = flex_from_levels(levels, L)
+                            of = flex_run(q, k, v, bm)
+                            tf_ = timed(lambda: flex_run(q, k, v, bm))
+                            add(**base, method=f"flex binary same blocks ({preset})", ms=tf_,
+                                density=level_density((levels > 0).to(torch.int8)), err=rel_err(of, ref))
+                        guard("flex", flex)
+            guard(f"pipeline {preset}", pipe)
+
+        if model == "7b" and L in args.pub_lengths:
+            def pub():
+                mod = published()
+                if mod is None:
+                    log("published PSA not found under third_party/psa_ref: skipped")
+                    return
+                cfg, fn, kern = mod
+                G = HQ // HKV
+                run = lambda: fn(q, repeat_kv(k, G), repeat_kv(v, G), cfg, kern)  # noqa: E731
+                out, sparsity, _ = run()
+                t = timed(run)
+                dd = 1 - sparsity
+                add(**base, method="published PSA energybound (pipeline)", ms=t, tflops=dd * fl / t / 1e9, density=dd,
+                    err=rel_err(out, ref), note=f"x{t_cudnn / t:.2f} vs cudnn")
+            guard("published", pub)
+        del q, k, v, ref
+        torch.cuda.empty_cache()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench-out")
+    ap.add_argument("--models", default="7b,3b")
+    ap.add_argument("--lengths", default="8,16,32,64,128", help="thousands of tokens (x1024)")
+    ap.add_argument("--inputs", default="video,random")
+    ap.add_argument("--flex-lengths", default="32,64")
+    ap.add_argument("--pub-lengths", default="32,64")
+    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--sweep-lengths", default="32")
+    ap.add_argument("--no-main", action="store_true")
+    ap.add_argument("--deadline", type=float, default=540.0, help="seconds; later shapes are skipped")
+    args = ap.parse_args()
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))  # a `timeout` still writes the JSON
+    args.inputs = args.inputs.split(",")
+    args.flex_lengths = [int(x) * 1024 for x in args.flex_lengths.split(",") if x]
+    args.pub_lengths = [int(x) * 1024 for x in args.pub_lengths.split(",") if x]
+    args.sweep_lengths = [int(x) for x in args.sweep_lengths.split(",") if x]
+    os.makedirs(args.out, exist_ok=True)
+    import triton
+
+    env = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+               cuda=torch.version.cuda, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               python=platform.python_version())
+    log(json.dumps(env))
+    try:
+        if args.sweep:
+            sweep(args)
+        if not args.no_main:
+            for Lk in [int(x) for x in args.lengths.split(",")]:
+                for model in args.models.split(","):
+                    if time.time() - T0 > args.deadline:
+                        log(f"deadline reached before {model} {Lk}K")
+                        continue
+                    guard(f"{model} {Lk}K", lambda: bench_shape(model, Lk, args))
+    finally:
+        with open(os.path.join(args.out, "bench_psa.json"), "w") as f:
+            json.dump(dict(env=env, rows=ROWS), f, indent=1)
+        with open(os.path.join(args.out, "bench_psa.log"), "w") as f:
+            f.write("\n".join(LOG))
+        print("\n==== table ====")
+        print(f"{'model':>5} {'L':>7} {'input':>6} {'method':<38} {'ms':>9} {'TF/s':>6} {'dens':>6} {'est%':>5} {'err':>7}  note")
+        for r in ROWS:
+            f_ = lambda x, fmt: "" if x is None else format(x, fmt)  # noqa: E731
+            print(f"{r['model']:>5} {r['L']:>7} {r['input']:>6} {r['method']:<38} {f_(r.get('ms'), '9.3f')} "
+                  f"{f_(r.get('tflops'), '6.0f')} {f_(r.get('density'), '6.3f')} "
+                  f"{f_(None if r.get('est_share') is None else 100 * r['est_share'], '5.1f')} "
+                  f"{f_(r.get('err'), '7.4f')}  {r.get('note', '')}")
+
+
+if __name__ == "__main__":
+    main()
