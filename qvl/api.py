@@ -24,7 +24,8 @@ class QwenVLInference:
 
     model_name: preset (3b, 7b, 72b, tiny), Hub id or local folder; None means $QVL_MODEL, else 7b.
     device, dtype: as on the command line ("auto", "cuda", "cpu"; "auto", "bfloat16", ...).
-    use_psa: reserved for Pyramid Sparse Attention; not wired into the engine yet.
+    use_psa: run the language model's prefill with Pyramid Sparse Attention; psa_config
+        (a `qvl.psa.AttentionConfig`) sets its budget, the published default otherwise.
     cache: use the frame cache for videos (default True); cache_dir overrides its location.
     """
 
@@ -34,13 +35,17 @@ class QwenVLInference:
         device: str = "auto",
         dtype: str = "auto",
         use_psa: bool = False,
+        psa_config=None,
         max_new_tokens: int = 512,
         cache: bool = True,
         cache_dir: str | Path | None = None,
     ):
-        if use_psa:
-            raise NotImplementedError("use_psa: PSA is not wired into the engine yet (see docs/psa-kernels.md)")
-        self.engine = Engine(model_name, device=device, dtype=dtype)
+        psa = None
+        if use_psa or psa_config is not None:
+            from qvl.psa import AttentionConfig
+
+            psa = psa_config or AttentionConfig.preset("default")
+        self.engine = Engine(model_name, device=device, dtype=dtype, psa=psa)
         self.max_new_tokens = max_new_tokens
         self.cache, self.cache_dir = cache, cache_dir
         self.last_result: Result | None = None

@@ -40,7 +40,10 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or no
 TemperatureOpt = Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature; 0 is greedy.")]
 TopPOpt = Annotated[Optional[float], typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling (with --temperature).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.")]
-PsaOpt = Annotated[bool, typer.Option("--psa", "--use-psa", hidden=True, help="Pyramid Sparse Attention (not wired into the engine yet).")]
+PsaOpt = Annotated[bool, typer.Option("--psa", "--use-psa", help="Pyramid Sparse Attention in the language model's prefill.")]
+PsaPresetOpt = Annotated[
+    str, typer.Option("--psa-preset", help="PSA budget: default (published bands), balanced (~35%), fast (~10%), dense.")
+]
 
 
 def _version(value: bool) -> None:
@@ -74,15 +77,15 @@ def describe(
     top_p: TopPOpt = None,
     seed: SeedOpt = None,
     psa: PsaOpt = False,
+    psa_preset: PsaPresetOpt = "default",
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Describe images (or answer --prompt about them), one answer per image unless --together."""
     from qvl.media.images import expand_image_inputs, open_image
 
-    _reject_psa(psa)
+    session = _Session(model, device, dtype, max_tokens, temperature, top_p, seed, _psa_config(psa, psa_preset), json_output, quiet)
     sources = expand_image_inputs(images)
-    session = _Session(model, device, dtype, max_tokens, temperature, top_p, seed, json_output, quiet)
     if together:
         opened = []
         for label, source in sources:
@@ -130,12 +133,14 @@ def video(
     top_p: TopPOpt = None,
     seed: SeedOpt = None,
     psa: PsaOpt = False,
+    psa_preset: PsaPresetOpt = "default",
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Answer --prompt about each video, sampling frames at their real timestamps."""
-    _reject_psa(psa)
     from qvl.media import video as media_video
+
+    psa_config = _psa_config(psa, psa_preset)
 
     try:
         options = media_video.VideoOptions(
@@ -148,7 +153,7 @@ def video(
     if dry_run:
         raise typer.Exit(_dry_run(videos, options, json_output))
     cache = None if no_cache else _frame_cache(cache_dir)
-    session = _Session(model, device, dtype, max_tokens, temperature, top_p, seed, json_output, quiet)
+    session = _Session(model, device, dtype, max_tokens, temperature, top_p, seed, psa_config, json_output, quiet)
     session.several = len(videos) > 1
     for source in videos:
         session.run(source, prompt or DEFAULT_VIDEO_PROMPT, lambda source=source: _load_clip(source, options, cache, quiet))
@@ -260,6 +265,10 @@ def infer(
     psa_log_dir: Annotated[Optional[str], typer.Option("--psa-log-dir", hidden=True)] = None,
 ) -> None:
     """The published example's flags (`--type image|video --input X`), mapped onto describe/video."""
+    if psa_log_dir is not None:
+        from qvl import output
+
+        output.warn("--psa-log-dir is not used: PSA statistics are in the --json output of qvl describe/video")
     if type not in ("image", "video"):
         _fail_now(QvlError(f"--type must be image or video, not {type!r}"))
     if type == "image":
@@ -273,8 +282,8 @@ def infer(
 class _Session:
     """Loads the engine on first use and runs one request per input, reporting each on its own."""
 
-    def __init__(self, model, device, dtype, max_tokens, temperature, top_p, seed, json_output, quiet):
-        self.model_spec, self.device, self.dtype = model, device, dtype
+    def __init__(self, model, device, dtype, max_tokens, temperature, top_p, seed, psa, json_output, quiet):
+        self.model_spec, self.device, self.dtype, self.psa = model, device, dtype, psa
         self.max_tokens, self.temperature, self.top_p, self.seed = max_tokens, temperature, top_p, seed
         self.json_output, self.quiet = json_output, quiet
         self.engine = None
@@ -321,6 +330,11 @@ class _Session:
         result.timings.media_s = media_s
         if streaming:
             output.write("\n")
+            if result.psa is not None:
+                output.note(
+                    f"psa: {result.psa['density']:.0%} of dense attention cost over {result.psa['layers']} layers"
+                    f" ({result.psa['tokens']:,} tokens)", quiet=self.quiet,
+                )
         else:
             output.json_line(
                 {
@@ -331,6 +345,7 @@ class _Session:
                     "tokens": {"prompt": result.prompt_tokens, "generated": result.generated_tokens},
                     "timings": result.timings.to_dict(),
                     **media.get("extra", {}),
+                    **({"psa": result.psa} if self.psa is not None else {}),
                     "error": None,
                 }
             )
@@ -346,7 +361,7 @@ class _Session:
 
                 hf_logging.disable_progress_bar()
             try:
-                self.engine = Engine(self.model_spec, device=self.device, dtype=self.dtype)
+                self.engine = Engine(self.model_spec, device=self.device, dtype=self.dtype, psa=self.psa)
             except ModelError as exc:
                 # Without a model no input can succeed: stop after this one line.
                 raise _FatalModelError(str(exc)) from None
@@ -381,9 +396,16 @@ def _progress(quiet: bool):
                     console=output.console(), transient=True)
 
 
-def _reject_psa(psa: bool) -> None:
-    if psa:
-        _fail_now(QvlError("--psa is not wired into the engine yet; the kernels live in qvl_kernels (see docs/psa-kernels.md)"))
+def _psa_config(psa: bool, preset: str):
+    """The PSA configuration the flags ask for, or None (a bad preset is a one-line usage error)."""
+    if not psa:
+        return None
+    from qvl.psa import AttentionConfig
+
+    try:
+        return AttentionConfig.preset(preset)
+    except QvlError as exc:
+        _fail_now(exc)
 
 
 def _fail_now(exc: QvlError):

@@ -68,6 +68,7 @@ class Result:
     prompt_tokens: int
     generated_tokens: int
     timings: Timings = field(default_factory=Timings)
+    psa: dict | None = None  # PSA statistics of the prefill (density, level shares, per layer)
 
 
 def resolve_device(device: str) -> str:
@@ -105,9 +106,17 @@ class Engine:
         device: str = "auto",
         dtype: str = "auto",
         attn_implementation: str | dict | None = None,
+        psa=None,
     ):
+        """psa: a `qvl.psa.AttentionConfig` to run the language model's prefill with Pyramid
+        Sparse Attention, or None for SDPA everywhere."""
         from qvl.models import resolve_model
 
+        self.psa = psa
+        if psa is not None:
+            from qvl.psa import attn_implementation as psa_attn_implementation
+
+            attn_implementation = psa_attn_implementation()
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         started = time.perf_counter()
@@ -151,8 +160,9 @@ class Engine:
         generation = _generation_kwargs(request, self.processor.tokenizer)
         if request.seed is not None:
             torch.manual_seed(request.seed)
+        psa_stats = None
         started = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), self._psa_scope(inputs["input_ids"]) as psa_stats:
             output = self.model.generate(**inputs, **generation, streamer=streamer)
         finished = time.perf_counter()
 
@@ -164,7 +174,24 @@ class Engine:
         if len(new_tokens) > 1 and timings.decode_s > 0:
             timings.tokens_per_s = (len(new_tokens) - 1) / timings.decode_s
         text = self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
-        return Result(text=text.strip(), prompt_tokens=prompt_tokens, generated_tokens=len(new_tokens), timings=timings)
+        return Result(
+            text=text.strip(), prompt_tokens=prompt_tokens, generated_tokens=len(new_tokens), timings=timings,
+            psa=psa_stats.summary() if psa_stats is not None else None,
+        )
+
+    def _psa_scope(self, input_ids):
+        """PSA settings for this prompt: the text after the last vision token stays at full resolution."""
+        import contextlib
+
+        if self.psa is None:
+            return contextlib.nullcontext()
+        from qvl.psa import PSAStats, psa_request
+
+        vision_ids = [self.processor.image_token_id, self.processor.video_token_id]
+        is_vision = (input_ids[0].unsqueeze(-1) == input_ids.new_tensor(vision_ids)).any(-1).nonzero()
+        length = input_ids.shape[1]
+        text_length = length - (int(is_vision[-1]) + 1) if len(is_vision) else length
+        return psa_request(self.psa, text_length, PSAStats())
 
 
 def _load(path, device: str, dtype, attn_implementation):

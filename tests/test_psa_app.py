@@ -1,0 +1,75 @@
+"""PSA in the app: the engine's prefill through qvl.psa, on the tiny model (CPU: kernel references)."""
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import assert_one_error, invoke, json_lines
+
+from qvl.engine import Engine, Request, VideoFrames
+from qvl.psa import AttentionConfig, PSAStats, replace_psa_attention_qwen2vl
+
+FRAMES = np.random.default_rng(0).integers(0, 255, (32, 112, 112, 3), dtype=np.uint8)
+REQUEST = Request("Describe this video.", video=VideoFrames(FRAMES, sampled_fps=2.0), max_new_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def sdpa_engine(tiny_model_dir):
+    return Engine("tiny")
+
+
+def _logits(engine, scope=None):
+    inputs = engine.prepare(REQUEST)
+    with torch.no_grad(), (scope or engine._psa_scope)(inputs["input_ids"]) as stats:
+        return engine.model(**inputs).logits, stats
+
+
+def test_dense_preset_is_exactly_sdpa(sdpa_engine):
+    psa_engine = Engine("tiny", psa=AttentionConfig.preset("dense", block=16, min_tokens=64))
+    expected, _ = _logits(sdpa_engine)
+    got, stats = _logits(psa_engine)
+    assert stats.summary()["density"] == 1.0 and stats.summary()["layers"] == 2
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_preset_skips_work_and_still_answers(sdpa_engine):
+    psa_engine = Engine("tiny", psa=AttentionConfig.preset("fast", block=16, min_tokens=64))
+    result = psa_engine.generate(REQUEST)
+    assert result.generated_tokens >= 1
+    summary = result.psa
+    assert summary["tokens"] == result.prompt_tokens and summary["layers"] == 2
+    assert 0 < summary["density"] < 0.9 and summary["sparsity"] == pytest.approx(1 - summary["density"], abs=1e-3)
+    assert sum(summary["level_fraction"].values()) == pytest.approx(1.0, abs=1e-3)
+    expected, _ = _logits(sdpa_engine)
+    got, _ = _logits(psa_engine)
+    assert torch.isfinite(got).all() and not torch.allclose(got, expected)
+
+
+def test_short_prompts_keep_sdpa(sdpa_engine):
+    psa_engine = Engine("tiny", psa=AttentionConfig.preset("fast"))  # min_tokens 1024 > this prompt
+    assert psa_engine.generate(REQUEST).psa is None
+
+
+def test_published_entry_point_switches_only_the_language_model(tiny_model_dir):
+    engine = Engine("tiny")
+    model = replace_psa_attention_qwen2vl(engine.model, AttentionConfig(block=16, min_tokens=64))
+    assert model.config.text_config._attn_implementation == "qvl_psa"
+    assert model.config.vision_config._attn_implementation == "sdpa"
+    inputs = engine.prepare(REQUEST)
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs).logits).all()
+
+
+def test_cli_psa_json_and_bad_preset(tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(image)
+    result = invoke("describe", image, "--model", "tiny", "--psa", "--json", "--max-tokens", "2")
+    assert result.exit_code == 0, result.stderr
+    (record,) = json_lines(result.stdout)
+    assert "psa" in record and record["psa"] is None  # a short prompt: PSA left it to SDPA
+    assert_one_error(invoke("describe", image, "--model", "tiny", "--psa", "--psa-preset", "turbo"), contains="turbo")
+
+
+def test_stats_summary_of_nothing_is_none():
+    assert PSAStats().summary() is None
