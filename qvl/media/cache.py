@@ -378,7 +378,9 @@ def _decode_one(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
         if im.format != "JPEG":
             raise ValueError("not a JPEG frame")
-        return np.asarray(im.convert("RGB"))
+        im.load()
+        # convert() would copy even an RGB image; asarray on the loaded image does not decode twice.
+        return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
 def _encode_jpegs(frames: np.ndarray) -> list[bytes]:

@@ -291,8 +291,9 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     with container:
         has_audio = bool(container.streams.audio)
         if not container.streams.video:
-            what = "audio only" if has_audio else "no streams qvl can use"
-            raise InputError(f"{path}: has no video stream ({what})")
+            if has_audio:
+                raise InputError(f"{path}: has no video stream (audio only)")
+            raise InputError(f"{path}: has no video stream (an empty container: zero-length video?)")
         stream = container.streams.video[0]
         tb = stream.time_base
         codec = stream.codec_context.name
@@ -545,6 +546,7 @@ class _Decoder:
         self.frame_time = 1.0 / info.fps
         self.gen = None
         self.pending = None  # a frame read by seek() and not handed out yet
+        self.last_frame = None  # the last frame handed out (the end of the stream may need it)
         self.cur: float | None = None  # time of the last frame handed out by next()
         self.last_good = 0.0
         self.decoded = 0
@@ -572,7 +574,7 @@ class _Decoder:
             self.pending = None
             first = self.next()
             if first is None or target <= 0 or float(first.time) - self.t0 <= t + 0.5 * self.frame_time:
-                self.pending = first
+                self.pending, self.cur = first, None
                 return
             back = max(1.0, 2 * back)
         self.pending = first
@@ -580,6 +582,8 @@ class _Decoder:
     def next(self):
         if self.pending is not None:
             frame, self.pending = self.pending, None
+            self.cur = float(frame.time) - self.t0
+            self.last_frame = frame
             return frame
         if self.gen is None:
             self.seek(0.0)
@@ -595,27 +599,28 @@ class _Decoder:
                 continue
             t = float(frame.time) - self.t0
             self.cur = t
+            self.last_frame = frame
             self.decoded += 1
             if not getattr(frame, "is_corrupt", False):
                 self.last_good = max(self.last_good, t)
             return frame
 
-    def frame_at(self, t: float, *, keyframe_ok: float, floor: float) -> Any:
-        """The frame nearest time t; a keyframe within `keyframe_ok` seconds is taken as is.
-
-        `floor`: the previous output frame's time; frames at or before it are never returned.
-        """
+    def frame_at(self, t: float, *, keyframe_ok: float) -> Any:
+        """The frame nearest time t; a keyframe in [t - keyframe_ok, t + keyframe_ok) is taken
+        as is (one decode instead of up to a GOP)."""
         half = 0.5 * self.frame_time
         kf = self.keyframes
         if keyframe_ok > 0 and kf:
             i = bisect.bisect_left(kf, t)
+            # Half-open window [t - tol, t + tol): with tol = half the spacing, windows of
+            # neighbouring timestamps never overlap, so no keyframe serves two of them.
             near = [k for k in (kf[i - 1] if i else None, kf[i] if i < len(kf) else None)
-                    if k is not None and k > floor + half and abs(k - t) <= keyframe_ok]
+                    if k is not None and t - keyframe_ok - 1e-9 <= k < t + keyframe_ok]
             if near:
                 k = min(near, key=lambda k: abs(k - t))
                 if not (self.cur is not None and k - 4 * self.frame_time < self.cur < k - half):
                     self.seek(k)
-                return self._forward_to(k, floor)
+                return self._forward_to(k, landing=True)
         # Exact: decode forward when the target is in the GOP already being decoded.
         prev_key = None
         if kf:
@@ -627,25 +632,40 @@ class _Decoder:
             self.seek(t)
             # Without an index, the keyframe a seek lands on is the first chance to snap.
             if keyframe_ok > 0 and not kf:
-                return self._forward_to(t, floor, accept_within=keyframe_ok)
-        return self._forward_to(t, floor)
+                return self._forward_to(t, accept_within=keyframe_ok)
+        return self._forward_to(t)
 
-    def _forward_to(self, t: float, floor: float, accept_within: float = 0.0):
+    def _forward_to(self, t: float, accept_within: float = 0.0, landing: bool = False):
+        """Decode forward to the frame nearest time t (the last at or before t, or the first after
+        it, whichever is closer: right for variable frame rates too). `landing`: take the first
+        frame within half a frame of t (a keyframe seek). `accept_within`: take the first frame
+        decoded if it lies in [t - accept_within, t + accept_within).
+        """
         half = 0.5 * self.frame_time
-        last = None
+        prev = None
+        prev_t = 0.0
         first = True
         while True:
             frame = self.next()
             if frame is None:
-                # End of stream: the last frame stands for a target within a frame or two of it.
-                if last is not None and t - (float(last.time) - self.t0) <= 2.5 * self.frame_time:
-                    return last
+                # End of stream: the last frame stands for a target a frame or two past it.
+                if prev is None and self.last_frame is not None:
+                    prev, prev_t = self.last_frame, float(self.last_frame.time) - self.t0
+                if prev is not None and t - prev_t <= 2.5 * self.frame_time:
+                    return prev
                 raise _Damaged(self.last_good)
             ft = float(frame.time) - self.t0
-            if ft > floor + 1e-6 and (ft >= t - half or (first and t - ft <= accept_within)):
+            if (first and -accept_within <= ft - t < accept_within) or (landing and ft >= t - half):
                 return frame
             first = False
-            last = frame
+            if ft <= t:
+                prev, prev_t = frame, ft
+                continue
+            if prev is not None and t - prev_t <= ft - t:
+                self.pending = frame  # the next target may want it
+                self.cur = prev_t
+                return prev
+            return frame
 
 
 def _to_array(frame, width: int, height: int, rotation: int) -> np.ndarray:
@@ -686,6 +706,7 @@ def decode_plan(
     times = [0.0] * n
     snapped = [0]
     decoded = [0]
+    good = [0.0]  # the latest time any worker decoded cleanly (bounds a truncation)
     workers = workers or _default_workers(n)
     workers = max(1, min(workers, n))
     bounds = [round(i * n / workers) for i in range(workers + 1)]
@@ -697,16 +718,14 @@ def decode_plan(
     def run(lo: int, hi: int) -> None:
         dec = _Decoder(path, info, threads=1 if workers > 1 else 2)
         try:
-            floor = -1.0
             for i in range(lo, hi):
-                frame = dec.frame_at(plan.timestamps[i], keyframe_ok=keyframe_ok, floor=floor)
+                frame = dec.frame_at(plan.timestamps[i], keyframe_ok=keyframe_ok)
                 ft = float(frame.time) - info.start_time
                 if frame.key_frame and abs(ft - plan.timestamps[i]) > dec.frame_time:
                     with lock:
                         snapped[0] += 1
                 out[i] = _to_array(frame, plan.width, plan.height, plan.rotation)
                 times[i] = ft
-                floor = ft
                 del frame
                 with lock:
                     done[0] += 1
@@ -719,6 +738,7 @@ def decode_plan(
         finally:
             with lock:
                 decoded[0] += dec.decoded
+                good[0] = max(good[0], dec.last_good)
             dec.close()
 
     if workers == 1:
@@ -733,13 +753,12 @@ def decode_plan(
     if errors:
         damaged = [e for e in errors if isinstance(e, _Damaged)]
         if damaged:
-            raise _truncated(path, plan, info, damaged)
+            raise _truncated(path, plan, info, good[0])
         raise errors[0]
     return Extraction(frames=out, timestamps=tuple(times), keyframes=snapped[0], decoded=decoded[0])
 
 
-def _truncated(path: str, plan: FramePlan, info: VideoInfo, damaged: list[_Damaged]) -> TruncatedVideo:
-    good = max(0.0, min(d.last_good for d in damaged))
+def _truncated(path: str, plan: FramePlan, info: VideoInfo, good: float) -> TruncatedVideo:
     usable = sum(1 for t in plan.timestamps if t <= good)
     return TruncatedVideo(
         f"{path}: truncated or damaged at {good:.2f} s of {info.duration:.2f} s: "
@@ -863,12 +882,119 @@ def _info_from_dict(d: dict) -> VideoInfo:
     return VideoInfo(**{k: d[k] for k in VideoInfo.__dataclass_fields__ if k in d})
 
 
+@dataclass
+class _Prepared:
+    path: Path
+    info: VideoInfo
+    plan: FramePlan
+    identity: dict | None
+    key: str | None
+
+
+def _prepare(path: Path, options: VideoOptions, cache, *, downloaded: bool) -> _Prepared:
+    """Probe (or reuse the cached probe record), plan, and compute the cache key."""
+    identity = None
+    info = None
+    if cache is not None:
+        identity = cache.identity(path, with_mtime=not downloaded)
+        stored = cache.load_probe(identity)
+        if stored is not None:
+            try:
+                info = _info_from_dict({**stored["info"], "path": str(path)})
+            except (KeyError, TypeError):
+                info = None
+    if info is None:
+        info = probe(path)
+        if cache is not None:
+            cache.save_probe(identity, info.to_dict())
+    plan = plan_frames(info, options)
+    key = cache.key(identity, plan.key_dict()) if cache is not None else None
+    return _Prepared(path, info, plan, identity, key)
+
+
+class _LocalSource:
+    """A context giving a local path for a file or an http(s) URL (downloaded, then removed)."""
+
+    def __init__(self, source: str, options: VideoOptions):
+        self.source = source
+        self.options = options
+        self.tmpdir: str | None = None
+
+    def __enter__(self) -> Path:
+        if _is_url(self.source):
+            import tempfile
+
+            self.tmpdir = tempfile.mkdtemp(prefix="qvl-download-")
+            return download(self.source, self.tmpdir, max_mb=self.options.max_download_mb)
+        path = Path(self.source)
+        _check_readable(path)
+        return path
+
+    def __exit__(self, *exc) -> None:
+        if self.tmpdir is not None:
+            import shutil
+
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    @property
+    def downloaded(self) -> bool:
+        return self.tmpdir is not None
+
+
+def plan_source(source: str | os.PathLike, options: VideoOptions | None = None, *, cache=None) -> FramePlan:
+    """The frame plan for a file or URL, without decoding frames (for --dry-run)."""
+    options = options or VideoOptions()
+    local = _LocalSource(str(source), options)
+    with local as path:
+        return _prepare(path, options, cache, downloaded=local.downloaded).plan
+
+
+def _cache_meta(src: str, prep: _Prepared, ex: Extraction, fps: float) -> dict:
+    info = prep.info
+    return {
+        "source": {"path": src, **(prep.identity or {})},
+        "timestamps": [float(t) for t in ex.timestamps],
+        "sampled_fps": fps,
+        "source_duration": info.duration,
+        "source_fps": info.fps,
+        "source_size": [info.width, info.height],
+        "plan": prep.plan.to_dict(),
+        "keyframes": ex.keyframes,
+    }
+
+
+def fill_cache(
+    source: str | os.PathLike,
+    options: VideoOptions,
+    cache,
+    *,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> tuple[str, str, FramePlan]:
+    """Make sure the cache holds `source`'s frames for `options` without reading them back.
+
+    Returns (status, key, plan): status "cached" (already there) or "new".
+    """
+    src = str(source)
+    local = _LocalSource(src, options)
+    with local as path:
+        prep = _prepare(path, options, cache, downloaded=local.downloaded)
+        if cache.has(prep.key):
+            return "cached", prep.key, prep.plan
+        cache.check_writable()
+        ex = decode_plan(path, prep.plan, prep.info, progress=progress, workers=workers)
+        fps = sampled_fps_of(ex.timestamps, prep.plan)
+        cache.put(prep.key, ex.frames, _cache_meta(src, prep, ex, fps))
+        return "new", prep.key, prep.plan
+
+
 def load_video(
     source: str | os.PathLike,
     options: VideoOptions | None = None,
     *,
     cache=None,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> VideoClip:
     """Probe, plan and decode a video file or http(s) URL, through the frame cache when given.
 
@@ -876,35 +1002,17 @@ def load_video(
     progress: called as progress(frames_done, frames_total) while decoding.
     Raises InputError (bad file or URL), OptionError (impossible plan), CacheError.
     """
-    import tempfile
     import time
 
     t_start = time.perf_counter()
     options = options or VideoOptions()
     src = str(source)
-    tmpdir = None
-    try:
-        if _is_url(src):
-            tmpdir = tempfile.mkdtemp(prefix="qvl-download-")
-            path = download(src, tmpdir, max_mb=options.max_download_mb)
-        else:
-            path = Path(src)
-            _check_readable(path)
-        identity = None
-        info = None
+    local = _LocalSource(src, options)
+    with local as path:
+        prep = _prepare(path, options, cache, downloaded=local.downloaded)
+        plan, info, key = prep.plan, prep.info, prep.key
+        status = "off"
         if cache is not None:
-            identity = cache.identity(path, with_mtime=tmpdir is None)
-            stored = cache.load_probe(identity)
-            if stored is not None:
-                info = _info_from_dict({**stored["info"], "path": str(path)})
-        if info is None:
-            info = probe(path)
-            if cache is not None:
-                cache.save_probe(identity, info.to_dict())
-        plan = plan_frames(info, options)
-        status, key = "off", None
-        if cache is not None:
-            key = cache.key(identity, plan.key_dict())
             hit = cache.get(key, width=plan.width, height=plan.height)
             status = cache.last_status
             if hit is not None:
@@ -921,23 +1029,10 @@ def load_video(
                     seconds=time.perf_counter() - t_start,
                 )
             cache.check_writable()
-        ex = decode_plan(path, plan, info, progress=progress)
+        ex = decode_plan(path, plan, info, progress=progress, workers=workers)
         fps = sampled_fps_of(ex.timestamps, plan)
         if cache is not None:
-            cache.put(
-                key,
-                ex.frames,
-                {
-                    "source": {"path": src, **identity},
-                    "timestamps": [float(t) for t in ex.timestamps],
-                    "sampled_fps": fps,
-                    "source_duration": info.duration,
-                    "source_fps": info.fps,
-                    "source_size": [info.width, info.height],
-                    "plan": plan.to_dict(),
-                    "keyframes": ex.keyframes,
-                },
-            )
+            cache.put(key, ex.frames, _cache_meta(src, prep, ex, fps))
         return VideoClip(
             frames=ex.frames,
             timestamps=ex.timestamps,
@@ -950,8 +1045,3 @@ def load_video(
             cache_key=key,
             seconds=time.perf_counter() - t_start,
         )
-    finally:
-        if tmpdir is not None:
-            import shutil
-
-            shutil.rmtree(tmpdir, ignore_errors=True)
