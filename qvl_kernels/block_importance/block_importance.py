@@ -38,28 +38,79 @@ ROW_ALIGN = 256  # rows per chunk are a multiple of this: every BM and R = block
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# (BM, BN, num_warps, num_stages, FLAT). Compiled for sm_90 without a GPU (triton 3.8): all use
+# wgmma with cp.async pipelining and no spills; FLAT keeps the pipeline full across key tiles and
+# needs fewer registers (128x128: 152 vs 204). The nested-loop variant stays as a candidate.
+_GPU_CONFIGS = [
+    (64, 64, 4, 3, True), (64, 128, 4, 3, True), (128, 64, 8, 3, True),
+    (128, 128, 8, 2, True), (128, 128, 8, 3, True),
+    (64, 128, 4, 3, False), (128, 128, 8, 3, False),
+]
+INTERPRET_FLAT = True  # the interpreter runs one config: tests flip this to cover both loops
+
+
 def _configs():
-    sizes = (16, 32) if _INTERPRET else (64, 128)  # interpreter: few, large numpy ops are fastest
-    warps = (4,) if _INTERPRET else (4, 8)
-    stages = (1,) if _INTERPRET else (2, 3)
-    return [
-        triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=st)
-        for bm in sizes for bn in sizes for w in warps for st in stages
-    ]
+    if _INTERPRET:  # few, large numpy ops are fastest
+        raw = [(bm, bn, 4, 1, flat) for flat in (True, False) for bm in (16, 32) for bn in (16, 32)]
+    else:
+        raw = _GPU_CONFIGS
+    return [triton.Config({"BM": bm, "BN": bn, "FLAT": flat}, num_warps=w, num_stages=st)
+            for bm, bn, w, st, flat in raw]
 
 
 def _keep(conf: triton.Config, R: int) -> bool:
     # Query and key tiles hold whole blocks of R = block / stride strided rows.
-    bm, bn = conf.kwargs["BM"], conf.kwargs["BN"]
-    return bm % R == 0 and bn % R == 0 and (bm * bn <= 128 * 64 or conf.num_warps == 8)
+    return conf.kwargs["BM"] % R == 0 and conf.kwargs["BN"] % R == 0
 
 
 def _prune(configs, named_args, **kwargs):
     R = named_args["R"] if "R" in named_args else kwargs["R"]
     kept = [c for c in configs if _keep(c, R)]
     if not kept:  # R larger than every tile: one tile per block
-        kept = [triton.Config({"BM": R, "BN": R}, num_warps=8 if R >= 128 else 4, num_stages=2)]
-    return kept[-1:] if _INTERPRET else kept
+        kept = [triton.Config({"BM": R, "BN": R, "FLAT": True}, num_warps=8 if R >= 128 else 4, num_stages=2)]
+    if _INTERPRET:
+        kept = [c for c in kept if c.kwargs["FLAT"] == INTERPRET_FLAT] or kept
+        return kept[-1:]
+    return kept
+
+
+@triton.jit
+def _antidiag_dot(b_s, p_q, p_k, s_ql, s_kl, o_m, t0, j, L, o_d, m_d,
+                  STRIDE: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr):
+    # b_s [BM, BN] += scores of query offset s-1-j against key offset j (one antidiagonal step)
+    o_tq = o_m * STRIDE + (STRIDE - 1 - j)
+    o_tk = (t0 + tl.arange(0, BN)) * STRIDE + j
+    b_q = tl.load(p_q + o_tq.to(tl.int64)[:, None] * s_ql + o_d[None, :],
+                  mask=(o_tq < L)[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
+    b_k = tl.load(p_k + o_tk.to(tl.int64)[None, :] * s_kl + o_d[:, None],
+                  mask=(o_tk < L)[None, :] & m_d[:, None], other=0.0)  # [BD, BN]
+    if IEEE:  # fp32 inputs: full-precision products (tests, references)
+        b_s += tl.dot(b_q, b_k, input_precision="ieee")
+    else:
+        b_s += tl.dot(b_q, b_k)
+    return b_s
+
+
+@triton.jit
+def _tile_lse(b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale,
+              CAUSAL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, R: tl.constexpr):
+    # Online row max/sum over one key tile; stores the per-(row, key block) log-sum-exp.
+    NJ: tl.constexpr = BN // R  # key blocks per key tile
+    o_n = t0 + tl.arange(0, BN)  # strided key rows
+    b_s = b_s * scale  # base-2 logits
+    m_s = (o_n < LS)[None, :]
+    if CAUSAL:
+        m_s = m_s & (o_n[None, :] <= o_m[:, None])
+    b_s = tl.where(m_s, b_s, float("-inf"))  # [BM, BN]
+    # key row 0 is visible to every row, so m_new is finite from the first tile on
+    m_new = tl.maximum(m_i, tl.max(b_s, 1))
+    b_p = tl.exp2(b_s - m_new[:, None])  # [BM, BN]
+    l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(b_p, 1)
+    b_bs = tl.sum(tl.reshape(b_p, [BM, NJ, R]), 2)  # [BM, NJ]
+    b_lse = m_new[:, None] + tl.log2(b_bs)  # -inf where the block holds no visible key
+    o_j = t0 // R + tl.arange(0, NJ)
+    tl.store(p_lse + o_j[None, :], b_lse, mask=m_m[:, None] & (o_j < NB)[None, :])
+    return m_new, l_i
 
 
 @triton.autotune(
@@ -84,13 +135,13 @@ def _xattn_kernel(
     IEEE: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
+    FLAT: tl.constexpr,
 ):
     # Grid: (row tiles of this chunk, B * HQ). Heaviest (latest) row tiles start first.
     i_m = tl.num_programs(0) - 1 - tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b, i_h = i_bh // HQ, i_bh % HQ
     i_hk = i_h // G
-    HKV: tl.constexpr = HQ // G
     NJ: tl.constexpr = BN // R  # key blocks per key tile
 
     o_m = row0 + i_m * BM + tl.arange(0, BM)  # strided query rows
@@ -108,35 +159,23 @@ def _xattn_kernel(
 
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
-    for t0 in range(0, hi, BN):
-        o_n = t0 + tl.arange(0, BN)  # strided key rows
+    if FLAT:
+        # One flat loop over (key tile, stride offset): the load pipeline runs across key tiles
+        # instead of draining every STRIDE steps (the persistent-matmul pattern).
         b_s = tl.zeros([BM, BN], dtype=tl.float32)
-        for j in range(STRIDE):
-            # query offset s-1-j against key offset j: the antidiagonal of each s x s tile
-            o_tq = o_m * STRIDE + (STRIDE - 1 - j)
-            o_tk = o_n * STRIDE + j
-            b_q = tl.load(p_q + o_tq.to(tl.int64)[:, None] * s_ql + o_d[None, :],
-                          mask=(o_tq < L)[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
-            b_k = tl.load(p_k + o_tk.to(tl.int64)[None, :] * s_kl + o_d[:, None],
-                          mask=(o_tk < L)[None, :] & m_d[:, None], other=0.0)  # [BD, BN]
-            if IEEE:  # fp32 inputs: full-precision products (tests, references)
-                b_s += tl.dot(b_q, b_k, input_precision="ieee")
-            else:
-                b_s += tl.dot(b_q, b_k)
-        b_s = b_s * scale  # base-2 logits
-        m_s = (o_n < LS)[None, :]
-        if CAUSAL:
-            m_s = m_s & (o_n[None, :] <= o_m[:, None])
-        b_s = tl.where(m_s, b_s, float("-inf"))  # [BM, BN]
-        # key row 0 is visible to every row, so m_new is finite from the first tile on
-        m_new = tl.maximum(m_i, tl.max(b_s, 1))
-        b_p = tl.exp2(b_s - m_new[:, None])  # [BM, BN]
-        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(b_p, 1)
-        m_i = m_new
-        b_bs = tl.sum(tl.reshape(b_p, [BM, NJ, R]), 2)  # [BM, NJ]
-        b_lse = m_new[:, None] + tl.log2(b_bs)  # -inf where the block holds no visible key
-        o_j = t0 // R + tl.arange(0, NJ)
-        tl.store(p_lse + o_j[None, :], b_lse, mask=m_m[:, None] & (o_j < NB)[None, :])
+        for it in range(0, tl.cdiv(hi, BN) * STRIDE):
+            j = it % STRIDE
+            t0 = (it // STRIDE) * BN
+            b_s = _antidiag_dot(b_s, p_q, p_k, s_ql, s_kl, o_m, t0, j, L, o_d, m_d, STRIDE, BN, IEEE)
+            if j == STRIDE - 1:
+                m_i, l_i = _tile_lse(b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale, CAUSAL, BM, BN, R)
+                b_s = tl.zeros([BM, BN], dtype=tl.float32)
+    else:
+        for t0 in range(0, hi, BN):
+            b_s = tl.zeros([BM, BN], dtype=tl.float32)
+            for j in range(STRIDE):
+                b_s = _antidiag_dot(b_s, p_q, p_k, s_ql, s_kl, o_m, t0, j, L, o_d, m_d, STRIDE, BN, IEEE)
+            m_i, l_i = _tile_lse(b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale, CAUSAL, BM, BN, R)
 
     # pass 2: exact softmax mass per (row, key block), rows summed into query blocks
     b_lse_row = m_i + tl.log2(l_i)  # [BM]

@@ -88,6 +88,22 @@ def test_xattn_chunked_rows_match(monkeypatch):
     assert_close_rel(S, block_importance_ref(q, k, block=32, stride=4), 1e-5)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter-only switch; the GPU autotunes both loops")
+@pytest.mark.parametrize("flat", [True, False], ids=["flat-loop", "nested-loops"])
+def test_xattn_both_loop_structures(monkeypatch, flat):
+    mod = importlib.import_module("qvl_kernels.block_importance.block_importance")
+    monkeypatch.setattr(mod, "INTERPRET_FLAT", flat)
+    mod._xattn_kernel.cache.clear()
+    try:
+        for causal in (True, False):
+            q, k = _qk(1, 1, 2, 300, 64, torch.float32, seed=10)  # 3 x 3 tiles of 32 strided rows
+            with poisoned_allocations():
+                S = block_importance(q, k, block=32, stride=4, causal=causal)
+            assert_close_rel(S, block_importance_ref(q, k, block=32, stride=4, causal=causal), 1e-5)
+    finally:
+        mod._xattn_kernel.cache.clear()
+
+
 def test_xattn_is_the_antidiagonal_of_the_full_score_matrix():
     # Straight from the definition: strided query row i, strided key row t score
     # sum_j q[i*s + s-1-j] . k[t*s + j], over sqrt(D) * s; softmax over t <= i; block sums.
