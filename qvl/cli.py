@@ -229,6 +229,73 @@ def _frame_cache(cache_dir):
     return FrameCache(Path(cache_dir) if cache_dir else None)
 
 
+# --- psa-profile ------------------------------------------------------------------------------
+
+
+@app.command("psa-profile")
+def psa_profile(
+    video_path: Annotated[str, typer.Argument(metavar="VIDEO", help="Video path or http(s) URL.")],
+    prompt: PromptOpt = None,
+    frames: Annotated[Optional[int], typer.Option("--frames", "-n", help="Number of frames to sample.")] = None,
+    fps: Annotated[Optional[float], typer.Option("--fps", help="Frames per second to sample.")] = None,
+    start: Annotated[Optional[float], typer.Option("--start", help="Start of the clip, seconds.")] = None,
+    end: Annotated[Optional[float], typer.Option("--end", help="End of the clip, seconds.")] = None,
+    max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", help="Pixel budget per frame.")] = None,
+    psa_preset: PsaPresetOpt = "default",
+    min_tokens: Annotated[int, typer.Option("--min-tokens", help="Prompts shorter than this keep SDPA.")] = 1024,
+    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed prefills of each kind (median).")] = 3,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Prefill one video with PSA and with SDPA: time both, and show PSA's density per layer."""
+    from qvl import output
+    from qvl.engine import Engine, Request
+    from qvl.media.video import VideoOptions
+    from qvl.psa import AttentionConfig
+    from qvl.psa_profile import profile_prefill
+
+    try:
+        options = VideoOptions(frames=frames, fps=fps, start=start, end=end, max_pixels=max_pixels)
+        config = AttentionConfig.preset(psa_preset, min_tokens=min_tokens)
+        media = _load_clip(video_path, options, _frame_cache(None), quiet)
+        engine = Engine(model, device=device, dtype=dtype, psa=config)
+        if engine.is_tiny:
+            output.warn("using the built-in tiny model: random weights, so its timings say little about real models")
+        report = profile_prefill(engine, Request(prompt or DEFAULT_VIDEO_PROMPT, video=media["video"]), repeat=repeat)
+    except QvlError as exc:
+        _fail_now(exc)
+    if json_output:
+        output.json_line({"input": video_path, "model": engine.name, "preset": psa_preset, **media["extra"], **report})
+        return
+    _print_profile(video_path, psa_preset, report)
+
+
+def _print_profile(source: str, preset: str, report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    psa = report["psa"]
+    title = f"{source}: {report['tokens']:,} tokens, PSA preset {preset}"
+    table = Table(title=title, title_justify="left")
+    for column in ("layer", "density", "1x", "2x", "4x", "8x", "skipped"):
+        table.add_column(column, justify="right")
+    for layer, row in enumerate(report["per_layer"]):
+        shares = row["level_fraction"]
+        table.add_row(str(layer), f"{row['density']:.1%}", *(f"{shares[k]:.0%}" for k in ("1", "2", "4", "8", "0")))
+    console = Console(highlight=False)
+    console.print(table)
+    if psa is None:
+        console.print("PSA did not run: the prompt is shorter than --min-tokens")
+        return
+    console.print(
+        f"prefill: PSA {report['prefill_ms']['psa']:.1f} ms, SDPA {report['prefill_ms']['sdpa']:.1f} ms "
+        f"({report['speedup']:.2f}x); density {psa['density']:.1%} (sparsity {psa['sparsity']:.1%})"
+    )
+
+
 # --- download ---------------------------------------------------------------------------------
 
 
@@ -274,6 +341,158 @@ def infer(
     if type == "image":
         describe([input], prompt=prompt, model=model, max_tokens=max_tokens, device=device, dtype=dtype, psa=psa)
     video([input], prompt=prompt, frames=preprocess_frames, model=model, max_tokens=max_tokens, device=device, dtype=dtype, psa=psa)
+
+
+# --- preprocess and cache: the frame cache (media/preprocess.py, media/cache.py) ---------------
+
+
+@app.command()
+def preprocess(
+    inputs: Annotated[list[str], typer.Argument(help="Video files, folders (searched recursively), globs or http(s) URLs.")],
+    frames: Annotated[Optional[int], typer.Option("--frames", "-n", help="Number of frames to sample (even).")] = None,
+    fps: Annotated[Optional[float], typer.Option("--fps", help="Frames per second to sample (default 2).")] = None,
+    start: Annotated[Optional[float], typer.Option("--start", help="Start of the clip, seconds.")] = None,
+    end: Annotated[Optional[float], typer.Option("--end", help="End of the clip, seconds.")] = None,
+    min_frames: Annotated[int, typer.Option("--min-frames", help="Fewest frames to sample.")] = 4,
+    max_frames: Annotated[int, typer.Option("--max-frames", help="Most frames to sample.")] = 768,
+    min_pixels: Annotated[Optional[int], typer.Option("--min-pixels", help="Smallest frame, in pixels (default 128 tokens).")] = None,
+    max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", help="Pixel budget per frame.")] = None,
+    total_pixels: Annotated[Optional[int], typer.Option("--total-pixels", help="Pixel budget for the whole video.")] = None,
+    seek: Annotated[str, typer.Option("--seek", help="auto: a keyframe when one lies within half the frame spacing, else the exact frame; exact: always the exact frame.")] = "auto",
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Videos decoded at once.")] = 1,
+    cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="Frame cache folder (default: $QVL_CACHE_DIR or the user cache).")] = None,
+    strict_hash: Annotated[bool, typer.Option("--strict-hash", help="Key entries by a hash of every byte, not a 3 MiB sample.")] = False,
+    max_download_mb: Annotated[int, typer.Option("--max-download-mb", help="Size limit for video URLs.")] = 2048,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fill the frame cache for many videos so later `qvl video` runs skip decoding.
+
+    Entries already present are skipped; a bad file is reported and the rest go on (the exit
+    status is 1 if any failed). The same frame options as `qvl video` give the same entries.
+    """
+    from qvl import output
+    from qvl.media.cache import FrameCache
+    from qvl.media.preprocess import preprocess as run_preprocess
+    from qvl.media.video import VideoOptions
+
+    try:
+        options = VideoOptions(
+            frames=frames, fps=fps, start=start, end=end, min_frames=min_frames, max_frames=max_frames,
+            max_pixels=max_pixels, total_pixels=total_pixels, seek=seek, max_download_mb=max_download_mb,
+            **({"min_pixels": min_pixels} if min_pixels is not None else {}),
+        )
+    except QvlError as exc:
+        _fail_now(exc)
+    cache = FrameCache(cache_dir, strict_hash=strict_hash)
+    failed: list = []
+    counts = {"new": 0, "cached": 0, "error": 0}
+    with _progress(quiet) as progress:
+        overall = progress.add_task("videos", total=None) if progress else None
+        tasks: dict[str, int] = {}
+
+        def on_progress(src: str, done: int, total: int) -> None:
+            if progress is None:
+                return
+            if src not in tasks:
+                tasks[src] = progress.add_task(f"  {src}", total=total)
+            progress.update(tasks[src], completed=done, total=total)
+
+        try:
+            for result in run_preprocess(inputs, options, cache, jobs=jobs, on_progress=on_progress):
+                counts[result.status] += 1
+                if progress is not None:
+                    if result.path in tasks:
+                        progress.remove_task(tasks.pop(result.path))
+                    progress.update(overall, advance=1)
+                if result.status == "error":
+                    failed.append(result)
+                if json_output:
+                    output.json_line(result.to_dict())
+                elif result.status != "error":
+                    output.write(f"{result.status:<6}  {result.frames:>4} frames  {result.seconds:7.2f} s  {result.path}\n")
+        except QvlError as exc:  # the cache itself is unusable: nothing was done
+            _fail_now(exc)
+    output.note(
+        f"{counts['new']} new, {counts['cached']} already cached, {counts['error']} failed; cache: {cache.root}",
+        quiet=quiet,
+    )
+    for result in failed:
+        output.error(result.error)
+    raise typer.Exit(1 if failed else 0)
+
+
+cache_app = typer.Typer(help="Inspect and clear the frame cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+CacheDirOpt = Annotated[
+    Optional[str], typer.Option("--cache-dir", help="Frame cache folder (default: $QVL_CACHE_DIR or the user cache).")
+]
+
+
+@cache_app.command("list")
+def cache_list(cache_dir: CacheDirOpt = None, json_output: JsonOpt = False) -> None:
+    """List cache entries: key, frames, frame size, bytes, age and source."""
+    import time
+
+    from qvl import output
+    from qvl.media.cache import FrameCache
+
+    entries = FrameCache(cache_dir).entries()
+    if json_output:
+        for e in entries:
+            output.json_line({"key": e.key, "source": e.source, "frames": e.frames, "width": e.width,
+                              "height": e.height, "bytes": e.size_bytes, "created": round(e.created, 3),
+                              "path": str(e.path)})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("key", "frames", "size", "MB", "age", "source", title_justify="left")
+    now = time.time()
+    for e in sorted(entries, key=lambda e: e.created):
+        table.add_row(e.key[:12], str(e.frames), f"{e.width}x{e.height}", f"{e.size_bytes / 1e6:.1f}",
+                      _age(now - e.created), e.source)
+    Console(highlight=False).print(table)
+
+
+@cache_app.command("size")
+def cache_size(cache_dir: CacheDirOpt = None, json_output: JsonOpt = False) -> None:
+    """Print the cache folder, its entry count and the bytes it uses."""
+    from qvl import output
+    from qvl.media.cache import FrameCache
+
+    cache = FrameCache(cache_dir)
+    entries, total = len(cache.entries()), cache.total_size()
+    if json_output:
+        output.json_line({"root": str(cache.root), "entries": entries, "bytes": total})
+    else:
+        output.write(f"{total / 1e6:.1f} MB in {entries} entries  {cache.root}\n")
+
+
+@cache_app.command("clear")
+def cache_clear(
+    older_than: Annotated[Optional[float], typer.Option("--older-than", min=0.0, help="Only entries created more than DAYS ago.", metavar="DAYS")] = None,
+    cache_dir: CacheDirOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Remove cache entries (all, or those older than --older-than DAYS)."""
+    from qvl import output
+    from qvl.media.cache import FrameCache
+
+    cache = FrameCache(cache_dir)
+    removed, freed = cache.clear(older_than_days=older_than)
+    if json_output:
+        output.json_line({"root": str(cache.root), "removed": removed, "bytes_freed": freed})
+    else:
+        output.write(f"removed {removed} entries, freed {freed / 1e6:.1f} MB  {cache.root}\n")
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
 
 
 # --- shared plumbing ----------------------------------------------------------------------------

@@ -179,19 +179,22 @@ class Engine:
             psa=psa_stats.summary() if psa_stats is not None else None,
         )
 
+    def text_length(self, input_ids) -> int:
+        """Tokens after the last image or video token: the text PSA keeps at full resolution."""
+        vision_ids = input_ids.new_tensor([self.processor.image_token_id, self.processor.video_token_id])
+        is_vision = (input_ids[0].unsqueeze(-1) == vision_ids).any(-1).nonzero()
+        length = input_ids.shape[1]
+        return length - (int(is_vision[-1]) + 1) if len(is_vision) else length
+
     def _psa_scope(self, input_ids):
-        """PSA settings for this prompt: the text after the last vision token stays at full resolution."""
+        """PSA settings for this prompt, with fresh statistics; a null context without PSA."""
         import contextlib
 
         if self.psa is None:
             return contextlib.nullcontext()
         from qvl.psa import PSAStats, psa_request
 
-        vision_ids = [self.processor.image_token_id, self.processor.video_token_id]
-        is_vision = (input_ids[0].unsqueeze(-1) == input_ids.new_tensor(vision_ids)).any(-1).nonzero()
-        length = input_ids.shape[1]
-        text_length = length - (int(is_vision[-1]) + 1) if len(is_vision) else length
-        return psa_request(self.psa, text_length, PSAStats())
+        return psa_request(self.psa, self.text_length(input_ids), PSAStats())
 
 
 def _load(path, device: str, dtype, attn_implementation):

@@ -73,3 +73,18 @@ def test_cli_psa_json_and_bad_preset(tmp_path):
 
 def test_stats_summary_of_nothing_is_none():
     assert PSAStats().summary() is None
+
+
+def test_psa_profile_times_both_and_reports_each_layer(tmp_path):
+    from test_video import make_video
+
+    video = make_video(tmp_path / "clip.mp4", seconds=4)
+    args = ["psa-profile", video, "--model", "tiny", "--frames", "8",
+            "--min-tokens", "32", "--psa-preset", "fast", "--repeat", "1"]
+    result = invoke(*args, "--json")
+    assert result.exit_code == 0, result.stderr
+    (report,) = json_lines(result.stdout)
+    assert report["prefill_ms"]["psa"] > 0 and report["prefill_ms"]["sdpa"] > 0
+    assert len(report["per_layer"]) == 2 and report["psa"]["tokens"] == report["tokens"]
+    table = invoke(*args)
+    assert table.exit_code == 0 and "density" in table.stdout and "prefill: PSA" in table.stdout
