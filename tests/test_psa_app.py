@@ -76,6 +76,14 @@ def test_stats_summary_of_nothing_is_none():
 
 
 def test_psa_profile_times_both_and_reports_each_layer(tmp_path):
+    pytest.importorskip("av")  # the GPU host has neither PyAV nor ffmpeg
+    from qvl.errors import InputError
+    from qvl.media.ffmpeg import ffmpeg_exe
+
+    try:
+        ffmpeg_exe()
+    except InputError:
+        pytest.skip("no ffmpeg")
     from test_video import make_video
 
     video = make_video(tmp_path / "clip.mp4", seconds=4)
