@@ -1,0 +1,81 @@
+"""`qvl preprocess` and `qvl cache list|size|clear` through the real app."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.cli_helpers import assert_one_error, invoke, json_lines
+
+
+@pytest.fixture()
+def videos(tmp_path, clip, long_gop_clip, unicode_clip, not_a_video, audio_only):
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(clip, d / "a.mp4")
+    shutil.copy(long_gop_clip, d / "b c.mp4")
+    shutil.copy(unicode_clip, d / unicode_clip.name)
+    return d
+
+
+def test_preprocess_fills_then_skips(tmp_path, videos):
+    cache = tmp_path / "cache"
+    r = invoke("preprocess", videos, "--frames", "4", "--jobs", "2", "--cache-dir", cache, "--json")
+    assert r.exit_code == 0, r.stderr
+    rows = json_lines(r.stdout)
+    assert len(rows) == 3 and {row["status"] for row in rows} == {"new"}
+    assert all(row["frames"] == 4 and row["key"] and row["error"] is None for row in rows)
+    assert {"path", "key", "frames", "seconds", "status"} <= rows[0].keys()
+    again = json_lines(invoke("preprocess", f"{videos}/*.mp4", "--frames", "4", "--cache-dir", cache, "--json").stdout)
+    assert {row["status"] for row in again} == {"cached"}
+    listed = json_lines(invoke("cache", "list", "--cache-dir", cache, "--json").stdout)
+    assert len(listed) == 3 and all(e["frames"] == 4 for e in listed)
+    # qvl video's library path finds what preprocess stored.
+    from qvl.media.cache import FrameCache
+    from qvl.media.video import VideoOptions, load_video
+
+    assert load_video(videos / "a.mp4", VideoOptions(frames=4), cache=FrameCache(cache)).from_cache
+
+
+def test_preprocess_keeps_going_and_lists_failures(tmp_path, videos, not_a_video, audio_only):
+    cache = tmp_path / "cache"
+    r = invoke("preprocess", videos / "a.mp4", not_a_video, audio_only, tmp_path / "missing.mp4",
+               "--frames", "4", "--cache-dir", cache, "--json")
+    assert r.exit_code == 1
+    rows = {row["path"]: row for row in json_lines(r.stdout)}
+    assert rows[str(videos / "a.mp4")]["status"] == "new"
+    assert [row["status"] for row in rows.values()].count("error") == 3
+    assert "not a video" in rows[str(not_a_video)]["error"]
+    assert "audio only" in rows[str(audio_only)]["error"]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("qvl: error:")]
+    assert len(errors) == 3 and "Traceback" not in r.stderr
+
+
+def test_preprocess_human_output(tmp_path, videos):
+    r = invoke("preprocess", videos / "a.mp4", "--frames", "4", "--cache-dir", tmp_path / "c")
+    assert r.exit_code == 0 and "new" in r.stdout and "a.mp4" in r.stdout
+
+
+def test_preprocess_bad_options_and_unwritable_cache(tmp_path, videos):
+    assert_one_error(invoke("preprocess", videos, "--frames", "0", "--cache-dir", tmp_path / "c"),
+                     contains="--frames must be at least 1", exit_code=2)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_one_error(invoke("preprocess", videos, "--frames", "4", "--cache-dir", blocker / "c"),
+                     contains="not writable")
+
+
+def test_cache_size_and_clear(tmp_path, videos):
+    cache = tmp_path / "cache"
+    invoke("preprocess", videos, "--frames", "4", "--cache-dir", cache)
+    size = json_lines(invoke("cache", "size", "--cache-dir", cache, "--json").stdout)[0]
+    assert size["entries"] == 3 and size["bytes"] > 0
+    assert "3 entries" in invoke("cache", "size", "--cache-dir", cache).stdout
+    table = invoke("cache", "list", "--cache-dir", cache).stdout
+    assert "frames" in table
+    kept = json_lines(invoke("cache", "clear", "--older-than", "30", "--cache-dir", cache, "--json").stdout)[0]
+    assert kept["removed"] == 0
+    gone = json_lines(invoke("cache", "clear", "--cache-dir", cache, "--json").stdout)[0]
+    assert gone["removed"] == 3 and gone["bytes_freed"] > 0
+    assert json_lines(invoke("cache", "list", "--cache-dir", cache, "--json").stdout) == []
