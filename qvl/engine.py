@@ -133,7 +133,8 @@ class Engine:
         return self.resolved.is_tiny
 
     def prepare(self, request: Request):
-        """Run the processor on one request: the model inputs (`input_ids`, pixel values, grids, ...)."""
+        """Run the processor on one request: the model inputs (`input_ids`, pixel values, grids, ...),
+        on the model's device."""
         content: list[dict] = [{"type": "image"} for _ in request.images]
         if request.video is not None:
             content.append({"type": "video"})
@@ -145,7 +146,7 @@ class Engine:
             kwargs["images"] = list(request.images)
         if request.video is not None:
             kwargs.update(_video_kwargs(request.video, self.processor.video_processor))
-        return self.processor(text=[text], return_tensors="pt", **kwargs)
+        return self.processor(text=[text], return_tensors="pt", **kwargs).to(self.model.device)
 
     def generate(self, request: Request, on_text: Callable[[str], None] | None = None) -> Result:
         """Answer one request. `on_text` receives the answer in pieces as tokens are generated."""
@@ -153,7 +154,7 @@ class Engine:
 
         timings = Timings(load_s=self.load_s)
         started = time.perf_counter()
-        inputs = self.prepare(request).to(self.model.device)
+        inputs = self.prepare(request)
         timings.preprocess_s = time.perf_counter() - started
 
         streamer = _timing_streamer(self.processor.tokenizer, on_text)

@@ -17,7 +17,7 @@ def profile_prefill(engine, request, *, repeat: int = 3) -> dict:
 
     from qvl.psa import PSAStats, psa_request
 
-    inputs = engine.prepare(request).to(engine.model.device)
+    inputs = engine.prepare(request)
     config, text_length = engine.psa, engine.text_length(inputs["input_ids"])
 
     def prefill(with_psa: bool) -> tuple[float, PSAStats]:

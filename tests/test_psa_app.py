@@ -28,7 +28,9 @@ def test_dense_preset_is_exactly_sdpa(sdpa_engine):
     expected, _ = _logits(sdpa_engine)
     got, stats = _logits(psa_engine)
     assert stats.summary()["density"] == 1.0 and stats.summary()["layers"] == 2
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    error = ((got.float() - expected.float()).norm() / expected.float().norm()).item()
+    # fp32 on the CPU: the same function; bf16 on a GPU: Triton kernels against SDPA's rounding.
+    assert error < (1e-5 if got.dtype == torch.float32 else 2e-2), error
 
 
 def test_fast_preset_skips_work_and_still_answers(sdpa_engine):
