@@ -547,6 +547,9 @@ class _Decoder:
         self.gen = None
         self.pending = None  # a frame read by seek() and not handed out yet
         self.last_frame = None  # the last frame handed out (the end of the stream may need it)
+        self.skipping = False
+        # Frames come out up to a few frames away from decode order; stop skipping well before.
+        self.skip_margin = max(16 * self.frame_time, 0.5)
         self.cur: float | None = None  # time of the last frame handed out by next()
         self.last_good = 0.0
         self.decoded = 0
@@ -635,6 +638,11 @@ class _Decoder:
                 return self._forward_to(t, accept_within=keyframe_ok)
         return self._forward_to(t)
 
+    def _skip_nonref(self, on: bool) -> None:
+        if on != self.skipping:
+            self.stream.codec_context.skip_frame = "NONREF" if on else "DEFAULT"
+            self.skipping = on
+
     def _forward_to(self, t: float, accept_within: float = 0.0, landing: bool = False):
         """Decode forward to the frame nearest time t (the last at or before t, or the first after
         it, whichever is closer: right for variable frame rates too). `landing`: take the first
@@ -646,6 +654,9 @@ class _Decoder:
         prev_t = 0.0
         first = True
         while True:
+            # Far from the target, skip frames no other frame refers to (B-frames, mostly): they
+            # cannot be the answer and leaving them out cannot damage the frames that are.
+            self._skip_nonref(not landing and self.cur is not None and t - self.cur > self.skip_margin)
             frame = self.next()
             if frame is None:
                 # End of stream: the last frame stands for a target a frame or two past it.
