@@ -38,13 +38,14 @@ sys.path.insert(0, ROOT)
 
 from qvl_kernels.pooling import mean_pool  # noqa: E402
 from qvl_kernels.pyramid_attention import build_block_lists, pyramid_attention  # noqa: E402
-from qvl_kernels.pyramid_attention.pyramid_attention import _pyramid_attention_fwd  # noqa: E402
+from qvl_kernels.pyramid_attention.pyramid_attention import OPTIONS, _pyramid_attention_fwd  # noqa: E402
 
 MODELS = {"7b": (28, 4, 128), "3b": (16, 2, 128)}  # HQ, HKV, D
 BLOCK = 128
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU only for a smoke test of the helpers
 PUBLISHED_RATIOS = {1: (0.0, 0.7), 2: (0.7, 0.8), 4: (0.8, 0.9), 8: (0.9, 0.9), 0: (0.9, 1.0)}
 T0 = time.time()
+BEST = {"config": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2), "tma": False, "ws": False}
 ROWS: list[dict] = []
 LOG: list[str] = []
 
@@ -107,24 +108,32 @@ def _features(pos, D, g, scale):
     return torch.cat([a.cos(), a.sin()], -1) * math.sqrt(2.0)  # [L, D], |phi|^2 = D
 
 
-def video_inputs(B, HQ, HKV, L, D, seed, grid=16, sigma_s=2.0, sigma_t=1.5, n_sinks=4):
-    """Synthetic video-like q, k, v over a frames x grid x grid token order (t, y, x)."""
+def video_inputs(B, HQ, HKV, L, D, seed, grid=16, sigma_t=1.5, n_sinks=4):
+    """Synthetic video-like q, k, v over a frames x grid x grid token order (t, y, x).
+
+    q and k of a KV head share random-Fourier features of the token's scaled (t, y, x), so that
+    q.k falls off with spatio-temporal distance (an RBF kernel). Even KV heads are smooth in space
+    (spatial length scale 10 tokens: neighbouring keys nearly equal, pooling allowed up to 8x),
+    odd ones detailed (3 tokens: the similarity cap keeps them at 1x-4x). Temporal length scale
+    1.5 frames. The first n_sinks keys share a direction every query leans on (attention sinks).
+    """
     g = torch.Generator(device=DEV).manual_seed(seed)
     i = torch.arange(L, device=DEV)
     per = grid * grid
-    pos = torch.stack([(i // per) / sigma_t, ((i % per) // grid) / sigma_s, (i % grid) / sigma_s], -1).float()
     G = HQ // HKV
     qs, ks, vs = [], [], []
     for _b in range(B):
         qh, kh, vh = [], [], []
-        for _h in range(HKV):
+        for h in range(HKV):
+            sigma_s = 10.0 if h % 2 == 0 else 3.0
+            pos = torch.stack([(i // per) / sigma_t, ((i % per) // grid) / sigma_s, (i % grid) / sigma_s], -1).float()
             phi = _features(pos, D, g, 1.0)
             u = torch.randn(D, device=DEV, generator=g)
             u = u / u.norm() * math.sqrt(D)
-            k = phi + 0.3 * torch.randn(L, D, device=DEV, generator=g)
+            k = phi + 0.2 * torch.randn(L, D, device=DEV, generator=g)
             k[:n_sinks] += 2.0 * u
             kh.append(k)
-            vh.append(_features(pos, D, g, 0.7) + 0.5 * torch.randn(L, D, device=DEV, generator=g))
+            vh.append(_features(pos, D, g, 0.7) + 0.3 * torch.randn(L, D, device=DEV, generator=g))
             for _g in range(G):
                 qh.append(phi * (0.8 + 0.4 * torch.rand(1, device=DEV, generator=g))
                           + 0.5 * torch.randn(L, D, device=DEV, generator=g) + 0.3 * u)
@@ -273,7 +282,7 @@ def check_small():
     """bf16 on the GPU against the fp32 definition (naive.py), every level, both masks."""
     from qvl_kernels.pyramid_attention.naive import pyramid_attention as ref_fn
 
-    for L, causal, pik in ((2000, True, False), (2000, False, False), (1537, True, True)):
+    for L, causal, pik in ((2000, True, False), (1537, False, False)):
         HQ, HKV, D = MODELS["7b"]
         q, k, v = random_inputs(1, HQ, HKV, L, D, seed=L)
         lev = fixed_levels(1, HQ, L, 0.5, True, seed=3)
@@ -283,14 +292,13 @@ def check_small():
         ref = ref_fn(q.float(), k.float(), v.float(), lev, causal=causal)
         err = rel_err(out, ref)
         add(model="7b", L=L, input="random", method=f"check vs fp32 naive {'causal' if causal else 'full'}"
-            f"{' fused-pool' if pik else ''}", err=err, note="OK" if err < 3e-2 and out.isfinite().all() else "FAIL")
+            f"{' tma' if OPTIONS['tma'] else ''}{' ws' if OPTIONS['ws'] else ''}", err=err, note="OK" if err < 3e-2 and out.isfinite().all() else "FAIL")
 
 
 def sweep(args):
     """Kernel variants at one shape: tile configs, pooled K/V precomputed vs pooled in the kernel."""
     HQ, HKV, D = MODELS["7b"]
     B = 1
-    guard("check_small", check_small)
     for Lk in args.sweep_lengths:
         L = Lk * 1024
         q, k, v = video_inputs(B, HQ, HKV, L, D, seed=L)
@@ -304,38 +312,56 @@ def sweep(args):
         lev35 = fixed_levels(B, HQ, L, 0.35, True, seed=1)
         lists35 = build_block_lists(lev35, True)
         d35 = level_density(lev35)
+        lev10 = fixed_levels(B, HQ, L, 0.1, True, seed=2)
+        lists10 = build_block_lists(lev10, True)
+        d10 = level_density(lev10)
         configs = [
-            dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
             dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),
-            dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2),
-            dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
-            dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
-            dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
+            dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
         ]
         ref = sdpa("cudnn")(q, k, v)
+        best = None
         for cfg in configs:
-            name = "cfg{BLOCK_M}x{BLOCK_N}w{num_warps}s{num_stages}".format(**cfg)
+            for tma, ws in ((False, False), (True, False), (True, True)):
+                name = "{BLOCK_M}x{BLOCK_N}w{num_warps}s{num_stages}".format(**cfg) + ("-tma" if tma else "") + ("-ws" if ws else "")
 
-            def one():
-                run = lambda: _pyramid_attention_fwd(q, k, v, ones, True, None, BLOCK, pooled=pooled,  # noqa: E731
-                                                     lists=lists1, config=cfg)
-                out = run()
-                t = timed(run)
-                add(model="7b", L=L, input="video", method=f"pyr-all1-{name}", ms=t, tflops=fl / t / 1e9,
-                    density=1.0, err=rel_err(out, ref), note=f"x{t_cudnn / t:.2f} of cudnn")
-                for pik in (False, True):
-                    run = lambda: _pyramid_attention_fwd(q, k, v, lev35, True, None, BLOCK, pooled=pooled,  # noqa: E731
-                                                         lists=lists35, config=cfg, pool_in_kernel=pik)
+                def one():
+                    run = lambda: _pyramid_attention_fwd(q, k, v, ones, True, None, BLOCK, pooled=pooled,  # noqa: E731
+                                                         lists=lists1, config=cfg, tma=tma, ws=ws)
+                    out = run()
+                    err = rel_err(out, ref)
                     t = timed(run)
-                    add(model="7b", L=L, input="video", method=f"pyr-mix35-{'fused' if pik else 'pre'}-{name}",
-                        ms=t, tflops=d35 * fl / t / 1e9, density=d35)
-            guard(name, one)
+                    add(model="7b", L=L, input="video", method=f"all1 {name}", ms=t, tflops=fl / t / 1e9,
+                        density=1.0, err=err, note=f"x{t_cudnn / t:.2f} of cudnn")
+                    for dd, lev, lists in ((d35, lev35, lists35), (d10, lev10, lists10)):
+                        run = lambda: _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled,  # noqa: E731
+                                                             lists=lists, config=cfg, tma=tma, ws=ws)
+                        tp = timed(run)
+                        add(model="7b", L=L, input="video", method=f"pyr d~{dd:.2f} {name}", ms=tp,
+                            tflops=dd * fl / tp / 1e9, density=dd)
+                    return t, err
+                res = guard(name, one)
+                if res is not None and res[1] < 1e-2 and (best is None or res[0] < best[0]):
+                    best = (res[0], cfg, tma, ws)
+        if best is not None:
+            BEST.update(config=best[1], tma=best[2], ws=best[3])
+            OPTIONS.update(tma=best[2], ws=best[3])
+            log(f"BEST {BEST}")
+
+        def fused():
+            run = lambda: _pyramid_attention_fwd(q, k, v, lev35, True, None, BLOCK, lists=lists35,  # noqa: E731
+                                                 config=BEST["config"], pool_in_kernel=True)
+            t = timed(run)
+            add(model="7b", L=L, input="video", method="pyr d~0.35 pooled in kernel", ms=t, tflops=d35 * fl / t / 1e9,
+                density=d35)
+        guard("fused", fused)
         t = timed(lambda: mean_pool(k) + mean_pool(v))
         add(model="7b", L=L, input="video", method="mean_pool k+v (2,4,8)", ms=t)
         t = timed(lambda: build_block_lists(lev35, True))
         add(model="7b", L=L, input="video", method="build_block_lists", ms=t)
         del q, k, v, ref
         torch.cuda.empty_cache()
+    guard("check_small", check_small)
 
 
 def bench_shape(model, Lk, args):
@@ -369,7 +395,8 @@ def bench_shape(model, Lk, args):
             lists = build_block_lists(ones, True)
             pooled = (*mean_pool(k), *mean_pool(v))
             out = pyramid_attention(q, k, v, ones)
-            t1 = timed(lambda: _pyramid_attention_fwd(q, k, v, ones, True, None, BLOCK, pooled=pooled, lists=lists))
+            t1 = timed(lambda: _pyramid_attention_fwd(q, k, v, ones, True, None, BLOCK, pooled=pooled, lists=lists,
+                                                      config=BEST["config"]))
             add(**base, method="pyramid all-level-1 (kernel)", ms=t1, tflops=fl / t1 / 1e9, density=1.0,
                 err=rel_err(out, ref), note=f"x{t_cudnn / t1:.2f} of cudnn")
             t = timed(lambda: pyramid_attention(q, k, v, ones))
@@ -379,14 +406,15 @@ def bench_shape(model, Lk, args):
                 lev = fixed_levels(B, HQ, L, d, pyr, seed=int(d * 100))
                 dd = level_density(lev)
                 lists = build_block_lists(lev, True)
-                t = timed(lambda: _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled, lists=lists))
+                t = timed(lambda: _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled, lists=lists,
+                                                         config=BEST["config"]))
                 bound = 1.25 * dd * t1 + 0.1
                 add(**base, method=f"fixed {'pyramid' if pyr else 'binary'} d~{d}", ms=t, tflops=dd * fl / t / 1e9,
                     density=dd, note=f"bound {bound:.3f} ms {'OK' if t <= bound else 'MISS'}")
             del ones, lists, pooled, out
 
         # Whole PSA pipeline, three presets; estimation parts timed on their own.
-        for preset in ("fast", "balanced", "default"):
+        for preset in (("fast", "balanced", "default") if inp == "video" else ("default",)):
             def pipe():
                 cfg = PSAConfig.preset(preset)
                 levels = psa_levels(q, k, cfg)

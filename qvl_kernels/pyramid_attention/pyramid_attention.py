@@ -83,6 +83,45 @@ def _load_pooled(p_x, s_l, s_d, o_n, m_n, o_d, m_d, L,
 
 
 @triton.jit
+def _attend_tile(
+    b_acc, b_m, b_l, b_q, p_k, p_v, s_kl, s_kd, s_vl, s_vd, o_n, m_n, o_m, o_d, m_d, L, qk_scale,
+    R: tl.constexpr, CN: tl.constexpr, BLOCK_D: tl.constexpr,
+    MASKED: tl.constexpr, COLMASK: tl.constexpr, CAUSAL: tl.constexpr, POOL_IN_KERNEL: tl.constexpr,
+):
+    # One online-softmax step over CN keys at ratio R: rows o_n of the pooled K/V (valid where m_n).
+    # MASKED (the edge block): causal + length masks and the partial-group bias; a row may still
+    # have seen nothing. COLMASK: only invalid columns are masked (a packed tile's tail).
+    LOG2R: tl.constexpr = math.log2(R)
+    b_k = _load_pooled(p_k, s_kl, s_kd, o_n, m_n, o_d, m_d, L, R, CN, BLOCK_D, POOL_IN_KERNEL)
+    b_s = tl.dot(b_q, tl.trans(b_k)) * qk_scale  # [BM, CN], log2 domain
+    if MASKED:
+        b_last = tl.minimum(o_n * R + R, L) - 1
+        if R > 1:  # a final partial group stands for fewer than R tokens: log2(count), not log2(R)
+            b_s += tl.log2(tl.maximum(b_last - o_n * R + 1, 1).to(tl.float32))[None, :]
+        m_s = m_n[None, :]
+        if CAUSAL:
+            m_s = m_s & (b_last[None, :] <= o_m[:, None])
+        b_s = tl.where(m_s, b_s, float("-inf"))
+    else:
+        if R > 1:
+            b_s += LOG2R
+        if COLMASK:
+            b_s = tl.where(m_n[None, :], b_s, float("-inf"))
+    b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+    if MASKED:
+        b_m_use = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
+    else:
+        b_m_use = b_m_new
+    b_p = tl.math.exp2(b_s - b_m_use[:, None])
+    b_alpha = tl.math.exp2(b_m - b_m_use)
+    b_l = b_l * b_alpha + tl.sum(b_p, 1)
+    b_v = _load_pooled(p_v, s_vl, s_vd, o_n, m_n, o_d, m_d, L, R, CN, BLOCK_D, POOL_IN_KERNEL)
+    b_acc = b_acc * b_alpha[:, None]
+    b_acc = tl.dot(b_p.to(b_v.dtype), b_v, b_acc)
+    return b_acc, b_m_new, b_l
+
+
+@triton.jit
 def _attend_block(
     b_acc, b_m, b_l, b_q, p_k, p_v, s_kl, s_kd, s_vl, s_vd, i_j, o_m, o_d, m_d, L, qk_scale,
     R: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -94,37 +133,34 @@ def _attend_block(
     CN: tl.constexpr = max(min(BLOCK_N, NP), 16)
     NC: tl.constexpr = max(NP // CN, 1)
     PAD: tl.constexpr = NP < CN
-    LOG2R: tl.constexpr = math.log2(R)
     for i_c in tl.static_range(NC):
         o_c = i_c * CN + tl.arange(0, CN)  # pooled index inside the block
         o_n = i_j * NP + o_c  # pooled index in the sequence
         m_n = o_c < NP
         if MASKED:
             m_n = m_n & (o_n * R < L)
-        b_k = _load_pooled(p_k, s_kl, s_kd, o_n, m_n, o_d, m_d, L, R, CN, BLOCK_D, POOL_IN_KERNEL)
-        b_s = tl.dot(b_q, tl.trans(b_k)) * qk_scale  # [BM, CN], log2 domain
-        if MASKED:
-            # A final partial group stands for fewer than R tokens: bias log2(count), not log2(R).
-            b_last = tl.minimum(o_n * R + R, L) - 1
-            b_s += tl.log2(tl.maximum(b_last - o_n * R + 1, 1).to(tl.float32))[None, :]
-            m_s = m_n[None, :]
-            if CAUSAL:
-                m_s = m_s & (b_last[None, :] <= o_m[:, None])
-            b_s = tl.where(m_s, b_s, float("-inf"))
-        else:
-            if R > 1:
-                b_s += LOG2R
-            if PAD:
-                b_s = tl.where(m_n[None, :], b_s, float("-inf"))
+        b_acc, b_m, b_l = _attend_tile(b_acc, b_m, b_l, b_q, p_k, p_v, s_kl, s_kd, s_vl, s_vd, o_n, m_n,
+                                       o_m, o_d, m_d, L, qk_scale, R, CN, BLOCK_D, MASKED, PAD, CAUSAL,
+                                       POOL_IN_KERNEL)
+    return b_acc, b_m, b_l
+
+
+@triton.jit
+def _attend_block_tma(b_acc, b_m, b_l, b_q, d_k, d_v, i_j, qk_scale,
+                      R: tl.constexpr, BLOCK: tl.constexpr, CN: tl.constexpr):
+    # The unmasked block step with K/V tiles brought in by the tensor-memory accelerator (TMA).
+    NP: tl.constexpr = BLOCK // R
+    LOG2R: tl.constexpr = math.log2(R)
+    for i_c in tl.static_range(NP // CN):
+        b_k = d_k.load([i_j * NP + i_c * CN, 0])  # [CN, BD]
+        b_s = tl.dot(b_q, tl.trans(b_k)) * qk_scale
+        if R > 1:
+            b_s += LOG2R
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
-        if MASKED:
-            b_m_use = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
-        else:
-            b_m_use = b_m_new
-        b_p = tl.math.exp2(b_s - b_m_use[:, None])
-        b_alpha = tl.math.exp2(b_m - b_m_use)
+        b_p = tl.math.exp2(b_s - b_m_new[:, None])
+        b_alpha = tl.math.exp2(b_m - b_m_new)
         b_l = b_l * b_alpha + tl.sum(b_p, 1)
-        b_v = _load_pooled(p_v, s_vl, s_vd, o_n, m_n, o_d, m_d, L, R, CN, BLOCK_D, POOL_IN_KERNEL)
+        b_v = d_v.load([i_j * NP + i_c * CN, 0])
         b_acc = b_acc * b_alpha[:, None]
         b_acc = tl.dot(b_p.to(b_v.dtype), b_v, b_acc)
         b_m = b_m_new
@@ -157,7 +193,7 @@ def _level_loop(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, IDX, p_meta,
                 o_m, o_d, m_d, qk_scale,
                 R: tl.constexpr, C: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-                POOL_IN_KERNEL: tl.constexpr):
+                POOL_IN_KERNEL: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr):
     # All list entries of this row at level R (C = log2 R): unmasked blocks only.
     p_k, p_v, s_l_k, s_d_k, s_l_v, s_d_v = _level_pointers(
         K, V, K2, V2, K4, V4, K8, V8, i_b, i_hk, HKV, L,
@@ -165,11 +201,35 @@ def _level_loop(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, IDX, p_meta,
     i_start = tl.load(p_meta + C)
     i_end = tl.load(p_meta + C + 1)
     p_idx = IDX + i_row.to(tl.int64) * NB
-    for i_e in range(i_start, i_end):
-        i_j = tl.load(p_idx + i_e)
-        b_acc, b_m, b_l = _attend_block(
-            b_acc, b_m, b_l, b_q, p_k, p_v, s_l_k, s_d_k, s_l_v, s_d_v, i_j, o_m, o_d, m_d, L,
-            qk_scale, R, BLOCK, BLOCK_N, BLOCK_D, False, CAUSAL, POOL_IN_KERNEL)
+    NP: tl.constexpr = BLOCK // R
+    BPT: tl.constexpr = max(BLOCK_N // NP, 1)  # key blocks packed into one tile
+    if BPT > 1:
+        # Pooled blocks hold fewer than BLOCK_N keys: gather BPT list entries into one full tile
+        # (rows i_j * NP + c of the pooled K/V), so coarse levels run full-width dots.
+        CN: tl.constexpr = BPT * NP
+        o_c = tl.arange(0, CN)
+        for i_e in range(i_start, i_end, BPT):
+            o_e = i_e + o_c // NP
+            m_e = o_e < i_end
+            b_j = tl.load(p_idx + o_e, mask=m_e, other=0)
+            o_n = b_j * NP + o_c % NP
+            b_acc, b_m, b_l = _attend_tile(b_acc, b_m, b_l, b_q, p_k, p_v, s_l_k, s_d_k, s_l_v, s_d_v, o_n, m_e,
+                                           o_m, o_d, m_d, L, qk_scale, R, CN, BLOCK_D, False, True, CAUSAL,
+                                           POOL_IN_KERNEL)
+    elif TMA and NP >= 16:
+        CN_T: tl.constexpr = min(BLOCK_N, NP)
+        L_R = (L + R - 1) // R
+        d_k = tl.make_tensor_descriptor(p_k, shape=[L_R, D], strides=[s_l_k, 1], block_shape=[CN_T, BLOCK_D])
+        d_v = tl.make_tensor_descriptor(p_v, shape=[L_R, D], strides=[s_l_v, 1], block_shape=[CN_T, BLOCK_D])
+        for i_e in tl.range(i_start, i_end, warp_specialize=WS):
+            i_j = tl.load(p_idx + i_e)
+            b_acc, b_m, b_l = _attend_block_tma(b_acc, b_m, b_l, b_q, d_k, d_v, i_j, qk_scale, R, BLOCK, CN_T)
+    else:
+        for i_e in range(i_start, i_end):
+            i_j = tl.load(p_idx + i_e)
+            b_acc, b_m, b_l = _attend_block(
+                b_acc, b_m, b_l, b_q, p_k, p_v, s_l_k, s_d_k, s_l_v, s_d_v, i_j, o_m, o_d, m_d, L,
+                qk_scale, R, BLOCK, BLOCK_N, BLOCK_D, False, CAUSAL, POOL_IN_KERNEL)
     return b_acc, b_m, b_l
 
 
@@ -197,7 +257,7 @@ def _pyramid_attn_kernel(
     s_ob, s_oh, s_ol, s_od,
     qk_scale, L, NB, HQ, G,
     D: tl.constexpr, BLOCK: tl.constexpr,
-    CAUSAL: tl.constexpr, POOL_IN_KERNEL: tl.constexpr,
+    CAUSAL: tl.constexpr, POOL_IN_KERNEL: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # Heaviest query tiles (last rows, causal) start first.
@@ -222,19 +282,19 @@ def _pyramid_attn_kernel(
     b_acc, b_m, b_l = _level_loop(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, IDX, p_meta,
                                   i_row, NB, i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd,
                                   s_vb, s_vh, s_vl, s_vd, o_m, o_d, m_d, qk_scale,
-                                  1, 0, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
+                                  1, 0, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL, TMA, WS)
     b_acc, b_m, b_l = _level_loop(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, IDX, p_meta,
                                   i_row, NB, i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd,
                                   s_vb, s_vh, s_vl, s_vd, o_m, o_d, m_d, qk_scale,
-                                  2, 1, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
+                                  2, 1, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL, TMA, WS)
     b_acc, b_m, b_l = _level_loop(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, IDX, p_meta,
                                   i_row, NB, i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd,
                                   s_vb, s_vh, s_vl, s_vd, o_m, o_d, m_d, qk_scale,
-                                  4, 2, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
+                                  4, 2, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL, TMA, WS)
     b_acc, b_m, b_l = _level_loop(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, IDX, p_meta,
                                   i_row, NB, i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd,
                                   s_vb, s_vh, s_vl, s_vd, o_m, o_d, m_d, qk_scale,
-                                  8, 3, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
+                                  8, 3, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL, TMA, WS)
     # The edge block (diagonal when causal, last key block otherwise), with masks.
     i_j = tl.load(p_meta + 5)
     lev = tl.load(p_meta + 6)
@@ -283,7 +343,9 @@ def _keep(conf: triton.Config, block: int, block_d: int) -> bool:
     bm, bn, w, s = conf.kwargs["BLOCK_M"], conf.kwargs["BLOCK_N"], conf.num_warps, conf.num_stages
     if bm > block or bm < min(64, block):  # a query tile sits inside one level row
         return False
-    if bm == 128:  # 128-row tiles: 8 warps (two warpgroups), FA2-style
+    if block >= 128:  # 64-row tiles ran at 0.6x of 128-row ones (H200, 32K): not worth compiling
+        return bm == 128 and w == 8 and (bn, s) in ((64, 3), (128, 2))
+    if bm == 128:  # 128-row tiles: 8 warps (two warpgroups); the two fastest on an H200
         return w == 8 and (bn, s) in ((64, 3), (128, 2))
     return w == 4 and bn == 64 and s == 3 and block_d <= 128 or (block_d > 128 and w == 4 and bn == 64 and s == 2)
 
@@ -300,7 +362,7 @@ def _prune(configs, named_args, **kwargs):
 
 _pyramid_attn_kernel_tuned = triton.autotune(
     configs=_configs(),
-    key=["D", "BLOCK", "CAUSAL", "POOL_IN_KERNEL"],
+    key=["D", "BLOCK", "CAUSAL", "POOL_IN_KERNEL", "TMA", "WS"],
     prune_configs_by={"early_config_prune": _prune},
 )(_pyramid_attn_kernel)
 
@@ -325,8 +387,18 @@ def build_block_lists(levels: torch.Tensor, causal: bool = True) -> tuple[torch.
     return idx, meta
 
 
+# Load strategy of the unmasked full-width tiles: TMA descriptors (and warp specialization of that
+# loop) or plain loads. Chosen by measurement (benchmarks/NOTES-psa.md); bench_psa.py flips these.
+OPTIONS = {"tma": False, "ws": False}
+_ALLOCATOR_SET = []
+
+
+def _tma_allocator(size: int, alignment: int, stream):
+    return torch.empty(size, device="cpu" if _interpreting() else "cuda", dtype=torch.int8)
+
+
 def _pyramid_attention_fwd(q, k, v, levels, causal, scale, block, *, pool_in_kernel=False,
-                           pooled=None, lists=None, config=None):
+                           pooled=None, lists=None, config=None, tma=None, ws=None):
     B, HQ, HKV, L, D, nb = check_args(q, k, v, levels, causal, block)
     if D > 256:
         raise ValueError(f"head_dim up to 256 is supported, got {D}")
@@ -346,8 +418,16 @@ def _pyramid_attention_fwd(q, k, v, levels, causal, scale, block, *, pool_in_ker
         *q.stride(), *k.stride(), *v.stride(), *o.stride(),
         scale * 1.4426950408889634, L, nb, HQ, HQ // HKV,
     )
-    consts = dict(D=D, BLOCK=block, CAUSAL=bool(causal),
-                  POOL_IN_KERNEL=bool(pool_in_kernel), BLOCK_D=max(16, triton.next_power_of_2(D)))
+    tma = OPTIONS["tma"] if tma is None else tma
+    ws = OPTIONS["ws"] if ws is None else ws
+    # TMA needs unit stride along D and 16-byte aligned rows and bases.
+    tma = bool(tma) and (q.is_cuda or _interpreting()) and all(t.stride(-1) == 1 and (t.stride(-2) * t.element_size()) % 16 == 0
+                                          and t.data_ptr() % 16 == 0 for t in (k, v))
+    if tma and not _ALLOCATOR_SET:
+        triton.set_allocator(_tma_allocator)  # scratch for on-device descriptors
+        _ALLOCATOR_SET.append(True)
+    consts = dict(D=D, BLOCK=block, CAUSAL=bool(causal), POOL_IN_KERNEL=bool(pool_in_kernel),
+                  TMA=tma, WS=bool(ws) and tma, BLOCK_D=max(16, triton.next_power_of_2(D)))
     if config is None:
         grid = lambda meta_: (triton.cdiv(L, meta_["BLOCK_M"]), B * HQ)  # noqa: E731
         _pyramid_attn_kernel_tuned[grid](*args, **consts)

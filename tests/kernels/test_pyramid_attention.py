@@ -140,14 +140,18 @@ def test_rejects_bad_shapes():
         pyramid_attention(q, k, v, torch.ones(1, 3, 1, 1, dtype=torch.int8))
 
 
+GPU_CASES = [  # few compile keys (D, block, causal): each costs a compile on the GPU
+    ((1, 28, 4, 2000, 128, 128), True, "qwen7b-L2000-causal"),
+    ((2, 16, 2, 1037, 128, 128), False, "qwen3b-L1037-full"),
+    ((1, 16, 16, 777, 80, 64), True, "vit-L777-D80-blk64-causal"),
+    ((1, 7, 1, 300, 64, 32), False, "G7-L300-D64-blk32-full"),
+]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
-@pytest.mark.parametrize(
-    "B, HQ, HKV, L, D, block",
-    CASES + [(1, 28, 4, 2000, 128, 128), (2, 16, 2, 1037, 128, 128), (1, 16, 16, 777, 80, 64)],
-    ids=CASE_IDS + ["qwen7b-L2000", "qwen3b-L1037", "vit-L777-D80"],
-)
-def test_bf16_gpu(B, HQ, HKV, L, D, block, causal):
+@pytest.mark.parametrize("shape, causal", [(s, c) for s, c, _ in GPU_CASES], ids=[i for *_, i in GPU_CASES])
+def test_bf16_gpu(shape, causal):
+    B, HQ, HKV, L, D, block = shape
     seed = L + D
     q, k, v = _qkv(B, HQ, HKV, L, D, torch.bfloat16, seed, device="cuda")
     lev = _levels(B, HQ, L, block, seed, device="cuda")
