@@ -1,6 +1,8 @@
-"""PSA levels from block importance, vectorized on the device (see `naive.py` for the definition).
+"""PSA levels from block importance (see `naive.py` for the definition): `level_mask` runs the
+Triton kernel of `level_mask_triton.py` on CUDA tensors and the vectorized torch version here
+elsewhere (the CPU path; also a GPU fallback and a second opinion in tests).
 
-One stable descending sort per row gives every visible block its rank; the band of each rank is
+Torch version: one stable descending sort per row gives every visible block its rank; the band of each rank is
 found with one `searchsorted` against the band starts (topk: a [nb, nb] table shared by all
 batches and heads, since n depends only on the row; energybound: the cumulative share of the row
 in fp64), written back through the sort indices with one scatter, then the forced blocks, the
@@ -8,7 +10,8 @@ cap and causality are single `where`/`minimum` passes. No Python loop over rows 
 host sync: the only host-to-device copy is the band table, made once per (ratios, device).
 
 Cost: dominated by the segmented sort of B * HQ * nb rows of nb fp32 values (nb = 512 at 64K
-tokens, block 128).
+tokens, block 128) plus about a dozen elementwise passes over [B, HQ, nb, nb]; the Triton kernel
+does it all in one read of the scores and one write of the levels.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def _visible(nb: int, causal: bool, device) -> torch.Tensor:
     return (o[None, :] <= o[:, None]) if causal else torch.ones(nb, nb, dtype=torch.bool, device=device)
 
 
-def level_mask(
+def level_mask_torch(
     scores: torch.Tensor,
     cap: torch.Tensor | None = None,
     *,
@@ -45,7 +48,7 @@ def level_mask(
     causal: bool = True,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-block pooling levels of PSA.
+    """`level_mask` in vectorized PyTorch (any device; the CPU path of `level_mask`).
 
     scores: [B, HQ, nb, nb] block importance (any float dtype, non-negative; invisible entries
     are ignored). cap: optional [B, HKV, nb] integer similarity cap (query head h reads KV head
@@ -79,8 +82,11 @@ def level_mask(
         # band k holds cumulative shares start_k < c <= end_k
         vals = torch.where(rho[None, :] < n[:, None], s_sorted.double(), 0.0)
         cum = torch.cumsum(vals, dim=-1)
-        total = cum[..., -1:]
-        c = torch.where(total > 0, cum / torch.where(total > 0, total, 1.0), 0.0)
+        # the total is cum at the last visible rank (same rounding: c = 1 there exactly); a
+        # parallel scan may round a trailing-zero prefix above it, hence the clamp (c <= 1 as in
+        # the sequential reference)
+        total = cum.gather(-1, (n.long() - 1)[:, None].expand(B, HQ, nb, 1))
+        c = torch.where(total > 0, (cum / torch.where(total > 0, total, 1.0)).clamp(max=1.0), 0.0)
         k = torch.bucketize(c, start) - 1  # last band with start < c
         kc = k.clamp(min=0)
         ok = (k >= 0) & (c <= end[kc])
@@ -123,3 +129,33 @@ def level_fractions(levels: torch.Tensor, causal: bool = True) -> torch.Tensor:
     # five small reductions (not a per-element [.., 5] tensor); level 0 is what is left
     above = torch.stack([((levels == r) & vis).sum((-1, -2)) for r in LEVELS[1:]], -1).float() / count
     return torch.cat([1.0 - above.sum(-1, keepdim=True), above], -1)
+
+
+def level_mask(
+    scores: torch.Tensor,
+    cap: torch.Tensor | None = None,
+    *,
+    mode: str = "energybound",
+    ratios: dict,
+    text_blocks: int = 0,
+    causal: bool = True,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-block pooling levels of PSA (definition: `naive.py`).
+
+    scores: [B, HQ, nb, nb] block importance (any float dtype; invisible entries are ignored).
+    cap: optional [B, HKV, nb] integer similarity cap (query head h reads KV head
+    h // (HQ // HKV)); None applies no cap. mode: "energybound" (default) or "topk".
+    ratios: {level: (start, end)} bands, levels in {0, 1, 2, 4, 8}, 0 <= start <= end <= 1, not
+    overlapping (e.g. {1: (0.0, 0.7), 2: (0.7, 0.8), 4: (0.8, 0.9), 8: (0.9, 0.9), 0: (0.9, 1.0)}).
+    text_blocks: 0, the number of trailing query and key blocks forced to level 1 (the prompt).
+    causal: True. out: optional [B, HQ, nb, nb] int8 to write into.
+    Returns levels: [B, HQ, nb, nb] int8 in {0, 1, 2, 4, 8}; 0 above the diagonal under causality.
+
+    CUDA tensors: one Triton kernel (`level_mask_triton`); elsewhere the vectorized torch version
+    (`level_mask_torch`). Neither syncs the host.
+    """
+    fn = level_mask_torch
+    if scores.is_cuda:
+        from .level_mask_triton import level_mask_triton as fn
+    return fn(scores, cap, mode=mode, ratios=ratios, text_blocks=text_blocks, causal=causal, out=out)

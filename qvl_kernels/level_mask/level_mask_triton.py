@@ -1,0 +1,138 @@
+"""Triton level mask: one program per (batch, head, query block) row does the whole definition of
+`naive.py` in registers: sort, bands, forced blocks, cap, causality, one read of the row of scores
+and one write of the row of levels.
+
+Sorting: each visible score becomes an int64 key, `order(score) << 32 | (2^31 - 1 - j)`, where
+`order` maps fp32 to int32 preserving order; a descending `tl.sort` of the keys then gives the
+stable descending order (ties: lower j first), and both the score and j decode from the key (no
+gather). Invisible and padding entries get the lowest keys, still carrying their j, so every
+position of the row is written exactly once by the scatter store at the end.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .naive import check_args
+
+
+@triton.jit
+def _f32_order(b_x):
+    # fp32 -> int32 with the same order (negative floats: flip the magnitude bits); an involution
+    b_i = b_x.to(tl.int32, bitcast=True)
+    return b_i ^ ((b_i >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def _level_mask_kernel(
+    S, CAP, BANDS, OUT,
+    s_sb, s_sh, s_si,
+    HQ, NB, T,
+    G: tl.constexpr,
+    HAS_CAP: tl.constexpr,
+    NBANDS: tl.constexpr,
+    TOPK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    BNB: tl.constexpr,
+):
+    # Grid: (NB, B * HQ): one row i of one (batch, head) per program.
+    i_i, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // HQ, i_bh % HQ
+    o_j = tl.arange(0, BNB)
+    if CAUSAL:
+        n = i_i + 1
+    else:
+        n = NB
+    m_vis = o_j < n
+    p_s = S + i_b.to(tl.int64) * s_sb + i_h.to(tl.int64) * s_sh + i_i.to(tl.int64) * s_si
+    b_s = tl.load(p_s + o_j, mask=m_vis, other=0.0).to(tl.float32)  # [BNB]
+
+    # stable descending order of the visible scores
+    b_hi = tl.where(m_vis, _f32_order(b_s), -2147483648).to(tl.int64)
+    b_key = (b_hi << 32) | (2147483647 - o_j).to(tl.int64)
+    b_key = tl.sort(b_key, descending=True)  # [BNB], position = rank rho
+    o_jr = 2147483647 - (b_key & 0xFFFFFFFF).to(tl.int32)  # key block at each rank
+    b_sr = _f32_order((b_key >> 32).to(tl.int32)).to(tl.float32, bitcast=True)  # its score
+    o_rho = tl.arange(0, BNB)
+    m_vr = o_rho < n  # visible, in rank order
+
+    if TOPK:
+        b_x = o_rho.to(tl.float64)
+    else:
+        b_cum = tl.cumsum(tl.where(m_vr, b_sr, 0.0).to(tl.float64), 0)
+        # total = cum at the last visible rank, so c = 1 there exactly; the scan may round a
+        # trailing-zero prefix above it, hence the clamp (c <= 1 as in the sequential reference)
+        b_tot = tl.sum(tl.where(o_rho == n - 1, b_cum, 0.0), 0)
+        b_x = tl.where(b_tot > 0, tl.minimum(b_cum / tl.where(b_tot > 0, b_tot, 1.0), 1.0), 0.0)
+    b_lev = tl.zeros([BNB], dtype=tl.int32)
+    for i_k in tl.static_range(NBANDS):
+        lo = tl.load(BANDS + 3 * i_k)
+        hi = tl.load(BANDS + 3 * i_k + 1)
+        r = tl.load(BANDS + 3 * i_k + 2).to(tl.int32)
+        if TOPK:  # ranks start * n <= rho < end * n
+            m_k = (lo * n <= b_x) & (b_x < hi * n)
+        else:  # cumulative shares start < c <= end
+            m_k = (lo < b_x) & (b_x <= hi)
+        b_lev = tl.where(m_k, r, b_lev)
+
+    m_force = (o_jr == i_i) | (o_jr == 0) | (i_i >= NB - T) | (o_jr >= NB - T)
+    b_lev = tl.where(m_force, 1, b_lev)
+    if HAS_CAP:
+        p_cap = CAP + (i_b * (HQ // G) + i_h // G).to(tl.int64) * NB
+        b_cap = tl.load(p_cap + o_jr, mask=m_vr, other=1).to(tl.int32)
+        b_lev = tl.minimum(b_lev, b_cap)
+    b_lev = tl.where(m_vr, b_lev, 0)
+    p_out = OUT + (i_bh.to(tl.int64) * NB + i_i) * NB
+    tl.store(p_out + o_jr, b_lev.to(tl.int8), mask=o_jr < NB)
+
+
+_BANDS: dict = {}
+
+
+def _band_tensor(bands, device):
+    key = (tuple(bands), str(device))
+    if key not in _BANDS:
+        t = torch.tensor([[a, b, r] for a, b, r in bands], dtype=torch.float64)
+        if device.type == "cuda":
+            t = t.pin_memory()
+        _BANDS[key] = t.to(device, non_blocking=True)
+    return _BANDS[key]
+
+
+def level_mask_triton(
+    scores: torch.Tensor,
+    cap: torch.Tensor | None = None,
+    *,
+    mode: str = "energybound",
+    ratios: dict,
+    text_blocks: int = 0,
+    causal: bool = True,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`level_mask` as one Triton kernel (same arguments and result; see `level_mask.level_mask`).
+
+    scores: [B, HQ, nb, nb] (last dimension contiguous); cap: [B, HKV, nb] or None.
+    Returns [B, HQ, nb, nb] int8. nb up to a few thousand (one row is sorted in registers).
+    """
+    B, HQ, nb, bands = check_args(scores, cap, mode, ratios, text_blocks)
+    if out is None:
+        out = torch.empty(B, HQ, nb, nb, device=scores.device, dtype=torch.int8)
+    elif out.shape != (B, HQ, nb, nb) or out.dtype != torch.int8 or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous int8 tensor of shape [{B}, {HQ}, {nb}, {nb}]")
+    if scores.stride(-1) != 1:
+        scores = scores.contiguous()
+    if cap is not None:
+        cap = cap.contiguous()
+    table = _band_tensor(bands, scores.device)
+    BNB = max(16, triton.next_power_of_2(nb))
+    _level_mask_kernel[(nb, B * HQ)](
+        scores, cap if cap is not None else out, table, out,
+        scores.stride(0), scores.stride(1), scores.stride(2),
+        HQ, nb, min(text_blocks, nb),
+        G=HQ // cap.shape[1] if cap is not None else 1,
+        HAS_CAP=cap is not None, NBANDS=len(bands), TOPK=mode == "topk", CAUSAL=causal, BNB=BNB,
+        num_warps=4 if BNB <= 512 else 8,
+    )
+    return out
