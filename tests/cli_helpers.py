@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -46,3 +47,15 @@ def assert_one_error(result, *, contains: str, exit_code: int | None = None) -> 
     assert len(errors) == 1, result.stderr
     assert contains.lower() in errors[0].lower(), errors[0]
     return errors[0]
+
+
+def make_video(path: Path, seconds: float, rate: int = 8, size: str = "64x48", extra: tuple = ()) -> Path:
+    """A real H.264 test-pattern video made by ffmpeg, a keyframe every second."""
+    from qvl.media.ffmpeg import ffmpeg_exe
+
+    subprocess.run(
+        [ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}",
+         *extra, "-c:v", "libx264", "-g", str(rate), "-pix_fmt", "yuv420p", str(path)],
+        check=True,
+    )
+    return path

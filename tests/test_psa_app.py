@@ -86,7 +86,7 @@ def test_psa_profile_times_both_and_reports_each_layer(tmp_path):
         ffmpeg_exe()
     except InputError:
         pytest.skip("no ffmpeg")
-    from test_video import make_video
+    from cli_helpers import make_video
 
     video = make_video(tmp_path / "clip.mp4", seconds=4)
     args = ["psa-profile", video, "--model", "tiny", "--frames", "8",

@@ -4,20 +4,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cli_helpers import assert_one_error, invoke, json_lines, run_subprocess
+from cli_helpers import assert_one_error, invoke, json_lines, make_video, run_subprocess
 
 SMALL = ["--min-pixels", str(28 * 28 * 4), "--max-pixels", str(28 * 28 * 4), "--max-tokens", "4"]
-
-
-def make_video(path: Path, seconds: float, rate: int = 8, size: str = "64x48", extra: tuple = ()) -> Path:
-    from qvl.media.ffmpeg import ffmpeg_exe
-
-    subprocess.run(
-        [ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}",
-         *extra, "-c:v", "libx264", "-g", str(rate), "-pix_fmt", "yuv420p", str(path)],
-        check=True,
-    )
-    return path
 
 
 @pytest.fixture(scope="module")
