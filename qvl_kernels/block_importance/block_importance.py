@@ -124,9 +124,7 @@ def _xattn_kernel(
     s_qb, s_qh, s_ql,
     s_kb, s_kh, s_kl,
     scale,
-    L, LS, NB, row0, CH,
-    HQ: tl.constexpr,
-    G: tl.constexpr,
+    L, LS, NB, row0, CH, HQ, G,
     D: tl.constexpr,
     BD: tl.constexpr,
     STRIDE: tl.constexpr,
@@ -216,8 +214,8 @@ def _xattn(q, k, block, stride, causal, out):
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             scale,
-            L, LS, NB, row0, CH,
-            HQ=HQ, G=HQ // HKV, D=D, BD=triton.next_power_of_2(D),
+            L, LS, NB, row0, CH, HQ, HQ // HKV,
+            D=D, BD=triton.next_power_of_2(D),
             STRIDE=stride, R=R, CAUSAL=causal, IEEE=q.dtype == torch.float32,
         )
     return out

@@ -29,8 +29,7 @@ def _f32_order(b_x):
 def _level_mask_kernel(
     S, CAP, BANDS, OUT,
     s_sb, s_sh, s_si,
-    HQ, NB, T,
-    G: tl.constexpr,
+    HQ, NB, T, G,
     HAS_CAP: tl.constexpr,
     NBANDS: tl.constexpr,
     TOPK: tl.constexpr,
@@ -130,8 +129,7 @@ def level_mask_triton(
     _level_mask_kernel[(nb, B * HQ)](
         scores, cap if cap is not None else out, table, out,
         scores.stride(0), scores.stride(1), scores.stride(2),
-        HQ, nb, min(text_blocks, nb),
-        G=HQ // cap.shape[1] if cap is not None else 1,
+        HQ, nb, min(text_blocks, nb), HQ // cap.shape[1] if cap is not None else 1,
         HAS_CAP=cap is not None, NBANDS=len(bands), TOPK=mode == "topk", CAUSAL=causal, BNB=BNB,
         num_warps=4 if BNB <= 512 else 8,
     )

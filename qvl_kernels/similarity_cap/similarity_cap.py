@@ -42,8 +42,7 @@ def _similarity_kernel(
     k, sim, cap,
     s_kb, s_kh, s_kl,
     t2, t4, t8,
-    L, NB,
-    H: tl.constexpr,
+    L, NB, H,
     D: tl.constexpr,
     BD: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -87,8 +86,8 @@ def _similarity(k, block, thresholds, sim=None, cap=None):
         k, sim, cap,
         k.stride(0), k.stride(1), k.stride(2),
         float(thresholds[0]), float(thresholds[1]), float(thresholds[2]),
-        L, nb,
-        H=H, D=D, BD=BD, BLOCK=block, NBLK=NBLK,
+        L, nb, H,
+        D=D, BD=BD, BLOCK=block, NBLK=NBLK,
         num_warps=4 if BD <= 64 else 8,
     )
     return sim, cap
