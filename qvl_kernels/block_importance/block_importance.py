@@ -143,7 +143,8 @@ def _xattn_kernel(
     NJ: tl.constexpr = BN // R  # key blocks per key tile
 
     o_m = row0 + i_m * BM + tl.arange(0, BM)  # strided query rows
-    m_m = o_m < LS
+    row_end = tl.minimum(LS, row0 + CH)  # rows of this chunk (a tile never spills into the next)
+    m_m = o_m < row_end
     o_d = tl.arange(0, BD)
     m_d = o_d < D
     p_q = q + i_b.to(tl.int64) * s_qb + i_h.to(tl.int64) * s_qh
@@ -185,7 +186,7 @@ def _xattn_kernel(
         b_lse = tl.load(p_lse + o_j[None, :], mask=m_m[:, None] & m_j[None, :], other=float("-inf"))
         b_p = tl.exp2(b_lse - b_lse_row[:, None])  # [BM, NJ]
         b_o = tl.sum(tl.reshape(b_p, [BM // R, R, NJ]), 1)  # [BM // R, NJ]
-        tl.store(p_out + o_j[None, :], b_o, mask=(o_i < NB)[:, None] & (o_j < NB)[None, :])
+        tl.store(p_out + o_j[None, :], b_o, mask=(o_i * R < row_end)[:, None] & (o_j < NB)[None, :])
 
 
 def _xattn(q, k, block, stride, causal, out):
