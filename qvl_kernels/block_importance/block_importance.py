@@ -115,16 +115,17 @@ def _tile_lse(b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale,
 
 @triton.autotune(
     configs=_configs(),
-    key=["D", "STRIDE", "R", "CAUSAL", "IEEE"],
+    key=["D", "STRIDE", "R", "CAUSAL", "IEEE", "L_BUCKET"],
     prune_configs_by={"early_config_prune": _prune},
 )
-@triton.jit
+@triton.jit(do_not_specialize=["L_BUCKET"])
 def _xattn_kernel(
     q, k, lse, out,
     s_qb, s_qh, s_ql,
     s_kb, s_kh, s_kl,
     scale,
     L, LS, NB, row0, CH, HQ, G,
+    L_BUCKET,
     D: tl.constexpr,
     BD: tl.constexpr,
     STRIDE: tl.constexpr,
@@ -189,6 +190,13 @@ def _xattn_kernel(
         tl.store(p_out + o_j[None, :], b_o, mask=(o_i * R < row_end)[:, None] & (o_j < NB)[None, :])
 
 
+def _length_bucket(LS: int) -> int:
+    """Coarse length class for the autotune key (0: < 256 strided rows ... 4: >= 2048, i.e. 16K
+    tokens at stride 8), so a short first call does not pick the tiles for 64K. Not a kernel
+    constant: changing it re-benchmarks, never recompiles."""
+    return min(max(LS.bit_length() - 8, 0), 4)
+
+
 def _xattn(q, k, block, stride, causal, out):
     B, HQ, L, D = q.shape
     HKV = k.shape[1]
@@ -216,6 +224,7 @@ def _xattn(q, k, block, stride, causal, out):
             k.stride(0), k.stride(1), k.stride(2),
             scale,
             L, LS, NB, row0, CH, HQ, HQ // HKV,
+            _length_bucket(LS),
             D=D, BD=triton.next_power_of_2(D),
             STRIDE=stride, R=R, CAUSAL=causal, IEEE=q.dtype == torch.float32,
         )
