@@ -364,6 +364,39 @@ def sweep(args):
     guard("check_small", check_small)
 
 
+def quick(args):
+    """Dense check of the library defaults (the call as users make it) plus a few tile variants."""
+    HQ, HKV, D = MODELS["7b"]
+    for Lk in [int(x) for x in args.lengths.split(",")]:
+        L = Lk * 1024
+        q, k, v = video_inputs(1, HQ, HKV, L, D, seed=L)
+        fl = dense_causal_flops(1, HQ, L, D)
+        nb = math.ceil(L / BLOCK)
+        ones = torch.ones(1, HQ, nb, nb, dtype=torch.int8, device=DEV)
+        t_c = timed(lambda: sdpa("cudnn")(q, k, v))
+        add(model="7b", L=L, input="video", method="sdpa-cudnn", ms=t_c, tflops=fl / t_c / 1e9, density=1.0)
+        ref = sdpa("cudnn")(q, k, v)
+        out = pyramid_attention(q, k, v, ones)
+        t = timed(lambda: pyramid_attention(q, k, v, ones))
+        add(model="7b", L=L, input="video", method="pyramid_attention() all-1 (defaults)", ms=t, tflops=fl / t / 1e9,
+            density=1.0, err=rel_err(out, ref), note=f"x{t_c / t:.2f} of cudnn")
+        lists = build_block_lists(ones, True)
+        pooled = (*mean_pool(k), *mean_pool(v))
+        for bm, bn, w, st in args.variants:
+            cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
+
+            def one():
+                run = lambda: _pyramid_attention_fwd(q, k, v, ones, True, None, BLOCK, pooled=pooled,  # noqa: E731
+                                                     lists=lists, config=cfg, tma=True)
+                o = run()
+                t = timed(run)
+                add(model="7b", L=L, input="video", method=f"all1 {bm}x{bn}w{w}s{st}-tma", ms=t, tflops=fl / t / 1e9,
+                    density=1.0, err=rel_err(o, ref), note=f"x{t_c / t:.2f} of cudnn")
+            guard(f"variant {cfg}", one)
+        del q, k, v, ref, out
+        torch.cuda.empty_cache()
+
+
 def bench_shape(model, Lk, args):
     HQ, HKV, D = MODELS[model]
     B = 1
@@ -483,6 +516,8 @@ def main():
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--sweep-lengths", default="32")
     ap.add_argument("--no-main", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="defaults + --variants at --lengths (7B), nothing else")
+    ap.add_argument("--variants", default="", help="BMxBNxWxS,... tile variants for --quick")
     ap.add_argument("--deadline", type=float, default=540.0, help="seconds; later shapes are skipped")
     args = ap.parse_args()
     import signal
@@ -499,7 +534,11 @@ def main():
                cuda=torch.version.cuda, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                python=platform.python_version())
     log(json.dumps(env))
+    args.variants = [tuple(int(x) for x in v.split("x")) for v in args.variants.split(",") if v]
     try:
+        if args.quick:
+            guard("quick", lambda: quick(args))
+            args.no_main = True
         if args.sweep:
             sweep(args)
         if not args.no_main:

@@ -339,15 +339,21 @@ def _configs():
 
 
 def _keep(conf: triton.Config, block: int, block_d: int) -> bool:
-    """The few configs worth compiling for a (block, head_dim) pair (measured: NOTES-psa.md)."""
+    """The configs worth compiling for a (block, head_dim) pair (measured: benchmarks/NOTES-psa.md).
+
+    H200, 7B shape, 32K, all blocks at level 1 (TFLOP/s): 128x64 w8 s3 with TMA 457, 128x128 w8 s2
+    429 (426 with TMA), 128x64 w8 s3 without TMA 408, 64-row tiles 264-271. So one config for
+    block >= 128: autotuning between two that are close picked the slower one whenever its first
+    call was short (the key holds no L, on purpose), costing 7% at 128K.
+    """
     bm, bn, w, s = conf.kwargs["BLOCK_M"], conf.kwargs["BLOCK_N"], conf.num_warps, conf.num_stages
     if bm > block or bm < min(64, block):  # a query tile sits inside one level row
         return False
-    if block >= 128:  # 64-row tiles ran at 0.6x of 128-row ones (H200, 32K): not worth compiling
-        return bm == 128 and w == 8 and (bn, s) in ((64, 3), (128, 2))
-    if bm == 128:  # 128-row tiles: 8 warps (two warpgroups); the two fastest on an H200
-        return w == 8 and (bn, s) in ((64, 3), (128, 2))
-    return w == 4 and bn == 64 and s == 3 and block_d <= 128 or (block_d > 128 and w == 4 and bn == 64 and s == 2)
+    if block_d > 128:  # shared memory: 128-row tiles with 3 stages of D > 128 do not fit
+        return bm == min(64, block) and (bn, w, s) == (64, 4, 2)
+    if block >= 128:
+        return (bm, bn, w, s) == (128, 64, 8, 3)
+    return (bn, w, s) == (64, 4, 3)
 
 
 def _prune(configs, named_args, **kwargs):
@@ -387,9 +393,10 @@ def build_block_lists(levels: torch.Tensor, causal: bool = True) -> tuple[torch.
     return idx, meta
 
 
-# Load strategy of the unmasked full-width tiles: TMA descriptors (and warp specialization of that
-# loop) or plain loads. Chosen by measurement (benchmarks/NOTES-psa.md); bench_psa.py flips these.
-OPTIONS = {"tma": False, "ws": False}
+# Load strategy of the unmasked full-width tiles: TMA descriptors (+12% on an H200 at 32K, all
+# level 1) or plain loads; warp specialization of that loop (Triton 3.6, Hopper) measured no gain.
+# See benchmarks/NOTES-psa.md. bench_psa.py flips these for its variant sweep.
+OPTIONS = {"tma": True, "ws": False}
 _ALLOCATOR_SET = []
 
 

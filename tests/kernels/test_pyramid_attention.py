@@ -122,6 +122,20 @@ def test_strided_inputs():
     _check(q, k, v, lev, True, block, TOL[torch.float32])
 
 
+@pytest.mark.parametrize("tma, pool_in_kernel", [(False, False), (False, True), (True, True)],
+                         ids=["plain-loads", "pool-in-kernel", "tma+pool-in-kernel"])
+def test_load_strategies(tma, pool_in_kernel):
+    # The default is TMA loads with pre-pooled K/V; the other load paths must agree too.
+    from qvl_kernels.pyramid_attention.pyramid_attention import _pyramid_attention_fwd
+
+    B, HQ, HKV, L, D, block = 1, 4, 2, 300, 80, 64
+    q, k, v = _qkv(B, HQ, HKV, L, D, torch.float32, seed=21)
+    lev = _levels(B, HQ, L, block, seed=21)
+    with poisoned_allocations():
+        out = _pyramid_attention_fwd(q, k, v, lev, True, None, block, tma=tma, pool_in_kernel=pool_in_kernel)
+    assert_close_rel(out, pyramid_attention_ref(q, k, v, lev, block=block), TOL[torch.float32])
+
+
 def test_block_lists_group_by_level():
     lev = torch.tensor([[[[1, 0, 0, 0], [2, 1, 0, 0], [8, 4, 1, 0], [0, 2, 4, 8]]]], dtype=torch.int8)
     with poisoned_allocations():
