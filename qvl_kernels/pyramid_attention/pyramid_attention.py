@@ -334,17 +334,17 @@ def _configs():
         return [triton.Config({"BLOCK_M": bm, "BLOCK_N": 64}, num_warps=4, num_stages=1) for bm in (16, 32, 64)]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm in (16, 32, 64, 128) for bn in (64, 128) for w in (4, 8) for s in (2, 3)
+        for bm in (16, 32, 64, 128) for bn in (64, 128) for w in (4, 8) for s in (2, 3, 4)
     ]
 
 
 def _keep(conf: triton.Config, block: int, block_d: int) -> bool:
     """The configs worth compiling for a (block, head_dim) pair (measured: benchmarks/NOTES-psa.md).
 
-    H200, 7B shape, 32K, all blocks at level 1 (TFLOP/s): 128x64 w8 s3 with TMA 457, 128x128 w8 s2
-    429 (426 with TMA), 128x64 w8 s3 without TMA 408, 64-row tiles 264-271. So one config for
-    block >= 128: autotuning between two that are close picked the slower one whenever its first
-    call was short (the key holds no L, on purpose), costing 7% at 128K.
+    H200, 7B shape, all blocks at level 1, TFLOP/s: with TMA, 128x128 w8 s3 452 (16K) / 466 (64K),
+    128x64 w8 s3 433 / 461, 128x64 w8 s4 429 / 452, 128x128 w8 s2 426 (32K); without TMA 408-429;
+    64-row tiles 264-271. One config for block >= 128: autotuning between close configs, keyed
+    without L on purpose, picked the slower one whenever the first call was short (7% at 128K).
     """
     bm, bn, w, s = conf.kwargs["BLOCK_M"], conf.kwargs["BLOCK_N"], conf.num_warps, conf.num_stages
     if bm > block or bm < min(64, block):  # a query tile sits inside one level row
@@ -352,7 +352,7 @@ def _keep(conf: triton.Config, block: int, block_d: int) -> bool:
     if block_d > 128:  # shared memory: 128-row tiles with 3 stages of D > 128 do not fit
         return bm == min(64, block) and (bn, w, s) == (64, 4, 2)
     if block >= 128:
-        return (bm, bn, w, s) == (128, 64, 8, 3)
+        return (bm, bn, w, s) == (128, 128, 8, 3)
     return (bn, w, s) == (64, 4, 3)
 
 
