@@ -17,6 +17,9 @@ import triton.language as tl
 
 from .naive import check_args
 
+_INT32_MIN = tl.constexpr(-(2**31))  # key of invisible / padding entries: below every float
+_LOW = tl.constexpr(2**31 - 1)  # low word: _LOW - j, so ties sort by ascending j
+
 
 @triton.jit
 def _f32_order(b_x):
@@ -49,10 +52,10 @@ def _level_mask_kernel(
     b_s = tl.load(p_s + o_j, mask=m_vis, other=0.0).to(tl.float32)  # [BNB]
 
     # stable descending order of the visible scores
-    b_hi = tl.where(m_vis, _f32_order(b_s), -2147483648).to(tl.int64)
-    b_key = (b_hi << 32) | (2147483647 - o_j).to(tl.int64)
+    b_hi = tl.where(m_vis, _f32_order(b_s), _INT32_MIN).to(tl.int64)
+    b_key = (b_hi << 32) | (-o_j + _LOW).to(tl.int64)  # tensor first: the interpreter's constexpr ops
     b_key = tl.sort(b_key, descending=True)  # [BNB], position = rank rho
-    o_jr = 2147483647 - (b_key & 0xFFFFFFFF).to(tl.int32)  # key block at each rank
+    o_jr = -(b_key & _LOW).to(tl.int32) + _LOW  # key block at each rank
     b_sr = _f32_order((b_key >> 32).to(tl.int32)).to(tl.float32, bitcast=True)  # its score
     o_rho = tl.arange(0, BNB)
     m_vr = o_rho < n  # visible, in rank order
