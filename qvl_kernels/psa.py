@@ -15,7 +15,7 @@ import torch
 
 from .block_importance import block_importance
 from .level_mask import LEVELS, density, level_fractions, level_mask
-from .level_mask.naive import check_args as _check_ratios
+from .level_mask.naive import check_bands
 from .similarity_cap import similarity_cap
 
 # Bands {level: (start, end)} of the published Qwen2.5-VL example (energybound). Level 8's band
@@ -73,7 +73,7 @@ class PSAConfig:
             raise ValueError("text_length must be >= 0")
         self.ratios = {int(r): (float(a), float(b)) for r, (a, b) in self.ratios.items()}
         self.thresholds = tuple(float(t) for t in self.thresholds)
-        _check_ratios(torch.zeros(1, 1, 1, 1), None, self.mode, self.ratios, 0)
+        check_bands(self.mode, self.ratios)
         if len(self.thresholds) != 3:
             raise ValueError("thresholds must be 3 floats (levels 2, 4, 8)")
 

@@ -32,10 +32,15 @@ def check_args(scores, cap, mode, ratios, text_blocks):
     if cap is not None:
         if cap.dim() != 3 or cap.shape[0] != B or cap.shape[2] != nb or cap.shape[1] < 1 or HQ % cap.shape[1]:
             raise ValueError(f"cap must be [B, HKV, nb] with HQ ({HQ}) a multiple of HKV, got {tuple(cap.shape)}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if text_blocks < 0:
         raise ValueError("text_blocks must be >= 0")
+    return B, HQ, nb, check_bands(mode, ratios)
+
+
+def check_bands(mode: str, ratios: dict) -> list:
+    """Validate mode and ratios; returns the bands [(start, end, level)] sorted by (start, end)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     bands = sorted((float(a), float(b), int(r)) for r, (a, b) in ratios.items())
     for a, b, r in bands:
         if r not in LEVELS:
@@ -45,7 +50,7 @@ def check_args(scores, cap, mode, ratios, text_blocks):
     for (a0, b0, r0), (a1, b1, r1) in zip(bands, bands[1:]):
         if a1 < b0:
             raise ValueError(f"ratios: bands of levels {r0} and {r1} overlap")
-    return B, HQ, nb, [(a, b, r) for a, b, r in bands]
+    return bands
 
 
 def level_mask(
