@@ -198,6 +198,9 @@ def _length_bucket(LS: int) -> int:
 
 
 def _xattn(q, k, block, stride, causal, out):
+    if not q.is_cuda and not _INTERPRET:
+        raise ValueError("block_importance(method='xattn') runs on CUDA tensors (or under TRITON_INTERPRET=1); "
+                         "on the CPU use qvl_kernels.block_importance.naive.block_importance")
     B, HQ, L, D = q.shape
     HKV = k.shape[1]
     R = block // stride

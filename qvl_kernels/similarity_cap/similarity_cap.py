@@ -72,6 +72,9 @@ def _similarity_kernel(
 
 def _similarity(k, block, thresholds, sim=None, cap=None):
     B, H, L, D, nb = check_args(k, block, thresholds)
+    if not k.is_cuda and not _INTERPRET:
+        raise ValueError("similarity_cap runs on CUDA tensors (or under TRITON_INTERPRET=1); "
+                         "on the CPU use qvl_kernels.similarity_cap.naive")
     if k.stride(-1) != 1:
         k = k.contiguous()
     if sim is None:
