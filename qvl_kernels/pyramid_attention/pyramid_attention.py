@@ -1,17 +1,20 @@
 """Triton pyramid attention: one online softmax over full-resolution and mean-pooled key blocks.
 
-The definition is in naive.py; docs/psa-kernels.md has the derivations and the measurements.
+The definition is in naive.py; docs/psa-kernels.md has the derivations (why a pooled score adds
+ln r, pooled-key causality, partial groups) and the design measurements.
 
-Plan of one call:
-1. `mean_pool` (qvl_kernels.pooling) builds the 2x, 4x and 8x pooled K and V once, [B, HKV, L/r, D]
-   each (1.75x the bytes of K + V, one pass), unless POOL_IN_KERNEL pools inside the attention loop.
-2. `_block_lists_kernel` compacts every (batch, head, query block) row of `levels` into a list of
-   the key blocks it uses, grouped by level (all level-1 blocks, then level 2, 4, 8), plus the
-   "edge" block handled last with masks: the diagonal block when causal, the last key block when
-   not. Level-0 blocks are not in the list and cost nothing. Built on the GPU, no host sync.
-3. `_pyramid_attn_kernel`: one program per (query tile, batch * query head). For each level r it
-   walks its part of the list with r a constexpr (one generic code path, four instances), with no
-   masks at all; then the edge block, with the causal and length masks.
+Plan of one call (three launches, no host sync):
+1. `mean_pool` (qvl_kernels.pooling) builds the 2x, 4x and 8x pooled K and V once,
+   [B, HKV, ceil(L/r), D] each, in one pass (or POOL_IN_KERNEL pools inside the loop: 7-10x slower).
+2. `_block_lists_kernel` compacts every (batch, head, query block) row of `levels` into the key
+   blocks it uses, grouped by level (level 1, then 2, 4, 8), plus the "edge" block handled last
+   with masks: the diagonal block when causal, the last key block when not. Level-0 blocks are
+   not listed and cost nothing.
+3. `_pyramid_attn_kernel`: one program per (query tile, batch * query head); query head h reads
+   KV head h // G in place. For each level r it walks its part of the list with r a constexpr (one
+   generic code path, four instances) and no masks, packing several coarse blocks into one
+   full-width tile; K/V tiles come through TMA descriptors where the layout allows; then the edge
+   block, with the causal and length masks.
 """
 
 from __future__ import annotations
