@@ -516,6 +516,7 @@ def main():
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--sweep-lengths", default="32")
     ap.add_argument("--no-main", action="store_true")
+    ap.add_argument("--check", action="store_true", help="bf16 vs the fp32 definition at 7B shapes first")
     ap.add_argument("--quick", action="store_true", help="defaults + --variants at --lengths (7B), nothing else")
     ap.add_argument("--variants", default="", help="BMxBNxWxS,... tile variants for --quick")
     ap.add_argument("--deadline", type=float, default=540.0, help="seconds; later shapes are skipped")
@@ -536,6 +537,8 @@ def main():
     log(json.dumps(env))
     args.variants = [tuple(int(x) for x in v.split("x")) for v in args.variants.split(",") if v]
     try:
+        if args.check:
+            guard("check_small", check_small)
         if args.quick:
             guard("quick", lambda: quick(args))
             args.no_main = True
