@@ -14,9 +14,11 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .block_importance import block_importance
-from .level_mask import LEVELS, density, level_fractions, level_mask
+from .level_mask import LEVELS, density, level_fractions, level_mask, level_mask_triton, stats_from_counts
 from .level_mask.naive import check_bands
 from .similarity_cap import similarity_cap
+
+__all__ = ["LEVELS", "PUBLISHED_RATIOS", "PSAConfig", "density", "level_stats", "psa_attention", "psa_levels"]
 
 # Bands {level: (start, end)} of the published Qwen2.5-VL example (energybound). Level 8's band
 # is empty there, so that preset pools at most 4x.
@@ -93,13 +95,19 @@ class PSAConfig:
         return replace(self, **changes)
 
 
-def psa_levels(q: torch.Tensor, k: torch.Tensor, config: PSAConfig) -> torch.Tensor:
-    """The level mask PSA uses: q [B, HQ, L, D], k [B, HKV, L, D] -> [B, HQ, nb, nb] int8."""
+def psa_levels(q: torch.Tensor, k: torch.Tensor, config: PSAConfig, counts: torch.Tensor | None = None) -> torch.Tensor:
+    """The level mask PSA uses: q [B, HQ, L, D], k [B, HKV, L, D] -> [B, HQ, nb, nb] int8.
+
+    counts: optional zeroed int32 [B, HQ, 5] (CUDA or the interpreter): the level kernel also
+    counts the blocks per level into it (see `level_mask_triton`).
+    """
     scores = block_importance(q, k, block=config.block, stride=config.stride, method=config.method,
                               causal=config.causal)
     cap = similarity_cap(k, block=config.block, thresholds=config.thresholds) if config.similarity_cap else None
-    return level_mask(scores, cap, mode=config.mode, ratios=config.ratios, text_blocks=config.text_blocks,
-                      causal=config.causal)
+    kw = dict(mode=config.mode, ratios=config.ratios, text_blocks=config.text_blocks, causal=config.causal)
+    if counts is not None:
+        return level_mask_triton(scores, cap, counts=counts, **kw)
+    return level_mask(scores, cap, **kw)
 
 
 def level_stats(levels: torch.Tensor, causal: bool = True) -> dict:
@@ -123,6 +131,14 @@ def psa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: PSA
     from .pyramid_attention import pyramid_attention
 
     config = PSAConfig() if config is None else config
-    levels = psa_levels(q, k, config)
+    if q.is_cuda:  # statistics counted by the level kernel: no extra pass over the levels
+        B, HQ, L, _ = q.shape
+        counts = torch.zeros(B, HQ, 5, dtype=torch.int32, device=q.device)
+        levels = psa_levels(q, k, config, counts=counts)
+        d, frac = stats_from_counts(counts, math.ceil(L / config.block), config.causal)
+        stats = {"density": d, "level_fraction": frac, "levels": levels}
+    else:
+        levels = psa_levels(q, k, config)
+        stats = level_stats(levels, config.causal)
     out = pyramid_attention(q, k, v, levels, causal=config.causal, block=config.block)
-    return out, level_stats(levels, config.causal)
+    return out, stats

@@ -159,3 +159,14 @@ def level_mask(
     if scores.is_cuda:
         from .level_mask_triton import level_mask_triton as fn
     return fn(scores, cap, mode=mode, ratios=ratios, text_blocks=text_blocks, causal=causal, out=out)
+
+
+def stats_from_counts(counts: torch.Tensor, nb: int, causal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(density [B, HQ], level_fractions [B, HQ, 5]) from per-head block counts at levels
+    1, 2, 4, 8 (counts[..., 1:], int [B, HQ, 5], as `level_mask_triton(counts=...)` fills them).
+    Same values as `density(levels)` and `level_fractions(levels)`. No host sync."""
+    count = nb * (nb + 1) / 2 if causal else nb * nb
+    above = counts[..., 1:].float() / count
+    frac = torch.cat([1.0 - above.sum(-1, keepdim=True), above], -1)
+    d = above[..., 0] + above[..., 1] * 0.5 + above[..., 2] * 0.25 + above[..., 3] * 0.125
+    return d, frac

@@ -30,10 +30,11 @@ def _f32_order(b_x):
 
 @triton.jit
 def _level_mask_kernel(
-    S, CAP, BANDS, OUT,
+    S, CAP, BANDS, OUT, COUNTS,
     s_sb, s_sh, s_si,
     HQ, NB, T, G,
     HAS_CAP: tl.constexpr,
+    HAS_COUNTS: tl.constexpr,
     NBANDS: tl.constexpr,
     TOPK: tl.constexpr,
     CAUSAL: tl.constexpr,
@@ -88,6 +89,10 @@ def _level_mask_kernel(
     b_lev = tl.where(m_vr, b_lev, 0)
     p_out = OUT + (i_bh.to(tl.int64) * NB + i_i) * NB
     tl.store(p_out + o_jr, b_lev.to(tl.int8), mask=o_jr < NB)
+    if HAS_COUNTS:  # blocks of this row at levels 1, 2, 4, 8 (exact integer statistics)
+        p_c = COUNTS + i_bh.to(tl.int64) * 5
+        for i_c in tl.static_range(4):
+            tl.atomic_add(p_c + 1 + i_c, tl.sum((m_vr & (b_lev == (1 << i_c))).to(tl.int32), 0))
 
 
 _BANDS: dict = {}
@@ -112,10 +117,14 @@ def level_mask_triton(
     text_blocks: int = 0,
     causal: bool = True,
     out: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`level_mask` as one Triton kernel (same arguments and result; see `level_mask.level_mask`).
 
     scores: [B, HQ, nb, nb] (last dimension contiguous); cap: [B, HKV, nb] or None.
+    counts: optional zeroed int32 [B, HQ, 5]; the kernel adds the number of visible blocks at
+    levels 1, 2, 4, 8 to counts[..., 1:] (slot 0 is left alone: level 0 is what remains), which
+    `stats_from_counts` turns into the statistics without another pass over the levels.
     Returns [B, HQ, nb, nb] int8. nb up to a few thousand (one row is sorted in registers).
     """
     B, HQ, nb, bands = check_args(scores, cap, mode, ratios, text_blocks)
@@ -127,13 +136,15 @@ def level_mask_triton(
         scores = scores.contiguous()
     if cap is not None:
         cap = cap.contiguous()
+    if counts is not None and (counts.shape != (B, HQ, 5) or counts.dtype != torch.int32 or not counts.is_contiguous()):
+        raise ValueError(f"counts must be a contiguous int32 tensor of shape [{B}, {HQ}, 5]")
     table = _band_tensor(bands, scores.device)
     BNB = max(16, triton.next_power_of_2(nb))
     _level_mask_kernel[(nb, B * HQ)](
-        scores, cap if cap is not None else out, table, out,
+        scores, cap if cap is not None else out, table, out, counts if counts is not None else out,
         scores.stride(0), scores.stride(1), scores.stride(2),
         HQ, nb, min(text_blocks, nb), HQ // cap.shape[1] if cap is not None else 1,
-        HAS_CAP=cap is not None, NBANDS=len(bands), TOPK=mode == "topk", CAUSAL=causal, BNB=BNB,
+        HAS_CAP=cap is not None, HAS_COUNTS=counts is not None, NBANDS=len(bands), TOPK=mode == "topk", CAUSAL=causal, BNB=BNB,
         num_warps=4 if BNB <= 512 else 8,
     )
     return out

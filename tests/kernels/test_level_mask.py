@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from _helpers import poison, poisoned_allocations
-from qvl_kernels.level_mask import LEVELS, density, level_fractions, level_mask, level_mask_torch, level_mask_triton
+from qvl_kernels.level_mask import (
+    LEVELS, density, level_fractions, level_mask, level_mask_torch, level_mask_triton, stats_from_counts,
+)
 from qvl_kernels.level_mask import naive
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -74,6 +76,14 @@ def test_triton_kernel_matches_reference(case, mode, ratios, causal, with_cap):
     ref = naive.level_mask(s, cap, **kw)
     assert torch.equal(lev, ref), f"{int((lev != ref).sum())} of {lev.numel()} levels differ"
     assert torch.equal(level_mask_torch(s, cap, **kw), ref)
+    # the same kernel can count blocks per level on the way (the statistics of psa_attention)
+    counts = torch.zeros(B, HKV * G, 5, dtype=torch.int32, device=DEVICE)
+    level_mask_triton(s, cap, counts=counts, **kw)
+    want = torch.stack([(ref == r).sum((-1, -2)) for r in LEVELS[1:]], -1)
+    assert torch.equal(counts[..., 1:].long(), want.long()) and (counts[..., 0] == 0).all()
+    d, f = stats_from_counts(counts, nb, causal)
+    assert torch.allclose(d, density(ref, causal), atol=1e-6)
+    assert torch.allclose(f, level_fractions(ref, causal), atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["topk", "energybound"])

@@ -99,6 +99,20 @@ def test_stats_are_device_tensors():
     assert torch.equal(psa_levels(q, k, PSAConfig(block=16, stride=4, similarity_cap=False)), stats["levels"])
 
 
+def test_counted_stats_match_stats_from_levels():
+    # the CUDA path of psa_attention counts levels inside the level kernel; same numbers
+    from qvl_kernels.level_mask import stats_from_counts
+
+    q, k, _ = _qkv(1, 1, 2, 129, 64, torch.float32, seed=4)
+    cfg = PSAConfig.preset("balanced", block=16, stride=4)
+    counts = torch.zeros(1, 2, 5, dtype=torch.int32, device=DEVICE)
+    lev = psa_levels(q, k, cfg, counts=counts)
+    d, f = stats_from_counts(counts, lev.shape[-1])
+    ref = level_stats(lev)
+    assert torch.allclose(d, ref["density"], atol=1e-6) and torch.allclose(f, ref["level_fraction"], atol=1e-6)
+    assert torch.equal(lev, psa_levels(q, k, cfg))
+
+
 def test_config_defaults_presets_and_validation():
     c = PSAConfig()
     assert (c.block, c.stride, c.method, c.mode) == (128, 8, "xattn", "energybound")
