@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -56,6 +57,9 @@ def _mean_pool_kernel(
 
 def _mean_pool_fwd(x: torch.Tensor, ratios: tuple[int, ...], block_t: int = 64) -> tuple[torch.Tensor, ...]:
     _check(x, ratios)
+    if not x.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise ValueError("mean_pool runs on CUDA tensors (or under TRITON_INTERPRET=1); "
+                         "for CPU tensors use qvl_kernels.pooling.naive.mean_pool")
     B, H, L, D = x.shape
     outs = {r: torch.empty(B, H, math.ceil(L / r), D, device=x.device, dtype=x.dtype) for r in ratios}
     dummy = next(iter(outs.values()))

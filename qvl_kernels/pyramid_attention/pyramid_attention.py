@@ -410,6 +410,9 @@ def _tma_allocator(size: int, alignment: int, stream):
 def _pyramid_attention_fwd(q, k, v, levels, causal, scale, block, *, pool_in_kernel=False,
                            pooled=None, lists=None, config=None, tma=None, ws=None):
     B, HQ, HKV, L, D, nb = check_args(q, k, v, levels, causal, block)
+    if not q.is_cuda and not _interpreting():
+        raise ValueError("pyramid_attention runs on CUDA tensors (or under TRITON_INTERPRET=1); "
+                         "for CPU tensors use qvl_kernels.pyramid_attention.naive.pyramid_attention")
     if D > 256:
         raise ValueError(f"head_dim up to 256 is supported, got {D}")
     scale = D ** -0.5 if scale is None else float(scale)
