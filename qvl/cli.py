@@ -361,7 +361,7 @@ def preprocess(
     seek: Annotated[str, typer.Option("--seek", help="auto: a keyframe when one lies within half the frame spacing, else the exact frame; exact: always the exact frame.")] = "auto",
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Videos decoded at once.")] = 1,
     cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="Frame cache folder (default: $QVL_CACHE_DIR or the user cache).")] = None,
-    strict_hash: Annotated[bool, typer.Option("--strict-hash", help="Key entries by a hash of every byte, not a 3 MiB sample.")] = False,
+    strict_hash: Annotated[bool, typer.Option("--strict-hash", help="Key entries by a hash of every byte, not a 768 KiB sample.")] = False,
     max_download_mb: Annotated[int, typer.Option("--max-download-mb", help="Size limit for video URLs.")] = 2048,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,

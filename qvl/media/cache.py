@@ -8,7 +8,7 @@ Layout under the root (QVL_CACHE_DIR, else the platformdirs user cache dir "qvl"
     <root>/tmp/                                    entries being written (renamed into place)
 
 The key hashes the file's identity (size, mtime and a SHA-256 of a bounded sample of its bytes:
-the first, middle and last 1 MiB; or of every byte with strict_hash) with the parts of the plan
+the first, middle and last 256 KiB; or of every byte with strict_hash) with the parts of the plan
 that decide the pixels. An entry is written into tmp/ and renamed into place in one step, so a
 killed run leaves no half entry and two processes filling the same entry both end up reading one
 complete copy. meta.json carries a SHA-256 of every frame file and of itself: an entry edited on
@@ -35,7 +35,7 @@ from qvl.errors import CacheError
 
 CACHE_FORMAT = 1
 JPEG_QUALITY = 95
-SAMPLE_BYTES = 1 << 20  # per sampled region
+SAMPLE_BYTES = 256 << 10  # per sampled region: first, middle and last 256 KiB
 STALE_TMP_SECONDS = 6 * 3600
 
 
@@ -179,17 +179,10 @@ class FrameCache:
             return None
         try:
             meta = self._read_meta(meta_path)
-            names = meta["files"]
-            blobs = []
-            for name, digest in names:
-                data = (d / name).read_bytes()
-                if hashlib.sha256(data).hexdigest() != digest:
-                    raise ValueError(f"{name} does not match its checksum")
-                blobs.append(data)
-            frames = _decode_jpegs(blobs)
-            t, h, w, _ = frames.shape
-            if t != meta["frames"] or (width and w != width) or (height and h != height):
-                raise ValueError("frame shape does not match the metadata")
+            shape = (int(meta["frames"]), int(meta["height"]), int(meta["width"]))
+            if len(meta["files"]) != shape[0] or (width and shape[2] != width) or (height and shape[1] != height):
+                raise ValueError("frame count or size does not match the plan")
+            frames = _read_frames(d, meta["files"], shape)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self._discard(d)
             self.last_status = "rebuilt"
@@ -251,9 +244,12 @@ class FrameCache:
             (work / "meta.json").write_text(json.dumps(meta, indent=1))
             _fsync_dir(work)
             final.parent.mkdir(parents=True, exist_ok=True)
+            if (final / "meta.json").exists():
+                # Another process filled this entry meanwhile (get() removes damaged ones).
+                shutil.rmtree(work, ignore_errors=True)
+                return final
             if final.exists():
-                # Replacing a damaged entry (or losing a race): move the old one out of the way.
-                self._discard(final)
+                self._discard(final)  # a folder without metadata: edited by hand, not ours
             try:
                 os.rename(work, final)
             except OSError:
@@ -388,19 +384,33 @@ def _encode_jpegs(frames: np.ndarray) -> list[bytes]:
         return list(pool.map(_encode_one, frames))
 
 
-def _decode_jpegs(blobs: list[bytes]) -> np.ndarray:
-    from PIL import Image
+def _read_frames(d: Path, files: list, shape: tuple[int, int, int]) -> np.ndarray:
+    """Read, verify (SHA-256) and decode every frame file into one array, on all cores.
 
-    with Image.open(io.BytesIO(blobs[0])) as im:
-        w, h = im.size
-    out = np.empty((len(blobs), h, w, 3), dtype=np.uint8)
+    Each worker takes a contiguous run of files; hashing and JPEG decoding release the GIL.
+    """
+    n, h, w = shape
+    out = np.empty((n, h, w, 3), dtype=np.uint8)
 
-    def one(i: int) -> None:
-        arr = _decode_one(blobs[i])
-        if arr.shape != (h, w, 3):
-            raise ValueError("frames differ in size")
-        out[i] = arr
+    def run(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            name, digest = files[i]
+            data = (d / name).read_bytes()
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise ValueError(f"{name} does not match its checksum")
+            arr = _decode_one(data)
+            if arr.shape != (h, w, 3):
+                raise ValueError(f"{name} is not {w}x{h}")
+            out[i] = arr
 
-    with ThreadPoolExecutor(_workers()) as pool:
-        list(pool.map(one, range(len(blobs))))
+    workers = max(1, min(_workers(), n))
+    bounds = [round(k * n / workers) for k in range(workers + 1)]
+    if workers == 1:
+        run(0, n)
+        return out
+    with ThreadPoolExecutor(workers - 1) as pool:
+        futures = [pool.submit(run, bounds[k], bounds[k + 1]) for k in range(1, workers)]
+        run(bounds[0], bounds[1])  # the calling thread takes the first run
+        for f in futures:
+            f.result()
     return out
