@@ -71,14 +71,13 @@ def test_triton_kernel_matches_reference(case, mode, ratios, causal, with_cap):
     s[..., -1, :] = 0.25  # ties: lower key block first
     cap = _cap(B, HKV, nb, seed=nb + 2) if with_cap else None
     kw = dict(mode=mode, ratios=RATIOS[ratios], text_blocks=text, causal=causal)
+    counts = torch.zeros(B, HKV * G, 5, dtype=torch.int32, device=DEVICE)
     with poisoned_allocations():
-        lev = level_mask_triton(s, cap, **kw)
+        lev = level_mask_triton(s, cap, counts=counts, **kw)
     ref = naive.level_mask(s, cap, **kw)
     assert torch.equal(lev, ref), f"{int((lev != ref).sum())} of {lev.numel()} levels differ"
     assert torch.equal(level_mask_torch(s, cap, **kw), ref)
-    # the same kernel can count blocks per level on the way (the statistics of psa_attention)
-    counts = torch.zeros(B, HKV * G, 5, dtype=torch.int32, device=DEVICE)
-    level_mask_triton(s, cap, counts=counts, **kw)
+    # the kernel also counts blocks per level on the way (the statistics of psa_attention)
     want = torch.stack([(ref == r).sum((-1, -2)) for r in LEVELS[1:]], -1)
     assert torch.equal(counts[..., 1:].long(), want.long()) and (counts[..., 0] == 0).all()
     d, f = stats_from_counts(counts, nb, causal)
