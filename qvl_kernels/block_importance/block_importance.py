@@ -177,7 +177,10 @@ def _xattn_kernel(
                 b_s = _antidiag_dot(b_s, p_q, p_k, s_ql, s_kl, o_m, t0, j, L, o_d, m_d, STRIDE, BN, IEEE)
             m_i, l_i = _tile_lse(b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale, CAUSAL, BM, BN, R)
 
-    # pass 2: exact softmax mass per (row, key block), rows summed into query blocks
+    # pass 2: exact softmax mass per (row, key block), rows summed into query blocks. Pass 2 reads
+    # scratch that other threads of this program wrote (another register layout): a CTA barrier
+    # makes those global stores visible first.
+    tl.debug_barrier()
     b_lse_row = m_i + tl.log2(l_i)  # [BM]
     o_i = (row0 + i_m * BM) // R + tl.arange(0, BM // R)  # query blocks
     p_out = out + i_bh.to(tl.int64) * NB * NB + o_i.to(tl.int64)[:, None] * NB  # [BM // R, 1]
