@@ -145,7 +145,7 @@ def psa_attention_forward(module, query, key, value, attention_mask, dropout: fl
 def _reference_psa(q, k, v, config):
     """The same composition through the kernels' plain-PyTorch references (CPU, small prompts)."""
     from qvl_kernels.block_importance.naive import block_importance
-    from qvl_kernels.level_mask.naive import level_mask
+    from qvl_kernels.level_mask import level_mask  # vectorized torch on the CPU, same levels as naive
     from qvl_kernels.psa import level_stats
     from qvl_kernels.pyramid_attention.naive import pyramid_attention
     from qvl_kernels.similarity_cap.naive import similarity_cap

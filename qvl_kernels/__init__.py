@@ -1,4 +1,38 @@
-"""Triton kernels for Pyramid Sparse Attention (PSA).
+"""Triton kernels for Pyramid Sparse Attention (PSA), each with a plain-PyTorch reference.
 
 Depends on torch and triton only: never on transformers or qvl.
+
+    from qvl_kernels import PSAConfig, psa_attention
+    out, stats = psa_attention(q, k, v, PSAConfig.preset("balanced"))
+
+Ops (one folder each, `naive.py` beside the fast version): block_importance, similarity_cap,
+level_mask, pyramid_attention, pooling (mean_pool). `psa_attention` composes them.
 """
+
+from .block_importance import block_importance
+from .level_mask import LEVELS, density, level_fractions, level_mask, level_mask_torch, level_mask_triton, stats_from_counts
+from .pooling import mean_pool
+from .psa import PUBLISHED_RATIOS, PSAConfig, level_stats, psa_attention, psa_levels
+from .pyramid_attention import build_block_lists, pyramid_attention
+from .similarity_cap import block_similarity, similarity_cap
+
+__all__ = [
+    "LEVELS",
+    "PUBLISHED_RATIOS",
+    "PSAConfig",
+    "block_importance",
+    "block_similarity",
+    "build_block_lists",
+    "density",
+    "level_fractions",
+    "level_mask",
+    "level_mask_torch",
+    "level_mask_triton",
+    "level_stats",
+    "mean_pool",
+    "psa_attention",
+    "psa_levels",
+    "pyramid_attention",
+    "similarity_cap",
+    "stats_from_counts",
+]
