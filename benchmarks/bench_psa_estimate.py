@@ -1,0 +1,67 @@
+"""PSA's estimation stage on its own: importance, similarity cap and both level-mask versions,
+against cuDNN dense attention timed in the same run (7B attention shape, bf16, causal).
+
+    PYTHONPATH=. python3 benchmarks/bench_psa_estimate.py [--lengths 32,64] [--out bench-out/estimate.json]
+
+Answers two questions: which level_mask implementation should be the CUDA default (Triton or
+vectorized torch), and what share of dense attention the whole estimate costs (target <= 8%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_psa import timed, video_inputs  # noqa: E402  (same timing and inputs as the main benchmark)
+
+from qvl_kernels import PSAConfig, block_importance, level_mask_torch, level_mask_triton, similarity_cap  # noqa: E402
+
+HQ, HKV, D, BLOCK = 28, 4, 128, 128
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", default="32,64", help="thousands of tokens (x1024)")
+    parser.add_argument("--out", type=Path, default=Path("bench-out/estimate.json"))
+    args = parser.parse_args()
+    rows = []
+    for preset in ("default", "fast"):
+        cfg = PSAConfig.preset(preset)
+        for lk in map(int, args.lengths.split(",")):
+            L = lk * 1024
+            q, k, v = video_inputs(1, HQ, HKV, L, D, seed=L)
+            with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+                dense = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+            importance = timed(lambda: block_importance(q, k, block=BLOCK, stride=cfg.stride))
+            scores = block_importance(q, k, block=BLOCK, stride=cfg.stride)
+            cap_ms = timed(lambda: similarity_cap(k, block=BLOCK, thresholds=cfg.thresholds))
+            cap = similarity_cap(k, block=BLOCK, thresholds=cfg.thresholds)
+            kw = dict(mode=cfg.mode, ratios=cfg.ratios, text_blocks=1)
+            same = bool(torch.equal(level_mask_triton(scores, cap, **kw), level_mask_torch(scores, cap, **kw)))
+            mask_triton = timed(lambda: level_mask_triton(scores, cap, **kw))
+            mask_torch = timed(lambda: level_mask_torch(scores, cap, **kw))
+            total = importance + cap_ms + min(mask_triton, mask_torch)
+            rows.append(dict(preset=preset, L=L, dense_ms=dense, importance_ms=importance, cap_ms=cap_ms,
+                             mask_triton_ms=mask_triton, mask_torch_ms=mask_torch, same_levels=same,
+                             estimate_share=total / dense))
+            del q, k, v, scores, cap
+            torch.cuda.empty_cache()
+    print(f"{'preset':<8} {'L':>7} {'cuDNN':>8} {'import.':>8} {'cap':>6} {'mask tri':>9} {'mask torch':>10} {'same':>5} {'share':>6}")
+    for r in rows:
+        print(f"{r['preset']:<8} {r['L']:>7} {r['dense_ms']:>8.2f} {r['importance_ms']:>8.2f} {r['cap_ms']:>6.3f} "
+              f"{r['mask_triton_ms']:>9.3f} {r['mask_torch_ms']:>10.3f} {str(r['same_levels']):>5} {r['estimate_share']:>6.1%}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(date=time.strftime("%Y-%m-%d"), card=torch.cuda.get_device_name(), torch=torch.__version__,
+                triton=__import__("triton").__version__)
+    args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
