@@ -9,7 +9,10 @@ first. The 60-minute file is the 10-minute one concatenated six times (stream co
 decodes exactly like a 60-minute encode.
 
 Every measurement runs in its own fresh Python process, so peak memory (ru_maxrss) belongs to
-that method alone; module imports happen before the clock starts. Methods:
+that method alone; module imports happen before the clock starts. Methods under 20 s run
+--repeat times and the fastest run is reported (all runs are in the JSON). The load average
+during each measurement is recorded: on a shared machine, other jobs slow every method, and the
+CPU-seconds column is the fairer comparison. Methods:
 
 - qvl: `load_video(path, VideoOptions(frames=N))`, no cache (seek="auto": a keyframe when one
   lies within half the frame spacing of the timestamp, else the exact frame).
@@ -259,13 +262,18 @@ def main() -> None:
     ap.add_argument("--minutes", type=int, nargs="+", default=[10, 60])
     ap.add_argument("--frames", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--methods", nargs="+", default=PEERS + ["qvl-cache-hit"])
-    ap.add_argument("--budget", type=float, default=180.0, help="seconds before a slow method is extrapolated")
+    ap.add_argument("--budget", type=float, default=120.0, help="seconds before a slow method is extrapolated")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each method under 20 s; the fastest is reported")
     ap.add_argument("--videos", type=Path, default=OUT)
     ap.add_argument("--json", type=Path, default=OUT / "results.json")
+    ap.add_argument("--table", type=Path, help="print the table of an earlier results JSON and exit")
     ap.add_argument("--one", nargs=3, metavar=("METHOD", "PATH", "N"), help=argparse.SUPPRESS)
     ap.add_argument("--cache-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
+    if args.table:
+        print(table(json.loads(args.table.read_text())["rows"]))
+        return
     if args.one:
         method, path, n = args.one
         print(json.dumps(measure(method, path, int(n), args.budget, args.cache_dir)))
@@ -286,6 +294,18 @@ def main() -> None:
                         res = fill if "error" in fill else run_child(method, path, n, args.budget, cache_dir)
                     else:
                         res = run_child(method, path, n, args.budget, None)
+                    # Quick methods run again (best of --repeat): other jobs on a shared machine
+                    # only ever add time, so the fastest run is the least disturbed one.
+                    runs = [res]
+                    while ("seconds" in res and res["seconds"] < 20 and not res.get("estimated")
+                           and len(runs) < args.repeat):
+                        again = run_child(method, path, n, args.budget, cache_dir if method == "qvl-cache-hit" else None)
+                        if "seconds" not in again:
+                            break
+                        runs.append(again)
+                    if len(runs) > 1:
+                        res = dict(min(runs, key=lambda r: r["seconds"]))
+                        res["runs_seconds"] = [round(r["seconds"], 3) for r in runs]
                     row = {"video_minutes": minutes, "frames": n, "method": method, **res}
                     rows.append(row)
                     print(_row_text(row), file=sys.stderr, flush=True)
@@ -313,7 +333,7 @@ def _row_text(row: dict) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| video | frames | method | wall s | CPU s | vs qvl | peak RSS MB | load |",
+        "| video | frames | method | wall s | CPU s | wall vs qvl | peak RSS MB | load |",
         "|---|---|---|---|---|---|---|---|",
     ]
     qvl = {(r["video_minutes"], r["frames"]): r["seconds"] for r in rows if r["method"] == "qvl" and "seconds" in r}
@@ -325,7 +345,7 @@ def table(rows: list[dict]) -> str:
             continue
         est = " est." if r.get("estimated") else ""
         base = qvl.get((r["video_minutes"], r["frames"]))
-        ratio = f"{r['seconds'] / base:.1f}x" if base and r["method"] != "qvl" else ""
+        ratio = f"{r['seconds'] / base:.1f}x" if base and r["method"] not in ("qvl", "qvl-cache-hit") else ""
         lines.append(
             f"{head} {r['seconds']:.2f}{est} | {r['cpu_seconds']:.2f}{est} | {ratio} | "
             f"{r['max_rss_mb']:.0f} | {r['load_avg_1m']} |"
