@@ -229,7 +229,13 @@ def _is_url(source: str | os.PathLike) -> bool:
 
 
 def _check_readable(path: Path) -> None:
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except PermissionError:  # a folder on the way cannot be searched
+        raise InputError(f"{path}: cannot be read (permission denied)") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not exists:
         if path.is_symlink():
             raise InputError(f"{path}: broken symbolic link")
         raise InputError(f"{path}: no such file")
