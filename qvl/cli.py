@@ -122,8 +122,10 @@ def video(
     max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", help="Pixel budget per frame.")] = None,
     total_pixels: Annotated[Optional[int], typer.Option("--total-pixels", help="Pixel budget for the whole video.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the frame plan and stop; loads no model.")] = False,
+    seek: Annotated[str, typer.Option("--seek", help="auto: a keyframe when one lies within half the frame spacing, else the exact frame; exact: always the exact frame.")] = "auto",
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or fill the frame cache.")] = False,
-    cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="Frame cache folder (default: $QVL_CACHE_DIR or the user cache).")] = None,
+    cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="Frame cache folder (default: frames/ under $QVL_CACHE_DIR or the user cache).")] = None,
+    strict_hash: Annotated[bool, typer.Option("--strict-hash", help="Key cache entries by a hash of every byte, not a 768 KiB sample.")] = False,
     max_download_mb: Annotated[int, typer.Option("--max-download-mb", help="Size limit for video URLs.")] = 2048,
     model: ModelOpt = None,
     max_tokens: MaxTokensOpt = 512,
@@ -145,14 +147,14 @@ def video(
     try:
         options = media_video.VideoOptions(
             frames=frames, fps=fps, start=start, end=end, min_frames=min_frames, max_frames=max_frames,
-            max_pixels=max_pixels, total_pixels=total_pixels, max_download_mb=max_download_mb,
+            max_pixels=max_pixels, total_pixels=total_pixels, seek=seek, max_download_mb=max_download_mb,
             **({"min_pixels": min_pixels} if min_pixels is not None else {}),
         )
     except QvlError as exc:
         _fail_now(exc)
     if dry_run:
         raise typer.Exit(_dry_run(videos, options, json_output))
-    cache = None if no_cache else _frame_cache(cache_dir)
+    cache = None if no_cache else _frame_cache(cache_dir, strict_hash)
     session = _Session(model, device, dtype, max_tokens, temperature, top_p, seed, psa_config, json_output, quiet)
     session.several = len(videos) > 1
     for source in videos:
@@ -179,6 +181,7 @@ def _load_clip(source, options, cache, quiet):
         "span": [round(clip.timestamps[0], 3), round(clip.timestamps[-1], 3)],
         "video_tokens": clip.plan.tokens,
         "from_cache": clip.from_cache,
+        "cache": clip.cache,  # hit, miss, rebuilt (a damaged entry was replaced) or off
         "timestamps": [round(t, 3) for t in clip.timestamps],
     }
     return {"video": VideoFrames(clip.frames, clip.sampled_fps), "extra": extra}
@@ -221,12 +224,12 @@ def _print_plan(source: str, plan) -> None:
     Console(highlight=False).print(table)
 
 
-def _frame_cache(cache_dir):
+def _frame_cache(cache_dir, strict_hash: bool = False):
     from pathlib import Path
 
     from qvl.media.cache import FrameCache
 
-    return FrameCache(Path(cache_dir) if cache_dir else None)
+    return FrameCache(Path(cache_dir) if cache_dir else None, strict_hash=strict_hash)
 
 
 # --- psa-profile ------------------------------------------------------------------------------
@@ -360,7 +363,7 @@ def preprocess(
     total_pixels: Annotated[Optional[int], typer.Option("--total-pixels", help="Pixel budget for the whole video.")] = None,
     seek: Annotated[str, typer.Option("--seek", help="auto: a keyframe when one lies within half the frame spacing, else the exact frame; exact: always the exact frame.")] = "auto",
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Videos decoded at once.")] = 1,
-    cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="Frame cache folder (default: $QVL_CACHE_DIR or the user cache).")] = None,
+    cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="Frame cache folder (default: frames/ under $QVL_CACHE_DIR or the user cache).")] = None,
     strict_hash: Annotated[bool, typer.Option("--strict-hash", help="Key entries by a hash of every byte, not a 768 KiB sample.")] = False,
     max_download_mb: Annotated[int, typer.Option("--max-download-mb", help="Size limit for video URLs.")] = 2048,
     json_output: JsonOpt = False,
@@ -426,7 +429,7 @@ cache_app = typer.Typer(help="Inspect and clear the frame cache.", no_args_is_he
 app.add_typer(cache_app, name="cache")
 
 CacheDirOpt = Annotated[
-    Optional[str], typer.Option("--cache-dir", help="Frame cache folder (default: $QVL_CACHE_DIR or the user cache).")
+    Optional[str], typer.Option("--cache-dir", help="Frame cache folder (default: frames/ under $QVL_CACHE_DIR or the user cache).")
 ]
 
 

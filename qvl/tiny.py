@@ -26,6 +26,8 @@ import time
 import uuid
 from pathlib import Path
 
+from qvl.paths import cache_root
+
 TINY_VERSION = "1"
 TINY_SEED = 1234
 
@@ -145,19 +147,6 @@ It's a cat. It isn't a dog. They're playing. We've seen it. I'm sure. You'll see
 视频是一系列的帧，每一帧都是一张图片。模型把帧切成小块，再合并成词元。
 今天早上天气晴朗，下午多云，晚上下雨。我们在厨房里看到了水槽、炉子和白色的冰箱。
 """
-
-
-def cache_root() -> Path:
-    """The qvl cache folder: ``$QVL_CACHE_DIR``, else the platformdirs user cache dir for qvl."""
-    env = os.environ.get("QVL_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    try:
-        import platformdirs
-    except ImportError:  # not installed on every host; fall back to the XDG default
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        return Path(base) / "qvl"
-    return Path(platformdirs.user_cache_dir("qvl", appauthor=False))
 
 
 def tiny_model_dir(cache_root_dir: Path | None = None) -> Path:

@@ -46,6 +46,10 @@ def test_video_json_reports_frames_fps_and_cache(clip):
     assert len(record["timestamps"]) == 8 and record["span"][0] < record["span"][1] <= 6
     second = json_lines(invoke("video", clip, "--frames", "8", "--json", *SMALL).stdout)[0]
     assert second["from_cache"] is True and second["timestamps"] == record["timestamps"]
+    assert (record["cache"], second["cache"]) == ("miss", "hit")
+    exact = json_lines(invoke("video", clip, "--frames", "8", "--json", "--seek", "exact", "--strict-hash", *SMALL).stdout)[0]
+    assert exact["from_cache"] is False  # another seek mode is another entry
+    assert all(abs(t - (i + 0.5) * 6 / 8) < 0.07 for i, t in enumerate(exact["timestamps"]))  # 8 fps source
     bypass = json_lines(invoke("video", clip, "--frames", "8", "--json", "--no-cache", *SMALL).stdout)[0]
     assert bypass["from_cache"] is False
 

@@ -1,6 +1,6 @@
 """The frame cache: decoded, resized frames on disk, keyed by the source file and the plan.
 
-Layout under the root (QVL_CACHE_DIR, else the platformdirs user cache dir "qvl"/frames):
+Layout under the root (--cache-dir, else frames/ under qvl's cache root: $QVL_CACHE_DIR or the user cache):
 
     <root>/entries/<key[:2]>/<key>/meta.json      timestamps, sampled fps, plan, source, checksums
     <root>/entries/<key[:2]>/<key>/000000.jpg ...  one JPEG per frame (quality 95, 4:4:4 chroma)
@@ -49,12 +49,10 @@ def _qvl_version() -> str:
 
 
 def default_root() -> Path:
-    env = os.environ.get("QVL_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
+    """frames/ under qvl's cache root ($QVL_CACHE_DIR, else the user cache), beside models/."""
+    from qvl.paths import cache_root
 
-    return Path(platformdirs.user_cache_dir("qvl")) / "frames"
+    return cache_root() / "frames"
 
 
 def _canonical(obj: Any) -> bytes:
@@ -105,7 +103,7 @@ class CacheEntry:
 
 
 class FrameCache:
-    """Frames on disk. `root` defaults to $QVL_CACHE_DIR, else the user cache dir qvl/frames."""
+    """Frames on disk. `root` defaults to frames/ under $QVL_CACHE_DIR, else under the user cache dir qvl/."""
 
     def __init__(self, root: str | os.PathLike | None = None, strict_hash: bool = False):
         self.root = Path(root).expanduser() if root is not None else default_root()

@@ -231,6 +231,6 @@ def test_entries_size_and_clear(tmp_path, clip):
 
 def test_default_root_from_env(tmp_path, monkeypatch):
     monkeypatch.setenv("QVL_CACHE_DIR", str(tmp_path / "env-cache"))
-    assert FrameCache().root == tmp_path / "env-cache"
+    assert FrameCache().root == tmp_path / "env-cache" / "frames"  # beside models/ (the tiny model)
     monkeypatch.delenv("QVL_CACHE_DIR")
     assert FrameCache().root.name == "frames" and "qvl" in str(FrameCache().root)
