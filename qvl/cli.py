@@ -41,6 +41,9 @@ TemperatureOpt = Annotated[float, typer.Option("--temperature", min=0.0, help="S
 TopPOpt = Annotated[Optional[float], typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling (with --temperature).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.")]
 PsaOpt = Annotated[bool, typer.Option("--psa", "--use-psa", help="Pyramid Sparse Attention in the language model's prefill.")]
+CacheDirOpt = Annotated[
+    Optional[str], typer.Option("--cache-dir", help="Frame cache folder (default: frames/ under $QVL_CACHE_DIR or the user cache).")
+]
 PsaPresetOpt = Annotated[
     str, typer.Option("--psa-preset", help="PSA budget: default (published bands), balanced (~35%), fast (~10%), dense.")
 ]
@@ -124,7 +127,7 @@ def video(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the frame plan and stop; loads no model.")] = False,
     seek: Annotated[str, typer.Option("--seek", help="auto: a keyframe when one lies within half the frame spacing, else the exact frame; exact: always the exact frame.")] = "auto",
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or fill the frame cache.")] = False,
-    cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="Frame cache folder (default: frames/ under $QVL_CACHE_DIR or the user cache).")] = None,
+    cache_dir: CacheDirOpt = None,
     strict_hash: Annotated[bool, typer.Option("--strict-hash", help="Key cache entries by a hash of every byte, not a 768 KiB sample.")] = False,
     max_download_mb: Annotated[int, typer.Option("--max-download-mb", help="Size limit for video URLs.")] = 2048,
     model: ModelOpt = None,
@@ -196,9 +199,7 @@ def _dry_run(videos, options, json_output: bool) -> int:
         try:
             plan = plan_source(source, options)
         except QvlError as exc:
-            output.error(str(exc))
-            if json_output:
-                output.json_line({"input": source, "error": str(exc)})
+            _report_failure(source, exc, json_output)
             exit_code = exc.exit_code
             continue
         if json_output:
@@ -363,7 +364,7 @@ def preprocess(
     total_pixels: Annotated[Optional[int], typer.Option("--total-pixels", help="Pixel budget for the whole video.")] = None,
     seek: Annotated[str, typer.Option("--seek", help="auto: a keyframe when one lies within half the frame spacing, else the exact frame; exact: always the exact frame.")] = "auto",
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Videos decoded at once.")] = 1,
-    cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="Frame cache folder (default: frames/ under $QVL_CACHE_DIR or the user cache).")] = None,
+    cache_dir: CacheDirOpt = None,
     strict_hash: Annotated[bool, typer.Option("--strict-hash", help="Key entries by a hash of every byte, not a 768 KiB sample.")] = False,
     max_download_mb: Annotated[int, typer.Option("--max-download-mb", help="Size limit for video URLs.")] = 2048,
     json_output: JsonOpt = False,
@@ -427,11 +428,6 @@ def preprocess(
 
 cache_app = typer.Typer(help="Inspect and clear the frame cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
-
-CacheDirOpt = Annotated[
-    Optional[str], typer.Option("--cache-dir", help="Frame cache folder (default: frames/ under $QVL_CACHE_DIR or the user cache).")
-]
-
 
 @cache_app.command("list")
 def cache_list(cache_dir: CacheDirOpt = None, json_output: JsonOpt = False) -> None:
@@ -514,11 +510,7 @@ class _Session:
         self.several = False  # several inputs: a header before each streamed answer
 
     def fail(self, label: str, exc: QvlError) -> None:
-        from qvl import output
-
-        output.error(str(exc))
-        if self.json_output:
-            output.json_line({"input": label, "error": str(exc)})
+        _report_failure(label, exc, self.json_output)
         self.exit_code = self.exit_code or exc.exit_code
 
     def run(self, label: str, prompt: str, load_media) -> None:
@@ -591,6 +583,15 @@ class _Session:
                 output.warn("using the built-in tiny model: random weights, so its answers are random text")
             output.note(f"loaded {self.engine.name} on {self.engine.device} in {self.engine.load_s:.1f} s", quiet=self.quiet)
         return self.engine
+
+
+def _report_failure(label: str, exc: QvlError, json_output: bool) -> None:
+    """One error line on stderr, and with --json the input's object carrying the error."""
+    from qvl import output
+
+    output.error(str(exc))
+    if json_output:
+        output.json_line({"input": label, "error": str(exc)})
 
 
 class _FatalModelError(QvlError):

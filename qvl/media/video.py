@@ -1028,35 +1028,26 @@ def load_video(
     with local as path:
         prep = _prepare(path, options, cache, downloaded=local.downloaded)
         plan, info, key = prep.plan, prep.info, prep.key
-        status = "off"
+        status, hit = "off", None
         if cache is not None:
             hit = cache.get(key, width=plan.width, height=plan.height)
-            status = cache.last_status
-            if hit is not None:
-                return VideoClip(
-                    frames=hit.frames,
-                    timestamps=hit.timestamps,
-                    sampled_fps=hit.sampled_fps,
-                    plan=plan,
-                    info=info,
-                    from_cache=True,
-                    source=src,
-                    cache="hit",
-                    cache_key=key,
-                    seconds=time.perf_counter() - t_start,
-                )
-            cache.check_writable()
-        ex = decode_plan(path, plan, info, progress=progress, workers=workers)
-        fps = sampled_fps_of(ex.timestamps, plan)
-        if cache is not None:
-            cache.put(key, ex.frames, _cache_meta(src, prep, ex, fps))
+            status = "hit" if hit is not None else cache.last_status
+            if hit is None:
+                cache.check_writable()
+        if hit is not None:
+            frames, timestamps, fps = hit.frames, hit.timestamps, hit.sampled_fps
+        else:
+            ex = decode_plan(path, plan, info, progress=progress, workers=workers)
+            frames, timestamps, fps = ex.frames, ex.timestamps, sampled_fps_of(ex.timestamps, plan)
+            if cache is not None:
+                cache.put(key, ex.frames, _cache_meta(src, prep, ex, fps))
         return VideoClip(
-            frames=ex.frames,
-            timestamps=ex.timestamps,
+            frames=frames,
+            timestamps=timestamps,
             sampled_fps=fps,
             plan=plan,
             info=info,
-            from_cache=False,
+            from_cache=hit is not None,
             source=src,
             cache=status,
             cache_key=key,
