@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._tma import ensure_tma_allocator, tma_ok
 from ..pooling import mean_pool
 from .naive import check_args
 
@@ -400,11 +401,6 @@ def build_block_lists(levels: torch.Tensor, causal: bool = True) -> tuple[torch.
 # level 1) or plain loads; warp specialization of that loop (Triton 3.6, Hopper) measured no gain.
 # See benchmarks/NOTES-psa.md. bench_psa.py flips these for its variant sweep.
 OPTIONS = {"tma": True, "ws": False}
-_ALLOCATOR_SET = []
-
-
-def _tma_allocator(size: int, alignment: int, stream):
-    return torch.empty(size, device="cpu" if _interpreting() else "cuda", dtype=torch.int8)
 
 
 def _pyramid_attention_fwd(q, k, v, levels, causal, scale, block, *, pool_in_kernel=False,
@@ -434,11 +430,9 @@ def _pyramid_attention_fwd(q, k, v, levels, causal, scale, block, *, pool_in_ker
     tma = OPTIONS["tma"] if tma is None else tma
     ws = OPTIONS["ws"] if ws is None else ws
     # TMA needs unit stride along D and 16-byte aligned rows and bases.
-    tma = bool(tma) and (q.is_cuda or _interpreting()) and all(t.stride(-1) == 1 and (t.stride(-2) * t.element_size()) % 16 == 0
-                                          and t.data_ptr() % 16 == 0 for t in (k, v))
-    if tma and not _ALLOCATOR_SET:
-        triton.set_allocator(_tma_allocator)  # scratch for on-device descriptors
-        _ALLOCATOR_SET.append(True)
+    tma = bool(tma) and (q.is_cuda or _interpreting()) and tma_ok(k, v)
+    if tma:
+        ensure_tma_allocator()
     consts = dict(D=D, BLOCK=block, CAUSAL=bool(causal), POOL_IN_KERNEL=bool(pool_in_kernel),
                   TMA=tma, WS=bool(ws) and tma, BLOCK_D=max(16, triton.next_power_of_2(D)))
     if config is None:
