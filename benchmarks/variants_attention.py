@@ -1,0 +1,94 @@
+"""Dense (all level 1) pyramid-attention kernel variants against cuDNN SDPA, same run, same card.
+
+    PYTHONPATH=. python3 benchmarks/variants_attention.py [--lengths 16,32,64] [--out bench-out/variants_attention.json]
+
+Variants: tile config x software pipelining of the level-1 loop (score GEMM of block e issued
+before the value GEMM of block e - 1, FA3's order) x exp2 split between the special-function unit
+and a polynomial on the FMA pipes. 7B attention shape (HQ 28, HKV 4, D 128), bf16, causal,
+video-like inputs from bench_psa. Also times each variant on a fixed pyramid mask of density ~0.1.
+Prints a table and writes JSON; the chosen defaults go into OPTIONS / _keep in pyramid_attention.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_psa import (BLOCK, dense_causal_flops, fixed_levels, level_density, rel_err, sdpa,  # noqa: E402
+                       timed, video_inputs)
+
+from qvl_kernels.pooling import mean_pool  # noqa: E402
+from qvl_kernels.pyramid_attention import build_block_lists  # noqa: E402
+from qvl_kernels.pyramid_attention.pyramid_attention import _pyramid_attention_fwd  # noqa: E402
+
+HQ, HKV, D = 28, 4, 128
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lengths", default="16,32,64", help="thousands of tokens (x1024)")
+    ap.add_argument("--configs", default="128x128x8x3,128x128x8x2", help="BMxBNxWARPSxSTAGES,...")
+    ap.add_argument("--softmax", default="0:0:0,0:0:1,0:1:1,1:0:1", help="PIPE:POLY:FOLD triples")
+    ap.add_argument("--deadline", type=float, default=240.0, help="seconds; later variants are skipped")
+    ap.add_argument("--out", type=Path, default=Path("bench-out/variants_attention.json"))
+    args = ap.parse_args()
+    t0 = time.time()
+    configs = [dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"), map(int, c.split("x"))))
+               for c in args.configs.split(",")]
+    softmax = [tuple(int(x) for x in p.split(":")) for p in args.softmax.split(",")]
+    rows = []
+    for Lk in map(int, args.lengths.split(",")):
+        L = Lk * 1024
+        q, k, v = video_inputs(1, HQ, HKV, L, D, seed=L)
+        fl = dense_causal_flops(1, HQ, L, D)
+        nb = math.ceil(L / BLOCK)
+        ref = sdpa("cudnn")(q, k, v)
+        t_c = timed(lambda: sdpa("cudnn")(q, k, v))
+        rows.append(dict(L=L, variant="sdpa-cudnn", ms=t_c, tflops=fl / t_c / 1e9))
+        ones = torch.ones(1, HQ, nb, nb, dtype=torch.int8, device="cuda")
+        lists1 = build_block_lists(ones, True)
+        lev10 = fixed_levels(1, HQ, L, 0.1, True, seed=2)
+        lists10 = build_block_lists(lev10, True)
+        d10 = level_density(lev10)
+        pooled = (*mean_pool(k), *mean_pool(v))
+        for cfg in configs:
+            for pipe, poly, fold in softmax:
+                name = "{BLOCK_M}x{BLOCK_N}w{num_warps}s{num_stages}".format(**cfg) + f" pipe{pipe} poly{poly} fold{fold}"
+                if time.time() - t0 > args.deadline:
+                    print(f"deadline: skipped {name} at {L}", file=sys.stderr)
+                    continue
+                try:
+                    def run(lev=ones, lists=lists1):
+                        return _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled, lists=lists,
+                                                      config=cfg, tma=True, pipe=bool(pipe), poly=poly,
+                                                      fold=bool(fold))
+                    out = run()
+                    err = rel_err(out, ref)
+                    t1 = timed(run)
+                    t10 = timed(lambda: run(lev10, lists10))
+                    rows.append(dict(L=L, variant=name, ms=t1, tflops=fl / t1 / 1e9, x_cudnn=t_c / t1, err=err,
+                                     pyr10_ms=t10, pyr10_density=d10, pyr10_bound_ms=1.25 * d10 * t1 + 0.1))
+                except Exception as e:  # a variant that does not compile or fit: one line, go on
+                    print(f"{name} at {L}: {type(e).__name__}: {str(e).splitlines()[0][:200]}", file=sys.stderr)
+                print(rows[-1], file=sys.stderr, flush=True)
+        del q, k, v, ref, ones, lists1, lev10, lists10, pooled
+        torch.cuda.empty_cache()
+    print(f"{'L':>7} {'variant':<32} {'ms':>8} {'TF/s':>6} {'x cuDNN':>8} {'err':>8} {'pyr d~0.1 ms':>12} {'bound':>7}")
+    for r in rows:
+        print(f"{r['L']:>7} {r['variant']:<32} {r['ms']:>8.3f} {r['tflops']:>6.0f} {r.get('x_cudnn', 1):>8.3f} "
+              f"{r.get('err', 0):>8.1e} {r.get('pyr10_ms', 0):>12.3f} {r.get('pyr10_bound_ms', 0):>7.3f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), card=torch.cuda.get_device_name(),
+                torch=torch.__version__, triton=__import__("triton").__version__)
+    args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
