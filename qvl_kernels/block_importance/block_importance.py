@@ -17,6 +17,16 @@ The scratch is only read back by the program that wrote it, right after writing 
 L2). The launcher walks the strided query rows in chunks so the scratch stays under
 `SCRATCH_BYTES` (256 MiB) at any sequence length; within a chunk one launch covers all heads.
 
+Loads. Step j of a key tile multiplies the query rows' token at offset s-1-j by the key rows'
+token at offset j: a [BM, D] x [D, BN] product of rows s tokens apart, so each key tile is s
+(x D / BK) GEMM steps and moves (BM + BN) * D values per step: BM * BN / (BM + BN) FLOP per byte
+(64 for 128x128, 85 for 128x256), which keeps the kernel near the L2 bandwidth. Where the layout
+allows (`_tma_layout_ok`), the loads are TMA copies from a 2-D view of each (batch, head): row r
+of the view spans the s token rows of strided row r, so offset j, columns d0.. is the column
+j * s_l + d0 (s_l: the token stride); otherwise masked pointer gathers. The view holds the full
+strided rows only; with L % s != 0 the partial last row is zero there, and the tiles that need it
+take the pointer path (compiled in only for such L: it costs registers).
+
 The pooling method (mean-pool per block, then an nb x nb softmax) costs one read of q and k and
 an (nb x nb) matmul per head; it is plain PyTorch here (a reduction and one batched GEMM with
 GQA as a view, no copy of K).
@@ -31,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._tma import ensure_tma_allocator, tma_ok
 from .naive import _block_mean, check_args
 
 SCRATCH_BYTES = 256 * 2**20
@@ -38,24 +49,36 @@ ROW_ALIGN = 256  # rows per chunk are a multiple of this: every BM and R = block
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-# (BM, BN, num_warps, num_stages, FLAT). Compiled for sm_90 without a GPU (triton 3.8): all use
-# wgmma with cp.async pipelining and no spills; FLAT keeps the pipeline full across key tiles and
-# needs fewer registers (128x128: 152 vs 204). The nested-loop variant stays as a candidate.
+# (BM, BN, BK, num_warps, num_stages, FLAT). BK: head-dim columns per load, at most BD; BK < BD
+# splits each offset's step in BD / BK smaller ones (smaller pipeline stages, more of them). FLAT
+# keeps the pipeline full across key tiles; the nested-loop variant stays as a candidate.
+# Compiled for sm_90 without a GPU (triton 3.8, bf16, D 128), every config: wgmma, no spills,
+# shared memory under the 227 KiB limit. Registers, TMA / pointer path: 128x128x128 s3 126 / 178,
+# 128x128x64 s3 126 / - (102 KiB: two CTAs per SM), 128x256x64 s3 200 / 255, 256x128x64 w8 211 /
+# 255, w16 112 / 128. Tiles of 128x256 or 256x128 move 85 FLOP per byte from L2 to shared memory,
+# 128x128 64 (see the docstring). benchmarks/variants_importance.py times every one on a GPU.
 _GPU_CONFIGS = [
-    (64, 64, 4, 3, True), (64, 128, 4, 3, True), (128, 64, 8, 3, True),
-    (128, 128, 8, 2, True), (128, 128, 8, 3, True),
-    (64, 128, 4, 3, False), (128, 128, 8, 3, False),
+    (64, 64, 128, 4, 3, True), (64, 128, 128, 4, 3, True), (128, 64, 128, 8, 3, True),
+    (128, 128, 128, 8, 2, True), (128, 128, 128, 8, 3, True),
+    (64, 128, 128, 4, 3, False), (128, 128, 128, 8, 3, False),
+    (128, 128, 64, 8, 3, True), (128, 128, 64, 8, 4, True),
+    (128, 256, 64, 8, 3, True), (128, 256, 64, 8, 4, True), (128, 256, 128, 8, 2, True),
+    (256, 128, 64, 8, 3, True), (256, 128, 64, 8, 4, True), (256, 128, 128, 8, 2, True),
+    (256, 128, 64, 16, 3, True), (256, 128, 64, 16, 4, True),
 ]
 INTERPRET_FLAT = True  # the interpreter runs one config: tests flip this to cover both loops
+# Load path of q and k chunks: TMA descriptors where the layout allows (see `_xattn`), else
+# pointer gathers. Tests and benchmarks/variants_importance.py flip this.
+OPTIONS = {"tma": True}
 
 
 def _configs():
     if _INTERPRET:  # few, large numpy ops are fastest
-        raw = [(bm, bn, 4, 1, flat) for flat in (True, False) for bm in (16, 32) for bn in (16, 32)]
+        raw = [(bm, bn, 128, 4, 1, flat) for flat in (True, False) for bm in (16, 32) for bn in (16, 32)]
     else:
         raw = _GPU_CONFIGS
-    return [triton.Config({"BM": bm, "BN": bn, "FLAT": flat}, num_warps=w, num_stages=st)
-            for bm, bn, w, st, flat in raw]
+    return [triton.Config({"BM": bm, "BN": bn, "BK": bk, "FLAT": flat}, num_warps=w, num_stages=st)
+            for bm, bn, bk, w, st, flat in raw]
 
 
 def _keep(conf: triton.Config, R: int) -> bool:
@@ -67,7 +90,8 @@ def _prune(configs, named_args, **kwargs):
     R = named_args["R"] if "R" in named_args else kwargs["R"]
     kept = [c for c in configs if _keep(c, R)]
     if not kept:  # R larger than every tile: one tile per block
-        kept = [triton.Config({"BM": R, "BN": R, "FLAT": True}, num_warps=8 if R >= 128 else 4, num_stages=2)]
+        kept = [triton.Config({"BM": R, "BN": R, "BK": 128, "FLAT": True}, num_warps=8 if R >= 128 else 4,
+                              num_stages=2)]
     if _INTERPRET:
         kept = [c for c in kept if c.kwargs["FLAT"] == INTERPRET_FLAT] or kept
         return kept[-1:]
@@ -75,20 +99,30 @@ def _prune(configs, named_args, **kwargs):
 
 
 @triton.jit
-def _antidiag_dot(b_s, p_q, p_k, s_ql, s_kl, o_m, t0, j, L, o_d, m_d,
-                  STRIDE: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr):
-    # b_s [BM, BN] += scores of query offset s-1-j against key offset j (one antidiagonal step)
-    o_tq = o_m * STRIDE + (STRIDE - 1 - j)
-    o_tk = (t0 + tl.arange(0, BN)) * STRIDE + j
-    b_q = tl.load(p_q + o_tq.to(tl.int64)[:, None] * s_ql + o_d[None, :],
-                  mask=(o_tq < L)[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
-    b_k = tl.load(p_k + o_tk.to(tl.int64)[None, :] * s_kl + o_d[:, None],
-                  mask=(o_tk < L)[None, :] & m_d[:, None], other=0.0)  # [BD, BN]
-    if IEEE:  # fp32 inputs: full-precision products (tests, references)
-        b_s += tl.dot(b_q, b_k, input_precision="ieee")
+def _load_qk(p_q, p_k, d_q, d_k, s_ql, s_kl, r0, t0, j, d0, L,
+             D: tl.constexpr, STRIDE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+             TMA: tl.constexpr):
+    # Query rows r0.. at offset s-1-j and key rows t0.. at offset j, head-dim columns d0..d0+BK.
+    if TMA:  # rows past the descriptors' end (the last full strided row) come back as zeros
+        b_q = d_q.load([r0, (STRIDE - 1 - j) * s_ql + d0])  # [BM, BK]
+        b_k = tl.trans(d_k.load([t0, j * s_kl + d0]))  # [BK, BN]
     else:
-        b_s += tl.dot(b_q, b_k)
-    return b_s
+        o_d = d0 + tl.arange(0, BK)
+        m_d = o_d < D
+        o_tq = (r0 + tl.arange(0, BM)) * STRIDE + (STRIDE - 1 - j)
+        o_tk = (t0 + tl.arange(0, BN)) * STRIDE + j
+        b_q = tl.load(p_q + o_tq.to(tl.int64)[:, None] * s_ql + o_d[None, :],
+                      mask=(o_tq < L)[:, None] & m_d[None, :], other=0.0)  # [BM, BK]
+        b_k = tl.load(p_k + o_tk.to(tl.int64)[None, :] * s_kl + o_d[:, None],
+                      mask=(o_tk < L)[None, :] & m_d[:, None], other=0.0)  # [BK, BN]
+    return b_q, b_k
+
+
+@triton.jit
+def _dot(b_s, b_q, b_k, IEEE: tl.constexpr):
+    if IEEE:  # fp32 inputs: full-precision products (tests, references)
+        return tl.dot(b_q, b_k, b_s, input_precision="ieee")
+    return tl.dot(b_q, b_k, b_s)
 
 
 @triton.jit
@@ -113,11 +147,39 @@ def _tile_lse(b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale,
     return m_new, l_i
 
 
-@triton.autotune(
-    configs=_configs(),
-    key=["D", "STRIDE", "R", "CAUSAL", "IEEE", "L_BUCKET"],
-    prune_configs_by={"early_config_prune": _prune},
-)
+@triton.jit
+def _key_tiles(b_s, m_i, l_i, i_lo, i_hi, p_q, p_k, d_q, d_k, s_ql, s_kl, p_lse, o_m, m_m, r0,
+               L, LS, NB, scale,
+               D: tl.constexpr, STRIDE: tl.constexpr, R: tl.constexpr, CAUSAL: tl.constexpr,
+               IEEE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+               FLAT: tl.constexpr, TMA: tl.constexpr):
+    # Pass 1 over key tiles i_lo..i_hi-1: STRIDE offsets x ceil(D / BK) column chunks per tile.
+    NK: tl.constexpr = (D + BK - 1) // BK
+    STEPS: tl.constexpr = STRIDE * NK
+    if FLAT:
+        # One flat loop over (key tile, offset, column chunk): the load pipeline runs across key
+        # tiles instead of draining every STEPS steps (the persistent-matmul pattern).
+        for it in range(i_lo * STEPS, i_hi * STEPS):
+            i_s = it % STEPS
+            t0 = (it // STEPS) * BN
+            b_q, b_k = _load_qk(p_q, p_k, d_q, d_k, s_ql, s_kl, r0, t0, i_s // NK, (i_s % NK) * BK, L,
+                                D, STRIDE, BM, BN, BK, TMA)
+            b_s = _dot(b_s, b_q, b_k, IEEE)
+            if i_s == STEPS - 1:
+                m_i, l_i = _tile_lse(b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale, CAUSAL, BM, BN, R)
+                b_s = tl.zeros([BM, BN], dtype=tl.float32)
+    else:
+        for i_t in range(i_lo, i_hi):
+            t0 = i_t * BN
+            for i_s in range(STEPS):
+                b_q, b_k = _load_qk(p_q, p_k, d_q, d_k, s_ql, s_kl, r0, t0, i_s // NK, (i_s % NK) * BK, L,
+                                    D, STRIDE, BM, BN, BK, TMA)
+                b_s = _dot(b_s, b_q, b_k, IEEE)
+            m_i, l_i = _tile_lse(b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale, CAUSAL, BM, BN, R)
+            b_s = tl.zeros([BM, BN], dtype=tl.float32)
+    return b_s, m_i, l_i
+
+
 @triton.jit(do_not_specialize=["L_BUCKET"])
 def _xattn_kernel(
     q, k, lse, out,
@@ -132,8 +194,11 @@ def _xattn_kernel(
     R: tl.constexpr,
     CAUSAL: tl.constexpr,
     IEEE: tl.constexpr,
+    TMA: tl.constexpr,
+    PARTIAL: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
+    BK: tl.constexpr,
     FLAT: tl.constexpr,
 ):
     # Grid: (row tiles of this chunk, B * HQ). Heaviest (latest) row tiles start first.
@@ -142,47 +207,57 @@ def _xattn_kernel(
     i_b, i_h = i_bh // HQ, i_bh % HQ
     i_hk = i_h // G
     NJ: tl.constexpr = BN // R  # key blocks per key tile
+    BKD: tl.constexpr = min(BK, BD)  # head-dim columns per load
 
-    o_m = row0 + i_m * BM + tl.arange(0, BM)  # strided query rows
+    r0 = row0 + i_m * BM
+    o_m = r0 + tl.arange(0, BM)  # strided query rows
     row_end = tl.minimum(LS, row0 + CH)  # rows of this chunk (a tile never spills into the next)
     m_m = o_m < row_end
-    o_d = tl.arange(0, BD)
-    m_d = o_d < D
     p_q = q + i_b.to(tl.int64) * s_qb + i_h.to(tl.int64) * s_qh
     p_k = k + i_b.to(tl.int64) * s_kb + i_hk.to(tl.int64) * s_kh
     p_lse = lse + i_bh.to(tl.int64) * CH * NB + (o_m - row0).to(tl.int64)[:, None] * NB  # [BM, 1]
 
     if CAUSAL:
-        hi = tl.minimum(LS, row0 + (i_m + 1) * BM)
+        hi = tl.minimum(LS, r0 + BM)
     else:
         hi = LS
+    n_tiles = tl.cdiv(hi, BN)
 
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
-    if FLAT:
-        # One flat loop over (key tile, stride offset): the load pipeline runs across key tiles
-        # instead of draining every STRIDE steps (the persistent-matmul pattern).
-        b_s = tl.zeros([BM, BN], dtype=tl.float32)
-        for it in range(0, tl.cdiv(hi, BN) * STRIDE):
-            j = it % STRIDE
-            t0 = (it // STRIDE) * BN
-            b_s = _antidiag_dot(b_s, p_q, p_k, s_ql, s_kl, o_m, t0, j, L, o_d, m_d, STRIDE, BN, IEEE)
-            if j == STRIDE - 1:
-                m_i, l_i = _tile_lse(b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale, CAUSAL, BM, BN, R)
-                b_s = tl.zeros([BM, BN], dtype=tl.float32)
+    b_s = tl.zeros([BM, BN], dtype=tl.float32)
+    if TMA and D % BKD == 0:
+        # Strided row r is the span of STRIDE token rows from token r * STRIDE: a 2-D view
+        # [rows, STRIDE * s_ql] whose columns j * s_ql + d are token r * STRIDE + j, dim d (a load
+        # never crosses into the next token's row: BKD divides D). The views stop at the last full
+        # strided row LSF, so a partial last row (PARTIAL: L % STRIDE != 0) reads as zeros there:
+        # the query tile holding it, and key tiles holding it that this query tile can see, take
+        # the pointer path. Only odd L compiles that loop in (it costs registers).
+        LSF = L // STRIDE
+        d_q = tl.make_tensor_descriptor(p_q, shape=[LSF, STRIDE * s_ql], strides=[STRIDE * s_ql, 1],
+                                        block_shape=[BM, BKD])
+        d_k = tl.make_tensor_descriptor(p_k, shape=[LSF, STRIDE * s_kl], strides=[STRIDE * s_kl, 1],
+                                        block_shape=[BN, BKD])
+        n_tma = n_tiles
+        if PARTIAL:
+            if not CAUSAL:
+                n_tma = tl.minimum(n_tiles, LSF // BN)
+            n_tma = tl.where(r0 + BM > LSF, 0, n_tma)
+        b_s, m_i, l_i = _key_tiles(b_s, m_i, l_i, 0, n_tma, p_q, p_k, d_q, d_k, s_ql, s_kl, p_lse, o_m, m_m, r0,
+                                   L, LS, NB, scale, D, STRIDE, R, CAUSAL, IEEE, BM, BN, BKD, FLAT, True)
+        if PARTIAL:
+            b_s, m_i, l_i = _key_tiles(b_s, m_i, l_i, n_tma, n_tiles, p_q, p_k, q, k, s_ql, s_kl, p_lse, o_m, m_m,
+                                       r0, L, LS, NB, scale, D, STRIDE, R, CAUSAL, IEEE, BM, BN, BKD, FLAT, False)
     else:
-        for t0 in range(0, hi, BN):
-            b_s = tl.zeros([BM, BN], dtype=tl.float32)
-            for j in range(STRIDE):
-                b_s = _antidiag_dot(b_s, p_q, p_k, s_ql, s_kl, o_m, t0, j, L, o_d, m_d, STRIDE, BN, IEEE)
-            m_i, l_i = _tile_lse(b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale, CAUSAL, BM, BN, R)
+        b_s, m_i, l_i = _key_tiles(b_s, m_i, l_i, 0, n_tiles, p_q, p_k, q, k, s_ql, s_kl, p_lse, o_m, m_m, r0,
+                                   L, LS, NB, scale, D, STRIDE, R, CAUSAL, IEEE, BM, BN, BKD, FLAT, False)
 
     # pass 2: exact softmax mass per (row, key block), rows summed into query blocks. Pass 2 reads
     # scratch that other threads of this program wrote (another register layout): a CTA barrier
     # makes those global stores visible first.
     tl.debug_barrier()
     b_lse_row = m_i + tl.log2(l_i)  # [BM]
-    o_i = (row0 + i_m * BM) // R + tl.arange(0, BM // R)  # query blocks
+    o_i = r0 // R + tl.arange(0, BM // R)  # query blocks
     p_out = out + i_bh.to(tl.int64) * NB * NB + o_i.to(tl.int64)[:, None] * NB  # [BM // R, 1]
     for j0 in range(0, NB, NJ):
         o_j = j0 + tl.arange(0, NJ)
@@ -193,6 +268,13 @@ def _xattn_kernel(
         tl.store(p_out + o_j[None, :], b_o, mask=(o_i * R < row_end)[:, None] & (o_j < NB)[None, :])
 
 
+_xattn_kernel_tuned = triton.autotune(
+    configs=_configs(),
+    key=["D", "STRIDE", "R", "CAUSAL", "IEEE", "TMA", "PARTIAL", "L_BUCKET"],
+    prune_configs_by={"early_config_prune": _prune},
+)(_xattn_kernel)
+
+
 def _length_bucket(LS: int) -> int:
     """Coarse length class for the autotune key (0: < 256 strided rows ... 4: >= 2048, i.e. 16K
     tokens at stride 8), so a short first call does not pick the tiles for 64K. Not a kernel
@@ -200,7 +282,16 @@ def _length_bucket(LS: int) -> int:
     return min(max(LS.bit_length() - 8, 0), 4)
 
 
-def _xattn(q, k, block, stride, causal, out):
+def _tma_layout_ok(*tensors: torch.Tensor) -> bool:
+    """TMA descriptors per (batch, head) slice: `tma_ok` and 16-byte aligned batch and head strides."""
+    return tma_ok(*tensors) and all((t.stride(0) * t.element_size()) % 16 == 0
+                                    and (t.stride(1) * t.element_size()) % 16 == 0 for t in tensors)
+
+
+def _xattn(q, k, block, stride, causal, out, *, tma=None, config=None):
+    """xattn scores into `out`. tma: load path (None: OPTIONS["tma"]; either way TMA only where the
+    layout allows). config: None to autotune, or explicit launch parameters
+    {"BM", "BN", "BK", "FLAT", "num_warps", "num_stages"} (benchmarks: every candidate as is)."""
     if not q.is_cuda and not _INTERPRET:
         raise ValueError("block_importance(method='xattn') runs on CUDA tensors (or under TRITON_INTERPRET=1); "
                          "on the CPU use qvl_kernels.block_importance.naive.block_importance")
@@ -213,27 +304,33 @@ def _xattn(q, k, block, stride, causal, out):
         q = q.contiguous()
     if k.stride(-1) != 1:
         k = k.contiguous()
+    tma = OPTIONS["tma"] if tma is None else tma
+    # The descriptors cover the L // stride full strided rows: none when L < stride.
+    tma = bool(tma) and L >= stride and _tma_layout_ok(q, k)
+    if tma:
+        ensure_tma_allocator()
     # Strided query rows per chunk: a multiple of ROW_ALIGN, scratch under SCRATCH_BYTES.
     CH = max(ROW_ALIGN, SCRATCH_BYTES // (4 * B * HQ * NB) // ROW_ALIGN * ROW_ALIGN)
     CH = min(CH, triton.cdiv(LS, ROW_ALIGN) * ROW_ALIGN)
     lse = torch.empty(B * HQ * CH * NB, device=q.device, dtype=torch.float32)
     scale = math.log2(math.e) / (math.sqrt(D) * stride)
+    consts = dict(D=D, BD=triton.next_power_of_2(D), STRIDE=stride, R=R, CAUSAL=bool(causal),
+                  IEEE=q.dtype == torch.float32, TMA=tma, PARTIAL=tma and L % stride != 0)
+    if config is not None:
+        cfg = dict(config)
+        launch = dict(num_warps=cfg.pop("num_warps", 8), num_stages=cfg.pop("num_stages", 3))
     for row0 in range(0, LS, CH):
         rows = min(CH, LS - row0)
-
-        def grid(meta, rows=rows):
-            return (triton.cdiv(rows, meta["BM"]), B * HQ)
-
-        _xattn_kernel[grid](
-            q, k, lse, out,
-            q.stride(0), q.stride(1), q.stride(2),
-            k.stride(0), k.stride(1), k.stride(2),
-            scale,
-            L, LS, NB, row0, CH, HQ, HQ // HKV,
-            _length_bucket(LS),
-            D=D, BD=triton.next_power_of_2(D),
-            STRIDE=stride, R=R, CAUSAL=causal, IEEE=q.dtype == torch.float32,
-        )
+        args = (q, k, lse, out,
+                q.stride(0), q.stride(1), q.stride(2),
+                k.stride(0), k.stride(1), k.stride(2),
+                scale,
+                L, LS, NB, row0, CH, HQ, HQ // HKV,
+                _length_bucket(LS))
+        if config is None:
+            _xattn_kernel_tuned[lambda meta, rows=rows: (triton.cdiv(rows, meta["BM"]), B * HQ)](*args, **consts)
+        else:
+            _xattn_kernel[(triton.cdiv(rows, cfg["BM"]), B * HQ)](*args, **consts, **cfg, **launch)
     return out
 
 

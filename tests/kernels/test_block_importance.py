@@ -10,6 +10,8 @@ from _helpers import TOL, assert_close_rel, poison, poisoned_allocations
 from qvl_kernels.block_importance import block_importance
 from qvl_kernels.block_importance.naive import block_importance as block_importance_ref
 
+MOD = importlib.import_module("qvl_kernels.block_importance.block_importance")  # the module, not the function
+
 pytestmark = pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # log2(0) = -inf, on purpose
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -40,6 +42,29 @@ def _qk(B, HKV, G, L, D, dtype, seed):
     q = 2.0 * torch.randn(B, HKV * G, L, D, generator=g)
     k = torch.randn(B, HKV, L, D, generator=g)
     return q.to(DEVICE, dtype), k.to(DEVICE, dtype)
+
+
+LOAD_PATHS = [pytest.param(True, id="tma"), pytest.param(False, id="pointer")]
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """The (TMA, PARTIAL) constants of every xattn launch, autotuned or with an explicit config."""
+    seen = []
+
+    class Spy:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append((kwargs["TMA"], kwargs["PARTIAL"]))
+                return self.kernel[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(MOD, "_xattn_kernel_tuned", Spy(MOD._xattn_kernel_tuned))
+    monkeypatch.setattr(MOD, "_xattn_kernel", Spy(MOD._xattn_kernel))
+    return seen
 
 
 XATTN_CASES = [pytest.param(c, True, id=_case_id(c) + "-causal") for c in CASES] + [
@@ -77,32 +102,123 @@ def test_pooling_matches_reference(case, causal, dtype):
     assert_close_rel(S.sum(-1), torch.ones_like(S.sum(-1)), 1e-5, what="pooling row sums")
 
 
-def test_xattn_chunked_rows_match(monkeypatch):
+@pytest.mark.parametrize("tma", LOAD_PATHS)
+def test_xattn_chunked_rows_match(monkeypatch, launches, tma):
     # Long sequences are walked in chunks of strided query rows; force several chunks here.
-    mod = importlib.import_module("qvl_kernels.block_importance.block_importance")  # the module, not the function
-    align, L = (128, 1100) if torch.cuda.is_available() else (32, 300)  # a multiple of every BM
-    monkeypatch.setattr(mod, "ROW_ALIGN", align)
-    monkeypatch.setattr(mod, "SCRATCH_BYTES", 1)
-    q, k = _qk(1, 1, 2, L, 64, torch.float32, seed=9)  # 275 / 75 strided rows: 3 chunks
-    with poisoned_allocations():
-        S = block_importance(q, k, block=32, stride=4)
-    assert_close_rel(S, block_importance_ref(q, k, block=32, stride=4), 1e-5)
+    align, L = (128, 1102) if torch.cuda.is_available() else (32, 302)  # a multiple of every BM
+    monkeypatch.setattr(MOD, "ROW_ALIGN", align)
+    monkeypatch.setattr(MOD, "SCRATCH_BYTES", 1)
+    monkeypatch.setitem(MOD.OPTIONS, "tma", tma)
+    q, k = _qk(1, 1, 2, L, 64, torch.float32, seed=9)  # 276 / 76 strided rows, the last partial: 3 chunks
+    for causal in (True, False):
+        with poisoned_allocations():
+            S = block_importance(q, k, block=32, stride=4, causal=causal)
+        assert_close_rel(S, block_importance_ref(q, k, block=32, stride=4, causal=causal), 1e-5)
+    assert launches == [(tma, tma)] * 6
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter-only switch; the GPU autotunes both loops")
+@pytest.mark.parametrize("tma", LOAD_PATHS)
 @pytest.mark.parametrize("flat", [True, False], ids=["flat-loop", "nested-loops"])
-def test_xattn_both_loop_structures(monkeypatch, flat):
-    mod = importlib.import_module("qvl_kernels.block_importance.block_importance")
-    monkeypatch.setattr(mod, "INTERPRET_FLAT", flat)
-    mod._xattn_kernel.cache.clear()
+def test_xattn_both_loop_structures(monkeypatch, flat, tma):
+    monkeypatch.setattr(MOD, "INTERPRET_FLAT", flat)
+    monkeypatch.setitem(MOD.OPTIONS, "tma", tma)
+    MOD._xattn_kernel_tuned.cache.clear()
     try:
-        for causal in (True, False):
-            q, k = _qk(1, 1, 2, 300, 64, torch.float32, seed=10)  # 3 x 3 tiles of 32 strided rows
-            with poisoned_allocations():
-                S = block_importance(q, k, block=32, stride=4, causal=causal)
-            assert_close_rel(S, block_importance_ref(q, k, block=32, stride=4, causal=causal), 1e-5)
+        for L in (300, 303):  # 3 x 3 tiles of 32 strided rows; 303: the last strided row is partial
+            for causal in (True, False):
+                q, k = _qk(1, 1, 2, L, 64, torch.float32, seed=10)
+                with poisoned_allocations():
+                    S = block_importance(q, k, block=32, stride=4, causal=causal)
+                assert_close_rel(S, block_importance_ref(q, k, block=32, stride=4, causal=causal), 1e-5)
     finally:
-        mod._xattn_kernel.cache.clear()
+        MOD._xattn_kernel_tuned.cache.clear()
+
+
+# (B, HKV, G, L, D, block, stride): odd lengths (the last strided row partial, except 300 at
+# stride 4), GQA groups 1, 2, 7, several row and key tiles
+PATH_CASES = [
+    (1, 1, 1, 63, 64, 16, 4),
+    (1, 2, 2, 129, 64, 32, 8),
+    (1, 1, 7, 300, 64, 64, 8),
+    (2, 1, 2, 300, 64, 16, 4),
+    (1, 2, 7, 129, 64, 16, 4),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES[:2])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("case", PATH_CASES, ids=_case_id)
+@pytest.mark.parametrize("tma", LOAD_PATHS)
+def test_xattn_load_paths_match_reference(tma, case, causal, dtype, launches):
+    B, HKV, G, L, D, block, stride = case
+    q, k = _qk(B, HKV, G, L, D, dtype, seed=L * 13 + G + stride)
+    with poisoned_allocations():
+        S = MOD._xattn(q, k, block, stride, causal, _poisoned_out(q, block), tma=tma)
+    ref = block_importance_ref(q.float(), k.float(), block=block, stride=stride, causal=causal)
+    assert_close_rel(S, ref, TOL[dtype], what="xattn S")
+    if causal:
+        assert (S.triu(1) == 0).all(), "causally invisible blocks must be exactly 0"
+    assert launches == [(tma, tma and L % stride != 0)]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="16-row tiles: an interpreter check")
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("case", [PATH_CASES[1], (1, 1, 2, 131, 64, 16, 4)], ids=_case_id)
+@pytest.mark.parametrize("tma", LOAD_PATHS)
+def test_xattn_small_tiles_and_column_steps(tma, case, causal):
+    # 16 x 32 tiles (several tiles on both sides of the partial row) in two 32-column steps per offset
+    B, HKV, G, L, D, block, stride = case
+    q, k = _qk(B, HKV, G, L, D, torch.float32, seed=L * 17 + G)
+    config = dict(BM=16, BN=32, BK=32, FLAT=True, num_warps=4, num_stages=1)
+    with poisoned_allocations():
+        S = MOD._xattn(q, k, block, stride, causal, _poisoned_out(q, block), tma=tma, config=config)
+    assert_close_rel(S, block_importance_ref(q, k, block=block, stride=stride, causal=causal), 1e-5)
+
+
+def _poisoned_out(q, block):
+    nb = math.ceil(q.shape[2] / block)
+    out = torch.empty(q.shape[0], q.shape[1], nb, nb, device=q.device)
+    poison(out)
+    return out
+
+
+@pytest.mark.parametrize("tma", LOAD_PATHS)
+@pytest.mark.parametrize("bk", [16, 64], ids=["BK16", "BK64"])
+def test_xattn_head_dim_80(tma, bk):
+    # TMA steps need BK | D: with BK 16 the five column steps come through TMA, with 64 the
+    # kernel falls back to the pointer path (columns 80..127 masked).
+    B, HKV, G, L, D, block, stride = 1, 1, 2, 69, 80, 16, 4
+    q, k = _qk(B, HKV, G, L, D, torch.float32, seed=5)
+    for causal in (True, False):
+        with poisoned_allocations():
+            S = MOD._xattn(q, k, block, stride, causal, _poisoned_out(q, block), tma=tma,
+                           config=dict(BM=16, BN=32, BK=bk, FLAT=True, num_warps=4, num_stages=1))
+        assert_close_rel(S, block_importance_ref(q, k, block=block, stride=stride, causal=causal), 1e-5)
+
+
+def test_tma_only_where_the_layout_allows(launches):
+    # TMA needs a 16-byte aligned base and 16-byte multiples for the batch, head and token strides,
+    # and one full strided row; everything else takes the pointer path, with the same result.
+    def check(q, k, stride=4):
+        S = block_importance(q, k, block=16, stride=stride)
+        assert_close_rel(S, block_importance_ref(q, k, block=16, stride=stride), TOL[q.dtype])
+        return launches.pop()
+
+    q, k = _qk(1, 1, 2, 70, 64, torch.float16, seed=6)
+    assert check(q, k) == (True, True)  # 70 = 17 * 4 + 2: partial last row
+    assert check(q[:, :, :68], k[:, :, :68]) == (True, False)
+    assert check(q[:, :, :3], k[:, :, :3]) == (False, False)  # L < stride: no full strided row
+    q2, k2 = _qk(1, 1, 2, 70, 68, torch.float16, seed=7)
+    assert check(q2[..., :64], k2[..., :64]) == (False, False)  # token stride 136 B
+    flat = torch.randn(2 * 70 * 64 + 1, device=DEVICE).to(torch.float16)
+    q3 = flat[1:].view(1, 2, 70, 64)  # base 2 B off alignment
+    assert check(q3, k) == (False, False)
+    MOD.OPTIONS["tma"], saved = False, MOD.OPTIONS["tma"]
+    try:
+        assert check(q, k) == (False, False)
+    finally:
+        MOD.OPTIONS["tma"] = saved
 
 
 def test_xattn_is_the_antidiagonal_of_the_full_score_matrix():
@@ -147,13 +263,19 @@ def test_xattn_row_sums_count_strided_rows():
     assert_close_rel(S.sum(-1).cpu(), rows.expand(1, 2, -1), 1e-5, what="row sums")
 
 
-def test_strided_input_is_read_in_place():
-    B, HQ, HKV, L, D = 1, 4, 2, 100, 64
+@pytest.mark.parametrize("L", [100, 102])
+@pytest.mark.parametrize("tma", LOAD_PATHS)
+def test_strided_input_is_read_in_place(monkeypatch, launches, tma, L):
+    monkeypatch.setitem(MOD.OPTIONS, "tma", tma)
+    B, HQ, HKV, D = 1, 4, 2, 64
     g = torch.Generator().manual_seed(4)
     q = torch.randn(B, L, HQ, D, generator=g).to(DEVICE).transpose(1, 2)  # [B, HQ, L, D] view of [B, L, H, D]
     k = torch.randn(B, L, HKV, D, generator=g).to(DEVICE).transpose(1, 2)
-    S = block_importance(q, k, block=16, stride=4)
-    assert_close_rel(S, block_importance_ref(q, k, block=16, stride=4), 1e-5)
+    for causal in (True, False):
+        with poisoned_allocations():
+            S = block_importance(q, k, block=16, stride=4, causal=causal)
+        assert_close_rel(S, block_importance_ref(q, k, block=16, stride=4, causal=causal), 1e-5)
+    assert launches == [(tma, tma and L % 4 != 0)] * 2
 
 
 def test_bad_arguments():
