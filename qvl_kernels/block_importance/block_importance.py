@@ -182,7 +182,7 @@ def _key_tiles(b_s, m_i, l_i, i_lo, i_hi, p_q, p_k, d_q, d_k, s_ql, s_kl, p_lse,
 
 @triton.jit(do_not_specialize=["L_BUCKET"])
 def _xattn_kernel(
-    q, k, lse, out,
+    q, k, lse, out, hs,
     s_qb, s_qh, s_ql,
     s_kb, s_kh, s_kl,
     scale,
@@ -196,6 +196,7 @@ def _xattn_kernel(
     IEEE: tl.constexpr,
     TMA: tl.constexpr,
     PARTIAL: tl.constexpr,
+    HEAD_SCALE: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BK: tl.constexpr,
@@ -216,6 +217,8 @@ def _xattn_kernel(
     p_q = q + i_b.to(tl.int64) * s_qb + i_h.to(tl.int64) * s_qh
     p_k = k + i_b.to(tl.int64) * s_kb + i_hk.to(tl.int64) * s_kh
     p_lse = lse + i_bh.to(tl.int64) * CH * NB + (o_m - row0).to(tl.int64)[:, None] * NB  # [BM, 1]
+    if HEAD_SCALE:  # q, k quantized with per-head scales (fp8 experiments): their product rescales the scores
+        scale = scale * tl.load(hs + i_bh)
 
     if CAUSAL:
         hi = tl.minimum(LS, r0 + BM)
@@ -270,7 +273,7 @@ def _xattn_kernel(
 
 _xattn_kernel_tuned = triton.autotune(
     configs=_configs(),
-    key=["D", "STRIDE", "R", "CAUSAL", "IEEE", "TMA", "PARTIAL", "L_BUCKET"],
+    key=["D", "STRIDE", "R", "CAUSAL", "IEEE", "TMA", "PARTIAL", "HEAD_SCALE", "L_BUCKET"],
     prune_configs_by={"early_config_prune": _prune},
 )(_xattn_kernel)
 
@@ -288,10 +291,12 @@ def _tma_layout_ok(*tensors: torch.Tensor) -> bool:
                                     and (t.stride(1) * t.element_size()) % 16 == 0 for t in tensors)
 
 
-def _xattn(q, k, block, stride, causal, out, *, tma=None, config=None):
+def _xattn(q, k, block, stride, causal, out, *, tma=None, config=None, head_scale=None):
     """xattn scores into `out`. tma: load path (None: OPTIONS["tma"]; either way TMA only where the
     layout allows). config: None to autotune, or explicit launch parameters
-    {"BM", "BN", "BK", "FLAT", "num_warps", "num_stages"} (benchmarks: every candidate as is)."""
+    {"BM", "BN", "BK", "FLAT", "num_warps", "num_stages"} (benchmarks: every candidate as is).
+    head_scale: None, or fp32 [B * HQ] factors of each head's scores, for q and k quantized per
+    head (benchmarks/variants_importance.py --fp8); not part of the public function."""
     if not q.is_cuda and not _INTERPRET:
         raise ValueError("block_importance(method='xattn') runs on CUDA tensors (or under TRITON_INTERPRET=1); "
                          "on the CPU use qvl_kernels.block_importance.naive.block_importance")
@@ -315,13 +320,14 @@ def _xattn(q, k, block, stride, causal, out, *, tma=None, config=None):
     lse = torch.empty(B * HQ * CH * NB, device=q.device, dtype=torch.float32)
     scale = math.log2(math.e) / (math.sqrt(D) * stride)
     consts = dict(D=D, BD=triton.next_power_of_2(D), STRIDE=stride, R=R, CAUSAL=bool(causal),
-                  IEEE=q.dtype == torch.float32, TMA=tma, PARTIAL=tma and L % stride != 0)
+                  IEEE=q.dtype == torch.float32, TMA=tma, PARTIAL=tma and L % stride != 0,
+                  HEAD_SCALE=head_scale is not None)
     if config is not None:
         cfg = dict(config)
         launch = dict(num_warps=cfg.pop("num_warps", 8), num_stages=cfg.pop("num_stages", 3))
     for row0 in range(0, LS, CH):
         rows = min(CH, LS - row0)
-        args = (q, k, lse, out,
+        args = (q, k, lse, out, out if head_scale is None else head_scale,
                 q.stride(0), q.stride(1), q.stride(2),
                 k.stride(0), k.stride(1), k.stride(2),
                 scale,

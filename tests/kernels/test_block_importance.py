@@ -199,6 +199,26 @@ def test_xattn_head_dim_80(tma, bk):
         assert_close_rel(S, block_importance_ref(q, k, block=block, stride=stride, causal=causal), 1e-5)
 
 
+@pytest.mark.parametrize("tma", LOAD_PATHS)
+def test_xattn_head_scale(tma):
+    # The internal per-head score factor (fp8 experiments in benchmarks/variants_importance.py):
+    # q / c with factor c is q exactly; q and k quantized to fp8 per head stay close.
+    B, HKV, G, L, D, block, stride = 1, 2, 2, 131, 64, 32, 4
+    q, k = _qk(B, HKV, G, L, D, torch.float32, seed=8)
+    ref = block_importance_ref(q, k, block=block, stride=stride)
+    c = torch.linspace(0.5, 2.0, B * HKV * G, device=DEVICE)
+    with poisoned_allocations():
+        S = MOD._xattn(q / c.view(B, -1, 1, 1), k, block, stride, True, _poisoned_out(q, block), tma=tma,
+                       head_scale=c)
+    assert_close_rel(S, ref, 1e-5, what="rescaled q")
+    aq, ak = q.abs().amax((2, 3), keepdim=True) / 448, k.abs().amax((2, 3), keepdim=True) / 448
+    q8, k8 = (q / aq).to(torch.float8_e4m3fn), (k / ak).to(torch.float8_e4m3fn)
+    hs = (aq.view(B, HKV, G) * ak.view(B, HKV, 1)).reshape(-1).contiguous()
+    with poisoned_allocations():
+        S = MOD._xattn(q8, k8, block, stride, True, _poisoned_out(q, block), tma=tma, head_scale=hs)
+    assert_close_rel(S, ref, 2e-2, what="fp8 q, k")
+
+
 def test_tma_only_where_the_layout_allows(launches):
     # TMA needs a 16-byte aligned base and 16-byte multiples for the batch, head and token strides,
     # and one full strided row; everything else takes the pointer path, with the same result.
