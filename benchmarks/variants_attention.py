@@ -2,10 +2,10 @@
 
     PYTHONPATH=. python3 benchmarks/variants_attention.py [--lengths 16,32,64] [--out bench-out/variants_attention.json]
 
-Variants: tile config x software pipelining of the level-1 loop (score GEMM of block e issued
-before the value GEMM of block e - 1, FA3's order) x exp2 split between the special-function unit
-and a polynomial on the FMA pipes. 7B attention shape (HQ 28, HKV 4, D 128), bf16, causal,
-video-like inputs from bench_psa. Also times each variant on a fixed pyramid mask of density ~0.1.
+Variants: tile configs (the softmax variants measured with it, a polynomial exp2 on the FMA pipes
+and FA3's GEMM order, were dropped: benchmarks/NOTES-psa.md). 7B attention shape (HQ 28, HKV 4, D 128), bf16, causal,
+video-like inputs from bench_psa. Also times each variant on a fixed pyramid mask of density ~0.1, and the
+first one on low-density masks with and without TMA loads.
 Prints a table and writes JSON; the chosen defaults go into OPTIONS / _keep in pyramid_attention.py.
 """
 
@@ -35,14 +35,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", default="16,32,64", help="thousands of tokens (x1024)")
     ap.add_argument("--configs", default="128x128x8x3,128x128x8x2", help="BMxBNxWARPSxSTAGES,...")
-    ap.add_argument("--softmax", default="0:0:0,0:0:1,0:1:1,1:0:1", help="PIPE:POLY:FOLD triples")
     ap.add_argument("--deadline", type=float, default=240.0, help="seconds; later variants are skipped")
     ap.add_argument("--out", type=Path, default=Path("bench-out/variants_attention.json"))
     args = ap.parse_args()
     t0 = time.time()
     configs = [dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"), map(int, c.split("x"))))
                for c in args.configs.split(",")]
-    softmax = [tuple(int(x) for x in p.split(":")) for p in args.softmax.split(",")]
     rows = []
     for Lk in map(int, args.lengths.split(",")):
         L = Lk * 1024
@@ -60,26 +58,24 @@ def main() -> None:
         pooled = (*mean_pool(k), *mean_pool(v))
         t1_first = None  # all-level-1 time of the first variant: the bound's reference
         for cfg in configs:
-            for pipe, poly, fold in softmax:
-                name = "{BLOCK_M}x{BLOCK_N}w{num_warps}s{num_stages}".format(**cfg) + f" pipe{pipe} poly{poly} fold{fold}"
-                if time.time() - t0 > args.deadline:
-                    print(f"deadline: skipped {name} at {L}", file=sys.stderr)
-                    continue
-                try:
-                    def run(lev=ones, lists=lists1):
-                        return _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled, lists=lists,
-                                                      config=cfg, tma=True, pipe=bool(pipe), poly=poly,
-                                                      fold=bool(fold))
-                    out = run()
-                    err = rel_err(out, ref)
-                    t1 = timed(run)
-                    t1_first = t1_first or t1
-                    t10 = timed(lambda: run(lev10, lists10))
-                    rows.append(dict(L=L, variant=name, ms=t1, tflops=fl / t1 / 1e9, x_cudnn=t_c / t1, err=err,
-                                     pyr10_ms=t10, pyr10_density=d10, pyr10_bound_ms=1.25 * d10 * t1 + 0.1))
-                except Exception as e:  # a variant that does not compile or fit: one line, go on
-                    print(f"{name} at {L}: {type(e).__name__}: {str(e).splitlines()[0][:200]}", file=sys.stderr)
-                print(rows[-1], file=sys.stderr, flush=True)
+            name = "{BLOCK_M}x{BLOCK_N}w{num_warps}s{num_stages}".format(**cfg)
+            if time.time() - t0 > args.deadline:
+                print(f"deadline: skipped {name} at {L}", file=sys.stderr)
+                continue
+            try:
+                def run(lev=ones, lists=lists1):
+                    return _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled, lists=lists,
+                                                  config=cfg, tma=True)
+                out = run()
+                err = rel_err(out, ref)
+                t1 = timed(run)
+                t1_first = t1_first or t1
+                t10 = timed(lambda: run(lev10, lists10))
+                rows.append(dict(L=L, variant=name, ms=t1, tflops=fl / t1 / 1e9, x_cudnn=t_c / t1, err=err,
+                                 pyr10_ms=t10, pyr10_density=d10, pyr10_bound_ms=1.25 * d10 * t1 + 0.1))
+            except Exception as e:  # a variant that does not compile or fit: one line, go on
+                print(f"{name} at {L}: {type(e).__name__}: {str(e).splitlines()[0][:200]}", file=sys.stderr)
+            print(rows[-1], file=sys.stderr, flush=True)
         # Low density: where do the per-tile fixed costs go? Diagonal + sink only, and binary d~0.1,
         # with TMA descriptors built on the device (two per level loop per program) or plain loads.
         diag = fixed_levels(1, HQ, L, 0.0, False, seed=3)
