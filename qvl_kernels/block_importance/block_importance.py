@@ -94,6 +94,8 @@ def _prune(configs, named_args, **kwargs):
     kept = [c for c in configs if _keep(c, R)]
     if arg("IEEE"):  # fp32 inputs (tests, references) run FMA dots: the large tiles only cost compile time
         kept = [c for c in kept if c.kwargs["BM"] * c.kwargs["BN"] <= 128 * 128 and c.kwargs["BK"] >= 128]
+    elif arg("L_BUCKET") < 4:  # under 2048 strided rows, 256-row tiles leave SMs idle (7B, 8K: 112 CTAs)
+        kept = [c for c in kept if max(c.kwargs["BM"], c.kwargs["BN"]) <= 128]
     if not kept:  # R larger than every tile: one tile per block
         kept = [triton.Config({"BM": R, "BN": R, "BK": 128, "FLAT": True}, num_warps=8 if R >= 128 else 4,
                               num_stages=2)]
