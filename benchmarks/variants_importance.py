@@ -5,11 +5,12 @@
 
 7B attention shape (B 1, HQ 28, HKV 4, D 128), bf16, block 128, stride 8, causal, video-like
 inputs from bench_psa.video_inputs. Per length: cuDNN SDPA dense causal attention, then the xattn
-kernel launched once per variant with an explicit config (no autotuning): the TMA and pointer
-load paths x every config of block_importance._GPU_CONFIGS, the pre-TMA default (pointer path,
-128x128x128 w8 s3, flat loop) first, as the reference of the checks. Then the public
-block_importance() as users call it (autotuned), and with --fp8 q and k quantized per head to
-float8_e4m3fn on the device (timed with the quantization) through a few TMA configs.
+kernel launched once per variant with an explicit config (no autotuning): the pre-TMA default
+(pointer path, 128x128x128 w8 s3, flat loop) first, as the reference of the checks, then the TMA
+path x every config of block_importance._GPU_CONFIGS, the public block_importance() as users call
+it (autotuned over those), the pointer path x the same configs, and with --fp8 q and k quantized
+per head to float8_e4m3fn on the device through a few TMA configs, timed with and without the
+quantization pass (plain torch ops: three passes over q and k).
 
 Per row: median ms (CUDA events), TFLOP/s of the stride-s GEMM (2 * HQ * s*D * Ls(Ls+1)/2, Ls =
 L / s), share of cuDNN dense attention, max |S - S_ref|, and the share of visible (query block,
