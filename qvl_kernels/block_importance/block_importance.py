@@ -49,23 +49,32 @@ ROW_ALIGN = 256  # rows per chunk are a multiple of this: every BM and R = block
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-# (BM, BN, BK, num_warps, num_stages, FLAT). BK: head-dim columns per load, at most BD; BK < BD
-# splits each offset's step in BD / BK smaller ones (smaller pipeline stages, more of them). FLAT
-# keeps the pipeline full across key tiles; the nested-loop variant stays as a candidate.
-# Compiled for sm_90 without a GPU (triton 3.8, bf16, D 128), every config: wgmma, no spills,
-# shared memory under the 227 KiB limit. Registers, TMA / pointer path: 128x128x128 s3 126 / 178,
-# 128x128x64 s3 126 / - (102 KiB: two CTAs per SM), 128x256x64 s3 200 / 255, 256x128x64 w8 211 /
-# 255, w16 112 / 128. Tiles of 128x256 or 256x128 move 85 FLOP per byte from L2 to shared memory,
-# 128x128 64 (see the docstring). benchmarks/variants_importance.py times every one on a GPU.
-_GPU_CONFIGS = [
-    (64, 64, 128, 4, 3, True), (64, 128, 128, 4, 3, True), (128, 64, 128, 8, 3, True),
-    (128, 128, 128, 8, 2, True), (128, 128, 128, 8, 3, True),
-    (64, 128, 128, 4, 3, False), (128, 128, 128, 8, 3, False),
-    (128, 128, 64, 8, 3, True), (128, 128, 64, 8, 4, True),
-    (128, 256, 64, 8, 3, True), (128, 256, 64, 8, 4, True), (128, 256, 128, 8, 2, True),
-    (256, 128, 64, 8, 3, True), (256, 128, 64, 8, 4, True), (256, 128, 128, 8, 2, True),
-    (256, 128, 64, 16, 3, True), (256, 128, 64, 16, 4, True),
-]
+# (BM, BN, BK, num_warps, num_stages, FLAT): the launch classes (`_launch_class`) each config
+# serves. BK: head-dim columns per load, at most BD; BK < BD splits each offset's step in BD / BK
+# smaller ones. FLAT: one flat loop over (key tile, offset, column chunk), the pipeline full across
+# key tiles (a nested-loop config was never the fastest at any length; the interpreter runs both).
+# Measured on an NVIDIA H200 (torch 2.11, Triton 3.6, 2026-11-28; 7B shape HQ 28, HKV 4, D 128,
+# bf16, causal, block 128, stride 8; cuDNN dense causal 2.91 / 12.42 / 49.30 ms at 16K / 32K /
+# 64K tokens), 17 configs x both load paths, ms at 16K / 32K / 64K:
+#   TMA 128x256x64 w8 s4   0.425 / 1.115 / 4.140 (465 TFLOP/s, 8.4 % of cuDNN at 64K)
+#   TMA 128x256x64 w8 s3   0.385 / 1.118 / 4.19
+#   TMA 128x128x64 w8 s4   0.403 / 1.174 / 4.63
+#   pointer 128x128x128 w8 s3 (the default before TMA) 0.502 / 1.471 / 5.63; no pointer config
+#   beat it by more than 2 % at 64K. fp8 q, k (kernel only): TMA 128x256x64 w8 s4 0.312 / 0.782 /
+#   2.703, the fastest fp8 config at 64K too (128x256x128 w8 s3: 0.290 / 0.770 / 2.72).
+# So one config per class from 2048 strided rows up (L_BUCKET 4: 16K tokens at stride 8; the
+# autotuner compiles one kernel and times nothing there) and two below, where smaller tiles give
+# more CTAs to fill the SMs (not measured below 16K: 128x128x64 s4 was the fastest 128x128 tile
+# at 16K; 64-row tiles double the CTAs). fp32 inputs (IEEE dots: tests, references) take the
+# whole-head-dim 128x128 and 64x128 tiles. Registers (sm_90 compile, bf16, D 128), TMA / pointer
+# path: 128x128x128 s3 126 / 178, 128x256x64 s3 200 / 255, no spills.
+_GPU_CONFIGS = {
+    (128, 256, 64, 8, 4, True): ("tma-long",),
+    (128, 128, 128, 8, 3, True): ("pointer-long", "pointer-short", "ieee"),
+    (128, 128, 64, 8, 4, True): ("tma-short",),
+    (64, 128, 128, 4, 3, True): ("tma-short", "pointer-short", "ieee"),
+}
+_LONG_BUCKET = 4  # _length_bucket of >= 2048 strided rows
 INTERPRET_FLAT = True  # the interpreter runs one config: tests flip this to cover both loops
 # Load path of q and k chunks: TMA descriptors where the layout allows (see `_xattn`), else
 # pointer gathers. Tests and benchmarks/variants_importance.py flip this.
@@ -76,9 +85,21 @@ def _configs():
     if _INTERPRET:  # few, large numpy ops are fastest
         raw = [(bm, bn, 128, 4, 1, flat) for flat in (True, False) for bm in (16, 32) for bn in (16, 32)]
     else:
-        raw = _GPU_CONFIGS
+        raw = list(_GPU_CONFIGS)
     return [triton.Config({"BM": bm, "BN": bn, "BK": bk, "FLAT": flat}, num_warps=w, num_stages=st)
             for bm, bn, bk, w, st, flat in raw]
+
+
+def _as_tuple(conf: triton.Config) -> tuple:
+    kw = conf.kwargs
+    return kw["BM"], kw["BN"], kw["BK"], conf.num_warps, conf.num_stages, kw["FLAT"]
+
+
+def _launch_class(ieee: bool, tma: bool, bucket: int) -> str:
+    """Which configs of _GPU_CONFIGS a launch may use: "ieee", or "{tma|pointer}-{long|short}"."""
+    if ieee:
+        return "ieee"
+    return ("tma" if tma else "pointer") + ("-long" if bucket >= _LONG_BUCKET else "-short")
 
 
 def _keep(conf: triton.Config, R: int) -> bool:
@@ -92,10 +113,9 @@ def _prune(configs, named_args, **kwargs):
 
     R = arg("R")
     kept = [c for c in configs if _keep(c, R)]
-    if arg("IEEE"):  # fp32 inputs (tests, references) run FMA dots: the large tiles only cost compile time
-        kept = [c for c in kept if c.kwargs["BM"] * c.kwargs["BN"] <= 128 * 128 and c.kwargs["BK"] >= 128]
-    elif arg("L_BUCKET") < 4:  # under 2048 strided rows, 256-row tiles leave SMs idle (7B, 8K: 112 CTAs)
-        kept = [c for c in kept if max(c.kwargs["BM"], c.kwargs["BN"]) <= 128]
+    if not _INTERPRET:
+        cls = _launch_class(arg("IEEE"), arg("TMA"), arg("L_BUCKET"))
+        kept = [c for c in kept if cls in _GPU_CONFIGS.get(_as_tuple(c), ())]
     if not kept:  # R larger than every tile: one tile per block
         kept = [triton.Config({"BM": R, "BN": R, "BK": 128, "FLAT": True}, num_warps=8 if R >= 128 else 4,
                               num_stages=2)]

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import triton
 
 from _helpers import TOL, assert_close_rel, poison, poisoned_allocations
 from qvl_kernels.block_importance import block_importance
@@ -323,3 +324,28 @@ def test_xattn_long_bf16_on_gpu(L):
         S = block_importance(q, k)
     ref = block_importance_ref(q.float(), k.float())
     assert_close_rel(S, ref, TOL[torch.bfloat16], what="xattn S")
+
+
+# ----------------------------------------------------------------------------- tile configs
+
+
+def test_gpu_launch_classes_pick_the_measured_configs(monkeypatch):
+    # The GPU config table: one config per class from 2048 strided rows up (nothing to time), at
+    # most two below; every config serves some class; tiles that do not hold whole blocks drop.
+    monkeypatch.setattr(MOD, "_INTERPRET", False)
+    configs = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "FLAT": flat}, num_warps=w, num_stages=st)
+               for bm, bn, bk, w, st, flat in MOD._GPU_CONFIGS]
+
+    def pick(R=16, IEEE=False, TMA=True, L_BUCKET=4):
+        return [MOD._as_tuple(c) for c in MOD._prune(configs, dict(L_BUCKET=L_BUCKET), R=R, IEEE=IEEE, TMA=TMA)]
+
+    assert pick() == [(128, 256, 64, 8, 4, True)]
+    assert pick(TMA=False) == [(128, 128, 128, 8, 3, True)]
+    assert pick(IEEE=True) == pick(IEEE=True, L_BUCKET=1) == [(128, 128, 128, 8, 3, True), (64, 128, 128, 4, 3, True)]
+    for bucket in range(MOD._LONG_BUCKET):
+        assert pick(L_BUCKET=bucket) == [(128, 128, 64, 8, 4, True), (64, 128, 128, 4, 3, True)]
+        assert pick(TMA=False, L_BUCKET=bucket) == [(128, 128, 128, 8, 3, True), (64, 128, 128, 4, 3, True)]
+    assert pick(R=128, L_BUCKET=3) == [(128, 128, 64, 8, 4, True)]  # block 128, stride 1: no 64-row tiles
+    assert pick(R=256) == [(256, 256, 128, 8, 2, True)]  # one tile per block
+    assert all(MOD._GPU_CONFIGS.values())
+    assert MOD._length_bucket(2047) == MOD._LONG_BUCKET - 1 and MOD._length_bucket(2048) == MOD._LONG_BUCKET
