@@ -13,6 +13,10 @@ and S = softmax(q_pooled k_pooled^T / sqrt(D)) along keys, with key block j visi
 block i when j <= i under causality.
 
 Causally invisible entries of S are 0.
+
+`fp8=True` (xattn only): q and k are first quantized per (batch, head) to float8_e4m3fn
+(`quantize_fp8`: the head's largest |value| maps to 448, values rounded to nearest, ties to even)
+and S is the xattn S of the dequantized values q8 * scale_q, k8 * scale_k.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import math
 import torch
 
 METHODS = ("xattn", "pooling")
+E4M3_MAX = 448.0  # largest finite float8_e4m3fn value
+AMAX_FLOOR = 2.0**-48  # heads with a smaller largest |value| (all zeros) are scaled as if it were this
 
 
 def check_args(q, k, block, stride, method):
@@ -45,6 +51,11 @@ def check_args(q, k, block, stride, method):
     if q.dtype != k.dtype:
         raise ValueError("q and k must share one dtype")
     return B, HQ, HKV, L, D, math.ceil(L / block)
+
+
+def check_fp8(method, fp8):
+    if fp8 and method != "xattn":
+        raise ValueError(f"fp8=True applies to method='xattn' only, got method={method!r}")
 
 
 def _strided_rows(x: torch.Tensor, stride: int, reverse: bool) -> torch.Tensor:
@@ -74,6 +85,28 @@ def _block_mean(x: torch.Tensor, block: int) -> torch.Tensor:
     return xs / count[:, None]
 
 
+def quantize_fp8(q: torch.Tensor, k: torch.Tensor):
+    """Reference per-(batch, head) fp8 quantization; same arguments and result as
+    `quantize.quantize_fp8`.
+
+    q: [B, HQ, L, D], k: [B, HKV, L, D] (finite values). Returns (q8, k8, q_scale, k_scale):
+    contiguous float8_e4m3fn copies and fp32 scales [B, HQ], [B, HKV] with x ~ x8 * scale;
+    a = max(largest |value| of the head, AMAX_FLOOR), scale = a / 448, x8 = fp8(x * (448 / a))
+    (fp32 product, rounded to nearest, ties to even).
+    """
+
+    def one(x):
+        a = x.abs().amax(dim=(2, 3)).float().clamp_min(AMAX_FLOOR)  # [B, H]
+        qmax = torch.full_like(a, E4M3_MAX)  # tensor / tensor: IEEE division (scalar / tensor and
+        # tensor / scalar can be a multiply by a reciprocal, one rounding more)
+        x8 = (x.float() * (qmax / a)[..., None, None]).to(torch.float8_e4m3fn).contiguous()
+        return x8, a / qmax
+
+    q8, q_scale = one(q)
+    k8, k_scale = one(k)
+    return q8, k8, q_scale, k_scale
+
+
 def block_importance(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -83,15 +116,21 @@ def block_importance(
     method: str = "xattn",
     causal: bool = True,
     out: torch.Tensor | None = None,
+    fp8: bool = False,
 ) -> torch.Tensor:
     """Reference block importance; same arguments and result as the Triton version.
 
     q: [B, HQ, L, D]; k: [B, HKV, L, D] (query head h reads KV head h // (HQ // HKV)).
+    fp8: xattn on the dequantized `quantize_fp8` copies of q and k.
     Returns S: [B, HQ, nb, nb] fp32, nb = ceil(L / block) (written into `out` when given).
     Memory is O(L^2 / stride^2): for tests and small checks only.
     """
     B, HQ, HKV, L, D, nb = check_args(q, k, block, stride, method)
+    check_fp8(method, fp8)
     G = HQ // HKV
+    if fp8:
+        q8, k8, q_scale, k_scale = quantize_fp8(q, k)
+        q, k = q8.float() * q_scale[..., None, None], k8.float() * k_scale[..., None, None]
     if method == "xattn":
         qs = _strided_rows(q, stride, reverse=True)  # [B, HQ, Ls, s*D]
         ks = _strided_rows(k, stride, reverse=False).repeat_interleave(G, dim=1)  # [B, HQ, Ls, s*D]

@@ -10,6 +10,9 @@ import triton
 from _helpers import TOL, assert_close_rel, poison, poisoned_allocations
 from qvl_kernels.block_importance import block_importance
 from qvl_kernels.block_importance.naive import block_importance as block_importance_ref
+from qvl_kernels.block_importance.naive import quantize_fp8 as quantize_fp8_ref
+from qvl_kernels.block_importance.quantize import quantize_fp8
+from qvl_kernels.level_mask import level_mask
 
 MOD = importlib.import_module("qvl_kernels.block_importance.block_importance")  # the module, not the function
 
@@ -203,7 +206,7 @@ def test_xattn_head_dim_80(tma, bk):
 
 @pytest.mark.parametrize("tma", LOAD_PATHS)
 def test_xattn_head_scale(tma):
-    # The internal per-head score factor (fp8 experiments in benchmarks/variants_importance.py):
+    # The internal per-head score factor (what fp8=True folds the quantization scales into):
     # q / c with factor c is q exactly; q and k quantized to fp8 per head stay close.
     B, HKV, G, L, D, block, stride = 1, 2, 2, 131, 64, 32, 4
     q, k = _qk(B, HKV, G, L, D, torch.float32, seed=8)
@@ -349,3 +352,217 @@ def test_gpu_launch_classes_pick_the_measured_configs(monkeypatch):
     assert pick(R=256) == [(256, 256, 128, 8, 2, True)]  # one tile per block
     assert all(MOD._GPU_CONFIGS.values())
     assert MOD._length_bucket(2047) == MOD._LONG_BUCKET - 1 and MOD._length_bucket(2048) == MOD._LONG_BUCKET
+
+
+# ----------------------------------------------------------------------------- fp8
+
+
+# (B, HKV, G, L, D): odd lengths and head dims, GQA groups 1, 2, 7
+FP8_CASES = [
+    (1, 1, 1, 1, 64),
+    (2, 1, 2, 63, 80),
+    (1, 1, 7, 129, 64),
+    (1, 2, 2, 300, 128),
+    (2, 2, 7, 75, 16),
+]
+
+
+def _fp8_qk(B, HKV, G, L, D, dtype, seed, zero=True, spread=1.3):
+    """q, k with per-head magnitudes 10^-spread .. 10^spread for q, a quarter of that range for
+    k (a mix-up of head scales shows), an all-zero q head and k head (zero=True), and in the last
+    q head of batch 0 one outlier 2000x the rest (many of its values in e4m3's subnormal range)."""
+    g = torch.Generator().manual_seed(seed)
+    HQ = HKV * G
+    mq = torch.logspace(-spread, spread, HQ)[torch.randperm(HQ, generator=g)]
+    q = 2.0 * torch.randn(B, HQ, L, D, generator=g) * mq.view(1, -1, 1, 1)
+    k = torch.randn(B, HKV, L, D, generator=g) * torch.logspace(-spread / 4, spread / 4, HKV).view(1, -1, 1, 1)
+    q[0, -1] = torch.randn(L, D, generator=g) * 0.01 * mq[-1]
+    q[0, -1, L // 2, D // 3] = -100.0 * mq[-1]  # fits fp16
+    if zero and B * HQ > 1:
+        q[-1, 0] = 0.0
+    if zero and B * HKV > 1:
+        k[0, -1] = 0.0
+    return q.to(DEVICE, dtype), k.to(DEVICE, dtype)
+
+
+def _fp8_bits_equal(a, b):
+    return a.dtype == b.dtype == torch.float8_e4m3fn and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", FP8_CASES, ids=lambda c: "B{}-HKV{}-G{}-L{}-D{}".format(*c))
+def test_quantize_fp8_matches_reference(case, dtype):
+    B, HKV, G, L, D = case
+    q, k = _fp8_qk(B, HKV, G, L, D, dtype, seed=L + 3 * G + D)
+    with poisoned_allocations():  # fp8 copies start as NaN: every value must be written
+        got = quantize_fp8(q, k)
+    want = quantize_fp8_ref(q, k)
+    q8, k8, sq, sk = got
+    assert q8.shape == q.shape and k8.shape == k.shape and q8.is_contiguous() and k8.is_contiguous()
+    assert _fp8_bits_equal(q8, want[0]) and _fp8_bits_equal(k8, want[1]), "fp8 copies differ from the reference"
+    assert sq.shape == (B, HKV * G) and sk.shape == (B, HKV) and sq.dtype == sk.dtype == torch.float32
+    assert torch.equal(sq, want[2]) and torch.equal(sk, want[3]), "scales differ from the reference"
+    for x, x8, scale in ((q, q8, sq), (k, k8, sk)):
+        _check_quantized(x, x8, scale)
+
+
+def _check_quantized(x, x8, scale):
+    # From the format, not the reference: each head's largest |value| maps to 448; every value is
+    # within half an e4m3 step of x / scale (relative 2^-4 for normal values, 2^-10 absolute for
+    # subnormal ones); an all-zero head gives zeros and a finite positive scale.
+    x, y = x.float(), x8.float()
+    amax = x.abs().amax((2, 3))
+    nonzero = amax > 0
+    assert (y.abs().amax((2, 3))[nonzero] == 448).all()
+    assert (y[~nonzero] == 0).all() and torch.isfinite(scale).all() and (scale > 0).all()
+    z = x / scale[..., None, None]
+    assert ((y - z).abs() <= torch.maximum(z.abs() * 2.0**-4, torch.full_like(z, 2.0**-10)) * (1 + 1e-5)).all()
+
+
+QMOD = importlib.import_module("qvl_kernels.block_importance.quantize")
+ROUNDINGS = [pytest.param(True, id="arithmetic-rounding"),  # what the interpreter runs
+             pytest.param(False, id="cast-rounding", marks=pytest.mark.gpu)]  # the interpreter's cast is off
+
+
+@pytest.mark.parametrize("round_in_kernel", ROUNDINGS)
+def test_quantize_fp8_rounds_to_nearest_even(monkeypatch, round_in_kernel):
+    # Values whose x * 448 / amax lands exactly on, between and halfway between e4m3 values,
+    # normal and subnormal (amax 448: the scale is 1), and the largest value itself; then many
+    # random fp32 values. Both roundings: the GPU's cast and the arithmetic one.
+    monkeypatch.setattr(QMOD, "ROUND_IN_KERNEL", round_in_kernel)
+    grid = torch.tensor([0.0, 2.0**-10, 2.0**-9, 1.5 * 2.0**-9, 2.5 * 2.0**-9, 3.5 * 2.0**-9, 7.5 * 2.0**-9, 2.0**-6,
+                         1.0625, 1.1875, 1.0625 + 2.0**-20, 17.0, 19.0, 31.5, 240.0, 272.0, 432.0, 448.0])
+    x = torch.cat([grid, -grid]).view(1, 1, -1, 4)
+    want = torch.tensor([0.0, 0.0, 2.0**-9, 2.0**-8, 2.0**-8, 2.0**-7, 2.0**-6, 2.0**-6,
+                         1.0, 1.25, 1.125, 16.0, 20.0, 32.0, 240.0, 256.0, 448.0, 448.0])
+    q8, k8, sq, sk = quantize_fp8(x.to(DEVICE), x.to(DEVICE))
+    assert sq.item() == sk.item() == 1.0
+    assert torch.equal(q8.float().cpu().flatten(), torch.cat([want, -want]))
+    assert _fp8_bits_equal(q8.cpu(), quantize_fp8_ref(x, x)[0])
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(1, 3, 1000, 64, generator=g) * torch.logspace(-3, 3, 1000).view(1, 1, -1, 1)  # 1e-3 .. 1e3
+    x = x.to(DEVICE)
+    got, want = quantize_fp8(x, x[:, :1]), quantize_fp8_ref(x, x[:, :1])
+    assert _fp8_bits_equal(got[0], want[0]) and torch.equal(got[2], want[2])
+
+
+def test_quantize_fp8_reads_strided_heads_in_place():
+    g = torch.Generator().manual_seed(12)
+    q = torch.randn(2, 70, 6, 64, generator=g).to(DEVICE).transpose(1, 2)  # [B, HQ, L, D] view of [B, L, H, D]
+    k = torch.randn(2, 70, 3, 64, generator=g).to(DEVICE).transpose(1, 2)
+    got, want = quantize_fp8(q, k), quantize_fp8_ref(q, k)
+    assert _fp8_bits_equal(got[0], want[0]) and _fp8_bits_equal(got[1], want[1])
+    assert torch.equal(got[2], want[2]) and torch.equal(got[3], want[3])
+
+
+# (B, HKV, G, L, D, block, stride)
+FP8_XATTN_CASES = [
+    (1, 1, 2, 300, 64, 32, 4),
+    (1, 2, 7, 129, 64, 32, 8),
+    (1, 2, 1, 300, 128, 128, 8),
+    (2, 1, 2, 63, 80, 16, 4),
+]
+
+
+@pytest.mark.parametrize("tma", LOAD_PATHS)
+@pytest.mark.parametrize("case", FP8_XATTN_CASES, ids=_case_id)
+def test_xattn_fp8_matches_its_reference_and_stays_close_to_fp32(monkeypatch, launches, case, tma):
+    # fp8=True against (a) the reference on the same fp8 copies: products of e4m3 values are exact
+    # in fp32, only the accumulation differs (the interpreter sums in fp32; Hopper's fp8 MMA keeps
+    # ~14 bits, Triton's default there), so fp32-level agreement; and (b) the fp32 scores of the
+    # unquantized q, k: each e4m3 value is off by up to 2^-4 relative (3 mantissa bits; RMS about
+    # 2 %), so a logit over s*D products moves by ~3 % of its spread and each softmax mass by ~3 %;
+    # block sums over R x R masses average most of it (measured here: 0.2 - 0.5 % relative RMSE).
+    # 2e-2 is the bound the fp8 head-scale check above uses; forgetting or mixing up the head scales
+    # costs far more than that (q heads 0.5x - 2x, k heads 0.8x - 1.2x, one of q with an outlier).
+    monkeypatch.setitem(MOD.OPTIONS, "tma", tma)
+    B, HKV, G, L, D, block, stride = case
+    q, k = _fp8_qk(B, HKV, G, L, D, torch.float16, seed=L * 5 + G, zero=False, spread=0.3)  # logit spread 0.2-4
+    for causal in (True, False):
+        with poisoned_allocations():
+            S = block_importance(q, k, block=block, stride=stride, causal=causal, fp8=True)
+        ref8 = block_importance_ref(q, k, block=block, stride=stride, causal=causal, fp8=True)
+        assert_close_rel(S, ref8, TOL[torch.float32], what="fp8 S vs the fp8 reference")
+        ref = block_importance_ref(q.float(), k.float(), block=block, stride=stride, causal=causal)
+        assert_close_rel(S, ref, 2e-2, what="fp8 S vs fp32 S")
+        if causal:
+            assert (S.triu(1) == 0).all()
+    assert [t for t, _ in launches] == [tma and D % 16 == 0] * 2  # fp8 rows: 1 byte per value
+
+
+def test_xattn_fp8_zero_heads_give_the_uniform_softmax():
+    # An all-zero q head (or its k head) scores 0 everywhere: every visible key the same mass.
+    q, k = _fp8_qk(2, 2, 2, 129, 64, torch.float32, seed=4)  # q[1, 0] and k[0, 1] are zeros
+    S = block_importance(q, k, block=16, stride=4, fp8=True)
+    ref = block_importance_ref(q, k, block=16, stride=4)
+    for b, h in ((1, 0), (0, 2), (0, 3)):
+        assert_close_rel(S[b, h], ref[b, h], 1e-5, what=f"zero head {b}, {h}")
+
+
+def _video_qk(HKV, G, frames, grid, D, seed):
+    """Video-like q, k (as benchmarks/bench_psa.video_inputs, smaller): tokens on a frames x grid x
+    grid lattice, q and k of a KV head sharing random Fourier features of the scaled (t, y, x), so
+    q.k falls off with distance; smooth and detailed heads; four attention-sink keys."""
+    g = torch.Generator().manual_seed(seed)
+    L, per = frames * grid * grid, grid * grid
+    i = torch.arange(L)
+    qs, ks = [], []
+    for h in range(HKV):
+        sigma_s = 6.0 if h % 2 == 0 else 2.0
+        pos = torch.stack([(i // per) / 1.5, ((i % per) // grid) / sigma_s, (i % grid) / sigma_s], -1).float()
+        a = pos @ torch.randn(D // 2, 3, generator=g).T + torch.rand(D // 2, generator=g) * 2 * math.pi
+        phi = torch.cat([a.cos(), a.sin()], -1) * math.sqrt(2.0)  # |phi|^2 = D
+        u = torch.randn(D, generator=g)
+        u = u / u.norm() * math.sqrt(D)
+        k = phi + 0.2 * torch.randn(L, D, generator=g)
+        k[:4] += 2.0 * u
+        ks.append(k)
+        for _ in range(G):
+            qs.append(phi * (0.8 + 0.4 * torch.rand(1, generator=g)) + 0.5 * torch.randn(L, D, generator=g) + 0.3 * u)
+    return torch.stack(qs)[None].to(DEVICE), torch.stack(ks)[None].to(DEVICE)
+
+
+def test_xattn_fp8_levels_agree_on_video_like_data():
+    # What fp8 importance is for: the level of (nearly) every visible block is the one fp32 scores
+    # give. On the H200 at 16K-64K tokens (benchmarks/variants_importance.py, the topk bands
+    # below) 99.8 % of the visible blocks agreed; this 32 x 32-block case has shorter rows (one
+    # swapped pair is a larger share of a row): at least 98 % (measured in the interpreter: 99.95 %
+    # topk, 99.4 % energybound).
+    q, k = _video_qk(2, 2, 8, 16, 64, seed=21)  # 2048 tokens
+    kw = dict(block=64, stride=8)
+    if DEVICE == "cuda":
+        q, k = q.bfloat16(), k.bfloat16()
+    S = block_importance(q, k, fp8=True, **kw)
+    ref = block_importance_ref(q.float(), k.float(), **kw)
+    vis = torch.ones(S.shape[-1], S.shape[-1], dtype=torch.bool, device=DEVICE).tril()
+    for mode, ratios in (("topk", {1: (0.0, 0.1), 2: (0.1, 0.2), 0: (0.2, 1.0)}),
+                         ("energybound", {1: (0.0, 0.7), 2: (0.7, 0.8), 4: (0.8, 0.9), 0: (0.9, 1.0)})):
+        got, want = level_mask(S, None, mode=mode, ratios=ratios), level_mask(ref, None, mode=mode, ratios=ratios)
+        agree = (got == want)[..., vis].float().mean().item()
+        assert agree >= 0.98, f"{mode}: fp8 levels agree on {agree:.2%} of the visible blocks"
+        assert len(want[..., vis].unique()) == len(ratios), "every level present: the check means something"
+
+
+def test_fp8_bad_arguments():
+    q, k = _qk(1, 1, 1, 64, 64, torch.float32, seed=0)
+    for fn in (block_importance, block_importance_ref):
+        with pytest.raises(ValueError, match="xattn"):
+            fn(q, k, method="pooling", fp8=True)
+    with pytest.raises(ValueError):
+        quantize_fp8(q, k[:, :, :32])
+
+
+@pytest.mark.gpu
+def test_xattn_fp8_long_on_gpu_without_host_sync():
+    B, HKV, G, L, D = 1, 2, 7, 16384, 128
+    q, k = _qk(B, HKV, G, L, D, torch.bfloat16, seed=L + 1)
+    block_importance(q, k, fp8=True)  # compiles (one config at this length)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with poisoned_allocations():
+            S = block_importance(q, k, fp8=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert_close_rel(S, block_importance_ref(q, k, fp8=True), TOL[torch.float32], what="fp8 S vs the fp8 reference")
+    assert_close_rel(S, block_importance_ref(q.float(), k.float()), 2e-2, what="fp8 S vs fp32 S")
