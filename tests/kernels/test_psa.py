@@ -117,27 +117,55 @@ def test_config_defaults_presets_and_validation():
     c = PSAConfig()
     assert (c.block, c.stride, c.method, c.mode) == (128, 8, "xattn", "energybound")
     assert c.ratios == PUBLISHED_RATIOS and c.thresholds == (0.75, 0.70, 0.70)
-    assert c.text_length == 0 and c.similarity_cap and c.causal
+    assert c.text_length == 0 and c.similarity_cap and c.causal and not c.importance_fp8
     assert c.ratios is not PSAConfig().ratios, "no shared mutable default"
     for f in dataclasses.fields(PSAConfig):
         assert not isinstance(f.default, torch.Tensor)
     assert PSAConfig.preset("default") == c
     assert PSAConfig.preset("fast").mode == "topk"
     assert PSAConfig.preset("balanced", block=64).block == 64
+    assert not any(PSAConfig.preset(name).importance_fp8 for name in ("default", "fast", "balanced", "dense"))
     assert PSAConfig(text_length=129).text_blocks == 2
     assert c.with_(text_length=10).text_length == 10 and c.text_length == 0
     for bad in (dict(block=96), dict(stride=3), dict(method="x"), dict(mode="topp"),
-                dict(ratios={1: (0.0, 0.8), 2: (0.5, 1.0)}), dict(thresholds=(0.7,)), dict(text_length=-1)):
+                dict(ratios={1: (0.0, 0.8), 2: (0.5, 1.0)}), dict(thresholds=(0.7,)), dict(text_length=-1),
+                dict(method="pooling", importance_fp8=True)):
         with pytest.raises(ValueError):
             PSAConfig(**bad)
     with pytest.raises(ValueError):
         PSAConfig.preset("turbo")
 
 
+def test_importance_fp8_reaches_block_importance(monkeypatch):
+    # psa_levels passes importance_fp8 on as block_importance(fp8=...): the same levels as the
+    # chain on fp8 scores, and block_importance sees fp8=True (False by default).
+    import qvl_kernels.psa as psa_mod
+    from qvl_kernels.block_importance import block_importance
+    from qvl_kernels.level_mask import level_mask
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("fp8"))
+        return block_importance(*args, **kwargs)
+
+    monkeypatch.setattr(psa_mod, "block_importance", spy)
+    q, k, _ = _qkv(1, 2, 2, 129, 64, torch.float32, seed=5)
+    cfg = PSAConfig.preset("balanced", block=16, stride=4, importance_fp8=True)
+    lev = psa_levels(q, k, cfg)
+    assert seen == [True]
+    S = block_importance(q, k, block=16, stride=4, fp8=True)
+    cap = similarity_cap_ref(k, block=16, thresholds=cfg.thresholds)
+    assert torch.equal(lev, level_mask(S, cap, mode=cfg.mode, ratios=cfg.ratios))
+    psa_levels(q, k, cfg.with_(importance_fp8=False))
+    assert seen == [True, False]
+
+
 @pytest.mark.gpu
-def test_no_host_sync_on_gpu():
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16-importance", "fp8-importance"])
+def test_no_host_sync_on_gpu(fp8):
     q, k, v = _qkv(1, 4, 7, 4096, 128, torch.bfloat16, seed=3)
-    cfg = PSAConfig.preset("default", text_length=200)
+    cfg = PSAConfig.preset("default", text_length=200, importance_fp8=fp8)
     psa_attention(q, k, v, cfg)  # autotuning and the cached band table happen here
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
