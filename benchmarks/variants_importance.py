@@ -1,23 +1,28 @@
-"""Every xattn block-importance variant (load path x tile config) on one GPU, against cuDNN dense attention.
+"""The xattn block-importance variants that matter, bf16 and fp8, on one GPU, against cuDNN dense attention.
 
-    PYTHONPATH=. python3 benchmarks/variants_importance.py [--lengths 16,32,64] [--deadline 210]
-        [--fp8] [--out bench-out/variants_importance.json]
+    PYTHONPATH=. python3 benchmarks/variants_importance.py [--lengths 16,32,64] [--deadline 110]
+        [--no-fp8] [--out bench-out/variants_importance.json]
 
 7B attention shape (B 1, HQ 28, HKV 4, D 128), bf16, block 128, stride 8, causal, video-like
-inputs from bench_psa.video_inputs. Per length: cuDNN SDPA dense causal attention, then the xattn
-kernel launched once per variant with an explicit config (no autotuning): the pre-TMA default
-(pointer path, 128x128x128 w8 s3, flat loop) first, as the reference of the checks, then the TMA
-path x every config of block_importance._GPU_CONFIGS, the public block_importance() as users call
-it (autotuned over those), the pointer path x the same configs, and with --fp8 q and k quantized
-per head to float8_e4m3fn on the device through a few TMA configs, timed with and without the
-quantization pass (plain torch ops: three passes over q and k).
+inputs from bench_psa.video_inputs. Per length: cuDNN SDPA dense causal attention, then
+
+- the pre-TMA default (pointer path, 128x128x128 w8 s3), first: the reference of the checks;
+- the measured bf16 winners on the TMA path (128x256x64 w8 s4 and s3, 128x128x64 w8 s4), each
+  launched with an explicit config, and the public block_importance() (autotuned; from 2048
+  strided rows up it has one config, 128x256x64 w8 s4);
+- fp8 (unless --no-fp8): quantize_fp8() alone (the fused per-head quantization of q and k), the
+  xattn kernel alone on its fp8 copies with two configs ("kernel"), and the public
+  block_importance(..., fp8=True) with the quantization included, which is what users pay;
+- psa_levels() with PSAConfig() (importance + similarity cap + level mask: what the issue's
+  "<= 8 % of cuDNN dense" target covers), bf16 and fp8 importance.
 
 Per row: median ms (CUDA events), TFLOP/s of the stride-s GEMM (2 * HQ * s*D * Ls(Ls+1)/2, Ls =
 L / s), share of cuDNN dense attention, max |S - S_ref|, and the share of visible (query block,
 key block) entries whose level (level_mask_triton, top-k bands 1: 0-10 %, 2: 10-20 %, 0: rest)
-equals the reference's (wanted >= 99.9 %). A variant that fails to compile or launch (shared
-memory) prints one line and is skipped; work left at --deadline seconds is skipped and listed.
-Writes every number to --out (also when a run stops early).
+equals the reference's; psa_levels rows: the share of visible blocks whose level equals the bf16
+psa_levels() one. A variant that fails to compile or launch prints one line and is skipped; work
+left at --deadline seconds is skipped and listed. Writes every number to --out (also when a run
+stops early). About a minute on an H200.
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_psa import timed, video_inputs  # noqa: E402  (same timing and inputs as the main benchmark)
 
 from qvl_kernels.block_importance import block_importance  # noqa: E402
+from qvl_kernels.block_importance.quantize import quantize_fp8  # noqa: E402
 from qvl_kernels.level_mask import level_mask_triton  # noqa: E402
+from qvl_kernels.psa import PSAConfig, psa_levels  # noqa: E402
 
 bi = importlib.import_module("qvl_kernels.block_importance.block_importance")  # the module (the package's
 # attribute of that name is the function)
@@ -45,8 +52,8 @@ bi = importlib.import_module("qvl_kernels.block_importance.block_importance")  #
 HQ, HKV, D, BLOCK, STRIDE = 28, 4, 128, 128, 8
 RATIOS = {1: (0.0, 0.1), 2: (0.1, 0.2), 0: (0.2, 1.0)}
 BASELINE = ("pointer", (128, 128, 128, 8, 3, True))  # the default before TMA: reference of the checks
-FP8_CONFIGS = [(128, 128, 128, 8, 3, True), (128, 128, 128, 8, 4, True), (128, 256, 128, 8, 3, True),
-               (256, 128, 128, 8, 3, True), (256, 128, 128, 16, 3, True), (128, 256, 64, 8, 4, True)]
+BF16 = [("tma", (128, 256, 64, 8, 4, True)), ("tma", (128, 256, 64, 8, 3, True)), ("tma", (128, 128, 64, 8, 4, True))]
+FP8_CONFIGS = [(128, 256, 64, 8, 4, True), (128, 256, 128, 8, 3, True)]
 T0 = time.time()
 
 
@@ -73,23 +80,11 @@ def levels(scores: torch.Tensor) -> torch.Tensor:
     return level_mask_triton(scores, None, mode="topk", ratios=RATIOS)
 
 
-def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-head float8_e4m3fn copy of x [B, H, L, D] and its fp32 scales [B, H] (x ~ x8 * scale),
-    all on the device: no host sync."""
-    scale = x.abs().amax(dim=(2, 3)).float().clamp(min=1e-12) / 448.0
-    x8 = (x * (1.0 / scale)[..., None, None].to(x.dtype)).to(torch.float8_e4m3fn)
-    return x8, scale
-
-
 def fp8_inputs(q, k):
-    """(q8, k8, head_scale): fp8 q and k, and each query head's score factor scale_q[h] * scale_k[h // G]."""
-    q8, sq = quantize_fp8(q)
-    k8, sk = quantize_fp8(k)
+    """(q8, k8, head_scale) as block_importance(fp8=True) makes them: the fused quantization, and
+    each query head's score factor scale_q[h] * scale_k[h // G]."""
+    q8, k8, sq, sk = quantize_fp8(q, k)
     return q8, k8, (sq.view(1, HKV, HQ // HKV) * sk.view(1, HKV, 1)).reshape(-1)
-
-
-def fp8_importance(q8, k8, head_scale, out, cfg):
-    return bi._xattn(q8, k8, BLOCK, STRIDE, True, out, tma=True, config=launch_config(cfg), head_scale=head_scale)
 
 
 class Run:
@@ -97,7 +92,7 @@ class Run:
 
     def __init__(self, lengths, deadline):
         self.lengths, self.deadline = lengths, deadline
-        self.inputs, self.dense_ms, self.ref, self.ref_levels = {}, {}, {}, {}
+        self.inputs, self.dense_ms, self.ref, self.ref_levels, self.ref_psa = {}, {}, {}, {}, {}
         self.rows, self.skipped, self.failed = [], [], []
 
     def late(self) -> bool:
@@ -110,18 +105,15 @@ class Run:
         self.inputs[L] = (q, k)
         log(f"L={L}: cuDNN dense causal {self.dense_ms[L]:.2f} ms")
 
-    def measure(self, label: str, L: int, fn) -> dict | None:
-        """Time fn(out) at length L and check it against the reference; None when it fails."""
+    def _time(self, label: str, L: int, fn):
+        """(ms, result of the first call) or None when it fails or it is late."""
         if self.late():
             self.skipped.append(f"{label} L={L}")
             return None
-        q, _ = self.inputs[L]
-        nb = math.ceil(L / BLOCK)
-        out = torch.empty(1, HQ, nb, nb, device=q.device, dtype=torch.float32)
         try:
-            fn(out)  # compiles on the first call
+            res = fn()  # compiles on the first call
             torch.cuda.synchronize()
-            ms = timed(lambda: fn(out))
+            return timed(fn), res
         except Exception as e:  # compile errors, out of shared memory, launch failures
             msg = f"{label}: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
             if "CUDA error" in str(e) or "illegal" in str(e).lower():
@@ -129,16 +121,46 @@ class Run:
             log(f"FAILED {msg}")
             self.failed.append(msg)
             return None
+
+    def _row(self, label: str, L: int, ms: float, max_diff=None, level_agree=None, gemm=True) -> dict:
+        """One result; gemm: TFLOP/s of the xattn GEMM (not for the quantization or psa_levels)."""
+        row = dict(variant=label, L=L, ms=ms, tflops=gemm_flops(L) / ms / 1e9 if gemm else None,
+                   share=ms / self.dense_ms[L], max_diff=max_diff, level_agree=level_agree)
+        self.rows.append(row)
+        tflops = f"{row['tflops']:6.0f} TFLOP/s" if gemm else " " * 14
+        checks = "" if level_agree is None else f"levels {level_agree:.4%}"
+        if max_diff is not None:
+            checks = f"max|dS| {max_diff:.2e} " + checks
+        log(f"{label:<40} L={L:>6} {ms:8.3f} ms {tflops} {row['share']:6.1%} of dense {checks}")
+        return row
+
+    def measure(self, label: str, L: int, fn) -> dict | None:
+        """Time fn(out) (xattn scores into out) at length L and check it against the reference."""
+        q, _ = self.inputs[L]
+        nb = math.ceil(L / BLOCK)
+        out = torch.empty(1, HQ, nb, nb, device=q.device, dtype=torch.float32)
+        timing = self._time(label, L, lambda: fn(out))
+        if timing is None:
+            return None
         if L not in self.ref:  # the first variant is the reference
             self.ref[L], self.ref_levels[L] = out.clone(), levels(out)
         vis = torch.ones(nb, nb, dtype=torch.bool, device=q.device).tril()
         agree = (levels(out) == self.ref_levels[L])[..., vis].float().mean().item()
-        row = dict(variant=label, L=L, ms=ms, tflops=gemm_flops(L) / ms / 1e9, share=ms / self.dense_ms[L],
-                   max_diff=(out - self.ref[L]).abs().max().item(), level_agree=agree)
-        self.rows.append(row)
-        log(f"{label:<40} L={L:>6} {ms:8.3f} ms {row['tflops']:6.0f} TFLOP/s {row['share']:6.1%} of dense "
-            f"max|dS| {row['max_diff']:.2e} levels {agree:.4%}")
-        return row
+        return self._row(label, L, timing[0], (out - self.ref[L]).abs().max().item(), agree)
+
+    def measure_levels(self, label: str, L: int, config: PSAConfig) -> dict | None:
+        """Time psa_levels (importance + cap + level mask); levels against the bf16 ones."""
+        q, k = self.inputs[L]
+        timing = self._time(label, L, lambda: psa_levels(q, k, config))
+        if timing is None:
+            return None
+        lev = timing[1]
+        if L not in self.ref_psa:
+            self.ref_psa[L] = lev
+        nb = lev.shape[-1]
+        vis = torch.ones(nb, nb, dtype=torch.bool, device=q.device).tril()
+        agree = (lev == self.ref_psa[L])[..., vis].float().mean().item()
+        return self._row(label, L, timing[0], None, agree, gemm=False)
 
 
 def variants(run: Run, todo) -> None:
@@ -155,44 +177,48 @@ def variants(run: Run, todo) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="16,32,64", help="thousands of tokens (x1024), comma-separated")
-    parser.add_argument("--deadline", type=float, default=210.0,
-                        help="seconds from the start after which remaining work is skipped (default 210)")
-    parser.add_argument("--fp8", action="store_true",
-                        help="also time q, k quantized per head to fp8 e4m3 (opt-in; never a default)")
+    parser.add_argument("--deadline", type=float, default=110.0,
+                        help="seconds from the start after which remaining work is skipped (default 110)")
+    parser.add_argument("--no-fp8", dest="fp8", action="store_false", help="skip the fp8 rows")
     parser.add_argument("--out", type=Path, default=Path("bench-out/variants_importance.json"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("variants_importance.py needs a CUDA GPU")
 
     lengths = [int(x) * 1024 for x in args.lengths.split(",")]
-    tma = [("tma", c) for c in bi._GPU_CONFIGS]
-    pointer = [("pointer", c) for c in bi._GPU_CONFIGS if ("pointer", c) != BASELINE]
     run = Run(lengths, args.deadline)
     try:
         for L in lengths:
             run.setup(L)
         q0, k0 = run.inputs[lengths[0]]
         assert bi._tma_layout_ok(q0, k0), "the inputs should allow TMA loads"
-        variants(run, [BASELINE] + tma)
-        # What users get: the autotuner over the TMA configs, all compiled by now (else it would
-        # compile the rest here, past any deadline).
-        if not run.skipped:
+        variants(run, [BASELINE] + BF16)
+        for L in lengths:  # what users get
+            q, k = run.inputs[L]
+            run.measure("block_importance() autotuned", L, lambda out, q=q, k=k: block_importance(
+                q, k, block=BLOCK, stride=STRIDE, out=out))
+        log(f"autotuner's pick (last length): {bi._xattn_kernel_tuned.best_config}")
+        if args.fp8:
             for L in lengths:
                 q, k = run.inputs[L]
-                run.measure("block_importance() autotuned", L, lambda out, q=q, k=k: block_importance(
-                    q, k, block=BLOCK, stride=STRIDE, out=out))
-            log(f"autotuner's pick: {bi._xattn_kernel_tuned.best_config}")
-        variants(run, pointer)
-        if args.fp8:  # timed with the quantization pass (what a user would pay), and without it
-            quantized = {L: fp8_inputs(*run.inputs[L]) for L in lengths}
+                timing = run._time("quantize_fp8()", L, lambda q=q, k=k: quantize_fp8(q, k))
+                if timing is not None:
+                    run._row("fp8 quantize_fp8() alone", L, timing[0], gemm=False)
             for cfg in FP8_CONFIGS:
                 for L in lengths:
-                    q, k = run.inputs[L]
-                    if run.measure("fp8 " + name("tma", cfg) + " +quant", L, lambda out, q=q, k=k, cfg=cfg:
-                                   fp8_importance(*fp8_inputs(q, k), out, cfg)) is None:
+                    q8, k8, hs = fp8_inputs(*run.inputs[L])
+                    if run.measure("fp8 " + name("tma", cfg) + " kernel", L, lambda out, q8=q8, k8=k8, hs=hs, cfg=cfg:
+                                   bi._xattn(q8, k8, BLOCK, STRIDE, True, out, tma=True, config=launch_config(cfg),
+                                             head_scale=hs)) is None:
                         break
-                    run.measure("fp8 " + name("tma", cfg) + " kernel", L, lambda out, L=L, cfg=cfg:
-                                fp8_importance(*quantized[L], out, cfg))
+            for L in lengths:
+                q, k = run.inputs[L]
+                run.measure("fp8 block_importance(fp8=True)", L, lambda out, q=q, k=k: block_importance(
+                    q, k, block=BLOCK, stride=STRIDE, out=out, fp8=True))
+        for fp8 in (False, True) if args.fp8 else (False,):
+            for L in lengths:
+                run.measure_levels(f"psa_levels() {'fp8' if fp8 else 'bf16'} importance", L,
+                                   PSAConfig(block=BLOCK, stride=STRIDE, importance_fp8=fp8))
     finally:
         report(run, args)
 
@@ -200,17 +226,25 @@ def main() -> None:
 def report(run: Run, args) -> None:
     print(f"\n{'variant':<40} {'L':>6} {'ms':>8} {'TFLOP/s':>8} {'dense':>7} {'max|dS|':>9} {'levels':>9}")
     for r in sorted(run.rows, key=lambda r: (r["L"], r["ms"])):
-        print(f"{r['variant']:<40} {r['L']:>6} {r['ms']:>8.3f} {r['tflops']:>8.0f} {r['share']:>7.1%} "
-              f"{r['max_diff']:>9.2e} {r['level_agree']:>9.4%}")
+        tflops = "" if r["tflops"] is None else f"{r['tflops']:.0f}"
+        diff = "" if r["max_diff"] is None else f"{r['max_diff']:.2e}"
+        agree = "" if r["level_agree"] is None else f"{r['level_agree']:.4%}"
+        print(f"{r['variant']:<40} {r['L']:>6} {r['ms']:>8.3f} {tflops:>8} {r['share']:>7.1%} {diff:>9} {agree:>9}")
     best = {}
     for r in run.rows:
-        if not r["variant"].startswith("fp8") and r["level_agree"] >= 0.999:
+        if r["variant"].startswith(("pointer", "tma", "block_importance")) and r["level_agree"] >= 0.999:
             if r["L"] not in best or r["ms"] < best[r["L"]]["ms"]:
                 best[r["L"]] = r
     print("\nfastest bf16 variant per length (levels >= 99.9 % agreement):")
     for L, r in sorted(best.items()):
         print(f"  L={L:>6}: {r['variant']}  {r['ms']:.3f} ms  {r['tflops']:.0f} TFLOP/s  {r['share']:.1%} of cuDNN "
               f"({run.dense_ms[L]:.2f} ms)")
+    pipeline = [r for r in run.rows if r["variant"].startswith("psa_levels")]
+    if pipeline:
+        print("\nimportance + similarity cap + level mask (psa_levels, PSAConfig()) vs the 8 % target:")
+        for r in sorted(pipeline, key=lambda r: (r["L"], r["variant"])):
+            print(f"  L={r['L']:>6}: {r['variant']:<28} {r['ms']:.3f} ms  {r['share']:.1%} of cuDNN  "
+                  f"levels as bf16: {r['level_agree']:.4%}")
     if run.failed:
         print(f"\nfailed ({len(run.failed)}):\n  " + "\n  ".join(run.failed))
     if run.skipped:
