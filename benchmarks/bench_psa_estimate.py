@@ -3,8 +3,9 @@ against cuDNN dense attention timed in the same run (7B attention shape, bf16, c
 
     PYTHONPATH=. python3 benchmarks/bench_psa_estimate.py [--lengths 32,64] [--out bench-out/estimate.json]
 
-Answers two questions: which level_mask implementation should be the CUDA default (Triton or
-vectorized torch), and what share of dense attention the whole estimate costs (target <= 8%).
+Answers three questions: which level_mask implementation should be the CUDA default (Triton or
+vectorized torch), what share of dense attention the whole estimate costs (target <= 8%), and what
+the opt-in fp8 importance (`block_importance(..., fp8=True)`) saves and how often its levels agree.
 """
 
 from __future__ import annotations
@@ -48,15 +49,25 @@ def main() -> None:
             mask_triton = timed(lambda: level_mask_triton(scores, cap, **kw))
             mask_torch = timed(lambda: level_mask_torch(scores, cap, **kw))
             total = importance + cap_ms + min(mask_triton, mask_torch)
+            # Opt-in fp8 estimate (q, k quantized per head inside the call): time and level agreement.
+            imp8 = timed(lambda: block_importance(q, k, block=BLOCK, stride=cfg.stride, fp8=True))
+            lev = level_mask_triton(scores, cap, **kw)
+            lev8 = level_mask_triton(block_importance(q, k, block=BLOCK, stride=cfg.stride, fp8=True), cap, **kw)
+            vis = torch.ones(lev.shape[-1], lev.shape[-1], dtype=torch.bool, device=lev.device).tril()
+            agree = (lev == lev8)[..., vis].float().mean().item()
+            total8 = imp8 + cap_ms + min(mask_triton, mask_torch)
             rows.append(dict(preset=preset, L=L, dense_ms=dense, importance_ms=importance, cap_ms=cap_ms,
                              mask_triton_ms=mask_triton, mask_torch_ms=mask_torch, same_levels=same,
-                             estimate_share=total / dense))
+                             estimate_share=total / dense, importance_fp8_ms=imp8, fp8_level_agreement=agree,
+                             estimate_share_fp8=total8 / dense))
             del q, k, v, scores, cap
             torch.cuda.empty_cache()
-    print(f"{'preset':<8} {'L':>7} {'cuDNN':>8} {'import.':>8} {'cap':>6} {'mask tri':>9} {'mask torch':>10} {'same':>5} {'share':>6}")
+    print(f"{'preset':<8} {'L':>7} {'cuDNN':>8} {'import.':>8} {'cap':>6} {'mask tri':>9} {'mask torch':>10} {'same':>5} "
+          f"{'share':>6} {'imp fp8':>8} {'agree':>7} {'share fp8':>9}")
     for r in rows:
         print(f"{r['preset']:<8} {r['L']:>7} {r['dense_ms']:>8.2f} {r['importance_ms']:>8.2f} {r['cap_ms']:>6.3f} "
-              f"{r['mask_triton_ms']:>9.3f} {r['mask_torch_ms']:>10.3f} {str(r['same_levels']):>5} {r['estimate_share']:>6.1%}")
+              f"{r['mask_triton_ms']:>9.3f} {r['mask_torch_ms']:>10.3f} {str(r['same_levels']):>5} {r['estimate_share']:>6.1%} "
+              f"{r['importance_fp8_ms']:>8.2f} {r['fp8_level_agreement']:>7.2%} {r['estimate_share_fp8']:>9.1%}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(date=time.strftime("%Y-%m-%d"), card=torch.cuda.get_device_name(), torch=torch.__version__,
                 triton=__import__("triton").__version__)
