@@ -344,7 +344,7 @@ def test_gpu_launch_classes_pick_the_measured_configs(monkeypatch):
 
     assert pick() == [(128, 256, 64, 8, 4, True)]
     assert pick(TMA=False) == [(128, 128, 128, 8, 3, True)]
-    assert pick(IEEE=True) == pick(IEEE=True, L_BUCKET=1) == [(128, 128, 128, 8, 3, True), (64, 128, 128, 4, 3, True)]
+    assert pick(IEEE=True) == pick(IEEE=True, L_BUCKET=1) == [(128, 128, 64, 8, 2, True), (64, 128, 64, 4, 2, True)]
     for bucket in range(MOD._LONG_BUCKET):
         assert pick(L_BUCKET=bucket) == [(128, 128, 64, 8, 4, True), (64, 128, 128, 4, 3, True)]
         assert pick(TMA=False, L_BUCKET=bucket) == [(128, 128, 128, 8, 3, True), (64, 128, 128, 4, 3, True)]
