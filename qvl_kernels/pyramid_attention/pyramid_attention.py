@@ -82,7 +82,7 @@ def _dot(a, b, acc):
 def _softmax_step(b_s, b_m, b_l, qk_scale, R: tl.constexpr):
     # Online softmax of one unmasked tile of raw scores q.k at ratio R: returns p, alpha and the
     # new max m (log2 units) and sum l. The scale rides in the exponent's FMA (s * scale - m), not
-    # in a multiply per score (measured +1-2.5% at 16K-32K on an H200: benchmarks/NOTES-psa.md).
+    # in a multiply per score (measured on an H200: +2.5% at 16K, none at 32K-64K; NOTES-psa.md).
     LOG2R: tl.constexpr = math.log2(R)
     b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale + LOG2R)
     b_p = tl.math.exp2(b_s * qk_scale - (b_m_new - LOG2R)[:, None])
