@@ -2,10 +2,10 @@
 
     PYTHONPATH=. python3 benchmarks/variants_attention.py [--lengths 16,32,64] [--out bench-out/variants_attention.json]
 
-Variants: tile configs (the softmax variants measured with it, a polynomial exp2 on the FMA pipes
-and FA3's GEMM order, were dropped: benchmarks/NOTES-psa.md). 7B attention shape (HQ 28, HKV 4, D 128), bf16, causal,
-video-like inputs from bench_psa. Also times each variant on a fixed pyramid mask of density ~0.1, and the
-first one on low-density masks with and without TMA loads.
+Variants: Triton tile configs (BMxBNxWARPSxSTAGES; the softmax variants measured with it, a
+polynomial exp2 on the FMA pipes and FA3's GEMM order, were dropped: benchmarks/NOTES-psa.md) and
+the Gluon Hopper kernel with 2 or 3 K/V stages (`gluon2`, `gluon3`). 7B attention shape (HQ 28, HKV 4, D 128), bf16, causal,
+video-like inputs from bench_psa. Also times each variant on a fixed pyramid mask of density ~0.1 and on low-density masks.
 Prints a table and writes JSON; the chosen defaults go into OPTIONS / _keep in pyramid_attention.py.
 """
 
@@ -26,20 +26,28 @@ from bench_psa import (BLOCK, dense_causal_flops, fixed_levels, level_density, r
 
 from qvl_kernels.pooling import mean_pool  # noqa: E402
 from qvl_kernels.pyramid_attention import build_block_lists  # noqa: E402
-from qvl_kernels.pyramid_attention.pyramid_attention import _pyramid_attention_fwd  # noqa: E402
+from qvl_kernels.pyramid_attention.pyramid_attention import OPTIONS, _pyramid_attention_fwd  # noqa: E402
 
 HQ, HKV, D = 28, 4, 128
+
+
+def _variant(q, k, v, lev, lists, pooled, cfg):
+    if isinstance(cfg, str):  # gluonN: the Gluon Hopper kernel with N K/V stages
+        OPTIONS["gluon_stages"] = int(cfg[len("gluon"):])
+        return _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled, lists=lists, gluon=True)
+    return _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled, lists=lists, config=cfg, tma=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", default="16,32,64", help="thousands of tokens (x1024)")
-    ap.add_argument("--configs", default="128x128x8x3,128x128x8x2", help="BMxBNxWARPSxSTAGES,...")
+    ap.add_argument("--configs", default="128x128x8x3,gluon2,gluon3", help="BMxBNxWARPSxSTAGES or gluonN,...")
     ap.add_argument("--deadline", type=float, default=240.0, help="seconds; later variants are skipped")
     ap.add_argument("--out", type=Path, default=Path("bench-out/variants_attention.json"))
     args = ap.parse_args()
     t0 = time.time()
-    configs = [dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"), map(int, c.split("x"))))
+    configs = [c if c.startswith("gluon") else
+               dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"), map(int, c.split("x"))))
                for c in args.configs.split(",")]
     rows = []
     for Lk in map(int, args.lengths.split(",")):
@@ -58,14 +66,13 @@ def main() -> None:
         pooled = (*mean_pool(k), *mean_pool(v))
         t1_first = None  # all-level-1 time of the first variant: the bound's reference
         for cfg in configs:
-            name = "{BLOCK_M}x{BLOCK_N}w{num_warps}s{num_stages}".format(**cfg)
+            name = cfg if isinstance(cfg, str) else "{BLOCK_M}x{BLOCK_N}w{num_warps}s{num_stages}".format(**cfg)
             if time.time() - t0 > args.deadline:
                 print(f"deadline: skipped {name} at {L}", file=sys.stderr)
                 continue
             try:
-                def run(lev=ones, lists=lists1):
-                    return _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled, lists=lists,
-                                                  config=cfg, tma=True)
+                def run(lev=ones, lists=lists1, cfg=cfg):
+                    return _variant(q, k, v, lev, lists, pooled, cfg)
                 out = run()
                 err = rel_err(out, ref)
                 t1 = timed(run)
@@ -83,10 +90,10 @@ def main() -> None:
         for lname, lev in (("diag+sink", diag), ("binary d~0.1", bin10)) if t1_first else ():
             lists = build_block_lists(lev, True)
             dd = level_density(lev)
-            for tma in (True, False):
-                t = timed(lambda: _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled, lists=lists,
-                                                         config=configs[0], tma=tma))
-                rows.append(dict(L=L, variant=f"{lname} tma{int(tma)}", ms=t, tflops=dd * fl / t / 1e9,
+            for cfg in configs:
+                name = cfg if isinstance(cfg, str) else "triton"
+                t = timed(lambda: _variant(q, k, v, lev, lists, pooled, cfg))
+                rows.append(dict(L=L, variant=f"{lname} {name}", ms=t, tflops=dd * fl / t / 1e9,
                                  density=dd, bound_ms=1.25 * dd * t1_first + 0.1))
                 print(rows[-1], file=sys.stderr, flush=True)
         del q, k, v, ref, ones, lists1, lev10, lists10, pooled

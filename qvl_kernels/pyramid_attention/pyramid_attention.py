@@ -28,6 +28,7 @@ import triton.language as tl
 
 from .._tma import ensure_tma_allocator, tma_ok
 from ..pooling import mean_pool
+from . import hopper
 from .naive import check_args
 
 _META = 8  # int32 per row in the list metadata: 5 level offsets, edge block, edge level, pad
@@ -414,12 +415,14 @@ def build_block_lists(levels: torch.Tensor, causal: bool = True) -> tuple[torch.
 
 # Load strategy of the unmasked full-width tiles: TMA descriptors (+12% on an H200 at 32K, all
 # level 1) or plain loads; warp specialization of that loop (Triton 3.6, Hopper) measured no gain.
-# See benchmarks/NOTES-psa.md. bench_psa.py flips these for its variant sweep.
-OPTIONS = {"tma": True, "ws": False}
+# "gluon": on an H100/H200, calls the kernel supports (block 128, bf16/fp16, head_dim 64 or 128)
+# run the Gluon kernel of hopper.py instead. See benchmarks/NOTES-psa.md. The benchmarks flip
+# these for their variant sweeps.
+OPTIONS = {"tma": True, "ws": False, "gluon": True, "gluon_stages": 3}
 
 
 def _pyramid_attention_fwd(q, k, v, levels, causal, scale, block, *, pool_in_kernel=False,
-                           pooled=None, lists=None, config=None, tma=None, ws=None):
+                           pooled=None, lists=None, config=None, tma=None, ws=None, gluon=None):
     B, HQ, HKV, L, D, nb = check_args(q, k, v, levels, causal, block)
     if not q.is_cuda and not _interpreting():
         raise ValueError("pyramid_attention runs on CUDA tensors (or under TRITON_INTERPRET=1); "
@@ -436,6 +439,10 @@ def _pyramid_attention_fwd(q, k, v, levels, causal, scale, block, *, pool_in_ker
         else:
             k2, k4, k8, v2, v4, v8 = pooled
     idx, meta = build_block_lists(levels, causal) if lists is None else lists
+    gluon = OPTIONS["gluon"] if gluon is None else gluon
+    if gluon and config is None and hopper.supported(q, k, v, block, pool_in_kernel):
+        return hopper.pyramid_attention_hopper(q, k, v, (k2, k4, k8, v2, v4, v8), (idx, meta), causal, scale,
+                                               stages=OPTIONS["gluon_stages"])
     o = torch.empty_like(q)
     args = (
         q, k, v, k2, v2, k4, v4, k8, v8, o, idx, meta,

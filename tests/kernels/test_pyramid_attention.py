@@ -174,3 +174,49 @@ def test_bf16_gpu(shape, causal):
     out = pyramid_attention(q, k, v, ones, causal=causal, block=block)
     ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal, enable_gqa=True)
     assert_close_rel(out, ref, TOL[torch.bfloat16])
+
+
+# The Gluon Hopper kernel (hopper.py; block 128, bf16/fp16, D 64/128): every list shape it walks.
+# (B, HQ, HKV, L, D, causal, kv_layout): "bhld" contiguous, "blhd" = transposed from [B, L, H, D].
+GLUON_CASES = [
+    (1, 2, 2, 1, 128, True, "bhld"),
+    (1, 2, 1, 63, 64, True, "bhld"),
+    (2, 4, 2, 129, 128, False, "bhld"),
+    (1, 7, 1, 300, 64, True, "blhd"),
+    (1, 4, 2, 1000, 128, False, "blhd"),
+    (1, 28, 4, 2065, 128, True, "blhd"),
+    (2, 16, 2, 1537, 128, True, "bhld"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", GLUON_CASES, ids=[f"B{c[0]}-HQ{c[1]}-HKV{c[2]}-L{c[3]}-D{c[4]}-{'causal' if c[5] else 'full'}-{c[6]}"
+                                                   for c in GLUON_CASES])
+def test_gluon_hopper_gpu(case, dtype):
+    from qvl_kernels.pyramid_attention import hopper
+
+    B, HQ, HKV, L, D, causal, layout = case
+    seed = L + D + HQ
+    q, k, v = _qkv(B, HQ, HKV, L, D, dtype, seed, device="cuda")
+    if layout == "blhd":  # the layout attention layers hand over: [B, L, H, D] viewed as [B, H, L, D]
+        k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (k, v))
+    if not hopper.supported(q, k, v, 128, False):
+        pytest.skip("the Gluon kernel needs an sm_90 GPU (H100/H200) and Triton with Gluon")
+    tol = TOL[dtype]
+    lev = _levels(B, HQ, L, 128, seed, device="cuda")
+    _check(q, k, v, lev, causal, 128, tol)
+    # All level 1 is SDPA.
+    ones = torch.ones_like(lev)
+    out = pyramid_attention(q, k, v, ones, causal=causal)
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal, enable_gqa=True)
+    assert_close_rel(out, ref, tol)
+    # Rows with only their edge block (diagonal when causal), and rows with nothing at all.
+    nb = lev.shape[-1]
+    diag = torch.zeros_like(lev)
+    diag[..., torch.arange(nb), torch.arange(nb) if causal else nb - 1] = 4
+    diag[..., ::3, :] = 0
+    _check(q, k, v, diag, causal, 128, tol)
+    # Only coarse levels, long lists (partial last tiles of every level).
+    coarse = LEVEL_VALUES[torch.randint(2, 5, lev.shape, generator=torch.Generator().manual_seed(seed))].cuda()
+    _check(q, k, v, coarse, causal, 128, tol)
