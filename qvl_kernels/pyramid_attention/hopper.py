@@ -1,15 +1,16 @@
-"""Pyramid attention for Hopper (sm_90) in Gluon: warp-specialized, softmax overlapped with the GEMMs.
+"""Pyramid attention for Hopper (sm_90) in Gluon: persistent, warp-specialized, softmax overlapped with the GEMMs.
 
 Same definition and arguments as the Triton kernel in pyramid_attention.py (naive.py has the
 math); this one exists for speed on H100/H200 only. Triton 3.6 emits `wgmma.wait_group 0` after
 every GEMM of the attention loop and lines both warpgroups of a program up at CTA-wide barriers,
-so softmax and tensor cores never overlap (benchmarks/NOTES-psa.md). Here one program (128 query
-rows) runs three partitions:
+so softmax and tensor cores never overlap (benchmarks/NOTES-psa.md). Here each program (one per
+SM, persistent) runs three partitions over a list of work items (128 query rows of one head):
 
-- a loader warp walks the row's list of key tiles and keeps STAGES tiles of K and V in flight
-  through TMA (one mbarrier per stage for K, one for V, one "free" barrier the consumers arrive on);
-- two consumer warpgroups, 64 query rows each, each run for key tile t what FlashAttention-3
-  calls intra-warpgroup overlap:
+- a loader warp builds the TMA descriptors once, then for each item loads Q (one 64-row box per
+  consumer) and walks the row's list of key tiles, keeping STAGES tiles of K and V in flight
+  (mbarriers: K ready, V ready, and a "free" barrier both consumers arrive on);
+- two consumer warpgroups, 64 query rows each, run for key tile t what FlashAttention-3 calls
+  intra-warpgroup overlap:
 
       S_t = Q K_t^T           (issued, async)
       O  += P_{t-1} V_{t-1}   (issued, async)
@@ -18,6 +19,10 @@ rows) runs three partitions:
       wait for O; O *= alpha_t; release tile t - 1's stage
 
   The two warpgroups share no barrier, so one's softmax also fills the other's GEMM gaps.
+
+Work order: KV head by KV head (programs running at once share one KV head's K/V in L2), and
+within one, the heaviest causal rows first across its query heads (the schedule ends on light
+rows). Each item's list metadata is loaded one item ahead. Measured steps: benchmarks/NOTES-psa.md.
 
 Each query row walks one stream of full 128-key tiles: its level-1 blocks, then its 2x, 4x and
 8x pooled blocks packed R per tile (R TMA boxes of 128 / R pooled rows land side by side in one
@@ -45,15 +50,17 @@ try:  # Gluon ships with Triton >= 3.5; older or CPU-only installs use the Trito
         warpgroup_mma,
         warpgroup_mma_wait,
     )
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from triton.compiler.errors import CompilationError
 
     HAVE_GLUON = True
+    # What a Triton with another Gluon API raises at the first call (the caller falls back).
+    GLUON_COMPILE_ERRORS = (CompilationError, AttributeError, TypeError)
 except ImportError:  # pragma: no cover - depends on the installed Triton
     HAVE_GLUON = False
+    GLUON_COMPILE_ERRORS = ()
 
-BLOCK = 128  # the only block size this kernel takes (the library default); others use Triton
-BLOCK_M = 128  # query rows per program: two warpgroups of 64
-BLOCK_N = 128  # keys per tile
+BLOCK = 128  # the only block size this kernel takes (the library default; also its query and key tile)
 
 
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int, pool_in_kernel: bool) -> bool:
@@ -64,11 +71,12 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int, poo
         return False
     if q.dtype not in (torch.bfloat16, torch.float16) or not (q.dtype == k.dtype == v.dtype):
         return False
-    if q.shape[-1] not in (64, 128) or q.stride(-1) != 1:
+    if q.shape[-1] not in (64, 128):
         return False
-    # TMA: unit stride along D, 16-byte aligned rows and bases.
-    return all(t.stride(-1) == 1 and (t.stride(-2) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
-               for t in (k, v))
+    # TMA reads q, k and v in place: unit stride along D, other strides and bases 16-byte aligned.
+    return all(t.stride(-1) == 1 and t.data_ptr() % 16 == 0
+               and all((st * t.element_size()) % 16 == 0 for st in t.stride()[:-1])
+               for t in (q, k, v))
 
 
 if HAVE_GLUON:
@@ -92,7 +100,7 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _load_coarse(desc, row0, j0, j1, j2, j3, j4, j5, j6, j7, bar, dst, R: gl.constexpr):
-        # R boxes of BLOCK / R pooled rows side by side in one [BLOCK_N, D] tile.
+        # R boxes of 128 / R pooled rows side by side in one [128, D] tile.
         NP: gl.constexpr = 128 // R
         tma.async_copy_global_to_shared(desc, [row0 + j0 * NP, 0], bar, dst.slice(0, NP))
         tma.async_copy_global_to_shared(desc, [row0 + j1 * NP, 0], bar, dst.slice(NP, NP))
@@ -106,38 +114,39 @@ if HAVE_GLUON:
             tma.async_copy_global_to_shared(desc, [row0 + j7 * NP, 0], bar, dst.slice(7 * NP, NP))
 
     @gluon.jit
-    def _issue_tile(t, n_tiles, T, lvl, j0, j1, j2, j3, j4, j5, j6, j7,
+    def _issue_tile(g, t, T, lvl, j0, j1, j2, j3, j4, j5, j6, j7, i_b, i_hk,
                     dk1, dv1, dk2, dv2, dk4, dv4, dk8, dv8, row2, row4, row8,
                     k_bufs, v_bufs, bars_k, bars_v, TILE_BYTES: gl.constexpr, STAGES: gl.constexpr):
-        # Start the TMA loads of tile t (K and V, one barrier each) into stage t % STAGES.
-        if t < n_tiles:
-            s = t % STAGES
-            bk = bars_k.index(s)
-            bv = bars_v.index(s)
-            kd = k_bufs.index(s)
-            vd = v_bufs.index(s)
-            mbarrier.expect(bk, TILE_BYTES)
-            mbarrier.expect(bv, TILE_BYTES)
-            if t == T:  # the edge block at its level: one box, repeated to fill the tile
-                j1 = j0
-                j2 = j0
-                j3 = j0
-                j4 = j0
-                j5 = j0
-                j6 = j0
-                j7 = j0
-            if lvl == 0:
-                tma.async_copy_global_to_shared(dk1, [j0 * 128, 0], bk, kd)
-                tma.async_copy_global_to_shared(dv1, [j0 * 128, 0], bv, vd)
-            elif lvl == 1:
-                _load_coarse(dk2, row2, j0, j1, j2, j3, j4, j5, j6, j7, bk, kd, 2)
-                _load_coarse(dv2, row2, j0, j1, j2, j3, j4, j5, j6, j7, bv, vd, 2)
-            elif lvl == 2:
-                _load_coarse(dk4, row4, j0, j1, j2, j3, j4, j5, j6, j7, bk, kd, 4)
-                _load_coarse(dv4, row4, j0, j1, j2, j3, j4, j5, j6, j7, bv, vd, 4)
-            else:
-                _load_coarse(dk8, row8, j0, j1, j2, j3, j4, j5, j6, j7, bk, kd, 8)
-                _load_coarse(dv8, row8, j0, j1, j2, j3, j4, j5, j6, j7, bv, vd, 8)
+        # Start the TMA loads of the row's tile t (the program's g-th tile; K and V, one barrier
+        # each) into stage g % STAGES.
+        s = g % STAGES
+        bk = bars_k.index(s)
+        bv = bars_v.index(s)
+        kd = k_bufs.index(s)
+        vd = v_bufs.index(s)
+        mbarrier.expect(bk, TILE_BYTES)
+        mbarrier.expect(bv, TILE_BYTES)
+        if t == T:  # the edge block at its level: one box, repeated to fill the tile
+            j1 = j0
+            j2 = j0
+            j3 = j0
+            j4 = j0
+            j5 = j0
+            j6 = j0
+            j7 = j0
+        if lvl == 0:  # K/V [B, HKV, L, D] in place, any strides: 4-D boxes [1, 1, 128, D]
+            BOX: gl.constexpr = [1, 1, kd.shape[0], kd.shape[1]]
+            tma.async_copy_global_to_shared(dk1, [i_b, i_hk, j0 * 128, 0], bk, kd.reshape(BOX))
+            tma.async_copy_global_to_shared(dv1, [i_b, i_hk, j0 * 128, 0], bv, vd.reshape(BOX))
+        elif lvl == 1:
+            _load_coarse(dk2, row2, j0, j1, j2, j3, j4, j5, j6, j7, bk, kd, 2)
+            _load_coarse(dv2, row2, j0, j1, j2, j3, j4, j5, j6, j7, bv, vd, 2)
+        elif lvl == 2:
+            _load_coarse(dk4, row4, j0, j1, j2, j3, j4, j5, j6, j7, bk, kd, 4)
+            _load_coarse(dv4, row4, j0, j1, j2, j3, j4, j5, j6, j7, bv, vd, 4)
+        else:
+            _load_coarse(dk8, row8, j0, j1, j2, j3, j4, j5, j6, j7, bk, kd, 8)
+            _load_coarse(dv8, row8, j0, j1, j2, j3, j4, j5, j6, j7, bv, vd, 8)
 
     @gluon.jit
     def _fetch_indices(t, T, T1, T2, T4, c0, c1, c2, c3, c4, p_idx, j_edge, lev_edge):
@@ -160,19 +169,23 @@ if HAVE_GLUON:
         return lvl, j0, j1, j2, j3, j4, j5, j6, j7
 
     @gluon.jit
-    def _attn_step(t, q_smem, k_bufs, v_bufs, bars_k, bars_v, bars_free, acc_s, acc_o, p_op, m_i, l_i, qk_scale,
+    def _attn_step(g0, t, q_smem, k_bufs, v_bufs, bars_k, bars_v, bars_free, bar_qfree, release_q,
+                   acc_s, acc_o, p_op, m_i, l_i, qk_scale,
                    T1, T2, T4, c0, c1, c2, c3, c4, j_edge, lev_edge, o_m, L,
                    s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr,
                    STAGES: gl.constexpr, MASKED: gl.constexpr, CAUSAL: gl.constexpr):
-        # One key tile for one consumer warpgroup: see the module docstring for the order.
-        s = t % STAGES
-        mbarrier.wait(bars_k.index(s), (t // STAGES) & 1)
+        # The row's key tile t (the program's tile g0 + t) for one consumer warpgroup: see the
+        # module docstring for the order of operations.
+        g = g0 + t
+        s = g % STAGES
+        mbarrier.wait(bars_k.index(s), (g // STAGES) & 1)
         acc_s = warpgroup_mma(q_smem, k_bufs.index(s).permute((1, 0)), acc_s, use_acc=False, is_async=True)
-        t_prev = gl.maximum(t - 1, 0)  # at t = 0, P is zero and V is tile 0's (finite)
-        s_prev = t_prev % STAGES
-        mbarrier.wait(bars_v.index(s_prev), (t_prev // STAGES) & 1)
+        g_prev = g0 + gl.maximum(t - 1, 0)  # at t = 0, P is zero and V is tile t's (finite)
+        s_prev = g_prev % STAGES
+        mbarrier.wait(bars_v.index(s_prev), (g_prev // STAGES) & 1)
         acc_o = warpgroup_mma(p_op, v_bufs.index(s_prev), acc_o, is_async=True)
         acc_s = warpgroup_mma_wait(1, deps=(acc_s,))
+        mbarrier.arrive(bar_qfree, pred=release_q)  # the row's last S: Q's buffer may take the next row
 
         # Online softmax of S_t in the log2 domain; the tile's level r adds log2 r to every score.
         cols = gl.arange(0, 128, layout=gl.SliceLayout(0, s_layout))
@@ -213,161 +226,208 @@ if HAVE_GLUON:
         return acc_s, acc_o, p_new, m_new, l_i
 
     @gluon.jit
-    def _row_stream(META, i_row):
-        # The row's stream: level-1 tiles, then 2x, 4x, 8x tiles (R blocks each), then the edge.
+    def _work_item(w, NB, HQ, G):
+        # Work item w -> (query tile, batch, query head, KV head, row of levels). KV head by KV
+        # head (the programs running at once share one KV head's K and V in L2: all heads at once
+        # missed L2 at 64K, 14% slower on an H200), and within one, heaviest (last, when causal)
+        # query tiles first across its G query heads, so the schedule ends on light tiles.
+        HKV = HQ // G
+        g = w // (G * NB)  # (batch, KV head)
+        r = w % (G * NB)
+        i_m = NB - 1 - r // G
+        i_b = g // HKV
+        i_hk = g % HKV
+        i_h = i_hk * G + r % G
+        return i_m, i_b, i_h, i_hk, (i_b * HQ + i_h) * NB + i_m
+
+    @gluon.jit
+    def _row_meta(META, w, NB, HQ, G, n_items):
+        # The list metadata of work item w's row (w clamped to the last item, so a prefetch past
+        # the end stays in bounds): level offsets c0..c4, edge block, edge level.
+        i_m, i_b, i_h, i_hk, i_row = _work_item(gl.minimum(w, n_items - 1), NB, HQ, G)
         p_meta = META + i_row.to(gl.int64) * 8
-        c0 = gl.load(p_meta)
-        c1 = gl.load(p_meta + 1)
-        c2 = gl.load(p_meta + 2)
-        c3 = gl.load(p_meta + 3)
-        c4 = gl.load(p_meta + 4)
-        j_edge = gl.load(p_meta + 5)
-        lev_edge = gl.load(p_meta + 6)
+        return (gl.load(p_meta), gl.load(p_meta + 1), gl.load(p_meta + 2), gl.load(p_meta + 3),
+                gl.load(p_meta + 4), gl.load(p_meta + 5), gl.load(p_meta + 6))
+
+    @gluon.jit
+    def _row_stream(c0, c1, c2, c3, c4, lev_edge):
+        # The row's stream: level-1 tiles, then 2x, 4x, 8x tiles (R blocks each), then the edge.
         T1 = c1 - c0
         T2 = T1 + (c2 - c1 + 1) // 2
         T4 = T2 + (c3 - c2 + 3) // 4
         T = T4 + (c4 - c3 + 7) // 8
         has_edge = (lev_edge == 1) | (lev_edge == 2) | (lev_edge == 4) | (lev_edge == 8)
-        return c0, c1, c2, c3, c4, j_edge, lev_edge, T1, T2, T4, T, has_edge
+        return T1, T2, T4, T, T + has_edge.to(gl.int32)
 
     @gluon.jit
-    def _consumer(q_smem, k_bufs, v_bufs, bars_k, bars_v, bars_free, O, META, i_row, i_b, i_h, row0,
-                  s_ob, s_oh, s_ol, qk_scale, L,
+    def _consumer(WG: gl.constexpr, q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free,
+                  O, META, s_ob, s_oh, s_ol, qk_scale, L, NB, HQ, G, n_items,
                   D: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
-        # One warpgroup: 64 query rows starting at row0, every tile of the row's stream.
+        # One warpgroup: query rows [64 WG, 64 WG + 64) of each work item, every tile of its row.
         WM: gl.constexpr = 64
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, 128, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, D, 16])
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-        dtype: gl.constexpr = q_smem.dtype
-        c0, c1, c2, c3, c4, j_edge, lev_edge, T1, T2, T4, T, has_edge = _row_stream(META, i_row)
+        dtype: gl.constexpr = q_bufs.dtype
+        q_smem = q_bufs.index(WG)
+        bar_q = bars_q.index(WG)
+        bar_qfree = bars_qfree.index(WG)
+        g0 = 0  # tiles this program has consumed
+        n_q = 0  # non-empty rows (Q loads) so far
+        # Each item's metadata is loaded one item ahead, so its latency hides behind a row's work.
+        nx0, nx1, nx2, nx3, nx4, nx5, nx6 = _row_meta(META, gl.program_id(0), NB, HQ, G, n_items)
+        for w in range(gl.program_id(0), n_items, gl.num_programs(0)):
+            i_m, i_b, i_h, i_hk, i_row = _work_item(w, NB, HQ, G)
+            c0, c1, c2, c3, c4, j_edge, lev_edge = nx0, nx1, nx2, nx3, nx4, nx5, nx6
+            nx0, nx1, nx2, nx3, nx4, nx5, nx6 = _row_meta(META, w + gl.num_programs(0), NB, HQ, G, n_items)
+            T1, T2, T4, T, n_tiles = _row_stream(c0, c1, c2, c3, c4, lev_edge)
+            row0 = i_m * 128 + WG * WM
+            o_m = row0 + gl.arange(0, WM, layout=gl.SliceLayout(1, s_layout))
+            m_i = gl.full([WM], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
+            l_i = gl.zeros([WM], gl.float32, gl.SliceLayout(1, s_layout))
+            acc_s = gl.zeros([WM, 128], gl.float32, s_layout)
+            acc_o = gl.zeros([WM, D], gl.float32, o_layout)
+            p_op = gl.zeros([WM, 128], dtype, p_layout)
+            if n_tiles > 0:
+                mbarrier.wait(bar_q, n_q & 1)
+                for t in range(0, T):
+                    acc_s, acc_o, p_op, m_i, l_i = _attn_step(
+                        g0, t, q_smem, k_bufs, v_bufs, bars_k, bars_v, bars_free, bar_qfree, t == n_tiles - 1,
+                        acc_s, acc_o, p_op, m_i, l_i, qk_scale,
+                        T1, T2, T4, c0, c1, c2, c3, c4, j_edge, lev_edge, o_m, L,
+                        s_layout, o_layout, p_layout, STAGES, False, CAUSAL)
+                if n_tiles > T:  # the edge block
+                    acc_s, acc_o, p_op, m_i, l_i = _attn_step(
+                        g0, T, q_smem, k_bufs, v_bufs, bars_k, bars_v, bars_free, bar_qfree, True,
+                        acc_s, acc_o, p_op, m_i, l_i, qk_scale,
+                        T1, T2, T4, c0, c1, c2, c3, c4, j_edge, lev_edge, o_m, L,
+                        s_layout, o_layout, p_layout, STAGES, True, CAUSAL)
+                # The last tile's P @ V, then its stage goes back too.
+                g_last = g0 + n_tiles - 1
+                s_last = g_last % STAGES
+                mbarrier.wait(bars_v.index(s_last), (g_last // STAGES) & 1)
+                acc_o = warpgroup_mma(p_op, v_bufs.index(s_last), acc_o, is_async=True)
+                acc_o = warpgroup_mma_wait(0, deps=(acc_o, p_op))[0]
+                mbarrier.arrive(bars_free.index(s_last))
+                n_q += 1
+            g0 += n_tiles
 
-        o_m = row0 + gl.arange(0, WM, layout=gl.SliceLayout(1, s_layout))
-        m_i = gl.full([WM], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
-        l_i = gl.zeros([WM], gl.float32, gl.SliceLayout(1, s_layout))
-        acc_s = gl.zeros([WM, 128], gl.float32, s_layout)
-        acc_o = gl.zeros([WM, D], gl.float32, o_layout)
-        p_op = gl.zeros([WM, 128], dtype, p_layout)
-        for t in range(0, T):
-            acc_s, acc_o, p_op, m_i, l_i = _attn_step(
-                t, q_smem, k_bufs, v_bufs, bars_k, bars_v, bars_free, acc_s, acc_o, p_op, m_i, l_i, qk_scale,
-                T1, T2, T4, c0, c1, c2, c3, c4, j_edge, lev_edge, o_m, L,
-                s_layout, o_layout, p_layout, STAGES, False, CAUSAL)
-        if has_edge:
-            acc_s, acc_o, p_op, m_i, l_i = _attn_step(
-                T, q_smem, k_bufs, v_bufs, bars_k, bars_v, bars_free, acc_s, acc_o, p_op, m_i, l_i, qk_scale,
-                T1, T2, T4, c0, c1, c2, c3, c4, j_edge, lev_edge, o_m, L,
-                s_layout, o_layout, p_layout, STAGES, True, CAUSAL)
-        n_tiles = T + has_edge.to(gl.int32)
-        if n_tiles > 0:  # the last tile's P @ V
-            t_last = n_tiles - 1
-            s_last = t_last % STAGES
-            mbarrier.wait(bars_v.index(s_last), (t_last // STAGES) & 1)
-            acc_o = warpgroup_mma(p_op, v_bufs.index(s_last), acc_o, is_async=True)
-            acc_o = warpgroup_mma_wait(0, deps=(acc_o, p_op))[0]
-
-        # A row that saw no key at all (l = 0) gets 0.
-        l_o = gl.convert_layout(gl.where(l_i > 0, l_i, 1.0), gl.SliceLayout(1, o_layout))
-        out = (acc_o / l_o[:, None]).to(dtype)
-        o_mo = row0 + gl.arange(0, WM, layout=gl.SliceLayout(1, o_layout))
-        o_do = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
-        p_o = O + i_b.to(gl.int64) * s_ob + i_h.to(gl.int64) * s_oh \
-            + o_mo[:, None].to(gl.int64) * s_ol + o_do[None, :]
-        gl.store(p_o, out, mask=(o_mo < L)[:, None])
+            # A row that saw no key at all (l = 0) gets 0.
+            l_o = gl.convert_layout(gl.where(l_i > 0, l_i, 1.0), gl.SliceLayout(1, o_layout))
+            out = (acc_o / l_o[:, None]).to(dtype)
+            o_mo = row0 + gl.arange(0, WM, layout=gl.SliceLayout(1, o_layout))
+            o_do = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+            p_o = O + i_b.to(gl.int64) * s_ob + i_h.to(gl.int64) * s_oh \
+                + o_mo[:, None].to(gl.int64) * s_ol + o_do[None, :]
+            gl.store(p_o, out, mask=(o_mo < L)[:, None])
 
     @gluon.jit
-    def _loader(k_bufs, v_bufs, bars_k, bars_v, bars_free, META, IDX, i_row, NB,
-                dk1, dv1, dk2, dv2, dk4, dv4, dk8, dv8, row2, row4, row8,
-                TILE_BYTES: gl.constexpr, STAGES: gl.constexpr):
-        # One warp: walks the row's stream and keeps STAGES tiles of K and V in flight.
-        c0, c1, c2, c3, c4, j_edge, lev_edge, T1, T2, T4, T, has_edge = _row_stream(META, i_row)
-        n_tiles = T + has_edge.to(gl.int32)
-        p_idx = IDX + i_row.to(gl.int64) * NB
-        for t in range(0, n_tiles):
-            lvl, j0, j1, j2, j3, j4, j5, j6, j7 = _fetch_indices(
-                t, T, T1, T2, T4, c0, c1, c2, c3, c4, p_idx, j_edge, lev_edge)
-            # Wait until both consumers released tile t - STAGES (a fresh barrier passes phase 1).
-            mbarrier.wait(bars_free.index(t % STAGES), ((t // STAGES) & 1) ^ 1)
-            _issue_tile(t, n_tiles, T, lvl, j0, j1, j2, j3, j4, j5, j6, j7,
-                        dk1, dv1, dk2, dv2, dk4, dv4, dk8, dv8, row2, row4, row8,
-                        k_bufs, v_bufs, bars_k, bars_v, TILE_BYTES, STAGES)
+    def _loader(q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX,
+                Q, K, V, K2, V2, K4, V4, K8, V8,
+                s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, B, L, NB, HQ, G, n_items,
+                D: gl.constexpr, TILE_BYTES: gl.constexpr, STAGES: gl.constexpr):
+        # One warp: for each work item, Q (two boxes of 64 rows, one per consumer) and then the
+        # row's tiles, keeping STAGES tiles of K and V in flight; runs ahead into the next item.
+        # TMA descriptors are built here once per program (host-built ones cost ~10 us of Python
+        # each per call): Q, K, V [B, H, L, D] in place, any strides; pooled K/V as rows of D.
+        HKV = HQ // G
+        dtype: gl.constexpr = q_bufs.dtype
+        lay_q: gl.constexpr = gl.NVMMASharedLayout.get_default_for([1, 1, 64, D], dtype)
+        lay_kv: gl.constexpr = gl.NVMMASharedLayout.get_default_for([1, 1, 128, D], dtype)
+        dq = tma.make_tensor_descriptor(Q, [B, HQ, L, D], [s_qb, s_qh, s_ql, 1], [1, 1, 64, D], lay_q)
+        dk1 = tma.make_tensor_descriptor(K, [B, HKV, L, D], [s_kb, s_kh, s_kl, 1], [1, 1, 128, D], lay_kv)
+        dv1 = tma.make_tensor_descriptor(V, [B, HKV, L, D], [s_vb, s_vh, s_vl, 1], [1, 1, 128, D], lay_kv)
+        n2 = B * HKV * ((L + 1) // 2)
+        n4 = B * HKV * ((L + 3) // 4)
+        n8 = B * HKV * ((L + 7) // 8)
+        lay2: gl.constexpr = gl.NVMMASharedLayout.get_default_for([64, D], dtype)
+        lay4: gl.constexpr = gl.NVMMASharedLayout.get_default_for([32, D], dtype)
+        lay8: gl.constexpr = gl.NVMMASharedLayout.get_default_for([16, D], dtype)
+        dk2 = tma.make_tensor_descriptor(K2, [n2, D], [D, 1], [64, D], lay2)
+        dv2 = tma.make_tensor_descriptor(V2, [n2, D], [D, 1], [64, D], lay2)
+        dk4 = tma.make_tensor_descriptor(K4, [n4, D], [D, 1], [32, D], lay4)
+        dv4 = tma.make_tensor_descriptor(V4, [n4, D], [D, 1], [32, D], lay4)
+        dk8 = tma.make_tensor_descriptor(K8, [n8, D], [D, 1], [16, D], lay8)
+        dv8 = tma.make_tensor_descriptor(V8, [n8, D], [D, 1], [16, D], lay8)
+        Q_BOX: gl.constexpr = [1, 1, q_bufs.shape[1], q_bufs.shape[2]]
+        Q_BYTES: gl.constexpr = TILE_BYTES // 2
+        g0 = 0
+        n_q = 0
+        # Each item's metadata is loaded one item ahead, so its latency hides behind a row's work.
+        nx0, nx1, nx2, nx3, nx4, nx5, nx6 = _row_meta(META, gl.program_id(0), NB, HQ, G, n_items)
+        for w in range(gl.program_id(0), n_items, gl.num_programs(0)):
+            i_m, i_b, i_h, i_hk, i_row = _work_item(w, NB, HQ, G)
+            c0, c1, c2, c3, c4, j_edge, lev_edge = nx0, nx1, nx2, nx3, nx4, nx5, nx6
+            nx0, nx1, nx2, nx3, nx4, nx5, nx6 = _row_meta(META, w + gl.num_programs(0), NB, HQ, G, n_items)
+            T1, T2, T4, T, n_tiles = _row_stream(c0, c1, c2, c3, c4, lev_edge)
+            if n_tiles > 0:
+                for wg in gl.static_range(2):
+                    mbarrier.wait(bars_qfree.index(wg), (n_q & 1) ^ 1)  # a fresh barrier passes phase 1
+                    mbarrier.expect(bars_q.index(wg), Q_BYTES)
+                    tma.async_copy_global_to_shared(dq, [i_b, i_h, i_m * 128 + wg * 64, 0], bars_q.index(wg),
+                                                    q_bufs.index(wg).reshape(Q_BOX))
+                n_q += 1
+            bhk = i_b * HKV + i_hk
+            row2 = bhk * ((L + 1) // 2)
+            row4 = bhk * ((L + 3) // 4)
+            row8 = bhk * ((L + 7) // 8)
+            p_idx = IDX + i_row.to(gl.int64) * NB
+            for t in range(0, n_tiles):
+                lvl, j0, j1, j2, j3, j4, j5, j6, j7 = _fetch_indices(
+                    t, T, T1, T2, T4, c0, c1, c2, c3, c4, p_idx, j_edge, lev_edge)
+                g = g0 + t
+                # Wait until both consumers released tile g - STAGES (a fresh barrier passes phase 1).
+                mbarrier.wait(bars_free.index(g % STAGES), ((g // STAGES) & 1) ^ 1)
+                _issue_tile(g, t, T, lvl, j0, j1, j2, j3, j4, j5, j6, j7, i_b, i_hk,
+                            dk1, dv1, dk2, dv2, dk4, dv4, dk8, dv8, row2, row4, row8,
+                            k_bufs, v_bufs, bars_k, bars_v, TILE_BYTES, STAGES)
+            g0 += n_tiles
 
     @gluon.jit
     def _pyramid_attn_hopper(
-        Q, O, K, V, IDX, META,
-        dk2, dv2, dk4, dv4, dk8, dv8,
-        s_qb, s_qh, s_ql,
-        s_kb, s_kh, s_kl,
-        s_vb, s_vh, s_vl,
-        s_ob, s_oh, s_ol,
-        qk_scale, L, NB, HQ, G,
+        Q, K, V, K2, V2, K4, V4, K8, V8, O, IDX, META,
+        s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, s_ob, s_oh, s_ol,
+        qk_scale, B, L, NB, HQ, G, n_items,
         D: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr,
     ):
-        BM: gl.constexpr = 128
-        BN: gl.constexpr = 128
+        # Persistent: program p takes work items p, p + P, ... (one query tile of one head each).
         dtype: gl.constexpr = Q.dtype.element_ty
-        TILE_BYTES: gl.constexpr = BN * D * dtype.primitive_bitwidth // 8
-
-        i_m = gl.num_programs(0) - 1 - gl.program_id(0)  # heaviest (last, causal) tiles first
-        i_bh = gl.program_id(1)
-        i_b = i_bh // HQ
-        i_h = i_bh % HQ
-        HKV = HQ // G
-        i_hk = i_h // G
-        i_row = i_bh * NB + i_m  # BM == block: one query tile per row of levels
-
-        tile_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, D], dtype)
-        ld_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // D, D // 8], [num_warps, 1], [1, 0])
-
-        # Q: plain loads (any strides, rows past L are zero) into shared memory for the wgmma.
-        o_mq = i_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, ld_layout))
-        o_dq = gl.arange(0, D, layout=gl.SliceLayout(0, ld_layout))
-        p_q = Q + i_b.to(gl.int64) * s_qb + i_h.to(gl.int64) * s_qh \
-            + o_mq[:, None].to(gl.int64) * s_ql + o_dq[None, :]
-        q = gl.load(p_q, mask=(o_mq < L)[:, None], other=0.0)
-        q_smem = gl.allocate_shared_memory(dtype, [BM, D], tile_layout, q)
-
-        k_bufs = gl.allocate_shared_memory(dtype, [STAGES, BN, D], tile_layout)
-        v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BN, D], tile_layout)
+        tile_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([128, D], dtype)
+        TILE_BYTES: gl.constexpr = 128 * D * dtype.primitive_bitwidth // 8
+        q_bufs = gl.allocate_shared_memory(dtype, [2, 64, D], tile_layout)
+        k_bufs = gl.allocate_shared_memory(dtype, [STAGES, 128, D], tile_layout)
+        v_bufs = gl.allocate_shared_memory(dtype, [STAGES, 128, D], tile_layout)
+        bars_q = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        bars_qfree = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         bars_k = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         bars_v = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         bars_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(2):
+            mbarrier.init(bars_q.index(i), count=1)
+            mbarrier.init(bars_qfree.index(i), count=1)
         for i in gl.static_range(STAGES):
             mbarrier.init(bars_k.index(i), count=1)
             mbarrier.init(bars_v.index(i), count=1)
             mbarrier.init(bars_free.index(i), count=2)  # one arrival per consumer warpgroup
         fence_async_shared()
 
-        # Full-resolution K/V of this (batch, KV head), read in place; pooled rows start at row*.
-        p_k = K + i_b.to(gl.int64) * s_kb + i_hk.to(gl.int64) * s_kh
-        p_v = V + i_b.to(gl.int64) * s_vb + i_hk.to(gl.int64) * s_vh
-        dk1 = tma.make_tensor_descriptor(p_k, [L, D], [s_kl, 1], [BN, D], tile_layout)
-        dv1 = tma.make_tensor_descriptor(p_v, [L, D], [s_vl, 1], [BN, D], tile_layout)
-        bhk = i_b * HKV + i_hk
-        row2 = bhk * ((L + 1) // 2)
-        row4 = bhk * ((L + 3) // 4)
-        row8 = bhk * ((L + 7) // 8)
-
         # Two consumer warpgroups (64 query rows each, not synchronised with each other, so one's
         # softmax fills the other's GEMM gaps) and one loader warp.
         gl.warp_specialize([
-            (_consumer, (q_smem.slice(0, 64), k_bufs, v_bufs, bars_k, bars_v, bars_free, O, META, i_row, i_b, i_h,
-                         i_m * BM, s_ob, s_oh, s_ol, qk_scale, L, D, CAUSAL, STAGES)),
-            (_consumer, (q_smem.slice(64, 64), k_bufs, v_bufs, bars_k, bars_v, bars_free, O, META, i_row, i_b, i_h,
-                         i_m * BM + 64, s_ob, s_oh, s_ol, qk_scale, L, D, CAUSAL, STAGES)),
-            (_loader, (k_bufs, v_bufs, bars_k, bars_v, bars_free, META, IDX, i_row, NB,
-                       dk1, dv1, dk2, dv2, dk4, dv4, dk8, dv8, row2, row4, row8, TILE_BYTES, STAGES)),
-        ], [4, 1], [232, 40])
+            (_consumer, (0, q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free,
+                         O, META, s_ob, s_oh, s_ol, qk_scale, L, NB, HQ, G, n_items, D, CAUSAL, STAGES)),
+            (_consumer, (1, q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free,
+                         O, META, s_ob, s_oh, s_ol, qk_scale, L, NB, HQ, G, n_items, D, CAUSAL, STAGES)),
+            (_loader, (q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX,
+                       Q, K, V, K2, V2, K4, V4, K8, V8,
+                       s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, B, L, NB, HQ, G, n_items,
+                       D, TILE_BYTES, STAGES)),
+        ], [4, 1], [224, 64])
 
 
-def _pooled_descriptor(x: torch.Tensor, rows: int) -> "TensorDescriptor":
-    # Pooled K or V, contiguous [B, HKV, L_R, D], as rows of D; boxes of `rows` pooled keys.
-    flat = x.reshape(-1, x.shape[-1])
-    layout = gl.NVMMASharedLayout.get_default_for([rows, x.shape[-1]], gl.bfloat16 if x.dtype == torch.bfloat16
-                                                   else gl.float16)
-    return TensorDescriptor(flat, list(flat.shape), list(flat.stride()), [rows, x.shape[-1]], layout)
+_SM_COUNT: dict[int, int] = {}
 
 
 def pyramid_attention_hopper(q, k, v, pooled, lists, causal: bool, scale: float, stages: int = 3) -> torch.Tensor:
@@ -377,18 +437,19 @@ def pyramid_attention_hopper(q, k, v, pooled, lists, causal: bool, scale: float,
     B, HQ, L, D = q.shape
     HKV = k.shape[1]
     nb = triton.cdiv(L, BLOCK)
-    k2, k4, k8, v2, v4, v8 = pooled
+    k2, k4, k8, v2, v4, v8 = (x.contiguous() for x in pooled)
     idx, meta = lists
-    ensure_tma_allocator()  # the level-1 descriptors are built on the device (any K/V strides)
-    descs = [_pooled_descriptor(x, BLOCK // r) for x, r in ((k2, 2), (v2, 2), (k4, 4), (v4, 4), (k8, 8), (v8, 8))]
     o = torch.empty_like(q)
-    _pyramid_attn_hopper[(nb, B * HQ)](
-        q, o, k, v, idx, meta, *descs,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        o.stride(0), o.stride(1), o.stride(2),
-        scale * 1.4426950408889634, L, nb, HQ, HQ // HKV,
+    ensure_tma_allocator()  # descriptors are built on the device, in a scratch buffer Triton asks for
+    dev = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    if dev not in _SM_COUNT:
+        _SM_COUNT[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
+    n_items = nb * B * HQ
+    _pyramid_attn_hopper[(min(n_items, _SM_COUNT[dev]),)](
+        q, k, v, k2, v2, k4, v4, k8, v8, o, idx, meta,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+        scale * 1.4426950408889634, B, L, nb, HQ, HQ // HKV, n_items,
         D=D, CAUSAL=bool(causal), STAGES=stages, num_warps=4,
     )
     return o

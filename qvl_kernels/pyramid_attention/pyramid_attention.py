@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import torch
 import triton
@@ -441,8 +442,14 @@ def _pyramid_attention_fwd(q, k, v, levels, causal, scale, block, *, pool_in_ker
     idx, meta = build_block_lists(levels, causal) if lists is None else lists
     gluon = OPTIONS["gluon"] if gluon is None else gluon
     if gluon and config is None and hopper.supported(q, k, v, block, pool_in_kernel):
-        return hopper.pyramid_attention_hopper(q, k, v, (k2, k4, k8, v2, v4, v8), (idx, meta), causal, scale,
-                                               stages=OPTIONS["gluon_stages"])
+        try:
+            return hopper.pyramid_attention_hopper(q, k, v, (k2, k4, k8, v2, v4, v8), (idx, meta), causal, scale,
+                                                   stages=OPTIONS["gluon_stages"])
+        except hopper.GLUON_COMPILE_ERRORS as e:  # a Triton whose Gluon API differs: say so once, go on
+            OPTIONS["gluon"] = False
+            warnings.warn(f"qvl_kernels: the Gluon Hopper kernel does not build with Triton {triton.__version__} "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); using the Triton kernel",
+                          RuntimeWarning, stacklevel=3)
     o = torch.empty_like(q)
     args = (
         q, k, v, k2, v2, k4, v4, k8, v8, o, idx, meta,

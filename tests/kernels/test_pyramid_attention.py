@@ -220,3 +220,31 @@ def test_gluon_hopper_gpu(case, dtype):
     # Only coarse levels, long lists (partial last tiles of every level).
     coarse = LEVEL_VALUES[torch.randint(2, 5, lev.shape, generator=torch.Generator().manual_seed(seed))].cuda()
     _check(q, k, v, coarse, causal, 128, tol)
+
+
+def test_gluon_build_failure_falls_back_to_triton(monkeypatch):
+    """A Triton whose Gluon API differs must not break the call: one warning, then the Triton kernel.
+
+    The Gluon kernel cannot run here (no Hopper GPU), so its entry point is replaced by one that
+    fails the way an incompatible Triton does; the fallback path itself runs for real."""
+    import importlib
+
+    from qvl_kernels.pyramid_attention import hopper
+
+    pa_mod = importlib.import_module("qvl_kernels.pyramid_attention.pyramid_attention")
+    if not hopper.HAVE_GLUON:
+        pytest.skip("this Triton has no Gluon")
+
+    def incompatible(*args, **kwargs):
+        raise AttributeError("module 'gluon' has no attribute 'warp_specialize'")
+
+    monkeypatch.setitem(pa_mod.OPTIONS, "gluon", True)
+    monkeypatch.setattr(hopper, "supported", lambda *a, **k: True)
+    monkeypatch.setattr(hopper, "pyramid_attention_hopper", incompatible)
+    q, k, v = _qkv(1, 2, 1, 63, 64, torch.float32, seed=5)
+    lev = _levels(1, 2, 63, 32, seed=5)
+    with pytest.warns(RuntimeWarning, match="Gluon Hopper kernel does not build"):
+        out = pyramid_attention(q, k, v, lev, block=32)
+    ref = pyramid_attention_ref(q, k, v, lev, block=32)
+    assert_close_rel(out, ref, TOL[torch.float32])
+    assert pa_mod.OPTIONS["gluon"] is False  # said once: later calls go straight to Triton
