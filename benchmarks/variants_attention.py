@@ -4,7 +4,8 @@
 
 Variants: Triton tile configs (BMxBNxWARPSxSTAGES; the softmax variants measured with it, a
 polynomial exp2 on the FMA pipes and FA3's GEMM order, were dropped: benchmarks/NOTES-psa.md) and
-the Gluon Hopper kernel with 2 or 3 K/V stages (`gluon2`, `gluon3`). 7B attention shape (HQ 28, HKV 4, D 128), bf16, causal,
+the Gluon Hopper kernel with 2 or 3 K/V stages (`gluon2`, `gluon3`; `gluon3q` loads each row's Q
+before its first K/V tile). 7B attention shape (HQ 28, HKV 4, D 128), bf16, causal,
 video-like inputs from bench_psa. Also times each variant on a fixed pyramid mask of density ~0.1 and on low-density masks.
 Prints a table and writes JSON; the chosen defaults go into OPTIONS / _keep in pyramid_attention.py.
 """
@@ -32,8 +33,9 @@ HQ, HKV, D = 28, 4, 128
 
 
 def _variant(q, k, v, lev, lists, pooled, cfg):
-    if isinstance(cfg, str):  # gluonN: the Gluon Hopper kernel with N K/V stages
-        OPTIONS["gluon_stages"] = int(cfg[len("gluon"):])
+    if isinstance(cfg, str):  # gluonN[q]: the Gluon Hopper kernel with N K/V stages (q: Q before the first tile)
+        OPTIONS["gluon_stages"] = int(cfg[len("gluon"):].rstrip("q"))
+        OPTIONS["gluon_q_first"] = cfg.endswith("q")
         return _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled, lists=lists, gluon=True)
     return _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled, lists=lists, config=cfg, tma=True)
 

@@ -324,10 +324,20 @@ if HAVE_GLUON:
             gl.store(p_o, out, mask=(o_mo < L)[:, None])
 
     @gluon.jit
+    def _issue_q(dq, q_bufs, bars_q, bars_qfree, n_q, i_b, i_h, i_m, Q_BYTES: gl.constexpr):
+        # Q of the n_q-th non-empty row: one 64-row box per consumer, once it released the last one.
+        Q_BOX: gl.constexpr = [1, 1, q_bufs.shape[1], q_bufs.shape[2]]
+        for wg in gl.static_range(2):
+            mbarrier.wait(bars_qfree.index(wg), (n_q & 1) ^ 1)  # a fresh barrier passes phase 1
+            mbarrier.expect(bars_q.index(wg), Q_BYTES)
+            tma.async_copy_global_to_shared(dq, [i_b, i_h, i_m * 128 + wg * 64, 0], bars_q.index(wg),
+                                            q_bufs.index(wg).reshape(Q_BOX))
+
+    @gluon.jit
     def _loader(q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX,
                 Q, K, V, K2, V2, K4, V4, K8, V8,
                 s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, B, L, NB, HQ, G, n_items,
-                D: gl.constexpr, TILE_BYTES: gl.constexpr, STAGES: gl.constexpr):
+                D: gl.constexpr, TILE_BYTES: gl.constexpr, STAGES: gl.constexpr, Q_FIRST: gl.constexpr):
         # One warp: for each work item, Q (two boxes of 64 rows, one per consumer) and then the
         # row's tiles, keeping STAGES tiles of K and V in flight; runs ahead into the next item.
         # TMA descriptors are built here once per program (host-built ones cost ~10 us of Python
@@ -351,7 +361,6 @@ if HAVE_GLUON:
         dv4 = tma.make_tensor_descriptor(V4, [n4, D], [D, 1], [32, D], lay4)
         dk8 = tma.make_tensor_descriptor(K8, [n8, D], [D, 1], [16, D], lay8)
         dv8 = tma.make_tensor_descriptor(V8, [n8, D], [D, 1], [16, D], lay8)
-        Q_BOX: gl.constexpr = [1, 1, q_bufs.shape[1], q_bufs.shape[2]]
         Q_BYTES: gl.constexpr = TILE_BYTES // 2
         g0 = 0
         n_q = 0
@@ -362,18 +371,14 @@ if HAVE_GLUON:
             c0, c1, c2, c3, c4, j_edge, lev_edge = nx0, nx1, nx2, nx3, nx4, nx5, nx6
             nx0, nx1, nx2, nx3, nx4, nx5, nx6 = _row_meta(META, w + gl.num_programs(0), NB, HQ, G, n_items)
             T1, T2, T4, T, n_tiles = _row_stream(c0, c1, c2, c3, c4, lev_edge)
-            if n_tiles > 0:
-                for wg in gl.static_range(2):
-                    mbarrier.wait(bars_qfree.index(wg), (n_q & 1) ^ 1)  # a fresh barrier passes phase 1
-                    mbarrier.expect(bars_q.index(wg), Q_BYTES)
-                    tma.async_copy_global_to_shared(dq, [i_b, i_h, i_m * 128 + wg * 64, 0], bars_q.index(wg),
-                                                    q_bufs.index(wg).reshape(Q_BOX))
-                n_q += 1
             bhk = i_b * HKV + i_hk
             row2 = bhk * ((L + 1) // 2)
             row4 = bhk * ((L + 3) // 4)
             row8 = bhk * ((L + 7) // 8)
             p_idx = IDX + i_row.to(gl.int64) * NB
+            if Q_FIRST and n_tiles > 0:
+                _issue_q(dq, q_bufs, bars_q, bars_qfree, n_q, i_b, i_h, i_m, Q_BYTES)
+                n_q += 1
             for t in range(0, n_tiles):
                 lvl, j0, j1, j2, j3, j4, j5, j6, j7 = _fetch_indices(
                     t, T, T1, T2, T4, c0, c1, c2, c3, c4, p_idx, j_edge, lev_edge)
@@ -383,6 +388,12 @@ if HAVE_GLUON:
                 _issue_tile(g, t, T, lvl, j0, j1, j2, j3, j4, j5, j6, j7, i_b, i_hk,
                             dk1, dv1, dk2, dv2, dk4, dv4, dk8, dv8, row2, row4, row8,
                             k_bufs, v_bufs, bars_k, bars_v, TILE_BYTES, STAGES)
+                if not Q_FIRST and t == 0:
+                    # Q after the row's first tile: Q waits for the previous row's last S, and the
+                    # first K/V tile should not wait behind it. (Tiles 0..STAGES-1 of this row need
+                    # only stages the previous rows release, so the consumers cannot be starved.)
+                    _issue_q(dq, q_bufs, bars_q, bars_qfree, n_q, i_b, i_h, i_m, Q_BYTES)
+                    n_q += 1
             g0 += n_tiles
 
     @gluon.jit
@@ -390,7 +401,8 @@ if HAVE_GLUON:
         Q, K, V, K2, V2, K4, V4, K8, V8, O, IDX, META,
         s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, s_ob, s_oh, s_ol,
         qk_scale, B, L, NB, HQ, G, n_items,
-        D: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr,
+        D: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr, Q_FIRST: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
         # Persistent: program p takes work items p, p + P, ... (one query tile of one head each).
         dtype: gl.constexpr = Q.dtype.element_ty
@@ -423,15 +435,19 @@ if HAVE_GLUON:
             (_loader, (q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX,
                        Q, K, V, K2, V2, K4, V4, K8, V8,
                        s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, B, L, NB, HQ, G, n_items,
-                       D, TILE_BYTES, STAGES)),
+                       D, TILE_BYTES, STAGES, Q_FIRST)),
         ], [4, 1], [224, 64])
 
 
 _SM_COUNT: dict[int, int] = {}
 
 
-def pyramid_attention_hopper(q, k, v, pooled, lists, causal: bool, scale: float, stages: int = 3) -> torch.Tensor:
-    """Run the Gluon kernel. pooled = (k2, k4, k8, v2, v4, v8) contiguous; lists from build_block_lists."""
+def pyramid_attention_hopper(q, k, v, pooled, lists, causal: bool, scale: float, stages: int = 3,
+                             q_first: bool = False) -> torch.Tensor:
+    """Run the Gluon kernel. pooled = (k2, k4, k8, v2, v4, v8) contiguous; lists from build_block_lists.
+
+    stages: K/V tiles in flight (3 measured best). q_first: load each row's Q before its first K/V
+    tile (the loader's earlier order, kept for the variant sweep)."""
     from .._tma import ensure_tma_allocator
 
     B, HQ, L, D = q.shape
@@ -450,6 +466,6 @@ def pyramid_attention_hopper(q, k, v, pooled, lists, causal: bool, scale: float,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
         scale * 1.4426950408889634, B, L, nb, HQ, HQ // HKV, n_items,
-        D=D, CAUSAL=bool(causal), STAGES=stages, num_warps=4,
+        D=D, CAUSAL=bool(causal), STAGES=stages, Q_FIRST=bool(q_first), num_warps=4,
     )
     return o

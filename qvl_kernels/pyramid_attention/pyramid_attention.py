@@ -419,7 +419,7 @@ def build_block_lists(levels: torch.Tensor, causal: bool = True) -> tuple[torch.
 # "gluon": on an H100/H200, calls the kernel supports (block 128, bf16/fp16, head_dim 64 or 128)
 # run the Gluon kernel of hopper.py instead. See benchmarks/NOTES-psa.md. The benchmarks flip
 # these for their variant sweeps.
-OPTIONS = {"tma": True, "ws": False, "gluon": True, "gluon_stages": 3}
+OPTIONS = {"tma": True, "ws": False, "gluon": True, "gluon_stages": 3, "gluon_q_first": False}
 
 
 def _pyramid_attention_fwd(q, k, v, levels, causal, scale, block, *, pool_in_kernel=False,
@@ -444,7 +444,7 @@ def _pyramid_attention_fwd(q, k, v, levels, causal, scale, block, *, pool_in_ker
     if gluon and config is None and hopper.supported(q, k, v, block, pool_in_kernel):
         try:
             return hopper.pyramid_attention_hopper(q, k, v, (k2, k4, k8, v2, v4, v8), (idx, meta), causal, scale,
-                                                   stages=OPTIONS["gluon_stages"])
+                                                   stages=OPTIONS["gluon_stages"], q_first=OPTIONS["gluon_q_first"])
         except hopper.GLUON_COMPILE_ERRORS as e:  # a Triton whose Gluon API differs: say so once, go on
             OPTIONS["gluon"] = False
             warnings.warn(f"qvl_kernels: the Gluon Hopper kernel does not build with Triton {triton.__version__} "

@@ -248,3 +248,19 @@ def test_gluon_build_failure_falls_back_to_triton(monkeypatch):
     ref = pyramid_attention_ref(q, k, v, lev, block=32)
     assert_close_rel(out, ref, TOL[torch.float32])
     assert pa_mod.OPTIONS["gluon"] is False  # said once: later calls go straight to Triton
+
+
+@pytest.mark.gpu
+def test_gluon_q_first_order_gpu(monkeypatch):
+    """The loader's other order (each row's Q before its first K/V tile) gives the same results."""
+    import importlib
+
+    from qvl_kernels.pyramid_attention import hopper
+
+    pa_mod = importlib.import_module("qvl_kernels.pyramid_attention.pyramid_attention")
+    B, HQ, HKV, L, D = 1, 28, 4, 2065, 128
+    q, k, v = _qkv(B, HQ, HKV, L, D, torch.bfloat16, seed=11, device="cuda")
+    if not hopper.supported(q, k, v, 128, False):
+        pytest.skip("the Gluon kernel needs an sm_90 GPU (H100/H200) and Triton with Gluon")
+    monkeypatch.setitem(pa_mod.OPTIONS, "gluon_q_first", True)
+    _check(q, k, v, _levels(B, HQ, L, 128, seed=11, device="cuda"), True, 128, TOL[torch.bfloat16])
