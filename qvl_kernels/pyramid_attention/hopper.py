@@ -277,6 +277,7 @@ if HAVE_GLUON:
         g0 = 0  # tiles this program has consumed
         n_q = 0  # non-empty rows (Q loads) so far
         # Each item's metadata is loaded one item ahead, so its latency hides behind a row's work.
+        # The loader walks the same items and tiles in the same order (keep the two in step).
         nx0, nx1, nx2, nx3, nx4, nx5, nx6 = _row_meta(META, gl.program_id(0), NB, HQ, G, n_items)
         for w in range(gl.program_id(0), n_items, gl.num_programs(0)):
             i_m, i_b, i_h, i_hk, i_row = _work_item(w, NB, HQ, G)

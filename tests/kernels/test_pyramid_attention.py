@@ -239,7 +239,7 @@ def test_gluon_build_failure_falls_back_to_triton(monkeypatch):
         raise AttributeError("module 'gluon' has no attribute 'warp_specialize'")
 
     monkeypatch.setitem(pa_mod.OPTIONS, "gluon", True)
-    monkeypatch.setattr(hopper, "supported", lambda *a, **k: True)
+    monkeypatch.setattr(pa_mod, "_gluon_kernel", lambda *a: hopper)  # as if on an H100/H200
     monkeypatch.setattr(hopper, "pyramid_attention_hopper", incompatible)
     q, k, v = _qkv(1, 2, 1, 63, 64, torch.float32, seed=5)
     lev = _levels(1, 2, 63, 32, seed=5)
