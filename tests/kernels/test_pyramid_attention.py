@@ -186,6 +186,7 @@ GLUON_CASES = [
     (1, 4, 2, 1000, 128, False, "blhd"),
     (1, 28, 4, 2065, 128, True, "blhd"),
     (2, 16, 2, 1537, 128, True, "bhld"),
+    (1, 28, 4, 1100, 128, True, "blhd-all"),  # q (and so the output) transposed too, as Qwen's layers give it
 ]
 
 
@@ -199,8 +200,10 @@ def test_gluon_hopper_gpu(case, dtype):
     B, HQ, HKV, L, D, causal, layout = case
     seed = L + D + HQ
     q, k, v = _qkv(B, HQ, HKV, L, D, dtype, seed, device="cuda")
-    if layout == "blhd":  # the layout attention layers hand over: [B, L, H, D] viewed as [B, H, L, D]
+    if layout.startswith("blhd"):  # the layout attention layers hand over: [B, L, H, D] viewed as [B, H, L, D]
         k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (k, v))
+    if layout == "blhd-all":
+        q = q.transpose(1, 2).contiguous().transpose(1, 2)
     if not hopper.supported(q, k, v, 128, False):
         pytest.skip("the Gluon kernel needs an sm_90 GPU (H100/H200) and Triton with Gluon")
     tol = TOL[dtype]
