@@ -46,7 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._tma import ensure_tma_allocator, tma_ok
+from .._tma import ensure_tma_allocator, tma_ok_whole
 from .naive import _block_mean, check_args, check_fp8
 from .quantize import quantize_fp8
 
@@ -323,9 +323,8 @@ def _length_bucket(LS: int) -> int:
 
 
 def _tma_layout_ok(*tensors: torch.Tensor) -> bool:
-    """TMA descriptors per (batch, head) slice: `tma_ok` and 16-byte aligned batch and head strides."""
-    return tma_ok(*tensors) and all((t.stride(0) * t.element_size()) % 16 == 0
-                                    and (t.stride(1) * t.element_size()) % 16 == 0 for t in tensors)
+    """TMA descriptors per (batch, head) slice of [B, H, L, D] tensors: every stride aligned."""
+    return tma_ok_whole(*tensors)
 
 
 def _check_device(q):

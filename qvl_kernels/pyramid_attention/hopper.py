@@ -40,6 +40,8 @@ from __future__ import annotations
 import torch
 import triton
 
+from .._tma import ensure_tma_allocator, tma_ok_whole
+
 try:  # Gluon ships with Triton >= 3.5; older or CPU-only installs use the Triton kernel.
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -73,10 +75,7 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int, poo
         return False
     if q.shape[-1] not in (64, 128):
         return False
-    # TMA reads q, k and v in place: unit stride along D, other strides and bases 16-byte aligned.
-    return all(t.stride(-1) == 1 and t.data_ptr() % 16 == 0
-               and all((st * t.element_size()) % 16 == 0 for st in t.stride()[:-1])
-               for t in (q, k, v))
+    return tma_ok_whole(q, k, v)  # TMA reads q, k and v in place through 4-D descriptors
 
 
 if HAVE_GLUON:
@@ -449,8 +448,6 @@ def pyramid_attention_hopper(q, k, v, pooled, lists, causal: bool, scale: float,
 
     stages: K/V tiles in flight (3 measured best). q_first: load each row's Q before its first K/V
     tile (the loader's earlier order, kept for the variant sweep)."""
-    from .._tma import ensure_tma_allocator
-
     B, HQ, L, D = q.shape
     HKV = k.shape[1]
     nb = triton.cdiv(L, BLOCK)
