@@ -19,17 +19,21 @@ SM, persistent) runs three partitions over a list of work items (128 query rows 
       wait for O; O *= alpha_t; release tile t - 1's stage
 
   The two warpgroups share no barrier, so one's softmax also fills the other's GEMM gaps.
+  Each writes its 64 rows of O through its own Q buffer with one TMA store, then frees that
+  buffer for the next row's Q.
 
 Work order: KV head by KV head (programs running at once share one KV head's K/V in L2), and
 within one, the heaviest causal rows first across its query heads (the schedule ends on light
 rows). Each item's list metadata is loaded one item ahead. Measured steps: benchmarks/NOTES-psa.md.
 
-Each query row walks one stream of full 128-key tiles: its level-1 blocks, then its 2x, 4x and
-8x pooled blocks packed R per tile (R TMA boxes of 128 / R pooled rows land side by side in one
-shared-memory tile, so coarse levels run full-width GEMMs), then the masked edge block (the
-diagonal when causal, the last block otherwise). A tile's level is uniform, so its ln r bias is
-one scalar folded into the softmax; the unused slots of a level's last tile repeat a listed
-block and are masked to -inf.
+Each query row walks one stream of full 128-key tiles: the masked edge block first (the
+diagonal when causal, the last block otherwise), then its level-1 blocks, then its 2x, 4x and 8x
+pooled blocks packed R per tile (R TMA boxes of 128 / R pooled rows land side by side in one
+shared-memory tile, so coarse levels run full-width GEMMs). A tile's level is uniform, so its
+ln r bias is one scalar folded into the softmax; the unused slots of a level's last tile repeat a
+listed block and are masked to -inf. The row's first tile has no P V of a previous one to
+overlap, so it runs a step without it (no wasted GEMM, and few registers live for the mask math
+of the edge).
 
 No interpreter runs Gluon: on the CPU this file is only imported; the gpu-marked tests compare
 it with naive.py and SDPA on an H100/H200 (tests/kernels/test_pyramid_attention.py).
@@ -168,39 +172,50 @@ if HAVE_GLUON:
         return lvl, j0, j1, j2, j3, j4, j5, j6, j7
 
     @gluon.jit
-    def _attn_step(g0, t, q_smem, k_bufs, v_bufs, bars_k, bars_v, bars_free, bar_qfree, release_q,
+    def _attn_step(g0, pos, t, q_smem, k_bufs, v_bufs, bars_k, bars_v, bars_free,
                    acc_s, acc_o, p_op, m_i, l_i, qk_scale,
                    T1, T2, T4, c0, c1, c2, c3, c4, j_edge, lev_edge, o_m, L,
                    s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr,
-                   STAGES: gl.constexpr, MASKED: gl.constexpr, CAUSAL: gl.constexpr):
-        # The row's key tile t (the program's tile g0 + t) for one consumer warpgroup: see the
-        # module docstring for the order of operations.
-        g = g0 + t
+                   STAGES: gl.constexpr, MASKED: gl.constexpr, FIRST: gl.constexpr, CAUSAL: gl.constexpr):
+        # Stream position pos of the row (the program's tile g0 + pos; listed tile t, or the edge
+        # block when MASKED) for one consumer warpgroup: see the module docstring for the order of
+        # operations. FIRST: the row's first tile (no previous P V; acc_o is still zero).
+        g = g0 + pos
         s = g % STAGES
         mbarrier.wait(bars_k.index(s), (g // STAGES) & 1)
         acc_s = warpgroup_mma(q_smem, k_bufs.index(s).permute((1, 0)), acc_s, use_acc=False, is_async=True)
-        g_prev = g0 + gl.maximum(t - 1, 0)  # at t = 0, P is zero and V is tile t's (finite)
-        s_prev = g_prev % STAGES
-        mbarrier.wait(bars_v.index(s_prev), (g_prev // STAGES) & 1)
-        acc_o = warpgroup_mma(p_op, v_bufs.index(s_prev), acc_o, is_async=True)
-        acc_s = warpgroup_mma_wait(1, deps=(acc_s,))
-        mbarrier.arrive(bar_qfree, pred=release_q)  # the row's last S: Q's buffer may take the next row
+        if FIRST:
+            acc_s = warpgroup_mma_wait(0, deps=(acc_s,))
+        else:
+            g_prev = g - 1
+            s_prev = g_prev % STAGES
+            mbarrier.wait(bars_v.index(s_prev), (g_prev // STAGES) & 1)
+            acc_o = warpgroup_mma(p_op, v_bufs.index(s_prev), acc_o, is_async=True)
+            acc_s = warpgroup_mma_wait(1, deps=(acc_s,))
 
         # Online softmax of S_t in the log2 domain; the tile's level r adds log2 r to every score.
         cols = gl.arange(0, 128, layout=gl.SliceLayout(0, s_layout))
         if MASKED:
-            R = lev_edge
-            NP = 128 // R
-            o_n = j_edge * NP + cols  # pooled key index (slots past the first repeat it: masked)
-            first = o_n * R
-            last = gl.minimum(first + R, L) - 1
-            valid = (cols < NP) & (first < L)
-            bias = gl.log2(gl.maximum(last - first + 1, 1).to(gl.float32))
-            sc = acc_s * qk_scale + bias[None, :]
-            ok = valid[None, :]
+            # The edge block (the diagonal when causal, else the last block) at ratio R = 2^lr:
+            # column g is pooled group g of the block. Everything is in per-row thresholds and
+            # scalars, not per-column vectors (those pushed the warpgroup past its registers, and
+            # libdevice's log2 per column made this step ~4 us per row: trace, H200).
+            x0 = j_edge * 128
+            lr = (lev_edge >= 2).to(gl.int32) + (lev_edge >= 4).to(gl.int32) + (lev_edge >= 8).to(gl.int32)
+            n_in = gl.minimum(L - x0, 128)  # tokens of the block inside the sequence
+            rem = n_in & (lev_edge - 1)  # tokens in a final partial group (0: none)
+            pc = gl.where(rem > 0, n_in >> lr, -1)  # its column: bias log2(rem), not lr
+            # Row x sees columns g < thr(x): full group g ends at x0 + (g + 1) R - 1; the partial
+            # group ends at L - 1.
             if CAUSAL:
-                ok = ok & (last[None, :] <= o_m[:, None])
-            sc = gl.where(ok, sc, float("-inf"))
+                thr = (o_m - x0 + 1) >> lr
+                thr = gl.where(o_m >= L - 1, gl.maximum(thr, pc + 1), thr)
+            else:
+                thr = gl.full_like(o_m, (n_in + lev_edge - 1) >> lr)
+            sc = gl.where(cols[None, :] < thr[:, None], acc_s * qk_scale + lr.to(gl.float32), float("-inf"))
+            if rem > 0:
+                corr = gl.log2(rem.to(gl.float32)) - lr.to(gl.float32)
+                sc = gl.where((cols == pc)[None, :], sc + corr, sc)
             m_new = gl.maximum(m_i, gl.max(sc, 1))
             m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
             p = gl.exp2(sc - m_use[:, None])
@@ -218,10 +233,11 @@ if HAVE_GLUON:
         l_i = l_i * alpha + gl.sum(p, 1)
         p_new = gl.convert_layout(p.to(q_smem.dtype), p_layout)
 
-        acc_o, p_op = warpgroup_mma_wait(0, deps=(acc_o, p_op))
-        acc_o = acc_o * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
-        # Tile t - 1 is done (S_{t-1} and P_{t-1} V_{t-1}): hand its stage back to the loader.
-        mbarrier.arrive(bars_free.index(s_prev), pred=t > 0)
+        if not FIRST:
+            acc_o, p_op = warpgroup_mma_wait(0, deps=(acc_o, p_op))
+            acc_o = acc_o * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+            # The previous tile is done (its S and P V): hand its stage back to the loader.
+            mbarrier.arrive(bars_free.index(s_prev))
         return acc_s, acc_o, p_new, m_new, l_i
 
     @gluon.jit
@@ -250,7 +266,8 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _row_stream(c0, c1, c2, c3, c4, lev_edge):
-        # The row's stream: level-1 tiles, then 2x, 4x, 8x tiles (R blocks each), then the edge.
+        # The row's stream: the edge block (if any), level-1 tiles, then 2x, 4x, 8x tiles (R
+        # blocks each). Listed tile t is stream position t + (n_tiles - T).
         T1 = c1 - c0
         T2 = T1 + (c2 - c1 + 1) // 2
         T4 = T2 + (c3 - c2 + 3) // 4
@@ -260,7 +277,7 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _consumer(WG: gl.constexpr, q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free,
-                  O, META, s_ob, s_oh, s_ol, qk_scale, L, NB, HQ, G, n_items,
+                  O, META, s_ob, s_oh, s_ol, qk_scale, B, L, NB, HQ, G, n_items,
                   D: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
         # One warpgroup: query rows [64 WG, 64 WG + 64) of each work item, every tile of its row.
         WM: gl.constexpr = 64
@@ -271,6 +288,9 @@ if HAVE_GLUON:
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         dtype: gl.constexpr = q_bufs.dtype
         q_smem = q_bufs.index(WG)
+        O_BOX: gl.constexpr = [1, 1, WM, D]
+        d_o = tma.make_tensor_descriptor(O, [B, HQ, L, D], [s_ob, s_oh, s_ol, 1], O_BOX,
+                                         gl.NVMMASharedLayout.get_default_for(O_BOX, dtype))
         bar_q = bars_q.index(WG)
         bar_qfree = bars_qfree.index(WG)
         g0 = 0  # tiles this program has consumed
@@ -292,18 +312,25 @@ if HAVE_GLUON:
             p_op = gl.zeros([WM, 128], dtype, p_layout)
             if n_tiles > 0:
                 mbarrier.wait(bar_q, n_q & 1)
-                for t in range(0, T):
+                e = n_tiles - T  # 1: the row has an edge block, and it comes first
+                if e > 0:
                     acc_s, acc_o, p_op, m_i, l_i = _attn_step(
-                        g0, t, q_smem, k_bufs, v_bufs, bars_k, bars_v, bars_free, bar_qfree, t == n_tiles - 1,
+                        g0, 0, T, q_smem, k_bufs, v_bufs, bars_k, bars_v, bars_free,
                         acc_s, acc_o, p_op, m_i, l_i, qk_scale,
                         T1, T2, T4, c0, c1, c2, c3, c4, j_edge, lev_edge, o_m, L,
-                        s_layout, o_layout, p_layout, STAGES, False, CAUSAL)
-                if n_tiles > T:  # the edge block
+                        s_layout, o_layout, p_layout, STAGES, True, True, CAUSAL)
+                else:
                     acc_s, acc_o, p_op, m_i, l_i = _attn_step(
-                        g0, T, q_smem, k_bufs, v_bufs, bars_k, bars_v, bars_free, bar_qfree, True,
+                        g0, 0, 0, q_smem, k_bufs, v_bufs, bars_k, bars_v, bars_free,
                         acc_s, acc_o, p_op, m_i, l_i, qk_scale,
                         T1, T2, T4, c0, c1, c2, c3, c4, j_edge, lev_edge, o_m, L,
-                        s_layout, o_layout, p_layout, STAGES, True, CAUSAL)
+                        s_layout, o_layout, p_layout, STAGES, False, True, CAUSAL)
+                for pos in range(1, n_tiles):
+                    acc_s, acc_o, p_op, m_i, l_i = _attn_step(
+                        g0, pos, pos - e, q_smem, k_bufs, v_bufs, bars_k, bars_v, bars_free,
+                        acc_s, acc_o, p_op, m_i, l_i, qk_scale,
+                        T1, T2, T4, c0, c1, c2, c3, c4, j_edge, lev_edge, o_m, L,
+                        s_layout, o_layout, p_layout, STAGES, False, False, CAUSAL)
                 # The last tile's P @ V, then its stage goes back too.
                 g_last = g0 + n_tiles - 1
                 s_last = g_last % STAGES
@@ -311,17 +338,24 @@ if HAVE_GLUON:
                 acc_o = warpgroup_mma(p_op, v_bufs.index(s_last), acc_o, is_async=True)
                 acc_o = warpgroup_mma_wait(0, deps=(acc_o, p_op))[0]
                 mbarrier.arrive(bars_free.index(s_last))
+                # O goes out through this warpgroup's Q buffer (Q is done with) and one TMA store:
+                # plain stores from the MMA layout are 64 2-byte stores per thread, and cost ~4%
+                # of dense time (H200). Rows past L are clipped by the descriptor. Then the
+                # loader may bring the next row's Q into the buffer.
+                l_o = gl.convert_layout(gl.where(l_i > 0, l_i, 1.0), gl.SliceLayout(1, o_layout))
+                q_smem.store((acc_o / l_o[:, None]).to(dtype))
+                fence_async_shared()
+                tma.async_copy_shared_to_global(d_o, [i_b, i_h, row0, 0], q_smem.reshape(O_BOX))
+                tma.store_wait(0)
+                mbarrier.arrive(bar_qfree)
                 n_q += 1
+            else:  # a row that saw no key at all gets 0 (its Q buffer may be loading: plain stores)
+                o_mo = row0 + gl.arange(0, WM, layout=gl.SliceLayout(1, o_layout))
+                o_do = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+                p_o = O + i_b.to(gl.int64) * s_ob + i_h.to(gl.int64) * s_oh \
+                    + o_mo[:, None].to(gl.int64) * s_ol + o_do[None, :]
+                gl.store(p_o, acc_o.to(dtype), mask=(o_mo < L)[:, None])
             g0 += n_tiles
-
-            # A row that saw no key at all (l = 0) gets 0.
-            l_o = gl.convert_layout(gl.where(l_i > 0, l_i, 1.0), gl.SliceLayout(1, o_layout))
-            out = (acc_o / l_o[:, None]).to(dtype)
-            o_mo = row0 + gl.arange(0, WM, layout=gl.SliceLayout(1, o_layout))
-            o_do = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
-            p_o = O + i_b.to(gl.int64) * s_ob + i_h.to(gl.int64) * s_oh \
-                + o_mo[:, None].to(gl.int64) * s_ol + o_do[None, :]
-            gl.store(p_o, out, mask=(o_mo < L)[:, None])
 
     @gluon.jit
     def _issue_q(dq, q_bufs, bars_q, bars_qfree, n_q, i_b, i_h, i_m, Q_BYTES: gl.constexpr):
@@ -379,17 +413,21 @@ if HAVE_GLUON:
             if Q_FIRST and n_tiles > 0:
                 _issue_q(dq, q_bufs, bars_q, bars_qfree, n_q, i_b, i_h, i_m, Q_BYTES)
                 n_q += 1
-            for t in range(0, n_tiles):
+            e = n_tiles - T  # the edge block (if any) goes first
+            for pos in range(0, n_tiles):
+                t = pos - e  # listed tile t; T stands for the edge block
+                if t < 0:
+                    t = T
                 lvl, j0, j1, j2, j3, j4, j5, j6, j7 = _fetch_indices(
                     t, T, T1, T2, T4, c0, c1, c2, c3, c4, p_idx, j_edge, lev_edge)
-                g = g0 + t
+                g = g0 + pos
                 # Wait until both consumers released tile g - STAGES (a fresh barrier passes phase 1).
                 mbarrier.wait(bars_free.index(g % STAGES), ((g // STAGES) & 1) ^ 1)
                 _issue_tile(g, t, T, lvl, j0, j1, j2, j3, j4, j5, j6, j7, i_b, i_hk,
                             dk1, dv1, dk2, dv2, dk4, dv4, dk8, dv8, row2, row4, row8,
                             k_bufs, v_bufs, bars_k, bars_v, TILE_BYTES, STAGES)
-                if not Q_FIRST and t == 0:
-                    # Q after the row's first tile: Q waits for the previous row's last S, and the
+                if not Q_FIRST and pos == 0:
+                    # Q after the row's first tile: Q waits for the previous row's O store, and the
                     # first K/V tile should not wait behind it. (Tiles 0..STAGES-1 of this row need
                     # only stages the previous rows release, so the consumers cannot be starved.)
                     _issue_q(dq, q_bufs, bars_q, bars_qfree, n_q, i_b, i_h, i_m, Q_BYTES)
@@ -429,9 +467,9 @@ if HAVE_GLUON:
         # softmax fills the other's GEMM gaps) and one loader warp.
         gl.warp_specialize([
             (_consumer, (0, q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free,
-                         O, META, s_ob, s_oh, s_ol, qk_scale, L, NB, HQ, G, n_items, D, CAUSAL, STAGES)),
+                         O, META, s_ob, s_oh, s_ol, qk_scale, B, L, NB, HQ, G, n_items, D, CAUSAL, STAGES)),
             (_consumer, (1, q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free,
-                         O, META, s_ob, s_oh, s_ol, qk_scale, L, NB, HQ, G, n_items, D, CAUSAL, STAGES)),
+                         O, META, s_ob, s_oh, s_ol, qk_scale, B, L, NB, HQ, G, n_items, D, CAUSAL, STAGES)),
             (_loader, (q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX,
                        Q, K, V, K2, V2, K4, V4, K8, V8,
                        s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, B, L, NB, HQ, G, n_items,
