@@ -4,7 +4,9 @@ On the CPU the kernels run in the Triton interpreter (fp32, fp16); the `gpu` tes
 cases in bf16 on a CUDA device.
 """
 
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -223,6 +225,20 @@ def test_gluon_hopper_gpu(case, dtype):
     # Only coarse levels, long lists (partial last tiles of every level).
     coarse = LEVEL_VALUES[torch.randint(2, 5, lev.shape, generator=torch.Generator().manual_seed(seed))].cuda()
     _check(q, k, v, coarse, causal, 128, tol)
+
+
+def test_trace_script_still_fits_the_gluon_kernel():
+    """benchmarks/trace_attention.py times the Gluon kernel's phases by patching hopper.py's text at
+    named anchors. It runs by hand on a GPU, so CI checks here that every anchor is still there (a
+    kernel edit that moves one must update the script) and that a missing one is reported."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "trace_attention.py"
+    spec = importlib.util.spec_from_file_location("trace_attention", path)
+    trace = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trace)
+    src = trace.HOPPER.read_text()
+    assert trace.traced_source(src).count("%clock64") == 8  # 6 consumer stamps, 2 loader stamps
+    with pytest.raises(SystemExit, match="anchor"):
+        trace.traced_source(src.replace("mbarrier.wait(bar_q, n_q & 1)", "mbarrier.wait(bar_q, 0)"))
 
 
 def test_gluon_build_failure_falls_back_to_triton(monkeypatch):
