@@ -44,7 +44,7 @@ from qvl_kernels.pyramid_attention.pyramid_attention import _pyramid_attention_f
 HQ, HKV, D = 28, 4, 128
 HOPPER = Path(__file__).resolve().parent.parent / "qvl_kernels" / "pyramid_attention" / "hopper.py"
 CLK = 'gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)'
-SLOTS = 16  # per work item: consumer warpgroup w at 6 w + (0..5), the loader at 12..14
+SLOTS = 16  # per work item: consumer warpgroup w at 6 w + (0..5); the loader at 13 (tile 0 issued), 14 (Q issued)
 PHASES = ["Q wait", "first step", "rest of loop", "last P V", "epilogue"]
 
 # (anchor, replacement): each anchor must occur exactly `count` times in hopper.py.
