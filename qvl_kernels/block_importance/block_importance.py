@@ -29,8 +29,9 @@ take the pointer path (compiled in only for such L: it costs registers).
 
 fp8 (opt-in, `block_importance(..., fp8=True)`): `quantize.py` writes per-(batch, head)
 float8_e4m3fn copies of q and k (two streaming passes, no host sync) and the same kernel runs on
-them, each head's two scales folded into its score scale (HEAD_SCALE). Half the bytes per tile
-and twice the tensor-core rate: 2.70 ms instead of 4.14 ms at 64K tokens on an H200 (7B shape).
+them: q's scale per strided row and k's per head folded into each query row's score scale
+(ROW_SCALE). Half the bytes per tile and twice the tensor-core rate: 2.26-2.32 ms instead of
+3.9-4.1 ms at 64K tokens on an H200 (7B shape).
 
 The pooling method (mean-pool per block, then an nb x nb softmax) costs one read of q and k and
 an (nb x nb) matmul per head; it is plain PyTorch here (a reduction and one batched GEMM with
@@ -68,14 +69,25 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #   pointer 128x128x128 w8 s3 (the default before TMA) 0.502 / 1.471 / 5.63; no pointer config
 #   beat it by more than 2 % at 64K. fp8 q, k (kernel only): TMA 128x256x64 w8 s4 0.312 / 0.782 /
 #   2.703, the fastest fp8 config at 64K too (128x256x128 w8 s3: 0.290 / 0.770 / 2.72).
-# So one config per class from 2048 strided rows up (L_BUCKET 4: 16K tokens at stride 8; the
-# autotuner compiles one kernel and times nothing there) and two below, where smaller tiles give
-# more CTAs to fill the SMs (not measured below 16K: 128x128x64 s4 was the fastest 128x128 tile
-# at 16K; 64-row tiles double the CTAs). fp32 inputs (IEEE dots: tests, references) take two
-# 2-stage tiles with 64-wide head-dim steps that fit shared memory in fp32. Registers (sm_90 compile, bf16, D 128), TMA / pointer
-# path: 128x128x128 s3 126 / 178, 128x256x64 s3 200 / 255, no spills.
+# Session 6 (same card and versions, 2026-11-28, runs of 15:44, 15:49 and 16:08 UTC; the epilogue
+# of `_tile_lse` trimmed: unmasked tiles in their own loop, the scale in the exp2's FMA, row sums
+# from the block sums), ms at 16K / 32K / 64K, against the session-3 kernel in the 15:44 run:
+#   TMA 128x256x64 w8 s4   0.35-0.42 / 1.01-1.02 / 3.83-4.07 (session 3's: 0.46 / 1.15-1.20 / 4.34-4.65)
+#   TMA 128x256x64 w8 s3   0.35 / 0.98-1.04 / 3.88-4.33
+#   fp8 TMA 128x256x128 w8 s3  0.24 / 0.67-0.76 / 2.23-2.32 (session 3's: 0.28 / 0.77 / 2.69-2.77)
+#   fp8 TMA 128x256x64 w8 s4   0.25 / 0.66-0.71 / 2.26-2.44
+# So one config per class from 2048 strided rows up (the autotuner compiles one kernel and times
+# nothing there): bf16/fp16 s3 at 2048-4095 strided rows (16K tokens at stride 8, L_BUCKET 4), s4
+# from 4096 (L_BUCKET 5); fp8 128x256x128 s3 from 2048. Two configs below, where smaller tiles
+# give more CTAs to fill the SMs (not measured below 16K: 128x128x64 s4 was the fastest 128x128
+# tile at 16K; 64-row tiles double the CTAs). fp32 inputs (IEEE dots: tests, references) take two
+# 2-stage tiles with 64-wide head-dim steps that fit shared memory in fp32. Registers (sm_90
+# compile, D 128): 255 for the 128x256 tiles (TMA path, bf16 and fp8), no spills (60-72 bytes with
+# a partial last strided row, which compiles in the pointer loop too).
 _GPU_CONFIGS = {
     (128, 256, 64, 8, 4, True): ("tma-long",),
+    (128, 256, 64, 8, 3, True): ("tma-mid",),
+    (128, 256, 128, 8, 3, True): ("tma-fp8",),  # BK 128: 297 KB of shared memory in bf16
     (128, 128, 128, 8, 3, True): ("pointer-long", "pointer-short"),
     (128, 128, 64, 8, 4, True): ("tma-short",),
     (64, 128, 128, 4, 3, True): ("tma-short", "pointer-short"),
@@ -84,7 +96,8 @@ _GPU_CONFIGS = {
     (128, 128, 64, 8, 2, True): ("ieee",),
     (64, 128, 64, 4, 2, True): ("ieee",),
 }
-_LONG_BUCKET = 4  # _length_bucket of >= 2048 strided rows
+_MID_BUCKET = 4  # _length_bucket of 2048-4095 strided rows
+_LONG_BUCKET = 5  # _length_bucket of >= 4096 strided rows
 INTERPRET_FLAT = True  # the interpreter runs one config: tests flip this to cover both loops
 # Load path of q and k chunks: TMA descriptors where the layout allows (see `_xattn`), else
 # pointer gathers. Tests and benchmarks/variants_importance.py flip this.
@@ -105,11 +118,18 @@ def _as_tuple(conf: triton.Config) -> tuple:
     return kw["BM"], kw["BN"], kw["BK"], conf.num_warps, conf.num_stages, kw["FLAT"]
 
 
-def _launch_class(ieee: bool, tma: bool, bucket: int) -> str:
-    """Which configs of _GPU_CONFIGS a launch may use: "ieee", or "{tma|pointer}-{long|short}"."""
+def _launch_class(ieee: bool, tma: bool, bucket: int, fp8: bool = False) -> str:
+    """Which configs of _GPU_CONFIGS a launch may use: "ieee", "tma-{short|mid|long|fp8}" or
+    "pointer-{short|long}"."""
     if ieee:
         return "ieee"
-    return ("tma" if tma else "pointer") + ("-long" if bucket >= _LONG_BUCKET else "-short")
+    if bucket < _MID_BUCKET:
+        return ("tma" if tma else "pointer") + "-short"
+    if not tma:
+        return "pointer-long"
+    if fp8:
+        return "tma-fp8"
+    return "tma-long" if bucket >= _LONG_BUCKET else "tma-mid"
 
 
 def _keep(conf: triton.Config, R: int) -> bool:
@@ -124,7 +144,8 @@ def _prune(configs, named_args, **kwargs):
     R = arg("R")
     kept = [c for c in configs if _keep(c, R)]
     if not _INTERPRET:
-        cls = _launch_class(arg("IEEE"), arg("TMA"), arg("L_BUCKET"))
+        # ROW_SCALE: q and k are the fp8 copies of block_importance(fp8=True)
+        cls = _launch_class(arg("IEEE"), arg("TMA"), arg("L_BUCKET"), arg("ROW_SCALE"))
         kept = [c for c in kept if cls in _GPU_CONFIGS.get(_as_tuple(c), ())]
     if not kept:  # R larger than every tile: one tile per block
         kept = [triton.Config({"BM": R, "BN": R, "BK": 128, "FLAT": True}, num_warps=8 if R >= 128 else 4,
@@ -163,22 +184,42 @@ def _dot(b_s, b_q, b_k, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _log2(x, FAST: tl.constexpr):
+    # libdevice's log2f is a ~20-instruction software routine (no MUFU.LG2 in the SASS); the
+    # hardware approximation (relative error ~2^-22) is plenty for a log-sum-exp, and the
+    # interpreter has no inline assembly.
+    if FAST:
+        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    return tl.log2(x)
+
+
+@triton.jit
 def _tile_lse(b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale,
-              CAUSAL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, R: tl.constexpr):
+              CAUSAL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, R: tl.constexpr, FAST: tl.constexpr,
+              MASK: tl.constexpr, ROW_SCALE: tl.constexpr):
     # Online row max/sum over one key tile; stores the per-(row, key block) log-sum-exp.
+    # The tile's softmax runs while the tensor cores idle (nothing else is in flight), so every
+    # per-score instruction counts: the mask only in tiles that reach the diagonal or the end
+    # (MASK; a separate loop, as a branch on the accumulator made Triton 3.6 leave out its
+    # wgmma wait and ptxas serialize the GEMMs), the scale folded into the exp2's FMA (scale > 0,
+    # so max commutes with it), the row sum over the NJ block sums instead of the BN scores.
     NJ: tl.constexpr = BN // R  # key blocks per key tile
     o_n = t0 + tl.arange(0, BN)  # strided key rows
-    b_s = b_s * scale  # base-2 logits
-    m_s = (o_n < LS)[None, :]
-    if CAUSAL:
-        m_s = m_s & (o_n[None, :] <= o_m[:, None])
-    b_s = tl.where(m_s, b_s, float("-inf"))  # [BM, BN]
+    if MASK:
+        m_s = (o_n < LS)[None, :]
+        if CAUSAL:
+            m_s = m_s & (o_n[None, :] <= o_m[:, None])
+        b_s = tl.where(m_s, b_s, float("-inf"))  # [BM, BN]
     # key row 0 is visible to every row, so m_new is finite from the first tile on
-    m_new = tl.maximum(m_i, tl.max(b_s, 1))
-    b_p = tl.exp2(b_s - m_new[:, None])  # [BM, BN]
-    l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(b_p, 1)
+    m_new = tl.maximum(m_i, tl.max(b_s, 1) * scale)  # base-2 logits (scale: a scalar, or [BM] > 0)
+    if ROW_SCALE:
+        b_p = tl.exp2(b_s * scale[:, None] - m_new[:, None])  # [BM, BN]
+    else:
+        b_p = tl.exp2(b_s * scale - m_new[:, None])
     b_bs = tl.sum(tl.reshape(b_p, [BM, NJ, R]), 2)  # [BM, NJ]
-    b_lse = m_new[:, None] + tl.log2(b_bs)  # -inf where the block holds no visible key
+    l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(b_bs, 1)
+    b_lse = m_new[:, None] + _log2(b_bs, FAST)  # -inf where the block holds no visible key
     o_j = t0 // R + tl.arange(0, NJ)
     tl.store(p_lse + o_j[None, :], b_lse, mask=m_m[:, None] & (o_j < NB)[None, :])
     return m_new, l_i
@@ -189,8 +230,10 @@ def _key_tiles(b_s, m_i, l_i, i_lo, i_hi, p_q, p_k, d_q, d_k, s_ql, s_kl, p_lse,
                L, LS, NB, scale,
                D: tl.constexpr, STRIDE: tl.constexpr, R: tl.constexpr, CAUSAL: tl.constexpr,
                IEEE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-               FLAT: tl.constexpr, TMA: tl.constexpr):
-    # Pass 1 over key tiles i_lo..i_hi-1: STRIDE offsets x ceil(D / BK) column chunks per tile.
+               FLAT: tl.constexpr, TMA: tl.constexpr, FAST: tl.constexpr, MASK: tl.constexpr,
+               ROW_SCALE: tl.constexpr):
+    # Pass 1 over key tiles i_lo..i_hi-1: STRIDE offsets x ceil(D / BK) column chunks per tile;
+    # MASK: some of their scores are invisible (causally, or past the last strided row).
     NK: tl.constexpr = (D + BK - 1) // BK
     STEPS: tl.constexpr = STRIDE * NK
     if FLAT:
@@ -203,7 +246,8 @@ def _key_tiles(b_s, m_i, l_i, i_lo, i_hi, p_q, p_k, d_q, d_k, s_ql, s_kl, p_lse,
                                 D, STRIDE, BM, BN, BK, TMA)
             b_s = _dot(b_s, b_q, b_k, IEEE)
             if i_s == STEPS - 1:
-                m_i, l_i = _tile_lse(b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale, CAUSAL, BM, BN, R)
+                m_i, l_i = _tile_lse(b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale, CAUSAL, BM, BN, R, FAST, MASK,
+                                      ROW_SCALE)
                 b_s = tl.zeros([BM, BN], dtype=tl.float32)
     else:
         for i_t in range(i_lo, i_hi):
@@ -212,14 +256,15 @@ def _key_tiles(b_s, m_i, l_i, i_lo, i_hi, p_q, p_k, d_q, d_k, s_ql, s_kl, p_lse,
                 b_q, b_k = _load_qk(p_q, p_k, d_q, d_k, s_ql, s_kl, r0, t0, i_s // NK, (i_s % NK) * BK, L,
                                     D, STRIDE, BM, BN, BK, TMA)
                 b_s = _dot(b_s, b_q, b_k, IEEE)
-            m_i, l_i = _tile_lse(b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale, CAUSAL, BM, BN, R)
+            m_i, l_i = _tile_lse(b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale, CAUSAL, BM, BN, R, FAST, MASK,
+                                      ROW_SCALE)
             b_s = tl.zeros([BM, BN], dtype=tl.float32)
     return b_s, m_i, l_i
 
 
 @triton.jit(do_not_specialize=["L_BUCKET"])
 def _xattn_kernel(
-    q, k, lse, out, hs,
+    q, k, lse, out, hs, hk,
     s_qb, s_qh, s_ql,
     s_kb, s_kh, s_kl,
     scale,
@@ -233,7 +278,8 @@ def _xattn_kernel(
     IEEE: tl.constexpr,
     TMA: tl.constexpr,
     PARTIAL: tl.constexpr,
-    HEAD_SCALE: tl.constexpr,
+    ROW_SCALE: tl.constexpr,
+    FAST: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BK: tl.constexpr,
@@ -254,14 +300,19 @@ def _xattn_kernel(
     p_q = q + i_b.to(tl.int64) * s_qb + i_h.to(tl.int64) * s_qh
     p_k = k + i_b.to(tl.int64) * s_kb + i_hk.to(tl.int64) * s_kh
     p_lse = lse + i_bh.to(tl.int64) * CH * NB + (o_m - row0).to(tl.int64)[:, None] * NB  # [BM, 1]
-    if HEAD_SCALE:  # q, k quantized with per-head scales (fp8=True): their product rescales the scores
-        scale = scale * tl.load(hs + i_bh)
+    if ROW_SCALE:  # fp8 copies (fp8=True): q's scale per strided row times k's per head rescales the scores
+        scale = scale * tl.load(hk + i_b * (HQ // G) + i_hk) \
+            * tl.load(hs + i_bh.to(tl.int64) * LS + o_m, mask=o_m < LS, other=1.0)  # [BM]
 
     if CAUSAL:
         hi = tl.minimum(LS, r0 + BM)
     else:
         hi = LS
     n_tiles = tl.cdiv(hi, BN)
+    # Key tiles 0..n_full-1 are visible to every row of the tile (no mask needed)
+    n_full = tl.minimum(n_tiles, LS // BN)
+    if CAUSAL:
+        n_full = tl.minimum(n_full, (r0 + 1) // BN)
 
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
@@ -283,14 +334,24 @@ def _xattn_kernel(
             if not CAUSAL:
                 n_tma = tl.minimum(n_tiles, LSF // BN)
             n_tma = tl.where(r0 + BM > LSF, 0, n_tma)
-        b_s, m_i, l_i = _key_tiles(b_s, m_i, l_i, 0, n_tma, p_q, p_k, d_q, d_k, s_ql, s_kl, p_lse, o_m, m_m, r0,
-                                   L, LS, NB, scale, D, STRIDE, R, CAUSAL, IEEE, BM, BN, BKD, FLAT, True)
+        n_plain = tl.minimum(n_full, n_tma)
+        b_s, m_i, l_i = _key_tiles(b_s, m_i, l_i, 0, n_plain, p_q, p_k, d_q, d_k, s_ql, s_kl, p_lse, o_m, m_m, r0,
+                                   L, LS, NB, scale, D, STRIDE, R, CAUSAL, IEEE, BM, BN, BKD, FLAT, True, FAST, False,
+                                   ROW_SCALE)
+        b_s, m_i, l_i = _key_tiles(b_s, m_i, l_i, n_plain, n_tma, p_q, p_k, d_q, d_k, s_ql, s_kl, p_lse, o_m, m_m,
+                                   r0, L, LS, NB, scale, D, STRIDE, R, CAUSAL, IEEE, BM, BN, BKD, FLAT, True, FAST,
+                                   True, ROW_SCALE)
         if PARTIAL:
             b_s, m_i, l_i = _key_tiles(b_s, m_i, l_i, n_tma, n_tiles, p_q, p_k, q, k, s_ql, s_kl, p_lse, o_m, m_m,
-                                       r0, L, LS, NB, scale, D, STRIDE, R, CAUSAL, IEEE, BM, BN, BKD, FLAT, False)
+                                       r0, L, LS, NB, scale, D, STRIDE, R, CAUSAL, IEEE, BM, BN, BKD, FLAT, False, FAST,
+                                       True, ROW_SCALE)
     else:
-        b_s, m_i, l_i = _key_tiles(b_s, m_i, l_i, 0, n_tiles, p_q, p_k, q, k, s_ql, s_kl, p_lse, o_m, m_m, r0,
-                                   L, LS, NB, scale, D, STRIDE, R, CAUSAL, IEEE, BM, BN, BKD, FLAT, False)
+        b_s, m_i, l_i = _key_tiles(b_s, m_i, l_i, 0, n_full, p_q, p_k, q, k, s_ql, s_kl, p_lse, o_m, m_m, r0,
+                                   L, LS, NB, scale, D, STRIDE, R, CAUSAL, IEEE, BM, BN, BKD, FLAT, False, FAST, False,
+                                   ROW_SCALE)
+        b_s, m_i, l_i = _key_tiles(b_s, m_i, l_i, n_full, n_tiles, p_q, p_k, q, k, s_ql, s_kl, p_lse, o_m, m_m, r0,
+                                   L, LS, NB, scale, D, STRIDE, R, CAUSAL, IEEE, BM, BN, BKD, FLAT, False, FAST, True,
+                                   ROW_SCALE)
 
     # pass 2: exact softmax mass per (row, key block), rows summed into query blocks. Pass 2 reads
     # scratch that other threads of this program wrote (another register layout): a CTA barrier
@@ -310,16 +371,16 @@ def _xattn_kernel(
 
 _xattn_kernel_tuned = triton.autotune(
     configs=_configs(),
-    key=["D", "STRIDE", "R", "CAUSAL", "IEEE", "TMA", "PARTIAL", "HEAD_SCALE", "L_BUCKET"],
+    key=["D", "STRIDE", "R", "CAUSAL", "IEEE", "TMA", "PARTIAL", "ROW_SCALE", "FAST", "L_BUCKET"],
     prune_configs_by={"early_config_prune": _prune},
 )(_xattn_kernel)
 
 
 def _length_bucket(LS: int) -> int:
-    """Coarse length class for the autotune key (0: < 256 strided rows ... 4: >= 2048, i.e. 16K
-    tokens at stride 8), so a short first call does not pick the tiles for 64K. Not a kernel
-    constant: changing it re-benchmarks, never recompiles."""
-    return min(max(LS.bit_length() - 8, 0), 4)
+    """Coarse length class for the autotune key (0: < 256 strided rows ... 4: 2048-4095, i.e. 16K
+    tokens at stride 8, 5: >= 4096), so a short first call does not pick the tiles for 64K. Not a
+    kernel constant: changing it re-benchmarks, never recompiles."""
+    return min(max(LS.bit_length() - 8, 0), _LONG_BUCKET)
 
 
 def _tma_layout_ok(*tensors: torch.Tensor) -> bool:
@@ -333,12 +394,13 @@ def _check_device(q):
                          "on the CPU use qvl_kernels.block_importance.naive.block_importance")
 
 
-def _xattn(q, k, block, stride, causal, out, *, tma=None, config=None, head_scale=None):
+def _xattn(q, k, block, stride, causal, out, *, tma=None, config=None, row_scale=None):
     """xattn scores into `out`. tma: load path (None: OPTIONS["tma"]; either way TMA only where the
     layout allows). config: None to autotune, or explicit launch parameters
     {"BM", "BN", "BK", "FLAT", "num_warps", "num_stages"} (benchmarks: every candidate as is).
-    head_scale: None, or fp32 [B * HQ] factors of each head's scores, for q and k quantized per
-    head (block_importance(fp8=True))."""
+    row_scale: None, or (q_scale, k_scale), fp32 [B, HQ, ceil(L / stride)] and [B, HKV] contiguous:
+    factors of each strided query row's scores and of each KV head's, for the fp8 copies of
+    `quantize_fp8` (block_importance(fp8=True))."""
     _check_device(q)
     B, HQ, L, D = q.shape
     HKV = k.shape[1]
@@ -361,13 +423,14 @@ def _xattn(q, k, block, stride, causal, out, *, tma=None, config=None, head_scal
     scale = math.log2(math.e) / (math.sqrt(D) * stride)
     consts = dict(D=D, BD=triton.next_power_of_2(D), STRIDE=stride, R=R, CAUSAL=bool(causal),
                   IEEE=q.dtype == torch.float32, TMA=tma, PARTIAL=tma and L % stride != 0,
-                  HEAD_SCALE=head_scale is not None)
+                  ROW_SCALE=row_scale is not None, FAST=not _INTERPRET)
     if config is not None:
         cfg = dict(config)
         launch = dict(num_warps=cfg.pop("num_warps", 8), num_stages=cfg.pop("num_stages", 3))
     for row0 in range(0, LS, CH):
         rows = min(CH, LS - row0)
-        args = (q, k, lse, out, out if head_scale is None else head_scale,
+        hs, hk = (out, out) if row_scale is None else row_scale
+        args = (q, k, lse, out, hs, hk,
                 q.stride(0), q.stride(1), q.stride(2),
                 k.stride(0), k.stride(1), k.stride(2),
                 scale,
@@ -433,7 +496,6 @@ def block_importance(
         _check_device(q)
         if q.is_cuda and torch.cuda.get_device_capability(q.device) < (8, 9):
             raise ValueError("block_importance(fp8=True) needs fp8 tensor cores (sm_89 or newer)")
-        q8, k8, q_scale, k_scale = quantize_fp8(q, k)
-        head_scale = (q_scale.view(B, HKV, HQ // HKV) * k_scale.view(B, HKV, 1)).reshape(-1)
-        return _xattn(q8, k8, block, stride, causal, out, head_scale=head_scale)
+        q8, k8, q_scale, k_scale = quantize_fp8(q, k, stride=stride)
+        return _xattn(q8, k8, block, stride, causal, out, row_scale=(q_scale, k_scale))
     return _xattn(q, k, block, stride, causal, out)

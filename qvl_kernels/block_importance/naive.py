@@ -14,9 +14,10 @@ block i when j <= i under causality.
 
 Causally invisible entries of S are 0.
 
-`fp8=True` (xattn only): q and k are first quantized per (batch, head) to float8_e4m3fn
-(`quantize_fp8`: the head's largest |value| maps to 448, values rounded to nearest, ties to even)
-and S is the xattn S of the dequantized values q8 * scale_q, k8 * scale_k.
+`fp8=True` (xattn only): q and k are first quantized to float8_e4m3fn (`quantize_fp8`: q per
+strided row of `stride` tokens, k per (batch, head); the largest |value| of each maps to 448,
+values rounded to nearest, ties to even) and S is the xattn S of the dequantized values
+q8 * scale_q, k8 * scale_k.
 """
 
 from __future__ import annotations
@@ -85,26 +86,35 @@ def _block_mean(x: torch.Tensor, block: int) -> torch.Tensor:
     return xs / count[:, None]
 
 
-def quantize_fp8(q: torch.Tensor, k: torch.Tensor):
-    """Reference per-(batch, head) fp8 quantization; same arguments and result as
-    `quantize.quantize_fp8`.
+def quantize_fp8(q: torch.Tensor, k: torch.Tensor, *, stride: int = 8):
+    """Reference fp8 quantization; same arguments and result as `quantize.quantize_fp8`.
 
     q: [B, HQ, L, D], k: [B, HKV, L, D] (finite values). Returns (q8, k8, q_scale, k_scale):
-    contiguous float8_e4m3fn copies and fp32 scales [B, HQ], [B, HKV] with x ~ x8 * scale;
-    a = max(largest |value| of the head, AMAX_FLOOR), scale = a / 448, x8 = fp8(x * (448 / a))
-    (fp32 product, rounded to nearest, ties to even).
+    contiguous float8_e4m3fn copies and fp32 scales q_scale [B, HQ, ceil(L / stride)] (per
+    strided row of q: tokens i*stride .. i*stride + stride - 1) and k_scale [B, HKV] (per head)
+    with x ~ x8 * scale; a = max(largest |value| of the row or head, AMAX_FLOOR),
+    scale = a / 448, x8 = fp8(x * (448 / a)) (fp32 product, rounded to nearest, ties to even).
     """
 
-    def one(x):
-        a = x.abs().amax(dim=(2, 3)).float().clamp_min(AMAX_FLOOR)  # [B, H]
+    def cast(x, a):
         qmax = torch.full_like(a, E4M3_MAX)  # tensor / tensor: IEEE division (scalar / tensor and
         # tensor / scalar can be a multiply by a reciprocal, one rounding more)
-        x8 = (x.float() * (qmax / a)[..., None, None]).to(torch.float8_e4m3fn).contiguous()
-        return x8, a / qmax
+        return (x.float() * (qmax / a)).to(torch.float8_e4m3fn).contiguous(), a / qmax
 
-    q8, q_scale = one(q)
-    k8, k_scale = one(k)
-    return q8, k8, q_scale, k_scale
+    B, HQ, L, D = q.shape
+    Ls = math.ceil(L / stride)
+    rows = torch.nn.functional.pad(q.float(), (0, 0, 0, Ls * stride - L)).unflatten(2, (Ls, stride))
+    a = rows.abs().amax(dim=(3, 4)).clamp_min(AMAX_FLOOR)  # [B, HQ, Ls]
+    q8, q_scale = cast(q, a.repeat_interleave(stride, dim=2)[:, :, :L, None])
+    k8, k_scale = cast(k, k.abs().amax(dim=(2, 3)).float().clamp_min(AMAX_FLOOR)[..., None, None])
+    return q8, k8, q_scale[:, :, ::stride, 0].contiguous(), k_scale[..., 0, 0]
+
+
+def dequantize_fp8(q8, k8, q_scale, k_scale, stride: int = 8):
+    """fp32 values of `quantize_fp8`'s copies: (q8 * q_scale per strided row, k8 * k_scale per head)."""
+    L = q8.shape[2]
+    return (q8.float() * q_scale.repeat_interleave(stride, dim=2)[:, :, :L, None],
+            k8.float() * k_scale[..., None, None])
 
 
 def block_importance(
@@ -129,8 +139,7 @@ def block_importance(
     check_fp8(method, fp8)
     G = HQ // HKV
     if fp8:
-        q8, k8, q_scale, k_scale = quantize_fp8(q, k)
-        q, k = q8.float() * q_scale[..., None, None], k8.float() * k_scale[..., None, None]
+        q, k = dequantize_fp8(*quantize_fp8(q, k, stride=stride), stride=stride)
     if method == "xattn":
         qs = _strided_rows(q, stride, reverse=True)  # [B, HQ, Ls, s*D]
         ks = _strided_rows(k, stride, reverse=False).repeat_interleave(G, dim=1)  # [B, HQ, Ls, s*D]

@@ -205,25 +205,27 @@ def test_xattn_head_dim_80(tma, bk):
 
 
 @pytest.mark.parametrize("tma", LOAD_PATHS)
-def test_xattn_head_scale(tma):
-    # The internal per-head score factor (what fp8=True folds the quantization scales into):
-    # q / c with factor c is q exactly; q and k quantized to fp8 per head stay close.
+def test_xattn_row_scale(tma):
+    # The internal score factors (what fp8=True folds the quantization scales into): one per
+    # strided query row times one per KV head. q / c and k / e with those factors are q and k
+    # exactly; q and k quantized to fp8 stay close.
     B, HKV, G, L, D, block, stride = 1, 2, 2, 131, 64, 32, 4
+    HQ, LS = HKV * G, -(-L // stride)
     q, k = _qk(B, HKV, G, L, D, torch.float32, seed=8)
     ref = block_importance_ref(q, k, block=block, stride=stride)
-    c = torch.linspace(0.5, 2.0, B * HKV * G, device=DEVICE)
+    c = torch.linspace(0.5, 2.0, B * HQ * LS, device=DEVICE).view(B, HQ, LS)  # differs per row and head
+    e = torch.tensor([[0.7, 1.6]], device=DEVICE)
+    q_scaled = q / c.repeat_interleave(stride, dim=2)[:, :, :L, None]
     with poisoned_allocations():
-        S = MOD._xattn(q / c.view(B, -1, 1, 1), k, block, stride, True, _poisoned_out(q, block), tma=tma,
-                       config=FIXED_CONFIG, head_scale=c)
-    assert_close_rel(S, ref, 1e-5, what="rescaled q")
+        S = MOD._xattn(q_scaled, k / e[..., None, None], block, stride, True, _poisoned_out(q, block), tma=tma,
+                       config=FIXED_CONFIG, row_scale=(c, e))
+    assert_close_rel(S, ref, 1e-5, what="rescaled q and k")
     if torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 9):
         return  # no fp8 dots before Ada / Hopper
-    aq, ak = q.abs().amax((2, 3), keepdim=True) / 448, k.abs().amax((2, 3), keepdim=True) / 448
-    q8, k8 = (q / aq).to(torch.float8_e4m3fn), (k / ak).to(torch.float8_e4m3fn)
-    hs = (aq.view(B, HKV, G) * ak.view(B, HKV, 1)).reshape(-1).contiguous()
+    q8, k8, sq, sk = quantize_fp8_ref(q, k, stride=stride)
     with poisoned_allocations():
         S = MOD._xattn(q8, k8, block, stride, True, _poisoned_out(q, block), tma=tma, config=FIXED_CONFIG,
-                       head_scale=hs)
+                       row_scale=(sq, sk))
     assert_close_rel(S, ref, 2e-2, what="fp8 q, k")
 
 
@@ -339,19 +341,27 @@ def test_gpu_launch_classes_pick_the_measured_configs(monkeypatch):
     configs = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "FLAT": flat}, num_warps=w, num_stages=st)
                for bm, bn, bk, w, st, flat in MOD._GPU_CONFIGS]
 
-    def pick(R=16, IEEE=False, TMA=True, L_BUCKET=4):
-        return [MOD._as_tuple(c) for c in MOD._prune(configs, dict(L_BUCKET=L_BUCKET), R=R, IEEE=IEEE, TMA=TMA)]
+    def pick(R=16, IEEE=False, TMA=True, L_BUCKET=5, ROW_SCALE=False):
+        return [MOD._as_tuple(c) for c in MOD._prune(configs, dict(L_BUCKET=L_BUCKET), R=R, IEEE=IEEE, TMA=TMA,
+                                                     ROW_SCALE=ROW_SCALE)]
 
     assert pick() == [(128, 256, 64, 8, 4, True)]
-    assert pick(TMA=False) == [(128, 128, 128, 8, 3, True)]
+    assert pick(L_BUCKET=MOD._MID_BUCKET) == [(128, 256, 64, 8, 3, True)]
+    for bucket in (MOD._MID_BUCKET, MOD._LONG_BUCKET):  # fp8 copies: one tile from 2048 strided rows
+        assert pick(L_BUCKET=bucket, ROW_SCALE=True) == [(128, 256, 128, 8, 3, True)]
+        assert pick(TMA=False, L_BUCKET=bucket) == pick(TMA=False, L_BUCKET=bucket, ROW_SCALE=True) \
+            == [(128, 128, 128, 8, 3, True)]
     assert pick(IEEE=True) == pick(IEEE=True, L_BUCKET=1) == [(128, 128, 64, 8, 2, True), (64, 128, 64, 4, 2, True)]
-    for bucket in range(MOD._LONG_BUCKET):
-        assert pick(L_BUCKET=bucket) == [(128, 128, 64, 8, 4, True), (64, 128, 128, 4, 3, True)]
+    for bucket in range(MOD._MID_BUCKET):
+        assert pick(L_BUCKET=bucket) == pick(L_BUCKET=bucket, ROW_SCALE=True) \
+            == [(128, 128, 64, 8, 4, True), (64, 128, 128, 4, 3, True)]
         assert pick(TMA=False, L_BUCKET=bucket) == [(128, 128, 128, 8, 3, True), (64, 128, 128, 4, 3, True)]
     assert pick(R=128, L_BUCKET=3) == [(128, 128, 64, 8, 4, True)]  # block 128, stride 1: no 64-row tiles
     assert pick(R=256) == [(256, 256, 128, 8, 2, True)]  # one tile per block
     assert all(MOD._GPU_CONFIGS.values())
-    assert MOD._length_bucket(2047) == MOD._LONG_BUCKET - 1 and MOD._length_bucket(2048) == MOD._LONG_BUCKET
+    assert MOD._length_bucket(2047) == MOD._MID_BUCKET - 1 and MOD._length_bucket(2048) == MOD._MID_BUCKET
+    assert MOD._length_bucket(4095) == MOD._MID_BUCKET and MOD._length_bucket(4096) == MOD._LONG_BUCKET
+    assert MOD._length_bucket(1 << 20) == MOD._LONG_BUCKET
 
 
 # ----------------------------------------------------------------------------- fp8
@@ -394,28 +404,39 @@ def _fp8_bits_equal(a, b):
 def test_quantize_fp8_matches_reference(case, dtype):
     B, HKV, G, L, D = case
     q, k = _fp8_qk(B, HKV, G, L, D, dtype, seed=L + 3 * G + D)
-    with poisoned_allocations():  # fp8 copies start as NaN: every value must be written
-        got = quantize_fp8(q, k)
-    want = quantize_fp8_ref(q, k)
-    q8, k8, sq, sk = got
-    assert q8.shape == q.shape and k8.shape == k.shape and q8.is_contiguous() and k8.is_contiguous()
-    assert _fp8_bits_equal(q8, want[0]) and _fp8_bits_equal(k8, want[1]), "fp8 copies differ from the reference"
-    assert sq.shape == (B, HKV * G) and sk.shape == (B, HKV) and sq.dtype == sk.dtype == torch.float32
-    assert torch.equal(sq, want[2]) and torch.equal(sk, want[3]), "scales differ from the reference"
-    for x, x8, scale in ((q, q8, sq), (k, k8, sk)):
-        _check_quantized(x, x8, scale)
+    for stride in (1, 4, 8):
+        with poisoned_allocations():  # fp8 copies start as NaN: every value must be written
+            got = quantize_fp8(q, k, stride=stride)
+        want = quantize_fp8_ref(q, k, stride=stride)
+        q8, k8, sq, sk = got
+        assert q8.shape == q.shape and k8.shape == k.shape and q8.is_contiguous() and k8.is_contiguous()
+        assert _fp8_bits_equal(q8, want[0]) and _fp8_bits_equal(k8, want[1]), "fp8 copies differ from the reference"
+        assert sq.shape == (B, HKV * G, -(-L // stride)) and sk.shape == (B, HKV)
+        assert sq.dtype == sk.dtype == torch.float32
+        assert torch.equal(sq, want[2]) and torch.equal(sk, want[3]), "scales differ from the reference"
+        _check_quantized(q, q8, sq, stride)
+        _check_quantized(k, k8, sk, None)
 
 
-def _check_quantized(x, x8, scale):
-    # From the format, not the reference: each head's largest |value| maps to 448; every value is
-    # within half an e4m3 step of x / scale (relative 2^-4 for normal values, 2^-10 absolute for
-    # subnormal ones); an all-zero head gives zeros and a finite positive scale.
+def _check_quantized(x, x8, scale, stride):
+    # From the format, not the reference: each group's (a strided row of `stride` tokens, or a
+    # head when stride is None) largest |value| maps to 448; every value is within half an e4m3
+    # step of x / scale (relative 2^-4 for normal values, 2^-10 absolute for subnormal ones); an
+    # all-zero group gives zeros and a finite positive scale.
     x, y = x.float(), x8.float()
-    amax = x.abs().amax((2, 3))
+    B, H, L, D = x.shape
+    if stride is None:
+        groups, ys, per_value = x.view(B, H, -1), y.view(B, H, -1), scale[..., None, None]
+    else:
+        pad = -L % stride
+        groups = torch.nn.functional.pad(x, (0, 0, 0, pad)).view(B, H, -1, stride * D)
+        ys = torch.nn.functional.pad(y, (0, 0, 0, pad)).view(B, H, -1, stride * D)
+        per_value = scale.repeat_interleave(stride, dim=2)[:, :, :L, None]
+    amax = groups.abs().amax(-1)
     nonzero = amax > 0
-    assert (y.abs().amax((2, 3))[nonzero] == 448).all()
-    assert (y[~nonzero] == 0).all() and torch.isfinite(scale).all() and (scale > 0).all()
-    z = x / scale[..., None, None]
+    assert (ys.abs().amax(-1)[nonzero] == 448).all()
+    assert (ys[~nonzero] == 0).all() and torch.isfinite(scale).all() and (scale > 0).all()
+    z = x / per_value
     assert ((y - z).abs() <= torch.maximum(z.abs() * 2.0**-4, torch.full_like(z, 2.0**-10)) * (1 + 1e-5)).all()
 
 
@@ -435,22 +456,24 @@ def test_quantize_fp8_rounds_to_nearest_even(monkeypatch, round_in_kernel):
     x = torch.cat([grid, -grid]).view(1, 1, -1, 4)
     want = torch.tensor([0.0, 0.0, 2.0**-9, 2.0**-8, 2.0**-8, 2.0**-7, 2.0**-6, 2.0**-6,
                          1.0, 1.25, 1.125, 16.0, 20.0, 32.0, 240.0, 256.0, 448.0, 448.0])
-    q8, k8, sq, sk = quantize_fp8(x.to(DEVICE), x.to(DEVICE))
+    q8, k8, sq, sk = quantize_fp8(x.to(DEVICE), x.to(DEVICE), stride=16)  # 9 tokens: one strided row
     assert sq.item() == sk.item() == 1.0
     assert torch.equal(q8.float().cpu().flatten(), torch.cat([want, -want]))
-    assert _fp8_bits_equal(q8.cpu(), quantize_fp8_ref(x, x)[0])
+    assert torch.equal(k8.float().cpu().flatten(), torch.cat([want, -want]))
+    assert _fp8_bits_equal(q8.cpu(), quantize_fp8_ref(x, x, stride=16)[0])
     g = torch.Generator().manual_seed(13)
     x = torch.randn(1, 3, 1000, 64, generator=g) * torch.logspace(-3, 3, 1000).view(1, 1, -1, 1)  # 1e-3 .. 1e3
     x = x.to(DEVICE)
     got, want = quantize_fp8(x, x[:, :1]), quantize_fp8_ref(x, x[:, :1])
     assert _fp8_bits_equal(got[0], want[0]) and torch.equal(got[2], want[2])
+    assert _fp8_bits_equal(got[1], want[1]) and torch.equal(got[3], want[3])
 
 
 def test_quantize_fp8_reads_strided_heads_in_place():
     g = torch.Generator().manual_seed(12)
     q = torch.randn(2, 70, 6, 64, generator=g).to(DEVICE).transpose(1, 2)  # [B, HQ, L, D] view of [B, L, H, D]
     k = torch.randn(2, 70, 3, 64, generator=g).to(DEVICE).transpose(1, 2)
-    got, want = quantize_fp8(q, k), quantize_fp8_ref(q, k)
+    got, want = quantize_fp8(q, k, stride=4), quantize_fp8_ref(q, k, stride=4)
     assert _fp8_bits_equal(got[0], want[0]) and _fp8_bits_equal(got[1], want[1])
     assert torch.equal(got[2], want[2]) and torch.equal(got[3], want[3])
 
@@ -473,7 +496,7 @@ def test_xattn_fp8_matches_its_reference_and_stays_close_to_fp32(monkeypatch, la
     # unquantized q, k: each e4m3 value is off by up to 2^-4 relative (3 mantissa bits; RMS about
     # 2 %), so a logit over s*D products moves by ~3 % of its spread and each softmax mass by ~3 %;
     # block sums over R x R masses average most of it (measured here: 0.2 - 0.5 % relative RMSE).
-    # 2e-2 is the bound the fp8 head-scale check above uses; forgetting or mixing up the head scales
+    # 2e-2 is the bound the fp8 row-scale check above uses; forgetting or mixing up the scales
     # costs far more than that (q heads 0.5x - 2x, k heads 0.8x - 1.2x, one of q with an outlier).
     monkeypatch.setitem(MOD.OPTIONS, "tma", tma)
     B, HKV, G, L, D, block, stride = case
@@ -550,6 +573,8 @@ def test_fp8_bad_arguments():
             fn(q, k, method="pooling", fp8=True)
     with pytest.raises(ValueError):
         quantize_fp8(q, k[:, :, :32])
+    with pytest.raises(ValueError, match="stride"):
+        quantize_fp8(q, k, stride=3)
 
 
 @pytest.mark.gpu

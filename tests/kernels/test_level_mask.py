@@ -61,6 +61,8 @@ TRITON_CASES = [
     pytest.param((1, 1, 1, 10, 2), "energybound", "quarters", False, False, id="nb10-energy-full"),
     pytest.param((1, 1, 1, 10, 0), "topk", "published", False, True, id="nb10-topk-full-cap"),
     pytest.param((1, 1, 1, 20, 3), "energybound", "sparse", True, True, id="nb20-energy-cap"),
+    # rows of up to 40 keys: a 64-key sort with invisible and padding entries, GQA and the cap
+    pytest.param((1, 1, 2, 40, 0), "topk", "sparse", True, True, id="nb40-G2-topk-cap"),
 ]
 
 
