@@ -53,11 +53,15 @@ class PSAConfig:
     text_length: 0 tokens of text prompt at the end of the sequence, kept at level 1.
     similarity_cap: True, cap each key block's level by its key similarity.
     causal: True.
-    importance_fp8: False. Opt-in (xattn only): block importance on per-head float8_e4m3fn
-    copies of q and k (`block_importance(..., fp8=True)`). Measured on an H200 (7B shape, bf16,
-    stride 8, video-like inputs, 2026-11-28, benchmarks/bench_psa_estimate.py): 3.0-3.2 ms at
-    64K tokens instead of 4.3 ms, quantization included; the levels agree with the exact
-    estimate's on 99.2-99.7 % of visible blocks. At 32K the gain is within run-to-run spread.
+    importance_fp8: None (auto), True or False (xattn only): block importance on float8_e4m3fn
+    copies of q and k (`block_importance(..., fp8=True)`: q scaled per strided row, k per head).
+    Auto uses them on Hopper (sm_90) from FP8_AUTO_MIN_TOKENS (32K) tokens, where they are
+    measured faster: on an H200 (7B shape, bf16, stride 8, video-like inputs, 2026-11-28) the
+    estimate takes 5.5-5.7 % of dense attention's time at 64K instead of 8.2-8.3 %, and 7.1-7.5 %
+    at 32K instead of 8.4-9.2 %, quantization included; the levels agree with the bf16
+    estimate's on 99.2-99.6 % of visible blocks and the error against dense attention was the
+    same to 3 digits (docs/benchmarks.md). Below 32K the quantization costs about what it saves.
+    False keeps the exact bf16 estimate everywhere.
     """
 
     block: int = 128
@@ -69,7 +73,7 @@ class PSAConfig:
     text_length: int = 0
     similarity_cap: bool = True
     causal: bool = True
-    importance_fp8: bool = False
+    importance_fp8: bool | None = None
 
     def __post_init__(self) -> None:
         self.method = self.method.lower()
@@ -106,6 +110,17 @@ class PSAConfig:
         return replace(self, **changes)
 
 
+FP8_AUTO_MIN_TOKENS = 32768  # importance_fp8=None: fp8 estimate on Hopper from this length
+
+
+def importance_uses_fp8(config: PSAConfig, q: torch.Tensor) -> bool:
+    """Whether `psa_levels` estimates importance in fp8 for q [B, HQ, L, D] under config."""
+    if config.importance_fp8 is not None:
+        return config.importance_fp8
+    return (config.method == "xattn" and q.is_cuda and q.shape[2] >= FP8_AUTO_MIN_TOKENS
+            and torch.cuda.get_device_capability(q.device) == (9, 0))
+
+
 def psa_levels(q: torch.Tensor, k: torch.Tensor, config: PSAConfig, counts: torch.Tensor | None = None) -> torch.Tensor:
     """The level mask PSA uses: q [B, HQ, L, D], k [B, HKV, L, D] -> [B, HQ, nb, nb] int8.
 
@@ -113,7 +128,7 @@ def psa_levels(q: torch.Tensor, k: torch.Tensor, config: PSAConfig, counts: torc
     counts the blocks per level into it (see `level_mask_triton`).
     """
     scores = block_importance(q, k, block=config.block, stride=config.stride, method=config.method,
-                              causal=config.causal, fp8=config.importance_fp8)
+                              causal=config.causal, fp8=importance_uses_fp8(config, q))
     cap = similarity_cap(k, block=config.block, thresholds=config.thresholds) if config.similarity_cap else None
     kw = dict(mode=config.mode, ratios=config.ratios, text_blocks=config.text_blocks, causal=config.causal)
     if counts is not None:

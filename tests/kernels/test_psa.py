@@ -117,14 +117,14 @@ def test_config_defaults_presets_and_validation():
     c = PSAConfig()
     assert (c.block, c.stride, c.method, c.mode) == (128, 8, "xattn", "energybound")
     assert c.ratios == PUBLISHED_RATIOS and c.thresholds == (0.75, 0.70, 0.70)
-    assert c.text_length == 0 and c.similarity_cap and c.causal and not c.importance_fp8
+    assert c.text_length == 0 and c.similarity_cap and c.causal and c.importance_fp8 is None  # auto
     assert c.ratios is not PSAConfig().ratios, "no shared mutable default"
     for f in dataclasses.fields(PSAConfig):
         assert not isinstance(f.default, torch.Tensor)
     assert PSAConfig.preset("default") == c
     assert PSAConfig.preset("fast").mode == "topk"
     assert PSAConfig.preset("balanced", block=64).block == 64
-    assert not any(PSAConfig.preset(name).importance_fp8 for name in ("default", "fast", "balanced", "dense"))
+    assert all(PSAConfig.preset(name).importance_fp8 is None for name in ("default", "fast", "balanced", "dense"))
     assert PSAConfig(text_length=129).text_blocks == 2
     assert c.with_(text_length=10).text_length == 10 and c.text_length == 0
     for bad in (dict(block=96), dict(stride=3), dict(method="x"), dict(mode="topp"),
@@ -159,6 +159,24 @@ def test_importance_fp8_reaches_block_importance(monkeypatch):
     assert torch.equal(lev, level_mask(S, cap, mode=cfg.mode, ratios=cfg.ratios))
     psa_levels(q, k, cfg.with_(importance_fp8=False))
     assert seen == [True, False]
+    psa_levels(q, k, cfg.with_(importance_fp8=None))  # auto: fp8 only on Hopper from 32K tokens
+    assert seen == [True, False, False]
+
+
+def test_importance_fp8_auto_picks_hopper_and_long_sequences():
+    from qvl_kernels.psa import FP8_AUTO_MIN_TOKENS, importance_uses_fp8
+
+    auto = PSAConfig()
+    for L in (1, FP8_AUTO_MIN_TOKENS):
+        q = torch.empty(1, 1, L, 8)  # CPU (or the interpreter's) tensors: never
+        assert not importance_uses_fp8(auto, q)
+        assert importance_uses_fp8(auto.with_(importance_fp8=True), q)
+        assert not importance_uses_fp8(auto.with_(importance_fp8=False), q)
+    assert not importance_uses_fp8(PSAConfig(method="pooling"), torch.empty(1, 1, FP8_AUTO_MIN_TOKENS, 8))
+    if torch.cuda.is_available():
+        hopper = torch.cuda.get_device_capability() == (9, 0)
+        for L, want in ((FP8_AUTO_MIN_TOKENS - 1, False), (FP8_AUTO_MIN_TOKENS, hopper)):
+            assert importance_uses_fp8(auto, torch.empty(1, 1, L, 8, device="cuda")) == want
 
 
 @pytest.mark.gpu
