@@ -108,6 +108,18 @@ def _band_tensor(bands, device):
     return _BANDS[key]
 
 
+def _warps(BNB: int) -> int:
+    """Warps per row's sort (benchmarks/variants_level_mask.py: H200, 7B with 28 heads, topk with
+    cap, 2026-11-28, two runs), ms for 4 / 1 / 8 warps: nb 128 (16K tokens) 0.032-0.060 /
+    0.040-0.077 / 0.051-0.066; nb 256 0.064-0.093 / 0.053-0.072 / 0.086-0.092; nb 512
+    0.214-0.244 / 0.185-0.215 / 0.251-0.269; nb 1024 1.65-1.73 / 1.27-1.31 / 1.23-1.29. One warp
+    keeps a 256-512-key sort in shuffles (no shared-memory exchanges between warps). The levels
+    are the same bits with every count (the script checks)."""
+    if BNB <= 128:
+        return 4
+    return 1 if BNB <= 512 else 8
+
+
 def level_mask_triton(
     scores: torch.Tensor,
     cap: torch.Tensor | None = None,
@@ -145,6 +157,6 @@ def level_mask_triton(
         scores.stride(0), scores.stride(1), scores.stride(2),
         HQ, nb, min(text_blocks, nb), HQ // cap.shape[1] if cap is not None else 1,
         HAS_CAP=cap is not None, HAS_COUNTS=counts is not None, NBANDS=len(bands), TOPK=mode == "topk", CAUSAL=causal, BNB=BNB,
-        num_warps=4 if BNB <= 512 else 8,
+        num_warps=_warps(BNB),
     )
     return out
