@@ -9,7 +9,7 @@ inputs from bench_psa.video_inputs. Per length: cuDNN SDPA dense causal attentio
 - the pre-TMA default (pointer path, 128x128x128 w8 s3), first: the reference of the checks;
 - the measured bf16 winners on the TMA path (128x256x64 w8 s4 and s3, 128x128x64 w8 s4), each
   launched with an explicit config, and the public block_importance() (autotuned; from 2048
-  strided rows up it has one config, 128x256x64 w8 s4);
+  strided rows up it has one config: 128x256x64 w8 s3 below 4096 strided rows, s4 from there);
 - fp8 (unless --no-fp8): quantize_fp8() alone (q per strided row in one pass, k per head), the
   xattn kernel alone on its fp8 copies with two configs ("kernel"), and the public
   block_importance(..., fp8=True) with the quantization included, which is what users pay;

@@ -56,8 +56,7 @@ def _amax_kernel(x, amax, s_b, s_h, s_l, L, H, D: tl.constexpr, BD: tl.constexpr
     o_l = i_l * BL + tl.arange(0, BL)
     o_d = tl.arange(0, BD)
     m = (o_l < L)[:, None] & (o_d < D)[None, :]
-    p = x + (i_bh // H).to(tl.int64) * s_b + (i_bh % H).to(tl.int64) * s_h + o_l.to(tl.int64)[:, None] * s_l
-    b_x = tl.load(p + o_d[None, :], mask=m, other=0.0)
+    b_x = tl.load(_rows(x, x, i_bh, o_l, o_d, s_b, s_h, s_l, s_b, s_h, s_l, 0, H, H), mask=m, other=0.0)
     tl.atomic_max(amax + i_bh, tl.max(tl.max(tl.abs(b_x.to(tl.float32)), 1), 0), sem="relaxed")
 
 
