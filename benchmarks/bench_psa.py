@@ -82,6 +82,36 @@ def timed(fn, budget_ms: float = 300.0, min_reps: int = 3, max_reps: int = 40) -
     return times[len(times) // 2]
 
 
+def timed_queued(fn, reps: int = 15, lead_ms: float = 20.0) -> tuple[float, float]:
+    """(GPU ms, host ms) of fn() when the CPU runs ahead of the GPU, as inside a model's forward.
+
+    A busy-wait kernel of ~lead_ms goes first, so fn's launches are all queued before the GPU
+    reaches them: the events then time the GPU work alone, without the Python launch overhead
+    that `timed` (one call on an idle GPU) includes. host ms: the enqueue itself (perf_counter).
+    Medians over reps."""
+    fn()
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    torch.cuda._sleep(1_000_000)  # calibrate: cycles per ms of this card's clock
+    e.record()
+    torch.cuda.synchronize()
+    cycles = int(lead_ms * 1_000_000 / max(s.elapsed_time(e), 1e-3))
+    gpu, host = [], []
+    for _ in range(reps):
+        torch.cuda._sleep(cycles)
+        s.record()
+        t0 = time.perf_counter()
+        fn()
+        host.append((time.perf_counter() - t0) * 1e3)
+        e.record()
+        torch.cuda.synchronize()
+        gpu.append(s.elapsed_time(e))
+    gpu.sort()
+    host.sort()
+    return gpu[reps // 2], host[reps // 2]
+
+
 def dense_causal_flops(B, HQ, L, D) -> float:
     return 4.0 * B * HQ * D * L * (L + 1) / 2  # QK^T and PV over the visible (lower) triangle
 
