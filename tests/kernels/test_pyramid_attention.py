@@ -227,6 +227,28 @@ def test_gluon_hopper_gpu(case, dtype):
     _check(q, k, v, coarse, causal, 128, tol)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("programs", [1, 3])
+def test_gluon_few_programs_gpu(programs, monkeypatch):
+    """The persistent kernel with one or three programs: each walks many work items in turn, so Q
+    buffer and K/V stage phases wrap across rows (with one program per SM, small cases give most
+    programs a single item and never reach that state)."""
+    from qvl_kernels.pyramid_attention import hopper
+
+    B, HQ, HKV, L, D = 1, 4, 2, 1000, 128
+    q, k, v = _qkv(B, HQ, HKV, L, D, torch.bfloat16, seed=5, device="cuda")
+    if not hopper.supported(q, k, v, 128, False):
+        pytest.skip("the Gluon kernel needs an sm_90 GPU (H100/H200) and Triton with Gluon")
+    monkeypatch.setitem(hopper._SM_COUNT, torch.cuda.current_device(), programs)
+    for causal in (True, False):
+        _check(q, k, v, _levels(B, HQ, L, 128, seed=5, device="cuda"), causal, 128, TOL[torch.bfloat16])
+        nb = math.ceil(L / 128)
+        ones = torch.ones(B, HQ, nb, nb, dtype=torch.int8, device="cuda")
+        out = pyramid_attention(q, k, v, ones, causal=causal)
+        ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal, enable_gqa=True)
+        assert_close_rel(out, ref, TOL[torch.bfloat16])
+
+
 def test_trace_script_still_fits_the_gluon_kernel():
     """benchmarks/trace_attention.py times the Gluon kernel's phases by patching hopper.py's text at
     named anchors. It runs by hand on a GPU, so CI checks here that every anchor is still there (a
