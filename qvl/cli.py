@@ -549,6 +549,11 @@ class _Session:
                     f"psa: {result.psa['density']:.0%} of dense attention cost over {result.psa['layers']} layers"
                     f" ({result.psa['tokens']:,} tokens)", quiet=self.quiet,
                 )
+            elif self.psa is not None:  # asked for, but this prompt is too short for PSA to pay
+                output.note(
+                    f"psa: not used for this prompt ({result.prompt_tokens:,} tokens; PSA runs from "
+                    f"{self.psa.min_tokens:,}), SDPA attended", quiet=self.quiet,
+                )
         else:
             output.json_line(
                 {

@@ -70,6 +70,9 @@ def test_cli_psa_json_and_bad_preset(tmp_path):
     assert result.exit_code == 0, result.stderr
     (record,) = json_lines(result.stdout)
     assert "psa" in record and record["psa"] is None  # a short prompt: PSA left it to SDPA
+    text = invoke("describe", image, "--model", "tiny", "--psa", "--max-tokens", "2")
+    assert text.exit_code == 0 and "psa: not used for this prompt" in text.stderr
+    assert "psa:" not in text.stdout  # the note is on stderr, the answer alone on stdout
     assert_one_error(invoke("describe", image, "--model", "tiny", "--psa", "--psa-preset", "turbo"), contains="turbo")
 
 
