@@ -40,6 +40,17 @@ D, BLOCK = 128, 128
 PIPELINE_TARGETS = {65536: (0.10, "fast", 6.0), 32768: (0.35, "balanced", 2.2)}  # L: (density, bands, x dense)
 
 
+def line(r: dict) -> str:
+    """One row of the table (ms; the estimate's share of dense or the pipeline's speed-up)."""
+    vs = ""
+    if "share_isolated" in r:
+        vs = f"{r['share_isolated']:.1%} / {r['share_queued']:.1%}"
+    elif "speedup_isolated" in r:
+        vs = f"x{r['speedup_isolated']:.2f} / x{r['speedup_queued']:.2f} (d={r['density']:.3f}, target x{r['target']})"
+    return (f"{r['model']:<5} {r['L']:>6} {r['what']:<26} {r['isolated_ms']:>9.3f} {r['queued_ms']:>9.3f} "
+            f"{r['host_ms']:>8.3f}  {vs}")
+
+
 def both(fn) -> dict:
     iso = timed(fn)
     gpu, host = timed_queued(fn)
@@ -56,14 +67,7 @@ def main() -> None:
 
     def show(r):
         rows.append(r)
-        extra = ""
-        if "share_isolated" in r:
-            extra = f"  {r['share_isolated']:.1%} / {r['share_queued']:.1%} of dense"
-        if "speedup_isolated" in r:
-            extra = (f"  d={r['density']:.3f}  x{r['speedup_isolated']:.2f} / x{r['speedup_queued']:.2f} of dense "
-                     f"(target x{r['target']:.1f})")
-        print(f"{r['model']:<3} {r['L'] // 1024:>4}K {r['what']:<26} isolated {r['isolated_ms']:8.3f}  "
-              f"queued {r['queued_ms']:8.3f}  host {r['host_ms']:7.3f} ms{extra}", file=sys.stderr, flush=True)
+        print(line(r), file=sys.stderr, flush=True)
 
     for model in args.models.split(","):
         HQ, HKV = MODELS[model][:2]
@@ -107,14 +111,7 @@ def main() -> None:
     # The table on stdout (the data); progress went to stderr row by row.
     print(f"{'model':<5} {'L':>6} {'what':<26} {'isolated':>9} {'queued':>9} {'host':>8}  vs dense (isolated / queued)")
     for r in rows:
-        vs = ""
-        if "share_isolated" in r:
-            vs = f"{r['share_isolated']:.1%} / {r['share_queued']:.1%}"
-        elif "speedup_isolated" in r:
-            vs = (f"x{r['speedup_isolated']:.2f} / x{r['speedup_queued']:.2f} "
-                  f"(d={r['density']:.3f}, target x{r['target']})")
-        print(f"{r['model']:<5} {r['L']:>6} {r['what']:<26} {r['isolated_ms']:>9.3f} {r['queued_ms']:>9.3f} "
-              f"{r['host_ms']:>8.3f}  {vs}")
+        print(line(r))
 
 
 if __name__ == "__main__":
