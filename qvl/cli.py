@@ -552,7 +552,7 @@ class _Session:
             elif self.psa is not None:  # asked for, but this prompt is too short for PSA to pay
                 output.note(
                     f"psa: not used for this prompt ({result.prompt_tokens:,} tokens; PSA runs from "
-                    f"{self.psa.min_tokens:,}), SDPA attended", quiet=self.quiet,
+                    f"{self.psa.min_tokens:,}): SDPA ran instead", quiet=self.quiet,
                 )
         else:
             output.json_line(
