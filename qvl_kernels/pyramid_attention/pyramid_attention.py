@@ -4,8 +4,8 @@ The definition is in naive.py; docs/psa-kernels.md has the derivations (why a po
 ln r, pooled-key causality, partial groups) and the design measurements.
 
 Plan of one call (three launches, no host sync):
-1. `mean_pool` (qvl_kernels.pooling) builds the 2x, 4x and 8x pooled K and V once,
-   [B, HKV, ceil(L/r), D] each, in one pass (or POOL_IN_KERNEL pools inside the loop: 7-10x slower).
+1. `mean_pool_kv` (qvl_kernels.pooling) builds the 2x, 4x and 8x pooled K and V once,
+   [B, HKV, ceil(L/r), D] each, in one launch and one pass (or POOL_IN_KERNEL pools inside the loop: 7-10x slower).
 2. `_block_lists_kernel` compacts every (batch, head, query block) row of `levels` into the key
    blocks it uses, grouped by level (level 1, then 2, 4, 8), plus the "edge" block handled last
    with masks: the diagonal block when causal, the last key block when not. Level-0 blocks are
@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from .._tma import ensure_tma_allocator, tma_ok
-from ..pooling import mean_pool
+from ..pooling import mean_pool_kv
 from .naive import check_args
 
 _META = 8  # int32 per row in the list metadata: 5 level offsets, edge block, edge level, pad
@@ -446,8 +446,7 @@ def _pyramid_attention_fwd(q, k, v, levels, causal, scale, block, *, pool_in_ker
         k2 = v2 = k4 = v4 = k8 = v8 = k  # unused
     else:
         if pooled is None:
-            k2, k4, k8 = mean_pool(k)
-            v2, v4, v8 = mean_pool(v)
+            (k2, k4, k8), (v2, v4, v8) = mean_pool_kv(k, v)
         else:
             k2, k4, k8, v2, v4, v8 = pooled
     idx, meta = build_block_lists(levels, causal) if lists is None else lists

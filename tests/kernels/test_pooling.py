@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from _helpers import TOL, assert_close_rel, poisoned_allocations
-from qvl_kernels.pooling import mean_pool
+from qvl_kernels.pooling import mean_pool, mean_pool_kv
 from qvl_kernels.pooling.naive import mean_pool as mean_pool_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -52,6 +52,25 @@ def test_mean_pool_strided_input():
         assert_close_rel(o, ref, 1e-6)
 
 
+@pytest.mark.parametrize("L", [1, 13, 129, 300], ids=lambda v: f"L{v}")
+def test_mean_pool_kv_pools_both_in_one_launch(L):
+    """k and v in one launch, with different strides (v a transposed view), equal the reference
+    per tensor; a pooled tensor of one never holds values of the other."""
+    k = _x(2, 3, L, 64, torch.float16, seed=L)
+    v = _x(2, L, 3, 64, torch.float16, seed=L + 1).transpose(1, 2)
+    with poisoned_allocations():
+        pk, pv = mean_pool_kv(k, v)
+    for x, pools in ((k, pk), (v, pv)):
+        for r, o, ref in zip((2, 4, 8), pools, mean_pool_ref(x.float())):
+            assert o.dtype == torch.float16
+            assert_close_rel(o, ref, TOL[torch.float16] / 4, what=f"{r}x pool")
+
+
+def test_mean_pool_kv_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="share shape"):
+        mean_pool_kv(_x(1, 2, 8, 64, torch.float32, seed=0), _x(1, 2, 9, 64, torch.float32, seed=1))
+
+
 def test_mean_pool_rejects_bad_ratio():
     with pytest.raises(ValueError):
         mean_pool(_x(1, 1, 8, 64, torch.float32, seed=0), ratios=(3,))
@@ -61,7 +80,12 @@ def test_mean_pool_rejects_bad_ratio():
 @pytest.mark.parametrize("L", [63, 300, 4099], ids=lambda v: f"L{v}")
 def test_mean_pool_bf16_gpu(L):
     x = _x(2, 4, L, 128, torch.bfloat16, seed=L, device="cuda")
+    v = _x(2, 4, L, 128, torch.bfloat16, seed=L + 1, device="cuda")
     with poisoned_allocations():
         outs = mean_pool(x)
-    for o, ref in zip(outs, mean_pool_ref(x.float())):
+        pk, pv = mean_pool_kv(x, v)
+    for o, ok, ref in zip(outs, pk, mean_pool_ref(x.float())):
+        assert_close_rel(o, ref, 1e-2)
+        assert torch.equal(o, ok)
+    for o, ref in zip(pv, mean_pool_ref(v.float())):
         assert_close_rel(o, ref, 1e-2)
