@@ -124,14 +124,17 @@ def importance_uses_fp8(config: PSAConfig, q: torch.Tensor) -> bool:
 def psa_levels(q: torch.Tensor, k: torch.Tensor, config: PSAConfig, counts: torch.Tensor | None = None) -> torch.Tensor:
     """The level mask PSA uses: q [B, HQ, L, D], k [B, HKV, L, D] -> [B, HQ, nb, nb] int8.
 
-    counts: optional zeroed int32 [B, HQ, 5] (CUDA or the interpreter): the level kernel also
-    counts the blocks per level into it (see `level_mask_triton`).
+    counts: optional int32 [B, HQ, 5] (CUDA or the interpreter; its contents are overwritten):
+    the level kernel also counts the blocks per level into it (see `level_mask_triton`). It is
+    zeroed here, after the importance launch, so that its fill does not hold the GPU's first
+    kernel back (the host launches one kernel at a time while the GPU waits).
     """
     scores = block_importance(q, k, block=config.block, stride=config.stride, method=config.method,
                               causal=config.causal, fp8=importance_uses_fp8(config, q))
     cap = similarity_cap(k, block=config.block, thresholds=config.thresholds) if config.similarity_cap else None
     kw = dict(mode=config.mode, ratios=config.ratios, text_blocks=config.text_blocks, causal=config.causal)
     if counts is not None:
+        counts.zero_()
         return level_mask_triton(scores, cap, counts=counts, **kw)
     return level_mask(scores, cap, **kw)
 
@@ -165,7 +168,7 @@ def psa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: PSA
     # after the attention is launched: those small torch ops cost ~0.1 ms of host time (profiled),
     # which the GPU would otherwise wait for when the call runs alone (bench_psa_estimate.py).
     B, HQ, L, _ = q.shape
-    counts = torch.zeros(B, HQ, 5, dtype=torch.int32, device=q.device)
+    counts = torch.empty(B, HQ, 5, dtype=torch.int32, device=q.device)  # zeroed by psa_levels
     levels = psa_levels(q, k, config, counts=counts)
     out = pyramid_attention(q, k, v, levels, causal=config.causal, block=config.block)
     d, frac = stats_from_counts(counts, math.ceil(L / config.block), config.causal)
