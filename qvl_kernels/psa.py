@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from ._device import capability
 from .block_importance import block_importance
 from .level_mask import LEVELS, density, level_fractions, level_mask, level_mask_triton, stats_from_counts
 from .level_mask.naive import check_bands
@@ -118,7 +119,7 @@ def importance_uses_fp8(config: PSAConfig, q: torch.Tensor) -> bool:
     if config.importance_fp8 is not None:
         return config.importance_fp8
     return (config.method == "xattn" and q.is_cuda and q.shape[2] >= FP8_AUTO_MIN_TOKENS
-            and torch.cuda.get_device_capability(q.device) == (9, 0))
+            and capability(q.device) == (9, 0))
 
 
 def psa_levels(q: torch.Tensor, k: torch.Tensor, config: PSAConfig, counts: torch.Tensor | None = None) -> torch.Tensor:

@@ -49,6 +49,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._device import capability
 from .._tma import ensure_tma_allocator, tma_ok_whole
 from .naive import _block_mean, check_args, check_fp8
 from .quantize import quantize_fp8
@@ -496,7 +497,7 @@ def block_importance(
         return _pooling(q, k, block, causal, out)
     if fp8:
         _check_device(q)
-        if q.is_cuda and torch.cuda.get_device_capability(q.device) < (8, 9):
+        if q.is_cuda and capability(q.device) < (8, 9):
             raise ValueError("block_importance(fp8=True) needs fp8 tensor cores (sm_89 or newer)")
         q8, k8, q_scale, k_scale = quantize_fp8(q, k, stride=stride)
         return _xattn(q8, k8, block, stride, causal, out, row_scale=(q_scale, k_scale))

@@ -44,6 +44,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from .._device import capability
 from .._tma import ensure_tma_allocator, tma_ok_whole
 
 try:  # Gluon ships with Triton >= 3.5; older or CPU-only installs use the Triton kernel.
@@ -73,7 +74,7 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int, poo
     """Whether this kernel can run the call (else the Triton kernel does)."""
     if not (HAVE_GLUON and q.is_cuda and not pool_in_kernel and block == BLOCK):
         return False
-    if torch.cuda.get_device_capability(q.device) != (9, 0):
+    if capability(q.device) != (9, 0):
         return False
     if q.dtype not in (torch.bfloat16, torch.float16) or not (q.dtype == k.dtype == v.dtype):
         return False

@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._device import capability
 from .._tma import ensure_tma_allocator, tma_ok
 from ..pooling import mean_pool_kv
 from .naive import check_args
@@ -426,7 +427,7 @@ def _gluon_kernel(q, k, v, block, pool_in_kernel):
     Gluon adds ~0.16 s to the import, which nothing else should pay."""
     if not (q.is_cuda and block == 128 and not pool_in_kernel):
         return None
-    if torch.cuda.get_device_capability(q.device) != (9, 0):
+    if capability(q.device) != (9, 0):
         return None
     from . import hopper
 

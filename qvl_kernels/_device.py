@@ -1,0 +1,28 @@
+"""Device facts the launchers ask on every call, looked up once per device.
+
+`torch.cuda.get_device_capability` goes through Python argument handling and a properties
+object each time (a few microseconds); one psa_attention call asked it four times, on the host
+path that an isolated call's GPU waits for.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def _properties(index: int):
+    return torch.cuda.get_device_properties(index)
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def capability(device: torch.device) -> tuple[int, int]:
+    """(major, minor) compute capability of a CUDA device."""
+    p = _properties(_index(device))
+    return p.major, p.minor
+
