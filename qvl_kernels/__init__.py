@@ -6,12 +6,12 @@ Depends on torch and triton only: never on transformers or qvl.
     out, stats = psa_attention(q, k, v, PSAConfig.preset("balanced"))
 
 Ops (one folder each, `naive.py` beside the fast version): block_importance, similarity_cap,
-level_mask, pyramid_attention, pooling (mean_pool). `psa_attention` composes them.
+level_mask, pyramid_attention, pooling (mean_pool, mean_pool_kv). `psa_attention` composes them.
 """
 
 from .block_importance import block_importance
 from .level_mask import LEVELS, density, level_fractions, level_mask, level_mask_torch, level_mask_triton, stats_from_counts
-from .pooling import mean_pool
+from .pooling import mean_pool, mean_pool_kv
 from .psa import PUBLISHED_RATIOS, PSAConfig, level_stats, psa_attention, psa_levels
 from .pyramid_attention import build_block_lists, pyramid_attention
 from .similarity_cap import block_similarity, similarity_cap
@@ -30,6 +30,7 @@ __all__ = [
     "level_mask_triton",
     "level_stats",
     "mean_pool",
+    "mean_pool_kv",
     "psa_attention",
     "psa_levels",
     "pyramid_attention",
