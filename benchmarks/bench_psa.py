@@ -1,7 +1,7 @@
 """PSA kernels on the GPU: pyramid_attention and the whole PSA pipeline against dense and sparse baselines.
 
     PYTHONPATH=. python3 benchmarks/bench_psa.py --out bench-out [--models 7b,3b] [--lengths 8,16,32,64,128]
-        [--sweep] [--deadline 540]
+        [--sweep] [--fixed-only] [--deadline 540]
 
 Everything runs in one process on one card, so every ratio below compares numbers from the same
 run. Baselines: SDPA (cuDNN and flash backends, enable_gqa), FlexAttention with a block mask that
@@ -13,7 +13,9 @@ Inputs: "random" (standard normal q, k, v) and "video" (synthetic spatio-tempora
 frames x 16 x 16 token grid: q and k share random-Fourier features of the token's (t, y, x) so that
 nearby tokens attend to each other and neighbouring keys are similar; a few attention sinks).
 
-Reports per row: ms (median of CUDA-event timings), useful TFLOP/s (density x dense causal
+Reports per row: ms (median of CUDA-event timings; the fixed-mask rows and the all-level-1 kernel
+also give the kernel's own time from the profiler, `kernel_ms`, on which the fixed-mask target
+is judged), useful TFLOP/s (density x dense causal
 FLOPs / time), density (sum of 1/r over visible blocks / visible blocks), estimation share
 (importance + mask + cap over the whole pipeline), relative error vs dense SDPA (cuDNN) output.
 Writes a JSON file with every number and prints a compact table last.
