@@ -29,25 +29,13 @@ def _f32_order(b_x):
 
 
 @triton.jit
-def _level_mask_kernel(
-    S, CAP, BANDS, OUT, COUNTS,
-    s_sb, s_sh, s_si,
-    HQ, NB, T, G,
-    HAS_CAP: tl.constexpr,
-    HAS_COUNTS: tl.constexpr,
-    NBANDS: tl.constexpr,
-    TOPK: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    BNB: tl.constexpr,
-):
-    # Grid: (NB, B * HQ): one row i of one (batch, head) per program.
-    i_i, i_bh = tl.program_id(0), tl.program_id(1)
+def _level_row(S, CAP, BANDS, OUT, COUNTS, s_sb, s_sh, s_si, HQ, NB, T, G, i_i, i_bh, n,
+               HAS_CAP: tl.constexpr, HAS_COUNTS: tl.constexpr, NBANDS: tl.constexpr, TOPK: tl.constexpr,
+               BNB: tl.constexpr):
+    # Row i_i of (batch, head) i_bh, whose n visible key blocks (n <= BNB) are the first n; writes
+    # positions 0 .. min(BNB, NB) - 1 of the row's levels.
     i_b, i_h = i_bh // HQ, i_bh % HQ
     o_j = tl.arange(0, BNB)
-    if CAUSAL:
-        n = i_i + 1
-    else:
-        n = NB
     m_vis = o_j < n
     p_s = S + i_b.to(tl.int64) * s_sb + i_h.to(tl.int64) * s_sh + i_i.to(tl.int64) * s_si
     b_s = tl.load(p_s + o_j, mask=m_vis, other=0.0).to(tl.float32)  # [BNB]
@@ -95,6 +83,55 @@ def _level_mask_kernel(
             tl.atomic_add(p_c + 1 + i_c, tl.sum((m_vr & (b_lev == (1 << i_c))).to(tl.int32), 0))
 
 
+@triton.jit
+def _zero_tail(OUT, i_bh, i_i, NB, BS: tl.constexpr):
+    # Level 0 at positions BS .. NB - 1 of the row (right of the diagonal: a short causal row).
+    p_out = OUT + (i_bh.to(tl.int64) * NB + i_i) * NB
+    for j0 in range(BS, NB, BS):
+        o_j = j0 + tl.arange(0, BS)
+        tl.store(p_out + o_j, tl.zeros([BS], dtype=tl.int8), mask=o_j < NB)
+
+
+@triton.jit
+def _level_mask_kernel(
+    S, CAP, BANDS, OUT, COUNTS,
+    s_sb, s_sh, s_si,
+    HQ, NB, T, G,
+    HAS_CAP: tl.constexpr,
+    HAS_COUNTS: tl.constexpr,
+    NBANDS: tl.constexpr,
+    TOPK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    BNB: tl.constexpr,
+    SPLIT: tl.constexpr,
+):
+    # Grid: (NB, B * HQ): one row i of one (batch, head) per program. SPLIT (causal, BNB >= 256):
+    # a row with few visible blocks sorts BNB / 4 or BNB / 2 keys instead of BNB (the sort is the
+    # kernel's cost: a quarter of the causal rows need a quarter of the keys) and writes the rest
+    # of its row as level 0. One launch: per-length launches cost more than they saved.
+    i_i, i_bh = tl.program_id(0), tl.program_id(1)
+    if CAUSAL:
+        n = i_i + 1
+    else:
+        n = NB
+    if SPLIT:
+        if n <= BNB // 4:
+            _level_row(S, CAP, BANDS, OUT, COUNTS, s_sb, s_sh, s_si, HQ, NB, T, G, i_i, i_bh, n,
+                       HAS_CAP, HAS_COUNTS, NBANDS, TOPK, BNB // 4)
+            _zero_tail(OUT, i_bh, i_i, NB, BNB // 4)
+        elif n <= BNB // 2:
+            _level_row(S, CAP, BANDS, OUT, COUNTS, s_sb, s_sh, s_si, HQ, NB, T, G, i_i, i_bh, n,
+                       HAS_CAP, HAS_COUNTS, NBANDS, TOPK, BNB // 2)
+            _zero_tail(OUT, i_bh, i_i, NB, BNB // 2)
+        else:
+            _level_row(S, CAP, BANDS, OUT, COUNTS, s_sb, s_sh, s_si, HQ, NB, T, G, i_i, i_bh, n,
+                       HAS_CAP, HAS_COUNTS, NBANDS, TOPK, BNB)
+    else:
+        _level_row(S, CAP, BANDS, OUT, COUNTS, s_sb, s_sh, s_si, HQ, NB, T, G, i_i, i_bh, n,
+                   HAS_CAP, HAS_COUNTS, NBANDS, TOPK, BNB)
+
+
+SPLIT_MIN = 256  # BNB from which short causal rows sort a half or a quarter of the keys
 _BANDS: dict = {}
 
 
@@ -108,16 +145,21 @@ def _band_tensor(bands, device):
     return _BANDS[key]
 
 
-def _warps(BNB: int) -> int:
+def _warps(BNB: int, split: bool = False) -> int:
     """Warps per row's sort (benchmarks/variants_level_mask.py: H200, 7B with 28 heads, topk with
     cap, 2026-11-28, two runs), ms for 4 / 1 / 8 warps: nb 128 (16K tokens) 0.032-0.060 /
     0.040-0.077 / 0.051-0.066; nb 256 0.064-0.093 / 0.053-0.072 / 0.086-0.092; nb 512
     0.214-0.244 / 0.185-0.215 / 0.251-0.269; nb 1024 1.65-1.73 / 1.27-1.31 / 1.23-1.29. One warp
-    keeps a 256-512-key sort in shuffles (no shared-memory exchanges between warps). The levels
-    are the same bits with every count (the script checks)."""
+    keeps a 256-512-key sort in shuffles (no shared-memory exchanges between warps). With SPLIT
+    (session 8, one run, 1 / 8 warps): nb 256 0.064 / 0.083, nb 512 0.162 / 0.185, nb 1024 0.896
+    with one warp against 1.265 for eight without SPLIT (eight with SPLIT not timed), so one warp
+    up to 1024 keys when short rows split. The levels are the same bits with every count and with
+    SPLIT on or off (the script checks)."""
     if BNB <= 128:
         return 4
-    return 1 if BNB <= 512 else 8
+    if BNB <= 512 or (split and BNB <= 1024):
+        return 1
+    return 8
 
 
 def level_mask_triton(
@@ -152,11 +194,13 @@ def level_mask_triton(
         raise ValueError(f"counts must be a contiguous int32 tensor of shape [{B}, {HQ}, 5]")
     table = _band_tensor(bands, scores.device)
     BNB = max(16, triton.next_power_of_2(nb))
+    split = bool(causal) and BNB >= SPLIT_MIN
     _level_mask_kernel[(nb, B * HQ)](
         scores, cap if cap is not None else out, table, out, counts if counts is not None else out,
         scores.stride(0), scores.stride(1), scores.stride(2),
         HQ, nb, min(text_blocks, nb), HQ // cap.shape[1] if cap is not None else 1,
         HAS_CAP=cap is not None, HAS_COUNTS=counts is not None, NBANDS=len(bands), TOPK=mode == "topk", CAUSAL=causal, BNB=BNB,
-        num_warps=_warps(BNB),
+        SPLIT=split,
+        num_warps=_warps(BNB, split),
     )
     return out

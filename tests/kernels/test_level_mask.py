@@ -1,5 +1,6 @@
 """level_mask (vectorized torch) against its row-by-row reference, plus the invariants of levels."""
 
+import importlib
 import math
 
 import pytest
@@ -85,6 +86,27 @@ def test_triton_kernel_matches_reference(case, mode, ratios, causal, with_cap):
     d, f = stats_from_counts(counts, nb, causal)
     assert torch.allclose(d, density(ref, causal), atol=1e-6)
     assert torch.allclose(f, level_fractions(ref, causal), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode,text", [("topk", 0), ("energybound", 3)])
+def test_triton_kernel_short_causal_rows_sort_fewer_keys(monkeypatch, mode, text):
+    """A causal row with few visible blocks sorts a quarter or a half of the row's keys and writes
+    the rest of its row as level 0 (from 256 keys on a GPU; lowered here so that a 40-block mask
+    takes all three paths: 16-, 32- and 64-key sorts). Every position is written (poisoned output),
+    levels and counts as the reference."""
+    lmt = importlib.import_module("qvl_kernels.level_mask.level_mask_triton")
+    monkeypatch.setattr(lmt, "SPLIT_MIN", 16)
+    B, HKV, G, nb = 1, 1, 2, 40
+    s = _scores(B, HKV * G, nb, seed=41)
+    cap = _cap(B, HKV, nb, seed=42)
+    kw = dict(mode=mode, ratios=SPARSE, text_blocks=text, causal=True)
+    counts = torch.zeros(B, HKV * G, 5, dtype=torch.int32, device=DEVICE)
+    with poisoned_allocations():
+        lev = level_mask_triton(s, cap, counts=counts, **kw)
+    ref = naive.level_mask(s, cap, **kw)
+    assert torch.equal(lev, ref), f"{int((lev != ref).sum())} of {lev.numel()} levels differ"
+    want = torch.stack([(ref == r).sum((-1, -2)) for r in LEVELS[1:]], -1)
+    assert torch.equal(counts[..., 1:].long(), want.long())
 
 
 @pytest.mark.parametrize("mode", ["topk", "energybound"])
