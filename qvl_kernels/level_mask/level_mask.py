@@ -161,7 +161,7 @@ def level_mask(
     return fn(scores, cap, mode=mode, ratios=ratios, text_blocks=text_blocks, causal=causal, out=out)
 
 
-_STATS_MAP: dict = {}  # (device, visible blocks) -> (pinned source, device copy) of [bias; weights]
+_STATS_MAP: dict = {}  # (device, visible blocks) -> (pinned source, device copy) of stats_from_counts' table
 
 
 def stats_from_counts(counts: torch.Tensor, nb: int, causal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,17 +175,18 @@ def stats_from_counts(counts: torch.Tensor, nb: int, causal: bool = True) -> tup
     count = nb * (nb + 1) / 2 if causal else nb * nb
     key = (counts.device, count)
     if key not in _STATS_MAP:
-        # columns: the five level fractions, then the density; counts[..., 0] is ignored
-        w = torch.zeros(5, 6, dtype=torch.float64)
+        # row 0 the bias, rows 1-5 the weights of counts[..., 0:5] (row 1, for the unused slot 0,
+        # stays 0); columns: the five level fractions, then the density
+        table = torch.zeros(6, 6, dtype=torch.float64)
+        table[0, 0] = 1.0  # level 0 is what is left of 1
         for i, r in enumerate(LEVELS[1:], start=1):
-            w[i, 0] = -1.0 / count  # level 0 is what is left of 1
-            w[i, i] = 1.0 / count
-            w[i, 5] = 1.0 / (r * count)
-        w = torch.cat([torch.tensor([[1.0, 0, 0, 0, 0, 0]], dtype=torch.float64), w])  # row 0: the bias
+            table[1 + i, 0] = -1.0 / count
+            table[1 + i, i] = 1.0 / count
+            table[1 + i, 5] = 1.0 / (r * count)
         if counts.is_cuda:  # a pinned source keeps the copy asynchronous (no host sync, even once)
-            w = w.pin_memory()
-        _STATS_MAP[key] = (w, w.to(counts.device, non_blocking=True))  # the source lives as long as the copy
-    wb = _STATS_MAP[key][1]
-    bias, w = wb[0], wb[1:]
+            table = table.pin_memory()
+        _STATS_MAP[key] = (table, table.to(counts.device, non_blocking=True))  # the source outlives the copy
+    table = _STATS_MAP[key][1]
+    bias, w = table[0], table[1:]
     out = torch.addmm(bias, counts.reshape(-1, 5).double(), w).float()  # [B * HQ, 6]
     return out[:, 5].reshape(counts.shape[:-1]), out[:, :5].reshape(counts.shape)
