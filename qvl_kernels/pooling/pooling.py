@@ -92,7 +92,7 @@ def _mean_pool_fwd(xs: tuple[torch.Tensor, ...], ratios: tuple[int, ...], block_
     B, H, L, D = xs[0].shape
     outs = [{r: torch.empty(B, H, math.ceil(L / r), D, device=x.device, dtype=x.dtype) for r in ratios} for x in xs]
     args = []
-    for i in (0, 1):
+    for i in (0, 1):  # the kernel's two input slots; with one input the second repeats it (grid z = 1: unread)
         x, o = xs[min(i, len(xs) - 1)], outs[min(i, len(xs) - 1)]
         dummy = next(iter(o.values()))
         args += [x, o.get(2, dummy), o.get(4, dummy), o.get(8, dummy), *x.stride()]
