@@ -478,9 +478,9 @@ def block_importance(
     block: tokens per block (128, a power of two >= 16); stride: xattn stride s (8, a power of
     two <= block); method: "xattn" (default) or "pooling"; causal: True.
     out: optional [B, HQ, nb, nb] fp32 contiguous output to write into.
-    fp8: opt-in, xattn only: q and k are quantized per (batch, head) to float8_e4m3fn
+    fp8: opt-in, xattn only: q (per strided row) and k (per head) are quantized to float8_e4m3fn
     (`quantize.quantize_fp8`, two Triton passes, no host sync) and the scores computed on the
-    fp8 copies, with each head's scales folded into the score scale. Needs sm_89 or newer (or the
+    fp8 copies, with both scales folded into each query row's score scale. Needs sm_89 or newer (or the
     interpreter). Same result as the reference with fp8=True, not as fp8=False: e4m3 keeps 3
     mantissa bits. Extra memory: the fp8 copies of q and k (1 byte per value).
     Returns S: [B, HQ, nb, nb] fp32, nb = ceil(L / block); rows sum to the number of strided rows

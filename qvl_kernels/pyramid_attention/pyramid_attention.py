@@ -5,7 +5,8 @@ ln r, pooled-key causality, partial groups) and the design measurements.
 
 Plan of one call (three launches, no host sync):
 1. `mean_pool_kv` (qvl_kernels.pooling) builds the 2x, 4x and 8x pooled K and V once,
-   [B, HKV, ceil(L/r), D] each, in one launch and one pass (or POOL_IN_KERNEL pools inside the loop: 7-10x slower).
+   [B, HKV, ceil(L/r), D] each, in one launch and one pass (or POOL_IN_KERNEL pools inside the
+   loop: 7-10x slower).
 2. `_block_lists_kernel` compacts every (batch, head, query block) row of `levels` into the key
    blocks it uses, grouped by level (level 1, then 2, 4, 8), plus the "edge" block handled last
    with masks: the diagonal block when causal, the last key block when not. Level-0 blocks are
