@@ -31,6 +31,7 @@ import argparse
 import importlib
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -69,6 +70,17 @@ def gemm_flops(L: int) -> float:
 def name(path: str, cfg: tuple) -> str:
     bm, bn, bk, w, s, flat = cfg
     return f"{path} {bm}x{bn}x{bk} w{w} s{s}" + ("" if flat else " nested")
+
+
+def parse_configs(text: str) -> list[tuple]:
+    """"128x256x128w8s4,..." -> [(128, 256, 128, 8, 4, True), ...] (flat loop)."""
+    out = []
+    for item in text.split(","):
+        m = re.fullmatch(r"(\d+)x(\d+)x(\d+)w(\d+)s(\d+)", item.strip())
+        if not m:
+            raise argparse.ArgumentTypeError(f"not a config: {item!r} (expected e.g. 128x256x128w8s4)")
+        out.append(tuple(int(g) for g in m.groups()) + (True,))
+    return out
 
 
 def launch_config(cfg: tuple) -> dict:
@@ -180,6 +192,11 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=110.0,
                         help="seconds from the start after which remaining work is skipped (default 110)")
     parser.add_argument("--no-fp8", dest="fp8", action="store_false", help="skip the fp8 rows")
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false",
+                        help="skip the bf16 rows (the first fp8 kernel row is then the reference of the checks)")
+    parser.add_argument("--fp8-configs", type=parse_configs, default=FP8_CONFIGS,
+                        help="fp8 kernel configs, comma-separated BMxBNxBK w S (e.g. 128x256x128w8s4); "
+                             "default: " + ",".join(f"{c[0]}x{c[1]}x{c[2]}w{c[3]}s{c[4]}" for c in FP8_CONFIGS))
     parser.add_argument("--out", type=Path, default=Path("bench-out/variants_importance.json"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -192,19 +209,20 @@ def main() -> None:
             run.setup(L)
         q0, k0 = run.inputs[lengths[0]]
         assert bi._tma_layout_ok(q0, k0), "the inputs should allow TMA loads"
-        variants(run, [BASELINE] + BF16)
-        for L in lengths:  # what users get
-            q, k = run.inputs[L]
-            run.measure("block_importance() autotuned", L, lambda out, q=q, k=k: block_importance(
-                q, k, block=BLOCK, stride=STRIDE, out=out))
-        log(f"autotuner's pick (last length): {bi._xattn_kernel_tuned.best_config}")
+        if args.bf16:
+            variants(run, [BASELINE] + BF16)
+            for L in lengths:  # what users get
+                q, k = run.inputs[L]
+                run.measure("block_importance() autotuned", L, lambda out, q=q, k=k: block_importance(
+                    q, k, block=BLOCK, stride=STRIDE, out=out))
+            log(f"autotuner's pick (last length): {bi._xattn_kernel_tuned.best_config}")
         if args.fp8:
             for L in lengths:
                 q, k = run.inputs[L]
                 timing = run._time("quantize_fp8()", L, lambda q=q, k=k: quantize_fp8(q, k, stride=STRIDE))
                 if timing is not None:
                     run._row("fp8 quantize_fp8() alone", L, timing[0], gemm=False)
-            for cfg in FP8_CONFIGS:
+            for cfg in args.fp8_configs:
                 for L in lengths:
                     q8, k8, hs = fp8_inputs(*run.inputs[L])
                     if run.measure("fp8 " + name("tma", cfg) + " kernel", L, lambda out, q8=q8, k8=k8, hs=hs, cfg=cfg:
@@ -215,7 +233,7 @@ def main() -> None:
                 q, k = run.inputs[L]
                 run.measure("fp8 block_importance(fp8=True)", L, lambda out, q=q, k=k: block_importance(
                     q, k, block=BLOCK, stride=STRIDE, out=out, fp8=True))
-        for fp8 in (False, True) if args.fp8 else (False,):
+        for fp8 in (False, True)[(0 if args.bf16 else 1):(2 if args.fp8 else 1)]:
             for L in lengths:
                 run.measure_levels(f"psa_levels() {'fp8' if fp8 else 'bf16'} importance", L,
                                    PSAConfig(block=BLOCK, stride=STRIDE, importance_fp8=fp8))
