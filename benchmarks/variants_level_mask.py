@@ -70,7 +70,7 @@ def main() -> None:
             ms = timed(run)
             ref = out.clone() if ref is None else ref
             same = bool(torch.equal(out, ref))
-            default = w == LM._warps(BNB, split_default) and split == split_default
+            default = w == LM._warps(BNB) and split == split_default
             rows.append(dict(L=L, nb=nb, warps=w, split=split, ms=ms, same=same, default=default))
             print(f"L={L:>6} nb={nb:>4} warps={w} split={int(split)}: {ms:.3f} ms  levels as the first: {same}"
                   f"{'  (the default)' if default else ''}", flush=True)

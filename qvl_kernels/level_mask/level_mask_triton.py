@@ -145,19 +145,19 @@ def _band_tensor(bands, device):
     return _BANDS[key]
 
 
-def _warps(BNB: int, split: bool = False) -> int:
+def _warps(BNB: int) -> int:
     """Warps per row's sort (benchmarks/variants_level_mask.py: H200, 7B with 28 heads, topk with
     cap, 2026-11-28, two runs), ms for 4 / 1 / 8 warps: nb 128 (16K tokens) 0.032-0.060 /
     0.040-0.077 / 0.051-0.066; nb 256 0.064-0.093 / 0.053-0.072 / 0.086-0.092; nb 512
     0.214-0.244 / 0.185-0.215 / 0.251-0.269; nb 1024 1.65-1.73 / 1.27-1.31 / 1.23-1.29. One warp
     keeps a 256-512-key sort in shuffles (no shared-memory exchanges between warps). With SPLIT
-    (session 8, one run, 1 / 8 warps): nb 256 0.064 / 0.083, nb 512 0.162 / 0.185, nb 1024 0.896
-    with one warp against 1.265 for eight without SPLIT (eight with SPLIT not timed), so one warp
-    up to 1024 keys when short rows split. The levels are the same bits with every count and with
-    SPLIT on or off (the script checks)."""
+    (session 8, one run, 1 / 8 warps): nb 256 0.064 / 0.083, nb 512 0.162 / 0.185; nb 1024
+    (session 9, one run) 0.880-0.887 / 0.810, so one warp at 256-512 keys, eight from 1024 either
+    way. The levels are the same bits with every count and with SPLIT on or off (the script
+    checks)."""
     if BNB <= 128:
         return 4
-    if BNB <= 512 or (split and BNB <= 1024):
+    if BNB <= 512:
         return 1
     return 8
 
@@ -201,6 +201,6 @@ def level_mask_triton(
         HQ, nb, min(text_blocks, nb), HQ // cap.shape[1] if cap is not None else 1,
         HAS_CAP=cap is not None, HAS_COUNTS=counts is not None, NBANDS=len(bands), TOPK=mode == "topk", CAUSAL=causal, BNB=BNB,
         SPLIT=split,
-        num_warps=_warps(BNB, split),
+        num_warps=_warps(BNB),
     )
     return out
