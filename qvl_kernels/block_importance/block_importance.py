@@ -300,7 +300,6 @@ def _xattn_kernel(
     i_bh = tl.program_id(1)
     i_b, i_h = i_bh // HQ, i_bh % HQ
     i_hk = i_h // G
-    NJ: tl.constexpr = BN // R  # key blocks per key tile
     BKD: tl.constexpr = min(BK, BD)  # head-dim columns per load
 
     r0 = row0 + i_m * BM
