@@ -215,7 +215,8 @@ def main() -> None:
                 q, k = run.inputs[L]
                 run.measure("block_importance() autotuned", L, lambda out, q=q, k=k: block_importance(
                     q, k, block=BLOCK, stride=STRIDE, out=out))
-            log(f"autotuner's pick (last length): {bi._xattn_kernel_tuned.best_config}")
+            pick = getattr(bi._xattn_kernel_tuned, "best_config", None) or "none (one config: launched directly)"
+            log(f"autotuner's pick (last length): {pick}")
         if args.fp8:
             for L in lengths:
                 q, k = run.inputs[L]
