@@ -85,8 +85,8 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #   TMA 128x256x64 w8 s3   0.35 / 0.98-1.04 / 3.88-4.33
 #   fp8 TMA 128x256x128 w8 s3  0.24 / 0.67-0.76 / 2.23-2.32 (session 3's: 0.28 / 0.77 / 2.69-2.77)
 #   fp8 TMA 128x256x64 w8 s4   0.25 / 0.66-0.71 / 2.26-2.44
-# So one config per class from 2048 strided rows up (the autotuner compiles one kernel and times
-# nothing there): bf16/fp16 s3 at 2048-4095 strided rows (16K tokens at stride 8, L_BUCKET 4), s4
+# So one config per class from 2048 strided rows up (launched directly, without the autotuner:
+# `_only_config`): bf16/fp16 s3 at 2048-4095 strided rows (16K tokens at stride 8, L_BUCKET 4), s4
 # from 4096 (L_BUCKET 5); fp8 128x256x128 s3 from 2048. Two configs below, where smaller tiles
 # give more CTAs to fill the SMs (not measured below 16K: 128x128x64 s4 was the fastest 128x128
 # tile at 16K; 64-row tiles double the CTAs). fp32 inputs (IEEE dots: tests, references) take two
