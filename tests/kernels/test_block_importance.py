@@ -364,6 +364,33 @@ def test_gpu_launch_classes_pick_the_measured_configs(monkeypatch):
     assert MOD._length_bucket(1 << 20) == MOD._LONG_BUCKET
 
 
+def test_direct_launch_config_is_what_the_autotuner_would_run(monkeypatch):
+    # _xattn skips the autotuner when its launch class keeps one config: that config must be the
+    # one _prune leaves, and where _prune leaves several (or falls back) the autotuner stays.
+    monkeypatch.setattr(MOD, "_INTERPRET", False)
+    MOD._only_config.cache_clear()
+    try:
+        configs = MOD._configs()
+        for R in (8, 16, 32, 128, 256):
+            for IEEE in (False, True):
+                for TMA in (False, True):
+                    for ROW_SCALE in (False, True):
+                        for bucket in range(MOD._LONG_BUCKET + 1):
+                            kept = MOD._prune(configs, dict(L_BUCKET=bucket), R=R, IEEE=IEEE, TMA=TMA,
+                                              ROW_SCALE=ROW_SCALE)
+                            direct = MOD._only_config(MOD._launch_class(IEEE, TMA, bucket, ROW_SCALE), R)
+                            if len(kept) == 1 and MOD._as_tuple(kept[0]) in MOD._GPU_CONFIGS:
+                                assert direct == dict(kept[0].kwargs, num_warps=kept[0].num_warps,
+                                                      num_stages=kept[0].num_stages)
+                            else:
+                                assert direct is None
+        # from 2048 strided rows every bf16/fp16/fp8 class launches directly
+        assert MOD._only_config(MOD._launch_class(False, True, MOD._MID_BUCKET, True), 16)["BN"] == 256
+        assert MOD._only_config(MOD._launch_class(False, True, MOD._LONG_BUCKET, False), 16)["num_stages"] == 4
+    finally:
+        MOD._only_config.cache_clear()
+
+
 # ----------------------------------------------------------------------------- fp8
 
 
