@@ -27,6 +27,8 @@ demo: install
 	$(BIN)/qvl video build/sample.mp4 --model $(MODEL) --frames 8 --max-tokens 48 --json
 
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 bench-startup: install

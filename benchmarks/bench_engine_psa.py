@@ -22,8 +22,12 @@ from pathlib import Path
 import torch
 
 SHAPES = {  # published Qwen2.5-VL Instruct shapes (text side; the vision tower is the same for all)
-    "3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2),
-    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4),
+    "3b": dict(
+        hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2
+    ),
+    "7b": dict(
+        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4
+    ),
 }
 VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = 151652, 151653, 151655, 151656
 SIDE = 448  # pixels: 16 x 16 LLM tokens per frame pair
@@ -36,20 +40,46 @@ def build_model(name: str, smoke: bool = False):
 
     from qvl.psa import attn_implementation
 
-    shape = dict(hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=1) if smoke else SHAPES[name]
-    text = dict(shape, vocab_size=152064, max_position_embeddings=128000, rope_theta=1e6,
-                rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}, rms_norm_eps=1e-6)
-    vision = dict(depth=2 if smoke else 32, hidden_size=64 if smoke else 1280, intermediate_size=128 if smoke else 3420,
-                  num_heads=4 if smoke else 16, out_hidden_size=text["hidden_size"],
-                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                  fullatt_block_indexes=[1] if smoke else [7, 15, 23, 31], hidden_act="silu", in_channels=3)
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=IMAGE_PAD, video_token_id=VIDEO_PAD,
-                              vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)
+    shape = (
+        dict(hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
+        if smoke
+        else SHAPES[name]
+    )
+    text = dict(
+        shape,
+        vocab_size=152064,
+        max_position_embeddings=128000,
+        rope_theta=1e6,
+        rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+        rms_norm_eps=1e-6,
+    )
+    vision = dict(
+        depth=2 if smoke else 32,
+        hidden_size=64 if smoke else 1280,
+        intermediate_size=128 if smoke else 3420,
+        num_heads=4 if smoke else 16,
+        out_hidden_size=text["hidden_size"],
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[1] if smoke else [7, 15, 23, 31],
+        hidden_act="silu",
+        in_channels=3,
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=IMAGE_PAD,
+        video_token_id=VIDEO_PAD,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+    )
     torch.manual_seed(0)
     with torch.device(DEVICE):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16,
-                                                               attn_implementation=attn_implementation())
+        model = Qwen2_5_VLForConditionalGeneration._from_config(
+            config, dtype=torch.bfloat16, attn_implementation=attn_implementation()
+        )
     return model.eval()
 
 
@@ -119,8 +149,17 @@ def main() -> None:
             stats.layers.clear()
             ms = statistics.median(prefill_ms(model, inputs, scope, args.repeat))
             summary = stats.summary()
-            rows.append(dict(model=args.model, frames=frames, tokens=tokens, method=f"psa {preset}", ms=ms,
-                             density=summary["density"] if summary else None, speedup=sdpa / ms))
+            rows.append(
+                dict(
+                    model=args.model,
+                    frames=frames,
+                    tokens=tokens,
+                    method=f"psa {preset}",
+                    ms=ms,
+                    density=summary["density"] if summary else None,
+                    speedup=sdpa / ms,
+                )
+            )
             print(rows[-1], flush=True)
         del inputs
         if DEVICE == "cuda":
@@ -133,8 +172,13 @@ def main() -> None:
         print(f"{r['model']:<5} {r['frames']:>6} {r['tokens']:>7} {r['method']:<14} {r['ms']:>10.1f} {dens:>8} {sp:>8}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     card = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
-    meta = dict(date=time.strftime("%Y-%m-%d"), card=card, torch=torch.__version__,
-                transformers=__import__("transformers").__version__, triton=__import__("triton").__version__)
+    meta = dict(
+        date=time.strftime("%Y-%m-%d"),
+        card=card,
+        torch=torch.__version__,
+        transformers=__import__("transformers").__version__,
+        triton=__import__("triton").__version__,
+    )
     args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
 
 

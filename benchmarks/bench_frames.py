@@ -66,10 +66,34 @@ def make_videos(minutes: list[int], folder: Path) -> dict[int, Path]:
         print(f"making {base} (10 min of 1080p H.264; several minutes on 2 cores)", file=sys.stderr)
         tmp = base.with_name("tmp-" + base.name)
         subprocess.run(
-            [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
-             "-i", "testsrc2=size=1920x1080:rate=30", "-t", "600", "-c:v", "libx264",
-             "-preset", "veryfast", "-b:v", "8M", "-maxrate", "8M", "-bufsize", "16M",
-             "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(tmp)],
+            [
+                _ffmpeg(),
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=1920x1080:rate=30",
+                "-t",
+                "600",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-b:v",
+                "8M",
+                "-maxrate",
+                "8M",
+                "-bufsize",
+                "16M",
+                "-pix_fmt",
+                "yuv420p",
+                "-movflags",
+                "+faststart",
+                str(tmp),
+            ],
             check=True,
         )
         tmp.rename(base)
@@ -87,8 +111,24 @@ def make_videos(minutes: list[int], folder: Path) -> dict[int, Path]:
             listing.write_text(f"file '{base.name}'\n" * (m // 10))
             tmp = path.with_name("tmp-" + path.name)
             subprocess.run(
-                [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0",
-                 "-i", str(listing), "-c", "copy", "-movflags", "+faststart", str(tmp)],
+                [
+                    _ffmpeg(),
+                    "-hide_banner",
+                    "-loglevel",
+                    "error",
+                    "-y",
+                    "-f",
+                    "concat",
+                    "-safe",
+                    "0",
+                    "-i",
+                    str(listing),
+                    "-c",
+                    "copy",
+                    "-movflags",
+                    "+faststart",
+                    str(tmp),
+                ],
                 check=True,
             )
             tmp.rename(path)
@@ -132,8 +172,9 @@ def measure(method: str, path: str, n: int, budget: float, cache_dir: str | None
         video, fps = vision_process.fetch_video({"video": path, "nframes": n}, return_video_sample_fps=True)
         shape = tuple(video.shape)
     elif method == "ffmpeg-python":
-        import ffmpeg  # ffmpeg-python
         from concurrent.futures import ThreadPoolExecutor
+
+        import ffmpeg  # ffmpeg-python
 
         sys.path.insert(0, str(ROOT))
         from qvl.media.ffmpeg import ffmpeg_exe
@@ -162,7 +203,10 @@ def measure(method: str, path: str, n: int, budget: float, cache_dir: str | None
                     break
         shape = (len(done), plan.height, plan.width, 3)
         # The ffmpeg processes' CPU time is the children's, not this process's.
-        c0 -= resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
+        c0 -= (
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+            + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
+        )
     elif method == "pyav":
         import av
 
@@ -211,8 +255,12 @@ def measure(method: str, path: str, n: int, budget: float, cache_dir: str | None
     cpu = time.process_time() - c0 + (children.ru_utime + children.ru_stime if method == "ffmpeg-python" else 0)
     if result["estimated"]:
         wall, cpu = wall * scale, cpu * scale
-    result.update(seconds=wall, cpu_seconds=cpu, shape=list(shape),
-                  max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result.update(
+        seconds=wall,
+        cpu_seconds=cpu,
+        shape=list(shape),
+        max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
     return result
 
 
@@ -297,9 +345,15 @@ def main() -> None:
                     # Quick methods run again (best of --repeat): other jobs on a shared machine
                     # only ever add time, so the fastest run is the least disturbed one.
                     runs = [res]
-                    while ("seconds" in res and res["seconds"] < 20 and not res.get("estimated")
-                           and len(runs) < args.repeat):
-                        again = run_child(method, path, n, args.budget, cache_dir if method == "qvl-cache-hit" else None)
+                    while (
+                        "seconds" in res
+                        and res["seconds"] < 20
+                        and not res.get("estimated")
+                        and len(runs) < args.repeat
+                    ):
+                        again = run_child(
+                            method, path, n, args.budget, cache_dir if method == "qvl-cache-hit" else None
+                        )
                         if "seconds" not in again:
                             break
                         runs.append(again)
@@ -327,8 +381,10 @@ def main() -> None:
 def _row_text(row: dict) -> str:
     if "error" in row or "skipped" in row:
         return f"{row['video_minutes']} min {row['frames']} frames {row['method']}: {row.get('error') or row.get('skipped')}"
-    return (f"{row['video_minutes']} min {row['frames']} frames {row['method']}: {row['seconds']:.2f} s "
-            f"(cpu {row['cpu_seconds']:.2f} s, {row['max_rss_mb']:.0f} MB, load {row['load_avg_1m']})")
+    return (
+        f"{row['video_minutes']} min {row['frames']} frames {row['method']}: {row['seconds']:.2f} s "
+        f"(cpu {row['cpu_seconds']:.2f} s, {row['max_rss_mb']:.0f} MB, load {row['load_avg_1m']})"
+    )
 
 
 def table(rows: list[dict]) -> str:

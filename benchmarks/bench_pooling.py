@@ -53,8 +53,11 @@ def main() -> None:
             gb = 2 * k.numel() * k.element_size() * (1 + 1 / 2 + 1 / 4 + 1 / 8) / 1e9  # read once, write pools
             row = dict(model=model, L=L, torch_ms=t_torch, kv_ms=t_kv, gb=gb, same_bits=same)
             rows.append(row)
-            print(f"{model:>5} {L:>7} {t_torch * 1e3:9.1f} {gb / t_torch:5.2f} {t_kv * 1e3:7.1f} {gb / t_kv:5.2f} "
-                  f"{t_torch / t_kv:7.2f}x  {same}", flush=True)
+            print(
+                f"{model:>5} {L:>7} {t_torch * 1e3:9.1f} {gb / t_torch:5.2f} {t_kv * 1e3:7.1f} {gb / t_kv:5.2f} "
+                f"{t_torch / t_kv:7.2f}x  {same}",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(card=torch.cuda.get_device_name(), torch=torch.__version__)
     args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))

@@ -133,7 +133,7 @@ def kernel_ms(fn, reps: int = 20) -> float:
     per = len(kernels) // reps
     if per == 0 or len(kernels) % reps:
         raise RuntimeError(f"kernel_ms: {len(kernels)} kernel records for {reps} calls")
-    calls = sorted(sum(e.time_range.elapsed_us() for e in kernels[i * per:(i + 1) * per]) for i in range(reps))
+    calls = sorted(sum(e.time_range.elapsed_us() for e in kernels[i * per : (i + 1) * per]) for i in range(reps))
     return calls[reps // 2] / 1e3
 
 
@@ -152,8 +152,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def random_inputs(B, HQ, HKV, L, D, seed):
     g = torch.Generator(device=DEV).manual_seed(seed)
-    return [torch.randn(B, h, L, D, device=DEV, generator=g, dtype=torch.float32).to(torch.bfloat16)
-            for h in (HQ, HKV, HKV)]
+    return [
+        torch.randn(B, h, L, D, device=DEV, generator=g, dtype=torch.float32).to(torch.bfloat16) for h in (HQ, HKV, HKV)
+    ]
 
 
 def _features(pos, D, g, scale):
@@ -191,8 +192,11 @@ def video_inputs(B, HQ, HKV, L, D, seed, grid=16, sigma_t=1.5, n_sinks=4):
             kh.append(k)
             vh.append(_features(pos, D, g, 0.7) + 0.3 * torch.randn(L, D, device=DEV, generator=g))
             for _g in range(G):
-                qh.append(phi * (0.8 + 0.4 * torch.rand(1, device=DEV, generator=g))
-                          + 0.5 * torch.randn(L, D, device=DEV, generator=g) + 0.3 * u)
+                qh.append(
+                    phi * (0.8 + 0.4 * torch.rand(1, device=DEV, generator=g))
+                    + 0.5 * torch.randn(L, D, device=DEV, generator=g)
+                    + 0.3 * u
+                )
         qs.append(torch.stack(qh))
         ks.append(torch.stack(kh))
         vs.append(torch.stack(vh))
@@ -210,6 +214,7 @@ def sdpa(backend):
     def run(q, k, v):
         with sdpa_kernel([b]):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
     return run
 
 
@@ -231,7 +236,8 @@ def fixed_levels(B, HQ, L, density, pyramid, seed):
     else:  # equal shares of 1, 2, 4, 8 among kept blocks: density = keep * (1 + 1/2 + 1/4 + 1/8) / 4
         keep = min(1.0, density * 4 / 1.875)
         choice = torch.tensor([1, 2, 4, 8], device=DEV, dtype=torch.int8)[
-            torch.randint(0, 4, (B, HQ, nb, nb), device=DEV, generator=g)]
+            torch.randint(0, 4, (B, HQ, nb, nb), device=DEV, generator=g)
+        ]
         lev = torch.where(u < keep, choice, torch.zeros_like(choice))
     idx = torch.arange(nb, device=DEV)
     lev[..., idx, idx] = 1
@@ -241,9 +247,11 @@ def fixed_levels(B, HQ, L, density, pyramid, seed):
 
 # Band widths of the topk presets ({level: width}, in rank order 1, 2, 4, 8); "fast-v1" is the
 # fast preset's shape before session 5 (4/4/8/16 %), kept as a row for comparison.
-_BAND_SHAPES = {"fast": ((1, 0.016), (2, 0.024), (4, 0.024), (8, 0.32)),
-                "balanced": ((1, 0.18), (2, 0.20), (4, 0.20), (8, 0.20)),
-                "fast-v1": ((1, 0.04), (2, 0.04), (4, 0.08), (8, 0.16))}
+_BAND_SHAPES = {
+    "fast": ((1, 0.016), (2, 0.024), (4, 0.024), (8, 0.32)),
+    "balanced": ((1, 0.18), (2, 0.20), (4, 0.20), (8, 0.20)),
+    "fast-v1": ((1, 0.04), (2, 0.04), (4, 0.08), (8, 0.16)),
+}
 
 
 def calibrated_topk(q, k, target: float, shape: str):
@@ -310,8 +318,9 @@ def flex_from_levels(levels: torch.Tensor, L: int):
     def causal(b, h, q_idx, kv_idx):  # the block test matters only where flex runs unfused (eager)
         return (q_idx >= kv_idx) & keep[b, h, q_idx // BLOCK, kv_idx // BLOCK]
 
-    return BlockMask.from_kv_blocks(part_num, part_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=causal,
-                                    seq_lengths=(L, L))
+    return BlockMask.from_kv_blocks(
+        part_num, part_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=causal, seq_lengths=(L, L)
+    )
 
 
 def flex_run(q, k, v, bm):
@@ -337,8 +346,15 @@ def published():
             from PSA_casual import AttentionConfig, adaptive_block_sparse_attn
             from PSA_casual.kernels import sparse_attention_factory
 
-            cfg = AttentionConfig(mask_mode="energybound", mask_ratios=dict(PUBLISHED_RATIOS), importance_method="xattn",
-                                  causal_main=True, xattn_stride=8, warmup_steps=0, text_length=0)
+            cfg = AttentionConfig(
+                mask_mode="energybound",
+                mask_ratios=dict(PUBLISHED_RATIOS),
+                importance_method="xattn",
+                causal_main=True,
+                xattn_stride=8,
+                warmup_steps=0,
+                text_length=0,
+            )
             _PUB["mod"] = (cfg, adaptive_block_sparse_attn, sparse_attention_factory(causal=True))
     return _PUB["mod"]
 
@@ -354,9 +370,11 @@ def repeat_kv(x, n):
 def add(**row):
     ROWS.append(row)
     ms, tf, d, er = row.get("ms"), row.get("tflops"), row.get("density"), row.get("err")
-    log(f"{row['model']:>3} L={row['L']:>6} {row['input']:>6} {row['method']:<34} "
+    log(
+        f"{row['model']:>3} L={row['L']:>6} {row['input']:>6} {row['method']:<34} "
         f"{'' if ms is None else f'{ms:9.3f} ms'} {'' if tf is None else f'{tf:6.0f} TF/s'} "
-        f"{'' if d is None else f'd={d:.3f}'} {'' if er is None else f'err={er:.4f}'} {row.get('note', '')}")
+        f"{'' if d is None else f'd={d:.3f}'} {'' if er is None else f'err={er:.4f}'} {row.get('note', '')}"
+    )
 
 
 def guard(name, fn):
@@ -381,8 +399,15 @@ def check_small():
         out = _pyramid_attention_fwd(q, k, v, lev, causal, None, BLOCK, pool_in_kernel=pik)
         ref = ref_fn(q.float(), k.float(), v.float(), lev, causal=causal)
         err = rel_err(out, ref)
-        add(model="7b", L=L, input="random", method=f"check vs fp32 naive {'causal' if causal else 'full'}"
-            f"{' tma' if OPTIONS['tma'] else ''}{' ws' if OPTIONS['ws'] else ''}", err=err, note="OK" if err < 3e-2 and out.isfinite().all() else "FAIL")
+        add(
+            model="7b",
+            L=L,
+            input="random",
+            method=f"check vs fp32 naive {'causal' if causal else 'full'}"
+            f"{' tma' if OPTIONS['tma'] else ''}{' ws' if OPTIONS['ws'] else ''}",
+            err=err,
+            note="OK" if err < 3e-2 and out.isfinite().all() else "FAIL",
+        )
 
 
 def sweep(args):
@@ -413,23 +438,68 @@ def sweep(args):
         best = None
         for cfg in configs:
             for tma, ws in ((False, False), (True, False), (True, True)):
-                name = "{BLOCK_M}x{BLOCK_N}w{num_warps}s{num_stages}".format(**cfg) + ("-tma" if tma else "") + ("-ws" if ws else "")
+                name = (
+                    "{BLOCK_M}x{BLOCK_N}w{num_warps}s{num_stages}".format(**cfg)
+                    + ("-tma" if tma else "")
+                    + ("-ws" if ws else "")
+                )
 
                 def one():
-                    run = lambda: _pyramid_attention_fwd(q, k, v, ones, True, None, BLOCK, pooled=pooled,  # noqa: E731
-                                                         lists=lists1, config=cfg, tma=tma, ws=ws)
+                    run = lambda: _pyramid_attention_fwd(
+                        q,
+                        k,
+                        v,
+                        ones,
+                        True,
+                        None,
+                        BLOCK,
+                        pooled=pooled,  # noqa: E731
+                        lists=lists1,
+                        config=cfg,
+                        tma=tma,
+                        ws=ws,
+                    )
                     out = run()
                     err = rel_err(out, ref)
                     t = timed(run)
-                    add(model="7b", L=L, input="video", method=f"all1 {name}", ms=t, tflops=fl / t / 1e9,
-                        density=1.0, err=err, note=f"x{t_cudnn / t:.2f} of cudnn")
+                    add(
+                        model="7b",
+                        L=L,
+                        input="video",
+                        method=f"all1 {name}",
+                        ms=t,
+                        tflops=fl / t / 1e9,
+                        density=1.0,
+                        err=err,
+                        note=f"x{t_cudnn / t:.2f} of cudnn",
+                    )
                     for dd, lev, lists in ((d35, lev35, lists35), (d10, lev10, lists10)):
-                        run = lambda: _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled,  # noqa: E731
-                                                             lists=lists, config=cfg, tma=tma, ws=ws)
+                        run = lambda: _pyramid_attention_fwd(
+                            q,
+                            k,
+                            v,
+                            lev,
+                            True,
+                            None,
+                            BLOCK,
+                            pooled=pooled,  # noqa: E731
+                            lists=lists,
+                            config=cfg,
+                            tma=tma,
+                            ws=ws,
+                        )
                         tp = timed(run)
-                        add(model="7b", L=L, input="video", method=f"pyr d~{dd:.2f} {name}", ms=tp,
-                            tflops=dd * fl / tp / 1e9, density=dd)
+                        add(
+                            model="7b",
+                            L=L,
+                            input="video",
+                            method=f"pyr d~{dd:.2f} {name}",
+                            ms=tp,
+                            tflops=dd * fl / tp / 1e9,
+                            density=dd,
+                        )
                     return t, err
+
                 res = guard(name, one)
                 if res is not None and res[1] < 1e-2 and (best is None or res[0] < best[0]):
                     best = (res[0], cfg, tma, ws)
@@ -439,11 +509,29 @@ def sweep(args):
             log(f"BEST {BEST}")
 
         def fused():
-            run = lambda: _pyramid_attention_fwd(q, k, v, lev35, True, None, BLOCK, lists=lists35,  # noqa: E731
-                                                 config=BEST["config"], pool_in_kernel=True)
+            run = lambda: _pyramid_attention_fwd(
+                q,
+                k,
+                v,
+                lev35,
+                True,
+                None,
+                BLOCK,
+                lists=lists35,  # noqa: E731
+                config=BEST["config"],
+                pool_in_kernel=True,
+            )
             t = timed(run)
-            add(model="7b", L=L, input="video", method="pyr d~0.35 pooled in kernel", ms=t, tflops=d35 * fl / t / 1e9,
-                density=d35)
+            add(
+                model="7b",
+                L=L,
+                input="video",
+                method="pyr d~0.35 pooled in kernel",
+                ms=t,
+                tflops=d35 * fl / t / 1e9,
+                density=d35,
+            )
+
         guard("fused", fused)
         t = timed(lambda: mean_pool(k) + mean_pool(v))
         add(model="7b", L=L, input="video", method="mean_pool k+v (2,4,8)", ms=t)
@@ -468,20 +556,50 @@ def quick(args):
         ref = sdpa("cudnn")(q, k, v)
         out = pyramid_attention(q, k, v, ones)
         t = timed(lambda: pyramid_attention(q, k, v, ones))
-        add(model="7b", L=L, input="video", method="pyramid_attention() all-1 (defaults)", ms=t, tflops=fl / t / 1e9,
-            density=1.0, err=rel_err(out, ref), note=f"x{t_c / t:.2f} of cudnn")
+        add(
+            model="7b",
+            L=L,
+            input="video",
+            method="pyramid_attention() all-1 (defaults)",
+            ms=t,
+            tflops=fl / t / 1e9,
+            density=1.0,
+            err=rel_err(out, ref),
+            note=f"x{t_c / t:.2f} of cudnn",
+        )
         lists = build_block_lists(ones, True)
         pooled = (*mean_pool(k), *mean_pool(v))
         for bm, bn, w, st in args.variants:
             cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
 
             def one():
-                run = lambda: _pyramid_attention_fwd(q, k, v, ones, True, None, BLOCK, pooled=pooled,  # noqa: E731
-                                                     lists=lists, config=cfg, tma=True)
+                run = lambda: _pyramid_attention_fwd(
+                    q,
+                    k,
+                    v,
+                    ones,
+                    True,
+                    None,
+                    BLOCK,
+                    pooled=pooled,  # noqa: E731
+                    lists=lists,
+                    config=cfg,
+                    tma=True,
+                )
                 o = run()
                 t = timed(run)
-                add(model="7b", L=L, input="video", method=f"all1 {bm}x{bn}w{w}s{st}-tma", ms=t, tflops=fl / t / 1e9,
-                    density=1.0, err=rel_err(o, ref), note=f"x{t_c / t:.2f} of cudnn")
+                add(
+                    model="7b",
+                    L=L,
+                    input="video",
+                    method=f"all1 {bm}x{bn}w{w}s{st}-tma",
+                    ms=t,
+                    tflops=fl / t / 1e9,
+                    density=1.0,
+                    err=rel_err(o, ref),
+                    note=f"x{t_c / t:.2f} of cudnn",
+                )
+
             guard(f"variant {cfg}", one)
         del q, k, v, ref, out
         torch.cuda.empty_cache()
@@ -493,10 +611,10 @@ def bench_shape(model, Lk, args):
     L = Lk * 1024
     nb = math.ceil(L / BLOCK)
     fl = dense_causal_flops(B, HQ, L, D)
-    from qvl_kernels.psa import PSAConfig, importance_uses_fp8, psa_attention, psa_levels
     from qvl_kernels.block_importance import block_importance
-    from qvl_kernels.similarity_cap import similarity_cap
     from qvl_kernels.level_mask import level_mask
+    from qvl_kernels.psa import PSAConfig, importance_uses_fp8, psa_attention, psa_levels
+    from qvl_kernels.similarity_cap import similarity_cap
 
     for inp in args.inputs:
         if time.time() - T0 > args.deadline:
@@ -509,9 +627,11 @@ def bench_shape(model, Lk, args):
         t_cudnn_q = timed_queued(lambda: sdpa("cudnn")(q, k, v))[0]  # for the pipelines' queued column
         add(**base, method="sdpa-cudnn", ms=t_cudnn, tflops=fl / t_cudnn / 1e9, density=1.0, ms_queued=t_cudnn_q)
         if inp == args.inputs[0]:
+
             def fl_run():
                 t = timed(lambda: sdpa("flash")(q, k, v))
                 add(**base, method="sdpa-flash", ms=t, tflops=fl / t / 1e9, density=1.0)
+
             guard("sdpa-flash", fl_run)
 
             # Dense: every block at level 1 (kernel only, then the whole call).
@@ -522,12 +642,29 @@ def bench_shape(model, Lk, args):
             # The kernel users get (the Gluon one on an H100/H200), and the portable Triton one.
             t1 = timed(lambda: _pyramid_attention_fwd(q, k, v, ones, True, None, BLOCK, pooled=pooled, lists=lists))
             k1 = kernel_ms(lambda: _pyramid_attention_fwd(q, k, v, ones, True, None, BLOCK, pooled=pooled, lists=lists))
-            add(**base, method="pyramid all-level-1 (kernel)", ms=t1, tflops=fl / t1 / 1e9, density=1.0,
-                err=rel_err(out, ref), kernel_ms=k1, note=f"x{t_cudnn / t1:.2f} of cudnn; kernel {k1:.3f} ms")
-            tt = timed(lambda: _pyramid_attention_fwd(q, k, v, ones, True, None, BLOCK, pooled=pooled, lists=lists,
-                                                      config=BEST["config"]))
-            add(**base, method="pyramid all-level-1 (Triton kernel)", ms=tt, tflops=fl / tt / 1e9, density=1.0,
-                note=f"x{t_cudnn / tt:.2f} of cudnn")
+            add(
+                **base,
+                method="pyramid all-level-1 (kernel)",
+                ms=t1,
+                tflops=fl / t1 / 1e9,
+                density=1.0,
+                err=rel_err(out, ref),
+                kernel_ms=k1,
+                note=f"x{t_cudnn / t1:.2f} of cudnn; kernel {k1:.3f} ms",
+            )
+            tt = timed(
+                lambda: _pyramid_attention_fwd(
+                    q, k, v, ones, True, None, BLOCK, pooled=pooled, lists=lists, config=BEST["config"]
+                )
+            )
+            add(
+                **base,
+                method="pyramid all-level-1 (Triton kernel)",
+                ms=tt,
+                tflops=fl / tt / 1e9,
+                density=1.0,
+                note=f"x{t_cudnn / tt:.2f} of cudnn",
+            )
             t = timed(lambda: pyramid_attention(q, k, v, ones))
             add(**base, method="pyramid all-level-1 (call)", ms=t, tflops=fl / t / 1e9, density=1.0)
             # Fixed masks of density d: kernel time vs 1.25 * d * t1 + 0.1 ms, judged on the
@@ -537,14 +674,24 @@ def bench_shape(model, Lk, args):
                 lev = fixed_levels(B, HQ, L, d, pyr, seed=int(d * 100))
                 dd = level_density(lev)
                 lists = build_block_lists(lev, True)
+
                 def fixed():
                     return _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled, lists=lists)
+
                 t, kt = timed(fixed), kernel_ms(fixed)
                 bound, bound_call = 1.25 * dd * k1 + 0.1, 1.25 * dd * t1 + 0.1
-                add(**base, method=f"fixed {'pyramid' if pyr else 'binary'} d~{d}", ms=t, tflops=dd * fl / kt / 1e9,
-                    density=dd, kernel_ms=kt, bound_ms=bound, bound_call_ms=bound_call,
+                add(
+                    **base,
+                    method=f"fixed {'pyramid' if pyr else 'binary'} d~{d}",
+                    ms=t,
+                    tflops=dd * fl / kt / 1e9,
+                    density=dd,
+                    kernel_ms=kt,
+                    bound_ms=bound,
+                    bound_call_ms=bound_call,
                     note=f"kernel {kt:.3f} <= bound {bound:.3f} ms {'OK' if kt <= bound else 'MISS'}; "
-                         f"call {t:.3f} vs {bound_call:.3f} {'OK' if t <= bound_call else 'MISS'}")
+                    f"call {t:.3f} vs {bound_call:.3f} {'OK' if t <= bound_call else 'MISS'}",
+                )
             del ones, lists, pooled, out
             if args.fixed_only:
                 return
@@ -564,6 +711,7 @@ def bench_shape(model, Lk, args):
                     runs.append((f"topk d={target:.2f} bf16-est", cal[0].with_(importance_fp8=False)))
                     runs.append((f"topk d={target:.2f} fp8-est", cal[0].with_(importance_fp8=True)))
         for preset, cfg in runs:
+
             def pipe():
                 levels = psa_levels(q, k, cfg)
                 dd = level_density(levels)
@@ -575,10 +723,18 @@ def bench_shape(model, Lk, args):
                 t_est = timed(lambda: psa_levels(q, k, cfg))
                 t_att = timed(lambda: pyramid_attention(q, k, v, levels))
                 err = rel_err(out, ref)
-                add(**base, method=f"PSA {preset} (pipeline)", ms=t_all, tflops=dd * fl / t_all / 1e9, density=dd,
-                    est_share=t_est / t_all, err=err, ms_queued=t_all_q,
+                add(
+                    **base,
+                    method=f"PSA {preset} (pipeline)",
+                    ms=t_all,
+                    tflops=dd * fl / t_all / 1e9,
+                    density=dd,
+                    est_share=t_est / t_all,
+                    err=err,
+                    ms_queued=t_all_q,
                     note=f"x{t_cudnn / t_all:.2f} vs cudnn (queued x{t_cudnn_q / t_all_q:.2f}); est {t_est:.2f} ms "
-                         f"({100 * t_est / t_cudnn:.1f}% of cudnn), attn {t_att:.2f} ms")
+                    f"({100 * t_est / t_cudnn:.1f}% of cudnn), attn {t_att:.2f} ms",
+                )
                 fp8 = importance_uses_fp8(cfg, q)
                 t_imp = timed(lambda: block_importance(q, k, block=BLOCK, stride=8, fp8=fp8))
                 scores = block_importance(q, k, block=BLOCK, stride=8, fp8=fp8)
@@ -586,27 +742,46 @@ def bench_shape(model, Lk, args):
                     t_cap = timed(lambda: similarity_cap(k, block=BLOCK, thresholds=cfg.thresholds))
                     cap = similarity_cap(k, block=BLOCK, thresholds=cfg.thresholds)
                     t_mask = timed(lambda: level_mask(scores, cap, mode=cfg.mode, ratios=cfg.ratios))
-                    add(**base, method=f"  est parts {preset}", ms=t_imp + t_cap + t_mask,
+                    add(
+                        **base,
+                        method=f"  est parts {preset}",
+                        ms=t_imp + t_cap + t_mask,
                         note=f"importance{' (fp8)' if fp8 else ''} {t_imp:.3f} cap {t_cap:.3f} mask {t_mask:.3f} ms = "
-                             f"{100 * (t_imp + t_cap + t_mask) / t_cudnn:.1f}% of cudnn dense")
+                        f"{100 * (t_imp + t_cap + t_mask) / t_cudnn:.1f}% of cudnn dense",
+                    )
                 if inp == "video" and preset != "default":
                     binl = binary_same_budget(scores, levels)
                     ob = pyramid_attention(q, k, v, binl)
                     eb = rel_err(ob, ref)
                     tb = timed(lambda: pyramid_attention(q, k, v, binl))
-                    add(**base, method=f"binary same budget ({preset})", ms=tb, density=level_density(binl), err=eb,
-                        note=f"PSA/binary error ratio {err / max(eb, 1e-12):.2f}")
+                    add(
+                        **base,
+                        method=f"binary same budget ({preset})",
+                        ms=tb,
+                        density=level_density(binl),
+                        err=eb,
+                        note=f"PSA/binary error ratio {err / max(eb, 1e-12):.2f}",
+                    )
                     if model == "7b" and L in args.flex_lengths and preset in ("fast", "balanced"):
+
                         def flex():
                             bm = flex_from_levels(levels, L)
                             of = flex_run(q, k, v, bm)
                             tf_ = timed(lambda: flex_run(q, k, v, bm))
-                            add(**base, method=f"flex binary same blocks ({preset})", ms=tf_,
-                                density=level_density((levels > 0).to(torch.int8)), err=rel_err(of, ref))
+                            add(
+                                **base,
+                                method=f"flex binary same blocks ({preset})",
+                                ms=tf_,
+                                density=level_density((levels > 0).to(torch.int8)),
+                                err=rel_err(of, ref),
+                            )
+
                         guard("flex", flex)
+
             guard(f"pipeline {preset}", pipe)
 
         if model == "7b" and L in args.pub_lengths:
+
             def pub():
                 mod = published()
                 if mod is None:
@@ -618,8 +793,16 @@ def bench_shape(model, Lk, args):
                 out, sparsity, _ = run()
                 t = timed(run)
                 dd = 1 - sparsity
-                add(**base, method="published PSA energybound (pipeline)", ms=t, tflops=dd * fl / t / 1e9, density=dd,
-                    err=rel_err(out, ref), note=f"x{t_cudnn / t:.2f} vs cudnn")
+                add(
+                    **base,
+                    method="published PSA energybound (pipeline)",
+                    ms=t,
+                    tflops=dd * fl / t / 1e9,
+                    density=dd,
+                    err=rel_err(out, ref),
+                    note=f"x{t_cudnn / t:.2f} vs cudnn",
+                )
+
             guard("published", pub)
         del q, k, v, ref
         torch.cuda.empty_cache()
@@ -640,8 +823,11 @@ def main():
     ap.add_argument("--quick", action="store_true", help="defaults + --variants at --lengths (7B), nothing else")
     ap.add_argument("--variants", default="", help="BMxBNxWxS,... tile variants for --quick")
     ap.add_argument("--deadline", type=float, default=540.0, help="seconds; later shapes are skipped")
-    ap.add_argument("--fixed-only", action="store_true",
-                    help="per shape only cuDNN, the all-level-1 kernel and the fixed masks (first input)")
+    ap.add_argument(
+        "--fixed-only",
+        action="store_true",
+        help="per shape only cuDNN, the all-level-1 kernel and the fixed masks (first input)",
+    )
     args = ap.parse_args()
     import signal
 
@@ -653,9 +839,14 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     import triton
 
-    env = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-               cuda=torch.version.cuda, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               python=platform.python_version())
+    env = dict(
+        device=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        cuda=torch.version.cuda,
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        python=platform.python_version(),
+    )
     log(json.dumps(env))
     args.variants = [tuple(int(x) for x in v.split("x")) for v in args.variants.split(",") if v]
     try:
@@ -679,13 +870,17 @@ def main():
         with open(os.path.join(args.out, "bench_psa.log"), "w") as f:
             f.write("\n".join(LOG))
         print("\n==== table ====")
-        print(f"{'model':>5} {'L':>7} {'input':>6} {'method':<38} {'ms':>9} {'TF/s':>6} {'dens':>6} {'est%':>5} {'err':>7}  note")
+        print(
+            f"{'model':>5} {'L':>7} {'input':>6} {'method':<38} {'ms':>9} {'TF/s':>6} {'dens':>6} {'est%':>5} {'err':>7}  note"
+        )
         for r in ROWS:
             f_ = lambda x, fmt: "" if x is None else format(x, fmt)  # noqa: E731
-            print(f"{r['model']:>5} {r['L']:>7} {r['input']:>6} {r['method']:<38} {f_(r.get('ms'), '9.3f')} "
-                  f"{f_(r.get('tflops'), '6.0f')} {f_(r.get('density'), '6.3f')} "
-                  f"{f_(None if r.get('est_share') is None else 100 * r['est_share'], '5.1f')} "
-                  f"{f_(r.get('err'), '7.4f')}  {r.get('note', '')}")
+            print(
+                f"{r['model']:>5} {r['L']:>7} {r['input']:>6} {r['method']:<38} {f_(r.get('ms'), '9.3f')} "
+                f"{f_(r.get('tflops'), '6.0f')} {f_(r.get('density'), '6.3f')} "
+                f"{f_(None if r.get('est_share') is None else 100 * r['est_share'], '5.1f')} "
+                f"{f_(r.get('err'), '7.4f')}  {r.get('note', '')}"
+            )
 
 
 if __name__ == "__main__":

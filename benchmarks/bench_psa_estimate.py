@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_psa import MODELS, calibrated_topk, level_density, timed, timed_queued, video_inputs  # noqa: E402
+from bench_psa import MODELS, calibrated_topk, timed, timed_queued, video_inputs  # noqa: E402
 
 from qvl_kernels import PSAConfig, block_importance, level_mask, similarity_cap  # noqa: E402
 from qvl_kernels.psa import importance_uses_fp8, psa_attention, psa_levels  # noqa: E402
@@ -47,8 +47,10 @@ def line(r: dict) -> str:
         vs = f"{r['share_isolated']:.1%} / {r['share_queued']:.1%}"
     elif "speedup_isolated" in r:
         vs = f"x{r['speedup_isolated']:.2f} / x{r['speedup_queued']:.2f} (d={r['density']:.3f}, target x{r['target']})"
-    return (f"{r['model']:<5} {r['L']:>6} {r['what']:<26} {r['isolated_ms']:>9.3f} {r['queued_ms']:>9.3f} "
-            f"{r['host_ms']:>8.3f}  {vs}")
+    return (
+        f"{r['model']:<5} {r['L']:>6} {r['what']:<26} {r['isolated_ms']:>9.3f} {r['queued_ms']:>9.3f} "
+        f"{r['host_ms']:>8.3f}  {vs}"
+    )
 
 
 def both(fn) -> dict:
@@ -81,17 +83,27 @@ def main() -> None:
                 cfg = PSAConfig.preset(preset)
                 fp8 = importance_uses_fp8(cfg, q)
                 est = both(lambda: psa_levels(q, k, cfg))
-                show(dict(base, what=f"estimate {preset}", preset=preset, fp8=fp8, **est,
-                          share_isolated=est["isolated_ms"] / dense["isolated_ms"],
-                          share_queued=est["queued_ms"] / dense["queued_ms"]))
+                show(
+                    dict(
+                        base,
+                        what=f"estimate {preset}",
+                        preset=preset,
+                        fp8=fp8,
+                        **est,
+                        share_isolated=est["isolated_ms"] / dense["isolated_ms"],
+                        share_queued=est["queued_ms"] / dense["queued_ms"],
+                    )
+                )
                 scores = block_importance(q, k, block=BLOCK, stride=cfg.stride, fp8=fp8)
                 cap = similarity_cap(k, block=BLOCK, thresholds=cfg.thresholds)
                 parts = {
-                    "importance" + (" (fp8)" if fp8 else ""):
-                        lambda: block_importance(q, k, block=BLOCK, stride=cfg.stride, fp8=fp8),
+                    "importance" + (" (fp8)" if fp8 else ""): lambda: block_importance(
+                        q, k, block=BLOCK, stride=cfg.stride, fp8=fp8
+                    ),
                     "cap": lambda: similarity_cap(k, block=BLOCK, thresholds=cfg.thresholds),
-                    "mask": lambda: level_mask(scores, cap, mode=cfg.mode, ratios=cfg.ratios,
-                                               text_blocks=cfg.text_blocks),
+                    "mask": lambda: level_mask(
+                        scores, cap, mode=cfg.mode, ratios=cfg.ratios, text_blocks=cfg.text_blocks
+                    ),
                 }
                 for name, fn in parts.items():
                     show(dict(base, what=f"  {name}", preset=preset, **both(fn)))
@@ -99,14 +111,26 @@ def main() -> None:
                 target_d, shape, target_x = PIPELINE_TARGETS[L]
                 cfg, achieved = calibrated_topk(q, k, target_d, shape)
                 pipe = both(lambda: psa_attention(q, k, v, cfg))
-                show(dict(base, what=f"pipeline topk {target_d:.0%}", density=achieved, target=target_x, **pipe,
-                          speedup_isolated=dense["isolated_ms"] / pipe["isolated_ms"],
-                          speedup_queued=dense["queued_ms"] / pipe["queued_ms"]))
+                show(
+                    dict(
+                        base,
+                        what=f"pipeline topk {target_d:.0%}",
+                        density=achieved,
+                        target=target_x,
+                        **pipe,
+                        speedup_isolated=dense["isolated_ms"] / pipe["isolated_ms"],
+                        speedup_queued=dense["queued_ms"] / pipe["queued_ms"],
+                    )
+                )
             del q, k, v
             torch.cuda.empty_cache()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), card=torch.cuda.get_device_name(),
-                torch=torch.__version__, triton=__import__("triton").__version__)
+    meta = dict(
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        card=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        triton=__import__("triton").__version__,
+    )
     args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
     # The table on stdout (the data); progress went to stderr row by row.
     print(f"{'model':<5} {'L':>6} {'what':<26} {'isolated':>9} {'queued':>9} {'host':>8}  vs dense (isolated / queued)")

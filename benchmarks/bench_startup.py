@@ -22,7 +22,11 @@ COMMANDS = {
     "python -c pass": [sys.executable, "-c", "pass"],
     "qvl --help": [sys.executable, "-m", "qvl", "--help"],
     "qvl --version": [sys.executable, "-m", "qvl", "--version"],
-    "import torch, transformers (eager baseline)": [sys.executable, "-c", "import torch, transformers.models.qwen2_5_vl"],
+    "import torch, transformers (eager baseline)": [
+        sys.executable,
+        "-c",
+        "import torch, transformers.models.qwen2_5_vl",
+    ],
 }
 TARGET_S = 0.5
 
@@ -47,7 +51,15 @@ def main() -> None:
     for name, argv in COMMANDS.items():
         runs = args.runs if "eager" not in name else max(3, args.runs // 5)
         times = time_command(argv, runs)
-        rows.append({"command": name, "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": runs})
+        rows.append(
+            {
+                "command": name,
+                "median_s": statistics.median(times),
+                "min_s": min(times),
+                "max_s": max(times),
+                "runs": runs,
+            }
+        )
 
     print(f"{'command':<46} {'median s':>9} {'min s':>7} {'max s':>7}")
     for row in rows:

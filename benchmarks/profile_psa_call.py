@@ -57,7 +57,7 @@ def _int(x: str) -> int:
 def stalls(path: Path, top: int, region: int) -> dict:
     rows = list(csv.reader(path.open()))
     header = next(r for r in rows if "Address" in r and "Source" in r)
-    data = [r for r in rows[rows.index(header) + 1:] if len(r) == len(header)]
+    data = [r for r in rows[rows.index(header) + 1 :] if len(r) == len(header)]
     ix = {h: i for i, h in enumerate(header)}
     samples = ix["Warp Stall Sampling (All Samples)"]
     reasons = [h for h in header if h.startswith("stall_") and "Not Issued" not in h]
@@ -73,13 +73,13 @@ def stalls(path: Path, top: int, region: int) -> dict:
 
     def op(src: str) -> str:
         words = src.split()
-        return (words[1] if words and words[0].startswith("@") and len(words) > 1 else (words or [""])[0])
+        return words[1] if words and words[0].startswith("@") and len(words) > 1 else (words or [""])[0]
 
     marks = ("QGMMA", "HGMMA", "BAR", "MUFU.LG2", "LDG", "STG", "EXIT")
     regions = []
     print(f"\nby region of {region} instructions:")
     for a in range(0, len(data), region):
-        chunk = data[a:a + region]
+        chunk = data[a : a + region]
         share = sum(_int(r[samples]) for r in chunk) / total
         seen = sorted({op(r[ix["Source"]]).split(".")[0] for r in chunk if op(r[ix["Source"]]).startswith(marks)})
         regions.append(dict(first=a, last=a + len(chunk) - 1, share=share, marks=seen))
@@ -91,12 +91,25 @@ def stalls(path: Path, top: int, region: int) -> dict:
     for i in sorted(hot):
         r = data[i]
         why = sorted(((_int(r[ix[h]]), h[6:]) for h in reasons), reverse=True)[:3]
-        top_rows.append(dict(index=i, share=_int(r[samples]) / total, source=r[ix["Source"]].strip(),
-                             reasons={name: n for n, name in why if n}))
-        print(f"  {i:5d} {_int(r[samples]) / total:6.1%}  {r[ix['Source']].strip()[:64]:<64} "
-              + " ".join(f"{name}:{n}" for n, name in why if n))
-    return dict(file=str(path), samples=total, reasons={k: v / total for k, v in by_reason.items()},
-                regions=regions, top=top_rows)
+        top_rows.append(
+            dict(
+                index=i,
+                share=_int(r[samples]) / total,
+                source=r[ix["Source"]].strip(),
+                reasons={name: n for n, name in why if n},
+            )
+        )
+        print(
+            f"  {i:5d} {_int(r[samples]) / total:6.1%}  {r[ix['Source']].strip()[:64]:<64} "
+            + " ".join(f"{name}:{n}" for n, name in why if n)
+        )
+    return dict(
+        file=str(path),
+        samples=total,
+        reasons={k: v / total for k, v in by_reason.items()},
+        regions=regions,
+        top=top_rows,
+    )
 
 
 def main() -> None:

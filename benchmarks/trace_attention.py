@@ -49,42 +49,86 @@ PHASES = ["Q wait", "first step", "rest of loop", "last P V", "epilogue"]
 
 # (anchor, replacement): each anchor must occur exactly `count` times in hopper.py.
 ANCHORS = [
-    ("        Q, K, V, K2, V2, K4, V4, K8, V8, O, IDX, META,\n",
-     "        Q, K, V, K2, V2, K4, V4, K8, V8, O, IDX, META, TR,\n", 1),
-    ("O, META, s_ob, s_oh, s_ol, qk_scale, B, L, NB, HQ, G, n_items, D, CAUSAL, STAGES)",
-     "O, META, TR, s_ob, s_oh, s_ol, qk_scale, B, L, NB, HQ, G, n_items, D, CAUSAL, STAGES)", 2),
-    ("                  O, META, s_ob, s_oh, s_ol, qk_scale,",
-     "                  O, META, TR, s_ob, s_oh, s_ol, qk_scale,", 1),
-    ("        q, k, v, k2, v2, k4, v4, k8, v8, o, idx, meta,\n",
-     "        q, k, v, k2, v2, k4, v4, k8, v8, o, idx, meta, TR,\n", 1),
-    ("(_loader, (q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX,",
-     "(_loader, (q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX, TR,", 1),
-    ("def _loader(q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX,",
-     "def _loader(q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX, TR,", 1),
-    ("            p_idx = IDX + i_row.to(gl.int64) * NB\n",
-     "            p_idx = IDX + i_row.to(gl.int64) * NB\n"
-     f"            p_tl = TR + w.to(gl.int64) * {SLOTS} + 12\n", 1),
-    ("                if not Q_FIRST and pos == 0:\n",
-     f"                gl.store(p_tl + 1, {CLK}, mask=pos == 0)\n                if not Q_FIRST and pos == 0:\n", 1),
-    ("                    _issue_q(dq, q_bufs, bars_q, bars_qfree, n_q, i_b, i_h, i_m, Q_BYTES)\n"
-     "                    n_q += 1\n            g0 += n_tiles\n",
-     "                    _issue_q(dq, q_bufs, bars_q, bars_qfree, n_q, i_b, i_h, i_m, Q_BYTES)\n"
-     f"                    n_q += 1\n                    gl.store(p_tl + 2, {CLK})\n            g0 += n_tiles\n", 1),
-    ("            row0 = i_m * 128 + WG * WM\n            o_m = ",
-     f"            row0 = i_m * 128 + WG * WM\n            p_tr = TR + w.to(gl.int64) * {SLOTS} + WG * 6\n"
-     f"            gl.store(p_tr, {CLK})\n            o_m = ", 1),
-    ("                mbarrier.wait(bar_q, n_q & 1)\n",
-     f"                mbarrier.wait(bar_q, n_q & 1)\n                gl.store(p_tr + 1, {CLK})\n", 1),
-    ("                for pos in range(1, n_tiles):\n",
-     f"                gl.store(p_tr + 2, {CLK})\n                for pos in range(1, n_tiles):\n", 1),
-    ("                # The last tile's P @ V, then its stage goes back too.\n",
-     f"                gl.store(p_tr + 3, {CLK})\n                # The last tile's P @ V, then its stage goes back too.\n", 1),
-    ("                acc_o = warpgroup_mma_wait(0, deps=(acc_o, p_op))[0]\n                mbarrier.arrive(bars_free.index(s_last))\n",
-     "                acc_o = warpgroup_mma_wait(0, deps=(acc_o, p_op))[0]\n                mbarrier.arrive(bars_free.index(s_last))\n"
-     f"                gl.store(p_tr + 4, {CLK})\n", 1),
+    (
+        "        Q, K, V, K2, V2, K4, V4, K8, V8, O, IDX, META,\n",
+        "        Q, K, V, K2, V2, K4, V4, K8, V8, O, IDX, META, TR,\n",
+        1,
+    ),
+    (
+        "O, META, s_ob, s_oh, s_ol, qk_scale, B, L, NB, HQ, G, n_items, D, CAUSAL, STAGES)",
+        "O, META, TR, s_ob, s_oh, s_ol, qk_scale, B, L, NB, HQ, G, n_items, D, CAUSAL, STAGES)",
+        2,
+    ),
+    (
+        "                  O, META, s_ob, s_oh, s_ol, qk_scale,",
+        "                  O, META, TR, s_ob, s_oh, s_ol, qk_scale,",
+        1,
+    ),
+    (
+        "        q, k, v, k2, v2, k4, v4, k8, v8, o, idx, meta,\n",
+        "        q, k, v, k2, v2, k4, v4, k8, v8, o, idx, meta, TR,\n",
+        1,
+    ),
+    (
+        "(_loader, (q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX,",
+        "(_loader, (q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX, TR,",
+        1,
+    ),
+    (
+        "def _loader(q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX,",
+        "def _loader(q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX, TR,",
+        1,
+    ),
+    (
+        "            p_idx = IDX + i_row.to(gl.int64) * NB\n",
+        f"            p_idx = IDX + i_row.to(gl.int64) * NB\n            p_tl = TR + w.to(gl.int64) * {SLOTS} + 12\n",
+        1,
+    ),
+    (
+        "                if not Q_FIRST and pos == 0:\n",
+        f"                gl.store(p_tl + 1, {CLK}, mask=pos == 0)\n                if not Q_FIRST and pos == 0:\n",
+        1,
+    ),
+    (
+        "                    _issue_q(dq, q_bufs, bars_q, bars_qfree, n_q, i_b, i_h, i_m, Q_BYTES)\n"
+        "                    n_q += 1\n            g0 += n_tiles\n",
+        "                    _issue_q(dq, q_bufs, bars_q, bars_qfree, n_q, i_b, i_h, i_m, Q_BYTES)\n"
+        f"                    n_q += 1\n                    gl.store(p_tl + 2, {CLK})\n            g0 += n_tiles\n",
+        1,
+    ),
+    (
+        "            row0 = i_m * 128 + WG * WM\n            o_m = ",
+        f"            row0 = i_m * 128 + WG * WM\n            p_tr = TR + w.to(gl.int64) * {SLOTS} + WG * 6\n"
+        f"            gl.store(p_tr, {CLK})\n            o_m = ",
+        1,
+    ),
+    (
+        "                mbarrier.wait(bar_q, n_q & 1)\n",
+        f"                mbarrier.wait(bar_q, n_q & 1)\n                gl.store(p_tr + 1, {CLK})\n",
+        1,
+    ),
+    (
+        "                for pos in range(1, n_tiles):\n",
+        f"                gl.store(p_tr + 2, {CLK})\n                for pos in range(1, n_tiles):\n",
+        1,
+    ),
+    (
+        "                # The last tile's P @ V, then its stage goes back too.\n",
+        f"                gl.store(p_tr + 3, {CLK})\n                # The last tile's P @ V, then its stage goes back too.\n",
+        1,
+    ),
+    (
+        "                acc_o = warpgroup_mma_wait(0, deps=(acc_o, p_op))[0]\n                mbarrier.arrive(bars_free.index(s_last))\n",
+        "                acc_o = warpgroup_mma_wait(0, deps=(acc_o, p_op))[0]\n                mbarrier.arrive(bars_free.index(s_last))\n"
+        f"                gl.store(p_tr + 4, {CLK})\n",
+        1,
+    ),
     # the consumer's item end: its loop body is the last code before _issue_q's definition
-    ("\n\n    @gluon.jit\n    def _issue_q(",
-     f"\n            gl.store(p_tr + 5, {CLK})\n\n    @gluon.jit\n    def _issue_q(", 1),
+    (
+        "\n\n    @gluon.jit\n    def _issue_q(",
+        f"\n            gl.store(p_tr + 5, {CLK})\n\n    @gluon.jit\n    def _issue_q(",
+        1,
+    ),
     ("_SM_COUNT: dict[int, int] = {}", "_SM_COUNT: dict[int, int] = {}\nTR = None  # set by trace_attention.py", 1),
 ]
 
@@ -104,8 +148,10 @@ def load_copy(src: str, name: str, tmp: str):
 def traced_source(src: str) -> str:
     for old, new, count in ANCHORS:
         if src.count(old) != count:
-            raise SystemExit(f"trace_attention.py: hopper.py changed; anchor found {src.count(old)} times "
-                             f"(want {count}): {old.strip()[:80]!r}")
+            raise SystemExit(
+                f"trace_attention.py: hopper.py changed; anchor found {src.count(old)} times "
+                f"(want {count}): {old.strip()[:80]!r}"
+            )
         src = src.replace(old, new)
     return src
 
@@ -139,7 +185,7 @@ def main() -> None:
         P = min(n_items, n_sm)
         q, k, v = video_inputs(1, HQ, HKV, L, D, seed=L)
         pooled = (*mean_pool(k), *mean_pool(v))
-        scale = D ** -0.5
+        scale = D**-0.5
         masks = {f"diag+{kk}": near_mask(nb, kk) for kk in (0, 1, 4, 8, 16, 32)}
         masks["binary d~0.1"] = fixed_levels(1, HQ, L, 0.1, False, seed=2)
         masks["pyramid d~0.1"] = fixed_levels(1, HQ, L, 0.1, True, seed=2)
@@ -150,10 +196,12 @@ def main() -> None:
             # tiles of the row streams: level-r blocks packed r per tile (the edge counted in its level)
             tiles = sum(((lv == r).sum(-1) + (r - 1)).div(r, rounding_mode="floor").sum().item() for r in (1, 2, 4, 8))
             row = dict(L=L, mask=name, items=n_items, tiles=tiles)
-            row["kernel ms"] = timed(lambda: _pyramid_attention_fwd(q, k, v, lev, True, None, 128, pooled=pooled,
-                                                                    lists=lists, gluon=True))
-            row["Triton ms"] = timed(lambda: _pyramid_attention_fwd(q, k, v, lev, True, None, 128, pooled=pooled,
-                                                                    lists=lists, gluon=False))
+            row["kernel ms"] = timed(
+                lambda: _pyramid_attention_fwd(q, k, v, lev, True, None, 128, pooled=pooled, lists=lists, gluon=True)
+            )
+            row["Triton ms"] = timed(
+                lambda: _pyramid_attention_fwd(q, k, v, lev, True, None, 128, pooled=pooled, lists=lists, gluon=False)
+            )
             if base is not None:
                 row["baseline ms"] = timed(lambda: base.pyramid_attention_hopper(q, k, v, pooled, lists, True, scale))
             ref = kern.pyramid_attention_hopper(q, k, v, pooled, lists, True, scale)
@@ -165,7 +213,7 @@ def main() -> None:
             row["traced copy max diff"] = (out.float() - ref.float()).abs().max().item()
             tr = traced.TR.cpu().double()
             for wg in (0, 1):
-                c = tr[:, 6 * wg: 6 * wg + 6]
+                c = tr[:, 6 * wg : 6 * wg + 6]
                 for i, ph in enumerate(PHASES):
                     row[f"WG{wg} {ph}"] = (c[:, i + 1] - c[:, i]).mean().item()
                 row[f"WG{wg} gap to next item"] = (c[P:, 0] - c[:-P, 5]).mean().item()
@@ -174,10 +222,15 @@ def main() -> None:
             row["loader Q issued (vs item start)"] = (tr[:, 14] - tr[:, 0]).mean().item()
             row["first item's Q wait"] = (tr[:P, 1] - tr[:P, 0]).mean().item()
             rows.append(row)
-            print(f"L={L:6d} {name:14s} tiles/item {tiles / n_items:5.1f}  kernel {row['kernel ms']:.3f} ms"
-                  f"  Triton {row['Triton ms']:.3f}" + (f"  baseline {row['baseline ms']:.3f}" if base else "")
-                  + "  cycles/item: " + "  ".join(f"{ph} {row[f'WG0 {ph}']:.0f}" for ph in PHASES)
-                  + f"  gap {row['WG0 gap to next item']:.0f}  (diff {row['traced copy max diff']:.1e})", flush=True)
+            print(
+                f"L={L:6d} {name:14s} tiles/item {tiles / n_items:5.1f}  kernel {row['kernel ms']:.3f} ms"
+                f"  Triton {row['Triton ms']:.3f}"
+                + (f"  baseline {row['baseline ms']:.3f}" if base else "")
+                + "  cycles/item: "
+                + "  ".join(f"{ph} {row[f'WG0 {ph}']:.0f}" for ph in PHASES)
+                + f"  gap {row['WG0 gap to next item']:.0f}  (diff {row['traced copy max diff']:.1e})",
+                flush=True,
+            )
         ks = [r for r in rows if r["L"] == L and r["mask"].startswith("diag+")]
         A = torch.tensor([[r["items"] / n_sm, r["tiles"] / n_sm] for r in ks], dtype=torch.float64)
         for col in ["kernel ms", "Triton ms"] + (["baseline ms"] if base else []):

@@ -22,8 +22,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_psa import (BLOCK, dense_causal_flops, fixed_levels, level_density, rel_err, sdpa,  # noqa: E402
-                       timed, video_inputs)
+from bench_psa import (
+    BLOCK,
+    dense_causal_flops,
+    fixed_levels,
+    level_density,
+    rel_err,
+    sdpa,  # noqa: E402
+    timed,
+    video_inputs,
+)
 
 from qvl_kernels.pooling import mean_pool  # noqa: E402
 from qvl_kernels.pyramid_attention import build_block_lists  # noqa: E402
@@ -34,7 +42,7 @@ HQ, HKV, D = 28, 4, 128
 
 def _variant(q, k, v, lev, lists, pooled, cfg):
     if isinstance(cfg, str):  # gluonN[q]: the Gluon Hopper kernel with N K/V stages (q: Q before the first tile)
-        OPTIONS["gluon_stages"] = int(cfg[len("gluon"):].rstrip("q"))
+        OPTIONS["gluon_stages"] = int(cfg[len("gluon") :].rstrip("q"))
         OPTIONS["gluon_q_first"] = cfg.endswith("q")
         return _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled, lists=lists, gluon=True)
     return _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled, lists=lists, config=cfg, tma=True)
@@ -48,9 +56,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench-out/variants_attention.json"))
     args = ap.parse_args()
     t0 = time.time()
-    configs = [c if c.startswith("gluon") else
-               dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"), map(int, c.split("x"))))
-               for c in args.configs.split(",")]
+    configs = [
+        c
+        if c.startswith("gluon")
+        else dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"), map(int, c.split("x"))))
+        for c in args.configs.split(",")
+    ]
     rows = []
     for Lk in map(int, args.lengths.split(",")):
         L = Lk * 1024
@@ -73,15 +84,28 @@ def main() -> None:
                 print(f"deadline: skipped {name} at {L}", file=sys.stderr)
                 continue
             try:
+
                 def run(lev=ones, lists=lists1, cfg=cfg):
                     return _variant(q, k, v, lev, lists, pooled, cfg)
+
                 out = run()
                 err = rel_err(out, ref)
                 t1 = timed(run)
                 t1_first = t1_first or t1
                 t10 = timed(lambda: run(lev10, lists10))
-                rows.append(dict(L=L, variant=name, ms=t1, tflops=fl / t1 / 1e9, x_cudnn=t_c / t1, err=err,
-                                 pyr10_ms=t10, pyr10_density=d10, pyr10_bound_ms=1.25 * d10 * t1 + 0.1))
+                rows.append(
+                    dict(
+                        L=L,
+                        variant=name,
+                        ms=t1,
+                        tflops=fl / t1 / 1e9,
+                        x_cudnn=t_c / t1,
+                        err=err,
+                        pyr10_ms=t10,
+                        pyr10_density=d10,
+                        pyr10_bound_ms=1.25 * d10 * t1 + 0.1,
+                    )
+                )
             except Exception as e:  # a variant that does not compile or fit: one line, go on
                 print(f"{name} at {L}: {type(e).__name__}: {str(e).splitlines()[0][:200]}", file=sys.stderr)
             print(rows[-1], file=sys.stderr, flush=True)
@@ -95,18 +119,32 @@ def main() -> None:
             for cfg in configs:
                 name = cfg if isinstance(cfg, str) else "triton"
                 t = timed(lambda: _variant(q, k, v, lev, lists, pooled, cfg))
-                rows.append(dict(L=L, variant=f"{lname} {name}", ms=t, tflops=dd * fl / t / 1e9,
-                                 density=dd, bound_ms=1.25 * dd * t1_first + 0.1))
+                rows.append(
+                    dict(
+                        L=L,
+                        variant=f"{lname} {name}",
+                        ms=t,
+                        tflops=dd * fl / t / 1e9,
+                        density=dd,
+                        bound_ms=1.25 * dd * t1_first + 0.1,
+                    )
+                )
                 print(rows[-1], file=sys.stderr, flush=True)
         del q, k, v, ref, ones, lists1, lev10, lists10, pooled
         torch.cuda.empty_cache()
     print(f"{'L':>7} {'variant':<32} {'ms':>8} {'TF/s':>6} {'x cuDNN':>8} {'err':>8} {'pyr d~0.1 ms':>12} {'bound':>7}")
     for r in rows:
-        print(f"{r['L']:>7} {r['variant']:<32} {r['ms']:>8.3f} {r['tflops']:>6.0f} {r.get('x_cudnn', 1):>8.3f} "
-              f"{r.get('err', 0):>8.1e} {r.get('pyr10_ms', 0):>12.3f} {r.get('pyr10_bound_ms', r.get('bound_ms', 0)):>7.3f}")
+        print(
+            f"{r['L']:>7} {r['variant']:<32} {r['ms']:>8.3f} {r['tflops']:>6.0f} {r.get('x_cudnn', 1):>8.3f} "
+            f"{r.get('err', 0):>8.1e} {r.get('pyr10_ms', 0):>12.3f} {r.get('pyr10_bound_ms', r.get('bound_ms', 0)):>7.3f}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), card=torch.cuda.get_device_name(),
-                torch=torch.__version__, triton=__import__("triton").__version__)
+    meta = dict(
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        card=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        triton=__import__("triton").__version__,
+    )
     args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
 
 

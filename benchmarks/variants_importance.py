@@ -74,7 +74,7 @@ def name(path: str, cfg: tuple) -> str:
 
 
 def parse_configs(text: str) -> list[tuple]:
-    """"128x256x128w8s4,..." -> [(128, 256, 128, 8, 4, True), ...] (flat loop)."""
+    """ "128x256x128w8s4,..." -> [(128, 256, 128, 8, 4, True), ...] (flat loop)."""
     out = []
     for item in text.split(","):
         m = re.fullmatch(r"(\d+)x(\d+)x(\d+)w(\d+)s(\d+)", item.strip())
@@ -137,8 +137,15 @@ class Run:
 
     def _row(self, label: str, L: int, ms: float, max_diff=None, level_agree=None, gemm=True) -> dict:
         """One result; gemm: TFLOP/s of the xattn GEMM (not for the quantization or psa_levels)."""
-        row = dict(variant=label, L=L, ms=ms, tflops=gemm_flops(L) / ms / 1e9 if gemm else None,
-                   share=ms / self.dense_ms[L], max_diff=max_diff, level_agree=level_agree)
+        row = dict(
+            variant=label,
+            L=L,
+            ms=ms,
+            tflops=gemm_flops(L) / ms / 1e9 if gemm else None,
+            share=ms / self.dense_ms[L],
+            max_diff=max_diff,
+            level_agree=level_agree,
+        )
         self.rows.append(row)
         tflops = f"{row['tflops']:6.0f} TFLOP/s" if gemm else " " * 14
         checks = "" if level_agree is None else f"levels {level_agree:.4%}"
@@ -181,8 +188,13 @@ def variants(run: Run, todo) -> None:
     for path, cfg in todo:
         for L in run.lengths:
             q, k = run.inputs[L]
-            row = run.measure(name(path, cfg), L, lambda out, q=q, k=k: bi._xattn(
-                q, k, BLOCK, STRIDE, True, out, tma=path == "tma", config=launch_config(cfg)))
+            row = run.measure(
+                name(path, cfg),
+                L,
+                lambda out, q=q, k=k: bi._xattn(
+                    q, k, BLOCK, STRIDE, True, out, tma=path == "tma", config=launch_config(cfg)
+                ),
+            )
             if row is None:
                 break
 
@@ -190,14 +202,26 @@ def variants(run: Run, todo) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="16,32,64", help="thousands of tokens (x1024), comma-separated")
-    parser.add_argument("--deadline", type=float, default=110.0,
-                        help="seconds from the start after which remaining work is skipped (default 110)")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=110.0,
+        help="seconds from the start after which remaining work is skipped (default 110)",
+    )
     parser.add_argument("--no-fp8", dest="fp8", action="store_false", help="skip the fp8 rows")
-    parser.add_argument("--no-bf16", dest="bf16", action="store_false",
-                        help="skip the bf16 rows (the first fp8 kernel row is then the reference of the checks)")
-    parser.add_argument("--fp8-configs", type=parse_configs, default=FP8_CONFIGS,
-                        help="fp8 kernel configs, comma-separated BMxBNxBK w S (e.g. 128x256x128w8s4); "
-                             "default: " + ",".join(f"{c[0]}x{c[1]}x{c[2]}w{c[3]}s{c[4]}" for c in FP8_CONFIGS))
+    parser.add_argument(
+        "--no-bf16",
+        dest="bf16",
+        action="store_false",
+        help="skip the bf16 rows (the first fp8 kernel row is then the reference of the checks)",
+    )
+    parser.add_argument(
+        "--fp8-configs",
+        type=parse_configs,
+        default=FP8_CONFIGS,
+        help="fp8 kernel configs, comma-separated BMxBNxBK w S (e.g. 128x256x128w8s4); "
+        "default: " + ",".join(f"{c[0]}x{c[1]}x{c[2]}w{c[3]}s{c[4]}" for c in FP8_CONFIGS),
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-out/variants_importance.json"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -214,8 +238,11 @@ def main() -> None:
             variants(run, [BASELINE] + BF16)
             for L in lengths:  # what users get
                 q, k = run.inputs[L]
-                run.measure("block_importance() as called", L, lambda out, q=q, k=k: block_importance(
-                    q, k, block=BLOCK, stride=STRIDE, out=out))
+                run.measure(
+                    "block_importance() as called",
+                    L,
+                    lambda out, q=q, k=k: block_importance(q, k, block=BLOCK, stride=STRIDE, out=out),
+                )
             pick = getattr(bi._xattn_kernel_tuned, "best_config", None) or "none (one config: launched directly)"
             log(f"autotuner's pick (last length): {pick}")
         if args.fp8:
@@ -227,18 +254,31 @@ def main() -> None:
             for cfg in args.fp8_configs:
                 for L in lengths:
                     q8, k8, hs = fp8_inputs(*run.inputs[L])
-                    if run.measure("fp8 " + name("tma", cfg) + " kernel", L, lambda out, q8=q8, k8=k8, hs=hs, cfg=cfg:
-                                   bi._xattn(q8, k8, BLOCK, STRIDE, True, out, tma=True, config=launch_config(cfg),
-                                             row_scale=hs)) is None:
+                    if (
+                        run.measure(
+                            "fp8 " + name("tma", cfg) + " kernel",
+                            L,
+                            lambda out, q8=q8, k8=k8, hs=hs, cfg=cfg: bi._xattn(
+                                q8, k8, BLOCK, STRIDE, True, out, tma=True, config=launch_config(cfg), row_scale=hs
+                            ),
+                        )
+                        is None
+                    ):
                         break
             for L in lengths:
                 q, k = run.inputs[L]
-                run.measure("fp8 block_importance(fp8=True)", L, lambda out, q=q, k=k: block_importance(
-                    q, k, block=BLOCK, stride=STRIDE, out=out, fp8=True))
+                run.measure(
+                    "fp8 block_importance(fp8=True)",
+                    L,
+                    lambda out, q=q, k=k: block_importance(q, k, block=BLOCK, stride=STRIDE, out=out, fp8=True),
+                )
         for fp8 in [fp8 for fp8, wanted in ((False, args.bf16), (True, args.fp8)) if wanted]:
             for L in lengths:
-                run.measure_levels(f"psa_levels() {'fp8' if fp8 else 'bf16'} importance", L,
-                                   PSAConfig(block=BLOCK, stride=STRIDE, importance_fp8=fp8))
+                run.measure_levels(
+                    f"psa_levels() {'fp8' if fp8 else 'bf16'} importance",
+                    L,
+                    PSAConfig(block=BLOCK, stride=STRIDE, importance_fp8=fp8),
+                )
     finally:
         report(run, args)
 
@@ -257,25 +297,46 @@ def report(run: Run, args) -> None:
                 best[r["L"]] = r
     print("\nfastest bf16 variant per length (levels >= 99.9 % agreement):")
     for L, r in sorted(best.items()):
-        print(f"  L={L:>6}: {r['variant']}  {r['ms']:.3f} ms  {r['tflops']:.0f} TFLOP/s  {r['share']:.1%} of cuDNN "
-              f"({run.dense_ms[L]:.2f} ms)")
+        print(
+            f"  L={L:>6}: {r['variant']}  {r['ms']:.3f} ms  {r['tflops']:.0f} TFLOP/s  {r['share']:.1%} of cuDNN "
+            f"({run.dense_ms[L]:.2f} ms)"
+        )
     pipeline = [r for r in run.rows if r["variant"].startswith("psa_levels")]
     if pipeline:
         print("\nimportance + similarity cap + level mask (psa_levels, PSAConfig()) vs the 8 % target:")
         for r in sorted(pipeline, key=lambda r: (r["L"], r["variant"])):
-            print(f"  L={r['L']:>6}: {r['variant']:<28} {r['ms']:.3f} ms  {r['share']:.1%} of cuDNN  "
-                  f"levels as bf16: {r['level_agree']:.4%}")
+            print(
+                f"  L={r['L']:>6}: {r['variant']:<28} {r['ms']:.3f} ms  {r['share']:.1%} of cuDNN  "
+                f"levels as bf16: {r['level_agree']:.4%}"
+            )
     if run.failed:
         print(f"\nfailed ({len(run.failed)}):\n  " + "\n  ".join(run.failed))
     if run.skipped:
         print(f"\nskipped past the {run.deadline:.0f} s deadline ({len(run.skipped)}): " + ", ".join(run.skipped))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(date=time.strftime("%Y-%m-%d %H:%M"), card=torch.cuda.get_device_name(), torch=torch.__version__,
-                triton=__import__("triton").__version__, shape=dict(B=1, HQ=HQ, HKV=HKV, D=D, block=BLOCK, stride=STRIDE),
-                args=dict(lengths=args.lengths, deadline=args.deadline, fp8=args.fp8), wall_s=time.time() - T0)
-    args.out.write_text(json.dumps(dict(meta=meta, dense_ms=run.dense_ms, rows=run.rows,
-                                        best={L: r["variant"] for L, r in best.items()},
-                                        failed=run.failed, skipped=run.skipped), indent=2) + "\n")
+    meta = dict(
+        date=time.strftime("%Y-%m-%d %H:%M"),
+        card=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        triton=__import__("triton").__version__,
+        shape=dict(B=1, HQ=HQ, HKV=HKV, D=D, block=BLOCK, stride=STRIDE),
+        args=dict(lengths=args.lengths, deadline=args.deadline, fp8=args.fp8),
+        wall_s=time.time() - T0,
+    )
+    args.out.write_text(
+        json.dumps(
+            dict(
+                meta=meta,
+                dense_ms=run.dense_ms,
+                rows=run.rows,
+                best={L: r["variant"] for L, r in best.items()},
+                failed=run.failed,
+                skipped=run.skipped,
+            ),
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"\nwrote {args.out}")
 
 

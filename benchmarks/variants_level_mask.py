@@ -37,8 +37,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="16,32,64,128", help="thousands of tokens (x1024), comma-separated")
     parser.add_argument("--warps", default="4,1,2,8", help="warp counts to time, comma-separated")
-    parser.add_argument("--split", default="0,1",
-                        help="1: short causal rows sort a half or a quarter of the keys (SPLIT); 0: every row sorts all")
+    parser.add_argument(
+        "--split",
+        default="0,1",
+        help="1: short causal rows sort a half or a quarter of the keys (SPLIT); 0: every row sorts all",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-out/variants_level_mask.json"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -63,20 +66,47 @@ def main() -> None:
 
             def run():
                 LM._level_mask_kernel[(nb, B * HQ)](
-                    scores, cap, table, out, out, scores.stride(0), scores.stride(1), scores.stride(2),
-                    HQ, nb, 0, HQ // HKV, HAS_CAP=True, HAS_COUNTS=False, NBANDS=len(bands), TOPK=True,
-                    CAUSAL=True, BNB=BNB, SPLIT=split, num_warps=w)
+                    scores,
+                    cap,
+                    table,
+                    out,
+                    out,
+                    scores.stride(0),
+                    scores.stride(1),
+                    scores.stride(2),
+                    HQ,
+                    nb,
+                    0,
+                    HQ // HKV,
+                    HAS_CAP=True,
+                    HAS_COUNTS=False,
+                    NBANDS=len(bands),
+                    TOPK=True,
+                    CAUSAL=True,
+                    BNB=BNB,
+                    SPLIT=split,
+                    num_warps=w,
+                )
 
             ms = timed(run)
             ref = out.clone() if ref is None else ref
             same = bool(torch.equal(out, ref))
             default = w == LM._warps(BNB) and split == split_default
             rows.append(dict(L=L, nb=nb, warps=w, split=split, ms=ms, same=same, default=default))
-            print(f"L={L:>6} nb={nb:>4} warps={w} split={int(split)}: {ms:.3f} ms  levels as the first: {same}"
-                  f"{'  (the default)' if default else ''}", flush=True)
+            print(
+                f"L={L:>6} nb={nb:>4} warps={w} split={int(split)}: {ms:.3f} ms  levels as the first: {same}"
+                f"{'  (the default)' if default else ''}",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(date=time.strftime("%Y-%m-%d %H:%M"), card=torch.cuda.get_device_name(), torch=torch.__version__,
-                triton=__import__("triton").__version__, heads=dict(HQ=HQ, HKV=HKV), block=BLOCK)
+    meta = dict(
+        date=time.strftime("%Y-%m-%d %H:%M"),
+        card=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        triton=__import__("triton").__version__,
+        heads=dict(HQ=HQ, HKV=HKV),
+        block=BLOCK,
+    )
     args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
     print(f"wrote {args.out}")
 

@@ -1,6 +1,6 @@
 """Write a short sample video (moving test pattern, 8 s, 320x240, H.264) for the demo.
 
-    python examples/make_sample_video.py build/sample.mp4 [--seconds 8]
+python examples/make_sample_video.py build/sample.mp4 [--seconds 8]
 """
 
 import argparse
@@ -19,8 +19,21 @@ def main() -> None:
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size=320x240:rate=25:duration={args.seconds}",
-         "-c:v", "libx264", "-pix_fmt", "yuv420p", "-y", str(args.output)],
+        [
+            ffmpeg_exe(),
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size=320x240:rate=25:duration={args.seconds}",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-y",
+            str(args.output),
+        ],
         check=True,
     )
 

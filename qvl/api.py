@@ -50,7 +50,9 @@ class QwenVLInference:
         self.cache, self.cache_dir = cache, cache_dir
         self.last_result: Result | None = None
 
-    def inference_image(self, image_path: str, prompt: str = DEFAULT_IMAGE_PROMPT, max_new_tokens: int | None = None) -> str:
+    def inference_image(
+        self, image_path: str, prompt: str = DEFAULT_IMAGE_PROMPT, max_new_tokens: int | None = None
+    ) -> str:
         return self.inference_multi_image([image_path], prompt, max_new_tokens)
 
     def inference_multi_image(

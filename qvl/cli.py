@@ -29,23 +29,33 @@ DEFAULT_VIDEO_PROMPT = "Describe this video."
 # Options shared by the commands that run a model.
 ModelOpt = Annotated[
     Optional[str],
-    typer.Option("--model", "-m", help="Preset (3b, 7b, 72b, tiny), Hub id or local folder. Default: $QVL_MODEL, else 7b."),
+    typer.Option(
+        "--model", "-m", help="Preset (3b, 7b, 72b, tiny), Hub id or local folder. Default: $QVL_MODEL, else 7b."
+    ),
 ]
 PromptOpt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="What to ask about the input.")]
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", help="Most tokens to generate per answer.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda if available), cuda or cpu.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32.")]
+DtypeOpt = Annotated[
+    str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object per input on stdout, nothing else.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr (errors still).")]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature; 0 is greedy.")]
-TopPOpt = Annotated[Optional[float], typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling (with --temperature).")]
+TopPOpt = Annotated[
+    Optional[float], typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling (with --temperature).")
+]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.")]
-PsaOpt = Annotated[bool, typer.Option("--psa", "--use-psa", help="Pyramid Sparse Attention in the language model's prefill.")]
+PsaOpt = Annotated[
+    bool, typer.Option("--psa", "--use-psa", help="Pyramid Sparse Attention in the language model's prefill.")
+]
 CacheDirOpt = Annotated[
-    Optional[str], typer.Option("--cache-dir", help="Frame cache folder (default: frames/ under $QVL_CACHE_DIR or the user cache).")
+    Optional[str],
+    typer.Option("--cache-dir", help="Frame cache folder (default: frames/ under $QVL_CACHE_DIR or the user cache)."),
 ]
 PsaPresetOpt = Annotated[
-    str, typer.Option("--psa-preset", help="PSA budget: default (published bands), balanced (~35%), fast (~10%), dense.")
+    str,
+    typer.Option("--psa-preset", help="PSA budget: default (published bands), balanced (~35%), fast (~10%), dense."),
 ]
 
 
@@ -87,7 +97,9 @@ def describe(
     """Describe images (or answer --prompt about them), one answer per image unless --together."""
     from qvl.media.images import expand_image_inputs, open_image
 
-    session = _Session(model, device, dtype, max_tokens, temperature, top_p, seed, _psa_config(psa, psa_preset), json_output, quiet)
+    session = _Session(
+        model, device, dtype, max_tokens, temperature, top_p, seed, _psa_config(psa, psa_preset), json_output, quiet
+    )
     sources = expand_image_inputs(images)
     if together:
         opened = []
@@ -98,11 +110,17 @@ def describe(
                 session.fail(label, exc)
         # One answer about all the images: with any of them missing it would answer another question.
         if opened and session.exit_code == 0:
-            session.run(", ".join(label for label, _ in sources), prompt or DEFAULT_IMAGES_PROMPT, lambda: {"images": opened})
+            session.run(
+                ", ".join(label for label, _ in sources), prompt or DEFAULT_IMAGES_PROMPT, lambda: {"images": opened}
+            )
     else:
         session.several = len(sources) > 1
         for label, source in sources:
-            session.run(label, prompt or DEFAULT_IMAGE_PROMPT, lambda source=source: {"images": [_open_or_raise(source, open_image)]})
+            session.run(
+                label,
+                prompt or DEFAULT_IMAGE_PROMPT,
+                lambda source=source: {"images": [_open_or_raise(source, open_image)]},
+            )
     raise typer.Exit(session.exit_code)
 
 
@@ -121,14 +139,26 @@ def video(
     end: Annotated[Optional[float], typer.Option("--end", help="End of the clip, seconds.")] = None,
     min_frames: Annotated[int, typer.Option("--min-frames", help="Fewest frames to sample.")] = 4,
     max_frames: Annotated[int, typer.Option("--max-frames", help="Most frames to sample.")] = 768,
-    min_pixels: Annotated[Optional[int], typer.Option("--min-pixels", help="Smallest frame, in pixels (default 128 tokens).")] = None,
+    min_pixels: Annotated[
+        Optional[int], typer.Option("--min-pixels", help="Smallest frame, in pixels (default 128 tokens).")
+    ] = None,
     max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", help="Pixel budget per frame.")] = None,
-    total_pixels: Annotated[Optional[int], typer.Option("--total-pixels", help="Pixel budget for the whole video.")] = None,
+    total_pixels: Annotated[
+        Optional[int], typer.Option("--total-pixels", help="Pixel budget for the whole video.")
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the frame plan and stop; loads no model.")] = False,
-    seek: Annotated[str, typer.Option("--seek", help="auto: a keyframe when one lies within half the frame spacing, else the exact frame; exact: always the exact frame.")] = "auto",
+    seek: Annotated[
+        str,
+        typer.Option(
+            "--seek",
+            help="auto: a keyframe when one lies within half the frame spacing, else the exact frame; exact: always the exact frame.",
+        ),
+    ] = "auto",
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or fill the frame cache.")] = False,
     cache_dir: CacheDirOpt = None,
-    strict_hash: Annotated[bool, typer.Option("--strict-hash", help="Key cache entries by a hash of every byte, not a 768 KiB sample.")] = False,
+    strict_hash: Annotated[
+        bool, typer.Option("--strict-hash", help="Key cache entries by a hash of every byte, not a 768 KiB sample.")
+    ] = False,
     max_download_mb: Annotated[int, typer.Option("--max-download-mb", help="Size limit for video URLs.")] = 2048,
     model: ModelOpt = None,
     max_tokens: MaxTokensOpt = 512,
@@ -149,8 +179,16 @@ def video(
 
     try:
         options = media_video.VideoOptions(
-            frames=frames, fps=fps, start=start, end=end, min_frames=min_frames, max_frames=max_frames,
-            max_pixels=max_pixels, total_pixels=total_pixels, seek=seek, max_download_mb=max_download_mb,
+            frames=frames,
+            fps=fps,
+            start=start,
+            end=end,
+            min_frames=min_frames,
+            max_frames=max_frames,
+            max_pixels=max_pixels,
+            total_pixels=total_pixels,
+            seek=seek,
+            max_download_mb=max_download_mb,
             **({"min_pixels": min_pixels} if min_pixels is not None else {}),
         )
     except QvlError as exc:
@@ -161,7 +199,9 @@ def video(
     session = _Session(model, device, dtype, max_tokens, temperature, top_p, seed, psa_config, json_output, quiet)
     session.several = len(videos) > 1
     for source in videos:
-        session.run(source, prompt or DEFAULT_VIDEO_PROMPT, lambda source=source: _load_clip(source, options, cache, quiet))
+        session.run(
+            source, prompt or DEFAULT_VIDEO_PROMPT, lambda source=source: _load_clip(source, options, cache, quiet)
+        )
     raise typer.Exit(session.exit_code)
 
 
@@ -307,7 +347,9 @@ def _print_profile(source: str, preset: str, report: dict) -> None:
 def download(
     model: Annotated[str, typer.Argument(help="Preset (3b, 7b, 72b, tiny) or Hub id.")],
     revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit on the Hub.")] = None,
-    local_dir: Annotated[Optional[str], typer.Option("--local-dir", help="Download into this folder instead of the HF cache.")] = None,
+    local_dir: Annotated[
+        Optional[str], typer.Option("--local-dir", help="Download into this folder instead of the HF cache.")
+    ] = None,
 ) -> None:
     """Download a model's weights (with progress) so later runs work offline."""
     from qvl import models
@@ -344,7 +386,16 @@ def infer(
         _fail_now(QvlError(f"--type must be image or video, not {type!r}"))
     if type == "image":
         describe([input], prompt=prompt, model=model, max_tokens=max_tokens, device=device, dtype=dtype, psa=psa)
-    video([input], prompt=prompt, frames=preprocess_frames, model=model, max_tokens=max_tokens, device=device, dtype=dtype, psa=psa)
+    video(
+        [input],
+        prompt=prompt,
+        frames=preprocess_frames,
+        model=model,
+        max_tokens=max_tokens,
+        device=device,
+        dtype=dtype,
+        psa=psa,
+    )
 
 
 # --- preprocess and cache: the frame cache (media/preprocess.py, media/cache.py) ---------------
@@ -352,20 +403,34 @@ def infer(
 
 @app.command()
 def preprocess(
-    inputs: Annotated[list[str], typer.Argument(help="Video files, folders (searched recursively), globs or http(s) URLs.")],
+    inputs: Annotated[
+        list[str], typer.Argument(help="Video files, folders (searched recursively), globs or http(s) URLs.")
+    ],
     frames: Annotated[Optional[int], typer.Option("--frames", "-n", help="Number of frames to sample (even).")] = None,
     fps: Annotated[Optional[float], typer.Option("--fps", help="Frames per second to sample (default 2).")] = None,
     start: Annotated[Optional[float], typer.Option("--start", help="Start of the clip, seconds.")] = None,
     end: Annotated[Optional[float], typer.Option("--end", help="End of the clip, seconds.")] = None,
     min_frames: Annotated[int, typer.Option("--min-frames", help="Fewest frames to sample.")] = 4,
     max_frames: Annotated[int, typer.Option("--max-frames", help="Most frames to sample.")] = 768,
-    min_pixels: Annotated[Optional[int], typer.Option("--min-pixels", help="Smallest frame, in pixels (default 128 tokens).")] = None,
+    min_pixels: Annotated[
+        Optional[int], typer.Option("--min-pixels", help="Smallest frame, in pixels (default 128 tokens).")
+    ] = None,
     max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", help="Pixel budget per frame.")] = None,
-    total_pixels: Annotated[Optional[int], typer.Option("--total-pixels", help="Pixel budget for the whole video.")] = None,
-    seek: Annotated[str, typer.Option("--seek", help="auto: a keyframe when one lies within half the frame spacing, else the exact frame; exact: always the exact frame.")] = "auto",
+    total_pixels: Annotated[
+        Optional[int], typer.Option("--total-pixels", help="Pixel budget for the whole video.")
+    ] = None,
+    seek: Annotated[
+        str,
+        typer.Option(
+            "--seek",
+            help="auto: a keyframe when one lies within half the frame spacing, else the exact frame; exact: always the exact frame.",
+        ),
+    ] = "auto",
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Videos decoded at once.")] = 1,
     cache_dir: CacheDirOpt = None,
-    strict_hash: Annotated[bool, typer.Option("--strict-hash", help="Key entries by a hash of every byte, not a 768 KiB sample.")] = False,
+    strict_hash: Annotated[
+        bool, typer.Option("--strict-hash", help="Key entries by a hash of every byte, not a 768 KiB sample.")
+    ] = False,
     max_download_mb: Annotated[int, typer.Option("--max-download-mb", help="Size limit for video URLs.")] = 2048,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -382,8 +447,16 @@ def preprocess(
 
     try:
         options = VideoOptions(
-            frames=frames, fps=fps, start=start, end=end, min_frames=min_frames, max_frames=max_frames,
-            max_pixels=max_pixels, total_pixels=total_pixels, seek=seek, max_download_mb=max_download_mb,
+            frames=frames,
+            fps=fps,
+            start=start,
+            end=end,
+            min_frames=min_frames,
+            max_frames=max_frames,
+            max_pixels=max_pixels,
+            total_pixels=total_pixels,
+            seek=seek,
+            max_download_mb=max_download_mb,
             **({"min_pixels": min_pixels} if min_pixels is not None else {}),
         )
     except QvlError as exc:
@@ -414,7 +487,9 @@ def preprocess(
                 if json_output:
                     output.json_line(result.to_dict())
                 elif result.status != "error":
-                    output.write(f"{result.status:<6}  {result.frames:>4} frames  {result.seconds:7.2f} s  {result.path}\n")
+                    output.write(
+                        f"{result.status:<6}  {result.frames:>4} frames  {result.seconds:7.2f} s  {result.path}\n"
+                    )
         except QvlError as exc:  # the cache itself is unusable: nothing was done
             _fail_now(exc)
     output.note(
@@ -429,6 +504,7 @@ def preprocess(
 cache_app = typer.Typer(help="Inspect and clear the frame cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
+
 @cache_app.command("list")
 def cache_list(cache_dir: CacheDirOpt = None, json_output: JsonOpt = False) -> None:
     """List cache entries: key, frames, frame size, bytes, age and source."""
@@ -440,9 +516,18 @@ def cache_list(cache_dir: CacheDirOpt = None, json_output: JsonOpt = False) -> N
     entries = FrameCache(cache_dir).entries()
     if json_output:
         for e in entries:
-            output.json_line({"key": e.key, "source": e.source, "frames": e.frames, "width": e.width,
-                              "height": e.height, "bytes": e.size_bytes, "created": round(e.created, 3),
-                              "path": str(e.path)})
+            output.json_line(
+                {
+                    "key": e.key,
+                    "source": e.source,
+                    "frames": e.frames,
+                    "width": e.width,
+                    "height": e.height,
+                    "bytes": e.size_bytes,
+                    "created": round(e.created, 3),
+                    "path": str(e.path),
+                }
+            )
         return
     from rich.console import Console
     from rich.table import Table
@@ -450,8 +535,14 @@ def cache_list(cache_dir: CacheDirOpt = None, json_output: JsonOpt = False) -> N
     table = Table("key", "frames", "size", "MB", "age", "source", title_justify="left")
     now = time.time()
     for e in sorted(entries, key=lambda e: e.created):
-        table.add_row(e.key[:12], str(e.frames), f"{e.width}x{e.height}", f"{e.size_bytes / 1e6:.1f}",
-                      _age(now - e.created), e.source)
+        table.add_row(
+            e.key[:12],
+            str(e.frames),
+            f"{e.width}x{e.height}",
+            f"{e.size_bytes / 1e6:.1f}",
+            _age(now - e.created),
+            e.source,
+        )
     Console(highlight=False).print(table)
 
 
@@ -471,7 +562,10 @@ def cache_size(cache_dir: CacheDirOpt = None, json_output: JsonOpt = False) -> N
 
 @cache_app.command("clear")
 def cache_clear(
-    older_than: Annotated[Optional[float], typer.Option("--older-than", min=0.0, help="Only entries created more than DAYS ago.", metavar="DAYS")] = None,
+    older_than: Annotated[
+        Optional[float],
+        typer.Option("--older-than", min=0.0, help="Only entries created more than DAYS ago.", metavar="DAYS"),
+    ] = None,
     cache_dir: CacheDirOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -527,8 +621,13 @@ class _Session:
             media_s = time.perf_counter() - started
             engine = self._engine()
             request = Request(
-                prompt=prompt, images=media.get("images", ()), video=media.get("video"),
-                max_new_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed,
+                prompt=prompt,
+                images=media.get("images", ()),
+                video=media.get("video"),
+                max_new_tokens=self.max_tokens,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                seed=self.seed,
             )
             streaming = not self.json_output
             if streaming and self.count > 1:
@@ -547,12 +646,14 @@ class _Session:
             if result.psa is not None:
                 output.note(
                     f"psa: {result.psa['density']:.0%} of dense attention cost over {result.psa['layers']} layers"
-                    f" ({result.psa['tokens']:,} tokens)", quiet=self.quiet,
+                    f" ({result.psa['tokens']:,} tokens)",
+                    quiet=self.quiet,
                 )
             elif self.psa is not None:  # asked for, but this prompt is too short for PSA to pay
                 output.note(
                     f"psa: not used for this prompt ({result.prompt_tokens:,} tokens; PSA runs from "
-                    f"{self.psa.min_tokens:,}): SDPA ran instead", quiet=self.quiet,
+                    f"{self.psa.min_tokens:,}): SDPA ran instead",
+                    quiet=self.quiet,
                 )
         else:
             output.json_line(
@@ -586,7 +687,9 @@ class _Session:
                 raise _FatalModelError(str(exc)) from None
             if self.engine.is_tiny:
                 output.warn("using the built-in tiny model: random weights, so its answers are random text")
-            output.note(f"loaded {self.engine.name} on {self.engine.device} in {self.engine.load_s:.1f} s", quiet=self.quiet)
+            output.note(
+                f"loaded {self.engine.name} on {self.engine.device} in {self.engine.load_s:.1f} s", quiet=self.quiet
+            )
         return self.engine
 
 
@@ -620,8 +723,14 @@ def _progress(quiet: bool):
         return contextlib.nullcontext()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=output.console(), transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=output.console(),
+        transient=True,
+    )
 
 
 def _psa_config(psa: bool, preset: str):

@@ -161,7 +161,6 @@ class Engine:
         generation = _generation_kwargs(request, self.processor.tokenizer)
         if request.seed is not None:
             torch.manual_seed(request.seed)
-        psa_stats = None
         started = time.perf_counter()
         with torch.inference_mode(), self._psa_scope(inputs["input_ids"]) as psa_stats:
             output = self.model.generate(**inputs, **generation, streamer=streamer)
@@ -176,7 +175,10 @@ class Engine:
             timings.tokens_per_s = (len(new_tokens) - 1) / timings.decode_s
         text = self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
         return Result(
-            text=text.strip(), prompt_tokens=prompt_tokens, generated_tokens=len(new_tokens), timings=timings,
+            text=text.strip(),
+            prompt_tokens=prompt_tokens,
+            generated_tokens=len(new_tokens),
+            timings=timings,
             psa=psa_stats.summary() if psa_stats is not None else None,
         )
 
@@ -221,7 +223,9 @@ def _load(path, device: str, dtype, attn_implementation):
 def _fits_one_gpu(path) -> bool:
     import torch
 
-    weights = sum(p.stat().st_size for p in path.glob("*.safetensors")) or sum(p.stat().st_size for p in path.glob("*.bin"))
+    weights = sum(p.stat().st_size for p in path.glob("*.safetensors")) or sum(
+        p.stat().st_size for p in path.glob("*.bin")
+    )
     free, _ = torch.cuda.mem_get_info()
     return weights <= _FIT_FRACTION * free or torch.cuda.device_count() == 1
 
@@ -242,7 +246,10 @@ def _video_kwargs(video: VideoFrames, video_processor) -> dict[str, Any]:
     # The frames were already sized to the plan (sides multiples of 28): pin the pixel budget to
     # that size so the processor does not resize them a second time.
     pixels = height * width
-    videos_kwargs: dict[str, Any] = {"do_sample_frames": False, "size": {"shortest_edge": pixels, "longest_edge": pixels}}
+    videos_kwargs: dict[str, Any] = {
+        "do_sample_frames": False,
+        "size": {"shortest_edge": pixels, "longest_edge": pixels},
+    }
     if hasattr(video_processor, "cap_pixels_per_frame"):
         # Newer 5.x releases can cap pixels per frame themselves; our plan already applied the
         # video's token budget, and saying so silences their warning.
@@ -253,7 +260,10 @@ def _video_kwargs(video: VideoFrames, video_processor) -> dict[str, Any]:
 def _generation_kwargs(request: Request, tokenizer) -> dict[str, Any]:
     if request.max_new_tokens < 1:
         raise OptionError(f"--max-tokens must be at least 1, not {request.max_new_tokens}")
-    kwargs: dict[str, Any] = {"max_new_tokens": request.max_new_tokens, "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id}
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": request.max_new_tokens,
+        "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id,
+    }
     if request.temperature and request.temperature > 0:
         kwargs.update(do_sample=True, temperature=request.temperature)
         if request.top_p is not None:

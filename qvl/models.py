@@ -166,8 +166,10 @@ def download(spec: str, *, revision: str | None = None, local_dir: str | Path | 
     if local_dir is None and (is_offline() or not hub_reachable()):
         cached, _ = _cached_snapshot(value, revision)
         if cached is not None:  # nothing to update without the Hub; the cached copy is complete
-            print(f"{value} is already downloaded ({cached}); the Hub cannot be reached to check for updates",
-                  file=sys.stderr)
+            print(
+                f"{value} is already downloaded ({cached}); the Hub cannot be reached to check for updates",
+                file=sys.stderr,
+            )
             return cached
     if is_offline():
         raise ModelError(f"cannot download {value}: HF_HUB_OFFLINE is set")
@@ -218,7 +220,9 @@ def hub_reachable(timeout: float | None = None) -> bool:
     A missing DNS entry or a refused connection fails at once; a silently dropped one fails after
     the timeout instead of hanging. Behind an HTTPS proxy (``HTTPS_PROXY``) the proxy is probed.
     """
-    proxy = next((os.environ[v] for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if os.environ.get(v)), None)
+    proxy = next(
+        (os.environ[v] for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if os.environ.get(v)), None
+    )
     url = urlparse(proxy if proxy and "://" in proxy else f"http://{proxy}" if proxy else _endpoint())
     host = url.hostname or "huggingface.co"
     try:
@@ -261,8 +265,11 @@ def _classify(spec: str) -> tuple[str, str]:
         or (len(spec) > 1 and spec[1] == ":")
     )
     if looks_like_path or os.path.exists(expanded):
-        raise ModelError(f"model folder {spec} does not exist" if not os.path.exists(expanded)
-                         else f"model {spec} is a file, not a model folder")
+        raise ModelError(
+            f"model folder {spec} does not exist"
+            if not os.path.exists(expanded)
+            else f"model {spec} is a file, not a model folder"
+        )
     if "/" not in spec:
         names = ", ".join(PRESETS)
         raise ModelError(f"unknown model preset {spec!r}; choose one of {names}, a Hub id (org/name) or a folder")
@@ -337,13 +344,19 @@ def _download_repo(repo_id: str, *, revision: str | None, local_dir: str | Path 
     timeout = hub_timeout()
     try:
         print(f"downloading {repo_id} into {local_dir or hf_cache_dir()}", file=sys.stderr)
-        kwargs = dict(revision=revision, cache_dir=hf_cache_dir(), etag_timeout=timeout,
-                      local_dir=str(local_dir) if local_dir is not None else None)
+        kwargs = dict(
+            revision=revision,
+            cache_dir=hf_cache_dir(),
+            etag_timeout=timeout,
+            local_dir=str(local_dir) if local_dir is not None else None,
+        )
         folder = snapshot_download(repo_id, allow_patterns=DOWNLOAD_PATTERNS, **kwargs)
         if _weights_problem(Path(folder)):  # an older repo with PyTorch .bin weights only
             folder = snapshot_download(repo_id, allow_patterns=DOWNLOAD_PATTERNS + BIN_PATTERNS, **kwargs)
     except GatedRepoError:
-        raise ModelError(f"model {repo_id} is gated: accept its terms on the Hub, log in (hf auth login) and run: {cmd}") from None
+        raise ModelError(
+            f"model {repo_id} is gated: accept its terms on the Hub, log in (hf auth login) and run: {cmd}"
+        ) from None
     except RepositoryNotFoundError:
         raise ModelError(f"model {repo_id} was not found on the Hub (private repos need: hf auth login)") from None
     except RevisionNotFoundError:

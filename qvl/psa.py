@@ -42,7 +42,7 @@ class AttentionConfig:
 
     @classmethod
     def preset(cls, name: str = "default", **overrides) -> "AttentionConfig":
-        """"default" (published energybound bands), "balanced" (~35% budget), "fast" (~10%), "dense"."""
+        """ "default" (published energybound bands), "balanced" (~35% budget), "fast" (~10%), "dense"."""
         from qvl_kernels.psa import PSAConfig
 
         if name not in PRESETS:
@@ -51,8 +51,11 @@ class AttentionConfig:
             raise OptionError(f"unknown PSA preset {name!r}; choose one of {', '.join(PRESETS)}")
         kernel = PSAConfig.preset(name)
         return cls(
-            mask_mode=kernel.mode, mask_ratios=dict(kernel.ratios), use_similarity_cap=kernel.similarity_cap,
-            preset_name=name, **overrides,
+            mask_mode=kernel.mode,
+            mask_ratios=dict(kernel.ratios),
+            use_similarity_cap=kernel.similarity_cap,
+            preset_name=name,
+            **overrides,
         )
 
     def kernel_config(self, text_length: int):
@@ -61,9 +64,14 @@ class AttentionConfig:
         if not self.causal_main:
             raise ValueError("causal_main=False: qvl runs PSA only in the causal language model")
         return PSAConfig(
-            block=self.block, stride=self.xattn_stride, method=self.importance_method, mode=self.mask_mode,
-            ratios=self.mask_ratios or dict(PUBLISHED_RATIOS), text_length=text_length,
-            similarity_cap=self.use_similarity_cap, causal=True,
+            block=self.block,
+            stride=self.xattn_stride,
+            method=self.importance_method,
+            mode=self.mask_mode,
+            ratios=self.mask_ratios or dict(PUBLISHED_RATIOS),
+            text_length=text_length,
+            similarity_cap=self.use_similarity_cap,
+            causal=True,
         )
 
 
@@ -127,7 +135,9 @@ def psa_attention_forward(module, query, key, value, attention_mask, dropout: fl
     # Batch 1 with no padding is the only case qvl sends; a padded batch falls back to SDPA.
     usable = state is not None and q_len == kv_len and query.shape[0] == 1
     if not usable or q_len < state[0].min_tokens:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     config, text_length, stats = state
     kernel_config = config.kernel_config(min(text_length, q_len))
     if query.is_cuda:
@@ -152,7 +162,9 @@ def _reference_psa(q, k, v, config):
 
     scores = block_importance(q, k, block=config.block, stride=config.stride, method=config.method, causal=True)
     cap = similarity_cap(k, block=config.block, thresholds=config.thresholds) if config.similarity_cap else None
-    levels = level_mask(scores, cap, mode=config.mode, ratios=config.ratios, text_blocks=config.text_blocks, causal=True)
+    levels = level_mask(
+        scores, cap, mode=config.mode, ratios=config.ratios, text_blocks=config.text_blocks, causal=True
+    )
     return pyramid_attention(q, k, v, levels, causal=True, block=config.block), level_stats(levels)
 
 

@@ -44,8 +44,10 @@ def profile_prefill(engine, request, *, repeat: int = 3) -> dict:
         for _, density, fraction in stats[-1].layers:
             shares = fraction.float().mean(dim=(0, 1)).cpu()
             per_layer.append(
-                {"density": round(float(density.float().mean()), 4),
-                 "level_fraction": {str(level): round(float(v), 4) for level, v in zip(LEVELS, shares)}}
+                {
+                    "density": round(float(density.float().mean()), 4),
+                    "level_fraction": {str(level): round(float(v), 4) for level, v in zip(LEVELS, shares)},
+                }
             )
     psa_median, sdpa_median = statistics.median(psa_ms), statistics.median(sdpa_ms)
     return {

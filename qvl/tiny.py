@@ -288,12 +288,15 @@ def _build(out: Path) -> None:
         if bars:
             hf_logging.enable_progress_bar()
 
-    _write_json(out / "generation_config.json", {
-        "bos_token_id": ids["<|endoftext|>"],
-        "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
-        "pad_token_id": ids["<|endoftext|>"],
-        "do_sample": False,
-    })
+    _write_json(
+        out / "generation_config.json",
+        {
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
+            "pad_token_id": ids["<|endoftext|>"],
+            "do_sample": False,
+        },
+    )
     _write_tokenizer(out, tok)
     _write_processor(out)
 
@@ -302,25 +305,32 @@ def _write_tokenizer(out: Path, tok) -> None:
     tok.save(str(out / "tokenizer.json"), pretty=False)
     added = {
         str(tok.token_to_id(t)): {
-            "content": t, "lstrip": False, "normalized": False, "rstrip": False,
-            "single_word": False, "special": True,
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
         }
         for t in SPECIAL_TOKENS
     }
-    _write_json(out / "tokenizer_config.json", {
-        "tokenizer_class": "Qwen2Tokenizer",
-        "added_tokens_decoder": added,
-        "bos_token": None,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-        "unk_token": None,
-        "add_prefix_space": False,
-        "clean_up_tokenization_spaces": False,
-        "errors": "replace",
-        "split_special_tokens": False,
-        "model_max_length": 32768,
-        "chat_template": CHAT_TEMPLATE,
-    })
+    _write_json(
+        out / "tokenizer_config.json",
+        {
+            "tokenizer_class": "Qwen2Tokenizer",
+            "added_tokens_decoder": added,
+            "bos_token": None,
+            "eos_token": "<|im_end|>",
+            "pad_token": "<|endoftext|>",
+            "unk_token": None,
+            "add_prefix_space": False,
+            "clean_up_tokenization_spaces": False,
+            "errors": "replace",
+            "split_special_tokens": False,
+            "model_max_length": 32768,
+            "chat_template": CHAT_TEMPLATE,
+        },
+    )
     # The real repos ship chat_template.json for the processor; keep that layout.
     _write_json(out / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
 
@@ -343,9 +353,14 @@ def _write_processor(out: Path) -> None:
         "processor_class": "Qwen2_5_VLProcessor",
     }
     _write_json(out / "preprocessor_config.json", {**common, "image_processor_type": "Qwen2VLImageProcessor"})
-    _write_json(out / "video_preprocessor_config.json", {
-        **common, "video_processor_type": "Qwen2VLVideoProcessor", "do_sample_frames": False,
-    })
+    _write_json(
+        out / "video_preprocessor_config.json",
+        {
+            **common,
+            "video_processor_type": "Qwen2VLVideoProcessor",
+            "do_sample_frames": False,
+        },
+    )
 
 
 def _write_json(path: Path, obj) -> None:

@@ -10,7 +10,15 @@ level_mask, pyramid_attention, pooling (mean_pool, mean_pool_kv). `psa_attention
 """
 
 from .block_importance import block_importance
-from .level_mask import LEVELS, density, level_fractions, level_mask, level_mask_torch, level_mask_triton, stats_from_counts
+from .level_mask import (
+    LEVELS,
+    density,
+    level_fractions,
+    level_mask,
+    level_mask_torch,
+    level_mask_triton,
+    stats_from_counts,
+)
 from .pooling import mean_pool, mean_pool_kv
 from .psa import PUBLISHED_RATIOS, PSAConfig, level_stats, psa_attention, psa_levels
 from .pyramid_attention import build_block_lists, pyramid_attention

@@ -25,4 +25,3 @@ def capability(device: torch.device) -> tuple[int, int]:
     """(major, minor) compute capability of a CUDA device."""
     p = _properties(_index(device))
     return p.major, p.minor
-

@@ -31,12 +31,17 @@ def ensure_tma_allocator() -> None:
 
 def tma_ok(*tensors: torch.Tensor) -> bool:
     """Whether TMA can load these tensors: unit stride along the last dim, 16-byte aligned rows and bases."""
-    return all(t.stride(-1) == 1 and (t.stride(-2) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
-               for t in tensors)
+    return all(
+        t.stride(-1) == 1 and (t.stride(-2) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0 for t in tensors
+    )
 
 
 def tma_ok_whole(*tensors: torch.Tensor) -> bool:
     """Whether one descriptor can cover each whole tensor (any rank) or any slice of it: unit last
     stride, every other stride and the base 16-byte aligned."""
-    return all(t.stride(-1) == 1 and t.data_ptr() % 16 == 0
-               and all((st * t.element_size()) % 16 == 0 for st in t.stride()[:-1]) for t in tensors)
+    return all(
+        t.stride(-1) == 1
+        and t.data_ptr() % 16 == 0
+        and all((st * t.element_size()) % 16 == 0 for st in t.stride()[:-1])
+        for t in tensors
+    )

@@ -33,9 +33,13 @@ _PRESETS = {
     # Same achieved density as the earlier 4/4/8/16 % bands (0.16-0.18 on the benchmark's
     # video-like inputs); scaled to exactly 10 %, its error is 5-12 % lower than theirs (H200,
     # 8K-64K, 7B and 3B: docs/benchmarks.md): a coarse view of many blocks beats a sharp view of a few.
-    "fast": dict(mode="topk", ratios={1: (0.0, 0.016), 2: (0.016, 0.04), 4: (0.04, 0.064), 8: (0.064, 0.384), 0: (0.384, 1.0)}),
+    "fast": dict(
+        mode="topk", ratios={1: (0.0, 0.016), 2: (0.016, 0.04), 4: (0.04, 0.064), 8: (0.064, 0.384), 0: (0.384, 1.0)}
+    ),
     # topk, about 35 %: 18 % at 1x, 20 % at 2x, 20 % at 4x, 20 % at 8x, 22 % skipped
-    "balanced": dict(mode="topk", ratios={1: (0.0, 0.18), 2: (0.18, 0.38), 4: (0.38, 0.58), 8: (0.58, 0.78), 0: (0.78, 1.0)}),
+    "balanced": dict(
+        mode="topk", ratios={1: (0.0, 0.18), 2: (0.18, 0.38), 4: (0.38, 0.58), 8: (0.58, 0.78), 0: (0.78, 1.0)}
+    ),
     # every visible block at level 1: exactly causal attention (for checks and baselines)
     "dense": dict(mode="topk", ratios={1: (0.0, 1.0)}, similarity_cap=False),
 }
@@ -118,8 +122,9 @@ def importance_uses_fp8(config: PSAConfig, q: torch.Tensor) -> bool:
     """Whether `psa_levels` estimates importance in fp8 for q [B, HQ, L, D] under config."""
     if config.importance_fp8 is not None:
         return config.importance_fp8
-    return (config.method == "xattn" and q.is_cuda and q.shape[2] >= FP8_AUTO_MIN_TOKENS
-            and capability(q.device) == (9, 0))
+    return (
+        config.method == "xattn" and q.is_cuda and q.shape[2] >= FP8_AUTO_MIN_TOKENS and capability(q.device) == (9, 0)
+    )
 
 
 def psa_levels(q: torch.Tensor, k: torch.Tensor, config: PSAConfig, counts: torch.Tensor | None = None) -> torch.Tensor:
@@ -130,8 +135,15 @@ def psa_levels(q: torch.Tensor, k: torch.Tensor, config: PSAConfig, counts: torc
     zeroed here, after the importance launch, so that its fill does not hold the GPU's first
     kernel back (the host launches one kernel at a time while the GPU waits).
     """
-    scores = block_importance(q, k, block=config.block, stride=config.stride, method=config.method,
-                              causal=config.causal, fp8=importance_uses_fp8(config, q))
+    scores = block_importance(
+        q,
+        k,
+        block=config.block,
+        stride=config.stride,
+        method=config.method,
+        causal=config.causal,
+        fp8=importance_uses_fp8(config, q),
+    )
     cap = similarity_cap(k, block=config.block, thresholds=config.thresholds) if config.similarity_cap else None
     kw = dict(mode=config.mode, ratios=config.ratios, text_blocks=config.text_blocks, causal=config.causal)
     if counts is not None:

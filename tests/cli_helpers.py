@@ -54,8 +54,24 @@ def make_video(path: Path, seconds: float, rate: int = 8, size: str = "64x48", e
     from qvl.media.ffmpeg import ffmpeg_exe
 
     subprocess.run(
-        [ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}",
-         *extra, "-c:v", "libx264", "-g", str(rate), "-pix_fmt", "yuv420p", str(path)],
+        [
+            ffmpeg_exe(),
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={size}:rate={rate}:duration={seconds}",
+            *extra,
+            "-c:v",
+            "libx264",
+            "-g",
+            str(rate),
+            "-pix_fmt",
+            "yuv420p",
+            str(path),
+        ],
         check=True,
     )
     return path

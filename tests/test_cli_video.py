@@ -47,7 +47,9 @@ def test_video_json_reports_frames_fps_and_cache(clip):
     second = json_lines(invoke("video", clip, "--frames", "8", "--json", *SMALL).stdout)[0]
     assert second["from_cache"] is True and second["timestamps"] == record["timestamps"]
     assert (record["cache"], second["cache"]) == ("miss", "hit")
-    exact = json_lines(invoke("video", clip, "--frames", "8", "--json", "--seek", "exact", "--strict-hash", *SMALL).stdout)[0]
+    exact = json_lines(
+        invoke("video", clip, "--frames", "8", "--json", "--seek", "exact", "--strict-hash", *SMALL).stdout
+    )[0]
     assert exact["from_cache"] is False  # another seek mode is another entry
     assert all(abs(t - (i + 0.5) * 6 / 8) < 0.07 for i, t in enumerate(exact["timestamps"]))  # 8 fps source
     bypass = json_lines(invoke("video", clip, "--frames", "8", "--json", "--no-cache", *SMALL).stdout)[0]
@@ -80,15 +82,21 @@ def _bad_videos(tmp_path: Path, clip: Path) -> dict:
     from qvl.media.ffmpeg import ffmpeg_exe
 
     audio = tmp_path / "audio.m4a"
-    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", "sine=duration=2", str(audio)], check=True)
+    subprocess.run(
+        [ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", "sine=duration=2", str(audio)], check=True
+    )
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(clip.read_bytes()[:2000])
     text = tmp_path / "notes.mp4"
     text.write_text("not a video at all\n" * 50)
-    return {"no video stream": (audio, "video"), "zero-length": (empty, "empty"), "truncated": (truncated, ""),
-            "text named .mp4": (text, "")}
+    return {
+        "no video stream": (audio, "video"),
+        "zero-length": (empty, "empty"),
+        "truncated": (truncated, ""),
+        "text named .mp4": (text, ""),
+    }
 
 
 @pytest.mark.parametrize("case", ["no video stream", "zero-length", "truncated", "text named .mp4"])
@@ -99,9 +107,14 @@ def test_bad_video_is_one_clear_line(tmp_path, clip, case):
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["--frames", "0"], "--frames"), (["--frames", "-4"], "--frames"), (["--fps", "0"], "--fps"),
-     (["--start", "4", "--end", "2"], "--start"), (["--start", "60"], "past the end"),
-     (["--frames", "8", "--fps", "2"], "exclusive")],
+    [
+        (["--frames", "0"], "--frames"),
+        (["--frames", "-4"], "--frames"),
+        (["--fps", "0"], "--fps"),
+        (["--start", "4", "--end", "2"], "--start"),
+        (["--start", "60"], "past the end"),
+        (["--frames", "8", "--fps", "2"], "exclusive"),
+    ],
     ids=["zero frames", "negative frames", "zero fps", "start after end", "start past end", "frames and fps"],
 )
 def test_impossible_options_are_one_line(clip, args, message):

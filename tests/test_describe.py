@@ -101,8 +101,16 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[str, str]]:
 
 @pytest.mark.parametrize(
     "case",
-    ["missing", "empty directory", "glob without matches", "truncated", "text named .jpg", "corrupt png",
-     "aspect ratio over 200", "bad data uri"],
+    [
+        "missing",
+        "empty directory",
+        "glob without matches",
+        "truncated",
+        "text named .jpg",
+        "corrupt png",
+        "aspect ratio over 200",
+        "bad data uri",
+    ],
 )
 def test_bad_image_is_one_clear_line(tmp_path, case):
     source, message = _bad_inputs(tmp_path)[case]

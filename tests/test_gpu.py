@@ -15,7 +15,9 @@ HOUSE = Path(__file__).resolve().parent.parent / "examples" / "house.jpg"
 
 
 def test_describe_runs_on_cuda_in_bf16(tiny_model_dir):
-    result = invoke("describe", HOUSE, "--model", "tiny", "--device", "cuda", "--dtype", "bfloat16", "--json", "--max-tokens", "8")
+    result = invoke(
+        "describe", HOUSE, "--model", "tiny", "--device", "cuda", "--dtype", "bfloat16", "--json", "--max-tokens", "8"
+    )
     assert result.exit_code == 0, result.stderr
     (record,) = json_lines(result.stdout)
     assert record["error"] is None and record["tokens"]["generated"] >= 1

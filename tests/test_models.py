@@ -36,8 +36,18 @@ def tiny_dir(tmp_path_factory) -> Path:
 def clean_env(tmp_path, monkeypatch, tiny_dir):
     """An empty HF cache, online mode, and the tiny model from the session cache."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-                "QVL_MODEL", "HF_ENDPOINT", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+    for var in (
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "QVL_MODEL",
+        "HF_ENDPOINT",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("QVL_CACHE_DIR", str(tiny_dir.parent.parent))
     monkeypatch.setenv("QVL_HUB_TIMEOUT", "3")
@@ -112,8 +122,10 @@ def test_folder_with_missing_shard(tiny_dir, tmp_path):
     folder.mkdir()
     shutil.copy(tiny_dir / "config.json", folder)
     shutil.copy(tiny_dir / "model.safetensors", folder / "model-00001-of-00002.safetensors")
-    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
-                                            "b": "model-00002-of-00002.safetensors"}}
+    index = {
+        "metadata": {},
+        "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"},
+    }
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(ModelError, match=r"has no weights \(1 of 2 shards missing"):
         resolve_model(str(folder))
@@ -181,7 +193,10 @@ def test_closed_endpoint_fails_fast(monkeypatch):
     # A real refused connection, on any machine: nothing listens on the discard port.
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     message, elapsed = _fails_fast(resolve_model, "7b")
-    assert message == "model Qwen/Qwen2.5-VL-7B-Instruct is not downloaded and the Hub is unreachable; run: qvl download 7b"
+    assert (
+        message
+        == "model Qwen/Qwen2.5-VL-7B-Instruct is not downloaded and the Hub is unreachable; run: qvl download 7b"
+    )
     assert elapsed < 5
 
 
@@ -189,7 +204,10 @@ def test_hub_unreachable_on_this_machine():
     if models.hub_reachable(timeout=3):
         pytest.skip("the Hub is reachable here; this test checks a machine without network")
     message, elapsed = _fails_fast(resolve_model, None)
-    assert message == "model Qwen/Qwen2.5-VL-7B-Instruct is not downloaded and the Hub is unreachable; run: qvl download 7b"
+    assert (
+        message
+        == "model Qwen/Qwen2.5-VL-7B-Instruct is not downloaded and the Hub is unreachable; run: qvl download 7b"
+    )
     assert elapsed < 5
     message, _ = _fails_fast(resolve_model, "3b", revision="v2")
     assert message.endswith("run: qvl download 3b --revision v2")

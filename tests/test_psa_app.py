@@ -92,8 +92,20 @@ def test_psa_profile_times_both_and_reports_each_layer(tmp_path):
     from cli_helpers import make_video
 
     video = make_video(tmp_path / "clip.mp4", seconds=4)
-    args = ["psa-profile", video, "--model", "tiny", "--frames", "8",
-            "--min-tokens", "32", "--psa-preset", "fast", "--repeat", "1"]
+    args = [
+        "psa-profile",
+        video,
+        "--model",
+        "tiny",
+        "--frames",
+        "8",
+        "--min-tokens",
+        "32",
+        "--psa-preset",
+        "fast",
+        "--repeat",
+        "1",
+    ]
     result = invoke(*args, "--json")
     assert result.exit_code == 0, result.stderr
     (report,) = json_lines(result.stdout)

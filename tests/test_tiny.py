@@ -38,7 +38,7 @@ def _generate(model, processor, content, **media):
     inputs = processor(text=[text], return_tensors="pt", **media)
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    new = out[0, inputs["input_ids"].shape[1]:]
+    new = out[0, inputs["input_ids"].shape[1] :]
     return inputs, new, processor.decode(new, skip_special_tokens=True)
 
 
@@ -46,9 +46,16 @@ def test_folder_layout_and_name(tiny_dir):
     assert tiny_dir.name == f"tiny-{TINY_VERSION}"
     assert tiny_dir.parent.name == "models"
     names = {p.name for p in tiny_dir.iterdir()}
-    for required in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
-                     "tokenizer_config.json", "chat_template.json", "preprocessor_config.json",
-                     "video_preprocessor_config.json"):
+    for required in (
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.json",
+        "preprocessor_config.json",
+        "video_preprocessor_config.json",
+    ):
         assert required in names
     assert not [n for n in tiny_dir.parent.iterdir() if ".tmp-" in n.name], "temporary build folder left"
 
@@ -99,7 +106,8 @@ def test_config_matches_tokenizer(loaded):
     assert cfg.video_token_id == tok.convert_tokens_to_ids("<|video_pad|>")
     assert cfg.vision_start_token_id == tok.convert_tokens_to_ids("<|vision_start|>")
     assert set(model.generation_config.eos_token_id) == {
-        tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
+        tok.convert_tokens_to_ids("<|im_end|>"),
+        tok.convert_tokens_to_ids("<|endoftext|>"),
     }
     assert model.dtype == torch.float32
 
@@ -121,8 +129,9 @@ def test_generates_from_image(loaded):
     model, processor = loaded
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 420, 3), dtype=np.uint8))
     start = time.perf_counter()
-    inputs, new, text = _generate(model, processor, [{"type": "image"}, {"type": "text", "text": "What is this?"}],
-                                  images=[image])
+    inputs, new, text = _generate(
+        model, processor, [{"type": "image"}, {"type": "text", "text": "What is this?"}], images=[image]
+    )
     elapsed = time.perf_counter() - start
     assert inputs["image_grid_thw"].prod() // 4 <= 16  # small pixel budget: at most 16 tokens
     assert 1 <= len(new) <= 8 and isinstance(text, str)
@@ -132,8 +141,9 @@ def test_generates_from_image(loaded):
 def test_generates_from_video_frames(loaded):
     model, processor = loaded
     frames = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (8, 3, 96, 128), dtype=np.uint8))
-    inputs, new, text = _generate(model, processor, [{"type": "video"}, {"type": "text", "text": "Summarize."}],
-                                  videos=[frames])
+    inputs, new, text = _generate(
+        model, processor, [{"type": "video"}, {"type": "text", "text": "Summarize."}], videos=[frames]
+    )
     t, h, w = inputs["video_grid_thw"][0].tolist()
     assert t == 4  # 8 frames, temporal patch 2
     assert (inputs["input_ids"] == model.config.video_token_id).sum() == t * h * w // 4

@@ -74,8 +74,7 @@ def file_identity(path: str | os.PathLike, *, strict: bool = False, with_mtime: 
                 h.update(fh.read(SAMPLE_BYTES))
     ident = {
         "size": st.st_size,
-        "hash": ("sha256:" if strict or st.st_size <= 3 * SAMPLE_BYTES else "sha256-sample:")
-        + h.hexdigest(),
+        "hash": ("sha256:" if strict or st.st_size <= 3 * SAMPLE_BYTES else "sha256-sample:") + h.hexdigest(),
     }
     if with_mtime:
         ident["mtime_ns"] = st.st_mtime_ns
@@ -332,7 +331,11 @@ class FrameCache:
         if tmp.is_dir():
             for d in tmp.iterdir():
                 try:
-                    if older_than_days is None and now - d.stat().st_mtime > 60 or now - d.stat().st_mtime > STALE_TMP_SECONDS:
+                    if (
+                        older_than_days is None
+                        and now - d.stat().st_mtime > 60
+                        or now - d.stat().st_mtime > STALE_TMP_SECONDS
+                    ):
                         shutil.rmtree(d, ignore_errors=True)
                 except OSError:
                     pass

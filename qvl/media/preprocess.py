@@ -17,9 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 from qvl.errors import QvlError
 
-VIDEO_EXTENSIONS = frozenset(
-    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv".split()
-)
+VIDEO_EXTENSIONS = frozenset(".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv".split())
 
 # on_progress(source, frames_done, frames_total): called from worker threads while decoding.
 OnProgress = Callable[[str, int, int], None]
@@ -61,9 +59,7 @@ def expand_inputs(items: Iterable[str]) -> tuple[list[str], list[PreprocessResul
             continue
         p = Path(item).expanduser()
         if p.is_dir():
-            found = sorted(
-                str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS
-            )
+            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
             if not found:
                 problems.append(PreprocessResult(item, "error", error=f"{item}: no video files in this folder"))
             for f in found:

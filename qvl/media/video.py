@@ -107,17 +107,13 @@ class VideoOptions:
         if self.end is not None and self.end == 0:
             raise OptionError("--end must be after the start of the video (got 0)")
         if self.start is not None and self.end is not None and self.start >= self.end:
-            raise OptionError(
-                f"--start {self.start:g} s is not before --end {self.end:g} s"
-            )
+            raise OptionError(f"--start {self.start:g} s is not before --end {self.end:g} s")
         if self.min_frames < 1:
             raise OptionError(f"--min-frames must be at least 1 (got {self.min_frames})")
         if self.max_frames < 2:
             raise OptionError(f"--max-frames must be at least 2 (got {self.max_frames})")
         if self.max_frames < self.min_frames:
-            raise OptionError(
-                f"--max-frames {self.max_frames} is below --min-frames {self.min_frames}"
-            )
+            raise OptionError(f"--max-frames {self.max_frames} is below --min-frames {self.min_frames}")
         if self.min_pixels < FACTOR * FACTOR:
             raise OptionError(f"--min-pixels must be at least {FACTOR * FACTOR}")
         if self.max_pixels is not None and self.max_pixels < self.min_pixels:
@@ -127,8 +123,7 @@ class VideoOptions:
             )
         if self.total_pixels is not None and self.total_pixels < self.min_pixels:
             raise OptionError(
-                f"--total-pixels {self.total_pixels:,} is below one frame's minimum of "
-                f"{self.min_pixels:,} pixels"
+                f"--total-pixels {self.total_pixels:,} is below one frame's minimum of {self.min_pixels:,} pixels"
             )
         if self.seek not in SEEK_MODES:
             raise OptionError(f"--seek must be one of {', '.join(SEEK_MODES)} (got {self.seek!r})")
@@ -261,12 +256,35 @@ def _looks_like_mp4(path: Path) -> bool:
     return head[4:8] == b"ftyp"
 
 
+def open_container(path: str | os.PathLike):
+    """`av.open` for reading, on every PyAV release qvl allows.
+
+    PyAV before 19 decodes container metadata strictly unless told `metadata_errors="ignore"`
+    (a file with one badly encoded tag would not open at all); PyAV 19 dropped that keyword. It is
+    passed while the installed release takes it, and left out from the first refusal on.
+    """
+    import av
+
+    global _METADATA_ERRORS_KEYWORD
+    if _METADATA_ERRORS_KEYWORD:
+        try:
+            return av.open(str(path), metadata_errors="ignore")
+        except TypeError as exc:
+            if "metadata_errors" not in str(exc):
+                raise
+            _METADATA_ERRORS_KEYWORD = False
+    return av.open(str(path))
+
+
+_METADATA_ERRORS_KEYWORD = True
+
+
 def _open(path: Path):
     import av
 
     try:
-        return av.open(str(path), metadata_errors="ignore")
-    except av.error.FFmpegError as exc:
+        return open_container(path)
+    except av.error.FFmpegError:
         if _looks_like_mp4(path):
             raise InputError(
                 f"{path}: MP4 without its index (moov atom): the file is truncated or was not "
@@ -303,10 +321,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         stream = container.streams.video[0]
         tb = stream.time_base
         codec = stream.codec_context.name
-        first = None
         try:
-            for first in container.decode(stream):
-                break
+            first = next(iter(container.decode(stream)), None)
         except av.error.FFmpegError:
             first = None
         if first is None:
@@ -325,9 +341,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         if stream.duration is not None and tb is not None and stream.duration > 0:
             duration = float(stream.duration * tb)
         elif container.duration is not None and container.duration > 0:
-            duration = container.duration / 1_000_000 - max(
-                0.0, start_time - (container.start_time or 0) / 1_000_000
-            )
+            duration = container.duration / 1_000_000 - max(0.0, start_time - (container.start_time or 0) / 1_000_000)
         frame_count = stream.frames or None
         if fps <= 0 and duration and frame_count:
             fps = frame_count / duration
@@ -378,9 +392,7 @@ def _scan_duration(container, stream, start_time: float, fps: float) -> float:
 def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
     """qwen-vl-utils' smart_resize with factor 28: sides multiples of 28, area within bounds."""
     if max(height, width) / max(1, min(height, width)) > MAX_RATIO:
-        raise InputError(
-            f"frames of {width}x{height} are too elongated (aspect ratio over {MAX_RATIO}:1)"
-        )
+        raise InputError(f"frames of {width}x{height} are too elongated (aspect ratio over {MAX_RATIO}:1)")
     h_bar = max(FACTOR, _round_by(height, FACTOR))
     w_bar = max(FACTOR, _round_by(width, FACTOR))
     if h_bar * w_bar > max_pixels:
@@ -408,9 +420,7 @@ def plan_frames(info: VideoInfo, options: VideoOptions) -> FramePlan:
     duration = info.duration
     start = float(options.start or 0.0)
     if start >= duration:
-        raise OptionError(
-            f"--start {start:g} s is past the end of the video ({duration:.2f} s long)"
-        )
+        raise OptionError(f"--start {start:g} s is past the end of the video ({duration:.2f} s long)")
     end = duration if options.end is None else float(options.end)
     if end > duration:
         notes.append(f"--end {end:g} s is past the end; using {duration:.3f} s")
@@ -444,10 +454,7 @@ def plan_frames(info: VideoInfo, options: VideoOptions) -> FramePlan:
     max_pixels = max(min(MAX_PIXELS, total_pixels / n * FRAME_FACTOR), int(min_pixels * 1.05))
     if options.max_pixels is not None:
         if options.max_pixels > max_pixels:
-            notes.append(
-                f"--max-pixels {options.max_pixels:,} lowered to {int(max_pixels):,} "
-                "to fit the total budget"
-            )
+            notes.append(f"--max-pixels {options.max_pixels:,} lowered to {int(max_pixels):,} to fit the total budget")
         max_pixels = min(options.max_pixels, max_pixels)
     height, width = smart_resize(info.height, info.width, min_pixels, int(max_pixels))
     tokens = n // FRAME_FACTOR * _pair_tokens(height, width)
@@ -543,7 +550,7 @@ class _Decoder:
         import av
 
         self.av = av
-        self.container = av.open(path, metadata_errors="ignore")
+        self.container = open_container(path)
         self.stream = self.container.streams.video[0]
         self.stream.codec_context.thread_count = threads
         self.stream.codec_context.thread_type = "SLICE" if threads > 1 else "NONE"
@@ -623,8 +630,11 @@ class _Decoder:
             i = bisect.bisect_left(kf, t)
             # Half-open window [t - tol, t + tol): with tol = half the spacing, windows of
             # neighbouring timestamps never overlap, so no keyframe serves two of them.
-            near = [k for k in (kf[i - 1] if i else None, kf[i] if i < len(kf) else None)
-                    if k is not None and t - keyframe_ok - 1e-9 <= k < t + keyframe_ok]
+            near = [
+                k
+                for k in (kf[i - 1] if i else None, kf[i] if i < len(kf) else None)
+                if k is not None and t - keyframe_ok - 1e-9 <= k < t + keyframe_ok
+            ]
             if near:
                 k = min(near, key=lambda k: abs(k - t))
                 if not (self.cur is not None and k - 4 * self.frame_time < self.cur < k - half):
@@ -635,8 +645,11 @@ class _Decoder:
         if kf:
             i = bisect.bisect_right(kf, t + half)
             prev_key = kf[i - 1] if i else None
-        if self.cur is None or self.cur > t - half or (prev_key is not None and prev_key > self.cur + half) or (
-            prev_key is None and not kf and t - self.cur > 2.0
+        if (
+            self.cur is None
+            or self.cur > t - half
+            or (prev_key is not None and prev_key > self.cur + half)
+            or (prev_key is None and not kf and t - self.cur > 2.0)
         ):
             self.seek(t)
             # Without an index, the keyframe a seek lands on is the first chance to snap.
@@ -761,8 +774,7 @@ def decode_plan(
     if workers == 1:
         run(0, n)
     else:
-        threads = [threading.Thread(target=run, args=(bounds[i], bounds[i + 1]), daemon=True)
-                   for i in range(workers)]
+        threads = [threading.Thread(target=run, args=(bounds[i], bounds[i + 1]), daemon=True) for i in range(workers)]
         for th in threads:
             th.start()
         for th in threads:
@@ -876,8 +888,7 @@ def download(url: str, dest_dir: str | os.PathLike, *, max_mb: float) -> Path:
                     got += len(chunk)
                     if got > limit:
                         raise InputError(
-                            f"{url}: more than the download limit of {max_mb:g} MB "
-                            "(raise it with --max-download-mb)"
+                            f"{url}: more than the download limit of {max_mb:g} MB (raise it with --max-download-mb)"
                         )
                     fh.write(chunk)
             if length and length.isdigit() and got < int(length):

@@ -118,8 +118,10 @@ def _configs():
         raw = [(bm, bn, 128, 4, 1, flat) for flat in (True, False) for bm in (16, 32) for bn in (16, 32)]
     else:
         raw = list(_GPU_CONFIGS)
-    return [triton.Config({"BM": bm, "BN": bn, "BK": bk, "FLAT": flat}, num_warps=w, num_stages=st)
-            for bm, bn, bk, w, st, flat in raw]
+    return [
+        triton.Config({"BM": bm, "BN": bn, "BK": bk, "FLAT": flat}, num_warps=w, num_stages=st)
+        for bm, bn, bk, w, st, flat in raw
+    ]
 
 
 def _as_tuple(conf: triton.Config) -> tuple:
@@ -157,8 +159,9 @@ def _prune(configs, named_args, **kwargs):
         cls = _launch_class(arg("IEEE"), arg("TMA"), arg("L_BUCKET"), arg("ROW_SCALE"))
         kept = [c for c in kept if cls in _GPU_CONFIGS.get(_as_tuple(c), ())]
     if not kept:  # R larger than every tile: one tile per block
-        kept = [triton.Config({"BM": R, "BN": R, "BK": 128, "FLAT": True}, num_warps=8 if R >= 128 else 4,
-                              num_stages=2)]
+        kept = [
+            triton.Config({"BM": R, "BN": R, "BK": 128, "FLAT": True}, num_warps=8 if R >= 128 else 4, num_stages=2)
+        ]
     if _INTERPRET:
         kept = [c for c in kept if c.kwargs["FLAT"] == INTERPRET_FLAT] or kept
         return kept[-1:]
@@ -166,9 +169,25 @@ def _prune(configs, named_args, **kwargs):
 
 
 @triton.jit
-def _load_qk(p_q, p_k, d_q, d_k, s_ql, s_kl, r0, t0, j, d0, L,
-             D: tl.constexpr, STRIDE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-             TMA: tl.constexpr):
+def _load_qk(
+    p_q,
+    p_k,
+    d_q,
+    d_k,
+    s_ql,
+    s_kl,
+    r0,
+    t0,
+    j,
+    d0,
+    L,
+    D: tl.constexpr,
+    STRIDE: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    TMA: tl.constexpr,
+):
     # Query rows r0.. at offset s-1-j and key rows t0.. at offset j, head-dim columns d0..d0+BK.
     if TMA:  # rows past the descriptors' end (the last full strided row) come back as zeros
         b_q = d_q.load([r0, (STRIDE - 1 - j) * s_ql + d0])  # [BM, BK]
@@ -178,10 +197,12 @@ def _load_qk(p_q, p_k, d_q, d_k, s_ql, s_kl, r0, t0, j, d0, L,
         m_d = o_d < D
         o_tq = (r0 + tl.arange(0, BM)) * STRIDE + (STRIDE - 1 - j)
         o_tk = (t0 + tl.arange(0, BN)) * STRIDE + j
-        b_q = tl.load(p_q + o_tq.to(tl.int64)[:, None] * s_ql + o_d[None, :],
-                      mask=(o_tq < L)[:, None] & m_d[None, :], other=0.0)  # [BM, BK]
-        b_k = tl.load(p_k + o_tk.to(tl.int64)[None, :] * s_kl + o_d[:, None],
-                      mask=(o_tk < L)[None, :] & m_d[:, None], other=0.0)  # [BK, BN]
+        b_q = tl.load(
+            p_q + o_tq.to(tl.int64)[:, None] * s_ql + o_d[None, :], mask=(o_tq < L)[:, None] & m_d[None, :], other=0.0
+        )  # [BM, BK]
+        b_k = tl.load(
+            p_k + o_tk.to(tl.int64)[None, :] * s_kl + o_d[:, None], mask=(o_tk < L)[None, :] & m_d[:, None], other=0.0
+        )  # [BK, BN]
     return b_q, b_k
 
 
@@ -198,15 +219,30 @@ def _log2(x, FAST: tl.constexpr):
     # hardware approximation (relative error ~2^-22) is plenty for a log-sum-exp, and the
     # interpreter has no inline assembly.
     if FAST:
-        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
     return tl.log2(x)
 
 
 @triton.jit
-def _tile_lse(b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale,
-              CAUSAL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, R: tl.constexpr, FAST: tl.constexpr,
-              MASK: tl.constexpr, ROW_SCALE: tl.constexpr):
+def _tile_lse(
+    b_s,
+    m_i,
+    l_i,
+    p_lse,
+    o_m,
+    m_m,
+    t0,
+    LS,
+    NB,
+    scale,
+    CAUSAL: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    R: tl.constexpr,
+    FAST: tl.constexpr,
+    MASK: tl.constexpr,
+    ROW_SCALE: tl.constexpr,
+):
     # Online row max/sum over one key tile; stores the per-(row, key block) log-sum-exp.
     # The tile's softmax runs while the tensor cores idle (nothing else is in flight), so every
     # per-score instruction counts: the mask only in tiles that reach the diagonal or the end
@@ -235,12 +271,39 @@ def _tile_lse(b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale,
 
 
 @triton.jit
-def _key_tiles(m_i, l_i, i_lo, i_hi, p_q, p_k, d_q, d_k, s_ql, s_kl, p_lse, o_m, m_m, r0,
-               L, LS, NB, scale,
-               D: tl.constexpr, STRIDE: tl.constexpr, R: tl.constexpr, CAUSAL: tl.constexpr,
-               IEEE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-               FLAT: tl.constexpr, TMA: tl.constexpr, FAST: tl.constexpr, MASK: tl.constexpr,
-               ROW_SCALE: tl.constexpr):
+def _key_tiles(
+    m_i,
+    l_i,
+    i_lo,
+    i_hi,
+    p_q,
+    p_k,
+    d_q,
+    d_k,
+    s_ql,
+    s_kl,
+    p_lse,
+    o_m,
+    m_m,
+    r0,
+    L,
+    LS,
+    NB,
+    scale,
+    D: tl.constexpr,
+    STRIDE: tl.constexpr,
+    R: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    IEEE: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    FLAT: tl.constexpr,
+    TMA: tl.constexpr,
+    FAST: tl.constexpr,
+    MASK: tl.constexpr,
+    ROW_SCALE: tl.constexpr,
+):
     # Pass 1 over key tiles i_lo..i_hi-1: STRIDE offsets x ceil(D / BK) column chunks per tile;
     # MASK: some of their scores are invisible (causally, or past the last strided row).
     NK: tl.constexpr = (D + BK - 1) // BK
@@ -253,33 +316,52 @@ def _key_tiles(m_i, l_i, i_lo, i_hi, p_q, p_k, d_q, d_k, s_ql, s_kl, p_lse, o_m,
         for it in range(i_lo * STEPS, i_hi * STEPS):
             i_s = it % STEPS
             t0 = (it // STEPS) * BN
-            b_q, b_k = _load_qk(p_q, p_k, d_q, d_k, s_ql, s_kl, r0, t0, i_s // NK, (i_s % NK) * BK, L,
-                                D, STRIDE, BM, BN, BK, TMA)
+            b_q, b_k = _load_qk(
+                p_q, p_k, d_q, d_k, s_ql, s_kl, r0, t0, i_s // NK, (i_s % NK) * BK, L, D, STRIDE, BM, BN, BK, TMA
+            )
             b_s = _dot(b_s, b_q, b_k, IEEE)
             if i_s == STEPS - 1:
-                m_i, l_i = _tile_lse(b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale, CAUSAL, BM, BN, R, FAST, MASK,
-                                      ROW_SCALE)
+                m_i, l_i = _tile_lse(
+                    b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale, CAUSAL, BM, BN, R, FAST, MASK, ROW_SCALE
+                )
                 b_s = tl.zeros([BM, BN], dtype=tl.float32)
     else:
         for i_t in range(i_lo, i_hi):
             t0 = i_t * BN
             for i_s in range(STEPS):
-                b_q, b_k = _load_qk(p_q, p_k, d_q, d_k, s_ql, s_kl, r0, t0, i_s // NK, (i_s % NK) * BK, L,
-                                    D, STRIDE, BM, BN, BK, TMA)
+                b_q, b_k = _load_qk(
+                    p_q, p_k, d_q, d_k, s_ql, s_kl, r0, t0, i_s // NK, (i_s % NK) * BK, L, D, STRIDE, BM, BN, BK, TMA
+                )
                 b_s = _dot(b_s, b_q, b_k, IEEE)
-            m_i, l_i = _tile_lse(b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale, CAUSAL, BM, BN, R, FAST, MASK,
-                                      ROW_SCALE)
+            m_i, l_i = _tile_lse(
+                b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale, CAUSAL, BM, BN, R, FAST, MASK, ROW_SCALE
+            )
             b_s = tl.zeros([BM, BN], dtype=tl.float32)
     return m_i, l_i
 
 
 @triton.jit(do_not_specialize=["L_BUCKET"])
 def _xattn_kernel(
-    q, k, lse, out, hs, hk,
-    s_qb, s_qh, s_ql,
-    s_kb, s_kh, s_kl,
+    q,
+    k,
+    lse,
+    out,
+    hs,
+    hk,
+    s_qb,
+    s_qh,
+    s_ql,
+    s_kb,
+    s_kh,
+    s_kl,
     scale,
-    L, LS, NB, row0, CH, HQ, G,
+    L,
+    LS,
+    NB,
+    row0,
+    CH,
+    HQ,
+    G,
     L_BUCKET,
     D: tl.constexpr,
     BD: tl.constexpr,
@@ -311,8 +393,11 @@ def _xattn_kernel(
     p_k = k + i_b.to(tl.int64) * s_kb + i_hk.to(tl.int64) * s_kh
     p_lse = lse + i_bh.to(tl.int64) * CH * NB + (o_m - row0).to(tl.int64)[:, None] * NB  # [BM, 1]
     if ROW_SCALE:  # fp8 copies (fp8=True): q's scale per strided row times k's per head rescales the scores
-        scale = scale * tl.load(hk + i_b * (HQ // G) + i_hk) \
-            * tl.load(hs + i_bh.to(tl.int64) * LS + o_m, mask=o_m < LS, other=1.0)  # [BM]
+        scale = (
+            scale
+            * tl.load(hk + i_b * (HQ // G) + i_hk)
+            * tl.load(hs + i_bh.to(tl.int64) * LS + o_m, mask=o_m < LS, other=1.0)
+        )  # [BM]
 
     if CAUSAL:
         hi = tl.minimum(LS, r0 + BM)
@@ -334,33 +419,185 @@ def _xattn_kernel(
         # the query tile holding it, and key tiles holding it that this query tile can see, take
         # the pointer path. Only odd L compiles that loop in (it costs registers).
         LSF = L // STRIDE
-        d_q = tl.make_tensor_descriptor(p_q, shape=[LSF, STRIDE * s_ql], strides=[STRIDE * s_ql, 1],
-                                        block_shape=[BM, BKD])
-        d_k = tl.make_tensor_descriptor(p_k, shape=[LSF, STRIDE * s_kl], strides=[STRIDE * s_kl, 1],
-                                        block_shape=[BN, BKD])
+        d_q = tl.make_tensor_descriptor(
+            p_q, shape=[LSF, STRIDE * s_ql], strides=[STRIDE * s_ql, 1], block_shape=[BM, BKD]
+        )
+        d_k = tl.make_tensor_descriptor(
+            p_k, shape=[LSF, STRIDE * s_kl], strides=[STRIDE * s_kl, 1], block_shape=[BN, BKD]
+        )
         n_tma = n_tiles
         if PARTIAL:
             if not CAUSAL:
                 n_tma = tl.minimum(n_tiles, LSF // BN)
             n_tma = tl.where(r0 + BM > LSF, 0, n_tma)
         n_plain = tl.minimum(n_full, n_tma)
-        m_i, l_i = _key_tiles(m_i, l_i, 0, n_plain, p_q, p_k, d_q, d_k, s_ql, s_kl, p_lse, o_m, m_m, r0,
-                              L, LS, NB, scale, D, STRIDE, R, CAUSAL, IEEE, BM, BN, BKD, FLAT, True, FAST, False,
-                              ROW_SCALE)
-        m_i, l_i = _key_tiles(m_i, l_i, n_plain, n_tma, p_q, p_k, d_q, d_k, s_ql, s_kl, p_lse, o_m, m_m,
-                              r0, L, LS, NB, scale, D, STRIDE, R, CAUSAL, IEEE, BM, BN, BKD, FLAT, True, FAST,
-                              True, ROW_SCALE)
+        m_i, l_i = _key_tiles(
+            m_i,
+            l_i,
+            0,
+            n_plain,
+            p_q,
+            p_k,
+            d_q,
+            d_k,
+            s_ql,
+            s_kl,
+            p_lse,
+            o_m,
+            m_m,
+            r0,
+            L,
+            LS,
+            NB,
+            scale,
+            D,
+            STRIDE,
+            R,
+            CAUSAL,
+            IEEE,
+            BM,
+            BN,
+            BKD,
+            FLAT,
+            True,
+            FAST,
+            False,
+            ROW_SCALE,
+        )
+        m_i, l_i = _key_tiles(
+            m_i,
+            l_i,
+            n_plain,
+            n_tma,
+            p_q,
+            p_k,
+            d_q,
+            d_k,
+            s_ql,
+            s_kl,
+            p_lse,
+            o_m,
+            m_m,
+            r0,
+            L,
+            LS,
+            NB,
+            scale,
+            D,
+            STRIDE,
+            R,
+            CAUSAL,
+            IEEE,
+            BM,
+            BN,
+            BKD,
+            FLAT,
+            True,
+            FAST,
+            True,
+            ROW_SCALE,
+        )
         if PARTIAL:
-            m_i, l_i = _key_tiles(m_i, l_i, n_tma, n_tiles, p_q, p_k, q, k, s_ql, s_kl, p_lse, o_m, m_m,
-                                  r0, L, LS, NB, scale, D, STRIDE, R, CAUSAL, IEEE, BM, BN, BKD, FLAT, False, FAST,
-                                  True, ROW_SCALE)
+            m_i, l_i = _key_tiles(
+                m_i,
+                l_i,
+                n_tma,
+                n_tiles,
+                p_q,
+                p_k,
+                q,
+                k,
+                s_ql,
+                s_kl,
+                p_lse,
+                o_m,
+                m_m,
+                r0,
+                L,
+                LS,
+                NB,
+                scale,
+                D,
+                STRIDE,
+                R,
+                CAUSAL,
+                IEEE,
+                BM,
+                BN,
+                BKD,
+                FLAT,
+                False,
+                FAST,
+                True,
+                ROW_SCALE,
+            )
     else:
-        m_i, l_i = _key_tiles(m_i, l_i, 0, n_full, p_q, p_k, q, k, s_ql, s_kl, p_lse, o_m, m_m, r0,
-                              L, LS, NB, scale, D, STRIDE, R, CAUSAL, IEEE, BM, BN, BKD, FLAT, False, FAST, False,
-                              ROW_SCALE)
-        m_i, l_i = _key_tiles(m_i, l_i, n_full, n_tiles, p_q, p_k, q, k, s_ql, s_kl, p_lse, o_m, m_m, r0,
-                              L, LS, NB, scale, D, STRIDE, R, CAUSAL, IEEE, BM, BN, BKD, FLAT, False, FAST, True,
-                              ROW_SCALE)
+        m_i, l_i = _key_tiles(
+            m_i,
+            l_i,
+            0,
+            n_full,
+            p_q,
+            p_k,
+            q,
+            k,
+            s_ql,
+            s_kl,
+            p_lse,
+            o_m,
+            m_m,
+            r0,
+            L,
+            LS,
+            NB,
+            scale,
+            D,
+            STRIDE,
+            R,
+            CAUSAL,
+            IEEE,
+            BM,
+            BN,
+            BKD,
+            FLAT,
+            False,
+            FAST,
+            False,
+            ROW_SCALE,
+        )
+        m_i, l_i = _key_tiles(
+            m_i,
+            l_i,
+            n_full,
+            n_tiles,
+            p_q,
+            p_k,
+            q,
+            k,
+            s_ql,
+            s_kl,
+            p_lse,
+            o_m,
+            m_m,
+            r0,
+            L,
+            LS,
+            NB,
+            scale,
+            D,
+            STRIDE,
+            R,
+            CAUSAL,
+            IEEE,
+            BM,
+            BN,
+            BKD,
+            FLAT,
+            False,
+            FAST,
+            True,
+            ROW_SCALE,
+        )
 
     # pass 2: exact softmax mass per (row, key block), rows summed into query blocks. It reads
     # scratch that other threads of this program wrote (the row LSEs behind the per-block ones): a
@@ -431,8 +668,10 @@ def _only_config(cls: str, R: int) -> dict | None:
 
 def _check_device(q):
     if not q.is_cuda and not _INTERPRET:
-        raise ValueError("block_importance(method='xattn') runs on CUDA tensors (or under TRITON_INTERPRET=1); "
-                         "on the CPU use qvl_kernels.block_importance.naive.block_importance")
+        raise ValueError(
+            "block_importance(method='xattn') runs on CUDA tensors (or under TRITON_INTERPRET=1); "
+            "on the CPU use qvl_kernels.block_importance.naive.block_importance"
+        )
 
 
 def _xattn(q, k, block, stride, causal, out, *, tma=None, config=None, row_scale=None):
@@ -463,9 +702,18 @@ def _xattn(q, k, block, stride, causal, out, *, tma=None, config=None, row_scale
     # per (strided row, key block) LSEs, then one LSE per strided row
     lse = torch.empty(B * HQ * CH * (NB + 1), device=q.device, dtype=torch.float32)
     scale = math.log2(math.e) / (math.sqrt(D) * stride)
-    consts = dict(D=D, BD=triton.next_power_of_2(D), STRIDE=stride, R=R, CAUSAL=bool(causal),
-                  IEEE=q.dtype == torch.float32, TMA=tma, PARTIAL=tma and L % stride != 0,
-                  ROW_SCALE=row_scale is not None, FAST=not _INTERPRET)
+    consts = dict(
+        D=D,
+        BD=triton.next_power_of_2(D),
+        STRIDE=stride,
+        R=R,
+        CAUSAL=bool(causal),
+        IEEE=q.dtype == torch.float32,
+        TMA=tma,
+        PARTIAL=tma and L % stride != 0,
+        ROW_SCALE=row_scale is not None,
+        FAST=not _INTERPRET,
+    )
     if config is None and not _INTERPRET:
         config = _only_config(_launch_class(consts["IEEE"], tma, _length_bucket(LS), consts["ROW_SCALE"]), R)
     if config is not None:
@@ -474,12 +722,29 @@ def _xattn(q, k, block, stride, causal, out, *, tma=None, config=None, row_scale
     for row0 in range(0, LS, CH):
         rows = min(CH, LS - row0)
         hs, hk = (out, out) if row_scale is None else row_scale
-        args = (q, k, lse, out, hs, hk,
-                q.stride(0), q.stride(1), q.stride(2),
-                k.stride(0), k.stride(1), k.stride(2),
-                scale,
-                L, LS, NB, row0, CH, HQ, HQ // HKV,
-                _length_bucket(LS))
+        args = (
+            q,
+            k,
+            lse,
+            out,
+            hs,
+            hk,
+            q.stride(0),
+            q.stride(1),
+            q.stride(2),
+            k.stride(0),
+            k.stride(1),
+            k.stride(2),
+            scale,
+            L,
+            LS,
+            NB,
+            row0,
+            CH,
+            HQ,
+            HQ // HKV,
+            _length_bucket(LS),
+        )
         if config is None:
             _xattn_kernel_tuned[lambda meta, rows=rows: (triton.cdiv(rows, meta["BM"]), B * HQ)](*args, **consts)
         else:

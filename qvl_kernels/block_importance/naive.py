@@ -113,8 +113,10 @@ def quantize_fp8(q: torch.Tensor, k: torch.Tensor, *, stride: int = 8):
 def dequantize_fp8(q8, k8, q_scale, k_scale, stride: int = 8):
     """fp32 values of `quantize_fp8`'s copies: (q8 * q_scale per strided row, k8 * k_scale per head)."""
     L = q8.shape[2]
-    return (q8.float() * q_scale.repeat_interleave(stride, dim=2)[:, :, :L, None],
-            k8.float() * k_scale[..., None, None])
+    return (
+        q8.float() * q_scale.repeat_interleave(stride, dim=2)[:, :, :L, None],
+        k8.float() * k_scale[..., None, None],
+    )
 
 
 def block_importance(

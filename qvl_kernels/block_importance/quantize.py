@@ -80,25 +80,51 @@ def _round_e4m3(y):
 
 
 @triton.jit
-def _cast_kernel(x0, x1, y0, y1, amax, scale0, scale1, s0b, s0h, s0l, s1b, s1h, s1l, L, LS, N0, H0, H1,
-                 FLOOR: tl.constexpr, QMAX: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BL: tl.constexpr,
-                 STRIDE: tl.constexpr, ROUND: tl.constexpr):
+def _cast_kernel(
+    x0,
+    x1,
+    y0,
+    y1,
+    amax,
+    scale0,
+    scale1,
+    s0b,
+    s0h,
+    s0l,
+    s1b,
+    s1h,
+    s1l,
+    L,
+    LS,
+    N0,
+    H0,
+    H1,
+    FLOOR: tl.constexpr,
+    QMAX: tl.constexpr,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    BL: tl.constexpr,
+    STRIDE: tl.constexpr,
+    ROUND: tl.constexpr,
+):
     # Programs (row tiles, B * H0 + B * H1): q heads (per strided-row scales, found here) first,
     # then k heads (per-head scales from amax). BL is a multiple of STRIDE: whole strided rows.
     i_l, i_bh = tl.program_id(0), tl.program_id(1)
     o_l = i_l * BL + tl.arange(0, BL)
     o_d = tl.arange(0, BD)
     m = (o_l < L)[:, None] & (o_d < D)[None, :]
-    b_x = tl.load(_rows(x0, x1, i_bh, o_l, o_d, s0b, s0h, s0l, s1b, s1h, s1l, N0, H0, H1), mask=m,
-                  other=0.0).to(tl.float32)  # [BL, BD]; padding is 0, which no amax sees
+    b_x = tl.load(_rows(x0, x1, i_bh, o_l, o_d, s0b, s0h, s0l, s1b, s1h, s1l, N0, H0, H1), mask=m, other=0.0).to(
+        tl.float32
+    )  # [BL, BD]; padding is 0, which no amax sees
     NR: tl.constexpr = BL // STRIDE  # strided rows of the tile
     if i_bh < N0:
         a_r = tl.maximum(tl.max(tl.reshape(tl.abs(b_x), [NR, STRIDE * BD]), 1), FLOOR)  # [NR]
         inv = tl.math.div_rn(tl.full([NR], QMAX, tl.float32), a_r)  # IEEE division, as torch's
         y = tl.reshape(tl.reshape(b_x, [NR, STRIDE * BD]) * inv[:, None], [BL, BD])
         o_r = i_l * NR + tl.arange(0, NR)
-        tl.store(scale0 + i_bh.to(tl.int64) * LS + o_r, tl.math.div_rn(a_r, tl.full([NR], QMAX, tl.float32)),
-                 mask=o_r < LS)
+        tl.store(
+            scale0 + i_bh.to(tl.int64) * LS + o_r, tl.math.div_rn(a_r, tl.full([NR], QMAX, tl.float32)), mask=o_r < LS
+        )
     else:
         a_h = tl.maximum(tl.load(amax + i_bh - N0), FLOOR)
         y = b_x * tl.math.div_rn(QMAX, a_h)
@@ -143,9 +169,30 @@ def quantize_fp8(q: torch.Tensor, k: torch.Tensor, *, stride: int = 8):
     BD = triton.next_power_of_2(D)
     BL = max(stride, min(max(1, _TILE_ELEMS // BD), triton.next_power_of_2(L)))  # whole strided rows
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
-    _amax_kernel[(triton.cdiv(L, BL), n1)](k, amax, k.stride(0), k.stride(1), k.stride(2), L, HKV,
-                                           D=D, BD=BD, BL=BL, num_warps=4)
-    _cast_kernel[(triton.cdiv(L, BL), n0 + n1)](q, k, q8, k8, amax, q_scale, k_scale, *strides, L, LS, n0, HQ, HKV,
-                                               FLOOR=AMAX_FLOOR, QMAX=E4M3_MAX, D=D, BD=BD, BL=BL, STRIDE=stride,
-                                               ROUND=ROUND_IN_KERNEL, num_warps=4)
+    _amax_kernel[(triton.cdiv(L, BL), n1)](
+        k, amax, k.stride(0), k.stride(1), k.stride(2), L, HKV, D=D, BD=BD, BL=BL, num_warps=4
+    )
+    _cast_kernel[(triton.cdiv(L, BL), n0 + n1)](
+        q,
+        k,
+        q8,
+        k8,
+        amax,
+        q_scale,
+        k_scale,
+        *strides,
+        L,
+        LS,
+        n0,
+        HQ,
+        HKV,
+        FLOOR=AMAX_FLOOR,
+        QMAX=E4M3_MAX,
+        D=D,
+        BD=BD,
+        BL=BL,
+        STRIDE=stride,
+        ROUND=ROUND_IN_KERNEL,
+        num_warps=4,
+    )
     return q8, k8, q_scale, k_scale

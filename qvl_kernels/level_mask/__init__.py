@@ -4,5 +4,11 @@ from .level_mask import LEVELS, density, level_fractions, level_mask, level_mask
 from .level_mask_triton import level_mask_triton
 
 __all__ = [
-    "LEVELS", "density", "level_fractions", "level_mask", "level_mask_torch", "level_mask_triton", "stats_from_counts",
+    "LEVELS",
+    "density",
+    "level_fractions",
+    "level_mask",
+    "level_mask_torch",
+    "level_mask_triton",
+    "stats_from_counts",
 ]

@@ -99,7 +99,9 @@ def level_mask_torch(
     lev = torch.where(force, torch.ones((), dtype=torch.int8, device=dev), lev)
     if cap is not None:
         HKV = cap.shape[1]
-        lev = torch.minimum(lev.view(B, HKV, HQ // HKV, nb, nb), cap.to(torch.int8)[:, :, None, None, :]).view(B, HQ, nb, nb)
+        lev = torch.minimum(lev.view(B, HKV, HQ // HKV, nb, nb), cap.to(torch.int8)[:, :, None, None, :]).view(
+            B, HQ, nb, nb
+        )
     lev = torch.where(visible, lev, torch.zeros((), dtype=torch.int8, device=dev))
     if out is not None:
         out.copy_(lev)

@@ -29,9 +29,28 @@ def _f32_order(b_x):
 
 
 @triton.jit
-def _level_row(S, CAP, BANDS, OUT, COUNTS, s_sb, s_sh, s_si, HQ, NB, T, G, i_i, i_bh, n,
-               HAS_CAP: tl.constexpr, HAS_COUNTS: tl.constexpr, NBANDS: tl.constexpr, TOPK: tl.constexpr,
-               BNB: tl.constexpr):
+def _level_row(
+    S,
+    CAP,
+    BANDS,
+    OUT,
+    COUNTS,
+    s_sb,
+    s_sh,
+    s_si,
+    HQ,
+    NB,
+    T,
+    G,
+    i_i,
+    i_bh,
+    n,
+    HAS_CAP: tl.constexpr,
+    HAS_COUNTS: tl.constexpr,
+    NBANDS: tl.constexpr,
+    TOPK: tl.constexpr,
+    BNB: tl.constexpr,
+):
     # Row i_i of (batch, head) i_bh, whose n visible key blocks (n <= BNB) are the first n; writes
     # positions 0 .. min(BNB, NB) - 1 of the row's levels.
     i_b, i_h = i_bh // HQ, i_bh % HQ
@@ -94,9 +113,18 @@ def _zero_tail(OUT, i_bh, i_i, NB, BS: tl.constexpr):
 
 @triton.jit
 def _level_mask_kernel(
-    S, CAP, BANDS, OUT, COUNTS,
-    s_sb, s_sh, s_si,
-    HQ, NB, T, G,
+    S,
+    CAP,
+    BANDS,
+    OUT,
+    COUNTS,
+    s_sb,
+    s_sh,
+    s_si,
+    HQ,
+    NB,
+    T,
+    G,
     HAS_CAP: tl.constexpr,
     HAS_COUNTS: tl.constexpr,
     NBANDS: tl.constexpr,
@@ -116,19 +144,99 @@ def _level_mask_kernel(
         n = NB
     if SPLIT:
         if n <= BNB // 4:
-            _level_row(S, CAP, BANDS, OUT, COUNTS, s_sb, s_sh, s_si, HQ, NB, T, G, i_i, i_bh, n,
-                       HAS_CAP, HAS_COUNTS, NBANDS, TOPK, BNB // 4)
+            _level_row(
+                S,
+                CAP,
+                BANDS,
+                OUT,
+                COUNTS,
+                s_sb,
+                s_sh,
+                s_si,
+                HQ,
+                NB,
+                T,
+                G,
+                i_i,
+                i_bh,
+                n,
+                HAS_CAP,
+                HAS_COUNTS,
+                NBANDS,
+                TOPK,
+                BNB // 4,
+            )
             _zero_tail(OUT, i_bh, i_i, NB, BNB // 4)
         elif n <= BNB // 2:
-            _level_row(S, CAP, BANDS, OUT, COUNTS, s_sb, s_sh, s_si, HQ, NB, T, G, i_i, i_bh, n,
-                       HAS_CAP, HAS_COUNTS, NBANDS, TOPK, BNB // 2)
+            _level_row(
+                S,
+                CAP,
+                BANDS,
+                OUT,
+                COUNTS,
+                s_sb,
+                s_sh,
+                s_si,
+                HQ,
+                NB,
+                T,
+                G,
+                i_i,
+                i_bh,
+                n,
+                HAS_CAP,
+                HAS_COUNTS,
+                NBANDS,
+                TOPK,
+                BNB // 2,
+            )
             _zero_tail(OUT, i_bh, i_i, NB, BNB // 2)
         else:
-            _level_row(S, CAP, BANDS, OUT, COUNTS, s_sb, s_sh, s_si, HQ, NB, T, G, i_i, i_bh, n,
-                       HAS_CAP, HAS_COUNTS, NBANDS, TOPK, BNB)
+            _level_row(
+                S,
+                CAP,
+                BANDS,
+                OUT,
+                COUNTS,
+                s_sb,
+                s_sh,
+                s_si,
+                HQ,
+                NB,
+                T,
+                G,
+                i_i,
+                i_bh,
+                n,
+                HAS_CAP,
+                HAS_COUNTS,
+                NBANDS,
+                TOPK,
+                BNB,
+            )
     else:
-        _level_row(S, CAP, BANDS, OUT, COUNTS, s_sb, s_sh, s_si, HQ, NB, T, G, i_i, i_bh, n,
-                   HAS_CAP, HAS_COUNTS, NBANDS, TOPK, BNB)
+        _level_row(
+            S,
+            CAP,
+            BANDS,
+            OUT,
+            COUNTS,
+            s_sb,
+            s_sh,
+            s_si,
+            HQ,
+            NB,
+            T,
+            G,
+            i_i,
+            i_bh,
+            n,
+            HAS_CAP,
+            HAS_COUNTS,
+            NBANDS,
+            TOPK,
+            BNB,
+        )
 
 
 SPLIT_MIN = 256  # BNB from which short causal rows sort a half or a quarter of the keys
@@ -196,10 +304,24 @@ def level_mask_triton(
     BNB = max(16, triton.next_power_of_2(nb))
     split = bool(causal) and BNB >= SPLIT_MIN
     _level_mask_kernel[(nb, B * HQ)](
-        scores, cap if cap is not None else out, table, out, counts if counts is not None else out,
-        scores.stride(0), scores.stride(1), scores.stride(2),
-        HQ, nb, min(text_blocks, nb), HQ // cap.shape[1] if cap is not None else 1,
-        HAS_CAP=cap is not None, HAS_COUNTS=counts is not None, NBANDS=len(bands), TOPK=mode == "topk", CAUSAL=causal, BNB=BNB,
+        scores,
+        cap if cap is not None else out,
+        table,
+        out,
+        counts if counts is not None else out,
+        scores.stride(0),
+        scores.stride(1),
+        scores.stride(2),
+        HQ,
+        nb,
+        min(text_blocks, nb),
+        HQ // cap.shape[1] if cap is not None else 1,
+        HAS_CAP=cap is not None,
+        HAS_COUNTS=counts is not None,
+        NBANDS=len(bands),
+        TOPK=mode == "topk",
+        CAUSAL=causal,
+        BNB=BNB,
         SPLIT=split,
         num_warps=_warps(BNB),
     )

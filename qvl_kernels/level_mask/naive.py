@@ -47,7 +47,7 @@ def check_bands(mode: str, ratios: dict) -> list:
             raise ValueError(f"ratios: level {r} is not one of {LEVELS}")
         if not 0.0 <= a <= b <= 1.0:
             raise ValueError(f"ratios: band {(a, b)} of level {r} must satisfy 0 <= start <= end <= 1")
-    for (a0, b0, r0), (a1, b1, r1) in zip(bands, bands[1:]):
+    for (_, b0, r0), (a1, _, r1) in zip(bands, bands[1:]):
         if a1 < b0:
             raise ValueError(f"ratios: bands of levels {r0} and {r1} overlap")
     return bands

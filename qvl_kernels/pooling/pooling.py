@@ -20,14 +20,34 @@ def _store_mean(Y, b_s, o_p, R: tl.constexpr, i_bh, L, o_d, m_d, D: tl.constexpr
         b_cnt = tl.minimum(L - o_p * R, R).to(tl.float32)
         L_R = (L + R - 1) // R
         o_y = i_bh.to(tl.int64) * L_R * D + o_p[:, None].to(tl.int64) * D + o_d[None, :]
-        tl.store(Y + o_y, (b_s / tl.maximum(b_cnt, 1.0)[:, None]).to(Y.dtype.element_ty),
-                 mask=(o_p[:, None] < L_R) & m_d[None, :])
+        tl.store(
+            Y + o_y,
+            (b_s / tl.maximum(b_cnt, 1.0)[:, None]).to(Y.dtype.element_ty),
+            mask=(o_p[:, None] < L_R) & m_d[None, :],
+        )
 
 
 @triton.jit
-def _pool_rows(X, Y2, Y4, Y8, s_xb, s_xh, s_xl, s_xd, i_t, i_bh, H, L,
-               D: tl.constexpr, BLOCK_D: tl.constexpr, NG: tl.constexpr,
-               STORE2: tl.constexpr, STORE4: tl.constexpr, STORE8: tl.constexpr):
+def _pool_rows(
+    X,
+    Y2,
+    Y4,
+    Y8,
+    s_xb,
+    s_xh,
+    s_xl,
+    s_xd,
+    i_t,
+    i_bh,
+    H,
+    L,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    NG: tl.constexpr,
+    STORE2: tl.constexpr,
+    STORE4: tl.constexpr,
+    STORE8: tl.constexpr,
+):
     # NG groups of 8 tokens of one (batch, head) row. Token j of every group is one [NG, BD] load,
     # so all the pooling is elementwise adds of tiles in one register layout (no shuffles or
     # shared-memory round trips, which a reshape-and-sum over the token axis costs): 2x sums are
@@ -37,8 +57,7 @@ def _pool_rows(X, Y2, Y4, Y8, s_xb, s_xh, s_xl, s_xd, i_t, i_bh, H, L,
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < D
     o_t = o_g * 8
-    p_x = X + i_b.to(tl.int64) * s_xb + i_h.to(tl.int64) * s_xh + o_t[:, None].to(tl.int64) * s_xl \
-        + o_d[None, :] * s_xd
+    p_x = X + i_b.to(tl.int64) * s_xb + i_h.to(tl.int64) * s_xh + o_t[:, None].to(tl.int64) * s_xl + o_d[None, :] * s_xd
     x0 = tl.load(p_x, mask=(o_t[:, None] < L) & m_d[None, :], other=0.0).to(tl.float32)
     x1 = tl.load(p_x + s_xl, mask=(o_t[:, None] + 1 < L) & m_d[None, :], other=0.0).to(tl.float32)
     x2 = tl.load(p_x + 2 * s_xl, mask=(o_t[:, None] + 2 < L) & m_d[None, :], other=0.0).to(tl.float32)
@@ -60,9 +79,24 @@ def _pool_rows(X, Y2, Y4, Y8, s_xb, s_xh, s_xl, s_xd, i_t, i_bh, H, L,
 
 @triton.jit
 def _mean_pool_kernel(
-    X0, Y02, Y04, Y08, s0b, s0h, s0l, s0d,
-    X1, Y12, Y14, Y18, s1b, s1h, s1l, s1d,
-    H, L,
+    X0,
+    Y02,
+    Y04,
+    Y08,
+    s0b,
+    s0h,
+    s0l,
+    s0d,
+    X1,
+    Y12,
+    Y14,
+    Y18,
+    s1b,
+    s1h,
+    s1l,
+    s1d,
+    H,
+    L,
     D: tl.constexpr,
     BLOCK_D: tl.constexpr,
     NG: tl.constexpr,
@@ -84,11 +118,15 @@ def _mean_pool_fwd(xs: tuple[torch.Tensor, ...], ratios: tuple[int, ...], block_
     for x in xs:
         _check(x, ratios)
         if not x.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
-            raise ValueError("mean_pool runs on CUDA tensors (or under TRITON_INTERPRET=1); "
-                             "for CPU tensors use qvl_kernels.pooling.naive.mean_pool")
+            raise ValueError(
+                "mean_pool runs on CUDA tensors (or under TRITON_INTERPRET=1); "
+                "for CPU tensors use qvl_kernels.pooling.naive.mean_pool"
+            )
     if len(xs) == 2 and (xs[0].shape != xs[1].shape or xs[0].dtype != xs[1].dtype):
-        raise ValueError(f"k and v must share shape and dtype, got {tuple(xs[0].shape)} {xs[0].dtype} "
-                         f"and {tuple(xs[1].shape)} {xs[1].dtype}")
+        raise ValueError(
+            f"k and v must share shape and dtype, got {tuple(xs[0].shape)} {xs[0].dtype} "
+            f"and {tuple(xs[1].shape)} {xs[1].dtype}"
+        )
     B, H, L, D = xs[0].shape
     outs = [{r: torch.empty(B, H, math.ceil(L / r), D, device=x.device, dtype=x.dtype) for r in ratios} for x in xs]
     args = []
@@ -98,9 +136,15 @@ def _mean_pool_fwd(xs: tuple[torch.Tensor, ...], ratios: tuple[int, ...], block_
         args += [x, o.get(2, dummy), o.get(4, dummy), o.get(8, dummy), *x.stride()]
     grid = (triton.cdiv(L, block_t), B * H, len(xs))
     _mean_pool_kernel[grid](
-        *args, H, L,
-        D=D, BLOCK_D=triton.next_power_of_2(D), NG=block_t // 8,
-        STORE2=2 in ratios, STORE4=4 in ratios, STORE8=8 in ratios,
+        *args,
+        H,
+        L,
+        D=D,
+        BLOCK_D=triton.next_power_of_2(D),
+        NG=block_t // 8,
+        STORE2=2 in ratios,
+        STORE4=4 in ratios,
+        STORE8=8 in ratios,
         num_warps=4,
     )
     return [tuple(o[r] for r in ratios) for o in outs]
@@ -118,8 +162,9 @@ def mean_pool(x: torch.Tensor, ratios: tuple[int, ...] = (2, 4, 8)) -> tuple[tor
     return _mean_pool_fwd((x,), tuple(ratios))[0]
 
 
-def mean_pool_kv(k: torch.Tensor, v: torch.Tensor,
-                 ratios: tuple[int, ...] = (2, 4, 8)) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+def mean_pool_kv(
+    k: torch.Tensor, v: torch.Tensor, ratios: tuple[int, ...] = (2, 4, 8)
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
     """`mean_pool` of k and of v (same shape and dtype, any strides) in one launch:
     (k's pools, v's pools), each a tuple over `ratios`."""
     pk, pv = _mean_pool_fwd((k, v), tuple(ratios))

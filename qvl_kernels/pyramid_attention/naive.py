@@ -61,7 +61,7 @@ def pyramid_attention(
     """
     B, HQ, HKV, L, D, nb = check_args(q, k, v, levels, causal, block)
     G = HQ // HKV
-    scale = D ** -0.5 if scale is None else scale
+    scale = D**-0.5 if scale is None else scale
     dev = q.device
     qf = q.float().unflatten(1, (HKV, G))  # [B, HKV, G, L, D]
     lev = levels.long().unflatten(1, (HKV, G))  # [B, HKV, G, nb, nb]

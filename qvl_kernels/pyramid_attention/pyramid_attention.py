@@ -38,9 +38,15 @@ _META = 8  # int32 per row in the list metadata: 5 level offsets, edge block, ed
 
 @triton.jit
 def _block_lists_kernel(
-    LEV, IDX, META,
-    s_lb, s_lh, s_li, s_lj,
-    HQ, NB,
+    LEV,
+    IDX,
+    META,
+    s_lb,
+    s_lh,
+    s_li,
+    s_lj,
+    HQ,
+    NB,
     CAUSAL: tl.constexpr,
     BLOCK_NB: tl.constexpr,
 ):
@@ -95,28 +101,63 @@ def _softmax_step(b_s, b_m, b_l, qk_scale, R: tl.constexpr):
 
 
 @triton.jit
-def _load_pooled(p_x, s_l, s_d, o_n, m_n, o_d, m_d, L,
-                 R: tl.constexpr, CN: tl.constexpr, BLOCK_D: tl.constexpr, POOL_IN_KERNEL: tl.constexpr):
+def _load_pooled(
+    p_x,
+    s_l,
+    s_d,
+    o_n,
+    m_n,
+    o_d,
+    m_d,
+    L,
+    R: tl.constexpr,
+    CN: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    POOL_IN_KERNEL: tl.constexpr,
+):
     # [CN, BD] tile of keys (or values) at ratio R, rows o_n (pooled indices).
     if POOL_IN_KERNEL and R > 1:
         o_t = (o_n[:, None] * R + tl.arange(0, R)[None, :]).reshape(CN * R)  # raw token index
         m_t = (m_n[:, None] & (tl.arange(0, R)[None, :] >= 0)).reshape(CN * R) & (o_t < L)
-        b_x = tl.load(p_x + o_t[:, None].to(tl.int64) * s_l + o_d[None, :] * s_d,
-                      mask=m_t[:, None] & m_d[None, :], other=0.0).to(tl.float32)  # [CN*R, BD]
+        b_x = tl.load(
+            p_x + o_t[:, None].to(tl.int64) * s_l + o_d[None, :] * s_d, mask=m_t[:, None] & m_d[None, :], other=0.0
+        ).to(tl.float32)  # [CN*R, BD]
         b_x = tl.sum(tl.reshape(b_x, (CN, R, BLOCK_D)), axis=1)
         b_cnt = tl.maximum(tl.minimum(L - o_n * R, R), 1).to(tl.float32)
         b_x = (b_x / b_cnt[:, None]).to(p_x.dtype.element_ty)
     else:
-        b_x = tl.load(p_x + o_n[:, None].to(tl.int64) * s_l + o_d[None, :] * s_d,
-                      mask=m_n[:, None] & m_d[None, :], other=0.0)
+        b_x = tl.load(
+            p_x + o_n[:, None].to(tl.int64) * s_l + o_d[None, :] * s_d, mask=m_n[:, None] & m_d[None, :], other=0.0
+        )
     return b_x
 
 
 @triton.jit
 def _attend_tile(
-    b_acc, b_m, b_l, b_q, p_k, p_v, s_kl, s_kd, s_vl, s_vd, o_n, m_n, o_m, o_d, m_d, L, qk_scale,
-    R: tl.constexpr, CN: tl.constexpr, BLOCK_D: tl.constexpr,
-    MASKED: tl.constexpr, COLMASK: tl.constexpr, CAUSAL: tl.constexpr, POOL_IN_KERNEL: tl.constexpr,
+    b_acc,
+    b_m,
+    b_l,
+    b_q,
+    p_k,
+    p_v,
+    s_kl,
+    s_kd,
+    s_vl,
+    s_vd,
+    o_n,
+    m_n,
+    o_m,
+    o_d,
+    m_d,
+    L,
+    qk_scale,
+    R: tl.constexpr,
+    CN: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    MASKED: tl.constexpr,
+    COLMASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    POOL_IN_KERNEL: tl.constexpr,
 ):
     # One online-softmax step over CN keys at ratio R: rows o_n of the pooled K/V (valid where m_n).
     # MASKED (the edge block): causal + length masks and the partial-group bias; a row may still
@@ -153,9 +194,29 @@ def _attend_tile(
 
 @triton.jit
 def _attend_block(
-    b_acc, b_m, b_l, b_q, p_k, p_v, s_kl, s_kd, s_vl, s_vd, i_j, o_m, o_d, m_d, L, qk_scale,
-    R: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    MASKED: tl.constexpr, CAUSAL: tl.constexpr, POOL_IN_KERNEL: tl.constexpr,
+    b_acc,
+    b_m,
+    b_l,
+    b_q,
+    p_k,
+    p_v,
+    s_kl,
+    s_kd,
+    s_vl,
+    s_vd,
+    i_j,
+    o_m,
+    o_d,
+    m_d,
+    L,
+    qk_scale,
+    R: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    POOL_IN_KERNEL: tl.constexpr,
 ):
     # Key block i_j at ratio R: NP = BLOCK / R pooled keys, in chunks of CN (at least 16, the
     # smallest dot; columns past NP are masked when NP < 16).
@@ -169,15 +230,39 @@ def _attend_block(
         m_n = o_c < NP
         if MASKED:
             m_n = m_n & (o_n * R < L)
-        b_acc, b_m, b_l = _attend_tile(b_acc, b_m, b_l, b_q, p_k, p_v, s_kl, s_kd, s_vl, s_vd, o_n, m_n,
-                                       o_m, o_d, m_d, L, qk_scale, R, CN, BLOCK_D, MASKED, PAD, CAUSAL,
-                                       POOL_IN_KERNEL)
+        b_acc, b_m, b_l = _attend_tile(
+            b_acc,
+            b_m,
+            b_l,
+            b_q,
+            p_k,
+            p_v,
+            s_kl,
+            s_kd,
+            s_vl,
+            s_vd,
+            o_n,
+            m_n,
+            o_m,
+            o_d,
+            m_d,
+            L,
+            qk_scale,
+            R,
+            CN,
+            BLOCK_D,
+            MASKED,
+            PAD,
+            CAUSAL,
+            POOL_IN_KERNEL,
+        )
     return b_acc, b_m, b_l
 
 
 @triton.jit
-def _attend_block_tma(b_acc, b_m, b_l, b_q, d_k, d_v, i_j, qk_scale,
-                      R: tl.constexpr, BLOCK: tl.constexpr, CN: tl.constexpr):
+def _attend_block_tma(
+    b_acc, b_m, b_l, b_q, d_k, d_v, i_j, qk_scale, R: tl.constexpr, BLOCK: tl.constexpr, CN: tl.constexpr
+):
     # The unmasked block step with K/V tiles brought in by the tensor-memory accelerator (TMA).
     NP: tl.constexpr = BLOCK // R
     for i_c in tl.static_range(NP // CN):
@@ -190,9 +275,31 @@ def _attend_block_tma(b_acc, b_m, b_l, b_q, d_k, d_v, i_j, qk_scale,
 
 
 @triton.jit
-def _level_pointers(K, V, K2, V2, K4, V4, K8, V8, i_b, i_hk, HKV, L,
-                    s_kb, s_kh, s_kl, s_kd, s_vb, s_vh, s_vl, s_vd,
-                    D: tl.constexpr, R: tl.constexpr, POOL_IN_KERNEL: tl.constexpr):
+def _level_pointers(
+    K,
+    V,
+    K2,
+    V2,
+    K4,
+    V4,
+    K8,
+    V8,
+    i_b,
+    i_hk,
+    HKV,
+    L,
+    s_kb,
+    s_kh,
+    s_kl,
+    s_kd,
+    s_vb,
+    s_vh,
+    s_vl,
+    s_vd,
+    D: tl.constexpr,
+    R: tl.constexpr,
+    POOL_IN_KERNEL: tl.constexpr,
+):
     # Base pointers and strides of the (batch, KV head) slice of K and V at ratio R.
     if R == 1 or POOL_IN_KERNEL:
         p_k = K + i_b.to(tl.int64) * s_kb + i_hk.to(tl.int64) * s_kh
@@ -210,16 +317,76 @@ def _level_pointers(K, V, K2, V2, K4, V4, K8, V8, i_b, i_hk, HKV, L,
 
 
 @triton.jit
-def _level_loop(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, IDX, p_meta, i_row, NB,
-                i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd, s_vb, s_vh, s_vl, s_vd,
-                o_m, o_d, m_d, qk_scale,
-                R: tl.constexpr, C: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-                POOL_IN_KERNEL: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr):
+def _level_loop(
+    b_acc,
+    b_m,
+    b_l,
+    b_q,
+    K,
+    V,
+    K2,
+    V2,
+    K4,
+    V4,
+    K8,
+    V8,
+    IDX,
+    p_meta,
+    i_row,
+    NB,
+    i_b,
+    i_hk,
+    HKV,
+    L,
+    s_kb,
+    s_kh,
+    s_kl,
+    s_kd,
+    s_vb,
+    s_vh,
+    s_vl,
+    s_vd,
+    o_m,
+    o_d,
+    m_d,
+    qk_scale,
+    R: tl.constexpr,
+    C: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    POOL_IN_KERNEL: tl.constexpr,
+    TMA: tl.constexpr,
+    WS: tl.constexpr,
+):
     # All list entries of this row at level R (C = log2 R): unmasked blocks only.
     p_k, p_v, s_l_k, s_d_k, s_l_v, s_d_v = _level_pointers(
-        K, V, K2, V2, K4, V4, K8, V8, i_b, i_hk, HKV, L,
-        s_kb, s_kh, s_kl, s_kd, s_vb, s_vh, s_vl, s_vd, D, R, POOL_IN_KERNEL)
+        K,
+        V,
+        K2,
+        V2,
+        K4,
+        V4,
+        K8,
+        V8,
+        i_b,
+        i_hk,
+        HKV,
+        L,
+        s_kb,
+        s_kh,
+        s_kl,
+        s_kd,
+        s_vb,
+        s_vh,
+        s_vl,
+        s_vd,
+        D,
+        R,
+        POOL_IN_KERNEL,
+    )
     i_start = tl.load(p_meta + C)
     i_end = tl.load(p_meta + C + 1)
     p_idx = IDX + i_row.to(tl.int64) * NB
@@ -235,9 +402,32 @@ def _level_loop(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, IDX, p_meta,
             m_e = o_e < i_end
             b_j = tl.load(p_idx + o_e, mask=m_e, other=0)
             o_n = b_j * NP + o_c % NP
-            b_acc, b_m, b_l = _attend_tile(b_acc, b_m, b_l, b_q, p_k, p_v, s_l_k, s_d_k, s_l_v, s_d_v, o_n, m_e,
-                                           o_m, o_d, m_d, L, qk_scale, R, CN, BLOCK_D, False, True, CAUSAL,
-                                           POOL_IN_KERNEL)
+            b_acc, b_m, b_l = _attend_tile(
+                b_acc,
+                b_m,
+                b_l,
+                b_q,
+                p_k,
+                p_v,
+                s_l_k,
+                s_d_k,
+                s_l_v,
+                s_d_v,
+                o_n,
+                m_e,
+                o_m,
+                o_d,
+                m_d,
+                L,
+                qk_scale,
+                R,
+                CN,
+                BLOCK_D,
+                False,
+                True,
+                CAUSAL,
+                POOL_IN_KERNEL,
+            )
     elif TMA and NP >= 16:
         CN_T: tl.constexpr = min(BLOCK_N, NP)
         L_R = (L + R - 1) // R
@@ -250,37 +440,168 @@ def _level_loop(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, IDX, p_meta,
         for i_e in range(i_start, i_end):
             i_j = tl.load(p_idx + i_e)
             b_acc, b_m, b_l = _attend_block(
-                b_acc, b_m, b_l, b_q, p_k, p_v, s_l_k, s_d_k, s_l_v, s_d_v, i_j, o_m, o_d, m_d, L,
-                qk_scale, R, BLOCK, BLOCK_N, BLOCK_D, False, CAUSAL, POOL_IN_KERNEL)
+                b_acc,
+                b_m,
+                b_l,
+                b_q,
+                p_k,
+                p_v,
+                s_l_k,
+                s_d_k,
+                s_l_v,
+                s_d_v,
+                i_j,
+                o_m,
+                o_d,
+                m_d,
+                L,
+                qk_scale,
+                R,
+                BLOCK,
+                BLOCK_N,
+                BLOCK_D,
+                False,
+                CAUSAL,
+                POOL_IN_KERNEL,
+            )
     return b_acc, b_m, b_l
 
 
 @triton.jit
-def _edge_block(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, i_j,
-                i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd, s_vb, s_vh, s_vl, s_vd,
-                o_m, o_d, m_d, qk_scale,
-                R: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-                POOL_IN_KERNEL: tl.constexpr):
+def _edge_block(
+    b_acc,
+    b_m,
+    b_l,
+    b_q,
+    K,
+    V,
+    K2,
+    V2,
+    K4,
+    V4,
+    K8,
+    V8,
+    i_j,
+    i_b,
+    i_hk,
+    HKV,
+    L,
+    s_kb,
+    s_kh,
+    s_kl,
+    s_kd,
+    s_vb,
+    s_vh,
+    s_vl,
+    s_vd,
+    o_m,
+    o_d,
+    m_d,
+    qk_scale,
+    R: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    POOL_IN_KERNEL: tl.constexpr,
+):
     p_k, p_v, s_l_k, s_d_k, s_l_v, s_d_v = _level_pointers(
-        K, V, K2, V2, K4, V4, K8, V8, i_b, i_hk, HKV, L,
-        s_kb, s_kh, s_kl, s_kd, s_vb, s_vh, s_vl, s_vd, D, R, POOL_IN_KERNEL)
+        K,
+        V,
+        K2,
+        V2,
+        K4,
+        V4,
+        K8,
+        V8,
+        i_b,
+        i_hk,
+        HKV,
+        L,
+        s_kb,
+        s_kh,
+        s_kl,
+        s_kd,
+        s_vb,
+        s_vh,
+        s_vl,
+        s_vd,
+        D,
+        R,
+        POOL_IN_KERNEL,
+    )
     return _attend_block(
-        b_acc, b_m, b_l, b_q, p_k, p_v, s_l_k, s_d_k, s_l_v, s_d_v, i_j, o_m, o_d, m_d, L,
-        qk_scale, R, BLOCK, BLOCK_N, BLOCK_D, True, CAUSAL, POOL_IN_KERNEL)
+        b_acc,
+        b_m,
+        b_l,
+        b_q,
+        p_k,
+        p_v,
+        s_l_k,
+        s_d_k,
+        s_l_v,
+        s_d_v,
+        i_j,
+        o_m,
+        o_d,
+        m_d,
+        L,
+        qk_scale,
+        R,
+        BLOCK,
+        BLOCK_N,
+        BLOCK_D,
+        True,
+        CAUSAL,
+        POOL_IN_KERNEL,
+    )
 
 
 @triton.jit
 def _pyramid_attn_kernel(
-    Q, K, V, K2, V2, K4, V4, K8, V8, O, IDX, META,
-    s_qb, s_qh, s_ql, s_qd,
-    s_kb, s_kh, s_kl, s_kd,
-    s_vb, s_vh, s_vl, s_vd,
-    s_ob, s_oh, s_ol, s_od,
-    qk_scale, L, NB, HQ, G,
-    D: tl.constexpr, BLOCK: tl.constexpr,
-    CAUSAL: tl.constexpr, POOL_IN_KERNEL: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    Q,
+    K,
+    V,
+    K2,
+    V2,
+    K4,
+    V4,
+    K8,
+    V8,
+    O,
+    IDX,
+    META,
+    s_qb,
+    s_qh,
+    s_ql,
+    s_qd,
+    s_kb,
+    s_kh,
+    s_kl,
+    s_kd,
+    s_vb,
+    s_vh,
+    s_vl,
+    s_vd,
+    s_ob,
+    s_oh,
+    s_ol,
+    s_od,
+    qk_scale,
+    L,
+    NB,
+    HQ,
+    G,
+    D: tl.constexpr,
+    BLOCK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    POOL_IN_KERNEL: tl.constexpr,
+    TMA: tl.constexpr,
+    WS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     # Heaviest query tiles (last rows, causal) start first.
     i_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -293,57 +614,351 @@ def _pyramid_attn_kernel(
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < D
     m_m = o_m < L
-    p_q = Q + i_b.to(tl.int64) * s_qb + i_h.to(tl.int64) * s_qh \
-        + o_m[:, None].to(tl.int64) * s_ql + o_d[None, :] * s_qd
+    p_q = Q + i_b.to(tl.int64) * s_qb + i_h.to(tl.int64) * s_qh + o_m[:, None].to(tl.int64) * s_ql + o_d[None, :] * s_qd
     b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
 
     b_m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
     b_acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     p_meta = META + i_row.to(tl.int64) * 8
-    b_acc, b_m, b_l = _level_loop(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, IDX, p_meta,
-                                  i_row, NB, i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd,
-                                  s_vb, s_vh, s_vl, s_vd, o_m, o_d, m_d, qk_scale,
-                                  1, 0, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL, TMA, WS)
-    b_acc, b_m, b_l = _level_loop(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, IDX, p_meta,
-                                  i_row, NB, i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd,
-                                  s_vb, s_vh, s_vl, s_vd, o_m, o_d, m_d, qk_scale,
-                                  2, 1, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL, TMA, WS)
-    b_acc, b_m, b_l = _level_loop(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, IDX, p_meta,
-                                  i_row, NB, i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd,
-                                  s_vb, s_vh, s_vl, s_vd, o_m, o_d, m_d, qk_scale,
-                                  4, 2, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL, TMA, WS)
-    b_acc, b_m, b_l = _level_loop(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, IDX, p_meta,
-                                  i_row, NB, i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd,
-                                  s_vb, s_vh, s_vl, s_vd, o_m, o_d, m_d, qk_scale,
-                                  8, 3, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL, TMA, WS)
+    b_acc, b_m, b_l = _level_loop(
+        b_acc,
+        b_m,
+        b_l,
+        b_q,
+        K,
+        V,
+        K2,
+        V2,
+        K4,
+        V4,
+        K8,
+        V8,
+        IDX,
+        p_meta,
+        i_row,
+        NB,
+        i_b,
+        i_hk,
+        HKV,
+        L,
+        s_kb,
+        s_kh,
+        s_kl,
+        s_kd,
+        s_vb,
+        s_vh,
+        s_vl,
+        s_vd,
+        o_m,
+        o_d,
+        m_d,
+        qk_scale,
+        1,
+        0,
+        D,
+        BLOCK,
+        BLOCK_N,
+        BLOCK_D,
+        CAUSAL,
+        POOL_IN_KERNEL,
+        TMA,
+        WS,
+    )
+    b_acc, b_m, b_l = _level_loop(
+        b_acc,
+        b_m,
+        b_l,
+        b_q,
+        K,
+        V,
+        K2,
+        V2,
+        K4,
+        V4,
+        K8,
+        V8,
+        IDX,
+        p_meta,
+        i_row,
+        NB,
+        i_b,
+        i_hk,
+        HKV,
+        L,
+        s_kb,
+        s_kh,
+        s_kl,
+        s_kd,
+        s_vb,
+        s_vh,
+        s_vl,
+        s_vd,
+        o_m,
+        o_d,
+        m_d,
+        qk_scale,
+        2,
+        1,
+        D,
+        BLOCK,
+        BLOCK_N,
+        BLOCK_D,
+        CAUSAL,
+        POOL_IN_KERNEL,
+        TMA,
+        WS,
+    )
+    b_acc, b_m, b_l = _level_loop(
+        b_acc,
+        b_m,
+        b_l,
+        b_q,
+        K,
+        V,
+        K2,
+        V2,
+        K4,
+        V4,
+        K8,
+        V8,
+        IDX,
+        p_meta,
+        i_row,
+        NB,
+        i_b,
+        i_hk,
+        HKV,
+        L,
+        s_kb,
+        s_kh,
+        s_kl,
+        s_kd,
+        s_vb,
+        s_vh,
+        s_vl,
+        s_vd,
+        o_m,
+        o_d,
+        m_d,
+        qk_scale,
+        4,
+        2,
+        D,
+        BLOCK,
+        BLOCK_N,
+        BLOCK_D,
+        CAUSAL,
+        POOL_IN_KERNEL,
+        TMA,
+        WS,
+    )
+    b_acc, b_m, b_l = _level_loop(
+        b_acc,
+        b_m,
+        b_l,
+        b_q,
+        K,
+        V,
+        K2,
+        V2,
+        K4,
+        V4,
+        K8,
+        V8,
+        IDX,
+        p_meta,
+        i_row,
+        NB,
+        i_b,
+        i_hk,
+        HKV,
+        L,
+        s_kb,
+        s_kh,
+        s_kl,
+        s_kd,
+        s_vb,
+        s_vh,
+        s_vl,
+        s_vd,
+        o_m,
+        o_d,
+        m_d,
+        qk_scale,
+        8,
+        3,
+        D,
+        BLOCK,
+        BLOCK_N,
+        BLOCK_D,
+        CAUSAL,
+        POOL_IN_KERNEL,
+        TMA,
+        WS,
+    )
     # The edge block (diagonal when causal, last key block otherwise), with masks.
     i_j = tl.load(p_meta + 5)
     lev = tl.load(p_meta + 6)
     if lev == 1:
-        b_acc, b_m, b_l = _edge_block(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, i_j,
-                                      i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd, s_vb, s_vh, s_vl, s_vd,
-                                      o_m, o_d, m_d, qk_scale,
-                                      1, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
+        b_acc, b_m, b_l = _edge_block(
+            b_acc,
+            b_m,
+            b_l,
+            b_q,
+            K,
+            V,
+            K2,
+            V2,
+            K4,
+            V4,
+            K8,
+            V8,
+            i_j,
+            i_b,
+            i_hk,
+            HKV,
+            L,
+            s_kb,
+            s_kh,
+            s_kl,
+            s_kd,
+            s_vb,
+            s_vh,
+            s_vl,
+            s_vd,
+            o_m,
+            o_d,
+            m_d,
+            qk_scale,
+            1,
+            D,
+            BLOCK,
+            BLOCK_N,
+            BLOCK_D,
+            CAUSAL,
+            POOL_IN_KERNEL,
+        )
     elif lev == 2:
-        b_acc, b_m, b_l = _edge_block(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, i_j,
-                                      i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd, s_vb, s_vh, s_vl, s_vd,
-                                      o_m, o_d, m_d, qk_scale,
-                                      2, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
+        b_acc, b_m, b_l = _edge_block(
+            b_acc,
+            b_m,
+            b_l,
+            b_q,
+            K,
+            V,
+            K2,
+            V2,
+            K4,
+            V4,
+            K8,
+            V8,
+            i_j,
+            i_b,
+            i_hk,
+            HKV,
+            L,
+            s_kb,
+            s_kh,
+            s_kl,
+            s_kd,
+            s_vb,
+            s_vh,
+            s_vl,
+            s_vd,
+            o_m,
+            o_d,
+            m_d,
+            qk_scale,
+            2,
+            D,
+            BLOCK,
+            BLOCK_N,
+            BLOCK_D,
+            CAUSAL,
+            POOL_IN_KERNEL,
+        )
     elif lev == 4:
-        b_acc, b_m, b_l = _edge_block(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, i_j,
-                                      i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd, s_vb, s_vh, s_vl, s_vd,
-                                      o_m, o_d, m_d, qk_scale,
-                                      4, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
+        b_acc, b_m, b_l = _edge_block(
+            b_acc,
+            b_m,
+            b_l,
+            b_q,
+            K,
+            V,
+            K2,
+            V2,
+            K4,
+            V4,
+            K8,
+            V8,
+            i_j,
+            i_b,
+            i_hk,
+            HKV,
+            L,
+            s_kb,
+            s_kh,
+            s_kl,
+            s_kd,
+            s_vb,
+            s_vh,
+            s_vl,
+            s_vd,
+            o_m,
+            o_d,
+            m_d,
+            qk_scale,
+            4,
+            D,
+            BLOCK,
+            BLOCK_N,
+            BLOCK_D,
+            CAUSAL,
+            POOL_IN_KERNEL,
+        )
     elif lev == 8:
-        b_acc, b_m, b_l = _edge_block(b_acc, b_m, b_l, b_q, K, V, K2, V2, K4, V4, K8, V8, i_j,
-                                      i_b, i_hk, HKV, L, s_kb, s_kh, s_kl, s_kd, s_vb, s_vh, s_vl, s_vd,
-                                      o_m, o_d, m_d, qk_scale,
-                                      8, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
+        b_acc, b_m, b_l = _edge_block(
+            b_acc,
+            b_m,
+            b_l,
+            b_q,
+            K,
+            V,
+            K2,
+            V2,
+            K4,
+            V4,
+            K8,
+            V8,
+            i_j,
+            i_b,
+            i_hk,
+            HKV,
+            L,
+            s_kb,
+            s_kh,
+            s_kl,
+            s_kd,
+            s_vb,
+            s_vh,
+            s_vl,
+            s_vd,
+            o_m,
+            o_d,
+            m_d,
+            qk_scale,
+            8,
+            D,
+            BLOCK,
+            BLOCK_N,
+            BLOCK_D,
+            CAUSAL,
+            POOL_IN_KERNEL,
+        )
     # A row that saw no key at all (l = 0) gets 0.
     b_o = b_acc / tl.where(b_l > 0, b_l, 1.0)[:, None]
-    p_o = O + i_b.to(tl.int64) * s_ob + i_h.to(tl.int64) * s_oh \
-        + o_m[:, None].to(tl.int64) * s_ol + o_d[None, :] * s_od
+    p_o = O + i_b.to(tl.int64) * s_ob + i_h.to(tl.int64) * s_oh + o_m[:, None].to(tl.int64) * s_ol + o_d[None, :] * s_od
     tl.store(p_o, b_o.to(O.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
 
 
@@ -356,7 +971,10 @@ def _configs():
         return [triton.Config({"BLOCK_M": bm, "BLOCK_N": 64}, num_warps=4, num_stages=1) for bm in (16, 32, 64)]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm in (16, 32, 64, 128) for bn in (64, 128) for w in (4, 8) for s in (2, 3, 4)
+        for bm in (16, 32, 64, 128)
+        for bn in (64, 128)
+        for w in (4, 8)
+        for s in (2, 3, 4)
     ]
 
 
@@ -409,8 +1027,15 @@ def build_block_lists(levels: torch.Tensor, causal: bool = True) -> tuple[torch.
     idx = torch.empty(B, HQ, nb, nb, device=levels.device, dtype=torch.int32)
     meta = torch.zeros(B, HQ, nb, _META, device=levels.device, dtype=torch.int32)
     _block_lists_kernel[(B * HQ * nb,)](
-        levels, idx, meta, *levels.stride(), HQ, nb,
-        CAUSAL=causal, BLOCK_NB=max(16, triton.next_power_of_2(nb)), num_warps=4,
+        levels,
+        idx,
+        meta,
+        *levels.stride(),
+        HQ,
+        nb,
+        CAUSAL=causal,
+        BLOCK_NB=max(16, triton.next_power_of_2(nb)),
+        num_warps=4,
     )
     return idx, meta
 
@@ -435,15 +1060,32 @@ def _gluon_kernel(q, k, v, block, pool_in_kernel):
     return hopper if hopper.supported(q, k, v, block, pool_in_kernel) else None
 
 
-def _pyramid_attention_fwd(q, k, v, levels, causal, scale, block, *, pool_in_kernel=False,
-                           pooled=None, lists=None, config=None, tma=None, ws=None, gluon=None):
+def _pyramid_attention_fwd(
+    q,
+    k,
+    v,
+    levels,
+    causal,
+    scale,
+    block,
+    *,
+    pool_in_kernel=False,
+    pooled=None,
+    lists=None,
+    config=None,
+    tma=None,
+    ws=None,
+    gluon=None,
+):
     B, HQ, HKV, L, D, nb = check_args(q, k, v, levels, causal, block)
     if not q.is_cuda and not _interpreting():
-        raise ValueError("pyramid_attention runs on CUDA tensors (or under TRITON_INTERPRET=1); "
-                         "for CPU tensors use qvl_kernels.pyramid_attention.naive.pyramid_attention")
+        raise ValueError(
+            "pyramid_attention runs on CUDA tensors (or under TRITON_INTERPRET=1); "
+            "for CPU tensors use qvl_kernels.pyramid_attention.naive.pyramid_attention"
+        )
     if D > 256:
         raise ValueError(f"head_dim up to 256 is supported, got {D}")
-    scale = D ** -0.5 if scale is None else float(scale)
+    scale = D**-0.5 if scale is None else float(scale)
     if pool_in_kernel:
         k2 = v2 = k4 = v4 = k8 = v8 = k  # unused
     else:
@@ -456,18 +1098,48 @@ def _pyramid_attention_fwd(q, k, v, levels, causal, scale, block, *, pool_in_ker
     hopper = _gluon_kernel(q, k, v, block, pool_in_kernel) if gluon and config is None else None
     if hopper is not None:
         try:
-            return hopper.pyramid_attention_hopper(q, k, v, (k2, k4, k8, v2, v4, v8), (idx, meta), causal, scale,
-                                                   stages=OPTIONS["gluon_stages"], q_first=OPTIONS["gluon_q_first"])
+            return hopper.pyramid_attention_hopper(
+                q,
+                k,
+                v,
+                (k2, k4, k8, v2, v4, v8),
+                (idx, meta),
+                causal,
+                scale,
+                stages=OPTIONS["gluon_stages"],
+                q_first=OPTIONS["gluon_q_first"],
+            )
         except hopper.GLUON_COMPILE_ERRORS as e:  # a Triton whose Gluon API differs: say so once, go on
             OPTIONS["gluon"] = False
-            warnings.warn(f"qvl_kernels: the Gluon Hopper kernel does not build with Triton {triton.__version__} "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); using the Triton kernel",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"qvl_kernels: the Gluon Hopper kernel does not build with Triton {triton.__version__} "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); using the Triton kernel",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     o = torch.empty_like(q)
     args = (
-        q, k, v, k2, v2, k4, v4, k8, v8, o, idx, meta,
-        *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-        scale * 1.4426950408889634, L, nb, HQ, HQ // HKV,
+        q,
+        k,
+        v,
+        k2,
+        v2,
+        k4,
+        v4,
+        k8,
+        v8,
+        o,
+        idx,
+        meta,
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *o.stride(),
+        scale * 1.4426950408889634,
+        L,
+        nb,
+        HQ,
+        HQ // HKV,
     )
     tma = OPTIONS["tma"] if tma is None else tma
     ws = OPTIONS["ws"] if ws is None else ws
@@ -475,8 +1147,15 @@ def _pyramid_attention_fwd(q, k, v, levels, causal, scale, block, *, pool_in_ker
     tma = bool(tma) and (q.is_cuda or _interpreting()) and tma_ok(k, v)
     if tma:
         ensure_tma_allocator()
-    consts = dict(D=D, BLOCK=block, CAUSAL=bool(causal), POOL_IN_KERNEL=bool(pool_in_kernel),
-                  TMA=tma, WS=bool(ws) and tma, BLOCK_D=max(16, triton.next_power_of_2(D)))
+    consts = dict(
+        D=D,
+        BLOCK=block,
+        CAUSAL=bool(causal),
+        POOL_IN_KERNEL=bool(pool_in_kernel),
+        TMA=tma,
+        WS=bool(ws) and tma,
+        BLOCK_D=max(16, triton.next_power_of_2(D)),
+    )
     if config is None:
         grid = lambda meta_: (triton.cdiv(L, meta_["BLOCK_M"]), B * HQ)  # noqa: E731
         _pyramid_attn_kernel_tuned[grid](*args, **consts)

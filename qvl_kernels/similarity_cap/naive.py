@@ -47,9 +47,9 @@ def block_similarity(k: torch.Tensor, *, block: int = 128, out: torch.Tensor | N
     pos = torch.arange(nb * block, device=k.device).view(nb, block)
     sims = []
     for r in RATIOS:
-        a, b = kf[..., 0::r, :], kf[..., r - 1::r, :]  # [B, H, nb, block / r, D]
+        a, b = kf[..., 0::r, :], kf[..., r - 1 :: r, :]  # [B, H, nb, block / r, D]
         cos = (a * b).sum(-1) / torch.sqrt(torch.clamp((a * a).sum(-1) * (b * b).sum(-1), min=EPS * EPS))
-        valid = pos[:, r - 1::r] < L  # [nb, block / r]
+        valid = pos[:, r - 1 :: r] < L  # [nb, block / r]
         n = valid.sum(-1)
         sims.append(torch.where(n > 0, (cos * valid).sum(-1) / n.clamp(min=1), 0.0))
     s = torch.stack(sims, -1)
@@ -63,7 +63,7 @@ def _pair_counts(L: int, block: int, device) -> torch.Tensor:
     """[nb, 3]: number of complete pairs per block and level."""
     nb = math.ceil(L / block)
     pos = torch.arange(nb * block, device=device).view(nb, block)
-    return torch.stack([(pos[:, r - 1::r] < L).sum(-1) for r in RATIOS], -1)
+    return torch.stack([(pos[:, r - 1 :: r] < L).sum(-1) for r in RATIOS], -1)
 
 
 def similarity_cap(

@@ -20,8 +20,7 @@ _EPS2 = tl.constexpr(EPS * EPS)  # jit code may read only constexpr globals
 
 
 @triton.jit
-def _pair_cos_mean(p_k, s_kl, o_c, L, o_d, m_d,
-                   R: tl.constexpr, BLOCK: tl.constexpr, NBLK: tl.constexpr):
+def _pair_cos_mean(p_k, s_kl, o_c, L, o_d, m_d, R: tl.constexpr, BLOCK: tl.constexpr, NBLK: tl.constexpr):
     # Mean cosine of the pairs (g*R, g*R + R - 1) of each of the NBLK blocks starting at token o_c.
     NG: tl.constexpr = NBLK * BLOCK // R
     o_a = o_c + tl.arange(0, NG) * R  # first token of each pair
@@ -39,10 +38,18 @@ def _pair_cos_mean(p_k, s_kl, o_c, L, o_d, m_d,
 
 @triton.jit
 def _similarity_kernel(
-    k, sim, cap,
-    s_kb, s_kh, s_kl,
-    t2, t4, t8,
-    L, NB, H,
+    k,
+    sim,
+    cap,
+    s_kb,
+    s_kh,
+    s_kl,
+    t2,
+    t4,
+    t8,
+    L,
+    NB,
+    H,
     D: tl.constexpr,
     BD: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -73,8 +80,10 @@ def _similarity_kernel(
 def _similarity(k, block, thresholds, sim=None, cap=None):
     B, H, L, D, nb = check_args(k, block, thresholds)
     if not k.is_cuda and not _INTERPRET:
-        raise ValueError("similarity_cap runs on CUDA tensors (or under TRITON_INTERPRET=1); "
-                         "on the CPU use qvl_kernels.similarity_cap.naive")
+        raise ValueError(
+            "similarity_cap runs on CUDA tensors (or under TRITON_INTERPRET=1); "
+            "on the CPU use qvl_kernels.similarity_cap.naive"
+        )
     if k.stride(-1) != 1:
         k = k.contiguous()
     if sim is None:
@@ -86,11 +95,22 @@ def _similarity(k, block, thresholds, sim=None, cap=None):
     # few programs with large numpy ops.
     NBLK = min(triton.next_power_of_2(nb), 32) if _INTERPRET else max(1, 128 // block)
     _similarity_kernel[(triton.cdiv(nb, NBLK), B * H)](
-        k, sim, cap,
-        k.stride(0), k.stride(1), k.stride(2),
-        float(thresholds[0]), float(thresholds[1]), float(thresholds[2]),
-        L, nb, H,
-        D=D, BD=BD, BLOCK=block, NBLK=NBLK,
+        k,
+        sim,
+        cap,
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        float(thresholds[0]),
+        float(thresholds[1]),
+        float(thresholds[2]),
+        L,
+        nb,
+        H,
+        D=D,
+        BD=BD,
+        BLOCK=block,
+        NBLK=NBLK,
         num_warps=4 if BD <= 64 else 8,
     )
     return sim, cap

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 import triton
-
 from _helpers import TOL, assert_close_rel, poison, poisoned_allocations
+
 from qvl_kernels.block_importance import block_importance
 from qvl_kernels.block_importance.naive import block_importance as block_importance_ref
 from qvl_kernels.block_importance.naive import quantize_fp8 as quantize_fp8_ref
@@ -67,6 +67,7 @@ def launches(monkeypatch):
             def launch(*args, **kwargs):
                 seen.append((kwargs["TMA"], kwargs["PARTIAL"]))
                 return self.kernel[grid](*args, **kwargs)
+
             return launch
 
     monkeypatch.setattr(MOD, "_xattn_kernel_tuned", Spy(MOD._xattn_kernel_tuned))
@@ -199,8 +200,16 @@ def test_xattn_head_dim_80(tma, bk):
     q, k = _qk(B, HKV, G, L, D, torch.float32, seed=5)
     for causal in (True, False):
         with poisoned_allocations():
-            S = MOD._xattn(q, k, block, stride, causal, _poisoned_out(q, block), tma=tma,
-                           config=dict(BM=16, BN=32, BK=bk, FLAT=True, num_warps=4, num_stages=1))
+            S = MOD._xattn(
+                q,
+                k,
+                block,
+                stride,
+                causal,
+                _poisoned_out(q, block),
+                tma=tma,
+                config=dict(BM=16, BN=32, BK=bk, FLAT=True, num_warps=4, num_stages=1),
+            )
         assert_close_rel(S, block_importance_ref(q, k, block=block, stride=stride, causal=causal), 1e-5)
 
 
@@ -217,15 +226,25 @@ def test_xattn_row_scale(tma):
     e = torch.tensor([[0.7, 1.6]], device=DEVICE)
     q_scaled = q / c.repeat_interleave(stride, dim=2)[:, :, :L, None]
     with poisoned_allocations():
-        S = MOD._xattn(q_scaled, k / e[..., None, None], block, stride, True, _poisoned_out(q, block), tma=tma,
-                       config=FIXED_CONFIG, row_scale=(c, e))
+        S = MOD._xattn(
+            q_scaled,
+            k / e[..., None, None],
+            block,
+            stride,
+            True,
+            _poisoned_out(q, block),
+            tma=tma,
+            config=FIXED_CONFIG,
+            row_scale=(c, e),
+        )
     assert_close_rel(S, ref, 1e-5, what="rescaled q and k")
     if torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 9):
         return  # no fp8 dots before Ada / Hopper
     q8, k8, sq, sk = quantize_fp8_ref(q, k, stride=stride)
     with poisoned_allocations():
-        S = MOD._xattn(q8, k8, block, stride, True, _poisoned_out(q, block), tma=tma, config=FIXED_CONFIG,
-                       row_scale=(sq, sk))
+        S = MOD._xattn(
+            q8, k8, block, stride, True, _poisoned_out(q, block), tma=tma, config=FIXED_CONFIG, row_scale=(sq, sk)
+        )
     assert_close_rel(S, ref, 2e-2, what="fp8 q, k")
 
 
@@ -244,7 +263,7 @@ def test_tma_only_where_the_layout_allows(monkeypatch, launches):
     q2, k2 = _qk(1, 1, 2, 70, 68, torch.float16, seed=7)
     assert check(q2[..., :64], k2[..., :64]) == (False, False)  # token stride 136 B
     flat = torch.randn(2 * 70 * 64 + 8, device=DEVICE).to(torch.float16)
-    assert check(flat[1:2 * 70 * 64 + 1].view(1, 2, 70, 64), k) == (False, False)  # base 2 B off alignment
+    assert check(flat[1 : 2 * 70 * 64 + 1].view(1, 2, 70, 64), k) == (False, False)  # base 2 B off alignment
     head = 70 * 64 + 4  # head stride 8968 B
     assert check(flat.as_strided((1, 2, 70, 64), (2 * head, head, 64, 1)), k) == (False, False)
     monkeypatch.setitem(MOD.OPTIONS, "tma", False)
@@ -276,8 +295,12 @@ def test_xattn_is_the_antidiagonal_of_the_full_score_matrix():
 def test_xattn_stride_1_is_block_sums_of_causal_attention():
     B, HKV, G, L, D, block = 1, 1, 1, 50, 64, 16
     q, k = _qk(B, HKV, G, L, D, torch.float32, seed=2)
-    p = torch.softmax((q @ k.transpose(-1, -2) / math.sqrt(D)).masked_fill(
-        torch.ones(L, L, dtype=torch.bool, device=DEVICE).triu(1), float("-inf")), -1)
+    p = torch.softmax(
+        (q @ k.transpose(-1, -2) / math.sqrt(D)).masked_fill(
+            torch.ones(L, L, dtype=torch.bool, device=DEVICE).triu(1), float("-inf")
+        ),
+        -1,
+    )
     nb = math.ceil(L / block)
     p = torch.nn.functional.pad(p, (0, nb * block - L, 0, nb * block - L))
     ref = p.unflatten(-1, (nb, block)).sum(-1).unflatten(-2, (nb, block)).sum(-2)
@@ -289,7 +312,9 @@ def test_xattn_row_sums_count_strided_rows():
     L, block, s = 300, 32, 4
     q, k = _qk(1, 1, 2, L, 64, torch.float32, seed=3)
     S = block_importance(q, k, block=block, stride=s)
-    rows = torch.tensor([min(block // s, math.ceil(L / s) - i * (block // s)) for i in range(S.shape[-1])], dtype=torch.float32)
+    rows = torch.tensor(
+        [min(block // s, math.ceil(L / s) - i * (block // s)) for i in range(S.shape[-1])], dtype=torch.float32
+    )
     assert_close_rel(S.sum(-1).cpu(), rows.expand(1, 2, -1), 1e-5, what="row sums")
 
 
@@ -338,23 +363,33 @@ def test_gpu_launch_classes_pick_the_measured_configs(monkeypatch):
     # The GPU config table: one config per class from 2048 strided rows up (nothing to time), at
     # most two below; every config serves some class; tiles that do not hold whole blocks drop.
     monkeypatch.setattr(MOD, "_INTERPRET", False)
-    configs = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "FLAT": flat}, num_warps=w, num_stages=st)
-               for bm, bn, bk, w, st, flat in MOD._GPU_CONFIGS]
+    configs = [
+        triton.Config({"BM": bm, "BN": bn, "BK": bk, "FLAT": flat}, num_warps=w, num_stages=st)
+        for bm, bn, bk, w, st, flat in MOD._GPU_CONFIGS
+    ]
 
     def pick(R=16, IEEE=False, TMA=True, L_BUCKET=5, ROW_SCALE=False):
-        return [MOD._as_tuple(c) for c in MOD._prune(configs, dict(L_BUCKET=L_BUCKET), R=R, IEEE=IEEE, TMA=TMA,
-                                                     ROW_SCALE=ROW_SCALE)]
+        return [
+            MOD._as_tuple(c)
+            for c in MOD._prune(configs, dict(L_BUCKET=L_BUCKET), R=R, IEEE=IEEE, TMA=TMA, ROW_SCALE=ROW_SCALE)
+        ]
 
     assert pick() == [(128, 256, 64, 8, 4, True)]
     assert pick(L_BUCKET=MOD._MID_BUCKET) == [(128, 256, 64, 8, 3, True)]
     for bucket in (MOD._MID_BUCKET, MOD._LONG_BUCKET):  # fp8 copies: one tile from 2048 strided rows
         assert pick(L_BUCKET=bucket, ROW_SCALE=True) == [(128, 256, 128, 8, 3, True)]
-        assert pick(TMA=False, L_BUCKET=bucket) == pick(TMA=False, L_BUCKET=bucket, ROW_SCALE=True) \
+        assert (
+            pick(TMA=False, L_BUCKET=bucket)
+            == pick(TMA=False, L_BUCKET=bucket, ROW_SCALE=True)
             == [(128, 128, 128, 8, 3, True)]
+        )
     assert pick(IEEE=True) == pick(IEEE=True, L_BUCKET=1) == [(128, 128, 64, 8, 2, True), (64, 128, 64, 4, 2, True)]
     for bucket in range(MOD._MID_BUCKET):
-        assert pick(L_BUCKET=bucket) == pick(L_BUCKET=bucket, ROW_SCALE=True) \
+        assert (
+            pick(L_BUCKET=bucket)
+            == pick(L_BUCKET=bucket, ROW_SCALE=True)
             == [(128, 128, 64, 8, 4, True), (64, 128, 128, 4, 3, True)]
+        )
         assert pick(TMA=False, L_BUCKET=bucket) == [(128, 128, 128, 8, 3, True), (64, 128, 128, 4, 3, True)]
     assert pick(R=128, L_BUCKET=3) == [(128, 128, 64, 8, 4, True)]  # block 128, stride 1: no 64-row tiles
     assert pick(R=256) == [(256, 256, 128, 8, 2, True)]  # one tile per block
@@ -376,12 +411,14 @@ def test_direct_launch_config_is_what_the_autotuner_would_run(monkeypatch):
                 for TMA in (False, True):
                     for ROW_SCALE in (False, True):
                         for bucket in range(MOD._LONG_BUCKET + 1):
-                            kept = MOD._prune(configs, dict(L_BUCKET=bucket), R=R, IEEE=IEEE, TMA=TMA,
-                                              ROW_SCALE=ROW_SCALE)
+                            kept = MOD._prune(
+                                configs, dict(L_BUCKET=bucket), R=R, IEEE=IEEE, TMA=TMA, ROW_SCALE=ROW_SCALE
+                            )
                             direct = MOD._only_config(MOD._launch_class(IEEE, TMA, bucket, ROW_SCALE), R)
                             if len(kept) == 1 and MOD._as_tuple(kept[0]) in MOD._GPU_CONFIGS:
-                                assert direct == dict(kept[0].kwargs, num_warps=kept[0].num_warps,
-                                                      num_stages=kept[0].num_stages)
+                                assert direct == dict(
+                                    kept[0].kwargs, num_warps=kept[0].num_warps, num_stages=kept[0].num_stages
+                                )
                             else:
                                 assert direct is None
         # from 2048 strided rows every bf16/fp16/fp8 class launches directly
@@ -468,8 +505,10 @@ def _check_quantized(x, x8, scale, stride):
 
 
 QMOD = importlib.import_module("qvl_kernels.block_importance.quantize")
-ROUNDINGS = [pytest.param(True, id="arithmetic-rounding"),  # what the interpreter runs
-             pytest.param(False, id="cast-rounding", marks=pytest.mark.gpu)]  # the interpreter's cast is off
+ROUNDINGS = [
+    pytest.param(True, id="arithmetic-rounding"),  # what the interpreter runs
+    pytest.param(False, id="cast-rounding", marks=pytest.mark.gpu),
+]  # the interpreter's cast is off
 
 
 @pytest.mark.parametrize("round_in_kernel", ROUNDINGS)
@@ -478,11 +517,51 @@ def test_quantize_fp8_rounds_to_nearest_even(monkeypatch, round_in_kernel):
     # normal and subnormal (amax 448: the scale is 1), and the largest value itself; then many
     # random fp32 values. Both roundings: the GPU's cast and the arithmetic one.
     monkeypatch.setattr(QMOD, "ROUND_IN_KERNEL", round_in_kernel)
-    grid = torch.tensor([0.0, 2.0**-10, 2.0**-9, 1.5 * 2.0**-9, 2.5 * 2.0**-9, 3.5 * 2.0**-9, 7.5 * 2.0**-9, 2.0**-6,
-                         1.0625, 1.1875, 1.0625 + 2.0**-20, 17.0, 19.0, 31.5, 240.0, 272.0, 432.0, 448.0])
+    grid = torch.tensor(
+        [
+            0.0,
+            2.0**-10,
+            2.0**-9,
+            1.5 * 2.0**-9,
+            2.5 * 2.0**-9,
+            3.5 * 2.0**-9,
+            7.5 * 2.0**-9,
+            2.0**-6,
+            1.0625,
+            1.1875,
+            1.0625 + 2.0**-20,
+            17.0,
+            19.0,
+            31.5,
+            240.0,
+            272.0,
+            432.0,
+            448.0,
+        ]
+    )
     x = torch.cat([grid, -grid]).view(1, 1, -1, 4)
-    want = torch.tensor([0.0, 0.0, 2.0**-9, 2.0**-8, 2.0**-8, 2.0**-7, 2.0**-6, 2.0**-6,
-                         1.0, 1.25, 1.125, 16.0, 20.0, 32.0, 240.0, 256.0, 448.0, 448.0])
+    want = torch.tensor(
+        [
+            0.0,
+            0.0,
+            2.0**-9,
+            2.0**-8,
+            2.0**-8,
+            2.0**-7,
+            2.0**-6,
+            2.0**-6,
+            1.0,
+            1.25,
+            1.125,
+            16.0,
+            20.0,
+            32.0,
+            240.0,
+            256.0,
+            448.0,
+            448.0,
+        ]
+    )
     q8, k8, sq, sk = quantize_fp8(x.to(DEVICE), x.to(DEVICE), stride=16)  # 9 tokens: one strided row
     assert sq.item() == sk.item() == 1.0
     assert torch.equal(q8.float().cpu().flatten(), torch.cat([want, -want]))
@@ -585,8 +664,10 @@ def test_xattn_fp8_levels_agree_on_video_like_data():
     S = block_importance(q, k, fp8=True, **kw)
     ref = block_importance_ref(q.float(), k.float(), **kw)
     vis = torch.ones(S.shape[-1], S.shape[-1], dtype=torch.bool, device=DEVICE).tril()
-    for mode, ratios in (("topk", {1: (0.0, 0.1), 2: (0.1, 0.2), 0: (0.2, 1.0)}),
-                         ("energybound", {1: (0.0, 0.7), 2: (0.7, 0.8), 4: (0.8, 0.9), 0: (0.9, 1.0)})):
+    for mode, ratios in (
+        ("topk", {1: (0.0, 0.1), 2: (0.1, 0.2), 0: (0.2, 1.0)}),
+        ("energybound", {1: (0.0, 0.7), 2: (0.7, 0.8), 4: (0.8, 0.9), 0: (0.9, 1.0)}),
+    ):
         got, want = level_mask(S, None, mode=mode, ratios=ratios), level_mask(ref, None, mode=mode, ratios=ratios)
         agree = (got == want)[..., vis].float().mean().item()
         assert agree >= 0.98, f"{mode}: fp8 levels agree on {agree:.2%} of the visible blocks"

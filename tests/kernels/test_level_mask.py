@@ -5,12 +5,18 @@ import math
 
 import pytest
 import torch
-
 from _helpers import poison, poisoned_allocations
+
 from qvl_kernels.level_mask import (
-    LEVELS, density, level_fractions, level_mask, level_mask_torch, level_mask_triton, stats_from_counts,
+    LEVELS,
+    density,
+    level_fractions,
+    level_mask,
+    level_mask_torch,
+    level_mask_triton,
+    naive,
+    stats_from_counts,
 )
-from qvl_kernels.level_mask import naive
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from _helpers import TOL, assert_close_rel, poisoned_allocations
+
 from qvl_kernels.pooling import mean_pool, mean_pool_kv
 from qvl_kernels.pooling.naive import mean_pool as mean_pool_ref
 
@@ -16,9 +16,7 @@ def _x(B, H, L, D, dtype, seed, device=DEVICE):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize(
-    "L, D", [(1, 64), (7, 80), (63, 128), (129, 64), (300, 80)], ids=lambda v: str(v)
-)
+@pytest.mark.parametrize("L, D", [(1, 64), (7, 80), (63, 128), (129, 64), (300, 80)], ids=lambda v: str(v))
 def test_mean_pool_matches_reference(L, D, dtype):
     x = _x(2, 3, L, D, dtype, seed=L * 1000 + D)
     with poisoned_allocations():

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _helpers import TOL, assert_close_rel, poisoned_allocations
+
 from qvl_kernels.block_importance.naive import block_importance as block_importance_ref
 from qvl_kernels.level_mask.naive import density as density_ref
 from qvl_kernels.level_mask.naive import level_mask as level_mask_ref
@@ -127,9 +127,16 @@ def test_config_defaults_presets_and_validation():
     assert all(PSAConfig.preset(name).importance_fp8 is None for name in ("default", "fast", "balanced", "dense"))
     assert PSAConfig(text_length=129).text_blocks == 2
     assert c.with_(text_length=10).text_length == 10 and c.text_length == 0
-    for bad in (dict(block=96), dict(stride=3), dict(method="x"), dict(mode="topp"),
-                dict(ratios={1: (0.0, 0.8), 2: (0.5, 1.0)}), dict(thresholds=(0.7,)), dict(text_length=-1),
-                dict(method="pooling", importance_fp8=True)):
+    for bad in (
+        dict(block=96),
+        dict(stride=3),
+        dict(method="x"),
+        dict(mode="topp"),
+        dict(ratios={1: (0.0, 0.8), 2: (0.5, 1.0)}),
+        dict(thresholds=(0.7,)),
+        dict(text_length=-1),
+        dict(method="pooling", importance_fp8=True),
+    ):
         with pytest.raises(ValueError):
             PSAConfig(**bad)
     with pytest.raises(ValueError):

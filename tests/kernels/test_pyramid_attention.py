@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _helpers import TOL, assert_close_rel, poisoned_allocations
+
 from qvl_kernels.pyramid_attention import build_block_lists, pyramid_attention
 from qvl_kernels.pyramid_attention.naive import pyramid_attention as pyramid_attention_ref
 
@@ -124,8 +124,11 @@ def test_strided_inputs():
     _check(q, k, v, lev, True, block, TOL[torch.float32])
 
 
-@pytest.mark.parametrize("tma, pool_in_kernel", [(False, False), (False, True), (True, True)],
-                         ids=["plain-loads", "pool-in-kernel", "tma+pool-in-kernel"])
+@pytest.mark.parametrize(
+    "tma, pool_in_kernel",
+    [(False, False), (False, True), (True, True)],
+    ids=["plain-loads", "pool-in-kernel", "tma+pool-in-kernel"],
+)
 def test_load_strategies(tma, pool_in_kernel):
     # The default is TMA loads with pre-pooled K/V; the other load paths must agree too.
     from qvl_kernels.pyramid_attention.pyramid_attention import _pyramid_attention_fwd
@@ -194,8 +197,11 @@ GLUON_CASES = [
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("case", GLUON_CASES, ids=[f"B{c[0]}-HQ{c[1]}-HKV{c[2]}-L{c[3]}-D{c[4]}-{'causal' if c[5] else 'full'}-{c[6]}"
-                                                   for c in GLUON_CASES])
+@pytest.mark.parametrize(
+    "case",
+    GLUON_CASES,
+    ids=[f"B{c[0]}-HQ{c[1]}-HKV{c[2]}-L{c[3]}-D{c[4]}-{'causal' if c[5] else 'full'}-{c[6]}" for c in GLUON_CASES],
+)
 def test_gluon_hopper_gpu(case, dtype):
     from qvl_kernels.pyramid_attention import hopper
 

@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
-
 from _helpers import TOL, assert_close_rel, poison, poisoned_allocations
-from qvl_kernels.similarity_cap import block_similarity, similarity_cap
-from qvl_kernels.similarity_cap import naive
+
+from qvl_kernels.similarity_cap import block_similarity, naive, similarity_cap
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [

@@ -57,7 +57,10 @@ def clip(media_dir) -> Path:
 def long_gop_clip(media_dir) -> Path:
     """6 s at 25 fps with one keyframe every 3 s and B-frames: seeking has real work to do."""
     return make_video(
-        media_dir / "long gop.mp4", seconds=6, fps=25, gop=75,
+        media_dir / "long gop.mp4",
+        seconds=6,
+        fps=25,
+        gop=75,
         extra=("-x264-params", "bframes=3:scenecut=0"),
     )
 
@@ -75,10 +78,23 @@ def vfr_clip(media_dir) -> Path:
     """Variable frame rate: 20 frames 0.1 s apart, then 10 frames 0.3 s apart (MKV)."""
     out = media_dir / "vfr.mkv"
     ffmpeg(
-        "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10:duration=3",
-        "-vf", "settb=1/1000,setpts='if(lt(N,20),N*100,2000+(N-20)*300)'",
-        "-fps_mode", "passthrough", "-c:v", "libx264", "-preset", "ultrafast", "-g", "10",
-        "-pix_fmt", "yuv420p", str(out),
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=10:duration=3",
+        "-vf",
+        "settb=1/1000,setpts='if(lt(N,20),N*100,2000+(N-20)*300)'",
+        "-fps_mode",
+        "passthrough",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "10",
+        "-pix_fmt",
+        "yuv420p",
+        str(out),
     )
     return out
 
@@ -98,8 +114,19 @@ def audio_only(media_dir) -> Path:
 @pytest.fixture(scope="session")
 def zero_length(media_dir) -> Path:
     out = media_dir / "zero.mp4"
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10", "-frames:v", "0",
-           "-c:v", "libx264", "-pix_fmt", "yuv420p", str(out))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=10",
+        "-frames:v",
+        "0",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        str(out),
+    )
     return out
 
 

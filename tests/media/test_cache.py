@@ -122,8 +122,9 @@ KILLED_WRITER = textwrap.dedent(
 
 def test_killed_run_leaves_no_half_entry(tmp_path, clip):
     root = tmp_path / "c"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(clip), str(root)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(clip), str(root)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "writing"  # frames are on disk in tmp/
         proc.send_signal(signal.SIGKILL)
@@ -158,8 +159,15 @@ CONCURRENT_WRITER = textwrap.dedent(
 
 def test_two_processes_fill_the_same_entry(tmp_path, clip):
     root, go = tmp_path / "c", tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_WRITER, str(clip), str(root), str(go)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT_WRITER, str(clip), str(root), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for p in procs:
         assert p.stdout.readline().strip() == "ready"
     go.touch()

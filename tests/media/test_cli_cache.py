@@ -40,8 +40,18 @@ def test_preprocess_fills_then_skips(tmp_path, videos):
 
 def test_preprocess_keeps_going_and_lists_failures(tmp_path, videos, not_a_video, audio_only):
     cache = tmp_path / "cache"
-    r = invoke("preprocess", videos / "a.mp4", not_a_video, audio_only, tmp_path / "missing.mp4",
-               "--frames", "4", "--cache-dir", cache, "--json")
+    r = invoke(
+        "preprocess",
+        videos / "a.mp4",
+        not_a_video,
+        audio_only,
+        tmp_path / "missing.mp4",
+        "--frames",
+        "4",
+        "--cache-dir",
+        cache,
+        "--json",
+    )
     assert r.exit_code == 1
     rows = {row["path"]: row for row in json_lines(r.stdout)}
     assert rows[str(videos / "a.mp4")]["status"] == "new"
@@ -58,12 +68,16 @@ def test_preprocess_human_output(tmp_path, videos):
 
 
 def test_preprocess_bad_options_and_unwritable_cache(tmp_path, videos):
-    assert_one_error(invoke("preprocess", videos, "--frames", "0", "--cache-dir", tmp_path / "c"),
-                     contains="--frames must be at least 1", exit_code=2)
+    assert_one_error(
+        invoke("preprocess", videos, "--frames", "0", "--cache-dir", tmp_path / "c"),
+        contains="--frames must be at least 1",
+        exit_code=2,
+    )
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert_one_error(invoke("preprocess", videos, "--frames", "4", "--cache-dir", blocker / "c"),
-                     contains="not writable")
+    assert_one_error(
+        invoke("preprocess", videos, "--frames", "4", "--cache-dir", blocker / "c"), contains="not writable"
+    )
 
 
 def test_cache_size_and_clear(tmp_path, videos):

@@ -22,8 +22,16 @@ from qvl.media.video import (
 
 
 def info(duration=20.0, fps=30.0, width=1920, height=1080, rotation=0) -> VideoInfo:
-    return VideoInfo(path="x.mp4", duration=duration, fps=fps, width=width, height=height,
-                     rotation=rotation, codec="h264", frame_count=round(duration * fps))
+    return VideoInfo(
+        path="x.mp4",
+        duration=duration,
+        fps=fps,
+        width=width,
+        height=height,
+        rotation=rotation,
+        codec="h264",
+        frame_count=round(duration * fps),
+    )
 
 
 def check_invariants(plan: FramePlan) -> None:

@@ -162,10 +162,24 @@ def test_rotation_matches_ffmpeg_autorotate(rotated_clip):
     assert ex.frames.shape[1:3] == (plan.height, plan.width) and plan.height > plan.width
     index = round(ex.timestamps[0] * info.fps)
     raw = subprocess.run(
-        [ffmpeg_exe(), "-v", "error", "-i", str(rotated_clip), "-vf",
-         f"select=eq(n\\,{index}),scale={plan.width}:{plan.height}:flags=bicubic",
-         "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
-        capture_output=True, check=True,
+        [
+            ffmpeg_exe(),
+            "-v",
+            "error",
+            "-i",
+            str(rotated_clip),
+            "-vf",
+            f"select=eq(n\\,{index}),scale={plan.width}:{plan.height}:flags=bicubic",
+            "-frames:v",
+            "1",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
     ).stdout
     want = np.frombuffer(raw, np.uint8).reshape(plan.height, plan.width, 3).astype(int)
     got = ex.frames[0].astype(int)
