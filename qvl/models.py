@@ -3,7 +3,10 @@
 A model spec is one of:
   - a preset: ``3b``, ``7b``, ``72b`` (the Qwen2.5-VL Instruct repos) or ``tiny`` (built offline);
   - a Hugging Face Hub id such as ``Qwen/Qwen2.5-VL-7B-Instruct``;
-  - a local folder holding ``config.json`` and weights.
+  - a local folder holding ``config.json`` and weights;
+  - ``random:3b``, ``random:7b``, ``random:72b``: the published architecture with random weights and
+    the tiny model's tokenizer, built on the device in seconds and never written to disk, for
+    measuring a machine without downloading weights (its answers are random text).
 
 Hub weights live in the Hugging Face cache (``HF_HOME``, ``HF_HUB_CACHE``), which is always looked
 at first, so a downloaded model never touches the network. When a model is missing, qvl downloads
@@ -23,6 +26,7 @@ from urllib.parse import urlparse
 from qvl.errors import ModelError
 
 TINY_SENTINEL = "qvl/tiny"
+RANDOM_PREFIX = "random:"
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 
 PRESETS: dict[str, str] = {
@@ -49,6 +53,69 @@ MODEL_INFO: dict[str, ModelInfo] = {
     "7b": ModelInfo(8.29, 16.6, "24 GB or more (80 GB for long videos)", 28, 3584),
     "72b": ModelInfo(73.4, 146.8, "several 80 GB GPUs", 80, 8192),
     "tiny": ModelInfo(0.0002, 0.001, "none (runs on the CPU)", 2, 64),
+}
+
+# The published architectures (config.json of each Instruct repo), for random:<preset> models.
+_VISION = {
+    "depth": 32,
+    "hidden_size": 1280,
+    "intermediate_size": 3420,
+    "num_heads": 16,
+    "in_channels": 3,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "tokens_per_second": 2,
+    "window_size": 112,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+    "hidden_act": "silu",
+}
+_TEXT = {
+    "vocab_size": 151936,
+    "max_position_embeddings": 128000,
+    "rms_norm_eps": 1e-6,
+    "hidden_act": "silu",
+    "rope_theta": 1000000.0,
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+    "use_sliding_window": False,
+}
+ARCHITECTURES: dict[str, dict] = {
+    "3b": {
+        "text": {
+            **_TEXT,
+            "hidden_size": 2048,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 36,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 2,
+        },
+        "vision": {**_VISION, "out_hidden_size": 2048},
+        "tie_word_embeddings": True,
+    },
+    "7b": {
+        "text": {
+            **_TEXT,
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+        },
+        "vision": {**_VISION, "out_hidden_size": 3584},
+        "tie_word_embeddings": False,
+    },
+    "72b": {
+        "text": {
+            **_TEXT,
+            "hidden_size": 8192,
+            "intermediate_size": 29568,
+            "num_hidden_layers": 80,
+            "num_attention_heads": 64,
+            "num_key_value_heads": 8,
+        },
+        "vision": {**_VISION, "out_hidden_size": 8192},
+        "tie_word_embeddings": False,
+    },
 }
 
 # The files a Qwen2.5-VL folder needs; README, LICENSE and other formats are left on the Hub.
@@ -84,12 +151,20 @@ class ResolvedModel:
     path: Path
     is_tiny: bool = False
     revision: str | None = None
+    random: str | None = None  # the preset whose architecture a random:<preset> model has
+
+    @property
+    def random_weights(self) -> bool:
+        """True for models whose answers are random text (tiny, random:<preset>)."""
+        return self.is_tiny or self.random is not None
 
     @property
     def name(self) -> str:
         """A short display name: the preset, the Hub id or the folder."""
         if self.is_tiny:
             return "tiny"
+        if self.random is not None:
+            return RANDOM_PREFIX + self.random
         return self.repo_id or str(self.path)
 
 
@@ -128,6 +203,11 @@ def resolve_model(spec: str | None, *, revision: str | None = None, allow_downlo
         from qvl.tiny import tiny_model_dir
 
         return ResolvedModel(spec=spec, repo_id=None, path=tiny_model_dir(), is_tiny=True)
+    if kind == "random":
+        from qvl.tiny import tiny_model_dir
+
+        # The tiny model's folder supplies the tokenizer and processor; the weights are made in memory.
+        return ResolvedModel(spec=spec, repo_id=None, path=tiny_model_dir(), random=value)
     if kind == "folder":
         path = Path(value).expanduser().resolve()
         check_model_folder(path)
@@ -163,6 +243,8 @@ def download(spec: str, *, revision: str | None = None, local_dir: str | Path | 
         return tiny_model_dir()
     if kind == "folder":
         raise ModelError(f"{spec} is a local folder, not a Hub model; nothing to download")
+    if kind == "random":
+        raise ModelError(f"{spec} has random weights made in memory on each run; nothing to download")
     if local_dir is None and (is_offline() or not hub_reachable()):
         cached, _ = _cached_snapshot(value, revision)
         if cached is not None:  # nothing to update without the Hub; the cached copy is complete
@@ -255,6 +337,13 @@ def _classify(spec: str) -> tuple[str, str]:
         return "tiny", TINY_SENTINEL
     if low in PRESETS:
         return "hub", PRESETS[low]
+    if low.startswith(RANDOM_PREFIX):
+        size = low[len(RANDOM_PREFIX) :]
+        if size not in ARCHITECTURES:
+            raise ModelError(
+                f"unknown random model {spec!r}; choose one of {', '.join(RANDOM_PREFIX + s for s in ARCHITECTURES)}"
+            )
+        return "random", size
     expanded = os.path.expanduser(spec)
     if os.path.isdir(expanded):
         return "folder", expanded

@@ -11,17 +11,23 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from qvl.errors import ModelError, OptionError
+from qvl.engine.load import DEVICES, DTYPES, resolve_device, resolve_dtype
+from qvl.errors import OptionError
+
+__all__ = [
+    "DEVICES",
+    "DTYPES",
+    "Engine",
+    "Request",
+    "Result",
+    "Timings",
+    "VideoFrames",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 if TYPE_CHECKING:
     import numpy as np
-    import torch
-
-DEVICES = ("auto", "cuda", "cpu")
-DTYPES = ("auto", "bfloat16", "float16", "float32")
-# Fraction of free GPU memory the weights may take before we spread the model with device_map="auto":
-# the rest is left for activations and the KV cache of long videos.
-_FIT_FRACTION = 0.8
 
 
 @dataclass
@@ -32,6 +38,8 @@ class Timings:
     media_s: float = 0.0  # opening images or sampling video frames, filled in by the caller
     preprocess_s: float = 0.0  # processor: resize, patchify, tokenize
     prefill_s: float = 0.0  # time to the first generated token
+    vision_s: float = 0.0  # the vision tower, part of prefill_s (fast path only)
+    warmup_s: float = 0.0  # decode cache allocation and graph capture, part of decode_s (fast path)
     decode_s: float = 0.0  # the remaining tokens
     tokens_per_s: float = 0.0  # decode rate, first token excluded
 
@@ -69,31 +77,7 @@ class Result:
     generated_tokens: int
     timings: Timings = field(default_factory=Timings)
     psa: dict | None = None  # PSA statistics of the prefill (density, level shares, per layer)
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device not in DEVICES:
-        raise OptionError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise OptionError("--device cuda: no CUDA device is available on this machine")
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    import torch
-
-    if dtype not in DTYPES:
-        raise OptionError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
-    if dtype == "auto":
-        # bf16 where the GPU has it; CPU matmuls in half precision are slow and lossy, so fp32 there.
-        if device == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return getattr(torch, dtype)
+    tokens: list[int] = field(default_factory=list)  # the generated token ids
 
 
 class Engine:
@@ -110,6 +94,7 @@ class Engine:
     ):
         """psa: a `qvl.psa.AttentionConfig` to run the language model's prefill with Pyramid
         Sparse Attention, or None for SDPA everywhere."""
+        from qvl.engine.load import load_model
         from qvl.models import resolve_model
 
         self.psa = psa
@@ -121,8 +106,18 @@ class Engine:
         self.dtype = resolve_dtype(dtype, self.device)
         started = time.perf_counter()
         self.resolved = resolve_model(model)
-        self.model, self.processor = _load(self.resolved.path, self.device, self.dtype, attn_implementation)
+        self.model, self.processor = load_model(self.resolved, self.device, self.dtype, attn_implementation)
         self.load_s = time.perf_counter() - started
+        self._fast = None  # the fast path's generator, made on first use
+
+    @property
+    def fast_path_problem(self) -> str | None:
+        """Why requests take the stock transformers path (None: they take qvl's fast path)."""
+        if self.model.device.type != "cuda":
+            return "the fast path needs a CUDA device"
+        if len({p.device for p in self.model.parameters()}) > 1:
+            return "the model is spread over several devices"
+        return None
 
     @property
     def name(self) -> str:
@@ -131,6 +126,11 @@ class Engine:
     @property
     def is_tiny(self) -> bool:
         return self.resolved.is_tiny
+
+    @property
+    def random_weights(self) -> bool:
+        """The model's answers are random text (tiny, random:<preset>)."""
+        return self.resolved.random_weights
 
     def prepare(self, request: Request):
         """Run the processor on one request: the model inputs (`input_ids`, pixel values, grids, ...),
@@ -148,38 +148,55 @@ class Engine:
             kwargs.update(_video_kwargs(request.video, self.processor.video_processor))
         return self.processor(text=[text], return_tensors="pt", **kwargs).to(self.model.device)
 
-    def generate(self, request: Request, on_text: Callable[[str], None] | None = None) -> Result:
-        """Answer one request. `on_text` receives the answer in pieces as tokens are generated."""
+    def generate(
+        self, request: Request, on_text: Callable[[str], None] | None = None, *, fast: bool | None = None
+    ) -> Result:
+        """Answer one request. `on_text` receives the answer in pieces as tokens are generated.
+
+        fast: qvl's fast path (our vision tower, static KV cache, CUDA-graph decode) or transformers'
+        `generate`; None takes the fast path wherever `fast_path_problem` is None.
+        """
         import torch
 
+        from qvl.engine.generate import FastGenerator, TextStream, eos_ids, stock_generate
+
+        if request.max_new_tokens < 1:
+            raise OptionError(f"--max-tokens must be at least 1, not {request.max_new_tokens}")
         timings = Timings(load_s=self.load_s)
         started = time.perf_counter()
         inputs = self.prepare(request)
         timings.preprocess_s = time.perf_counter() - started
 
-        streamer = _timing_streamer(self.processor.tokenizer, on_text)
-        generation = _generation_kwargs(request, self.processor.tokenizer)
+        tokenizer = self.processor.tokenizer
+        stream = TextStream(tokenizer, on_text)
+        if fast is None:
+            fast = self.fast_path_problem is None
         if request.seed is not None:
             torch.manual_seed(request.seed)
         started = time.perf_counter()
         with torch.inference_mode(), self._psa_scope(inputs["input_ids"]) as psa_stats:
-            output = self.model.generate(**inputs, **generation, streamer=streamer)
+            if fast:
+                if self._fast is None:
+                    self._fast = FastGenerator(self.model, use_graph=self.model.device.type == "cuda")
+                generated = self._fast.generate(inputs, request, stream, eos_ids(self.model, tokenizer))
+            else:
+                generated = stock_generate(self.model, tokenizer, inputs, request, stream)
         finished = time.perf_counter()
 
-        prompt_tokens = inputs["input_ids"].shape[1]
-        new_tokens = output[0, prompt_tokens:]
-        first = streamer.first_token_at or finished
-        timings.prefill_s = first - started
-        timings.decode_s = finished - first
+        new_tokens = generated.tokens
+        timings.prefill_s = generated.first_token_at - started
+        timings.vision_s = generated.vision_s
+        timings.warmup_s = generated.warmup_s
+        timings.decode_s = finished - generated.first_token_at
         if len(new_tokens) > 1 and timings.decode_s > 0:
             timings.tokens_per_s = (len(new_tokens) - 1) / timings.decode_s
-        text = self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
         return Result(
-            text=text.strip(),
-            prompt_tokens=prompt_tokens,
+            text=tokenizer.decode(new_tokens, skip_special_tokens=True).strip(),
+            prompt_tokens=inputs["input_ids"].shape[1],
             generated_tokens=len(new_tokens),
             timings=timings,
             psa=psa_stats.summary() if psa_stats is not None else None,
+            tokens=new_tokens,
         )
 
     def text_length(self, input_ids) -> int:
@@ -198,36 +215,6 @@ class Engine:
         from qvl.psa import PSAStats, psa_request
 
         return psa_request(self.psa, self.text_length(input_ids), PSAStats())
-
-
-def _load(path, device: str, dtype, attn_implementation):
-    import torch
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
-
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    if device == "cuda":
-        kwargs["device_map"] = "cuda" if _fits_one_gpu(path) else "auto"
-    try:
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, **kwargs)
-        processor = AutoProcessor.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the model from {path}: {_first_line(exc)}") from None
-    except torch.cuda.OutOfMemoryError:
-        raise ModelError(f"the model in {path} does not fit in GPU memory; try a smaller one (--model 3b)") from None
-    model.eval()
-    return model, processor
-
-
-def _fits_one_gpu(path) -> bool:
-    import torch
-
-    weights = sum(p.stat().st_size for p in path.glob("*.safetensors")) or sum(
-        p.stat().st_size for p in path.glob("*.bin")
-    )
-    free, _ = torch.cuda.mem_get_info()
-    return weights <= _FIT_FRACTION * free or torch.cuda.device_count() == 1
 
 
 def _video_kwargs(video: VideoFrames, video_processor) -> dict[str, Any]:
@@ -255,49 +242,3 @@ def _video_kwargs(video: VideoFrames, video_processor) -> dict[str, Any]:
         # video's token budget, and saying so silences their warning.
         videos_kwargs["cap_pixels_per_frame"] = False
     return {"videos": [video.frames], "video_metadata": [metadata], "videos_kwargs": videos_kwargs}
-
-
-def _generation_kwargs(request: Request, tokenizer) -> dict[str, Any]:
-    if request.max_new_tokens < 1:
-        raise OptionError(f"--max-tokens must be at least 1, not {request.max_new_tokens}")
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": request.max_new_tokens,
-        "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id,
-    }
-    if request.temperature and request.temperature > 0:
-        kwargs.update(do_sample=True, temperature=request.temperature)
-        if request.top_p is not None:
-            kwargs["top_p"] = request.top_p
-    else:
-        # Greedy; unset the sampling knobs a checkpoint's generation_config may carry, so
-        # transformers does not warn that they are ignored.
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    return kwargs
-
-
-def _timing_streamer(tokenizer, on_text: Callable[[str], None] | None):
-    """A transformers streamer that forwards decoded text and notes when the first new token came.
-
-    Built inside a function so that importing this module does not import transformers.
-    """
-    from transformers import TextStreamer
-
-    class TimingStreamer(TextStreamer):
-        first_token_at: float | None = None
-
-        def put(self, value):
-            # The first put carries the prompt; the first one after it is the first new token.
-            if not self.next_tokens_are_prompt and self.first_token_at is None:
-                self.first_token_at = time.perf_counter()
-            super().put(value)
-
-        def on_finalized_text(self, text: str, stream_end: bool = False):
-            if on_text is not None and text:
-                on_text(text)
-
-    return TimingStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

@@ -1,0 +1,188 @@
+"""The two ways an answer is generated: transformers' `generate` (stock), and qvl's fast path
+(`prefill.prefill` + `decode.StaticDecoder`). Both take the processor's inputs and return the new
+token ids with the time the first one came; both stream text through `TextStream`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from qvl.engine.decode import Sampling, StaticDecoder, capacity_for, sample
+from qvl.engine.prefill import prefill
+from qvl.errors import OptionError
+
+
+@dataclass
+class Generated:
+    tokens: list[int]
+    first_token_at: float
+    vision_s: float = 0.0  # fast path only: the vision tower, within the time to the first token
+    warmup_s: float = 0.0  # fast path only: cache allocation and graph capture (first request of a size)
+
+
+class TextStream:
+    """Turns token ids into text pieces as they come, decoding only a short window each time
+    (as vLLM's incremental detokenizer does) instead of the whole answer per token."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None] | None):
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.tokens: list[int] = []
+        self.start = 0  # first token of the window still being decoded
+        self.emitted = ""  # text of tokens[start:] already handed out
+
+    def put(self, token: int) -> None:
+        self.tokens.append(token)
+        if self.on_text is None:
+            return
+        text = self.tokenizer.decode(self.tokens[self.start :], skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
+            return
+        if text.startswith(self.emitted) and len(text) > len(self.emitted):
+            self.on_text(text[len(self.emitted) :])
+        self.emitted = text
+        if len(self.tokens) - self.start > 8:
+            self.start, self.emitted = len(self.tokens), ""
+
+
+def sampling_for(request, generation_config) -> Sampling:
+    """The token choice both paths make: the request's temperature/top-p over the checkpoint's
+    repetition penalty (and top-k when sampling), as transformers' generate applies them."""
+    penalty = float(getattr(generation_config, "repetition_penalty", None) or 1.0)
+    if not request.temperature or request.temperature <= 0:
+        return Sampling(repetition_penalty=penalty)
+    top_k = getattr(generation_config, "top_k", None)
+    return Sampling(request.temperature, request.top_p, top_k or None, penalty)
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return set(eos if isinstance(eos, (list, tuple)) else [eos])
+
+
+def stock_generate(model, tokenizer, inputs, request, stream: TextStream) -> Generated:
+    """`model.generate`, with the first token's time taken by the streamer."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class Timing(BaseStreamer):
+        first_at: float | None = None
+        prompt_seen = False
+
+        def put(self, value):
+            if not self.prompt_seen:  # the first put carries the prompt
+                self.prompt_seen = True
+                return
+            if self.first_at is None:
+                self.first_at = time.perf_counter()
+            for token in value.flatten().tolist():
+                stream.put(token)
+
+        def end(self):
+            pass
+
+    timing = Timing()
+    output = model.generate(**inputs, **_generation_kwargs(request, tokenizer), streamer=timing)
+    finished = time.perf_counter()
+    new = output[0, inputs["input_ids"].shape[1] :].tolist()
+    return Generated(tokens=new, first_token_at=timing.first_at or finished)
+
+
+def _generation_kwargs(request, tokenizer) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": request.max_new_tokens,
+        "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id,
+    }
+    if request.temperature and request.temperature > 0:
+        kwargs.update(do_sample=True, temperature=request.temperature)
+        if request.top_p is not None:
+            kwargs["top_p"] = request.top_p
+    else:
+        # Greedy; unset the sampling knobs a checkpoint's generation_config may carry, so
+        # transformers does not warn that they are ignored.
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+class FastGenerator:
+    """The fast path, holding the static decoder (its cache and graph) between requests."""
+
+    def __init__(self, model, use_graph: bool):
+        self.model = model
+        self.use_graph = use_graph
+        self.decoder: StaticDecoder | None = None
+
+    def generate(self, inputs, request, stream: TextStream, eos: set[int]) -> Generated:
+        if request.max_new_tokens < 1:
+            raise OptionError(f"--max-tokens must be at least 1, not {request.max_new_tokens}")
+        sampling = sampling_for(request, self.model.generation_config)
+        prompt = inputs["input_ids"]
+        done = prefill(self.model, inputs)
+        first = _first_token(done.logits, prompt, sampling)
+        first_at = time.perf_counter()
+        stream.put(first)
+        if first in eos or request.max_new_tokens == 1:
+            return Generated([first], first_at, done.vision_s)
+        warm_started = time.perf_counter()
+        # One slot past the last token: the step after end-of-sequence is already queued.
+        decoder = self._decoder(prompt.shape[1] + request.max_new_tokens + 1, sampling)
+        decoder.start(done.cache, prompt, first, done.rope_delta, sampling)
+        decoder.capture()
+        warmup_s = time.perf_counter() - warm_started
+        tokens = self._loop(decoder, request.max_new_tokens - 1, stream, eos)
+        return Generated([first, *tokens], first_at, done.vision_s, warmup_s)
+
+    def _decoder(self, tokens: int, sampling: Sampling) -> StaticDecoder:
+        current = self.decoder
+        # Reuse the cache (and its graph) unless it is too small, or more than twice the size needed.
+        if current is None or not current.fits(tokens) or current.capacity > 2 * capacity_for(tokens):
+            # Free the old cache before allocating the new one.
+            self.decoder = current = None
+            self.decoder = StaticDecoder(self.model, capacity_for(tokens), sampling, self.use_graph)
+        return self.decoder
+
+    @staticmethod
+    def _loop(decoder: StaticDecoder, steps: int, stream: TextStream, eos: set[int]) -> list[int]:
+        """Run `steps` decode steps, reading each token back one step behind the GPU."""
+        tokens: list[int] = []
+        on_gpu = decoder.token.device.type == "cuda"
+        if not on_gpu:
+            for _ in range(steps):
+                decoder.advance()
+                token = int(decoder.token)
+                tokens.append(token)
+                stream.put(token)
+                if token in eos:
+                    break
+            return tokens
+        host = torch.empty(steps, dtype=torch.long, pin_memory=True)
+        events = [torch.cuda.Event() for _ in range(2)]
+        for i in range(steps + 1):
+            if i < steps:
+                decoder.advance()
+                host[i : i + 1].copy_(decoder.token, non_blocking=True)
+                events[i % 2].record()
+            if i == 0:
+                continue
+            events[(i - 1) % 2].synchronize()
+            token = int(host[i - 1])
+            tokens.append(token)
+            stream.put(token)
+            if token in eos:
+                break
+        torch.cuda.synchronize()
+        return tokens
+
+
+def _first_token(logits: torch.Tensor, prompt: torch.Tensor, sampling: Sampling) -> int:
+    if sampling.repetition_penalty != 1.0:
+        seen = prompt.flatten()
+        scores = logits[seen]
+        p = sampling.repetition_penalty
+        logits = logits.index_put((seen,), torch.where(scores < 0, scores * p, scores / p))
+    if sampling.greedy:
+        return int(logits.argmax())
+    return int(sample(logits / sampling.temperature, sampling.top_k, sampling.top_p))

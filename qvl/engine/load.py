@@ -1,0 +1,153 @@
+"""Device and dtype choice, and loading a model + processor: from a folder, or random:<preset>."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from qvl.errors import ModelError, OptionError
+
+if TYPE_CHECKING:
+    import torch
+
+    from qvl.models import ResolvedModel
+
+DEVICES = ("auto", "cuda", "cpu")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+# Fraction of free GPU memory the weights may take before we spread the model with device_map="auto":
+# the rest is left for activations and the KV cache of long videos.
+_FIT_FRACTION = 0.8
+
+
+def check_device(device: str) -> None:
+    """Reject an unknown --device before anything heavy is imported."""
+    if device not in DEVICES:
+        raise OptionError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise OptionError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    check_device(device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise OptionError("--device cuda: no CUDA device is available on this machine")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    import torch
+
+    check_dtype(dtype)
+    if dtype == "auto":
+        # bf16 where the GPU has it; CPU matmuls in half precision are slow and lossy, so fp32 there.
+        if device == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def load_model(resolved: ResolvedModel, device: str, dtype, attn_implementation):
+    """(model, processor) ready for inference."""
+    from transformers import AutoProcessor
+
+    if resolved.random is not None:
+        model = _random_model(resolved, device, dtype, attn_implementation)
+    else:
+        model = _pretrained_model(resolved.path, device, dtype, attn_implementation)
+    try:
+        processor = AutoProcessor.from_pretrained(resolved.path)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the processor from {resolved.path}: {_first_line(exc)}") from None
+    model.eval()
+    return model, processor
+
+
+def _pretrained_model(path, device: str, dtype, attn_implementation):
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if device == "cuda":
+        kwargs["device_map"] = "cuda" if _fits_one_gpu(path) else "auto"
+    try:
+        return Qwen2_5_VLForConditionalGeneration.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the model from {path}: {_first_line(exc)}") from None
+    except torch.cuda.OutOfMemoryError:
+        raise ModelError(f"the model in {path} does not fit in GPU memory; try a smaller one (--model 3b)") from None
+
+
+def random_config(size: str, tiny_path):
+    """The published architecture of `size` with the tiny tokenizer's special-token ids."""
+    import json
+
+    from transformers import Qwen2_5_VLConfig
+
+    from qvl.models import ARCHITECTURES
+
+    arch = ARCHITECTURES[size]
+    tiny = json.loads((tiny_path / "config.json").read_text())
+    ids = {k: tiny[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
+    tiny_text = tiny["text_config"]
+    text = {**arch["text"], **{k: tiny_text[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}}
+    return Qwen2_5_VLConfig(
+        text_config=text, vision_config=dict(arch["vision"]), tie_word_embeddings=arch["tie_word_embeddings"], **ids
+    )
+
+
+def _random_model(resolved: ResolvedModel, device: str, dtype, attn_implementation):
+    import torch
+    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+
+    config = random_config(resolved.random, resolved.path)
+    need = _parameter_count(config) * torch.empty((), dtype=dtype).element_size()
+    if device == "cuda":
+        free, _ = torch.cuda.mem_get_info()
+        if need > _FIT_FRACTION * free:
+            raise ModelError(
+                f"{resolved.name} needs {need / 2**30:.0f} GiB for its weights and this GPU has "
+                f"{free / 2**30:.0f} GiB free; try a smaller one (random:7b, random:3b)"
+            )
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, **kwargs)
+    model.generation_config = GenerationConfig.from_pretrained(resolved.path)
+    return model
+
+
+def _parameter_count(config) -> int:
+    """Parameters of a Qwen2.5-VL config, from its shapes (biases and norms left out)."""
+    t, v = config.text_config, config.vision_config
+    head_dim = t.hidden_size // t.num_attention_heads
+    attn = t.hidden_size * (t.num_attention_heads + 2 * t.num_key_value_heads) * head_dim
+    attn += t.num_attention_heads * head_dim * t.hidden_size
+    layer = attn + 3 * t.hidden_size * t.intermediate_size
+    embeddings = t.vocab_size * t.hidden_size * (1 if config.tie_word_embeddings else 2)
+    vision_layer = 4 * v.hidden_size**2 + 3 * v.hidden_size * v.intermediate_size
+    merger = (4 * v.hidden_size) ** 2 + 4 * v.hidden_size * v.out_hidden_size
+    return t.num_hidden_layers * layer + embeddings + v.depth * vision_layer + merger
+
+
+def _fits_one_gpu(path) -> bool:
+    import torch
+
+    weights = sum(p.stat().st_size for p in path.glob("*.safetensors")) or sum(
+        p.stat().st_size for p in path.glob("*.bin")
+    )
+    free, _ = torch.cuda.mem_get_info()
+    return weights <= _FIT_FRACTION * free or torch.cuda.device_count() == 1
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,63 @@
+"""The prompt's forward pass for the fast path: our vision tower, the model's own rope index and
+language model, and the logits of the last position only.
+
+This is what `model.generate` does before its first token, split into parts we can time and keep:
+the media features come from `vision.run_tower` instead of the stock tower, and the language model
+returns its KV cache for `decode.StaticDecoder` to take over. The mRoPE positions come from the
+model's own `get_rope_index` with whichever inputs the installed transformers asks for, so they are
+the stock path's positions on every release.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+
+import torch
+
+from qvl.engine.vision import run_tower
+
+# Processor outputs that get_rope_index may take, by the names transformers uses.
+_ROPE_INPUTS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "mm_token_type_ids", "attention_mask")
+
+
+@dataclass
+class Prefilled:
+    logits: torch.Tensor  # [vocab] fp32, for the first generated token
+    cache: object  # the language model's KV cache (transformers Cache)
+    rope_delta: int  # decode positions are text positions + rope_delta
+    vision_s: float  # wall time of the vision tower (synchronised)
+
+
+@torch.inference_mode()
+def prefill(model, inputs) -> Prefilled:
+    core = model.model
+    config = model.config
+    ids = inputs["input_ids"]
+    sync = ids.device.type == "cuda"
+    started = time.perf_counter()
+    embeds = core.get_input_embeddings()(ids)
+    for pixels_key, grid_key, token_id in (
+        ("pixel_values", "image_grid_thw", config.image_token_id),
+        ("pixel_values_videos", "video_grid_thw", config.video_token_id),
+    ):
+        if inputs.get(pixels_key) is None:
+            continue
+        features = run_tower(core.visual, inputs[pixels_key], inputs[grid_key])
+        mask = (ids == token_id).unsqueeze(-1).expand_as(embeds)
+        embeds = embeds.masked_scatter(mask, features.to(embeds.dtype))
+    if sync:
+        torch.cuda.synchronize()
+    vision_s = time.perf_counter() - started
+    rope_kwargs = {k: inputs[k] for k in _rope_parameters(core) if inputs.get(k) is not None}
+    position_ids, rope_deltas = core.get_rope_index(ids, **rope_kwargs)
+    out = core.language_model(inputs_embeds=embeds, position_ids=position_ids, use_cache=True)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    logits = model.lm_head(out.last_hidden_state[:, -1])[0].float()
+    return Prefilled(logits=logits, cache=cache, rope_delta=int(rope_deltas.flatten()[0]), vision_s=vision_s)
+
+
+def _rope_parameters(core) -> tuple[str, ...]:
+    names = inspect.signature(core.get_rope_index).parameters
+    return tuple(k for k in _ROPE_INPUTS if k in names)
