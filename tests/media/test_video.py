@@ -15,7 +15,6 @@ from qvl.media.ffmpeg import ffmpeg_exe
 from qvl.media.video import (
     TruncatedVideo,
     VideoOptions,
-    _to_array,
     decode_plan,
     extract_frames,
     load_video,
@@ -23,6 +22,7 @@ from qvl.media.video import (
     plan_source,
     probe,
 )
+from qvl.media.video.decode import _to_array
 
 
 def reference(path, plan):
