@@ -6,7 +6,7 @@ names below are the public API; import them from here.
 """
 
 from qvl.media.video.decode import Extraction, Progress, TruncatedVideo, decode_plan, extract_frames
-from qvl.media.video.load import DOWNLOAD_TIMEOUT, VideoClip, download, fill_cache, load_video, plan_source
+from qvl.media.video.load import VideoClip, fill_cache, load_video, plan_source
 from qvl.media.video.options import (
     DEFAULT_FPS,
     FACTOR,
@@ -28,7 +28,6 @@ from qvl.media.video.probe import VideoInfo, open_container, probe
 
 __all__ = [
     "DEFAULT_FPS",
-    "DOWNLOAD_TIMEOUT",
     "FACTOR",
     "FRAME_FACTOR",
     "MAX_FRAMES",
@@ -49,7 +48,6 @@ __all__ = [
     "VideoInfo",
     "VideoOptions",
     "decode_plan",
-    "download",
     "extract_frames",
     "fill_cache",
     "load_video",

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from qvl.errors import InputError
+from qvl.media.fetch import download, is_url
 from qvl.media.video.decode import Extraction, Progress, decode_plan
 from qvl.media.video.options import VideoOptions
 from qvl.media.video.plan import FramePlan, plan_frames, sampled_fps_of
@@ -51,59 +51,6 @@ class VideoClip:
             "cache_key": self.cache_key,
             "seconds": round(self.seconds, 4),
         }
-
-
-def _is_url(source: str | os.PathLike) -> bool:
-    s = str(source)
-    return s.startswith("http://") or s.startswith("https://")
-
-
-DOWNLOAD_TIMEOUT = float(os.environ.get("QVL_DOWNLOAD_TIMEOUT", "20"))
-
-
-def download(url: str, dest_dir: str | os.PathLike, *, max_mb: float) -> Path:
-    """Fetch `url` into dest_dir, refusing anything over `max_mb` megabytes (1 MB = 10^6 bytes)."""
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    limit = int(max_mb * 1_000_000)
-    name = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name or "video"
-    dest = Path(dest_dir) / name
-    req = urllib.request.Request(url, headers={"User-Agent": "qvl"})
-    try:
-        with urllib.request.urlopen(req, timeout=DOWNLOAD_TIMEOUT) as resp:
-            length = resp.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > limit:
-                raise InputError(
-                    f"{url}: {int(length) / 1e6:.1f} MB is over the download limit of "
-                    f"{max_mb:g} MB (raise it with --max-download-mb)"
-                )
-            got = 0
-            with open(dest, "wb") as fh:
-                while True:
-                    chunk = resp.read(1 << 20)
-                    if not chunk:
-                        break
-                    got += len(chunk)
-                    if got > limit:
-                        raise InputError(
-                            f"{url}: more than the download limit of {max_mb:g} MB (raise it with --max-download-mb)"
-                        )
-                    fh.write(chunk)
-            if length and length.isdigit() and got < int(length):
-                raise InputError(f"{url}: download cut short ({got:,} of {int(length):,} bytes)")
-    except urllib.error.HTTPError as exc:
-        raise InputError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        reason = getattr(reason, "strerror", None) or str(reason)
-        raise InputError(f"{url}: cannot be reached ({reason})") from None
-    except (TimeoutError, OSError) as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(f"{url}: download failed ({getattr(exc, 'strerror', None) or exc})") from None
-    return dest
 
 
 def _info_from_dict(d: dict) -> VideoInfo:
@@ -149,11 +96,11 @@ class _LocalSource:
         self.tmpdir: str | None = None
 
     def __enter__(self) -> Path:
-        if _is_url(self.source):
+        if is_url(self.source):
             import tempfile
 
             self.tmpdir = tempfile.mkdtemp(prefix="qvl-download-")
-            return download(self.source, self.tmpdir, max_mb=self.options.max_download_mb)
+            return download(self.source, self.tmpdir, max_mb=self.options.max_download_mb, option="--max-download-mb")
         path = Path(self.source)
         check_readable(path)
         return path
