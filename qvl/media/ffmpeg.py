@@ -31,9 +31,3 @@ def ffmpeg_exe() -> str:
         return imageio_ffmpeg.get_ffmpeg_exe()
     except Exception as exc:  # imageio-ffmpeg raises RuntimeError when its binary is missing
         raise InputError("no ffmpeg binary found: install ffmpeg or the imageio-ffmpeg package") from exc
-
-
-@functools.lru_cache(maxsize=None)
-def ffprobe_exe() -> str | None:
-    """Path of a system ffprobe, or None (imageio-ffmpeg ships none)."""
-    return shutil.which("ffprobe")

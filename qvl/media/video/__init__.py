@@ -5,7 +5,7 @@ timestamps at what size), `decode` (PyAV), `load` (files and URLs, through the f
 names below are the public API; import them from here.
 """
 
-from qvl.media.video.decode import Extraction, Progress, TruncatedVideo, decode_plan, extract_frames
+from qvl.media.video.decode import Extraction, Progress, TruncatedVideo, decode_plan
 from qvl.media.video.load import VideoClip, fill_cache, load_video, plan_source
 from qvl.media.video.options import (
     DEFAULT_FPS,
@@ -48,7 +48,6 @@ __all__ = [
     "VideoInfo",
     "VideoOptions",
     "decode_plan",
-    "extract_frames",
     "fill_cache",
     "load_video",
     "open_container",

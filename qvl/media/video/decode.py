@@ -45,8 +45,8 @@ class _Damaged(Exception):
         self.last_good = last_good
 
 
-def _keyframe_times(stream, offset: float) -> list[float]:
-    """Keyframe times (seconds from the first frame) from the container index, if it has one."""
+def _keyframe_times(stream) -> list[float]:
+    """Keyframe times in seconds on the stream's clock, from the container index (empty without one)."""
     try:
         entries = stream.index_entries
         n = len(entries)
@@ -59,7 +59,7 @@ def _keyframe_times(stream, offset: float) -> list[float]:
     for i in range(n):
         e = entries[i]
         if e.is_keyframe and e.timestamp is not None:
-            out.append(e.timestamp * tb + offset)
+            out.append(e.timestamp * tb)
     return out
 
 
@@ -87,7 +87,7 @@ class _Decoder:
         self.last_good = 0.0
         self.decoded = 0
         # Index timestamps are decode times; shift them so the first keyframe is at 0.
-        self.keyframes = _keyframe_times(self.stream, 0.0)
+        self.keyframes = _keyframe_times(self.stream)
         if self.keyframes:
             shift = self.keyframes[0]
             self.keyframes = [k - shift for k in self.keyframes]
@@ -281,8 +281,6 @@ def decode_plan(
                     done[0] += 1
                     if progress is not None:
                         progress(done[0], n)
-        except _Damaged as exc:
-            errors.append(exc)
         except BaseException as exc:  # surfaced in the calling thread
             errors.append(exc)
         finally:
@@ -316,8 +314,3 @@ def _truncated(path: str, plan: FramePlan, info: VideoInfo, good: float) -> Trun
         good_until=good,
         usable=usable,
     )
-
-
-def extract_frames(path: str | os.PathLike, plan: FramePlan, *, progress: Progress | None = None) -> np.ndarray:
-    """The planned frames as uint8 [T, H, W, 3] (see decode_plan for the real timestamps)."""
-    return decode_plan(path, plan, progress=progress).frames
