@@ -122,62 +122,28 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     Decodes the first frame (so a file that opens but cannot decode fails here, not later).
     Raises InputError with a one-line message for anything qvl cannot use.
     """
-    import av
-
     path = Path(path)
     check_readable(path)
     container = _open(path)
     with container:
         has_audio = bool(container.streams.audio)
-        if not container.streams.video:
-            if has_audio:
-                raise InputError(f"{path}: has no video stream (audio only)")
-            raise InputError(f"{path}: has no video stream (an empty container: zero-length video?)")
-        stream = container.streams.video[0]
-        tb = stream.time_base
+        stream, first = _first_frame(path, container, has_audio)
         codec = stream.codec_context.name
-        try:
-            first = next(iter(container.decode(stream)), None)
-        except av.error.FFmpegError:
-            first = None
-        if first is None:
-            raise InputError(f"{path}: has no decodable video frames (zero-length or corrupt)")
         rotation = _rotation_of(first)
-        start_time = float(first.time) if first.time is not None else 0.0
-        if stream.start_time is not None and tb is not None:
-            start_time = min(start_time, float(stream.start_time * tb))
-        fps = 0.0
-        for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
-            if rate:
-                fps = float(rate)
-                if 0 < fps < 1000:
-                    break
-        duration = None
-        if stream.duration is not None and tb is not None and stream.duration > 0:
-            duration = float(stream.duration * tb)
-        elif container.duration is not None and container.duration > 0:
-            duration = container.duration / 1_000_000 - max(0.0, start_time - (container.start_time or 0) / 1_000_000)
-        frame_count = stream.frames or None
-        if fps <= 0 and duration and frame_count:
-            fps = frame_count / duration
-        if fps <= 0:
-            fps = 25.0
-        if duration is None or duration <= 0:
-            duration = _scan_duration(container, stream, start_time, fps)
+        start_time, fps, duration, frame_count = _timing(container, stream, first)
         cw, ch = first.width, first.height
     if duration <= 0:
         raise InputError(f"{path}: zero-length video")
-    width, height = (ch, cw) if rotation in (90, 270) else (cw, ch)
+    turned = rotation in (90, 270)
     return VideoInfo(
         path=str(path),
         duration=duration,
         fps=fps,
-        width=width,
-        height=height,
+        width=ch if turned else cw,
+        height=cw if turned else ch,
         rotation=rotation,
         codec=codec,
         frame_count=frame_count,
-        has_video=True,
         has_audio=has_audio,
         start_time=start_time,
         size_bytes=path.stat().st_size,
@@ -185,6 +151,55 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         coded_width=cw,
         coded_height=ch,
     )
+
+
+def _first_frame(path: Path, container, has_audio: bool):
+    """The first video stream and its first decoded frame; InputError when there is none."""
+    import av
+
+    if not container.streams.video:
+        if has_audio:
+            raise InputError(f"{path}: has no video stream (audio only)")
+        raise InputError(f"{path}: has no video stream (an empty container: zero-length video?)")
+    stream = container.streams.video[0]
+    try:
+        first = next(iter(container.decode(stream)), None)
+    except av.error.FFmpegError:
+        first = None
+    if first is None:
+        raise InputError(f"{path}: has no decodable video frames (zero-length or corrupt)")
+    return stream, first
+
+
+def _timing(container, stream, first) -> tuple[float, float, float, int | None]:
+    """(start_time, fps, duration, frame_count) from the headers, trusting what is plausible.
+
+    The frame rate falls back to frames / duration, then 25; a duration the headers do not give
+    is read from the last packet's timestamp.
+    """
+    tb = stream.time_base
+    start_time = float(first.time) if first.time is not None else 0.0
+    if stream.start_time is not None and tb is not None:
+        start_time = min(start_time, float(stream.start_time * tb))
+    fps = 0.0
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            fps = float(rate)
+            if 0 < fps < 1000:
+                break
+    duration = None
+    if stream.duration is not None and tb is not None and stream.duration > 0:
+        duration = float(stream.duration * tb)
+    elif container.duration is not None and container.duration > 0:
+        duration = container.duration / 1_000_000 - max(0.0, start_time - (container.start_time or 0) / 1_000_000)
+    frame_count = stream.frames or None
+    if fps <= 0 and duration and frame_count:
+        fps = frame_count / duration
+    if fps <= 0:
+        fps = 25.0
+    if duration is None or duration <= 0:
+        duration = _scan_duration(container, stream, start_time, fps)
+    return start_time, fps, duration, frame_count
 
 
 def _scan_duration(container, stream, start_time: float, fps: float) -> float:
