@@ -1,10 +1,10 @@
 """Find the ffmpeg tools qvl shells out to.
 
 qvl decodes in-process with PyAV (the libav libraries bundled with the `av` wheel); the ffmpeg
-command line is used where a separate process is the better tool: making test and benchmark
-videos, and the `ffmpeg` extraction backend (ffmpeg-python). The binary is the system `ffmpeg`
-when there is one, else the static build shipped by `imageio-ffmpeg`. `ffprobe` has no fallback:
-imageio-ffmpeg does not ship one, which is why probing goes through PyAV.
+command line is used only where a separate process is the better tool: making sample, test and
+benchmark videos. The binary is the system `ffmpeg` when there is one, else the static build
+shipped by `imageio-ffmpeg`. There is no `ffprobe` fallback (imageio-ffmpeg does not ship one),
+which is why probing goes through PyAV.
 """
 
 from __future__ import annotations
@@ -31,9 +31,3 @@ def ffmpeg_exe() -> str:
         return imageio_ffmpeg.get_ffmpeg_exe()
     except Exception as exc:  # imageio-ffmpeg raises RuntimeError when its binary is missing
         raise InputError("no ffmpeg binary found: install ffmpeg or the imageio-ffmpeg package") from exc
-
-
-@functools.lru_cache(maxsize=None)
-def ffprobe_exe() -> str | None:
-    """Path of a system ffprobe, or None (imageio-ffmpeg ships none)."""
-    return shutil.which("ffprobe")

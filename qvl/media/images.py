@@ -11,21 +11,15 @@ import binascii
 import glob
 import io
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from qvl.errors import InputError
+from qvl.media.fetch import fetch_bytes, is_url
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Qwen2.5-VL's resize rule refuses aspect ratios above 200; say so before the processor does.
 MAX_ASPECT_RATIO = 200
-URL_TIMEOUT_S = 15
-MAX_URL_BYTES = 64 * 1024 * 1024
-
-
-def is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
+MAX_URL_MB = 64
 
 
 def is_data_uri(source: str) -> bool:
@@ -98,7 +92,7 @@ def _read_bytes(source: str) -> bytes:
         except (binascii.Error, ValueError):
             raise InputError("data URI: invalid base64 data") from None
     if is_url(source):
-        return fetch_url(source, max_bytes=MAX_URL_BYTES)
+        return fetch_bytes(source, max_mb=MAX_URL_MB)
     path = Path(source)
     try:
         return path.read_bytes()
@@ -110,21 +104,3 @@ def _read_bytes(source: str) -> bytes:
         raise InputError(f"{source}: permission denied") from None
     except OSError as exc:
         raise InputError(f"{source}: cannot read ({exc.strerror or exc})") from None
-
-
-def fetch_url(url: str, *, max_bytes: int, timeout: float = URL_TIMEOUT_S) -> bytes:
-    """Download a URL into memory with a size limit; unreachable hosts fail at once, not after retries."""
-    request = urllib.request.Request(url, headers={"User-Agent": "qvl"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            data = response.read(max_bytes + 1)
-    except urllib.error.HTTPError as exc:
-        raise InputError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        reason = getattr(exc.reason, "strerror", None) or exc.reason
-        raise InputError(f"{url}: cannot reach the host ({reason})") from None
-    except (TimeoutError, OSError) as exc:
-        raise InputError(f"{url}: download failed ({exc})") from None
-    if len(data) > max_bytes:
-        raise InputError(f"{url}: larger than {max_bytes // (1024 * 1024)} MB")
-    return data

@@ -12,6 +12,8 @@ import pytest
 
 from qvl.errors import InputError
 from qvl.media.cache import FrameCache
+from qvl.media.fetch import fetch_bytes, is_url
+from qvl.media.images import open_image
 from qvl.media.video import VideoOptions, load_video, plan_source
 
 
@@ -71,7 +73,7 @@ def test_unreachable_url_fails_fast():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     t0 = time.perf_counter()
-    with pytest.raises(InputError, match="cannot be reached") as exc:
+    with pytest.raises(InputError, match="cannot reach the host") as exc:
         load_video(f"http://127.0.0.1:{port}/clip.mp4", VideoOptions(frames=4))
     assert time.perf_counter() - t0 < 5
     assert "\n" not in str(exc.value)
@@ -79,6 +81,24 @@ def test_unreachable_url_fails_fast():
 
 def test_unresolvable_host_fails_fast():
     t0 = time.perf_counter()
-    with pytest.raises(InputError, match="cannot be reached"):
+    with pytest.raises(InputError, match="cannot reach the host"):
         load_video("http://no-such-host.invalid/clip.mp4", VideoOptions(frames=4))
     assert time.perf_counter() - t0 < 25
+
+
+def test_images_and_videos_share_one_downloader(server, clip, media_dir):
+    from PIL import Image
+
+    Image.new("RGB", (56, 28), (200, 10, 10)).save(media_dir / "red.png")
+    assert open_image(f"{server}/red.png").size == (56, 28)
+    assert fetch_bytes(f"{server}/{clip.name}", max_mb=100) == clip.read_bytes()
+    # The same limit check; only the video command has an option to raise it.
+    with pytest.raises(InputError, match=r"over the download limit of 0.01 MB$"):
+        fetch_bytes(f"{server}/{clip.name}", max_mb=0.01)
+    with pytest.raises(InputError, match="HTTP 404"):
+        open_image(f"{server}/missing.png")
+
+
+def test_is_url():
+    assert is_url("http://x/a.mp4") and is_url("https://x/a.jpg")
+    assert not is_url("data:image/png;base64,AAAA") and not is_url("clip.mp4") and not is_url("ftp://x/a")

@@ -15,14 +15,13 @@ from qvl.media.ffmpeg import ffmpeg_exe
 from qvl.media.video import (
     TruncatedVideo,
     VideoOptions,
-    _to_array,
     decode_plan,
-    extract_frames,
     load_video,
     plan_frames,
     plan_source,
     probe,
 )
+from qvl.media.video.decode import _to_array
 
 
 def reference(path, plan):
@@ -195,10 +194,13 @@ def test_single_frame_video(single_frame_clip):
     assert clip.sampled_fps > 0
 
 
-def test_extract_frames_contract(clip):
+def test_decode_plan_contract(clip):
     plan = plan_frames(probe(clip), VideoOptions(frames=4))
-    frames = extract_frames(clip, plan)
-    assert frames.shape == (4, plan.height, plan.width, 3) and frames.dtype == np.uint8
+    ex = decode_plan(clip, plan)
+    assert ex.frames.shape == (4, plan.height, plan.width, 3) and ex.frames.dtype == np.uint8
+    assert len(ex.timestamps) == 4 and list(ex.timestamps) == sorted(ex.timestamps)
+    # load_video is the same path with probing and planning done for you.
+    np.testing.assert_array_equal(load_video(clip, VideoOptions(frames=4)).frames, ex.frames)
 
 
 def test_progress_reports_every_frame(clip):
