@@ -71,7 +71,7 @@ _VISION = {
     "hidden_act": "silu",
 }
 _TEXT = {
-    "vocab_size": 151936,
+    "vocab_size": 152064,
     "max_position_embeddings": 128000,
     "rms_norm_eps": 1e-6,
     "hidden_act": "silu",
@@ -83,6 +83,7 @@ ARCHITECTURES: dict[str, dict] = {
     "3b": {
         "text": {
             **_TEXT,
+            "vocab_size": 151936,
             "hidden_size": 2048,
             "intermediate_size": 11008,
             "num_hidden_layers": 36,

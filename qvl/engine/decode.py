@@ -87,8 +87,10 @@ class StaticDecoder:
         weight = self.lm_head.weight
         device, dtype = weight.device, weight.dtype
         shape = (len(self.layers), self.kv_heads, capacity, self.head_dim)
-        self.keys = torch.empty(shape, device=device, dtype=dtype)
-        self.values = torch.empty(shape, device=device, dtype=dtype)
+        # Zeros, not empty: masked slots still enter the product with V at weight 0, and 0 * NaN
+        # from uninitialised memory would be NaN.
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.inv_freq = _inv_freq(text, self.head_dim, device)
         self.token = torch.zeros(1, dtype=torch.long, device=device)
         self.position = torch.zeros(1, dtype=torch.long, device=device)  # cache slot of `token`

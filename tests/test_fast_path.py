@@ -1,0 +1,137 @@
+"""qvl's fast path (our vision tower, static KV cache decode) against the stock transformers path
+it replaces, on the tiny model in fp32 on the CPU: same features, same greedy tokens.
+
+On the CPU the decode step runs eagerly; tests/test_gpu.py runs the same comparison through the
+CUDA graph."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qvl.engine import Engine, Request, VideoFrames
+from qvl.engine.vision import plan_tower, run_tower
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return Engine("tiny", device="cpu")
+
+
+def _image(h: int, w: int, seed: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def _frames(count: int, h: int, w: int, seed: int = 0) -> VideoFrames:
+    return VideoFrames(np.random.default_rng(seed).integers(0, 255, (count, h, w, 3), dtype=np.uint8), 2.0)
+
+
+def _stock_tower(visual, pixels, grid):
+    with torch.inference_mode():
+        out = visual(pixels, grid_thw=grid)
+    return getattr(out, "pooler_output", out)
+
+
+def _rel(a, b) -> float:
+    assert not torch.isnan(a).any()
+    return float((a - b).norm() / b.norm())
+
+
+# Frame sizes in pixels: a whole number of windows (4 x 4 merged units), edge windows of every
+# kind (odd merged grids), one window smaller than a window side, and a tall strip.
+@pytest.mark.parametrize(
+    "count,h,w",
+    [(4, 224, 224), (6, 140, 196), (2, 56, 56), (4, 308, 84), (8, 252, 364)],
+    ids=["whole-windows", "edges", "one-small-window", "strip", "many-windows"],
+)
+def test_tower_matches_stock_video(engine, count, h, w):
+    inputs = engine.prepare(Request("x", video=_frames(count, h, w, seed=h + w)))
+    visual = engine.model.model.visual
+    pixels, grid = inputs["pixel_values_videos"], inputs["video_grid_thw"]
+    assert _rel(run_tower(visual, pixels, grid), _stock_tower(visual, pixels, grid)) < 1e-5
+
+
+def test_tower_matches_stock_for_several_images_of_different_sizes(engine):
+    images = [_image(140, 196, 1), _image(56, 84, 2), _image(224, 224, 3)]
+    inputs = engine.prepare(Request("x", images=images))
+    visual = engine.model.model.visual
+    pixels, grid = inputs["pixel_values"], inputs["image_grid_thw"]
+    assert grid.shape[0] == 3
+    assert _rel(run_tower(visual, pixels, grid), _stock_tower(visual, pixels, grid)) < 1e-5
+
+
+def test_tower_plan_groups_cover_every_token_once(engine):
+    config = engine.model.model.visual.config
+    grid = torch.tensor([[3, 10, 14], [1, 4, 6], [2, 16, 16]])
+    plan = plan_tower(grid, config)
+    tokens = int(grid.prod(-1).sum())
+    for groups in (plan.window_groups, plan.frame_groups):
+        covered = torch.zeros(tokens, dtype=torch.long)
+        for g in groups:
+            if g.index is None:
+                covered[g.start : g.start + g.count * g.length] += 1
+            else:
+                covered[g.index] += 1
+        assert covered.eq(1).all()
+    assert sorted(plan.window_index.tolist()) == list(range(tokens // 4))
+    # Full attention is per temporal patch: 3 + 1 + 2 sequences of h * w patches.
+    assert sum(g.count for g in plan.frame_groups) == 6
+
+
+REQUESTS = {
+    "image": lambda: Request("Describe.", images=[_image(280, 392, 0)], max_new_tokens=40),
+    "video": lambda: Request("What happens?", video=_frames(8, 140, 196), max_new_tokens=40),
+    "two-images": lambda: Request("Compare.", images=[_image(280, 392, 0), _image(56, 84, 4)], max_new_tokens=30),
+}
+
+
+@pytest.mark.parametrize("kind", REQUESTS)
+def test_greedy_tokens_equal_stock_generate(engine, kind):
+    request = REQUESTS[kind]()
+    stock = engine.generate(request, fast=False)
+    fast = engine.generate(request, fast=True)
+    assert fast.tokens == stock.tokens
+    assert fast.text == stock.text and fast.prompt_tokens == stock.prompt_tokens
+
+
+def test_repetition_penalty_applied_as_stock(engine):
+    config = engine.model.generation_config
+    saved = config.repetition_penalty
+    config.repetition_penalty = 1.3
+    try:
+        request = REQUESTS["video"]()
+        assert engine.generate(request, fast=True).tokens == engine.generate(request, fast=False).tokens
+    finally:
+        config.repetition_penalty = saved
+
+
+def test_sampling_is_seeded_and_a_tiny_top_p_is_greedy(engine):
+    greedy = engine.generate(REQUESTS["image"](), fast=True).tokens
+    nucleus = dataclasses.replace(REQUESTS["image"](), temperature=0.8, top_p=1e-9)
+    assert engine.generate(nucleus, fast=True).tokens == greedy
+    sampled = dataclasses.replace(REQUESTS["image"](), temperature=1.5, seed=7)
+    first = engine.generate(sampled, fast=True).tokens
+    assert engine.generate(sampled, fast=True).tokens == first
+    assert first != greedy
+
+
+def test_streamed_pieces_join_to_the_answer(engine):
+    pieces: list[str] = []
+    result = engine.generate(REQUESTS["video"](), on_text=pieces.append, fast=True)
+    assert "".join(pieces).strip() == result.text
+
+
+def test_one_decoder_serves_requests_of_different_lengths(engine):
+    short = Request("Hi.", images=[_image(56, 56, 5)], max_new_tokens=12)
+    long = REQUESTS["video"]()
+    first = engine.generate(short, fast=True).tokens
+    engine.generate(long, fast=True)
+    assert engine.generate(short, fast=True).tokens == first == engine.generate(short, fast=False).tokens
+
+
+def test_fast_path_says_why_not_on_cpu(engine):
+    assert "CUDA" in engine.fast_path_problem
