@@ -105,8 +105,11 @@ def describe(
             runner.run(labels, prompt or DEFAULT_IMAGES_PROMPT, lambda: Media(images=opened))
     else:
         for label, source in sources:
-            load = lambda source=source: Media(images=[_open_or_raise(source, open_image)])  # noqa: E731
-            runner.run(label, prompt or DEFAULT_IMAGE_PROMPT, load)
+            runner.run(
+                label,
+                prompt or DEFAULT_IMAGE_PROMPT,
+                lambda source=source: Media(images=[_open_or_raise(source, open_image)]),
+            )
     raise typer.Exit(runner.exit_code)
 
 
