@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from qvl.engine import Engine, Request, Result, VideoFrames
+from qvl.engine import Engine, Request, Result
 
 DEFAULT_IMAGE_PROMPT = "Describe this image."
 DEFAULT_VIDEO_PROMPT = "Describe this video."
@@ -73,14 +73,13 @@ class QwenVLInference:
     ) -> str:
         """`preprocess_frames` is the number of frames to sample; other keywords go to `VideoOptions`
         (fps, start, end, min_frames, max_frames, max_pixels, total_pixels)."""
-        from qvl.media.cache import FrameCache
-        from qvl.media.video import VideoOptions, load_video
+        from qvl.media.video import VideoOptions
+        from qvl.runner import frame_cache, load_clip
 
         options = VideoOptions(frames=preprocess_frames, **video_options)
-        cache = FrameCache(Path(self.cache_dir) if self.cache_dir else None) if self.cache else None
-        clip = load_video(str(video_path), options, cache=cache)
-        video = VideoFrames(clip.frames, clip.sampled_fps)
-        return self._answer(Request(prompt=prompt, video=video, max_new_tokens=max_new_tokens or self.max_new_tokens))
+        media = load_clip(str(video_path), options, frame_cache(self.cache_dir, enabled=self.cache))
+        request = Request(prompt=prompt, video=media.video, max_new_tokens=max_new_tokens or self.max_new_tokens)
+        return self._answer(request)
 
     def _answer(self, request: Request) -> str:
         self.last_result = self.engine.generate(request)

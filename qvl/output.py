@@ -1,11 +1,13 @@
-"""Where things are printed: data on stdout (answers, JSON lines), everything else on stderr."""
+"""Everything a person or a pipe sees: data on stdout (answers, JSON lines, plans, tables), the rest
+(progress, notes, warnings, errors) on stderr."""
 
 from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable, Iterator
 
 
 @lru_cache(maxsize=1)
@@ -45,3 +47,204 @@ def json_line(record: dict[str, Any]) -> None:
 def write(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def tiny_model(consequence: str) -> None:
+    warn(f"using the built-in tiny model: random weights, so {consequence}")
+
+
+def progress(quiet: bool):
+    """A transient Rich progress bar on stderr, or a null context yielding None when quiet."""
+    import contextlib
+
+    # Off a terminal a live bar has nothing to redraw and would only leave blank lines.
+    if quiet or not console().is_terminal:
+        return contextlib.nullcontext()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console(),
+        transient=True,
+    )
+
+
+@contextmanager
+def task_progress(description: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    """One progress bar for one job; yields `advance(done, total)`, a no-op when there is no bar."""
+    with progress(quiet) as bar:
+        task = bar.add_task(description, total=None) if bar else None
+
+        def advance(done: int, total: int) -> None:
+            if bar is not None:
+                bar.update(task, completed=done, total=total)
+
+        yield advance
+
+
+class RunView:
+    """What a person or a pipe sees of a `qvl.runner.Runner`: answers streamed as text, or JSON lines.
+
+    several: more than one input, so each streamed answer gets a `==> input <==` header.
+    """
+
+    def __init__(self, *, json_output: bool, quiet: bool, several: bool = False):
+        self.json_output, self.quiet, self.several = json_output, quiet, several
+        # The engine streams its answer here as tokens arrive; with --json only the record is printed.
+        self.on_text = None if json_output else write
+
+    def loading(self) -> None:
+        if self.quiet:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+
+    def loaded(self, engine) -> None:
+        if engine.is_tiny:
+            tiny_model("its answers are random text")
+        note(f"loaded {engine.name} on {engine.device} in {engine.load_s:.1f} s", quiet=self.quiet)
+
+    def started(self, label: str, index: int) -> None:
+        """The answer to input number `index` (from 1) is about to stream."""
+        if self.json_output:
+            return
+        if index > 1:
+            write("\n")
+        if self.several:
+            write(f"==> {label} <==\n")
+
+    def answered(self, record: dict[str, Any], psa) -> None:
+        """One input's record; `psa` is the attention config the run asked for, or None."""
+        if self.json_output:
+            json_line(record)
+            return
+        write("\n")
+        if record.get("psa") is not None:
+            stats = record["psa"]
+            note(
+                f"psa: {stats['density']:.0%} of dense attention cost over {stats['layers']} layers"
+                f" ({stats['tokens']:,} tokens)",
+                quiet=self.quiet,
+            )
+        elif psa is not None:  # asked for, but this prompt is too short for PSA to pay
+            note(
+                f"psa: not used for this prompt ({record['tokens']['prompt']:,} tokens; PSA runs from "
+                f"{psa.min_tokens:,}): SDPA ran instead",
+                quiet=self.quiet,
+            )
+
+    def failed(self, record: dict[str, Any]) -> None:
+        failure(record, self.json_output)
+
+
+def failure(record: dict[str, Any], json_output: bool) -> None:
+    """One error line on stderr, and with --json the input's object carrying the error."""
+    error(record["error"])
+    if json_output:
+        json_line(record)
+
+
+def frame_plan(source: str, plan) -> None:
+    """A video's frame plan as a table; it is the data `--dry-run` asked for, so it goes to stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=source, show_header=False, title_justify="left")
+    table.add_row("frames", str(plan.frames))
+    table.add_row("frame size", f"{plan.width} x {plan.height}")
+    table.add_row("span", f"{plan.timestamps[0]:.3f} s .. {plan.timestamps[-1]:.3f} s of {plan.source_duration:.3f} s")
+    table.add_row("sampled fps", f"{plan.sampled_fps:.4g}")
+    table.add_row("LLM tokens", f"{plan.tokens:,}")
+    for line in plan.notes:
+        table.add_row("note", line)
+    Console(highlight=False).print(table)
+
+
+def psa_profile(source: str, preset: str, report: dict) -> None:
+    """`qvl psa-profile`'s report: density and level shares per layer, then both prefill times."""
+    from rich.console import Console
+    from rich.table import Table
+
+    psa = report["psa"]
+    title = f"{source}: {report['tokens']:,} tokens, PSA preset {preset}"
+    table = Table(title=title, title_justify="left")
+    for column in ("layer", "density", "1x", "2x", "4x", "8x", "skipped"):
+        table.add_column(column, justify="right")
+    for layer, row in enumerate(report["per_layer"]):
+        shares = row["level_fraction"]
+        table.add_row(str(layer), f"{row['density']:.1%}", *(f"{shares[k]:.0%}" for k in ("1", "2", "4", "8", "0")))
+    out = Console(highlight=False)
+    out.print(table)
+    if psa is None:
+        out.print("PSA did not run: the prompt is shorter than --min-tokens")
+        return
+    out.print(
+        f"prefill: PSA {report['prefill_ms']['psa']:.1f} ms, SDPA {report['prefill_ms']['sdpa']:.1f} ms "
+        f"({report['speedup']:.2f}x); density {psa['density']:.1%} (sparsity {psa['sparsity']:.1%})"
+    )
+
+
+def preprocessed(result) -> None:
+    """One line per video `qvl preprocess` cached (or found cached)."""
+    write(f"{result.status:<6}  {result.frames:>4} frames  {result.seconds:7.2f} s  {result.path}\n")
+
+
+def cache_entries(entries, json_output: bool) -> None:
+    """`qvl cache list`: one JSON line per entry, or a table oldest first."""
+    if json_output:
+        for e in entries:
+            json_line(
+                {
+                    "key": e.key,
+                    "source": e.source,
+                    "frames": e.frames,
+                    "width": e.width,
+                    "height": e.height,
+                    "bytes": e.size_bytes,
+                    "created": round(e.created, 3),
+                    "path": str(e.path),
+                }
+            )
+        return
+    import time
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("key", "frames", "size", "MB", "age", "source", title_justify="left")
+    now = time.time()
+    for e in sorted(entries, key=lambda e: e.created):
+        table.add_row(
+            e.key[:12],
+            str(e.frames),
+            f"{e.width}x{e.height}",
+            f"{e.size_bytes / 1e6:.1f}",
+            age(now - e.created),
+            e.source,
+        )
+    Console(highlight=False).print(table)
+
+
+def cache_size(root, entries: int, total: int, json_output: bool) -> None:
+    if json_output:
+        json_line({"root": str(root), "entries": entries, "bytes": total})
+    else:
+        write(f"{total / 1e6:.1f} MB in {entries} entries  {root}\n")
+
+
+def cache_cleared(root, removed: int, freed: int, json_output: bool) -> None:
+    if json_output:
+        json_line({"root": str(root), "removed": removed, "bytes_freed": freed})
+    else:
+        write(f"removed {removed} entries, freed {freed / 1e6:.1f} MB  {root}\n")
+
+
+def age(seconds: float) -> str:
+    """A duration the way `ls` users read it: 45s, 12m, 3h, 2d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"

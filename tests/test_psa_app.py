@@ -80,6 +80,13 @@ def test_stats_summary_of_nothing_is_none():
     assert PSAStats().summary() is None
 
 
+def test_psa_profile_takes_the_video_options_of_qvl_video(tmp_path):
+    # Checked before anything is read or loaded: one line, exit 2.
+    for flag, value in (("--seek", "sideways"), ("--min-frames", "0"), ("--max-download-mb", "0")):
+        result = invoke("psa-profile", tmp_path / "clip.mp4", flag, value, "--model", "tiny")
+        assert_one_error(result, contains=flag, exit_code=2)
+
+
 def test_psa_profile_times_both_and_reports_each_layer(tmp_path):
     pytest.importorskip("av")  # the GPU host has neither PyAV nor ffmpeg
     from qvl.errors import InputError
@@ -105,6 +112,8 @@ def test_psa_profile_times_both_and_reports_each_layer(tmp_path):
         "fast",
         "--repeat",
         "1",
+        "--cache-dir",
+        tmp_path / "cache",
     ]
     result = invoke(*args, "--json")
     assert result.exit_code == 0, result.stderr
@@ -113,3 +122,5 @@ def test_psa_profile_times_both_and_reports_each_layer(tmp_path):
     assert len(report["per_layer"]) == 2 and report["psa"]["tokens"] == report["tokens"]
     table = invoke(*args)
     assert table.exit_code == 0 and "density" in table.stdout and "prefill: PSA" in table.stdout
+    assert report["cache"] == "miss"  # --cache-dir: the frames went into this cache, not the user's
+    assert json_lines(invoke("cache", "size", "--cache-dir", tmp_path / "cache", "--json").stdout)[0]["entries"] == 1

@@ -1,0 +1,180 @@
+"""Every command-line option, declared once, and the builders that turn parsed values into configs.
+
+Commands take these `Annotated` aliases as parameter types, so a flag has one name, one help text
+and one default wherever it appears. The frame-sampling options, shared by `video`, `preprocess`
+and `psa-profile`, come as one group through `with_video_options`. Nothing heavy is imported
+here: `qvl --help` must stay instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Annotated, Optional
+
+import typer
+
+from qvl.errors import QvlError
+
+# --- running a model ----------------------------------------------------------------------------
+
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model", "-m", help="Preset (3b, 7b, 72b, tiny), Hub id or local folder. Default: $QVL_MODEL, else 7b."
+    ),
+]
+PromptOpt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="What to ask about the input.")]
+MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", help="Most tokens to generate per answer.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda if available), cuda or cpu.")]
+DtypeOpt = Annotated[
+    str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32.")
+]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature; 0 is greedy.")]
+TopPOpt = Annotated[
+    Optional[float], typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling (with --temperature).")
+]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.")]
+PsaOpt = Annotated[
+    bool, typer.Option("--psa", "--use-psa", help="Pyramid Sparse Attention in the language model's prefill.")
+]
+PsaPresetOpt = Annotated[
+    str,
+    typer.Option("--psa-preset", help="PSA budget: default (published bands), balanced (~35%), fast (~10%), dense."),
+]
+
+# --- output ------------------------------------------------------------------------------------
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object per input on stdout, nothing else.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr (errors still).")]
+
+# --- the frame cache ---------------------------------------------------------------------------
+
+CacheDirOpt = Annotated[
+    Optional[str],
+    typer.Option("--cache-dir", help="Frame cache folder (default: frames/ under $QVL_CACHE_DIR or the user cache)."),
+]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or fill the frame cache.")]
+StrictHashOpt = Annotated[
+    bool, typer.Option("--strict-hash", help="Key cache entries by a hash of every byte, not a 768 KiB sample.")
+]
+
+# --- sampling frames from a video ----------------------------------------------------------------
+
+FramesOpt = Annotated[
+    Optional[int], typer.Option("--frames", "--preprocess-frames", "-n", help="Number of frames to sample (even).")
+]
+FpsOpt = Annotated[Optional[float], typer.Option("--fps", help="Frames per second to sample (default 2).")]
+StartOpt = Annotated[Optional[float], typer.Option("--start", help="Start of the clip, seconds.")]
+EndOpt = Annotated[Optional[float], typer.Option("--end", help="End of the clip, seconds.")]
+MinFramesOpt = Annotated[int, typer.Option("--min-frames", help="Fewest frames to sample.")]
+MaxFramesOpt = Annotated[int, typer.Option("--max-frames", help="Most frames to sample.")]
+MinPixelsOpt = Annotated[
+    Optional[int], typer.Option("--min-pixels", help="Smallest frame, in pixels (default 128 tokens).")
+]
+MaxPixelsOpt = Annotated[Optional[int], typer.Option("--max-pixels", help="Pixel budget per frame.")]
+TotalPixelsOpt = Annotated[Optional[int], typer.Option("--total-pixels", help="Pixel budget for the whole video.")]
+SeekOpt = Annotated[
+    str,
+    typer.Option(
+        "--seek",
+        help="auto: a keyframe when one lies within half the frame spacing, else the exact frame; exact: always the exact frame.",
+    ),
+]
+MaxDownloadOpt = Annotated[int, typer.Option("--max-download-mb", help="Size limit for video URLs.")]
+
+# (name, type, default) of each frame-sampling option, in the order `--help` lists them.
+VIDEO_OPTIONS = (
+    ("frames", FramesOpt, None),
+    ("fps", FpsOpt, None),
+    ("start", StartOpt, None),
+    ("end", EndOpt, None),
+    ("min_frames", MinFramesOpt, 4),
+    ("max_frames", MaxFramesOpt, 768),
+    ("min_pixels", MinPixelsOpt, None),
+    ("max_pixels", MaxPixelsOpt, None),
+    ("total_pixels", TotalPixelsOpt, None),
+    ("seek", SeekOpt, "auto"),
+    ("max_download_mb", MaxDownloadOpt, 2048),
+)
+
+
+def video_options(
+    frames: int | None = None,
+    fps: float | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    min_frames: int = 4,
+    max_frames: int = 768,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    total_pixels: int | None = None,
+    seek: str = "auto",
+    max_download_mb: float = 2048,
+):
+    """The parsed frame-sampling options as a `VideoOptions` (an impossible one raises `OptionError`)."""
+    from qvl.media.video import VideoOptions
+
+    return VideoOptions(
+        frames=frames,
+        fps=fps,
+        start=start,
+        end=end,
+        min_frames=min_frames,
+        max_frames=max_frames,
+        max_pixels=max_pixels,
+        total_pixels=total_pixels,
+        seek=seek,
+        max_download_mb=max_download_mb,
+        **({"min_pixels": min_pixels} if min_pixels is not None else {}),
+    )
+
+
+def with_video_options(command):
+    """Give `command` the frame-sampling options; it receives them built, as `video_options=`.
+
+    The options are added to the command's signature after its `prompt` (else after its
+    arguments), which is where Typer finds them. Impossible values are one error line and exit 2
+    before the command runs.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "video_options"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t) for name, t, d in VIDEO_OPTIONS
+    ]
+    names = [p.name for p in own]
+    at = names.index("prompt") + 1 if "prompt" in names else sum(p.default is inspect.Parameter.empty for p in own)
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if i >= at else p for i, p in enumerate(own)]
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        parsed = {name: kwargs.pop(name, default) for name, _, default in VIDEO_OPTIONS}
+        try:
+            built = video_options(**parsed)
+        except QvlError as exc:
+            fail(exc)
+        return command(*args, video_options=built, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=own[:at] + added + own[at:])
+    wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
+    return wrapper
+
+
+def psa_config(psa: bool, preset: str, **overrides):
+    """The PSA configuration the flags ask for, or None (a bad preset is a one-line usage error)."""
+    if not psa:
+        return None
+    from qvl.psa import AttentionConfig
+
+    try:
+        return AttentionConfig.preset(preset, **overrides)
+    except QvlError as exc:
+        fail(exc)
+
+
+def fail(exc: QvlError):
+    """Stop the command: the error as one red line on stderr, and its exit code."""
+    from qvl import output
+
+    output.error(str(exc))
+    raise typer.Exit(exc.exit_code)

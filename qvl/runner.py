@@ -1,0 +1,212 @@
+"""Turning inputs into requests: media first, then the engine (loaded once), one record per input.
+
+    runner = Runner(Settings(model="tiny", max_tokens=64), view=output.RunView(json_output=True, quiet=False))
+    for path in paths:
+        runner.run(path, "Describe this image.", lambda path=path: Media(images=[open_image(path)]))
+    sys.exit(runner.exit_code)
+
+A bad input is reported (through the view) and the run goes on with the next one; a model that
+cannot be loaded stops the run, since no input could succeed without it. The runner knows nothing
+of Typer or of how things are printed: the view decides that. Nothing heavy is imported at module
+level.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from qvl.errors import ModelError, QvlError
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The model a run loads and how it generates; `psa` is a `qvl.psa.AttentionConfig` or None."""
+
+    model: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    psa: Any = None
+    max_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float | None = None
+    seed: int | None = None
+
+
+@dataclass
+class Media:
+    """What one request shows the model, and what its record says about it.
+
+    images: PIL images; video: a `qvl.engine.VideoFrames`; record: keys added to the input's record.
+    """
+
+    images: Sequence[Any] = ()
+    video: Any = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def clip_record(clip) -> dict[str, Any]:
+    """What a record says about a `VideoClip`: the frames the model saw and where they came from."""
+    return {
+        "frames": len(clip.timestamps),
+        "sampled_fps": round(clip.sampled_fps, 6),
+        "frame_size": [clip.plan.width, clip.plan.height],
+        "span": [round(clip.timestamps[0], 3), round(clip.timestamps[-1], 3)],
+        "video_tokens": clip.plan.tokens,
+        "from_cache": clip.from_cache,
+        "cache": clip.cache,  # hit, miss, rebuilt (a damaged entry was replaced) or off
+        "timestamps": [round(t, 3) for t in clip.timestamps],
+    }
+
+
+def clip_media(clip) -> Media:
+    """A `VideoClip` as the engine takes it (frames at their real sampled fps), with its record."""
+    from qvl.engine import VideoFrames
+
+    return Media(video=VideoFrames(clip.frames, clip.sampled_fps), record=clip_record(clip))
+
+
+def load_clip(source: str, options, cache=None, progress: Callable[[int, int], None] | None = None) -> Media:
+    """Sample `source` as `options` (a `VideoOptions`) say, through `cache` (a `FrameCache` or None)."""
+    from qvl.media.video import load_video
+
+    return clip_media(load_video(source, options, cache=cache, progress=progress))
+
+
+def frame_cache(cache_dir=None, *, strict_hash: bool = False, enabled: bool = True):
+    """The frame cache in `cache_dir` (default: frames/ under $QVL_CACHE_DIR or the user cache), or
+    None when not `enabled`."""
+    if not enabled:
+        return None
+    from pathlib import Path
+
+    from qvl.media.cache import FrameCache
+
+    return FrameCache(Path(cache_dir) if cache_dir else None, strict_hash=strict_hash)
+
+
+class View:
+    """What a runner tells whoever watches it; this one shows nothing (`qvl.output.RunView` prints).
+
+    on_text: called with each piece of an answer as it is generated, or None not to stream.
+    """
+
+    on_text: Callable[[str], None] | None = None
+
+    def loading(self) -> None:
+        """The engine is about to load."""
+
+    def loaded(self, engine) -> None:
+        """The engine has loaded."""
+
+    def started(self, label: str, index: int) -> None:
+        """The answer to input number `index` (from 1) is about to be generated."""
+
+    def answered(self, record: dict[str, Any], psa) -> None:
+        """One input's record; `psa` is the attention config the run asked for, or None."""
+
+    def failed(self, record: dict[str, Any]) -> None:
+        """One input failed: `record` is `{"input": label, "error": message}`."""
+
+
+class Runner:
+    """Runs one request per input with one engine, loaded on first use.
+
+    exit_code: 0 while every input has succeeded, else the first failure's code. stopped: the model
+    could not be loaded; later `run` calls do nothing and return None.
+    """
+
+    def __init__(self, settings: Settings, view: View | None = None):
+        self.settings = settings
+        self.view = view or View()
+        self.exit_code = 0
+        self.stopped = False
+        self.count = 0
+        self._engine = None
+
+    def engine(self):
+        """The engine, loaded on the first call (a `ModelError` if it cannot be)."""
+        if self._engine is None:
+            from qvl.engine import Engine
+
+            s = self.settings
+            self.view.loading()
+            self._engine = Engine(s.model, device=s.device, dtype=s.dtype, psa=s.psa)
+            self.view.loaded(self._engine)
+        return self._engine
+
+    def fail(self, label: str, exc: QvlError) -> dict[str, Any]:
+        """Report one input's failure and return its record."""
+        record = {"input": label, "error": str(exc)}
+        self.view.failed(record)
+        self.exit_code = self.exit_code or exc.exit_code
+        return record
+
+    def run(self, label: str, prompt: str, load_media: Callable[[], Media]) -> dict[str, Any] | None:
+        """Load the media, then answer `prompt` about it; the input's record, an error record on failure."""
+        if self.stopped:
+            return None
+        self.count += 1
+        try:
+            # Media first: a bad input is reported without waiting for a model to load.
+            started = time.perf_counter()
+            media = load_media()
+            media_s = time.perf_counter() - started
+            try:
+                engine = self.engine()
+            except ModelError:
+                self.stopped = True  # without a model no input can succeed
+                raise
+            result = self._generate(engine, label, prompt, media)
+        except QvlError as exc:
+            record = self.fail(label, exc)
+            if self.stopped:
+                self.exit_code = 2
+            return record
+        result.timings.media_s = media_s
+        record = {
+            "input": label,
+            "model": engine.name,
+            "prompt": prompt,
+            "text": result.text,
+            "tokens": {"prompt": result.prompt_tokens, "generated": result.generated_tokens},
+            "timings": result.timings.to_dict(),
+            **media.record,
+            **({"psa": result.psa} if self.settings.psa is not None else {}),
+            "error": None,
+        }
+        self.view.answered(record, self.settings.psa)
+        return record
+
+    def _generate(self, engine, label: str, prompt: str, media: Media):
+        from qvl.engine import Request
+
+        s = self.settings
+        request = Request(
+            prompt=prompt,
+            images=media.images,
+            video=media.video,
+            max_new_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            seed=s.seed,
+        )
+        self.view.started(label, self.count)
+        return engine.generate(request, on_text=self.view.on_text)
+
+
+def profile(settings: Settings, prompt: str, media: Media, *, repeat: int = 3, on_loaded=None) -> tuple[Any, dict]:
+    """Prefill `media` and `prompt` with PSA and with SDPA (`settings.psa` must be set).
+
+    Returns the engine and `qvl.psa_profile.profile_prefill`'s report; `on_loaded(engine)` is
+    called once the model is loaded, before the timed prefills.
+    """
+    from qvl.engine import Engine, Request
+    from qvl.psa_profile import profile_prefill
+
+    engine = Engine(settings.model, device=settings.device, dtype=settings.dtype, psa=settings.psa)
+    if on_loaded is not None:
+        on_loaded(engine)
+    request = Request(prompt, images=media.images, video=media.video)
+    return engine, profile_prefill(engine, request, repeat=repeat)

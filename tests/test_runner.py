@@ -1,0 +1,59 @@
+"""The runner on its own: records, per-input errors, exit codes, the view it reports to."""
+
+from __future__ import annotations
+
+from qvl.errors import InputError, ModelError
+from qvl.runner import Media, Runner, Settings, View
+
+
+class Recorder(View):
+    def __init__(self):
+        self.events = []
+
+    def loaded(self, engine):
+        self.events.append(("loaded", engine.name))
+
+    def answered(self, record, psa):
+        self.events.append(("answered", record["input"]))
+
+    def failed(self, record):
+        self.events.append(("failed", record["input"]))
+
+
+def bad_media():
+    raise InputError("a.png: not an image")
+
+
+def test_a_bad_input_is_one_error_record_and_no_model_loads():
+    view = Recorder()
+    runner = Runner(Settings(model="tiny"), view)
+    record = runner.run("a.png", "Describe this image.", bad_media)
+    assert record == {"input": "a.png", "error": "a.png: not an image"}
+    assert runner.exit_code == 1 and not runner.stopped
+    assert view.events == [("failed", "a.png")]
+
+
+def test_a_model_that_cannot_load_stops_the_run(monkeypatch):
+    def no_model(self):
+        raise ModelError("model x is not downloaded")
+
+    monkeypatch.setattr(Runner, "engine", no_model)
+    view = Recorder()
+    runner = Runner(Settings(model="x"), view)
+    assert runner.run("a.png", "?", Media)["error"] == "model x is not downloaded"
+    assert runner.stopped and runner.exit_code == 2
+    assert runner.run("b.png", "?", Media) is None  # later inputs do nothing
+    assert view.events == [("failed", "a.png")]
+
+
+def test_records_carry_the_answer_and_the_media_keys():
+    from PIL import Image
+
+    view = Recorder()
+    runner = Runner(Settings(model="tiny", max_tokens=2), view)
+    image = Image.new("RGB", (56, 56), (200, 10, 10))
+    for label in ("a", "b"):
+        record = runner.run(label, "What?", lambda: Media(images=[image], record={"extra": 1}))
+        assert record["error"] is None and record["extra"] == 1 and record["tokens"]["generated"] <= 2
+    assert runner.exit_code == 0
+    assert view.events == [("loaded", "tiny"), ("answered", "a"), ("answered", "b")]  # loaded once
