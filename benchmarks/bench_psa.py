@@ -40,7 +40,7 @@ sys.path.insert(0, ROOT)
 
 from qvl_kernels.pooling import mean_pool  # noqa: E402
 from qvl_kernels.pyramid_attention import build_block_lists, pyramid_attention  # noqa: E402
-from qvl_kernels.pyramid_attention.pyramid_attention import OPTIONS, _pyramid_attention_fwd  # noqa: E402
+from qvl_kernels.pyramid_attention.triton import OPTIONS, _pyramid_attention_fwd  # noqa: E402
 
 MODELS = {"7b": (28, 4, 128), "3b": (16, 2, 128)}  # HQ, HKV, D
 BLOCK = 128

@@ -39,7 +39,7 @@ from bench_psa import fixed_levels, timed, video_inputs  # noqa: E402
 
 from qvl_kernels.pooling import mean_pool  # noqa: E402
 from qvl_kernels.pyramid_attention import build_block_lists  # noqa: E402
-from qvl_kernels.pyramid_attention.pyramid_attention import _pyramid_attention_fwd  # noqa: E402
+from qvl_kernels.pyramid_attention.triton import _pyramid_attention_fwd  # noqa: E402
 
 HQ, HKV, D = 28, 4, 128
 HOPPER = Path(__file__).resolve().parent.parent / "qvl_kernels" / "pyramid_attention" / "hopper.py"

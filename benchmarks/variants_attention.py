@@ -35,7 +35,7 @@ from bench_psa import (
 
 from qvl_kernels.pooling import mean_pool  # noqa: E402
 from qvl_kernels.pyramid_attention import build_block_lists  # noqa: E402
-from qvl_kernels.pyramid_attention.pyramid_attention import OPTIONS, _pyramid_attention_fwd  # noqa: E402
+from qvl_kernels.pyramid_attention.triton import OPTIONS, _pyramid_attention_fwd  # noqa: E402
 
 HQ, HKV, D = 28, 4, 128
 

@@ -48,7 +48,7 @@ from qvl_kernels.block_importance.quantize import quantize_fp8  # noqa: E402
 from qvl_kernels.level_mask import level_mask_triton  # noqa: E402
 from qvl_kernels.psa import PSAConfig, psa_levels  # noqa: E402
 
-bi = importlib.import_module("qvl_kernels.block_importance.block_importance")  # the module (the package's
+bi = importlib.import_module("qvl_kernels.block_importance.triton")  # the module (the package's
 # attribute of that name is the function)
 
 HQ, HKV, D, BLOCK, STRIDE = 28, 4, 128, 128, 8

@@ -29,7 +29,7 @@ from bench_psa import timed  # noqa: E402  (same timing as the main benchmark)
 from qvl_kernels.level_mask.naive import check_args  # noqa: E402
 from qvl_kernels.psa import PSAConfig  # noqa: E402
 
-LM = importlib.import_module("qvl_kernels.level_mask.level_mask_triton")  # the module, not the function
+LM = importlib.import_module("qvl_kernels.level_mask.triton")  # the module, not the function
 HQ, HKV, BLOCK = 28, 4, 128
 
 

@@ -1,5 +1,5 @@
 """Pyramid attention: block-sparse attention over mean-pooled K/V levels (PSA step 4)."""
 
-from .pyramid_attention import build_block_lists, pyramid_attention
+from .triton import build_block_lists, pyramid_attention
 
 __all__ = ["pyramid_attention", "build_block_lists"]

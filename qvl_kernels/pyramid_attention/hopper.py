@@ -1,6 +1,6 @@
 """Pyramid attention for Hopper (sm_90) in Gluon: persistent, warp-specialized, softmax overlapped with the GEMMs.
 
-Same definition and arguments as the Triton kernel in pyramid_attention.py (naive.py has the
+Same definition and arguments as the Triton kernel in triton.py (naive.py has the
 math); this one exists for speed on H100/H200 only. Triton 3.6 emits `wgmma.wait_group 0` after
 every GEMM of the attention loop and lines both warpgroups of a program up at CTA-wide barriers,
 so softmax and tensor cores never overlap (benchmarks/NOTES-psa.md). Here each program (one per

@@ -14,7 +14,7 @@ from qvl_kernels.block_importance.naive import quantize_fp8 as quantize_fp8_ref
 from qvl_kernels.block_importance.quantize import quantize_fp8
 from qvl_kernels.level_mask import level_mask
 
-MOD = importlib.import_module("qvl_kernels.block_importance.block_importance")  # the module, not the function
+MOD = importlib.import_module("qvl_kernels.block_importance.triton")  # the module, not the function
 
 pytestmark = pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # log2(0) = -inf, on purpose
 

@@ -131,7 +131,7 @@ def test_strided_inputs():
 )
 def test_load_strategies(tma, pool_in_kernel):
     # The default is TMA loads with pre-pooled K/V; the other load paths must agree too.
-    from qvl_kernels.pyramid_attention.pyramid_attention import _pyramid_attention_fwd
+    from qvl_kernels.pyramid_attention.triton import _pyramid_attention_fwd
 
     B, HQ, HKV, L, D, block = 1, 4, 2, 300, 80, 64
     q, k, v = _qkv(B, HQ, HKV, L, D, torch.float32, seed=21)
@@ -278,7 +278,7 @@ def test_gluon_build_failure_falls_back_to_triton(monkeypatch):
 
     from qvl_kernels.pyramid_attention import hopper
 
-    pa_mod = importlib.import_module("qvl_kernels.pyramid_attention.pyramid_attention")
+    pa_mod = importlib.import_module("qvl_kernels.pyramid_attention.triton")
     if not hopper.HAVE_GLUON:
         pytest.skip("this Triton has no Gluon")
 
@@ -304,7 +304,7 @@ def test_gluon_q_first_order_gpu(monkeypatch):
 
     from qvl_kernels.pyramid_attention import hopper
 
-    pa_mod = importlib.import_module("qvl_kernels.pyramid_attention.pyramid_attention")
+    pa_mod = importlib.import_module("qvl_kernels.pyramid_attention.triton")
     B, HQ, HKV, L, D = 1, 28, 4, 2065, 128
     q, k, v = _qkv(B, HQ, HKV, L, D, torch.bfloat16, seed=11, device="cuda")
     if not hopper.supported(q, k, v, 128, False):

@@ -281,7 +281,7 @@ def level_mask_triton(
     out: torch.Tensor | None = None,
     counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`level_mask` as one Triton kernel (same arguments and result; see `level_mask.level_mask`).
+    """`level_mask` as one Triton kernel (same arguments and result; see `level_mask` in `__init__.py`).
 
     scores: [B, HQ, nb, nb] (last dimension contiguous); cap: [B, HKV, nb] or None.
     counts: optional zeroed int32 [B, HQ, 5]; the kernel adds the number of visible blocks at
