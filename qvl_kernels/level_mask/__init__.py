@@ -26,16 +26,7 @@ __all__ = [
 ]
 
 
-def level_mask(
-    scores: torch.Tensor,
-    cap: torch.Tensor | None = None,
-    *,
-    mode: str = "energybound",
-    ratios: dict,
-    text_blocks: int = 0,
-    causal: bool = True,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
+def level_mask(scores: torch.Tensor, cap: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
     """Per-block pooling levels of PSA (definition: `naive.py`).
 
     scores: [B, HQ, nb, nb] block importance (any float dtype; invisible entries are ignored).
@@ -48,7 +39,7 @@ def level_mask(
     Returns levels: [B, HQ, nb, nb] int8 in {0, 1, 2, 4, 8}; 0 above the diagonal under causality.
 
     CUDA tensors: one Triton kernel (`level_mask_triton`); elsewhere the vectorized torch version
-    (`level_mask_torch`). Neither syncs the host.
+    (`level_mask_torch`). Both take exactly these arguments; neither syncs the host.
     """
     fn = level_mask_triton if scores.is_cuda else level_mask_torch
-    return fn(scores, cap, mode=mode, ratios=ratios, text_blocks=text_blocks, causal=causal, out=out)
+    return fn(scores, cap, **kwargs)

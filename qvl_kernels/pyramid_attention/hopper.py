@@ -24,7 +24,7 @@ SM, persistent) runs three partitions over a list of work items (128 query rows 
 
 Work order: KV head by KV head (programs running at once share one KV head's K/V in L2), and
 within one, the heaviest causal rows first across its query heads (the schedule ends on light
-rows). Each item's list metadata is loaded one item ahead. Measured steps: benchmarks/NOTES-psa.md.
+rows). Each item's list metadata is loaded one item ahead. Measured steps: benchmarks/experiments/NOTES-psa.md.
 
 Each query row walks one stream of full 128-key tiles: the masked edge block first (the
 diagonal when causal, the last block otherwise), then its level-1 blocks, then its 2x, 4x and 8x
@@ -599,7 +599,6 @@ if HAVE_GLUON:
         D: gl.constexpr,
         TILE_BYTES: gl.constexpr,
         STAGES: gl.constexpr,
-        Q_FIRST: gl.constexpr,
     ):
         # One warp: for each work item, Q (two boxes of 64 rows, one per consumer) and then the
         # row's tiles, keeping STAGES tiles of K and V in flight; runs ahead into the next item.
@@ -639,9 +638,6 @@ if HAVE_GLUON:
             row4 = bhk * ((L + 3) // 4)
             row8 = bhk * ((L + 7) // 8)
             p_idx = IDX + i_row.to(gl.int64) * NB
-            if Q_FIRST and n_tiles > 0:
-                _issue_q(dq, q_bufs, bars_q, bars_qfree, n_q, i_b, i_h, i_m, Q_BYTES)
-                n_q += 1
             e = n_tiles - T  # the edge block (if any) goes first
             for pos in range(0, n_tiles):
                 t = pos - e  # listed tile t; T stands for the edge block
@@ -686,7 +682,7 @@ if HAVE_GLUON:
                     TILE_BYTES,
                     STAGES,
                 )
-                if not Q_FIRST and pos == 0:
+                if pos == 0:
                     # Q after the row's first tile: Q waits for the previous row's O store, and the
                     # first K/V tile should not wait behind it. (Tiles 0..STAGES-1 of this row need
                     # only stages the previous rows release, so the consumers cannot be starved.)
@@ -730,7 +726,6 @@ if HAVE_GLUON:
         D: gl.constexpr,
         CAUSAL: gl.constexpr,
         STAGES: gl.constexpr,
-        Q_FIRST: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         # Persistent: program p takes work items p, p + P, ... (one query tile of one head each).
@@ -856,7 +851,6 @@ if HAVE_GLUON:
                         D,
                         TILE_BYTES,
                         STAGES,
-                        Q_FIRST,
                     ),
                 ),
             ],
@@ -868,13 +862,10 @@ if HAVE_GLUON:
 _SM_COUNT: dict[int, int] = {}
 
 
-def pyramid_attention_hopper(
-    q, k, v, pooled, lists, causal: bool, scale: float, stages: int = 3, q_first: bool = False
-) -> torch.Tensor:
+def pyramid_attention_hopper(q, k, v, pooled, lists, causal: bool, scale: float, stages: int = 3) -> torch.Tensor:
     """Run the Gluon kernel. pooled = (k2, k4, k8, v2, v4, v8) contiguous; lists from build_block_lists.
 
-    stages: K/V tiles in flight (3 measured best). q_first: load each row's Q before its first K/V
-    tile (the loader's earlier order, kept for the variant sweep)."""
+    stages: K/V tiles in flight (3 is fastest: docs/psa-kernels.md)."""
     B, HQ, L, D = q.shape
     HKV = k.shape[1]
     nb = triton.cdiv(L, BLOCK)
@@ -921,7 +912,6 @@ def pyramid_attention_hopper(
         D=D,
         CAUSAL=bool(causal),
         STAGES=stages,
-        Q_FIRST=bool(q_first),
         num_warps=4,
     )
     return o
