@@ -52,34 +52,34 @@ PHASES = ["Q wait", "first step", "rest of loop", "last P V", "epilogue"]
 
 # (anchor, replacement): each anchor must occur exactly `count` times in hopper.py.
 ANCHORS = [
-    (
-        "        Q, K, V, K2, V2, K4, V4, K8, V8, O, IDX, META,\n",
-        "        Q, K, V, K2, V2, K4, V4, K8, V8, O, IDX, META, TR,\n",
+    (  # the kernel's signature
+        "        IDX,\n        META,\n        s_qb,\n",
+        "        IDX,\n        META,\n        TR,\n        s_qb,\n",
         1,
     ),
-    (
-        "O, META, s_ob, s_oh, s_ol, qk_scale, B, L, NB, HQ, G, n_items, D, CAUSAL, STAGES)",
-        "O, META, TR, s_ob, s_oh, s_ol, qk_scale, B, L, NB, HQ, G, n_items, D, CAUSAL, STAGES)",
+    (  # the consumer's signature
+        "        O,\n        META,\n        s_ob,\n",
+        "        O,\n        META,\n        TR,\n        s_ob,\n",
+        1,
+    ),
+    (  # the two consumer partitions' arguments
+        "                        O,\n                        META,\n                        s_ob,\n",
+        "                        O,\n                        META,\n                        TR,\n                        s_ob,\n",
         2,
     ),
-    (
-        "                  O, META, s_ob, s_oh, s_ol, qk_scale,",
-        "                  O, META, TR, s_ob, s_oh, s_ol, qk_scale,",
+    (  # the launch
+        "        idx,\n        meta,\n        q.stride(0),\n",
+        "        idx,\n        meta,\n        TR,\n        q.stride(0),\n",
         1,
     ),
-    (
-        "        q, k, v, k2, v2, k4, v4, k8, v8, o, idx, meta,\n",
-        "        q, k, v, k2, v2, k4, v4, k8, v8, o, idx, meta, TR,\n",
+    (  # the loader partition's arguments
+        "                        META,\n                        IDX,\n                        Q,\n",
+        "                        META,\n                        IDX,\n                        TR,\n                        Q,\n",
         1,
     ),
-    (
-        "(_loader, (q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX,",
-        "(_loader, (q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX, TR,",
-        1,
-    ),
-    (
-        "def _loader(q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX,",
-        "def _loader(q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX, TR,",
+    (  # the loader's signature
+        "        bars_free,\n        META,\n        IDX,\n        Q,\n",
+        "        bars_free,\n        META,\n        IDX,\n        TR,\n        Q,\n",
         1,
     ),
     (
