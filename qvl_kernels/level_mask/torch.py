@@ -47,16 +47,8 @@ def level_mask_torch(
     causal: bool = True,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`level_mask` in vectorized PyTorch (any device; the CPU path of `level_mask`).
-
-    scores: [B, HQ, nb, nb] block importance (any float dtype, non-negative; invisible entries
-    are ignored). cap: optional [B, HKV, nb] integer similarity cap (query head h reads KV head
-    h // (HQ // HKV)); None applies no cap. mode: "energybound" (default) or "topk".
-    ratios: {level: (start, end)} bands, levels in {0, 1, 2, 4, 8}, 0 <= start <= end <= 1, not
-    overlapping (e.g. {1: (0.0, 0.7), 2: (0.7, 0.8), 4: (0.8, 0.9), 8: (0.9, 0.9), 0: (0.9, 1.0)}).
-    text_blocks: 0, the number of trailing query and key blocks forced to level 1 (the prompt).
-    causal: True. out: optional [B, HQ, nb, nb] int8 to write into.
-    Returns levels: [B, HQ, nb, nb] int8 in {0, 1, 2, 4, 8}; 0 above the diagonal under causality.
+    """`level_mask` in vectorized PyTorch (any device; the CPU path of `level_mask`): the same
+    arguments and result, documented there. `scores` must be non-negative.
     """
     B, HQ, nb, bands = check_args(scores, cap, mode, ratios, text_blocks)
     if out is not None and (out.shape != (B, HQ, nb, nb) or out.dtype != torch.int8):
