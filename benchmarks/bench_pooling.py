@@ -3,7 +3,7 @@
     PYTHONPATH=. python3 benchmarks/bench_pooling.py [--lengths 32,64,128] [--out bench-out/pooling.json]
 
 K/V shapes of Qwen2.5-VL-7B (4 KV heads) and 3B (2), D 128, bf16. Per shape: the kernel time
-(`bench_psa.kernel_ms`: profiler records, calls back to back) of
+(`common.kernel_ms`: profiler records, calls back to back) of
 
 - torch: `x.unflatten(-2, (-1, r)).mean(-2)` for r = 2, 4, 8 on k and on v (what the pools
   are when L is a multiple of 8; six reads of the input, eager kernels);
@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
+from common import MODELS, kernel_ms
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_psa import MODELS, kernel_ms  # noqa: E402
-
-from qvl_kernels.pooling import mean_pool, mean_pool_kv  # noqa: E402
+from qvl_kernels.pooling import mean_pool, mean_pool_kv
 
 
 def torch_pools(x: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -33,22 +33,30 @@ import time
 import traceback
 
 import torch
-import torch.nn.functional as F
+from common import (
+    BLOCK,
+    DEV,
+    MODELS,
+    ROOT,
+    calibrated_topk,
+    dense_causal_flops,
+    fixed_levels,
+    kernel_ms,
+    level_density,
+    random_inputs,
+    rel_err,
+    sdpa,
+    timed,
+    video_inputs,
+)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from qvl_kernels.pooling import mean_pool
+from qvl_kernels.pyramid_attention import build_block_lists, hopper, pyramid_attention, pyramid_attention_triton
 
-from qvl_kernels.pooling import mean_pool  # noqa: E402
-from qvl_kernels.pyramid_attention import build_block_lists, pyramid_attention  # noqa: E402
-from qvl_kernels.pyramid_attention.pyramid_attention import OPTIONS, _pyramid_attention_fwd  # noqa: E402
-
-MODELS = {"7b": (28, 4, 128), "3b": (16, 2, 128)}  # HQ, HKV, D
-BLOCK = 128
-DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU only for a smoke test of the helpers
 PUBLISHED_RATIOS = {1: (0.0, 0.7), 2: (0.7, 0.8), 4: (0.8, 0.9), 8: (0.9, 0.9), 0: (0.9, 1.0)}
 T0 = time.time()
 # The library's default tile (pyramid_attention._keep); --sweep may replace it for the rest of a run.
-BEST = {"config": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3), "tma": True, "ws": False}
+BEST = {"config": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3), "tma": True}
 ROWS: list[dict] = []
 LOG: list[str] = []
 
@@ -59,226 +67,20 @@ def log(msg: str) -> None:
     LOG.append(line)
 
 
+def run_kernel(q, k, v, levels, *, causal=True, config=None, tma=None, **kw):
+    """What `pyramid_attention` runs for these levels: the Gluon kernel where it supports the call
+    and no Triton tile is asked for, else the Triton kernel (tma: BEST's by default). kw: `pooled`
+    and `lists` already built, so that the kernel alone is timed, or `pool_in_kernel`."""
+    pooled, lists = kw.get("pooled"), kw.get("lists")
+    if config is None and not kw.get("pool_in_kernel") and hopper.supported(q, k, v, BLOCK, False):
+        pooled = pooled or (*mean_pool(k), *mean_pool(v))
+        lists = lists or build_block_lists(levels, causal)
+        return hopper.pyramid_attention_hopper(q, k, v, pooled, lists, causal, q.shape[-1] ** -0.5)
+    tma = BEST["tma"] if tma is None else tma
+    return pyramid_attention_triton(q, k, v, levels, causal=causal, block=BLOCK, config=config, tma=tma, **kw)
+
+
 # ----------------------------------------------------------------------------- timing, inputs
-
-
-def timed(fn, budget_ms: float = 300.0, min_reps: int = 3, max_reps: int = 40) -> float:
-    """Median ms of fn() over CUDA events, after a warm-up call; rep count from a first estimate."""
-    fn()
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    fn()
-    e.record()
-    torch.cuda.synchronize()
-    est = s.elapsed_time(e)
-    reps = int(min(max_reps, max(min_reps, budget_ms / max(est, 1e-3))))
-    times = []
-    for _ in range(reps):
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
-    times.sort()
-    return times[len(times) // 2]
-
-
-def timed_queued(fn, reps: int = 15, lead_ms: float = 20.0) -> tuple[float, float]:
-    """(GPU ms, host ms) of fn() when the CPU runs ahead of the GPU, as inside a model's forward.
-
-    A busy-wait kernel of ~lead_ms goes first, so fn's launches are all queued before the GPU
-    reaches them: the events then time the GPU work alone, without the Python launch overhead
-    that `timed` (one call on an idle GPU) includes. host ms: the enqueue itself (perf_counter).
-    Medians over reps."""
-    fn()
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    torch.cuda._sleep(1_000_000)  # calibrate: cycles per ms of this card's clock
-    e.record()
-    torch.cuda.synchronize()
-    cycles = int(lead_ms * 1_000_000 / max(s.elapsed_time(e), 1e-3))
-    gpu, host = [], []
-    for _ in range(reps):
-        torch.cuda._sleep(cycles)
-        s.record()
-        t0 = time.perf_counter()
-        fn()
-        host.append((time.perf_counter() - t0) * 1e3)
-        e.record()
-        torch.cuda.synchronize()
-        gpu.append(s.elapsed_time(e))
-    gpu.sort()
-    host.sort()
-    return gpu[reps // 2], host[reps // 2]
-
-
-def kernel_ms(fn, reps: int = 20) -> float:
-    """Median ms of the GPU kernels fn() launches, from the profiler's (CUPTI) kernel records.
-
-    Kernel time alone: neither the host's launch work nor the idle GPU waiting for it counts, and
-    the calls run back to back (the power state of `timed`, unlike `timed_queued`'s busy-waits).
-    For targets about a kernel's own time; `timed` stays the time a caller waits."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
-    kernels = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start)
-    per = len(kernels) // reps
-    if per == 0 or len(kernels) % reps:
-        raise RuntimeError(f"kernel_ms: {len(kernels)} kernel records for {reps} calls")
-    calls = sorted(sum(e.time_range.elapsed_us() for e in kernels[i * per : (i + 1) * per]) for i in range(reps))
-    return calls[reps // 2] / 1e3
-
-
-def dense_causal_flops(B, HQ, L, D) -> float:
-    return 4.0 * B * HQ * D * L * (L + 1) / 2  # QK^T and PV over the visible (lower) triangle
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    num = den = 0.0
-    for i in range(a.shape[1]):  # per head: no fp32 copy of the whole tensor
-        x, y = a[:, i].float(), b[:, i].float()
-        num += (x - y).pow(2).sum().item()
-        den += y.pow(2).sum().item()
-    return math.sqrt(num / max(den, 1e-30))
-
-
-def random_inputs(B, HQ, HKV, L, D, seed):
-    g = torch.Generator(device=DEV).manual_seed(seed)
-    return [
-        torch.randn(B, h, L, D, device=DEV, generator=g, dtype=torch.float32).to(torch.bfloat16) for h in (HQ, HKV, HKV)
-    ]
-
-
-def _features(pos, D, g, scale):
-    # Random Fourier features: phi(p) . phi(p') ~ D * exp(-|p - p'|^2 / 2) in the scaled units.
-    w = torch.randn(D // 2, pos.shape[1], device=DEV, generator=g) * scale
-    b = torch.rand(D // 2, device=DEV, generator=g) * 2 * math.pi
-    a = pos @ w.T + b
-    return torch.cat([a.cos(), a.sin()], -1) * math.sqrt(2.0)  # [L, D], |phi|^2 = D
-
-
-def video_inputs(B, HQ, HKV, L, D, seed, grid=16, sigma_t=1.5, n_sinks=4):
-    """Synthetic video-like q, k, v over a frames x grid x grid token order (t, y, x).
-
-    q and k of a KV head share random-Fourier features of the token's scaled (t, y, x), so that
-    q.k falls off with spatio-temporal distance (an RBF kernel). Even KV heads are smooth in space
-    (spatial length scale 10 tokens: neighbouring keys nearly equal, pooling allowed up to 8x),
-    odd ones detailed (3 tokens: the similarity cap keeps them at 1x-4x). Temporal length scale
-    1.5 frames. The first n_sinks keys share a direction every query leans on (attention sinks).
-    """
-    g = torch.Generator(device=DEV).manual_seed(seed)
-    i = torch.arange(L, device=DEV)
-    per = grid * grid
-    G = HQ // HKV
-    qs, ks, vs = [], [], []
-    for _b in range(B):
-        qh, kh, vh = [], [], []
-        for h in range(HKV):
-            sigma_s = 10.0 if h % 2 == 0 else 3.0
-            pos = torch.stack([(i // per) / sigma_t, ((i % per) // grid) / sigma_s, (i % grid) / sigma_s], -1).float()
-            phi = _features(pos, D, g, 1.0)
-            u = torch.randn(D, device=DEV, generator=g)
-            u = u / u.norm() * math.sqrt(D)
-            k = phi + 0.2 * torch.randn(L, D, device=DEV, generator=g)
-            k[:n_sinks] += 2.0 * u
-            kh.append(k)
-            vh.append(_features(pos, D, g, 0.7) + 0.3 * torch.randn(L, D, device=DEV, generator=g))
-            for _g in range(G):
-                qh.append(
-                    phi * (0.8 + 0.4 * torch.rand(1, device=DEV, generator=g))
-                    + 0.5 * torch.randn(L, D, device=DEV, generator=g)
-                    + 0.3 * u
-                )
-        qs.append(torch.stack(qh))
-        ks.append(torch.stack(kh))
-        vs.append(torch.stack(vh))
-    return [torch.stack(t).to(torch.bfloat16).contiguous() for t in (qs, ks, vs)]
-
-
-# ----------------------------------------------------------------------------- methods
-
-
-def sdpa(backend):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    b = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}[backend]
-
-    def run(q, k, v):
-        with sdpa_kernel([b]):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-
-    return run
-
-
-def level_density(levels: torch.Tensor) -> float:
-    nb = levels.shape[-1]
-    vis = torch.ones(nb, nb, dtype=torch.bool, device=levels.device).tril()
-    lv = levels.float()
-    inv = torch.where(lv > 0, 1.0 / lv.clamp(min=1), torch.zeros_like(lv))
-    return (inv[..., vis].sum() / (vis.sum() * levels.shape[0] * levels.shape[1])).item()
-
-
-def fixed_levels(B, HQ, L, density, pyramid, seed):
-    """A fixed level mask of about `density`: binary (level 1 or 0) or a pyramid mix."""
-    nb = math.ceil(L / BLOCK)
-    g = torch.Generator(device=DEV).manual_seed(seed)
-    u = torch.rand(B, HQ, nb, nb, device=DEV, generator=g)
-    if not pyramid:
-        lev = (u < density).to(torch.int8)
-    else:  # equal shares of 1, 2, 4, 8 among kept blocks: density = keep * (1 + 1/2 + 1/4 + 1/8) / 4
-        keep = min(1.0, density * 4 / 1.875)
-        choice = torch.tensor([1, 2, 4, 8], device=DEV, dtype=torch.int8)[
-            torch.randint(0, 4, (B, HQ, nb, nb), device=DEV, generator=g)
-        ]
-        lev = torch.where(u < keep, choice, torch.zeros_like(choice))
-    idx = torch.arange(nb, device=DEV)
-    lev[..., idx, idx] = 1
-    lev[..., :, 0] = 1
-    return lev.tril()
-
-
-# Band widths of the topk presets ({level: width}, in rank order 1, 2, 4, 8); "fast-v1" is the
-# fast preset's shape before session 5 (4/4/8/16 %), kept as a row for comparison.
-_BAND_SHAPES = {
-    "fast": ((1, 0.016), (2, 0.024), (4, 0.024), (8, 0.32)),
-    "balanced": ((1, 0.18), (2, 0.20), (4, 0.20), (8, 0.20)),
-    "fast-v1": ((1, 0.04), (2, 0.04), (4, 0.08), (8, 0.16)),
-}
-
-
-def calibrated_topk(q, k, target: float, shape: str):
-    """A topk PSAConfig whose achieved density on (q, k) is ~target (full-block equivalents).
-
-    The preset's bands scaled by one factor, found by bisection on the levels alone: the forced
-    diagonal/sink blocks and the similarity cap make the achieved density differ from the bands'
-    nominal one, so a "10% budget" row must be measured at 10%, not at the preset's 14%."""
-    from qvl_kernels.psa import PSAConfig, psa_levels
-
-    def make(f):
-        ratios, a = {}, 0.0
-        for lvl, w in _BAND_SHAPES[shape]:
-            b = min(1.0, a + w * f)
-            ratios[lvl] = (a, b)
-            a = b
-        ratios[0] = (a, 1.0)
-        return PSAConfig(mode="topk", ratios=ratios)
-
-    lo, hi, best = 0.0, 1.0 / sum(w for _, w in _BAND_SHAPES[shape]), None
-    for _ in range(14):
-        f = (lo + hi) / 2
-        d = level_density(psa_levels(q, k, make(f)))
-        if best is None or abs(d - target) < abs(best[1] - target):
-            best = (f, d)
-        lo, hi = (lo, f) if d > target else (f, hi)
-    return make(best[0]), best[1]
 
 
 def binary_same_budget(scores: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -396,15 +198,14 @@ def check_small():
         lev = fixed_levels(1, HQ, L, 0.5, True, seed=3)
         if not causal:
             lev = lev + lev.transpose(-1, -2).tril(-1).transpose(-1, -2)
-        out = _pyramid_attention_fwd(q, k, v, lev, causal, None, BLOCK, pool_in_kernel=pik)
+        out = run_kernel(q, k, v, lev, causal=causal, pool_in_kernel=pik)
         ref = ref_fn(q.float(), k.float(), v.float(), lev, causal=causal)
         err = rel_err(out, ref)
         add(
             model="7b",
             L=L,
             input="random",
-            method=f"check vs fp32 naive {'causal' if causal else 'full'}"
-            f"{' tma' if OPTIONS['tma'] else ''}{' ws' if OPTIONS['ws'] else ''}",
+            method=f"check vs fp32 naive {'causal' if causal else 'full'}{' tma' if BEST['tma'] else ''}",
             err=err,
             note="OK" if err < 3e-2 and out.isfinite().all() else "FAIL",
         )
@@ -437,27 +238,19 @@ def sweep(args):
         ref = sdpa("cudnn")(q, k, v)
         best = None
         for cfg in configs:
-            for tma, ws in ((False, False), (True, False), (True, True)):
-                name = (
-                    "{BLOCK_M}x{BLOCK_N}w{num_warps}s{num_stages}".format(**cfg)
-                    + ("-tma" if tma else "")
-                    + ("-ws" if ws else "")
-                )
+            for tma in (False, True):
+                name = "{BLOCK_M}x{BLOCK_N}w{num_warps}s{num_stages}".format(**cfg) + ("-tma" if tma else "")
 
                 def one():
-                    run = lambda: _pyramid_attention_fwd(
+                    run = lambda: run_kernel(
                         q,
                         k,
                         v,
                         ones,
-                        True,
-                        None,
-                        BLOCK,
                         pooled=pooled,  # noqa: E731
                         lists=lists1,
                         config=cfg,
                         tma=tma,
-                        ws=ws,
                     )
                     out = run()
                     err = rel_err(out, ref)
@@ -474,19 +267,15 @@ def sweep(args):
                         note=f"x{t_cudnn / t:.2f} of cudnn",
                     )
                     for dd, lev, lists in ((d35, lev35, lists35), (d10, lev10, lists10)):
-                        run = lambda: _pyramid_attention_fwd(
+                        run = lambda: run_kernel(
                             q,
                             k,
                             v,
                             lev,
-                            True,
-                            None,
-                            BLOCK,
                             pooled=pooled,  # noqa: E731
                             lists=lists,
                             config=cfg,
                             tma=tma,
-                            ws=ws,
                         )
                         tp = timed(run)
                         add(
@@ -502,21 +291,17 @@ def sweep(args):
 
                 res = guard(name, one)
                 if res is not None and res[1] < 1e-2 and (best is None or res[0] < best[0]):
-                    best = (res[0], cfg, tma, ws)
+                    best = (res[0], cfg, tma)
         if best is not None:
-            BEST.update(config=best[1], tma=best[2], ws=best[3])
-            OPTIONS.update(tma=best[2], ws=best[3])
+            BEST.update(config=best[1], tma=best[2])
             log(f"BEST {BEST}")
 
         def fused():
-            run = lambda: _pyramid_attention_fwd(
+            run = lambda: run_kernel(
                 q,
                 k,
                 v,
                 lev35,
-                True,
-                None,
-                BLOCK,
                 lists=lists35,  # noqa: E731
                 config=BEST["config"],
                 pool_in_kernel=True,
@@ -573,14 +358,11 @@ def quick(args):
             cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
 
             def one():
-                run = lambda: _pyramid_attention_fwd(
+                run = lambda: run_kernel(
                     q,
                     k,
                     v,
                     ones,
-                    True,
-                    None,
-                    BLOCK,
                     pooled=pooled,  # noqa: E731
                     lists=lists,
                     config=cfg,
@@ -640,8 +422,8 @@ def bench_shape(model, Lk, args):
             pooled = (*mean_pool(k), *mean_pool(v))
             out = pyramid_attention(q, k, v, ones)
             # The kernel users get (the Gluon one on an H100/H200), and the portable Triton one.
-            t1 = timed(lambda: _pyramid_attention_fwd(q, k, v, ones, True, None, BLOCK, pooled=pooled, lists=lists))
-            k1 = kernel_ms(lambda: _pyramid_attention_fwd(q, k, v, ones, True, None, BLOCK, pooled=pooled, lists=lists))
+            t1 = timed(lambda: run_kernel(q, k, v, ones, pooled=pooled, lists=lists))
+            k1 = kernel_ms(lambda: run_kernel(q, k, v, ones, pooled=pooled, lists=lists))
             add(
                 **base,
                 method="pyramid all-level-1 (kernel)",
@@ -652,11 +434,7 @@ def bench_shape(model, Lk, args):
                 kernel_ms=k1,
                 note=f"x{t_cudnn / t1:.2f} of cudnn; kernel {k1:.3f} ms",
             )
-            tt = timed(
-                lambda: _pyramid_attention_fwd(
-                    q, k, v, ones, True, None, BLOCK, pooled=pooled, lists=lists, config=BEST["config"]
-                )
-            )
+            tt = timed(lambda: run_kernel(q, k, v, ones, pooled=pooled, lists=lists, config=BEST["config"]))
             add(
                 **base,
                 method="pyramid all-level-1 (Triton kernel)",
@@ -676,7 +454,7 @@ def bench_shape(model, Lk, args):
                 lists = build_block_lists(lev, True)
 
                 def fixed():
-                    return _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled, lists=lists)
+                    return run_kernel(q, k, v, lev, pooled=pooled, lists=lists)
 
                 t, kt = timed(fixed), kernel_ms(fixed)
                 bound, bound_call = 1.25 * dd * k1 + 0.1, 1.25 * dd * t1 + 0.1

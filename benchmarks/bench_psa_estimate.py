@@ -22,19 +22,15 @@ in the same run. Targets (issue 4): estimate <= 8% of dense for L >= 32K; pipeli
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import MODELS, calibrated_topk, timed, timed_queued, video_inputs, write_results
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_psa import MODELS, calibrated_topk, timed, timed_queued, video_inputs  # noqa: E402
-
-from qvl_kernels import PSAConfig, block_importance, level_mask, similarity_cap  # noqa: E402
-from qvl_kernels.psa import importance_uses_fp8, psa_attention, psa_levels  # noqa: E402
+from qvl_kernels import PSAConfig, block_importance, level_mask, similarity_cap
+from qvl_kernels.psa import importance_uses_fp8, psa_attention, psa_levels
 
 D, BLOCK = 128, 128
 PIPELINE_TARGETS = {65536: (0.10, "fast", 6.0), 32768: (0.35, "balanced", 2.2)}  # L: (density, bands, x dense)
@@ -124,14 +120,7 @@ def main() -> None:
                 )
             del q, k, v
             torch.cuda.empty_cache()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(
-        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        card=torch.cuda.get_device_name(),
-        torch=torch.__version__,
-        triton=__import__("triton").__version__,
-    )
-    args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
+    write_results(args.out, rows)
     # The table on stdout (the data); progress went to stderr row by row.
     print(f"{'model':<5} {'L':>6} {'what':<26} {'isolated':>9} {'queued':>9} {'host':>8}  vs dense (isolated / queued)")
     for r in rows:

@@ -14,10 +14,19 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 ATTENTION_NAME = "qvl_psa"
-PRESETS = ("default", "balanced", "fast", "dense")
+
+# The published example's name of each setting -> the kernels' (qvl_kernels.psa.PSAConfig).
+_KERNEL_NAMES = {
+    "block": "block",
+    "xattn_stride": "stride",
+    "importance_method": "method",
+    "mask_mode": "mode",
+    "mask_ratios": "ratios",
+    "use_similarity_cap": "similarity_cap",
+}
 
 
 @dataclass
@@ -42,37 +51,32 @@ class AttentionConfig:
 
     @classmethod
     def preset(cls, name: str = "default", **overrides) -> "AttentionConfig":
-        """ "default" (published energybound bands), "balanced" (~35% budget), "fast" (~10%), "dense"."""
-        from qvl_kernels.psa import PSAConfig
+        """A preset of qvl_kernels.psa.PRESETS: "default" (published energybound bands), "balanced"
+        (~35% budget), "fast" (~10%) or "dense"; keywords override settings."""
+        from qvl_kernels.psa import PRESETS
 
         if name not in PRESETS:
             from qvl.errors import OptionError
 
             raise OptionError(f"unknown PSA preset {name!r}; choose one of {', '.join(PRESETS)}")
-        kernel = PSAConfig.preset(name)
-        return cls(
-            mask_mode=kernel.mode,
-            mask_ratios=dict(kernel.ratios),
-            use_similarity_cap=kernel.similarity_cap,
-            preset_name=name,
-            **overrides,
-        )
+        kernel = PRESETS[name]
+        seed = {ours: _copy(kernel[theirs]) for ours, theirs in _KERNEL_NAMES.items() if theirs in kernel}
+        return cls(**{**seed, **overrides, "preset_name": name})
 
     def kernel_config(self, text_length: int):
-        from qvl_kernels.psa import PUBLISHED_RATIOS, PSAConfig
+        """The kernels' PSAConfig for a prompt whose last `text_length` tokens are text."""
+        from qvl_kernels.psa import PSAConfig
 
         if not self.causal_main:
             raise ValueError("causal_main=False: qvl runs PSA only in the causal language model")
-        return PSAConfig(
-            block=self.block,
-            stride=self.xattn_stride,
-            method=self.importance_method,
-            mode=self.mask_mode,
-            ratios=self.mask_ratios or dict(PUBLISHED_RATIOS),
-            text_length=text_length,
-            similarity_cap=self.use_similarity_cap,
-            causal=True,
-        )
+        settings = {theirs: _copy(getattr(self, ours)) for ours, theirs in _KERNEL_NAMES.items()}
+        if settings["ratios"] is None:
+            del settings["ratios"]  # PSAConfig's default: the published bands
+        return PSAConfig(**settings, text_length=text_length, causal=True)
+
+
+def _copy(value):
+    return dict(value) if isinstance(value, dict) else value
 
 
 class PSAStats:
@@ -106,6 +110,12 @@ class PSAStats:
         }
 
 
+class _Request(NamedTuple):
+    min_tokens: int
+    kernel: Any  # qvl_kernels.psa.PSAConfig for this prompt
+    stats: PSAStats | None
+
+
 _active = threading.local()
 
 
@@ -113,10 +123,11 @@ _active = threading.local()
 def psa_request(config: AttentionConfig, text_length: int, stats: PSAStats | None = None):
     """Within this block, prefill attention of models set to PSA uses `config` for this prompt.
 
-    text_length: tokens of text after the last vision token (kept at full resolution).
+    text_length: tokens of text after the last vision token (kept at full resolution). The
+    kernels' settings are derived here, once, for every layer of the prefill.
     """
     previous = getattr(_active, "state", None)
-    _active.state = (config, text_length, stats)
+    _active.state = _Request(config.min_tokens, config.kernel_config(text_length), stats)
     try:
         yield stats
     finally:
@@ -134,38 +145,22 @@ def psa_attention_forward(module, query, key, value, attention_mask, dropout: fl
     q_len, kv_len = query.shape[2], key.shape[2]
     # Batch 1 with no padding is the only case qvl sends; a padded batch falls back to SDPA.
     usable = state is not None and q_len == kv_len and query.shape[0] == 1
-    if not usable or q_len < state[0].min_tokens:
+    if not usable or q_len < state.min_tokens:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    config, text_length, stats = state
-    kernel_config = config.kernel_config(min(text_length, q_len))
+    kernel = state.kernel
+    if kernel.text_length > q_len:
+        kernel = kernel.with_(text_length=q_len)
     if query.is_cuda:
         from qvl_kernels.psa import psa_attention
-
-        out, layer_stats = psa_attention(query, key, value, kernel_config)
-    else:
-        out, layer_stats = _reference_psa(query, key, value, kernel_config)
-    if stats is not None:
-        stats.tokens = q_len
-        stats.add(getattr(module, "layer_idx", len(stats.layers)), layer_stats)
+    else:  # the references, also under TRITON_INTERPRET=1 (the interpreter is for testing kernels)
+        from qvl_kernels.psa.naive import psa_attention
+    out, layer_stats = psa_attention(query, key, value, kernel)
+    if state.stats is not None:
+        state.stats.tokens = q_len
+        state.stats.add(getattr(module, "layer_idx", len(state.stats.layers)), layer_stats)
     return out.transpose(1, 2).contiguous(), None
-
-
-def _reference_psa(q, k, v, config):
-    """The same composition through the kernels' plain-PyTorch references (CPU, small prompts)."""
-    from qvl_kernels.block_importance.naive import block_importance
-    from qvl_kernels.level_mask import level_mask  # vectorized torch on the CPU, same levels as naive
-    from qvl_kernels.psa import level_stats
-    from qvl_kernels.pyramid_attention.naive import pyramid_attention
-    from qvl_kernels.similarity_cap.naive import similarity_cap
-
-    scores = block_importance(q, k, block=config.block, stride=config.stride, method=config.method, causal=True)
-    cap = similarity_cap(k, block=config.block, thresholds=config.thresholds) if config.similarity_cap else None
-    levels = level_mask(
-        scores, cap, mode=config.mode, ratios=config.ratios, text_blocks=config.text_blocks, causal=True
-    )
-    return pyramid_attention(q, k, v, levels, causal=True, block=config.block), level_stats(levels)
 
 
 def register() -> str:
@@ -190,5 +185,6 @@ def replace_psa_attention_qwen2vl(model, attention_config: AttentionConfig | Non
     The config applies to every later `generate` call; qvl's engine instead sets it per request.
     """
     model.set_attn_implementation(attn_implementation())
-    _active.state = (attention_config or AttentionConfig(), 0, None)
+    config = attention_config or AttentionConfig()
+    _active.state = _Request(config.min_tokens, config.kernel_config(0), None)
     return model

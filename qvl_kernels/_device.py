@@ -8,6 +8,7 @@ path that an isolated call's GPU waits for.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -25,3 +26,8 @@ def capability(device: torch.device) -> tuple[int, int]:
     """(major, minor) compute capability of a CUDA device."""
     p = _properties(_index(device))
     return p.major, p.minor
+
+
+def interpreting() -> bool:
+    """Whether Triton kernels run in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -8,9 +8,8 @@ xattn GEMM: a scale constant over a row factors out of its dot products, so the 
 kernel applies it per query row) and one per head of k. That makes q, 7x larger than k under the
 7B's GQA, a single pass: each program takes whole strided rows, finds their largest |value| and
 casts them (read once, fp8 written once); k keeps per-head scales, which take two passes (an
-atomic max, then the cast) over its few heads. At 64K tokens (7B shape) that is 0.47 GB read and
-0.23 GB written for q plus 0.17 GB for k, against 1.34 GB when q too had per-head scales (two
-passes over everything, up to session 5). Two launches, no host sync. The largest |value| of a row (q) or head
+atomic max, then the cast) over its few heads: about half the traffic of per-head scales for q
+too, which would take two passes over everything. Two launches, no host sync. The largest |value| of a row (q) or head
 (k) maps to 448, the largest finite e4m3 value; a row or head whose amax is below AMAX_FLOOR (all
 zeros) is scaled as if its amax were AMAX_FLOOR (its copy is zeros, its scale finite).
 

@@ -1,6 +1,6 @@
 """Pyramid attention for Hopper (sm_90) in Gluon: persistent, warp-specialized, softmax overlapped with the GEMMs.
 
-Same definition and arguments as the Triton kernel in pyramid_attention.py (naive.py has the
+Same definition and arguments as the Triton kernel in triton.py (naive.py has the
 math); this one exists for speed on H100/H200 only. Triton 3.6 emits `wgmma.wait_group 0` after
 every GEMM of the attention loop and lines both warpgroups of a program up at CTA-wide barriers,
 so softmax and tensor cores never overlap (benchmarks/NOTES-psa.md). Here each program (one per
@@ -24,7 +24,7 @@ SM, persistent) runs three partitions over a list of work items (128 query rows 
 
 Work order: KV head by KV head (programs running at once share one KV head's K/V in L2), and
 within one, the heaviest causal rows first across its query heads (the schedule ends on light
-rows). Each item's list metadata is loaded one item ahead. Measured steps: benchmarks/NOTES-psa.md.
+rows). Each item's list metadata is loaded one item ahead. Measured steps: benchmarks/experiments/NOTES-psa.md.
 
 Each query row walks one stream of full 128-key tiles: the masked edge block first (the
 diagonal when causal, the last block otherwise), then its level-1 blocks, then its 2x, 4x and 8x
@@ -117,9 +117,39 @@ if HAVE_GLUON:
             tma.async_copy_global_to_shared(desc, [row0 + j7 * NP, 0], bar, dst.slice(7 * NP, NP))
 
     @gluon.jit
-    def _issue_tile(g, t, T, lvl, j0, j1, j2, j3, j4, j5, j6, j7, i_b, i_hk,
-                    dk1, dv1, dk2, dv2, dk4, dv4, dk8, dv8, row2, row4, row8,
-                    k_bufs, v_bufs, bars_k, bars_v, TILE_BYTES: gl.constexpr, STAGES: gl.constexpr):
+    def _issue_tile(
+        g,
+        t,
+        T,
+        lvl,
+        j0,
+        j1,
+        j2,
+        j3,
+        j4,
+        j5,
+        j6,
+        j7,
+        i_b,
+        i_hk,
+        dk1,
+        dv1,
+        dk2,
+        dv2,
+        dk4,
+        dv4,
+        dk8,
+        dv8,
+        row2,
+        row4,
+        row8,
+        k_bufs,
+        v_bufs,
+        bars_k,
+        bars_v,
+        TILE_BYTES: gl.constexpr,
+        STAGES: gl.constexpr,
+    ):
         # Start the TMA loads of the row's tile t (the program's g-th tile; K and V, one barrier
         # each) into stage g % STAGES.
         s = g % STAGES
@@ -172,11 +202,42 @@ if HAVE_GLUON:
         return lvl, j0, j1, j2, j3, j4, j5, j6, j7
 
     @gluon.jit
-    def _attn_step(g0, pos, t, q_smem, k_bufs, v_bufs, bars_k, bars_v, bars_free,
-                   acc_s, acc_o, p_op, m_i, l_i, qk_scale,
-                   T1, T2, T4, c0, c1, c2, c3, c4, j_edge, lev_edge, o_m, L,
-                   s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr,
-                   STAGES: gl.constexpr, MASKED: gl.constexpr, FIRST: gl.constexpr, CAUSAL: gl.constexpr):
+    def _attn_step(
+        g0,
+        pos,
+        t,
+        q_smem,
+        k_bufs,
+        v_bufs,
+        bars_k,
+        bars_v,
+        bars_free,
+        acc_s,
+        acc_o,
+        p_op,
+        m_i,
+        l_i,
+        qk_scale,
+        T1,
+        T2,
+        T4,
+        c0,
+        c1,
+        c2,
+        c3,
+        c4,
+        j_edge,
+        lev_edge,
+        o_m,
+        L,
+        s_layout: gl.constexpr,
+        o_layout: gl.constexpr,
+        p_layout: gl.constexpr,
+        STAGES: gl.constexpr,
+        MASKED: gl.constexpr,
+        FIRST: gl.constexpr,
+        CAUSAL: gl.constexpr,
+    ):
         # Stream position pos of the row (the program's tile g0 + pos; listed tile t, or the edge
         # block when MASKED) for one consumer warpgroup: see the module docstring for the order of
         # operations. FIRST: the row's first tile (no previous P V; acc_o is still zero).
@@ -261,8 +322,15 @@ if HAVE_GLUON:
         # the end stays in bounds): level offsets c0..c4, edge block, edge level.
         i_m, i_b, i_h, i_hk, i_row = _work_item(gl.minimum(w, n_items - 1), NB, HQ, G)
         p_meta = META + i_row.to(gl.int64) * 8
-        return (gl.load(p_meta), gl.load(p_meta + 1), gl.load(p_meta + 2), gl.load(p_meta + 3),
-                gl.load(p_meta + 4), gl.load(p_meta + 5), gl.load(p_meta + 6))
+        return (
+            gl.load(p_meta),
+            gl.load(p_meta + 1),
+            gl.load(p_meta + 2),
+            gl.load(p_meta + 3),
+            gl.load(p_meta + 4),
+            gl.load(p_meta + 5),
+            gl.load(p_meta + 6),
+        )
 
     @gluon.jit
     def _row_stream(c0, c1, c2, c3, c4, lev_edge):
@@ -276,21 +344,47 @@ if HAVE_GLUON:
         return T1, T2, T4, T, T + has_edge.to(gl.int32)
 
     @gluon.jit
-    def _consumer(WG: gl.constexpr, q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free,
-                  O, META, s_ob, s_oh, s_ol, qk_scale, B, L, NB, HQ, G, n_items,
-                  D: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
+    def _consumer(
+        WG: gl.constexpr,
+        q_bufs,
+        k_bufs,
+        v_bufs,
+        bars_q,
+        bars_qfree,
+        bars_k,
+        bars_v,
+        bars_free,
+        O,
+        META,
+        s_ob,
+        s_oh,
+        s_ol,
+        qk_scale,
+        B,
+        L,
+        NB,
+        HQ,
+        G,
+        n_items,
+        D: gl.constexpr,
+        CAUSAL: gl.constexpr,
+        STAGES: gl.constexpr,
+    ):
         # One warpgroup: query rows [64 WG, 64 WG + 64) of each work item, every tile of its row.
         WM: gl.constexpr = 64
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, 128, 16])
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, D, 16])
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 128, 16]
+        )
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16]
+        )
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         dtype: gl.constexpr = q_bufs.dtype
         q_smem = q_bufs.index(WG)
         O_BOX: gl.constexpr = [1, 1, WM, D]
-        d_o = tma.make_tensor_descriptor(O, [B, HQ, L, D], [s_ob, s_oh, s_ol, 1], O_BOX,
-                                         gl.NVMMASharedLayout.get_default_for(O_BOX, dtype))
+        d_o = tma.make_tensor_descriptor(
+            O, [B, HQ, L, D], [s_ob, s_oh, s_ol, 1], O_BOX, gl.NVMMASharedLayout.get_default_for(O_BOX, dtype)
+        )
         bar_q = bars_q.index(WG)
         bar_qfree = bars_qfree.index(WG)
         g0 = 0  # tiles this program has consumed
@@ -315,22 +409,115 @@ if HAVE_GLUON:
                 e = n_tiles - T  # 1: the row has an edge block, and it comes first
                 if e > 0:
                     acc_s, acc_o, p_op, m_i, l_i = _attn_step(
-                        g0, 0, T, q_smem, k_bufs, v_bufs, bars_k, bars_v, bars_free,
-                        acc_s, acc_o, p_op, m_i, l_i, qk_scale,
-                        T1, T2, T4, c0, c1, c2, c3, c4, j_edge, lev_edge, o_m, L,
-                        s_layout, o_layout, p_layout, STAGES, True, True, CAUSAL)
+                        g0,
+                        0,
+                        T,
+                        q_smem,
+                        k_bufs,
+                        v_bufs,
+                        bars_k,
+                        bars_v,
+                        bars_free,
+                        acc_s,
+                        acc_o,
+                        p_op,
+                        m_i,
+                        l_i,
+                        qk_scale,
+                        T1,
+                        T2,
+                        T4,
+                        c0,
+                        c1,
+                        c2,
+                        c3,
+                        c4,
+                        j_edge,
+                        lev_edge,
+                        o_m,
+                        L,
+                        s_layout,
+                        o_layout,
+                        p_layout,
+                        STAGES,
+                        True,
+                        True,
+                        CAUSAL,
+                    )
                 else:
                     acc_s, acc_o, p_op, m_i, l_i = _attn_step(
-                        g0, 0, 0, q_smem, k_bufs, v_bufs, bars_k, bars_v, bars_free,
-                        acc_s, acc_o, p_op, m_i, l_i, qk_scale,
-                        T1, T2, T4, c0, c1, c2, c3, c4, j_edge, lev_edge, o_m, L,
-                        s_layout, o_layout, p_layout, STAGES, False, True, CAUSAL)
+                        g0,
+                        0,
+                        0,
+                        q_smem,
+                        k_bufs,
+                        v_bufs,
+                        bars_k,
+                        bars_v,
+                        bars_free,
+                        acc_s,
+                        acc_o,
+                        p_op,
+                        m_i,
+                        l_i,
+                        qk_scale,
+                        T1,
+                        T2,
+                        T4,
+                        c0,
+                        c1,
+                        c2,
+                        c3,
+                        c4,
+                        j_edge,
+                        lev_edge,
+                        o_m,
+                        L,
+                        s_layout,
+                        o_layout,
+                        p_layout,
+                        STAGES,
+                        False,
+                        True,
+                        CAUSAL,
+                    )
                 for pos in range(1, n_tiles):
                     acc_s, acc_o, p_op, m_i, l_i = _attn_step(
-                        g0, pos, pos - e, q_smem, k_bufs, v_bufs, bars_k, bars_v, bars_free,
-                        acc_s, acc_o, p_op, m_i, l_i, qk_scale,
-                        T1, T2, T4, c0, c1, c2, c3, c4, j_edge, lev_edge, o_m, L,
-                        s_layout, o_layout, p_layout, STAGES, False, False, CAUSAL)
+                        g0,
+                        pos,
+                        pos - e,
+                        q_smem,
+                        k_bufs,
+                        v_bufs,
+                        bars_k,
+                        bars_v,
+                        bars_free,
+                        acc_s,
+                        acc_o,
+                        p_op,
+                        m_i,
+                        l_i,
+                        qk_scale,
+                        T1,
+                        T2,
+                        T4,
+                        c0,
+                        c1,
+                        c2,
+                        c3,
+                        c4,
+                        j_edge,
+                        lev_edge,
+                        o_m,
+                        L,
+                        s_layout,
+                        o_layout,
+                        p_layout,
+                        STAGES,
+                        False,
+                        False,
+                        CAUSAL,
+                    )
                 # The last tile's P @ V, then its stage goes back too.
                 g_last = g0 + n_tiles - 1
                 s_last = g_last % STAGES
@@ -352,8 +539,13 @@ if HAVE_GLUON:
             else:  # a row that saw no key at all gets 0 (its Q buffer may be loading: plain stores)
                 o_mo = row0 + gl.arange(0, WM, layout=gl.SliceLayout(1, o_layout))
                 o_do = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
-                p_o = O + i_b.to(gl.int64) * s_ob + i_h.to(gl.int64) * s_oh \
-                    + o_mo[:, None].to(gl.int64) * s_ol + o_do[None, :]
+                p_o = (
+                    O
+                    + i_b.to(gl.int64) * s_ob
+                    + i_h.to(gl.int64) * s_oh
+                    + o_mo[:, None].to(gl.int64) * s_ol
+                    + o_do[None, :]
+                )
                 gl.store(p_o, acc_o.to(dtype), mask=(o_mo < L)[:, None])
             g0 += n_tiles
 
@@ -364,14 +556,50 @@ if HAVE_GLUON:
         for wg in gl.static_range(2):
             mbarrier.wait(bars_qfree.index(wg), (n_q & 1) ^ 1)  # a fresh barrier passes phase 1
             mbarrier.expect(bars_q.index(wg), Q_BYTES)
-            tma.async_copy_global_to_shared(dq, [i_b, i_h, i_m * 128 + wg * 64, 0], bars_q.index(wg),
-                                            q_bufs.index(wg).reshape(Q_BOX))
+            tma.async_copy_global_to_shared(
+                dq, [i_b, i_h, i_m * 128 + wg * 64, 0], bars_q.index(wg), q_bufs.index(wg).reshape(Q_BOX)
+            )
 
     @gluon.jit
-    def _loader(q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX,
-                Q, K, V, K2, V2, K4, V4, K8, V8,
-                s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, B, L, NB, HQ, G, n_items,
-                D: gl.constexpr, TILE_BYTES: gl.constexpr, STAGES: gl.constexpr, Q_FIRST: gl.constexpr):
+    def _loader(
+        q_bufs,
+        k_bufs,
+        v_bufs,
+        bars_q,
+        bars_qfree,
+        bars_k,
+        bars_v,
+        bars_free,
+        META,
+        IDX,
+        Q,
+        K,
+        V,
+        K2,
+        V2,
+        K4,
+        V4,
+        K8,
+        V8,
+        s_qb,
+        s_qh,
+        s_ql,
+        s_kb,
+        s_kh,
+        s_kl,
+        s_vb,
+        s_vh,
+        s_vl,
+        B,
+        L,
+        NB,
+        HQ,
+        G,
+        n_items,
+        D: gl.constexpr,
+        TILE_BYTES: gl.constexpr,
+        STAGES: gl.constexpr,
+    ):
         # One warp: for each work item, Q (two boxes of 64 rows, one per consumer) and then the
         # row's tiles, keeping STAGES tiles of K and V in flight; runs ahead into the next item.
         # TMA descriptors are built here once per program (host-built ones cost ~10 us of Python
@@ -410,23 +638,51 @@ if HAVE_GLUON:
             row4 = bhk * ((L + 3) // 4)
             row8 = bhk * ((L + 7) // 8)
             p_idx = IDX + i_row.to(gl.int64) * NB
-            if Q_FIRST and n_tiles > 0:
-                _issue_q(dq, q_bufs, bars_q, bars_qfree, n_q, i_b, i_h, i_m, Q_BYTES)
-                n_q += 1
             e = n_tiles - T  # the edge block (if any) goes first
             for pos in range(0, n_tiles):
                 t = pos - e  # listed tile t; T stands for the edge block
                 if t < 0:
                     t = T
                 lvl, j0, j1, j2, j3, j4, j5, j6, j7 = _fetch_indices(
-                    t, T, T1, T2, T4, c0, c1, c2, c3, c4, p_idx, j_edge, lev_edge)
+                    t, T, T1, T2, T4, c0, c1, c2, c3, c4, p_idx, j_edge, lev_edge
+                )
                 g = g0 + pos
                 # Wait until both consumers released tile g - STAGES (a fresh barrier passes phase 1).
                 mbarrier.wait(bars_free.index(g % STAGES), ((g // STAGES) & 1) ^ 1)
-                _issue_tile(g, t, T, lvl, j0, j1, j2, j3, j4, j5, j6, j7, i_b, i_hk,
-                            dk1, dv1, dk2, dv2, dk4, dv4, dk8, dv8, row2, row4, row8,
-                            k_bufs, v_bufs, bars_k, bars_v, TILE_BYTES, STAGES)
-                if not Q_FIRST and pos == 0:
+                _issue_tile(
+                    g,
+                    t,
+                    T,
+                    lvl,
+                    j0,
+                    j1,
+                    j2,
+                    j3,
+                    j4,
+                    j5,
+                    j6,
+                    j7,
+                    i_b,
+                    i_hk,
+                    dk1,
+                    dv1,
+                    dk2,
+                    dv2,
+                    dk4,
+                    dv4,
+                    dk8,
+                    dv8,
+                    row2,
+                    row4,
+                    row8,
+                    k_bufs,
+                    v_bufs,
+                    bars_k,
+                    bars_v,
+                    TILE_BYTES,
+                    STAGES,
+                )
+                if pos == 0:
                     # Q after the row's first tile: Q waits for the previous row's O store, and the
                     # first K/V tile should not wait behind it. (Tiles 0..STAGES-1 of this row need
                     # only stages the previous rows release, so the consumers cannot be starved.)
@@ -436,10 +692,40 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _pyramid_attn_hopper(
-        Q, K, V, K2, V2, K4, V4, K8, V8, O, IDX, META,
-        s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, s_ob, s_oh, s_ol,
-        qk_scale, B, L, NB, HQ, G, n_items,
-        D: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr, Q_FIRST: gl.constexpr,
+        Q,
+        K,
+        V,
+        K2,
+        V2,
+        K4,
+        V4,
+        K8,
+        V8,
+        O,
+        IDX,
+        META,
+        s_qb,
+        s_qh,
+        s_ql,
+        s_kb,
+        s_kh,
+        s_kl,
+        s_vb,
+        s_vh,
+        s_vl,
+        s_ob,
+        s_oh,
+        s_ol,
+        qk_scale,
+        B,
+        L,
+        NB,
+        HQ,
+        G,
+        n_items,
+        D: gl.constexpr,
+        CAUSAL: gl.constexpr,
+        STAGES: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         # Persistent: program p takes work items p, p + P, ... (one query tile of one head each).
@@ -465,27 +751,121 @@ if HAVE_GLUON:
 
         # Two consumer warpgroups (64 query rows each, not synchronised with each other, so one's
         # softmax fills the other's GEMM gaps) and one loader warp.
-        gl.warp_specialize([
-            (_consumer, (0, q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free,
-                         O, META, s_ob, s_oh, s_ol, qk_scale, B, L, NB, HQ, G, n_items, D, CAUSAL, STAGES)),
-            (_consumer, (1, q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free,
-                         O, META, s_ob, s_oh, s_ol, qk_scale, B, L, NB, HQ, G, n_items, D, CAUSAL, STAGES)),
-            (_loader, (q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX,
-                       Q, K, V, K2, V2, K4, V4, K8, V8,
-                       s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, B, L, NB, HQ, G, n_items,
-                       D, TILE_BYTES, STAGES, Q_FIRST)),
-        ], [4, 1], [224, 64])
+        gl.warp_specialize(
+            [
+                (
+                    _consumer,
+                    (
+                        0,
+                        q_bufs,
+                        k_bufs,
+                        v_bufs,
+                        bars_q,
+                        bars_qfree,
+                        bars_k,
+                        bars_v,
+                        bars_free,
+                        O,
+                        META,
+                        s_ob,
+                        s_oh,
+                        s_ol,
+                        qk_scale,
+                        B,
+                        L,
+                        NB,
+                        HQ,
+                        G,
+                        n_items,
+                        D,
+                        CAUSAL,
+                        STAGES,
+                    ),
+                ),
+                (
+                    _consumer,
+                    (
+                        1,
+                        q_bufs,
+                        k_bufs,
+                        v_bufs,
+                        bars_q,
+                        bars_qfree,
+                        bars_k,
+                        bars_v,
+                        bars_free,
+                        O,
+                        META,
+                        s_ob,
+                        s_oh,
+                        s_ol,
+                        qk_scale,
+                        B,
+                        L,
+                        NB,
+                        HQ,
+                        G,
+                        n_items,
+                        D,
+                        CAUSAL,
+                        STAGES,
+                    ),
+                ),
+                (
+                    _loader,
+                    (
+                        q_bufs,
+                        k_bufs,
+                        v_bufs,
+                        bars_q,
+                        bars_qfree,
+                        bars_k,
+                        bars_v,
+                        bars_free,
+                        META,
+                        IDX,
+                        Q,
+                        K,
+                        V,
+                        K2,
+                        V2,
+                        K4,
+                        V4,
+                        K8,
+                        V8,
+                        s_qb,
+                        s_qh,
+                        s_ql,
+                        s_kb,
+                        s_kh,
+                        s_kl,
+                        s_vb,
+                        s_vh,
+                        s_vl,
+                        B,
+                        L,
+                        NB,
+                        HQ,
+                        G,
+                        n_items,
+                        D,
+                        TILE_BYTES,
+                        STAGES,
+                    ),
+                ),
+            ],
+            [4, 1],
+            [224, 64],
+        )
 
 
 _SM_COUNT: dict[int, int] = {}
 
 
-def pyramid_attention_hopper(q, k, v, pooled, lists, causal: bool, scale: float, stages: int = 3,
-                             q_first: bool = False) -> torch.Tensor:
+def pyramid_attention_hopper(q, k, v, pooled, lists, causal: bool, scale: float, stages: int = 3) -> torch.Tensor:
     """Run the Gluon kernel. pooled = (k2, k4, k8, v2, v4, v8) contiguous; lists from build_block_lists.
 
-    stages: K/V tiles in flight (3 measured best). q_first: load each row's Q before its first K/V
-    tile (the loader's earlier order, kept for the variant sweep)."""
+    stages: K/V tiles in flight (3 is fastest: docs/psa-kernels.md)."""
     B, HQ, L, D = q.shape
     HKV = k.shape[1]
     nb = triton.cdiv(L, BLOCK)
@@ -498,10 +878,40 @@ def pyramid_attention_hopper(q, k, v, pooled, lists, causal: bool, scale: float,
         _SM_COUNT[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
     n_items = nb * B * HQ
     _pyramid_attn_hopper[(min(n_items, _SM_COUNT[dev]),)](
-        q, k, v, k2, v2, k4, v4, k8, v8, o, idx, meta,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-        scale * 1.4426950408889634, B, L, nb, HQ, HQ // HKV, n_items,
-        D=D, CAUSAL=bool(causal), STAGES=stages, Q_FIRST=bool(q_first), num_warps=4,
+        q,
+        k,
+        v,
+        k2,
+        v2,
+        k4,
+        v4,
+        k8,
+        v8,
+        o,
+        idx,
+        meta,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        o.stride(0),
+        o.stride(1),
+        o.stride(2),
+        scale * 1.4426950408889634,
+        B,
+        L,
+        nb,
+        HQ,
+        HQ // HKV,
+        n_items,
+        D=D,
+        CAUSAL=bool(causal),
+        STAGES=stages,
+        num_warps=4,
     )
     return o

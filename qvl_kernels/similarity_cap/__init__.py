@@ -1,5 +1,5 @@
 """Similarity cap for PSA: the coarsest pooling level each key block may use."""
 
-from .similarity_cap import block_similarity, similarity_cap
+from .triton import block_similarity, similarity_cap
 
 __all__ = ["block_similarity", "similarity_cap"]

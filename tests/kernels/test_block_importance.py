@@ -14,7 +14,7 @@ from qvl_kernels.block_importance.naive import quantize_fp8 as quantize_fp8_ref
 from qvl_kernels.block_importance.quantize import quantize_fp8
 from qvl_kernels.level_mask import level_mask
 
-MOD = importlib.import_module("qvl_kernels.block_importance.block_importance")  # the module, not the function
+MOD = importlib.import_module("qvl_kernels.block_importance.triton")  # the module, not the function
 
 pytestmark = pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # log2(0) = -inf, on purpose
 
@@ -52,6 +52,12 @@ LOAD_PATHS = [pytest.param(True, id="tma"), pytest.param(False, id="pointer")]
 # Explicit launches: the interpreter autotunes its one config; a GPU runs one fixed config rather
 # than compiling the whole list for every case.
 FIXED_CONFIG = dict(BM=64, BN=64, BK=64, FLAT=True, num_warps=4, num_stages=2) if torch.cuda.is_available() else None
+
+
+def _loads(monkeypatch, tma):
+    """Take the TMA path where the layout allows (tma=True, the default) or the pointer gathers."""
+    if not tma:
+        monkeypatch.setattr(MOD, "_tma_layout_ok", lambda *tensors: False)
 
 
 @pytest.fixture
@@ -116,7 +122,7 @@ def test_xattn_chunked_rows_match(monkeypatch, launches, tma):
     align, L = (256, 2130) if torch.cuda.is_available() else (32, 302)  # a multiple of every BM
     monkeypatch.setattr(MOD, "ROW_ALIGN", align)
     monkeypatch.setattr(MOD, "SCRATCH_BYTES", 1)
-    monkeypatch.setitem(MOD.OPTIONS, "tma", tma)
+    _loads(monkeypatch, tma)
     q, k = _qk(1, 1, 2, L, 64, torch.float32, seed=9)  # 533 / 76 strided rows, the last partial: 3 chunks
     for causal in (True, False):
         with poisoned_allocations():
@@ -130,7 +136,7 @@ def test_xattn_chunked_rows_match(monkeypatch, launches, tma):
 @pytest.mark.parametrize("flat", [True, False], ids=["flat-loop", "nested-loops"])
 def test_xattn_both_loop_structures(monkeypatch, flat, tma):
     monkeypatch.setattr(MOD, "INTERPRET_FLAT", flat)
-    monkeypatch.setitem(MOD.OPTIONS, "tma", tma)
+    _loads(monkeypatch, tma)
     MOD._xattn_kernel_tuned.cache.clear()
     try:
         for L in (300, 303):  # 3 x 3 tiles of 32 strided rows; 303: the last strided row is partial
@@ -252,7 +258,7 @@ def test_tma_only_where_the_layout_allows(monkeypatch, launches):
     # TMA needs a 16-byte aligned base and 16-byte multiples for the batch, head and token strides,
     # and one full strided row; everything else takes the pointer path, with the same result.
     def check(q, k, stride=4):
-        S = MOD._xattn(q, k, 16, stride, True, _poisoned_out(q, 16), config=FIXED_CONFIG)  # tma: OPTIONS
+        S = MOD._xattn(q, k, 16, stride, True, _poisoned_out(q, 16), config=FIXED_CONFIG)
         assert_close_rel(S, block_importance_ref(q, k, block=16, stride=stride), TOL[q.dtype])
         return launches.pop()
 
@@ -266,7 +272,7 @@ def test_tma_only_where_the_layout_allows(monkeypatch, launches):
     assert check(flat[1 : 2 * 70 * 64 + 1].view(1, 2, 70, 64), k) == (False, False)  # base 2 B off alignment
     head = 70 * 64 + 4  # head stride 8968 B
     assert check(flat.as_strided((1, 2, 70, 64), (2 * head, head, 64, 1)), k) == (False, False)
-    monkeypatch.setitem(MOD.OPTIONS, "tma", False)
+    _loads(monkeypatch, False)
     assert check(q, k) == (False, False)
 
 
@@ -321,7 +327,7 @@ def test_xattn_row_sums_count_strided_rows():
 @pytest.mark.parametrize("L", [100, 102])
 @pytest.mark.parametrize("tma", LOAD_PATHS)
 def test_strided_input_is_read_in_place(monkeypatch, launches, tma, L):
-    monkeypatch.setitem(MOD.OPTIONS, "tma", tma)
+    _loads(monkeypatch, tma)
     B, HQ, HKV, D = 1, 4, 2, 64
     g = torch.Generator().manual_seed(4)
     q = torch.randn(B, L, HQ, D, generator=g).to(DEVICE).transpose(1, 2)  # [B, HQ, L, D] view of [B, L, H, D]
@@ -604,7 +610,7 @@ def test_xattn_fp8_matches_its_reference_and_stays_close_to_fp32(monkeypatch, la
     # block sums over R x R masses average most of it (measured here: 0.2 - 0.5 % relative RMSE).
     # 2e-2 is the bound the fp8 row-scale check above uses; forgetting or mixing up the scales
     # costs far more than that (q heads 0.5x - 2x, k heads 0.8x - 1.2x, one of q with an outlier).
-    monkeypatch.setitem(MOD.OPTIONS, "tma", tma)
+    _loads(monkeypatch, tma)
     B, HKV, G, L, D, block, stride = case
     q, k = _fp8_qk(B, HKV, G, L, D, torch.float16, seed=L * 5 + G, zero=False, spread=0.3)  # logit spread 0.2-4
     for causal in (True, False):

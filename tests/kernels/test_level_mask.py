@@ -100,7 +100,7 @@ def test_triton_kernel_short_causal_rows_sort_fewer_keys(monkeypatch, mode, text
     the rest of its row as level 0 (from 256 keys on a GPU; lowered here so that a 40-block mask
     takes all three paths: 16-, 32- and 64-key sorts). Every position is written (poisoned output),
     levels and counts as the reference."""
-    lmt = importlib.import_module("qvl_kernels.level_mask.level_mask_triton")
+    lmt = importlib.import_module("qvl_kernels.level_mask.triton")
     monkeypatch.setattr(lmt, "SPLIT_MIN", 16)
     B, HKV, G, nb = 1, 1, 2, 40
     s = _scores(B, HKV * G, nb, seed=41)

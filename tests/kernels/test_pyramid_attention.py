@@ -131,13 +131,13 @@ def test_strided_inputs():
 )
 def test_load_strategies(tma, pool_in_kernel):
     # The default is TMA loads with pre-pooled K/V; the other load paths must agree too.
-    from qvl_kernels.pyramid_attention.pyramid_attention import _pyramid_attention_fwd
+    from qvl_kernels.pyramid_attention import pyramid_attention_triton
 
     B, HQ, HKV, L, D, block = 1, 4, 2, 300, 80, 64
     q, k, v = _qkv(B, HQ, HKV, L, D, torch.float32, seed=21)
     lev = _levels(B, HQ, L, block, seed=21)
     with poisoned_allocations():
-        out = _pyramid_attention_fwd(q, k, v, lev, True, None, block, tma=tma, pool_in_kernel=pool_in_kernel)
+        out = pyramid_attention_triton(q, k, v, lev, block=block, tma=tma, pool_in_kernel=pool_in_kernel)
     assert_close_rel(out, pyramid_attention_ref(q, k, v, lev, block=block), TOL[torch.float32])
 
 
@@ -256,10 +256,10 @@ def test_gluon_few_programs_gpu(programs, monkeypatch):
 
 
 def test_trace_script_still_fits_the_gluon_kernel():
-    """benchmarks/trace_attention.py times the Gluon kernel's phases by patching hopper.py's text at
+    """benchmarks/experiments/trace_attention.py times the Gluon kernel's phases by patching hopper.py's text at
     named anchors. It runs by hand on a GPU, so CI checks here that every anchor is still there (a
     kernel edit that moves one must update the script) and that a missing one is reported."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "trace_attention.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "experiments" / "trace_attention.py"
     spec = importlib.util.spec_from_file_location("trace_attention", path)
     trace = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(trace)
@@ -278,15 +278,15 @@ def test_gluon_build_failure_falls_back_to_triton(monkeypatch):
 
     from qvl_kernels.pyramid_attention import hopper
 
-    pa_mod = importlib.import_module("qvl_kernels.pyramid_attention.pyramid_attention")
+    pa_mod = importlib.import_module("qvl_kernels.pyramid_attention")  # the package, not the function
     if not hopper.HAVE_GLUON:
         pytest.skip("this Triton has no Gluon")
 
     def incompatible(*args, **kwargs):
         raise AttributeError("module 'gluon' has no attribute 'warp_specialize'")
 
-    monkeypatch.setitem(pa_mod.OPTIONS, "gluon", True)
-    monkeypatch.setattr(pa_mod, "_gluon_kernel", lambda *a: hopper)  # as if on an H100/H200
+    monkeypatch.setattr(pa_mod, "_gluon_builds", True)
+    monkeypatch.setattr(pa_mod, "_hopper", lambda *a: hopper)  # as if on an H100/H200
     monkeypatch.setattr(hopper, "pyramid_attention_hopper", incompatible)
     q, k, v = _qkv(1, 2, 1, 63, 64, torch.float32, seed=5)
     lev = _levels(1, 2, 63, 32, seed=5)
@@ -294,20 +294,4 @@ def test_gluon_build_failure_falls_back_to_triton(monkeypatch):
         out = pyramid_attention(q, k, v, lev, block=32)
     ref = pyramid_attention_ref(q, k, v, lev, block=32)
     assert_close_rel(out, ref, TOL[torch.float32])
-    assert pa_mod.OPTIONS["gluon"] is False  # said once: later calls go straight to Triton
-
-
-@pytest.mark.gpu
-def test_gluon_q_first_order_gpu(monkeypatch):
-    """The loader's other order (each row's Q before its first K/V tile) gives the same results."""
-    import importlib
-
-    from qvl_kernels.pyramid_attention import hopper
-
-    pa_mod = importlib.import_module("qvl_kernels.pyramid_attention.pyramid_attention")
-    B, HQ, HKV, L, D = 1, 28, 4, 2065, 128
-    q, k, v = _qkv(B, HQ, HKV, L, D, torch.bfloat16, seed=11, device="cuda")
-    if not hopper.supported(q, k, v, 128, False):
-        pytest.skip("the Gluon kernel needs an sm_90 GPU (H100/H200) and Triton with Gluon")
-    monkeypatch.setitem(pa_mod.OPTIONS, "gluon_q_first", True)
-    _check(q, k, v, _levels(B, HQ, L, 128, seed=11, device="cuda"), True, 128, TOL[torch.bfloat16])
+    assert pa_mod._gluon_builds is False  # said once: later calls go straight to Triton

@@ -5,17 +5,17 @@ cudaProfilerStart/Stop, so `--profile-from-start off` catches only that one):
 
     ncu --clock-control none --profile-from-start off --set full --import-source yes \\
         -k regex:_xattn_kernel -o imp \\
-        env PYTHONPATH=. python3 benchmarks/profile_psa_call.py --model 7b --length 64 --density 0.10
+        env PYTHONPATH=. python3 benchmarks/experiments/profile_psa_call.py --model 7b --length 64 --density 0.10
     ncu --import imp.ncu-rep --page source --csv --print-source sass > imp.csv
 
 Summarize (anywhere; no GPU needed):
 
-    python3 benchmarks/profile_psa_call.py --stalls imp.csv [--top 30] [--regions 200] [--out imp.json]
+    python3 benchmarks/experiments/profile_psa_call.py --stalls imp.csv [--top 30] [--regions 200] [--out imp.json]
 
 prints the warp-stall samples by reason, by region of consecutive SASS instructions (with the
 instructions that mark it: QGMMA/HGMMA, BAR, MUFU.LG2, LDG, STG, EXIT), and the instructions with
 the most samples. Session 9 found the importance kernel's pass 2 at 19% of its samples this way.
-Inputs are bench_psa.py's video-like q/k/v, the topk bands scaled to the given density.
+Inputs are common.py's video-like q/k/v, the topk bands scaled to the given density.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from pathlib import Path
 def run_call(model: str, length_k: int, density: float, shape: str) -> None:
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_psa import MODELS, calibrated_topk, video_inputs
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+    from common import MODELS, calibrated_topk, video_inputs
 
     from qvl_kernels.psa import psa_attention
 

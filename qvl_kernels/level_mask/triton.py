@@ -254,15 +254,10 @@ def _band_tensor(bands, device):
 
 
 def _warps(BNB: int) -> int:
-    """Warps per row's sort (benchmarks/variants_level_mask.py: H200, 7B with 28 heads, topk with
-    cap, 2026-11-28, two runs), ms for 4 / 1 / 8 warps: nb 128 (16K tokens) 0.032-0.060 /
-    0.040-0.077 / 0.051-0.066; nb 256 0.064-0.093 / 0.053-0.072 / 0.086-0.092; nb 512
-    0.214-0.244 / 0.185-0.215 / 0.251-0.269; nb 1024 1.65-1.73 / 1.27-1.31 / 1.23-1.29. One warp
-    keeps a 256-512-key sort in shuffles (no shared-memory exchanges between warps). With SPLIT
-    (session 8, one run, 1 / 8 warps): nb 256 0.064 / 0.083, nb 512 0.162 / 0.185; nb 1024
-    (session 9, one run) 0.880-0.887 / 0.810, so one warp at 256-512 keys, eight from 1024 either
-    way. The levels are the same bits with every count and with SPLIT on or off (the script
-    checks)."""
+    """Warps per row's sort (benchmarks/experiments/variants_level_mask.py; docs/benchmarks.md):
+    one warp keeps a 256-512-key sort in shuffles (no shared-memory exchanges between warps) and
+    is fastest there; from 1024 keys eight are, with SPLIT on or off. The levels are the same bits
+    with every count."""
     if BNB <= 128:
         return 4
     if BNB <= 512:
@@ -281,7 +276,7 @@ def level_mask_triton(
     out: torch.Tensor | None = None,
     counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`level_mask` as one Triton kernel (same arguments and result; see `level_mask.level_mask`).
+    """`level_mask` as one Triton kernel (same arguments and result; see `level_mask` in `__init__.py`).
 
     scores: [B, HQ, nb, nb] (last dimension contiguous); cap: [B, HKV, nb] or None.
     counts: optional zeroed int32 [B, HQ, 5]; the kernel adds the number of visible blocks at

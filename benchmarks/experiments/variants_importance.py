@@ -1,10 +1,10 @@
 """The xattn block-importance variants that matter, bf16 and fp8, on one GPU, against cuDNN dense attention.
 
-    PYTHONPATH=. python3 benchmarks/variants_importance.py [--lengths 16,32,64] [--deadline 110]
+    PYTHONPATH=. python3 benchmarks/experiments/variants_importance.py [--lengths 16,32,64] [--deadline 110]
         [--no-fp8] [--out bench-out/variants_importance.json]
 
 7B attention shape (B 1, HQ 28, HKV 4, D 128), bf16, block 128, stride 8, causal, video-like
-inputs from bench_psa.video_inputs. Per length: cuDNN SDPA dense causal attention, then
+inputs from common.video_inputs. Per length: cuDNN SDPA dense causal attention, then
 
 - the pre-TMA default (pointer path, 128x128x128 w8 s3), first: the reference of the checks;
 - the measured bf16 winners on the TMA path (128x256x64 w8 s4 and s3, 128x128x64 w8 s4), each
@@ -40,15 +40,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_psa import timed, video_inputs  # noqa: E402  (same timing and inputs as the main benchmark)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import timed, video_inputs  # noqa: E402  (same timing and inputs as the main benchmark)
 
 from qvl_kernels.block_importance import block_importance  # noqa: E402
 from qvl_kernels.block_importance.quantize import quantize_fp8  # noqa: E402
 from qvl_kernels.level_mask import level_mask_triton  # noqa: E402
 from qvl_kernels.psa import PSAConfig, psa_levels  # noqa: E402
 
-bi = importlib.import_module("qvl_kernels.block_importance.block_importance")  # the module (the package's
+bi = importlib.import_module("qvl_kernels.block_importance.triton")  # the module (the package's
 # attribute of that name is the function)
 
 HQ, HKV, D, BLOCK, STRIDE = 28, 4, 128, 128, 8

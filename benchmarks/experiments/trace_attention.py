@@ -1,9 +1,9 @@
 """Where the Gluon attention kernel's time goes inside one work item (H100/H200 only).
 
-    PYTHONPATH=. python3 benchmarks/trace_attention.py [--lengths 16] [--baseline OLD_hopper.py] \
+    PYTHONPATH=. python3 benchmarks/experiments/trace_attention.py [--lengths 16] [--baseline OLD_hopper.py] \
         [--out bench-out/trace_attention.json]
 
-7B attention shape (HQ 28, HKV 4, D 128), bf16, causal, video-like inputs from bench_psa:
+7B attention shape (HQ 28, HKV 4, D 128), bf16, causal, video-like inputs from common.py:
 
 1. Cost model. Masks with the diagonal plus the k nearest blocks per row (k = 0..32), fixed
    d~0.1 masks and all level 1; times of the kernel `pyramid_attention` runs here, of the Triton
@@ -34,49 +34,52 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_psa import fixed_levels, timed, video_inputs  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import fixed_levels, timed, video_inputs  # noqa: E402
 
 from qvl_kernels.pooling import mean_pool  # noqa: E402
-from qvl_kernels.pyramid_attention import build_block_lists  # noqa: E402
-from qvl_kernels.pyramid_attention.pyramid_attention import _pyramid_attention_fwd  # noqa: E402
+from qvl_kernels.pyramid_attention import (  # noqa: E402
+    build_block_lists,  # noqa: E402
+    hopper,
+    pyramid_attention_triton,
+)
 
 HQ, HKV, D = 28, 4, 128
-HOPPER = Path(__file__).resolve().parent.parent / "qvl_kernels" / "pyramid_attention" / "hopper.py"
+HOPPER = Path(__file__).resolve().parents[2] / "qvl_kernels" / "pyramid_attention" / "hopper.py"
 CLK = 'gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)'
 SLOTS = 16  # per work item: consumer warpgroup w at 6 w + (0..5); the loader at 13 (tile 0 issued), 14 (Q issued)
 PHASES = ["Q wait", "first step", "rest of loop", "last P V", "epilogue"]
 
 # (anchor, replacement): each anchor must occur exactly `count` times in hopper.py.
 ANCHORS = [
-    (
-        "        Q, K, V, K2, V2, K4, V4, K8, V8, O, IDX, META,\n",
-        "        Q, K, V, K2, V2, K4, V4, K8, V8, O, IDX, META, TR,\n",
+    (  # the kernel's signature
+        "        IDX,\n        META,\n        s_qb,\n",
+        "        IDX,\n        META,\n        TR,\n        s_qb,\n",
         1,
     ),
-    (
-        "O, META, s_ob, s_oh, s_ol, qk_scale, B, L, NB, HQ, G, n_items, D, CAUSAL, STAGES)",
-        "O, META, TR, s_ob, s_oh, s_ol, qk_scale, B, L, NB, HQ, G, n_items, D, CAUSAL, STAGES)",
+    (  # the consumer's signature
+        "        O,\n        META,\n        s_ob,\n",
+        "        O,\n        META,\n        TR,\n        s_ob,\n",
+        1,
+    ),
+    (  # the two consumer partitions' arguments
+        "                        O,\n                        META,\n                        s_ob,\n",
+        "                        O,\n                        META,\n                        TR,\n                        s_ob,\n",
         2,
     ),
-    (
-        "                  O, META, s_ob, s_oh, s_ol, qk_scale,",
-        "                  O, META, TR, s_ob, s_oh, s_ol, qk_scale,",
+    (  # the launch
+        "        idx,\n        meta,\n        q.stride(0),\n",
+        "        idx,\n        meta,\n        TR,\n        q.stride(0),\n",
         1,
     ),
-    (
-        "        q, k, v, k2, v2, k4, v4, k8, v8, o, idx, meta,\n",
-        "        q, k, v, k2, v2, k4, v4, k8, v8, o, idx, meta, TR,\n",
+    (  # the loader partition's arguments
+        "                        META,\n                        IDX,\n                        Q,\n",
+        "                        META,\n                        IDX,\n                        TR,\n                        Q,\n",
         1,
     ),
-    (
-        "(_loader, (q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX,",
-        "(_loader, (q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX, TR,",
-        1,
-    ),
-    (
-        "def _loader(q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX,",
-        "def _loader(q_bufs, k_bufs, v_bufs, bars_q, bars_qfree, bars_k, bars_v, bars_free, META, IDX, TR,",
+    (  # the loader's signature
+        "        bars_free,\n        META,\n        IDX,\n        Q,\n",
+        "        bars_free,\n        META,\n        IDX,\n        TR,\n        Q,\n",
         1,
     ),
     (
@@ -85,8 +88,8 @@ ANCHORS = [
         1,
     ),
     (
-        "                if not Q_FIRST and pos == 0:\n",
-        f"                gl.store(p_tl + 1, {CLK}, mask=pos == 0)\n                if not Q_FIRST and pos == 0:\n",
+        "                if pos == 0:\n",
+        f"                gl.store(p_tl + 1, {CLK}, mask=pos == 0)\n                if pos == 0:\n",
         1,
     ),
     (
@@ -196,12 +199,8 @@ def main() -> None:
             # tiles of the row streams: level-r blocks packed r per tile (the edge counted in its level)
             tiles = sum(((lv == r).sum(-1) + (r - 1)).div(r, rounding_mode="floor").sum().item() for r in (1, 2, 4, 8))
             row = dict(L=L, mask=name, items=n_items, tiles=tiles)
-            row["kernel ms"] = timed(
-                lambda: _pyramid_attention_fwd(q, k, v, lev, True, None, 128, pooled=pooled, lists=lists, gluon=True)
-            )
-            row["Triton ms"] = timed(
-                lambda: _pyramid_attention_fwd(q, k, v, lev, True, None, 128, pooled=pooled, lists=lists, gluon=False)
-            )
+            row["kernel ms"] = timed(lambda: hopper.pyramid_attention_hopper(q, k, v, pooled, lists, True, scale))
+            row["Triton ms"] = timed(lambda: pyramid_attention_triton(q, k, v, lev, pooled=pooled, lists=lists))
             if base is not None:
                 row["baseline ms"] = timed(lambda: base.pyramid_attention_hopper(q, k, v, pooled, lists, True, scale))
             ref = kern.pyramid_attention_hopper(q, k, v, pooled, lists, True, scale)

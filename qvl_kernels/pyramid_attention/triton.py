@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 
 import torch
 import triton
 import triton.language as tl
 
-from .._device import capability
 from .._tma import ensure_tma_allocator, tma_ok
 from ..pooling import mean_pool_kv
 from .naive import check_args
@@ -91,7 +89,7 @@ def _dot(a, b, acc):
 def _softmax_step(b_s, b_m, b_l, qk_scale, R: tl.constexpr):
     # Online softmax of one unmasked tile of raw scores q.k at ratio R: returns p, alpha and the
     # new max m (log2 units) and sum l. The scale rides in the exponent's FMA (s * scale - m), not
-    # in a multiply per score (measured on an H200: +2.5% at 16K, none at 32K-64K; NOTES-psa.md).
+    # in a multiply per score (free, and a little faster where the softmax is the bottleneck).
     LOG2R: tl.constexpr = math.log2(R)
     b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale + LOG2R)
     b_p = tl.math.exp2(b_s * qk_scale - (b_m_new - LOG2R)[:, None])
@@ -359,7 +357,6 @@ def _level_loop(
     CAUSAL: tl.constexpr,
     POOL_IN_KERNEL: tl.constexpr,
     TMA: tl.constexpr,
-    WS: tl.constexpr,
 ):
     # All list entries of this row at level R (C = log2 R): unmasked blocks only.
     p_k, p_v, s_l_k, s_d_k, s_l_v, s_d_v = _level_pointers(
@@ -433,7 +430,7 @@ def _level_loop(
         L_R = (L + R - 1) // R
         d_k = tl.make_tensor_descriptor(p_k, shape=[L_R, D], strides=[s_l_k, 1], block_shape=[CN_T, BLOCK_D])
         d_v = tl.make_tensor_descriptor(p_v, shape=[L_R, D], strides=[s_l_v, 1], block_shape=[CN_T, BLOCK_D])
-        for i_e in tl.range(i_start, i_end, warp_specialize=WS):
+        for i_e in tl.range(i_start, i_end):
             i_j = tl.load(p_idx + i_e)
             b_acc, b_m, b_l = _attend_block_tma(b_acc, b_m, b_l, b_q, d_k, d_v, i_j, qk_scale, R, BLOCK, CN_T)
     else:
@@ -598,7 +595,6 @@ def _pyramid_attn_kernel(
     CAUSAL: tl.constexpr,
     POOL_IN_KERNEL: tl.constexpr,
     TMA: tl.constexpr,
-    WS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -663,7 +659,6 @@ def _pyramid_attn_kernel(
         CAUSAL,
         POOL_IN_KERNEL,
         TMA,
-        WS,
     )
     b_acc, b_m, b_l = _level_loop(
         b_acc,
@@ -707,7 +702,6 @@ def _pyramid_attn_kernel(
         CAUSAL,
         POOL_IN_KERNEL,
         TMA,
-        WS,
     )
     b_acc, b_m, b_l = _level_loop(
         b_acc,
@@ -751,7 +745,6 @@ def _pyramid_attn_kernel(
         CAUSAL,
         POOL_IN_KERNEL,
         TMA,
-        WS,
     )
     b_acc, b_m, b_l = _level_loop(
         b_acc,
@@ -795,7 +788,6 @@ def _pyramid_attn_kernel(
         CAUSAL,
         POOL_IN_KERNEL,
         TMA,
-        WS,
     )
     # The edge block (diagonal when causal, last key block otherwise), with masks.
     i_j = tl.load(p_meta + 5)
@@ -979,12 +971,11 @@ def _configs():
 
 
 def _keep(conf: triton.Config, block: int, block_d: int) -> bool:
-    """The configs worth compiling for a (block, head_dim) pair (measured: benchmarks/NOTES-psa.md).
+    """The configs worth compiling for a (block, head_dim) pair (the sweep: docs/benchmarks.md).
 
-    H200, 7B shape, all blocks at level 1, TFLOP/s: with TMA, 128x128 w8 s3 452 (16K) / 466 (64K),
-    128x64 w8 s3 433 / 461, 128x64 w8 s4 429 / 452, 128x128 w8 s2 426 (32K); without TMA 408-429;
-    64-row tiles 264-271. One config for block >= 128: autotuning between close configs, keyed
-    without L on purpose, picked the slower one whenever the first call was short (7% at 128K).
+    128x128 tiles, 8 warps, 3 stages with TMA are fastest at every length; 64-row tiles are far
+    slower. One config for block >= 128: autotuning between close configs, keyed without L on
+    purpose, picked the slower one whenever the first call was short.
     """
     bm, bn, w, s = conf.kwargs["BLOCK_M"], conf.kwargs["BLOCK_N"], conf.num_warps, conf.num_stages
     if bm > block or bm < min(64, block):  # a query tile sits inside one level row
@@ -1008,7 +999,7 @@ def _prune(configs, named_args, **kwargs):
 
 _pyramid_attn_kernel_tuned = triton.autotune(
     configs=_configs(),
-    key=["D", "BLOCK", "CAUSAL", "POOL_IN_KERNEL", "TMA", "WS"],
+    key=["D", "BLOCK", "CAUSAL", "POOL_IN_KERNEL", "TMA"],
     prune_configs_by={"early_config_prune": _prune},
 )(_pyramid_attn_kernel)
 
@@ -1040,43 +1031,30 @@ def build_block_lists(levels: torch.Tensor, causal: bool = True) -> tuple[torch.
     return idx, meta
 
 
-# Load strategy of the unmasked full-width tiles: TMA descriptors (+12% on an H200 at 32K, all
-# level 1) or plain loads; warp specialization of that loop (Triton 3.6, Hopper) measured no gain.
-# "gluon": on an H100/H200, calls the kernel supports (block 128, bf16/fp16, head_dim 64 or 128)
-# run the Gluon kernel of hopper.py instead. See benchmarks/NOTES-psa.md. The benchmarks flip
-# these for their variant sweeps.
-OPTIONS = {"tma": True, "ws": False, "gluon": True, "gluon_stages": 3, "gluon_q_first": False}
-
-
-def _gluon_kernel(q, k, v, block, pool_in_kernel):
-    """hopper.py if its Gluon kernel can run this call, else None. Imported only on an H100/H200:
-    Gluon adds ~0.16 s to the import, which nothing else should pay."""
-    if not (q.is_cuda and block == 128 and not pool_in_kernel):
-        return None
-    if capability(q.device) != (9, 0):
-        return None
-    from . import hopper
-
-    return hopper if hopper.supported(q, k, v, block, pool_in_kernel) else None
-
-
-def _pyramid_attention_fwd(
-    q,
-    k,
-    v,
-    levels,
-    causal,
-    scale,
-    block,
+def pyramid_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    levels: torch.Tensor,
     *,
-    pool_in_kernel=False,
-    pooled=None,
-    lists=None,
-    config=None,
-    tma=None,
-    ws=None,
-    gluon=None,
-):
+    causal: bool = True,
+    scale: float | None = None,
+    block: int = 128,
+    pool_in_kernel: bool = False,
+    pooled: tuple | None = None,
+    lists: tuple | None = None,
+    config: dict | None = None,
+    tma: bool = True,
+) -> torch.Tensor:
+    """`pyramid_attention` by the portable Triton kernel (same arguments and result).
+
+    pool_in_kernel: pool K/V inside the loop instead of reading `mean_pool_kv`'s copies (r times
+    the loads; kept as the second opinion the tests compare). pooled: (k2, k4, k8, v2, v4, v8)
+    already pooled, lists: `build_block_lists(levels, causal)` already built (benchmarks time the
+    kernel alone with them). config: None to autotune, or explicit launch parameters
+    {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages"}. tma: TMA descriptor loads of the unmasked
+    tiles where the layout allows (unit stride along D, 16-byte aligned), else plain loads.
+    """
     B, HQ, HKV, L, D, nb = check_args(q, k, v, levels, causal, block)
     if not q.is_cuda and not _interpreting():
         raise ValueError(
@@ -1094,29 +1072,6 @@ def _pyramid_attention_fwd(
         else:
             k2, k4, k8, v2, v4, v8 = pooled
     idx, meta = build_block_lists(levels, causal) if lists is None else lists
-    gluon = OPTIONS["gluon"] if gluon is None else gluon
-    hopper = _gluon_kernel(q, k, v, block, pool_in_kernel) if gluon and config is None else None
-    if hopper is not None:
-        try:
-            return hopper.pyramid_attention_hopper(
-                q,
-                k,
-                v,
-                (k2, k4, k8, v2, v4, v8),
-                (idx, meta),
-                causal,
-                scale,
-                stages=OPTIONS["gluon_stages"],
-                q_first=OPTIONS["gluon_q_first"],
-            )
-        except hopper.GLUON_COMPILE_ERRORS as e:  # a Triton whose Gluon API differs: say so once, go on
-            OPTIONS["gluon"] = False
-            warnings.warn(
-                f"qvl_kernels: the Gluon Hopper kernel does not build with Triton {triton.__version__} "
-                f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); using the Triton kernel",
-                RuntimeWarning,
-                stacklevel=3,
-            )
     o = torch.empty_like(q)
     args = (
         q,
@@ -1141,8 +1096,6 @@ def _pyramid_attention_fwd(
         HQ,
         HQ // HKV,
     )
-    tma = OPTIONS["tma"] if tma is None else tma
-    ws = OPTIONS["ws"] if ws is None else ws
     # TMA needs unit stride along D and 16-byte aligned rows and bases.
     tma = bool(tma) and (q.is_cuda or _interpreting()) and tma_ok(k, v)
     if tma:
@@ -1153,7 +1106,6 @@ def _pyramid_attention_fwd(
         CAUSAL=bool(causal),
         POOL_IN_KERNEL=bool(pool_in_kernel),
         TMA=tma,
-        WS=bool(ws) and tma,
         BLOCK_D=max(16, triton.next_power_of_2(D)),
     )
     if config is None:
@@ -1165,31 +1117,3 @@ def _pyramid_attention_fwd(
         grid = (triton.cdiv(L, cfg["BLOCK_M"]), B * HQ)
         _pyramid_attn_kernel[grid](*args, **consts, **cfg, num_warps=warps, num_stages=stages)
     return o
-
-
-def pyramid_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    levels: torch.Tensor,
-    *,
-    causal: bool = True,
-    scale: float | None = None,
-    block: int = 128,
-) -> torch.Tensor:
-    """Pyramid sparse attention (PSA step 4) with per-block pooling levels.
-
-    q: [B, HQ, L, D]; k, v: [B, HKV, L, D] with HQ = G * HKV (query head h reads KV head h // G,
-    in place: K and V are never expanded); any strides; fp32, fp16 or bf16; D <= 256 (64, 80 and
-    128 are tested); any L >= 1.
-    levels: [B, HQ, nb, nb] integers (int8 preferred) in {0, 1, 2, 4, 8}, nb = ceil(L / block);
-    levels[b, h, i, j] = r > 0 lets query block i attend to key block j mean-pooled over r
-    consecutive tokens (pooled score + ln r); 0 skips the block. When causal, blocks right of
-    the diagonal are ignored whatever their level, and a pooled key is used only by queries at or
-    after its last token.
-    causal: default True. scale: default 1 / sqrt(D). block: tokens per block, a power of two
-    >= 16, default 128.
-    Returns o: [B, HQ, L, D] in q's dtype. A query that sees no key gets 0.
-    With every visible block at level 1 this equals (causal) scaled-dot-product attention.
-    """
-    return _pyramid_attention_fwd(q, k, v, levels, causal, scale, block)

@@ -1,19 +1,18 @@
 """Dense (all level 1) pyramid-attention kernel variants against cuDNN SDPA, same run, same card.
 
-    PYTHONPATH=. python3 benchmarks/variants_attention.py [--lengths 16,32,64] [--out bench-out/variants_attention.json]
+    PYTHONPATH=. python3 benchmarks/experiments/variants_attention.py [--lengths 16,32,64] [--out bench-out/variants_attention.json]
 
 Variants: Triton tile configs (BMxBNxWARPSxSTAGES; the softmax variants measured with it, a
-polynomial exp2 on the FMA pipes and FA3's GEMM order, were dropped: benchmarks/NOTES-psa.md) and
-the Gluon Hopper kernel with 2 or 3 K/V stages (`gluon2`, `gluon3`; `gluon3q` loads each row's Q
-before its first K/V tile). 7B attention shape (HQ 28, HKV 4, D 128), bf16, causal,
-video-like inputs from bench_psa. Also times each variant on a fixed pyramid mask of density ~0.1 and on low-density masks.
-Prints a table and writes JSON; the chosen defaults go into OPTIONS / _keep in pyramid_attention.py.
+polynomial exp2 on the FMA pipes and FA3's GEMM order, were dropped: docs/psa-kernels.md) and
+the Gluon Hopper kernel with 2 or 3 K/V stages (`gluon2`, `gluon3`). 7B attention shape (HQ 28, HKV 4, D 128), bf16, causal,
+video-like inputs from common.py. Also times each variant on a fixed pyramid mask of density ~0.1 and on low-density masks.
+Prints a table and writes JSON; the chosen defaults go into `_keep` in pyramid_attention/triton.py
+and the `stages` default of hopper.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -21,31 +20,34 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_psa import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import (  # noqa: E402
     BLOCK,
     dense_causal_flops,
     fixed_levels,
     level_density,
     rel_err,
-    sdpa,  # noqa: E402
+    sdpa,
     timed,
     video_inputs,
+    write_results,
 )
 
 from qvl_kernels.pooling import mean_pool  # noqa: E402
-from qvl_kernels.pyramid_attention import build_block_lists  # noqa: E402
-from qvl_kernels.pyramid_attention.pyramid_attention import OPTIONS, _pyramid_attention_fwd  # noqa: E402
+from qvl_kernels.pyramid_attention import (  # noqa: E402
+    build_block_lists,  # noqa: E402
+    hopper,
+    pyramid_attention_triton,
+)
 
 HQ, HKV, D = 28, 4, 128
 
 
 def _variant(q, k, v, lev, lists, pooled, cfg):
-    if isinstance(cfg, str):  # gluonN[q]: the Gluon Hopper kernel with N K/V stages (q: Q before the first tile)
-        OPTIONS["gluon_stages"] = int(cfg[len("gluon") :].rstrip("q"))
-        OPTIONS["gluon_q_first"] = cfg.endswith("q")
-        return _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled, lists=lists, gluon=True)
-    return _pyramid_attention_fwd(q, k, v, lev, True, None, BLOCK, pooled=pooled, lists=lists, config=cfg, tma=True)
+    if isinstance(cfg, str):  # gluonN: the Gluon Hopper kernel with N K/V stages
+        stages = int(cfg[len("gluon") :])
+        return hopper.pyramid_attention_hopper(q, k, v, pooled, lists, True, q.shape[-1] ** -0.5, stages=stages)
+    return pyramid_attention_triton(q, k, v, lev, block=BLOCK, pooled=pooled, lists=lists, config=cfg)
 
 
 def main() -> None:
@@ -138,14 +140,7 @@ def main() -> None:
             f"{r['L']:>7} {r['variant']:<32} {r['ms']:>8.3f} {r['tflops']:>6.0f} {r.get('x_cudnn', 1):>8.3f} "
             f"{r.get('err', 0):>8.1e} {r.get('pyr10_ms', 0):>12.3f} {r.get('pyr10_bound_ms', r.get('bound_ms', 0)):>7.3f}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(
-        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        card=torch.cuda.get_device_name(),
-        torch=torch.__version__,
-        triton=__import__("triton").__version__,
-    )
-    args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
+    write_results(args.out, rows)
 
 
 if __name__ == "__main__":

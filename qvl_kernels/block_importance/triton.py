@@ -13,16 +13,15 @@ that to 12.5 %, over the 8 % budget, so the kernel does the matmul once:
 - pass 2, after the row's total LSE = m + log2(l) is known: P[r, J] = exp2(lse[r, J] - LSE[r]) is
   the exact softmax mass of row r in key block J; rows are summed into their query block. Each
   thread sums the rows of its own query block (no shuffles, no shared memory, no barriers), and
-  only the key blocks the tile's rows see are read. Written as a reduction over a reshaped tile
-  (the first version), pass 2 was 19% of the fp8 kernel's warp samples at 64K (Nsight Compute,
-  H200): its loop ran over all nb key blocks, five CTA barriers per step, waiting on each load;
-  now 2.04 instead of 2.34 ms (7B shape, fp8), 1.18 instead of 1.39 (3B; session 9).
+  only the key blocks the tile's rows see are read (a reduction over a reshaped tile instead
+  loops over every key block with CTA barriers per step, which showed as a large share of the
+  kernel's time).
 
 The scratch is only read back by the program that wrote it, right after writing it (mostly from
 L2). The launcher walks the strided query rows in chunks so the scratch stays under
 `SCRATCH_BYTES` (512 MiB) at any sequence length; within a chunk one launch covers all heads.
-Each chunk's launch ends in a tail of light programs: at 64K tokens (7B shape) one 512 MiB chunk
-is 3.6% faster than two of 256 MiB (fp8, H200: 2.22 against 2.30 ms; session 8).
+Each chunk's launch ends in a tail of light programs, so fewer, larger chunks are faster: 512 MiB
+covers 64K tokens of the 7B shape in one launch.
 
 Loads. Step j of a key tile multiplies the query rows' token at offset s-1-j by the key rows'
 token at offset j: a [BM, D] x [D, BN] product of rows s tokens apart, so each key tile is s
@@ -37,8 +36,7 @@ take the pointer path (compiled in only for such L: it costs registers).
 fp8 (opt-in, `block_importance(..., fp8=True)`): `quantize.py` writes per-(batch, head)
 float8_e4m3fn copies of q and k (two streaming passes, no host sync) and the same kernel runs on
 them: q's scale per strided row and k's per head folded into each query row's score scale
-(ROW_SCALE). Half the bytes per tile and twice the tensor-core rate: 2.0 ms instead of 3.7 at
-64K tokens on an H200 (7B shape).
+(ROW_SCALE). Half the bytes per tile and twice the tensor-core rate (docs/benchmarks.md).
 
 The pooling method (mean-pool per block, then an nb x nb softmax) costs one read of q and k and
 an (nb x nb) matmul per head; it is plain PyTorch here (a reduction and one batched GEMM with
@@ -69,23 +67,10 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # serves. BK: head-dim columns per load, at most BD; BK < BD splits each offset's step in BD / BK
 # smaller ones. FLAT: one flat loop over (key tile, offset, column chunk), the pipeline full across
 # key tiles (a nested-loop config was never the fastest at any length; the interpreter runs both).
-# Measured on an NVIDIA H200 (torch 2.11, Triton 3.6, 2026-11-28; 7B shape HQ 28, HKV 4, D 128,
-# bf16, causal, block 128, stride 8; cuDNN dense causal 2.91 / 12.42 / 49.30 ms at 16K / 32K /
-# 64K tokens), 17 configs x both load paths, ms at 16K / 32K / 64K:
-#   TMA 128x256x64 w8 s4   0.425 / 1.115 / 4.140 (465 TFLOP/s, 8.4 % of cuDNN at 64K)
-#   TMA 128x256x64 w8 s3   0.385 / 1.118 / 4.19
-#   TMA 128x128x64 w8 s4   0.403 / 1.174 / 4.63
-#   pointer 128x128x128 w8 s3 (the default before TMA) 0.502 / 1.471 / 5.63; no pointer config
-#   beat it by more than 2 % at 64K. fp8 q, k (kernel only): TMA 128x256x64 w8 s4 0.312 / 0.782 /
-#   2.703, the fastest fp8 config at 64K too (128x256x128 w8 s3: 0.290 / 0.770 / 2.72).
-# Session 6 (same card and versions, 2026-11-28, runs of 15:44, 15:49 and 16:08 UTC; the epilogue
-# of `_tile_lse` trimmed: unmasked tiles in their own loop, the scale in the exp2's FMA, row sums
-# from the block sums), ms at 16K / 32K / 64K, against the session-3 kernel in the 15:44 run:
-#   TMA 128x256x64 w8 s4   0.35-0.42 / 1.01-1.02 / 3.83-4.07 (session 3's: 0.46 / 1.15-1.20 / 4.34-4.65)
-#   TMA 128x256x64 w8 s3   0.35 / 0.98-1.04 / 3.88-4.33
-#   fp8 TMA 128x256x128 w8 s3  0.24 / 0.67-0.76 / 2.23-2.32 (session 3's: 0.28 / 0.77 / 2.69-2.77)
-#   fp8 TMA 128x256x64 w8 s4   0.25 / 0.66-0.71 / 2.26-2.44
-# So one config per class from 2048 strided rows up (launched directly, without the autotuner:
+# Chosen by the sweep of benchmarks/experiments/variants_importance.py (numbers: docs/benchmarks.md):
+# 128x256 tiles with TMA are fastest from 16K tokens, bf16 and fp8 alike; pointer gathers gain
+# nothing from other tiles.
+# One config per class from 2048 strided rows up (launched directly, without the autotuner:
 # `_only_config`): bf16/fp16 s3 at 2048-4095 strided rows (16K tokens at stride 8, L_BUCKET 4), s4
 # from 4096 (L_BUCKET 5); fp8 128x256x128 s3 from 2048. Two configs below, where smaller tiles
 # give more CTAs to fill the SMs (not measured below 16K: 128x128x64 s4 was the fastest 128x128
@@ -108,9 +93,6 @@ _GPU_CONFIGS = {
 _MID_BUCKET = 4  # _length_bucket of 2048-4095 strided rows
 _LONG_BUCKET = 5  # _length_bucket of >= 4096 strided rows
 INTERPRET_FLAT = True  # the interpreter runs one config: tests flip this to cover both loops
-# Load path of q and k chunks: TMA descriptors where the layout allows (see `_xattn`), else
-# pointer gathers. Tests and benchmarks/variants_importance.py flip this.
-OPTIONS = {"tma": True}
 
 
 def _configs():
@@ -658,8 +640,7 @@ def _tma_layout_ok(*tensors: torch.Tensor) -> bool:
 @functools.lru_cache(maxsize=None)
 def _only_config(cls: str, R: int) -> dict | None:
     """The launch parameters when launch class `cls` keeps exactly one config for R (what `_prune`
-    would leave the autotuner, which then only costs host time: 0.06-0.2 ms per call on the H200's
-    host, session 9), else None."""
+    would leave the autotuner, which then only costs host time per call), else None."""
     kept = [c for c in _configs() if _keep(c, R) and cls in _GPU_CONFIGS.get(_as_tuple(c), ())]
     if len(kept) != 1:
         return None
@@ -674,9 +655,9 @@ def _check_device(q):
         )
 
 
-def _xattn(q, k, block, stride, causal, out, *, tma=None, config=None, row_scale=None):
-    """xattn scores into `out`. tma: load path (None: OPTIONS["tma"]; either way TMA only where the
-    layout allows). config: None to autotune, or explicit launch parameters
+def _xattn(q, k, block, stride, causal, out, *, tma=True, config=None, row_scale=None):
+    """xattn scores into `out`. tma: TMA descriptor loads of q and k where the layout allows (else
+    pointer gathers); False forces the gathers. config: None to autotune, or explicit launch parameters
     {"BM", "BN", "BK", "FLAT", "num_warps", "num_stages"} (benchmarks: every candidate as is).
     row_scale: None, or (q_scale, k_scale), fp32 [B, HQ, ceil(L / stride)] and [B, HKV] contiguous:
     factors of each strided query row's scores and of each KV head's, for the fp8 copies of
@@ -691,7 +672,6 @@ def _xattn(q, k, block, stride, causal, out, *, tma=None, config=None, row_scale
         q = q.contiguous()
     if k.stride(-1) != 1:
         k = k.contiguous()
-    tma = OPTIONS["tma"] if tma is None else tma
     # The descriptors cover the L // stride full strided rows: none when L < stride.
     tma = bool(tma) and L >= stride and _tma_layout_ok(q, k)
     if tma:

@@ -1,8 +1,7 @@
-"""PSA levels from block importance (see `naive.py` for the definition): `level_mask` runs the
-Triton kernel of `level_mask_triton.py` on CUDA tensors and the vectorized torch version here
-elsewhere (the CPU path; also a GPU fallback and a second opinion in tests).
+"""PSA levels from block importance in vectorized torch (see `naive.py` for the definition): the
+CPU path of `level_mask`, also a GPU fallback and a second opinion in tests.
 
-Torch version: one stable descending sort per row gives every visible block its rank; the band of each rank is
+One stable descending sort per row gives every visible block its rank; the band of each rank is
 found with one `searchsorted` against the band starts (topk: a [nb, nb] table shared by all
 batches and heads, since n depends only on the row; energybound: the cumulative share of the row
 in fp64), written back through the sort indices with one scatter, then the forced blocks, the
@@ -48,16 +47,8 @@ def level_mask_torch(
     causal: bool = True,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`level_mask` in vectorized PyTorch (any device; the CPU path of `level_mask`).
-
-    scores: [B, HQ, nb, nb] block importance (any float dtype, non-negative; invisible entries
-    are ignored). cap: optional [B, HKV, nb] integer similarity cap (query head h reads KV head
-    h // (HQ // HKV)); None applies no cap. mode: "energybound" (default) or "topk".
-    ratios: {level: (start, end)} bands, levels in {0, 1, 2, 4, 8}, 0 <= start <= end <= 1, not
-    overlapping (e.g. {1: (0.0, 0.7), 2: (0.7, 0.8), 4: (0.8, 0.9), 8: (0.9, 0.9), 0: (0.9, 1.0)}).
-    text_blocks: 0, the number of trailing query and key blocks forced to level 1 (the prompt).
-    causal: True. out: optional [B, HQ, nb, nb] int8 to write into.
-    Returns levels: [B, HQ, nb, nb] int8 in {0, 1, 2, 4, 8}; 0 above the diagonal under causality.
+    """`level_mask` in vectorized PyTorch (any device; the CPU path of `level_mask`): the same
+    arguments and result, documented there. `scores` must be non-negative.
     """
     B, HQ, nb, bands = check_args(scores, cap, mode, ratios, text_blocks)
     if out is not None and (out.shape != (B, HQ, nb, nb) or out.dtype != torch.int8):
@@ -131,36 +122,6 @@ def level_fractions(levels: torch.Tensor, causal: bool = True) -> torch.Tensor:
     # five small reductions (not a per-element [.., 5] tensor); level 0 is what is left
     above = torch.stack([((levels == r) & vis).sum((-1, -2)) for r in LEVELS[1:]], -1).float() / count
     return torch.cat([1.0 - above.sum(-1, keepdim=True), above], -1)
-
-
-def level_mask(
-    scores: torch.Tensor,
-    cap: torch.Tensor | None = None,
-    *,
-    mode: str = "energybound",
-    ratios: dict,
-    text_blocks: int = 0,
-    causal: bool = True,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-block pooling levels of PSA (definition: `naive.py`).
-
-    scores: [B, HQ, nb, nb] block importance (any float dtype; invisible entries are ignored).
-    cap: optional [B, HKV, nb] integer similarity cap (query head h reads KV head
-    h // (HQ // HKV)); None applies no cap. mode: "energybound" (default) or "topk".
-    ratios: {level: (start, end)} bands, levels in {0, 1, 2, 4, 8}, 0 <= start <= end <= 1, not
-    overlapping (e.g. {1: (0.0, 0.7), 2: (0.7, 0.8), 4: (0.8, 0.9), 8: (0.9, 0.9), 0: (0.9, 1.0)}).
-    text_blocks: 0, the number of trailing query and key blocks forced to level 1 (the prompt).
-    causal: True. out: optional [B, HQ, nb, nb] int8 to write into.
-    Returns levels: [B, HQ, nb, nb] int8 in {0, 1, 2, 4, 8}; 0 above the diagonal under causality.
-
-    CUDA tensors: one Triton kernel (`level_mask_triton`); elsewhere the vectorized torch version
-    (`level_mask_torch`). Neither syncs the host.
-    """
-    fn = level_mask_torch
-    if scores.is_cuda:
-        from .level_mask_triton import level_mask_triton as fn
-    return fn(scores, cap, mode=mode, ratios=ratios, text_blocks=text_blocks, causal=causal, out=out)
 
 
 _STATS_MAP: dict = {}  # (device, visible blocks) -> (pinned source, device copy) of stats_from_counts' table

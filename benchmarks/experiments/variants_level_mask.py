@@ -1,6 +1,6 @@
 """Warps per row of the Triton level-mask kernel, on one GPU, same run.
 
-    PYTHONPATH=. python3 benchmarks/variants_level_mask.py [--lengths 16,32,64,128] [--warps 4,1,2,8]
+    PYTHONPATH=. python3 benchmarks/experiments/variants_level_mask.py [--lengths 16,32,64,128] [--warps 4,1,2,8]
         [--split 0,1] [--out bench-out/variants_level_mask.json]
 
 7B attention shape (28 query heads, 4 KV heads, block 128): random skewed scores [1, 28, nb, nb]
@@ -16,20 +16,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_psa import timed  # noqa: E402  (same timing as the main benchmark)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import timed, write_results  # noqa: E402  (same timing as the main benchmark)
 
 from qvl_kernels.level_mask.naive import check_args  # noqa: E402
 from qvl_kernels.psa import PSAConfig  # noqa: E402
 
-LM = importlib.import_module("qvl_kernels.level_mask.level_mask_triton")  # the module, not the function
+LM = importlib.import_module("qvl_kernels.level_mask.triton")  # the module, not the function
 HQ, HKV, BLOCK = 28, 4, 128
 
 
@@ -99,15 +97,7 @@ def main() -> None:
                 flush=True,
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(
-        date=time.strftime("%Y-%m-%d %H:%M"),
-        card=torch.cuda.get_device_name(),
-        torch=torch.__version__,
-        triton=__import__("triton").__version__,
-        heads=dict(HQ=HQ, HKV=HKV),
-        block=BLOCK,
-    )
-    args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
+    write_results(args.out, rows, heads=dict(HQ=HQ, HKV=HKV), block=BLOCK)
     print(f"wrote {args.out}")
 
 
