@@ -66,6 +66,8 @@ def open_image(source: str):
 
     label = _label(source)
     data = _read_bytes(source)
+    if not data:
+        raise InputError(f"{label}: is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # decode now: truncated files fail here, not inside the processor
