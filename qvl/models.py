@@ -240,7 +240,14 @@ def download(spec: str, *, revision: str | None = None, local_dir: str | Path | 
         from qvl.tiny import build_tiny_model, tiny_model_dir
 
         if local_dir is not None:
-            return build_tiny_model(Path(local_dir).expanduser())
+            target = Path(local_dir).expanduser()
+            try:
+                return build_tiny_model(target)
+            except OSError as exc:
+                raise ModelError(
+                    f"cannot build the tiny model in {target} ({exc.strerror or type(exc).__name__}): "
+                    "pass a writable --local-dir"
+                ) from None
         return tiny_model_dir()
     if kind == "folder":
         raise ModelError(f"{spec} is a local folder, not a Hub model; nothing to download")
@@ -254,9 +261,20 @@ def download(spec: str, *, revision: str | None = None, local_dir: str | Path | 
                 file=sys.stderr,
             )
             return cached
+    # The advice never names `qvl download`: that is the command that just failed.
     if is_offline():
-        raise ModelError(f"cannot download {value}: HF_HUB_OFFLINE is set")
-    return _download_repo(value, revision=revision, local_dir=local_dir)
+        var = next(
+            v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(v, "").strip().lower() in _TRUE
+        )
+        raise ModelError(f"cannot download {value}: {var} is set; unset it and retry with network, {_ELSEWHERE}")
+    unreachable = (
+        f"cannot download {value}: the Hub ({_endpoint()}) is unreachable; connect to the network "
+        f"(or set HF_ENDPOINT to a reachable mirror) and retry, {_ELSEWHERE}"
+    )
+    return _download_repo(value, revision=revision, local_dir=local_dir, unreachable=unreachable)
+
+
+_ELSEWHERE = "or download it on another machine, copy its folder here and pass --model FOLDER"
 
 
 def check_model_folder(path: Path) -> None:
@@ -417,8 +435,14 @@ def _cached_snapshot(repo_id: str, revision: str | None) -> tuple[Path | None, s
     return (None, problem) if problem else (path, None)
 
 
-def _download_repo(repo_id: str, *, revision: str | None, local_dir: str | Path | None) -> Path:
-    """snapshot_download with progress on stderr; every failure becomes one ModelError line."""
+def _download_repo(
+    repo_id: str, *, revision: str | None, local_dir: str | Path | None, unreachable: str | None = None
+) -> Path:
+    """snapshot_download with progress on stderr; every failure becomes one ModelError line.
+
+    unreachable: the message when the Hub cannot be reached (the default names `qvl download`,
+    right for a run that needs the model, wrong for `qvl download` itself).
+    """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -428,7 +452,7 @@ def _download_repo(repo_id: str, *, revision: str | None, local_dir: str | Path 
     )
 
     cmd = download_command(repo_id, revision)
-    unreachable = f"model {repo_id} is not downloaded and the Hub is unreachable; run: {cmd}"
+    unreachable = unreachable or f"model {repo_id} is not downloaded and the Hub is unreachable; run: {cmd}"
     if not hub_reachable():
         raise ModelError(unreachable)
     timeout = hub_timeout()

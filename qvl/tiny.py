@@ -162,8 +162,19 @@ def tiny_model_dir(cache_root_dir: Path | None = None) -> Path:
         return final
     with _BUILD_LOCK:  # threads share torch's global RNG; processes are kept apart by the rename
         if not _is_complete(final):
-            _build_into(final)
+            try:
+                _build_into(final)
+            except OSError as exc:
+                raise not_writable(final.parent, exc) from None
     return final
+
+
+def not_writable(folder: Path, exc: OSError):
+    """The one-line ModelError for a cache folder the tiny model cannot be built in."""
+    from qvl.errors import ModelError
+
+    reason = exc.strerror or type(exc).__name__
+    return ModelError(f"cannot build the tiny model in {folder} ({reason}): set QVL_CACHE_DIR to a writable folder")
 
 
 def _build_into(final: Path) -> None:

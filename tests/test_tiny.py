@@ -188,3 +188,15 @@ def test_incomplete_folder_is_replaced(tmp_path):
     assert tiny_model_dir(tmp_path) == final
     assert tiny._is_complete(final) and (final / "model.safetensors").is_file()
     assert sorted(p.name for p in final.parent.iterdir()) == [final.name]
+
+
+def test_unwritable_cache_is_one_model_error(tmp_path):
+    from fs_helpers import unwritable_dir
+
+    from qvl.errors import ModelError
+
+    root = unwritable_dir(tmp_path)
+    with pytest.raises(ModelError) as err:
+        tiny_model_dir(root)
+    message = str(err.value)
+    assert str(root) in message and "QVL_CACHE_DIR" in message and "\n" not in message

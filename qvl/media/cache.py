@@ -22,6 +22,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -108,6 +109,7 @@ class FrameCache:
         self.root = Path(root).expanduser() if root is not None else default_root()
         self.strict_hash = strict_hash
         self.last_status = ""  # "hit", "miss" or "rebuilt" after get(); read by load_video
+        self.last_stale = (0, 0)  # (folders, bytes) of leftovers removed by the last clear()
 
     # -- paths ---------------------------------------------------------------------------------
     @property
@@ -151,8 +153,12 @@ class FrameCache:
             pass  # a probe record is an optimisation; the entry write reports real problems
 
     # -- checks --------------------------------------------------------------------------------
-    def check_writable(self) -> None:
-        """Raise CacheError unless entries can be created under the root."""
+    def check_writable(self, *, can_skip: bool = True) -> None:
+        """Raise CacheError unless entries can be created under the root.
+
+        can_skip: the caller can run without the cache (`qvl video --no-cache`), so the message
+        may offer that; `qvl preprocess` exists to fill the cache and has no such option.
+        """
         tmp = self._tmp_dir()
         try:
             tmp.mkdir(parents=True, exist_ok=True)
@@ -160,11 +166,16 @@ class FrameCache:
             probe.mkdir()
             probe.rmdir()
         except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise CacheError(
-                f"frame cache {self.root} is not writable ({reason}): "
-                "pass --cache-dir DIR, set QVL_CACHE_DIR, or use --no-cache"
-            ) from None
+            raise self._not_writable(exc, can_skip=can_skip) from None
+
+    def _not_writable(self, exc: OSError, *, can_skip: bool) -> CacheError:
+        reason = exc.strerror or type(exc).__name__
+        fixes = (
+            "pass --cache-dir DIR, set QVL_CACHE_DIR, or use --no-cache"
+            if can_skip
+            else ("pass --cache-dir DIR or set QVL_CACHE_DIR to a writable folder")
+        )
+        return CacheError(f"frame cache {self.root} is not writable ({reason}): {fixes}")
 
     # -- read ----------------------------------------------------------------------------------
     def get(self, key: str, *, width: int | None = None, height: int | None = None) -> CachedFrames | None:
@@ -205,19 +216,20 @@ class FrameCache:
         return meta
 
     # -- write ---------------------------------------------------------------------------------
-    def put(self, key: str, frames: np.ndarray, meta: dict) -> Path:
-        """Write an entry atomically: build it in tmp/, then rename it into place."""
+    def put(self, key: str, frames: np.ndarray, meta: dict, *, can_skip: bool = True) -> Path:
+        """Write an entry atomically: build it in tmp/, then rename it into place.
+
+        The work folder's name records this host and process, so a later run can tell the
+        leftover of a killed writer (see `stale()`) from a write still under way.
+        """
         final = self.entry_dir(key)
         tmp_root = self._tmp_dir()
         try:
             tmp_root.mkdir(parents=True, exist_ok=True)
-            work = tmp_root / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+            work = tmp_root / f"{key}.{_HOST}-{os.getpid()}.{uuid.uuid4().hex[:8]}"
             work.mkdir()
         except OSError as exc:
-            raise CacheError(
-                f"frame cache {self.root} is not writable ({exc.strerror or exc}): "
-                "pass --cache-dir DIR, set QVL_CACHE_DIR, or use --no-cache"
-            ) from None
+            raise self._not_writable(exc, can_skip=can_skip) from None
         try:
             blobs = _encode_jpegs(frames)
             files = []
@@ -301,6 +313,37 @@ class FrameCache:
                 )
         return out
 
+    def stale(self, *, max_age: float = STALE_TMP_SECONDS) -> list[tuple[Path, int]]:
+        """Leftovers of interrupted runs, with their sizes in bytes: nothing reads them.
+
+        A folder in tmp/ is stale when the process that was writing it (on this host) is gone,
+        or when it is older than `max_age` seconds (a writer on another host sharing the cache,
+        or a name without a process id). Half-removed entries (`trash-*`), write probes and
+        probe records never renamed into place are always stale.
+        """
+        now = time.time()
+        out: list[tuple[Path, int]] = []
+        candidates = []
+        tmp = self._tmp_dir()
+        if tmp.is_dir():
+            candidates += list(tmp.iterdir())
+        probes = self.root / "probes"
+        if probes.is_dir():
+            candidates += [p for p in probes.iterdir() if p.name.startswith(".")]
+        for path in candidates:
+            try:
+                age = now - path.lstat().st_mtime
+            except OSError:
+                continue
+            # A write probe or a probe record lives for microseconds: a minute old, it is left over.
+            if (path.name.startswith(".") and age > 60) or _is_abandoned(path.name) or age > max_age:
+                out.append((path, _tree_size(path)))
+        return out
+
+    def stale_bytes(self) -> int:
+        """Bytes held by leftovers of interrupted runs (part of `total_size()`, in no entry)."""
+        return sum(size for _, size in self.stale())
+
     def total_size(self) -> int:
         """Bytes used by the cache root (entries, probe records and leftovers in tmp/)."""
         total = 0
@@ -317,8 +360,10 @@ class FrameCache:
     def clear(self, older_than_days: float | None = None) -> tuple[int, int]:
         """Remove entries (all, or those created more than `older_than_days` ago).
 
-        Returns (entries removed, bytes freed). Leftovers of killed runs in tmp/ older than six
-        hours go too; with no age limit, probe records go as well.
+        Returns (entries removed, bytes freed); the bytes include the leftovers of interrupted
+        runs (see `stale()`), which always go, and which are also left in `last_stale` as
+        (folders, bytes) so a caller can report them apart. With no age limit, a leftover a
+        minute old counts as stale, and probe records go as well.
         """
         now = time.time()
         removed = freed = 0
@@ -327,21 +372,64 @@ class FrameCache:
                 self._discard(e.path)
                 removed += 1
                 freed += e.size_bytes
-        tmp = self._tmp_dir()
-        if tmp.is_dir():
-            for d in tmp.iterdir():
-                try:
-                    if (
-                        older_than_days is None
-                        and now - d.stat().st_mtime > 60
-                        or now - d.stat().st_mtime > STALE_TMP_SECONDS
-                    ):
-                        shutil.rmtree(d, ignore_errors=True)
-                except OSError:
-                    pass
+        stale_dirs = stale_bytes = 0
+        for path, size in self.stale(max_age=60 if older_than_days is None else STALE_TMP_SECONDS):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            if not os.path.lexists(path):
+                stale_dirs += 1
+                stale_bytes += size
+        self.last_stale = (stale_dirs, stale_bytes)
         if older_than_days is None:
             shutil.rmtree(self.root / "probes", ignore_errors=True)
-        return removed, freed
+        return removed, freed + stale_bytes
+
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _is_abandoned(name: str) -> bool:
+    """True for a tmp/ name whose writer is certainly gone: a half-removed entry, or a work folder
+    of a process of this host that no longer runs."""
+    if name.startswith("trash-"):
+        return True
+    parts = name.split(".")
+    if len(parts) != 3 or "-" not in parts[1]:
+        return False  # not a work folder of this format: only age decides
+    host, _, pid = parts[1].partition("-")
+    if host != _HOST or not pid.isdigit():
+        return False
+    return not _process_alive(int(pid))
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def _tree_size(path: Path) -> int:
+    if not path.is_dir() or path.is_symlink():
+        try:
+            return path.lstat().st_size
+        except OSError:
+            return 0
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total
 
 
 def _fsync_dir(d: Path) -> None:

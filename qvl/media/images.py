@@ -55,19 +55,32 @@ def expand_image_inputs(inputs: list[str]) -> list[tuple[str, str | InputError]]
 
 
 def open_image(source: str):
-    """Open and fully decode one image as RGB `PIL.Image`; raise `InputError` if it can't be used."""
+    """Open and fully decode one image as RGB `PIL.Image`; raise `InputError` if it can't be used.
+
+    The model sees what a person sees in an image viewer: EXIF orientation applied, 16-bit and
+    float pixels scaled into 8 bits (not clipped), transparency composited on white, CMYK and
+    palette images converted. An animated image (GIF, APNG, WebP) gives its first frame, with a
+    one-line note on stderr: `qvl video` takes clips.
+    """
     from PIL import Image, UnidentifiedImageError
 
     label = _label(source)
     data = _read_bytes(source)
+    if not data:
+        raise InputError(f"{label}: is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # decode now: truncated files fail here, not inside the processor
-            image = img.convert("RGB")
+            frames = getattr(img, "n_frames", 1) if getattr(img, "is_animated", False) else 1
+            image = to_rgb(img)
     except UnidentifiedImageError:
         raise InputError(f"{label}: not an image (unrecognised format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError(f"{label}: corrupt or truncated image ({exc})") from None
+    if frames > 1:
+        from qvl.output import warn
+
+        warn(f"{label}: animated image with {frames} frames; the model sees the first one")
     width, height = image.size
     if min(width, height) < 1:
         raise InputError(f"{label}: empty image ({width}x{height})")
@@ -76,6 +89,55 @@ def open_image(source: str):
             f"{label}: aspect ratio {width}x{height} is over {MAX_ASPECT_RATIO}:1, which Qwen2.5-VL cannot take; crop it first"
         )
     return image
+
+
+def to_rgb(img):
+    """An RGB copy of a decoded `PIL.Image` (of any mode) as a viewer would show it.
+
+    - EXIF orientation is applied (a phone photo taken upright reaches the model upright).
+    - 16-bit integer pixels (modes I;16*, and I holding 16-bit data) are scaled by 255/65535;
+      `convert("RGB")` would clip every value over 255 to white. Mode I with larger values and
+      mode F are stretched linearly: F from [0, 1] when it lies there, else from its min..max.
+    - Alpha (LA, RGBA, PA, a palette or tRNS transparency) is composited on white, the backdrop
+      a document or web page gives a transparent image; dropping it would show whatever colour
+      the hidden pixels happen to hold (often black).
+    - CMYK, YCbCr, LAB, HSV, 1, L and P go through Pillow's own conversion.
+    """
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img) or img
+    mode = img.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return Image.fromarray(_to_uint8(img), mode="L").convert("RGB")
+    has_alpha = mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        backdrop = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(backdrop, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _to_uint8(img):
+    """A 2-D uint8 array from a single-channel image of 16-bit, 32-bit integer or float pixels."""
+    import numpy as np
+
+    arr = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        return np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)
+    arr = arr.astype(np.float64)
+    finite = arr[np.isfinite(arr)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if img.mode == "F":
+        if lo < 0.0 or hi > 1.0:
+            arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    elif lo >= 0 and hi <= 255:
+        arr = arr / 255.0  # 8-bit data held in 32 bits
+    elif lo >= 0 and hi <= 65535:
+        arr = arr / 65535.0  # 16-bit data (older Pillow opens 16-bit PNGs as I)
+    else:
+        arr = (arr - lo) / (hi - lo)
+    arr = np.nan_to_num(arr, nan=0.0, posinf=1.0, neginf=0.0)
+    return np.round(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _label(source: str) -> str:

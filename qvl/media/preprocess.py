@@ -99,7 +99,7 @@ def preprocess(
     yield from problems
     if not sources:
         return
-    cache.check_writable()
+    cache.check_writable(can_skip=False)
     jobs = max(1, int(jobs))
     workers = max(1, _cpus() // jobs)
 

@@ -307,10 +307,15 @@ def decode_plan(
 
 def _truncated(path: str, plan: FramePlan, info: VideoInfo, good: float) -> TruncatedVideo:
     usable = sum(1 for t in plan.timestamps if t <= good)
+    end = math.floor(good * 100) / 100
+    # Only advise an --end that qvl accepts: after --start, and with room for a frame pair.
+    if end > plan.start and (end - plan.start) * info.fps >= 2:
+        advice = f"use --end {end:g} to sample only the readable part"
+    else:
+        advice = "nothing before the damage can be sampled; re-encode or fetch the file again"
     return TruncatedVideo(
         f"{path}: truncated or damaged at {good:.2f} s of {info.duration:.2f} s: "
-        f"{usable} of the {plan.frames} planned frames lie before the damage "
-        f"(use --end {math.floor(good * 100) / 100:g} to sample only the readable part)",
+        f"{usable} of the {plan.frames} planned frames lie before the damage ({advice})",
         good_until=good,
         usable=usable,
     )

@@ -156,10 +156,10 @@ def fill_cache(
         prep = _prepare(path, options, cache, downloaded=local.downloaded)
         if cache.has(prep.key):
             return "cached", prep.key, prep.plan
-        cache.check_writable()
+        cache.check_writable(can_skip=False)  # filling the cache is the whole point here
         ex = decode_plan(path, prep.plan, prep.info, progress=progress, workers=workers)
         fps = sampled_fps_of(ex.timestamps, prep.plan)
-        cache.put(prep.key, ex.frames, _cache_meta(src, prep, ex, fps))
+        cache.put(prep.key, ex.frames, _cache_meta(src, prep, ex, fps), can_skip=False)
         return "new", prep.key, prep.plan
 
 

@@ -126,6 +126,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     check_readable(path)
     container = _open(path)
     with container:
+        _refuse_still_image(path, container)
         has_audio = bool(container.streams.audio)
         stream, first = _first_frame(path, container, has_audio)
         codec = stream.codec_context.name
@@ -151,6 +152,14 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         coded_width=cw,
         coded_height=ch,
     )
+
+
+def _refuse_still_image(path: Path, container) -> None:
+    """libav opens a JPEG, PNG or WebP as a one-frame video 0.04 s long; the model would get the
+    photo twice as a clip. Say what the file is and which command takes it instead."""
+    name = container.format.name if container.format else ""
+    if name.endswith("_pipe") or name in ("image2", "image2pipe"):
+        raise InputError(f"{path}: is a still image, not a video: use qvl describe {path}")
 
 
 def _first_frame(path: Path, container, has_audio: bool):

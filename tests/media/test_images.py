@@ -1,0 +1,113 @@
+"""The image loader shows the model what a person sees: real files written by Pillow, no mocks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qvl.errors import InputError
+from qvl.media.images import open_image
+
+
+def rgb(path) -> np.ndarray:
+    return np.asarray(open_image(str(path)))
+
+
+def test_16bit_png_is_scaled_not_clipped(tmp_path):
+    # A horizontal gradient over the whole 16-bit range: clipping would make 255/256 of it white.
+    ramp = np.linspace(0, 65535, 256).round().astype(np.uint16)
+    path = tmp_path / "sixteen.png"
+    Image.fromarray(np.tile(ramp, (8, 1))).save(path)
+    assert Image.open(path).mode.startswith("I;16")  # the file really is 16-bit
+    out = rgb(path)
+    assert out.shape == (8, 256, 3)
+    expected = np.round(ramp / 257.0).astype(np.uint8)
+    np.testing.assert_array_equal(out[0, :, 0], expected)
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])  # grey stays grey
+    assert out[..., 0].mean() == pytest.approx(127.5, abs=1)
+
+
+def test_32bit_and_float_tiffs_are_scaled(tmp_path):
+    ints = np.tile(np.linspace(0, 65535, 64).astype(np.int32), (4, 1))
+    Image.fromarray(ints).save(tmp_path / "i32.tif")
+    out = rgb(tmp_path / "i32.tif")
+    assert out[0, 0, 0] == 0 and out[0, -1, 0] == 255 and 100 < out[0, 32, 0] < 155
+
+    floats = np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (4, 1))
+    Image.fromarray(floats).save(tmp_path / "f.tif")
+    out = rgb(tmp_path / "f.tif")
+    assert out[0, 0, 0] == 0 and out[0, -1, 0] == 255 and 100 < out[0, 32, 0] < 155
+
+
+def test_exif_orientation_6_is_applied(tmp_path):
+    # A landscape 60x40 picture, left half red, stored with orientation 6 ("rotate 90 CW to view").
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[:, :30] = (255, 0, 0)
+    pixels[:, 30:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    out = rgb(path)
+    assert out.shape == (60, 40, 3)  # turned upright: portrait
+    # Rotating 90 degrees clockwise puts the stored left (red) half at the top.
+    assert out[5, 20, 0] > 200 and out[5, 20, 2] < 60
+    assert out[-5, 20, 2] > 200 and out[-5, 20, 0] < 60
+
+
+def test_palette_with_transparency_is_composited_on_white(tmp_path):
+    img = Image.new("P", (20, 20), 0)
+    img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)  # index 0 black, index 1 red
+    img.paste(1, (0, 0, 10, 20))
+    path = tmp_path / "palette.png"
+    img.save(path, transparency=0)  # the black half is transparent
+    out = rgb(path)
+    assert tuple(out[5, 2]) == (255, 0, 0)
+    assert tuple(out[5, 15]) == (255, 255, 255)  # not the hidden black
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA"])
+def test_alpha_is_composited_on_white(tmp_path, mode):
+    colour = (0, 0) if mode == "LA" else (0, 0, 0, 0)
+    img = Image.new(mode, (10, 10), colour)  # black, fully transparent
+    path = tmp_path / f"alpha-{mode}.png"
+    img.save(path)
+    assert tuple(rgb(path)[3, 3]) == (255, 255, 255)
+
+
+def test_cmyk_jpeg(tmp_path):
+    img = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # pure red in CMYK
+    path = tmp_path / "cmyk.jpg"
+    img.save(path, quality=95)
+    assert Image.open(path).mode == "CMYK"
+    r, g, b = rgb(path)[8, 8].tolist()
+    assert r > 230 and g < 30 and b < 30
+
+
+@pytest.mark.parametrize("mode", ["1", "L"])
+def test_one_bit_and_grey(tmp_path, mode):
+    img = Image.new(mode, (8, 8), 1 if mode == "1" else 200)
+    path = tmp_path / f"{mode}.png"
+    img.save(path)
+    expected = 255 if mode == "1" else 200
+    assert tuple(rgb(path)[0, 0]) == (expected,) * 3
+
+
+def test_animated_gif_uses_first_frame_and_says_so(tmp_path, capsys):
+    frames = [Image.new("RGB", (16, 16), c) for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255)]]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    out = rgb(path)
+    r, g, b = out[8, 8].tolist()
+    assert r > 200 and g < 50 and b < 50
+    err = capsys.readouterr().err
+    assert "animated" in err and "3 frames" in err and "first" in err
+
+
+def test_corrupt_image_is_an_input_error(tmp_path):
+    path = tmp_path / "cut.png"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(path)
+    path.write_bytes(path.read_bytes()[:60])
+    with pytest.raises(InputError, match="cut.png"):
+        open_image(str(path))
