@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 # Cache capacity grows in steps of this many tokens, so requests of similar length share one
 # captured graph instead of capturing a new one each time.
-CAPACITY_STEP = 2048
+CAPACITY_STEP = 1024
 
 
 @dataclass(frozen=True)
@@ -104,15 +104,15 @@ class StaticDecoder:
     def fits(self, tokens: int) -> bool:
         return tokens <= self.capacity
 
-    def start(self, cache, prompt_ids: torch.Tensor, first_token: int, rope_delta: int, sampling: Sampling) -> None:
-        """Take over a prefilled transformers cache (its layers are emptied as they are copied),
-        and set the first generated token at the slot after the prompt."""
+    def prefill_cache(self):
+        """A transformers cache for the prompt's forward pass that stores each layer's keys and
+        values straight into this decoder's buffers (no second copy of the prompt's cache)."""
+        return _prefill_cache(self.keys, self.values)
+
+    def start(self, prompt_ids: torch.Tensor, first_token: int, rope_delta: int, sampling: Sampling) -> None:
+        """After the prompt went through `prefill_cache()`: set the first generated token at the
+        slot after the prompt."""
         length = prompt_ids.shape[-1]
-        for i, layer in enumerate(_cache_layers(cache)):
-            keys, values = layer
-            self.keys[i, :, :length].copy_(keys[0])
-            self.values[i, :, :length].copy_(values[0])
-        _empty_cache(cache)
         self.token.fill_(first_token)
         self.position.fill_(length)
         self.rope_delta.fill_(rope_delta)
@@ -232,22 +232,32 @@ def _inv_freq(text_model, head_dim: int, device) -> torch.Tensor:
     return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
 
 
-def _cache_layers(cache):
-    """(keys, values) per layer of a transformers cache, [1, kv_heads, length, head_dim] each."""
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        return [(layer.keys, layer.values) for layer in layers]
-    return [(cache.key_cache[i], cache.value_cache[i]) for i in range(len(cache.key_cache))]
+def _prefill_cache(keys: torch.Tensor, values: torch.Tensor):
+    """A transformers `Cache` whose layer i writes the prompt's keys and values into
+    keys[i, :, :n] and values[i, :, :n] ([kv_heads, capacity, head_dim] buffers) and hands the
+    attention the fresh tensors, as a dynamic cache does on an empty prompt."""
+    from transformers.cache_utils import Cache, DynamicLayer
 
+    class BufferLayer(DynamicLayer):
+        def __init__(self, key_buffer, value_buffer):
+            super().__init__()
+            self.key_buffer, self.value_buffer = key_buffer, value_buffer
 
-def _empty_cache(cache) -> None:
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        for layer in layers:
-            layer.keys = layer.values = None
-    else:
-        cache.key_cache.clear()
-        cache.value_cache.clear()
+        def lazy_initialization(self, key_states, value_states, *args, **kwargs):
+            self.device = key_states.device
+            self.is_initialized = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if self.is_initialized:
+                raise RuntimeError("the prefill cache takes one forward pass over an empty cache")
+            self.lazy_initialization(key_states, value_states)
+            n = key_states.shape[-2]
+            self.key_buffer[:, :n].copy_(key_states[0])
+            self.value_buffer[:, :n].copy_(value_states[0])
+            self.keys, self.values = self.key_buffer[None, :, :n], self.value_buffer[None, :, :n]
+            return key_states, value_states
+
+    return Cache(layers=[BufferLayer(keys[i], values[i]) for i in range(keys.shape[0])])
 
 
 def capacity_for(tokens: int) -> int:

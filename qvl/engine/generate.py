@@ -120,18 +120,20 @@ class FastGenerator:
             raise OptionError(f"--max-tokens must be at least 1, not {request.max_new_tokens}")
         sampling = sampling_for(request, self.model.generation_config)
         prompt = inputs["input_ids"]
-        done = prefill(self.model, inputs)
+        started = time.perf_counter()
+        # One slot past the last token: the step after end-of-sequence is already queued.
+        decoder = self._decoder(prompt.shape[1] + request.max_new_tokens + 1, sampling)
+        warmup_s = time.perf_counter() - started
+        done = prefill(self.model, inputs, decoder.prefill_cache())
         first = _first_token(done.logits, prompt, sampling)
         first_at = time.perf_counter()
         stream.put(first)
         if first in eos or request.max_new_tokens == 1:
-            return Generated([first], first_at, done.vision_s)
-        warm_started = time.perf_counter()
-        # One slot past the last token: the step after end-of-sequence is already queued.
-        decoder = self._decoder(prompt.shape[1] + request.max_new_tokens + 1, sampling)
-        decoder.start(done.cache, prompt, first, done.rope_delta, sampling)
+            return Generated([first], first_at, done.vision_s, warmup_s)
+        started = time.perf_counter()
+        decoder.start(prompt, first, done.rope_delta, sampling)
         decoder.capture()
-        warmup_s = time.perf_counter() - warm_started
+        warmup_s += time.perf_counter() - started
         tokens = self._loop(decoder, request.max_new_tokens - 1, stream, eos)
         return Generated([first, *tokens], first_at, done.vision_s, warmup_s)
 

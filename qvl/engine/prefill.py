@@ -25,13 +25,13 @@ _ROPE_INPUTS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "mm_to
 @dataclass
 class Prefilled:
     logits: torch.Tensor  # [vocab] fp32, for the first generated token
-    cache: object  # the language model's KV cache (transformers Cache)
     rope_delta: int  # decode positions are text positions + rope_delta
     vision_s: float  # wall time of the vision tower (synchronised)
 
 
 @torch.inference_mode()
-def prefill(model, inputs) -> Prefilled:
+def prefill(model, inputs, cache) -> Prefilled:
+    """The prompt's forward pass; the language model's keys and values go into `cache`."""
     core = model.model
     config = model.config
     ids = inputs["input_ids"]
@@ -52,10 +52,16 @@ def prefill(model, inputs) -> Prefilled:
     vision_s = time.perf_counter() - started
     rope_kwargs = {k: inputs[k] for k in _rope_parameters(core) if inputs.get(k) is not None}
     position_ids, rope_deltas = core.get_rope_index(ids, **rope_kwargs)
-    out = core.language_model(inputs_embeds=embeds, position_ids=position_ids, use_cache=True)
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    text = core.language_model
+    out = text(inputs_embeds=embeds, position_ids=position_ids, use_cache=True, **{_cache_keyword(text): cache})
     logits = model.lm_head(out.last_hidden_state[:, -1])[0].float()
-    return Prefilled(logits=logits, cache=cache, rope_delta=int(rope_deltas.flatten()[0]), vision_s=vision_s)
+    return Prefilled(logits=logits, rope_delta=int(rope_deltas.flatten()[0]), vision_s=vision_s)
+
+
+def _cache_keyword(text_model) -> str:
+    """The name the language model's forward takes its cache by (`cache` from transformers 5.2x)."""
+    names = inspect.signature(text_model.forward).parameters
+    return "cache" if "cache" in names else "past_key_values"
 
 
 def _rope_parameters(core) -> tuple[str, ...]:
