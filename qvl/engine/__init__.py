@@ -145,7 +145,7 @@ class Engine:
         if request.images:
             kwargs["images"] = list(request.images)
         if request.video is not None:
-            kwargs.update(_video_kwargs(request.video, self.processor.video_processor))
+            kwargs.update(_video_kwargs(request.video, self.processor.video_processor, self.model.device))
         return self.processor(text=[text], return_tensors="pt", **kwargs).to(self.model.device)
 
     def generate(
@@ -217,7 +217,7 @@ class Engine:
         return psa_request(self.psa, self.text_length(input_ids), PSAStats())
 
 
-def _video_kwargs(video: VideoFrames, video_processor) -> dict[str, Any]:
+def _video_kwargs(video: VideoFrames, video_processor, device) -> dict[str, Any]:
     count, height, width = video.frames.shape[:3]
     # The processor derives second_per_grid_ts from the metadata's sampled fps (transformers 5.x ignores
     # an `fps` keyword). frames_indices == range(count) with total_num_frames == count makes that
@@ -241,4 +241,8 @@ def _video_kwargs(video: VideoFrames, video_processor) -> dict[str, Any]:
         # Newer 5.x releases can cap pixels per frame themselves; our plan already applied the
         # video's token budget, and saying so silences their warning.
         videos_kwargs["cap_pixels_per_frame"] = False
+    if device.type == "cuda":
+        # Rescale, normalise and patchify on the GPU: for hundreds of frames the CPU's share of
+        # these per-pixel passes is larger than the vision tower's.
+        videos_kwargs["device"] = device
     return {"videos": [video.frames], "video_metadata": [metadata], "videos_kwargs": videos_kwargs}
