@@ -7,9 +7,11 @@ Depends on torch and triton only: never on transformers or qvl.
 
 Ops (one folder each, `naive.py` beside the fast version): block_importance, similarity_cap,
 level_mask, pyramid_attention, pooling (mean_pool, mean_pool_kv). `psa_attention` composes them.
+decode_attention serves the decode loop (one new token over a static KV cache).
 """
 
 from .block_importance import block_importance
+from .decode_attention import decode_attention
 from .level_mask import (
     LEVELS,
     density,
@@ -31,6 +33,7 @@ __all__ = [
     "block_importance",
     "block_similarity",
     "build_block_lists",
+    "decode_attention",
     "density",
     "level_fractions",
     "level_mask",

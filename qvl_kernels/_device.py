@@ -31,3 +31,8 @@ def capability(device: torch.device) -> tuple[int, int]:
 def interpreting() -> bool:
     """Whether Triton kernels run in its CPU interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def sm_count(device: torch.device) -> int:
+    """Number of streaming multiprocessors of a CUDA device."""
+    return _properties(_index(device)).multi_processor_count
