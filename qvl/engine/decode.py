@@ -18,11 +18,12 @@ On a CPU (and for tests) the same step runs eagerly, without a graph.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from qvl_kernels.decode_attention import decode_attention
 
 # Cache capacity grows in steps of this many tokens, so requests of similar length share one
 # captured graph instead of capturing a new one each time.
@@ -87,15 +88,12 @@ class StaticDecoder:
         weight = self.lm_head.weight
         device, dtype = weight.device, weight.dtype
         shape = (len(self.layers), self.kv_heads, capacity, self.head_dim)
-        # Zeros, not empty: masked slots still enter the product with V at weight 0, and 0 * NaN
-        # from uninitialised memory would be NaN.
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.keys = torch.empty(shape, device=device, dtype=dtype)  # slots past the position are never read
+        self.values = torch.empty(shape, device=device, dtype=dtype)
         self.inv_freq = _inv_freq(text, self.head_dim, device)
         self.token = torch.zeros(1, dtype=torch.long, device=device)
         self.position = torch.zeros(1, dtype=torch.long, device=device)  # cache slot of `token`
         self.rope_delta = torch.zeros(1, dtype=torch.long, device=device)
-        self.slots = torch.arange(capacity, device=device)
         self.seen = torch.zeros(weight.shape[0], dtype=torch.bool, device=device)
         self.temperature = torch.ones((), device=device)
         self.use_graph = use_graph and device.type == "cuda"
@@ -157,9 +155,9 @@ class StaticDecoder:
     def step(self) -> None:
         x = self.text.embed_tokens(self.token).unsqueeze(0)  # [1, 1, hidden]
         cos, sin = self._rotary()
-        valid = (self.slots <= self.position).view(1, 1, 1, -1)
+        length = self.position + 1  # cache slots the new token attends to, itself included
         for i, layer in enumerate(self.layers):
-            x = x + self._attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, valid)
+            x = x + self._attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, length)
             mlp = layer.mlp
             gate, up = F.linear(layer.post_attention_layernorm(x), mlp.qvl_gate_up_weight).chunk(2, dim=-1)
             x = x + mlp.down_proj(mlp.act_fn(gate) * up)
@@ -173,20 +171,15 @@ class StaticDecoder:
         dtype = self.keys.dtype
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def _attention(self, i, attn, h, cos, sin, valid):
+    def _attention(self, i, attn, h, cos, sin, length):
         qkv = F.linear(h, attn.qvl_qkv_weight, attn.qvl_qkv_bias)[0, 0]
         q, k, v = qkv.split([self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim])
         q = _rope(q.view(self.heads, self.head_dim), cos, sin)
         k = _rope(k.view(self.kv_heads, self.head_dim), cos, sin)
         self.keys[i].index_copy_(1, self.position, k.unsqueeze(1))
         self.values[i].index_copy_(1, self.position, v.view(self.kv_heads, 1, self.head_dim))
-        groups = self.heads // self.kv_heads
-        q = q.view(self.kv_heads, groups, self.head_dim)  # query heads of one KV head together
-        scores = torch.matmul(q, self.keys[i].transpose(1, 2)).float() / math.sqrt(self.head_dim)
-        scores = scores.masked_fill(~valid[0], float("-inf"))
-        probs = torch.softmax(scores, dim=-1).to(q.dtype)
-        out = torch.matmul(probs, self.values[i]).reshape(1, 1, -1)  # [1, 1, heads * head_dim]
-        return attn.o_proj(out)
+        out = decode_attention(q.unsqueeze(0), self.keys[i].unsqueeze(0), self.values[i].unsqueeze(0), length)
+        return attn.o_proj(out.reshape(1, 1, -1))  # [1, 1, heads * head_dim]
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
         s = self.sampling
