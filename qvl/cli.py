@@ -352,9 +352,9 @@ def cache_list(cache_dir: CacheDirOpt = None, json_output: JsonOpt = False) -> N
 
 @cache_app.command("size")
 def cache_size(cache_dir: CacheDirOpt = None, json_output: JsonOpt = False) -> None:
-    """Print the cache folder, its entry count and the bytes it uses."""
+    """Print the cache folder, its entry count and the bytes it uses (leftovers of interrupted runs apart)."""
     cache = frame_cache(cache_dir)
-    output.cache_size(cache.root, len(cache.entries()), cache.total_size(), json_output)
+    output.cache_size(cache.root, len(cache.entries()), cache.total_size(), cache.stale_bytes(), json_output)
 
 
 @cache_app.command("clear")

@@ -228,11 +228,15 @@ def cache_entries(entries, json_output: bool) -> None:
     Console(highlight=False).print(table)
 
 
-def cache_size(root, entries: int, total: int, json_output: bool) -> None:
+def cache_size(root, entries: int, total: int, stale: int, json_output: bool) -> None:
+    """`qvl cache size`: `total` bytes include `stale`, the leftovers of interrupted runs."""
     if json_output:
-        json_line({"root": str(root), "entries": entries, "bytes": total})
-    else:
-        write(f"{total / 1e6:.1f} MB in {entries} entries  {root}\n")
+        json_line({"root": str(root), "entries": entries, "bytes": total, "stale_bytes": stale})
+        return
+    line = f"{total / 1e6:.1f} MB in {entries} entries"
+    if stale > 0:
+        line += f" ({stale / 1e6:.1f} MB left over by interrupted runs; qvl cache clear removes it)"
+    write(f"{line}  {root}\n")
 
 
 def cache_cleared(root, removed: int, freed: int, json_output: bool) -> None:
