@@ -28,6 +28,7 @@ from qvl.options import (
     PsaPresetOpt,
     QuietOpt,
     SeedOpt,
+    StatsOpt,
     StrictHashOpt,
     TemperatureOpt,
     TopPOpt,
@@ -84,13 +85,14 @@ def describe(
     psa_preset: PsaPresetOpt = "default",
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
+    stats: StatsOpt = False,
 ) -> None:
     """Describe images (or answer --prompt about them), one answer per image unless --together."""
     from qvl.media.images import expand_image_inputs, open_image
 
     settings = Settings(model, device, dtype, psa_config(psa, psa_preset), max_tokens, temperature, top_p, seed)
     sources = expand_image_inputs(images)
-    view = output.RunView(json_output=json_output, quiet=quiet, several=not together and len(sources) > 1)
+    view = output.RunView(json_output=json_output, quiet=quiet, several=not together and len(sources) > 1, stats=stats)
     runner = Runner(settings, view)
     if together:
         opened = []
@@ -142,6 +144,7 @@ def video(
     psa_preset: PsaPresetOpt = "default",
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
+    stats: StatsOpt = False,
     video_options=None,
 ) -> None:
     """Answer --prompt about each video, sampling frames at their real timestamps."""
@@ -149,7 +152,8 @@ def video(
     if dry_run:
         raise typer.Exit(_dry_run(videos, video_options, json_output))
     load = _clip_loader(video_options, frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache), quiet)
-    runner = Runner(settings, output.RunView(json_output=json_output, quiet=quiet, several=len(videos) > 1))
+    view = output.RunView(json_output=json_output, quiet=quiet, several=len(videos) > 1, stats=stats)
+    runner = Runner(settings, view)
     for source in videos:
         runner.run(source, prompt or DEFAULT_VIDEO_PROMPT, lambda source=source: load(source))
     raise typer.Exit(runner.exit_code)

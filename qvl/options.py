@@ -47,6 +47,12 @@ PsaPresetOpt = Annotated[
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object per input on stdout, nothing else.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr (errors still).")]
+StatsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--stats", help="After each answer, print its stage timings on stderr (media to decode), even with --quiet."
+    ),
+]
 
 # --- the frame cache ---------------------------------------------------------------------------
 

@@ -89,10 +89,11 @@ class RunView:
     """What a person or a pipe sees of a `qvl.runner.Runner`: answers streamed as text, or JSON lines.
 
     several: more than one input, so each streamed answer gets a `==> input <==` header.
+    stats: after each answer, its stage timings on stderr (asked for, so shown even when quiet).
     """
 
-    def __init__(self, *, json_output: bool, quiet: bool, several: bool = False):
-        self.json_output, self.quiet, self.several = json_output, quiet, several
+    def __init__(self, *, json_output: bool, quiet: bool, several: bool = False, stats: bool = False):
+        self.json_output, self.quiet, self.several, self.stats = json_output, quiet, several, stats
         # The engine streams its answer here as tokens arrive; with --json only the record is printed.
         self.on_text = None if json_output else write
 
@@ -120,8 +121,12 @@ class RunView:
         """One input's record; `psa` is the attention config the run asked for, or None."""
         if self.json_output:
             json_line(record)
+            if self.stats:
+                stage_timings(record["input"], record["timings"])
             return
         write("\n")
+        if self.stats:
+            stage_timings(record["input"], record["timings"])
         if record.get("psa") is not None:
             stats = record["psa"]
             note(
@@ -138,6 +143,31 @@ class RunView:
 
     def failed(self, record: dict[str, Any]) -> None:
         failure(record, self.json_output)
+
+
+def stage_timings(label: str, timings: dict[str, float]) -> None:
+    """One request's stages as one stderr line (`timings` is `Timings.to_dict()`).
+
+    Vision is measured on qvl's fast path only, and is part of the time to the first token, as
+    warm-up (cache allocation, graph capture) is part of decode; total is the request without the
+    model's load.
+    """
+    from rich.text import Text
+
+    t = timings
+    total = t["media_s"] + t["preprocess_s"] + t["prefill_s"] + t["decode_s"]
+    vision = f"{t['vision_s']:.3f} s" if t["vision_s"] > 0 else "n/a"
+    rate = f"{t['tokens_per_s']:.1f} tokens/s" if t["tokens_per_s"] > 0 else "n/a"
+    parts = [
+        f"media {t['media_s']:.3f} s",
+        f"processor {t['preprocess_s']:.3f} s",
+        f"vision {vision}",
+        f"prefill/TTFT {t['prefill_s']:.3f} s",
+        f"decode {rate}",
+        f"warmup {t['warmup_s']:.3f} s",
+        f"total {total:.3f} s",
+    ]
+    console().print(Text(f"stats {label}: " + ", ".join(parts), style="cyan"), soft_wrap=True)
 
 
 def failure(record: dict[str, Any], json_output: bool) -> None:
