@@ -16,6 +16,8 @@ import typer
 from qvl import __version__, output
 from qvl.errors import QvlError
 from qvl.options import (
+    BenchFramesOpt,
+    BenchModelOpt,
     CacheDirOpt,
     DeviceOpt,
     DtypeOpt,
@@ -27,6 +29,7 @@ from qvl.options import (
     PsaOpt,
     PsaPresetOpt,
     QuietOpt,
+    RepeatOpt,
     SeedOpt,
     StatsOpt,
     StrictHashOpt,
@@ -225,6 +228,52 @@ def psa_profile(
 def _timing_tiny(engine) -> None:
     if engine.is_tiny:
         output.tiny_model("its timings say little about real models")
+
+
+# --- bench ------------------------------------------------------------------------------------
+
+
+@app.command()
+def bench(
+    model: BenchModelOpt = None,
+    frames: BenchFramesOpt = "64,256",
+    max_tokens: MaxTokensOpt = 256,
+    repeat: RepeatOpt = 2,
+    psa: PsaOpt = False,
+    psa_preset: PsaPresetOpt = "default",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Time each stage of a video question, transformers' stock path against qvl's fast path.
+
+    A synthetic 448x448 video is written once; for each --frames count: frame extraction, the
+    processor, the vision tower alone, and whole answers (the first request apart from the median
+    of --repeat warm ones): time to first token, decode rate, peak GPU memory, and whether both
+    paths give the same greedy tokens. A table per frame count, or with --json one object each.
+    """
+    from qvl import bench as benchmark
+
+    try:
+        config = benchmark.BenchConfig.parse(
+            model=model,
+            frames=frames,
+            max_tokens=max_tokens,
+            repeat=repeat,
+            device=device,
+            dtype=dtype,
+            psa=psa_config(psa, psa_preset),
+        )
+        if quiet:
+            output.silence_loading()
+        for record in benchmark.run(config, note=lambda message: output.note(message, quiet=quiet)):
+            if json_output:
+                output.json_line(record)
+            else:
+                output.bench_table(record)
+    except QvlError as exc:
+        fail(exc)
 
 
 # --- download ---------------------------------------------------------------------------------

@@ -85,6 +85,13 @@ def task_progress(description: str, quiet: bool) -> Iterator[Callable[[int, int]
         yield advance
 
 
+def silence_loading() -> None:
+    """No transformers progress bars (weights loading, downloads): for --quiet."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 class RunView:
     """What a person or a pipe sees of a `qvl.runner.Runner`: answers streamed as text, or JSON lines.
 
@@ -99,9 +106,7 @@ class RunView:
 
     def loading(self) -> None:
         if self.quiet:
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
+            silence_loading()
 
     def loaded(self, engine) -> None:
         if engine.is_tiny:
@@ -215,6 +220,54 @@ def psa_profile(source: str, preset: str, report: dict) -> None:
         f"prefill: PSA {report['prefill_ms']['psa']:.1f} ms, SDPA {report['prefill_ms']['sdpa']:.1f} ms "
         f"({report['speedup']:.2f}x); density {psa['density']:.1%} (sparsity {psa['sparsity']:.1%})"
     )
+
+
+# (label, key, whether more is better, format) of each row of `qvl bench`'s table: stages both paths share,
+# then those measured on each.
+BENCH_SHARED = (("frame extraction s", "extract_s"), ("processor s", "processor_s"))
+BENCH_PATHS = (
+    ("vision tower s", "vision_s", False, ".3f"),
+    ("time to first token s", "ttft_s", False, ".3f"),
+    ("decode tokens/s", "tokens_per_s", True, ".1f"),
+    ("whole answer s", "answer_s", False, ".3f"),
+    ("first answer: TTFT s", "cold_ttft_s", False, ".3f"),
+    ("first answer: whole s", "cold_answer_s", False, ".3f"),
+    ("peak GPU memory GB", "peak_gpu_gb", None, ".2f"),
+)
+
+
+def bench_table(record: dict) -> None:
+    """One frame count of `qvl bench`: stage x stock / qvl / speed-up. It is the data the command was
+    asked for, so it goes to stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    width, height = record["frame_size"]
+    title = (
+        f"{record['frames']} frames ({width}x{height}, {record['prompt_tokens']:,} prompt tokens): "
+        f"{record['model']} on {record['card']}, {record['dtype']}"
+    )
+    greedy = record["greedy"]
+    caption = (
+        f"warm: median of {record['repeat']}; greedy tokens: the first {greedy['same_leading_tokens']} the same "
+        f"(stock {greedy['stock_tokens']}, qvl {greedy['qvl_tokens']}); "
+        f"torch {record['torch']}, transformers {record['transformers']}"
+    )
+    table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
+    table.add_column("stage")
+    for column in ("stock", "qvl", "speed-up"):
+        table.add_column(column, justify="right")
+    for label, key in BENCH_SHARED:
+        table.add_row(label, f"{record[key]:.3f}", f"{record[key]:.3f}", "shared")
+    stock, qvl = record["stock"], record["qvl"]
+    for label, key, more_is_better, spec in BENCH_PATHS:
+        a, b = stock[key], qvl[key]
+        if a is None or b is None:
+            table.add_row(label, "n/a", "n/a", "")
+            continue
+        ratio = "" if more_is_better is None or not (a and b) else f"{(b / a if more_is_better else a / b):.2f}x"
+        table.add_row(label, format(a, spec), format(b, spec), ratio)
+    Console(highlight=False).print(table)
 
 
 def preprocessed(result) -> None:
