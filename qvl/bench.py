@@ -180,6 +180,10 @@ def run(config: BenchConfig, note: Callable[[str], None] = lambda _: None, *, en
         note(f"loaded {engine.name} on {engine.device} in {engine.load_s:.1f} s")
     if engine.is_tiny:
         note("the built-in tiny model: its timings say little about real models")
+    if engine.model.device.type == "cpu":
+        note("on the CPU qvl's path runs eagerly, without CUDA graphs")
+    elif engine.fast_path_problem is not None:
+        note(f"{engine.fast_path_problem}: qvl's path is timed as it runs there, not as on one GPU")
     about = machine(engine)
     clock = _Clock(engine.model.device)
     with tempfile.TemporaryDirectory(prefix="qvl-bench-") as folder:
