@@ -16,6 +16,8 @@ import typer
 from qvl import __version__, output
 from qvl.errors import QvlError
 from qvl.options import (
+    BenchFramesOpt,
+    BenchModelOpt,
     CacheDirOpt,
     DeviceOpt,
     DtypeOpt,
@@ -27,7 +29,9 @@ from qvl.options import (
     PsaOpt,
     PsaPresetOpt,
     QuietOpt,
+    RepeatOpt,
     SeedOpt,
+    StatsOpt,
     StrictHashOpt,
     TemperatureOpt,
     TopPOpt,
@@ -84,13 +88,14 @@ def describe(
     psa_preset: PsaPresetOpt = "default",
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
+    stats: StatsOpt = False,
 ) -> None:
     """Describe images (or answer --prompt about them), one answer per image unless --together."""
     from qvl.media.images import expand_image_inputs, open_image
 
     settings = Settings(model, device, dtype, psa_config(psa, psa_preset), max_tokens, temperature, top_p, seed)
     sources = expand_image_inputs(images)
-    view = output.RunView(json_output=json_output, quiet=quiet, several=not together and len(sources) > 1)
+    view = output.RunView(json_output=json_output, quiet=quiet, several=not together and len(sources) > 1, stats=stats)
     runner = Runner(settings, view)
     if together:
         opened = []
@@ -142,6 +147,7 @@ def video(
     psa_preset: PsaPresetOpt = "default",
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
+    stats: StatsOpt = False,
     video_options=None,
 ) -> None:
     """Answer --prompt about each video, sampling frames at their real timestamps."""
@@ -149,7 +155,8 @@ def video(
     if dry_run:
         raise typer.Exit(_dry_run(videos, video_options, json_output))
     load = _clip_loader(video_options, frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache), quiet)
-    runner = Runner(settings, output.RunView(json_output=json_output, quiet=quiet, several=len(videos) > 1))
+    view = output.RunView(json_output=json_output, quiet=quiet, several=len(videos) > 1, stats=stats)
+    runner = Runner(settings, view)
     for source in videos:
         runner.run(source, prompt or DEFAULT_VIDEO_PROMPT, lambda source=source: load(source))
     raise typer.Exit(runner.exit_code)
@@ -221,6 +228,52 @@ def psa_profile(
 def _timing_tiny(engine) -> None:
     if engine.is_tiny:
         output.tiny_model("its timings say little about real models")
+
+
+# --- bench ------------------------------------------------------------------------------------
+
+
+@app.command()
+def bench(
+    model: BenchModelOpt = None,
+    frames: BenchFramesOpt = "64,256",
+    max_tokens: MaxTokensOpt = 256,
+    repeat: RepeatOpt = 2,
+    psa: PsaOpt = False,
+    psa_preset: PsaPresetOpt = "default",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Time each stage of a video question, transformers' stock path against qvl's fast path.
+
+    A synthetic 448x448 video is written once; for each --frames count: frame extraction, the
+    processor, the vision tower alone, and whole answers (the first request apart from the median
+    of --repeat warm ones): time to first token, decode rate, peak GPU memory, and whether both
+    paths give the same greedy tokens. A table per frame count, or with --json one object each.
+    """
+    from qvl import bench as benchmark
+
+    try:
+        config = benchmark.BenchConfig.parse(
+            model=model,
+            frames=frames,
+            max_tokens=max_tokens,
+            repeat=repeat,
+            device=device,
+            dtype=dtype,
+            psa=psa_config(psa, psa_preset),
+        )
+        if quiet:
+            output.silence_loading()
+        for record in benchmark.run(config, note=lambda message: output.note(message, quiet=quiet)):
+            if json_output:
+                output.json_line(record)
+            else:
+                output.bench_table(record)
+    except QvlError as exc:
+        fail(exc)
 
 
 # --- download ---------------------------------------------------------------------------------
@@ -352,9 +405,9 @@ def cache_list(cache_dir: CacheDirOpt = None, json_output: JsonOpt = False) -> N
 
 @cache_app.command("size")
 def cache_size(cache_dir: CacheDirOpt = None, json_output: JsonOpt = False) -> None:
-    """Print the cache folder, its entry count and the bytes it uses."""
+    """Print the cache folder, its entry count and the bytes it uses (leftovers of interrupted runs apart)."""
     cache = frame_cache(cache_dir)
-    output.cache_size(cache.root, len(cache.entries()), cache.total_size(), json_output)
+    output.cache_size(cache.root, len(cache.entries()), cache.total_size(), cache.stale_bytes(), json_output)
 
 
 @cache_app.command("clear")

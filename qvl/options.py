@@ -43,10 +43,29 @@ PsaPresetOpt = Annotated[
     typer.Option("--psa-preset", help="PSA budget: default (published bands), balanced (~35%), fast (~10%), dense."),
 ]
 
+# --- qvl bench ---------------------------------------------------------------------------------
+
+BenchModelOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model", "-m", help="Preset, random:<preset>, Hub id or local folder. Default: random:7b on CUDA, else tiny."
+    ),
+]
+BenchFramesOpt = Annotated[
+    str, typer.Option("--frames", "-n", help="Frame counts to measure, comma-separated (even numbers).")
+]
+RepeatOpt = Annotated[int, typer.Option("--repeat", help="Warm runs of each timing after the first (median).")]
+
 # --- output ------------------------------------------------------------------------------------
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object per input on stdout, nothing else.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr (errors still).")]
+StatsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--stats", help="After each answer, print its stage timings on stderr (media to decode), even with --quiet."
+    ),
+]
 
 # --- the frame cache ---------------------------------------------------------------------------
 

@@ -85,22 +85,28 @@ def task_progress(description: str, quiet: bool) -> Iterator[Callable[[int, int]
         yield advance
 
 
+def silence_loading() -> None:
+    """No transformers progress bars (weights loading, downloads): for --quiet."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 class RunView:
     """What a person or a pipe sees of a `qvl.runner.Runner`: answers streamed as text, or JSON lines.
 
     several: more than one input, so each streamed answer gets a `==> input <==` header.
+    stats: after each answer, its stage timings on stderr (asked for, so shown even when quiet).
     """
 
-    def __init__(self, *, json_output: bool, quiet: bool, several: bool = False):
-        self.json_output, self.quiet, self.several = json_output, quiet, several
+    def __init__(self, *, json_output: bool, quiet: bool, several: bool = False, stats: bool = False):
+        self.json_output, self.quiet, self.several, self.stats = json_output, quiet, several, stats
         # The engine streams its answer here as tokens arrive; with --json only the record is printed.
         self.on_text = None if json_output else write
 
     def loading(self) -> None:
         if self.quiet:
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
+            silence_loading()
 
     def loaded(self, engine) -> None:
         if engine.is_tiny:
@@ -120,8 +126,12 @@ class RunView:
         """One input's record; `psa` is the attention config the run asked for, or None."""
         if self.json_output:
             json_line(record)
+            if self.stats:
+                stage_timings(record["input"], record["timings"])
             return
         write("\n")
+        if self.stats:
+            stage_timings(record["input"], record["timings"])
         if record.get("psa") is not None:
             stats = record["psa"]
             note(
@@ -138,6 +148,31 @@ class RunView:
 
     def failed(self, record: dict[str, Any]) -> None:
         failure(record, self.json_output)
+
+
+def stage_timings(label: str, timings: dict[str, float]) -> None:
+    """One request's stages as one stderr line (`timings` is `Timings.to_dict()`).
+
+    Vision is measured on qvl's fast path only, and is part of the time to the first token, as
+    warm-up (cache allocation, graph capture) is part of decode; total is the request without the
+    model's load.
+    """
+    from rich.text import Text
+
+    t = timings
+    total = t["media_s"] + t["preprocess_s"] + t["prefill_s"] + t["decode_s"]
+    vision = f"{t['vision_s']:.3f} s" if t["vision_s"] > 0 else "n/a"
+    rate = f"{t['tokens_per_s']:.1f} tokens/s" if t["tokens_per_s"] > 0 else "n/a"
+    parts = [
+        f"media {t['media_s']:.3f} s",
+        f"processor {t['preprocess_s']:.3f} s",
+        f"vision {vision}",
+        f"prefill/TTFT {t['prefill_s']:.3f} s",
+        f"decode {rate}",
+        f"warmup {t['warmup_s']:.3f} s",
+        f"total {total:.3f} s",
+    ]
+    console().print(Text(f"stats {label}: " + ", ".join(parts), style="cyan"), soft_wrap=True)
 
 
 def failure(record: dict[str, Any], json_output: bool) -> None:
@@ -187,6 +222,54 @@ def psa_profile(source: str, preset: str, report: dict) -> None:
     )
 
 
+# (label, key, whether more is better, format) of each row of `qvl bench`'s table: stages both paths share,
+# then those measured on each.
+BENCH_SHARED = (("frame extraction s", "extract_s"), ("processor s", "processor_s"))
+BENCH_PATHS = (
+    ("vision tower s", "vision_s", False, ".3f"),
+    ("time to first token s", "ttft_s", False, ".3f"),
+    ("decode tokens/s", "tokens_per_s", True, ".1f"),
+    ("whole answer s", "answer_s", False, ".3f"),
+    ("first answer: TTFT s", "cold_ttft_s", False, ".3f"),
+    ("first answer: whole s", "cold_answer_s", False, ".3f"),
+    ("peak GPU memory GB", "peak_gpu_gb", None, ".2f"),
+)
+
+
+def bench_table(record: dict) -> None:
+    """One frame count of `qvl bench`: stage x stock / qvl / speed-up. It is the data the command was
+    asked for, so it goes to stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    width, height = record["frame_size"]
+    title = (
+        f"{record['frames']} frames ({width}x{height}, {record['prompt_tokens']:,} prompt tokens): "
+        f"{record['model']} on {record['card']}, {record['dtype']}"
+    )
+    greedy = record["greedy"]
+    caption = (
+        f"warm: median of {record['repeat']}; greedy tokens: the first {greedy['same_leading_tokens']} the same "
+        f"(stock {greedy['stock_tokens']}, qvl {greedy['qvl_tokens']}); "
+        f"torch {record['torch']}, transformers {record['transformers']}"
+    )
+    table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
+    table.add_column("stage")
+    for column in ("stock", "qvl", "speed-up"):
+        table.add_column(column, justify="right")
+    for label, key in BENCH_SHARED:
+        table.add_row(label, f"{record[key]:.3f}", f"{record[key]:.3f}", "shared")
+    stock, qvl = record["stock"], record["qvl"]
+    for label, key, more_is_better, spec in BENCH_PATHS:
+        a, b = stock[key], qvl[key]
+        if a is None or b is None:
+            table.add_row(label, "n/a", "n/a", "")
+            continue
+        ratio = "" if more_is_better is None or not (a and b) else f"{(b / a if more_is_better else a / b):.2f}x"
+        table.add_row(label, format(a, spec), format(b, spec), ratio)
+    Console(highlight=False).print(table)
+
+
 def preprocessed(result) -> None:
     """One line per video `qvl preprocess` cached (or found cached)."""
     write(f"{result.status:<6}  {result.frames:>4} frames  {result.seconds:7.2f} s  {result.path}\n")
@@ -228,11 +311,15 @@ def cache_entries(entries, json_output: bool) -> None:
     Console(highlight=False).print(table)
 
 
-def cache_size(root, entries: int, total: int, json_output: bool) -> None:
+def cache_size(root, entries: int, total: int, stale: int, json_output: bool) -> None:
+    """`qvl cache size`: `total` bytes include `stale`, the leftovers of interrupted runs."""
     if json_output:
-        json_line({"root": str(root), "entries": entries, "bytes": total})
-    else:
-        write(f"{total / 1e6:.1f} MB in {entries} entries  {root}\n")
+        json_line({"root": str(root), "entries": entries, "bytes": total, "stale_bytes": stale})
+        return
+    line = f"{total / 1e6:.1f} MB in {entries} entries"
+    if stale > 0:
+        line += f" ({stale / 1e6:.1f} MB left over by interrupted runs; qvl cache clear removes it)"
+    write(f"{line}  {root}\n")
 
 
 def cache_cleared(root, removed: int, freed: int, json_output: bool) -> None:

@@ -141,10 +141,6 @@ def test_sixteen_bit_png_is_not_white(tmp_path, tiny_model_dir):
     assert result.exit_code == 0, result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs qvl/cli.py: `cache size` reports FrameCache.stale_bytes() apart from the entries",
-)
 def test_cache_size_reports_leftovers_apart(tmp_path):
     import json
 

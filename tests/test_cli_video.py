@@ -130,3 +130,22 @@ def test_missing_video_does_not_stop_the_next(tmp_path, clip):
     assert result.exit_code == 1
     records = json_lines(result.stdout)
     assert "no such file" in records[0]["error"] and records[1]["error"] is None
+
+
+STAGES = ("media", "processor", "vision", "prefill/TTFT", "decode", "warmup", "total")
+
+
+def test_stats_adds_stage_lines_on_stderr_and_leaves_stdout_alone(clip):
+    args = ("video", clip, "--frames", "4", "--no-cache", *SMALL)
+    plain, stats = invoke(*args), invoke(*args, "--stats")
+    assert plain.exit_code == stats.exit_code == 0, stats.stderr
+    assert stats.stdout == plain.stdout
+    (line,) = [line for line in stats.stderr.splitlines() if line.startswith("stats ")]
+    assert str(clip) in line and all(stage in line for stage in STAGES)
+    assert "stats " not in plain.stderr
+
+    plain, stats = invoke(*args, "--json"), invoke(*args, "--json", "--stats", "--quiet")
+    assert stats.exit_code == 0, stats.stderr
+    (record,) = json_lines(stats.stdout)
+    assert record["text"] == json_lines(plain.stdout)[0]["text"] and "timings" in record
+    assert len([line for line in stats.stderr.splitlines() if line.startswith("stats ")]) == 1

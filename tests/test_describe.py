@@ -144,3 +144,12 @@ def test_version_and_help():
     assert invoke("--version").stdout.strip() == f"qvl {__version__}"
     result = invoke("--help")
     assert result.exit_code == 0 and "describe" in result.stdout and "video" in result.stdout
+
+
+def test_describe_stats_is_one_stderr_line_per_answer(tmp_path):
+    second = _image(tmp_path / "red.png")
+    result = invoke("describe", HOUSE, second, "--max-tokens", "3", "--stats")
+    assert result.exit_code == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("stats ")]
+    assert len(lines) == 2 and str(second) in lines[1] and "prefill/TTFT" in lines[0]
+    assert "stats " not in result.stdout
