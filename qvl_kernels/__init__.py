@@ -7,7 +7,12 @@ Depends on torch and triton only: never on transformers or qvl.
 
 Ops (one folder each, `naive.py` beside the fast version): block_importance, similarity_cap,
 level_mask, pyramid_attention, pooling (mean_pool, mean_pool_kv). `psa_attention` composes them.
+<<<<<<< HEAD
 decode_attention serves the decode loop (one new token over a static KV cache).
+=======
+Fused elementwise ops for the vision tower and decode step, each matching transformers' eager
+results: rms_norm, rotary (rotary, rotary_qk), silu_mul.
+>>>>>>> fused-ops
 """
 
 from .block_importance import block_importance
@@ -24,6 +29,9 @@ from .level_mask import (
 from .pooling import mean_pool, mean_pool_kv
 from .psa import PUBLISHED_RATIOS, PSAConfig, level_stats, psa_attention, psa_levels
 from .pyramid_attention import build_block_lists, pyramid_attention
+from .rms_norm import rms_norm
+from .rotary import rotary, rotary_qk
+from .silu_mul import silu_mul
 from .similarity_cap import block_similarity, similarity_cap
 
 __all__ = [
@@ -45,6 +53,10 @@ __all__ = [
     "psa_attention",
     "psa_levels",
     "pyramid_attention",
+    "rms_norm",
+    "rotary",
+    "rotary_qk",
+    "silu_mul",
     "similarity_cap",
     "stats_from_counts",
 ]
