@@ -8,7 +8,7 @@ Depends on torch and triton only: never on transformers or qvl.
 Ops (one folder each, `naive.py` beside the fast version): block_importance, similarity_cap,
 level_mask, pyramid_attention, pooling (mean_pool, mean_pool_kv). `psa_attention` composes them.
 decode_attention serves the decode loop (one new token over a static KV cache), and
-Fused elementwise ops for the vision tower and decode step, each matching transformers' eager
+fused elementwise ops for the vision tower and decode step, each matching transformers' eager
 results: rms_norm, rotary (rotary, rotary_qk), silu_mul.
 """
 
