@@ -117,6 +117,8 @@ class Engine:
             return "the fast path needs a CUDA device"
         if len({p.device for p in self.model.parameters()}) > 1:
             return "the model is spread over several devices"
+        if self.model.config.get_text_config().hidden_act != "silu":
+            return "the fast decode step implements the published SiLU MLP only"
         return None
 
     @property
@@ -182,6 +184,7 @@ class Engine:
             else:
                 generated = stock_generate(self.model, tokenizer, inputs, request, stream)
         finished = time.perf_counter()
+        stream.end()
 
         new_tokens = generated.tokens
         timings.prefill_s = generated.first_token_at - started

@@ -23,7 +23,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from qvl.engine.fuse import fuse_linears, norm
 from qvl_kernels.decode_attention import decode_attention
+from qvl_kernels.rotary import rotary_qk
+from qvl_kernels.silu_mul import silu_mul
 
 # Cache capacity grows in steps of this many tokens, so requests of similar length share one
 # captured graph instead of capturing a new one each time.
@@ -44,39 +47,11 @@ class Sampling:
         return not self.temperature or self.temperature <= 0
 
 
-def fuse_projections(text_model) -> None:
-    """Give each decoder layer one [q; k; v] and one [gate; up] weight, with the original
-    projections' parameters re-pointed at views of it: one matrix product instead of three (two),
-    and no extra memory. Idempotent."""
-    for layer in text_model.layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        if getattr(attn, "qvl_qkv_weight", None) is not None:
-            continue
-        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-        attn.qvl_qkv_weight, attn.qvl_qkv_bias = _fuse(projections)
-        mlp.qvl_gate_up_weight, _ = _fuse((mlp.gate_proj, mlp.up_proj))
-
-
-def _fuse(linears):
-    weight = torch.cat([lin.weight.detach() for lin in linears])
-    has_bias = all(lin.bias is not None for lin in linears)
-    bias = torch.cat([lin.bias.detach() for lin in linears]) if has_bias else None
-    row = 0
-    for lin in linears:
-        rows = lin.weight.shape[0]
-        lin.weight = torch.nn.Parameter(weight[row : row + rows], requires_grad=False)
-        if has_bias:
-            lin.bias = torch.nn.Parameter(bias[row : row + rows], requires_grad=False)
-        row += rows
-    return weight, bias
-
-
 class StaticDecoder:
     """A KV cache of fixed capacity for one sequence, and the decode step over it."""
 
     def __init__(self, model, capacity: int, sampling: Sampling, use_graph: bool):
         text = model.model.language_model
-        fuse_projections(text)
         config = text.config
         self.text, self.lm_head = text, model.lm_head
         self.layers = list(text.layers)
@@ -156,12 +131,16 @@ class StaticDecoder:
         x = self.text.embed_tokens(self.token).unsqueeze(0)  # [1, 1, hidden]
         cos, sin = self._rotary()
         length = self.position + 1  # cache slots the new token attends to, itself included
+        h = norm(self.layers[0].input_layernorm, x)
         for i, layer in enumerate(self.layers):
-            x = x + self._attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, length)
+            out = self._attention(i, layer.self_attn, h, cos, sin, length)
+            h, x = norm(layer.post_attention_layernorm, out, x)
             mlp = layer.mlp
-            gate, up = F.linear(layer.post_attention_layernorm(x), mlp.qvl_gate_up_weight).chunk(2, dim=-1)
-            x = x + mlp.down_proj(mlp.act_fn(gate) * up)
-        logits = self.lm_head(self.text.norm(x))[0, -1].float()
+            gate_up, _ = fuse_linears(mlp, "gate_up", (mlp.gate_proj, mlp.up_proj))
+            out = mlp.down_proj(silu_mul(*F.linear(h, gate_up).chunk(2, dim=-1)))
+            following = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.text.norm
+            h, x = norm(following, out, x)
+        logits = self.lm_head(h)[0, -1].float()
         self.token.copy_(self._choose(logits))
         self.position.add_(1)
 
@@ -172,13 +151,18 @@ class StaticDecoder:
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def _attention(self, i, attn, h, cos, sin, length):
-        qkv = F.linear(h, attn.qvl_qkv_weight, attn.qvl_qkv_bias)[0, 0]
-        q, k, v = qkv.split([self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim])
-        q = _rope(q.view(self.heads, self.head_dim), cos, sin)
-        k = _rope(k.view(self.kv_heads, self.head_dim), cos, sin)
-        self.keys[i].index_copy_(1, self.position, k.unsqueeze(1))
+        weight, bias = fuse_linears(attn, "qkv", (attn.q_proj, attn.k_proj, attn.v_proj))
+        qkv = F.linear(h, weight, bias)[0]  # [1, (heads + 2 kv_heads) * head_dim]
+        q, k, v = qkv.split(
+            [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], -1
+        )
+        q = q.view(1, self.heads, self.head_dim)
+        k = k.view(1, self.kv_heads, self.head_dim)
+        # The text model's rotary: cos/sin in the model's dtype, each product rounded (in place).
+        rotary_qk(q, k, cos, sin, fp32_math=False, out=(q, k))
+        self.keys[i].index_copy_(1, self.position, k.transpose(0, 1))
         self.values[i].index_copy_(1, self.position, v.view(self.kv_heads, 1, self.head_dim))
-        out = decode_attention(q.unsqueeze(0), self.keys[i].unsqueeze(0), self.values[i].unsqueeze(0), length)
+        out = decode_attention(q, self.keys[i].unsqueeze(0), self.values[i].unsqueeze(0), length)
         return attn.o_proj(out.reshape(1, 1, -1))  # [1, 1, heads * head_dim]
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
@@ -193,11 +177,6 @@ class StaticDecoder:
         if s.repetition_penalty != 1.0:
             self.seen.index_fill_(0, token, True)
         return token
-
-
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 def sample(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:

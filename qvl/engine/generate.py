@@ -40,11 +40,19 @@ class TextStream:
         text = self.tokenizer.decode(self.tokens[self.start :], skip_special_tokens=True)
         if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
             return
+        self._emit(text)
+        if len(self.tokens) - self.start > 8:
+            self.start, self.emitted = len(self.tokens), ""
+
+    def end(self) -> None:
+        """Hand out what is still held back (a character that never completed)."""
+        if self.on_text is not None:
+            self._emit(self.tokenizer.decode(self.tokens[self.start :], skip_special_tokens=True))
+
+    def _emit(self, text: str) -> None:
         if text.startswith(self.emitted) and len(text) > len(self.emitted):
             self.on_text(text[len(self.emitted) :])
         self.emitted = text
-        if len(self.tokens) - self.start > 8:
-            self.start, self.emitted = len(self.tokens), ""
 
 
 def sampling_for(request, generation_config) -> Sampling:

@@ -20,6 +20,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from qvl.engine.fuse import fuse_linears, norm
+from qvl_kernels.rotary import rotary_qk
+from qvl_kernels.silu_mul import silu_mul
+
 
 @dataclass(frozen=True)
 class SequenceGroup:
@@ -141,17 +145,12 @@ def _attend(q, k, v, groups: tuple[SequenceGroup, ...], scale: float) -> torch.T
     return out
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def _rotary(positions: torch.Tensor, head_dim: int, theta: float = 10000.0):
-    """cos, sin [patches, 1, head_dim] in fp32: half the rotary dims follow the row, half the column."""
+    """cos, sin [patches, head_dim] in fp32: half the rotary dims follow the row, half the column."""
     dim = head_dim // 2
     inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim))
     freqs = (positions.float().unsqueeze(-1) * inv_freq).flatten(1)  # [patches, dim]
-    emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)
+    emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
 
 
@@ -172,13 +171,28 @@ def run_tower(visual, pixel_values: torch.Tensor, grid_thw, plan: TowerPlan | No
     head_dim = config.hidden_size // heads
     cos, sin = _rotary(plan.positions, head_dim)
     full_layers = set(config.fullatt_block_indexes)
-    for layer, block in enumerate(visual.blocks):
+    blocks = list(visual.blocks)
+    # Each residual add is fused into the norm after it: norm(out, x) returns (normed, x + out).
+    h = norm(blocks[0].norm1, x)
+    for layer, block in enumerate(blocks):
         groups = plan.frame_groups if layer in full_layers else plan.window_groups
         attn = block.attn
-        q, k, v = attn.qkv(block.norm1(x)).reshape(tokens, 3, heads, head_dim).unbind(1)
-        qf, kf = q.float(), k.float()
-        q = (qf * cos + _rotate_half(qf) * sin).to(v.dtype)
-        k = (kf * cos + _rotate_half(kf) * sin).to(v.dtype)
-        x = x + attn.proj(_attend(q, k, v, groups, attn.scaling).reshape(tokens, -1))
-        x = x + block.mlp(block.norm2(x))
+        q, k, v = attn.qkv(h).view(tokens, 3, heads, head_dim).unbind(1)
+        rotary_qk(q, k, cos, sin, fp32_math=True, out=(q, k))  # the tower's fp32 rotary, in place
+        out = attn.proj(_attend(q, k, v, groups, attn.scaling).reshape(tokens, -1))
+        h, x = norm(block.norm2, out, x)
+        out = _mlp(block.mlp, h, silu=config.hidden_act == "silu")
+        if layer + 1 < len(blocks):
+            h, x = norm(blocks[layer + 1].norm1, out, x)
+        else:
+            x = x + out
     return visual.merger(x)[plan.reverse_index]
+
+
+def _mlp(mlp, h: torch.Tensor, silu: bool) -> torch.Tensor:
+    """The block's gated MLP, gate and up as one matrix product (the module itself for another
+    activation than the published SiLU)."""
+    if not silu:
+        return mlp(h)
+    weight, bias = fuse_linears(mlp, "gate_up", (mlp.gate_proj, mlp.up_proj))
+    return mlp.down_proj(silu_mul(*F.linear(h, weight, bias).chunk(2, dim=-1)))
