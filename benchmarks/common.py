@@ -251,7 +251,7 @@ def write_results(path, rows: list, **meta) -> None:
 
     meta = dict(
         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        card=torch.cuda.get_device_name(),
+        card=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         torch=torch.__version__,
         triton=triton.__version__,
         **meta,

@@ -253,6 +253,8 @@ def bench_table(record: dict) -> None:
         f"(stock {greedy['stock_tokens']}, qvl {greedy['qvl_tokens']}); "
         f"torch {record['torch']}, transformers {record['transformers']}"
     )
+    if "vision_qvl_vs_fp32" in record:
+        caption += f"; vision tower vs fp32: stock {record['vision_stock_vs_fp32']:.2e}, qvl {record['vision_qvl_vs_fp32']:.2e}"
     table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
     table.add_column("stage")
     for column in ("stock", "qvl", "speed-up"):
