@@ -24,9 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from qvl.engine.fuse import fuse_linears, norm
-from qvl_kernels.decode_attention import decode_attention
-from qvl_kernels.rotary import rotary_qk
-from qvl_kernels.silu_mul import silu_mul
+from qvl.engine.kernels import decode_attention, rotary_qk, silu_mul
 
 # Cache capacity grows in steps of this many tokens, so requests of similar length share one
 # captured graph instead of capturing a new one each time.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from qvl_kernels.rms_norm import rms_norm
+from qvl.engine.kernels import rms_norm
 
 
 def fuse_linears(module, name: str, linears) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from qvl.engine.fuse import fuse_linears, norm
-from qvl_kernels.rotary import rotary_qk
-from qvl_kernels.silu_mul import silu_mul
+from qvl.engine.kernels import rotary_qk, silu_mul
 
 
 @dataclass(frozen=True)
