@@ -33,4 +33,5 @@ def test_download_without_the_hub_fails_fast_and_says_so():
 
 def test_completion_script_for_bash():
     result = invoke("--show-completion", "bash")
-    assert result.exit_code == 0 and "qvl" in result.stdout and "complete" in result.stdout
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert "qvl" in result.stdout and "complete" in result.stdout
