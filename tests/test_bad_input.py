@@ -56,6 +56,13 @@ ROWS = [
     ("--start past the end", ["video", "{good_video}", "--start", "10"], 2, ["--start", "past the end"], []),
     ("unknown preset", ["describe", "{photo}", "-m", "13b"], 2, ["unknown model preset", "13b"], []),
     ("unknown random size", ["describe", "{photo}", "-m", "random:9b"], 2, ["random:9b"], []),
+    (
+        "random model too big for the memory",
+        ["describe", "{photo}", "-m", "random:72b", "--device", "cpu"],
+        2,
+        ["random:72b needs", "GiB"],
+        [],
+    ),
     ("preprocess: nothing there", ["preprocess", "{missing}"], 1, ["no such file"], []),
     ("preprocess: --frames 0", ["preprocess", "{good_video}", "--frames", "0"], 2, ["--frames"], []),
 ]

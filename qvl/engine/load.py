@@ -109,13 +109,12 @@ def _random_model(resolved: ResolvedModel, device: str, dtype, attn_implementati
 
     config = random_config(resolved.random, resolved.path)
     need = _parameter_count(config) * torch.empty((), dtype=dtype).element_size()
-    if device == "cuda":
-        free, _ = torch.cuda.mem_get_info()
-        if need > _FIT_FRACTION * free:
-            raise ModelError(
-                f"{resolved.name} needs {need / 2**30:.0f} GiB for its weights and this GPU has "
-                f"{free / 2**30:.0f} GiB free; try a smaller one (random:7b, random:3b)"
-            )
+    free, where = (torch.cuda.mem_get_info()[0], "this GPU") if device == "cuda" else (_free_ram(), "this machine")
+    if free is not None and need > _FIT_FRACTION * free:
+        raise ModelError(
+            f"{resolved.name} needs {need / 2**30:.0f} GiB for its weights and {where} has "
+            f"{free / 2**30:.0f} GiB free; try a smaller one (random:3b) or the tiny model"
+        )
     kwargs: dict[str, Any] = {"dtype": dtype}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
@@ -123,6 +122,18 @@ def _random_model(resolved: ResolvedModel, device: str, dtype, attn_implementati
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, **kwargs)
     model.generation_config = GenerationConfig.from_pretrained(resolved.path)
     return model
+
+
+def _free_ram() -> int | None:
+    """Bytes of memory available to a new allocation (None where the system does not say)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _parameter_count(config) -> int:
