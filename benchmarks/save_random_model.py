@@ -13,6 +13,18 @@ import time
 from pathlib import Path
 
 
+# The tiny model's files that a checkpoint folder needs besides its weights and config.
+TOKENIZER_AND_PROCESSOR = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="random:3b, random:7b or random:72b")
@@ -25,9 +37,9 @@ def main() -> int:
     engine = Engine(args.model)
     out = Path(args.folder)
     engine.model.save_pretrained(out)
-    for name in engine.resolved.path.iterdir():  # tokenizer, processor and generation config
-        if name.is_file() and not name.name.endswith((".safetensors", ".json.index")) and name.name != "config.json":
-            shutil.copy(name, out / name.name)
+    for name in TOKENIZER_AND_PROCESSOR:
+        if (engine.resolved.path / name).is_file():
+            shutil.copy(engine.resolved.path / name, out / name)
     print(f"{args.model} written to {out} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0
 
