@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-
 # The tiny model's files that a checkpoint folder needs besides its weights and config.
 TOKENIZER_AND_PROCESSOR = (
     "tokenizer.json",
