@@ -109,6 +109,10 @@ class Engine:
         self.model, self.processor = load_model(self.resolved, self.device, self.dtype, attn_implementation)
         self.load_s = time.perf_counter() - started
         self._fast = None  # the fast path's generator, made on first use
+        if self.fast_path_problem is None:
+            from qvl.engine.fuse import fuse_model
+
+            fuse_model(self.model)
 
     @property
     def fast_path_problem(self) -> str | None:

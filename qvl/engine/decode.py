@@ -28,7 +28,7 @@ from qvl.engine.kernels import decode_attention, rotary_qk, silu_mul
 
 # Cache capacity grows in steps of this many tokens, so requests of similar length share one
 # captured graph instead of capturing a new one each time.
-CAPACITY_STEP = 1024
+CAPACITY_STEP = 256
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,17 @@ def fuse_linears(module, name: str, linears) -> tuple[torch.Tensor, torch.Tensor
     return weight, bias
 
 
+def fuse_model(model) -> None:
+    """Fuse the projections the fast path multiplies together, once, when the model is loaded:
+    fusing copies a layer's weights once, which inside a request would raise its peak memory."""
+    for layer in model.model.language_model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        fuse_linears(attn, "qkv", (attn.q_proj, attn.k_proj, attn.v_proj))
+        fuse_linears(mlp, "gate_up", (mlp.gate_proj, mlp.up_proj))
+    for block in model.model.visual.blocks:
+        fuse_linears(block.mlp, "gate_up", (block.mlp.gate_proj, block.mlp.up_proj))
+
+
 def norm(module, x: torch.Tensor, residual: torch.Tensor | None = None):
     """transformers' RMSNorm `module` on x (or on x + residual, returning (normed, x + residual))."""
     eps = getattr(module, "variance_epsilon", None) or getattr(module, "eps", 1e-6)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qvl.engine.fuse import fuse_linears, norm
 from qvl.engine.kernels import rotary_qk, silu_mul
@@ -123,6 +124,11 @@ def _groups(lengths: list[int]) -> tuple[SequenceGroup, ...]:
     return tuple(groups)
 
 
+# Flash attention first: cuDNN (torch's first choice on Hopper) builds an execution plan for every
+# new shape, which a fresh process pays on its first request, and the tower's sequences are short.
+_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
+
+
 def _attend(q, k, v, groups: tuple[SequenceGroup, ...], scale: float) -> torch.Tensor:
     """Attention within each sequence of `groups`; q, k, v and the result are [tokens, heads, dim]."""
     tokens, heads, dim = q.shape
@@ -134,7 +140,9 @@ def _attend(q, k, v, groups: tuple[SequenceGroup, ...], scale: float) -> torch.T
         else:
             parts = [x.index_select(0, g.index) for x in (q, k, v)]
         qg, kg, vg = (x.view(g.count, g.length, heads, dim).transpose(1, 2) for x in parts)
-        o = F.scaled_dot_product_attention(qg, kg, vg, scale=scale).transpose(1, 2).reshape(span, heads, dim)
+        with sdpa_kernel(_BACKENDS, set_priority=True):
+            o = F.scaled_dot_product_attention(qg, kg, vg, scale=scale)
+        o = o.transpose(1, 2).reshape(span, heads, dim)
         if out is None:
             return o
         if g.index is None:
