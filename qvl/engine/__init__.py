@@ -39,7 +39,7 @@ class Timings:
     preprocess_s: float = 0.0  # processor: resize, patchify, tokenize
     prefill_s: float = 0.0  # time to the first generated token
     vision_s: float = 0.0  # the vision tower, part of prefill_s (fast path only)
-    warmup_s: float = 0.0  # decode cache allocation and graph capture, part of decode_s (fast path)
+    warmup_s: float = 0.0  # the decode graph's capture (first request of a cache size), part of decode_s
     decode_s: float = 0.0  # the remaining tokens
     tokens_per_s: float = 0.0  # decode rate, first token excluded
 

@@ -128,20 +128,22 @@ class FastGenerator:
             raise OptionError(f"--max-tokens must be at least 1, not {request.max_new_tokens}")
         sampling = sampling_for(request, self.model.generation_config)
         prompt = inputs["input_ids"]
-        started = time.perf_counter()
-        # One slot past the last token: the step after end-of-sequence is already queued.
-        decoder = self._decoder(prompt.shape[1] + request.max_new_tokens + 1, sampling)
-        warmup_s = time.perf_counter() - started
-        done = prefill(self.model, inputs, decoder.prefill_cache())
+
+        def make_cache():
+            # One slot past the last token: the step after end-of-sequence is already queued.
+            return self._decoder(prompt.shape[1] + request.max_new_tokens + 1, sampling).prefill_cache()
+
+        done = prefill(self.model, inputs, make_cache)
+        decoder = self.decoder
         first = _first_token(done.logits, prompt, sampling)
         first_at = time.perf_counter()
         stream.put(first)
         if first in eos or request.max_new_tokens == 1:
-            return Generated([first], first_at, done.vision_s, warmup_s)
+            return Generated([first], first_at, done.vision_s)
         started = time.perf_counter()
         decoder.start(prompt, first, done.rope_delta, sampling)
         decoder.capture()
-        warmup_s += time.perf_counter() - started
+        warmup_s = time.perf_counter() - started
         tokens = self._loop(decoder, request.max_new_tokens - 1, stream, eos)
         return Generated([first, *tokens], first_at, done.vision_s, warmup_s)
 

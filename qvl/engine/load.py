@@ -91,7 +91,7 @@ def random_config(size: str, tiny_path):
 
     from transformers import Qwen2_5_VLConfig
 
-    from qvl.models import ARCHITECTURES
+    from qvl.architectures import ARCHITECTURES
 
     arch = ARCHITECTURES[size]
     tiny = json.loads((tiny_path / "config.json").read_text())

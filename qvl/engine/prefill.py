@@ -30,8 +30,9 @@ class Prefilled:
 
 
 @torch.inference_mode()
-def prefill(model, inputs, cache) -> Prefilled:
-    """The prompt's forward pass; the language model's keys and values go into `cache`."""
+def prefill(model, inputs, make_cache) -> Prefilled:
+    """The prompt's forward pass; the language model's keys and values go into `make_cache()`,
+    called once the vision tower is done (so its activations and the cache are never held at once)."""
     core = model.model
     config = model.config
     ids = inputs["input_ids"]
@@ -53,6 +54,7 @@ def prefill(model, inputs, cache) -> Prefilled:
     rope_kwargs = {k: inputs[k] for k in _rope_parameters(core) if inputs.get(k) is not None}
     position_ids, rope_deltas = core.get_rope_index(ids, **rope_kwargs)
     text = core.language_model
+    cache = make_cache()
     out = text(inputs_embeds=embeds, position_ids=position_ids, use_cache=True, **{_cache_keyword(text): cache})
     logits = model.lm_head(out.last_hidden_state[:, -1])[0].float()
     return Prefilled(logits=logits, rope_delta=int(rope_deltas.flatten()[0]), vision_s=vision_s)

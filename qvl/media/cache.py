@@ -18,14 +18,12 @@ disk is detected on read, removed and rebuilt.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
 import socket
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +31,9 @@ from typing import Any
 import numpy as np
 
 from qvl.errors import CacheError
+from qvl.media.jpeg_frames import JPEG_QUALITY, encode_jpegs, read_frames
 
 CACHE_FORMAT = 1
-JPEG_QUALITY = 95
 SAMPLE_BYTES = 256 << 10  # per sampled region: first, middle and last 256 KiB
 STALE_TMP_SECONDS = 6 * 3600
 
@@ -190,7 +188,7 @@ class FrameCache:
             shape = (int(meta["frames"]), int(meta["height"]), int(meta["width"]))
             if len(meta["files"]) != shape[0] or (width and shape[2] != width) or (height and shape[1] != height):
                 raise ValueError("frame count or size does not match the plan")
-            frames = _read_frames(d, meta["files"], shape)
+            frames = read_frames(d, meta["files"], shape)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self._discard(d)
             self.last_status = "rebuilt"
@@ -231,7 +229,7 @@ class FrameCache:
         except OSError as exc:
             raise self._not_writable(exc, can_skip=can_skip) from None
         try:
-            blobs = _encode_jpegs(frames)
+            blobs = encode_jpegs(frames)
             files = []
             for i, data in enumerate(blobs):
                 name = f"{i:06d}.jpg"
@@ -442,64 +440,3 @@ def _fsync_dir(d: Path) -> None:
                 os.close(fd)
     except OSError:
         pass
-
-
-def _workers() -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cpus, 8))
-
-
-def _encode_one(frame: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
-    return buf.getvalue()
-
-
-def _decode_one(data: bytes) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        if im.format != "JPEG":
-            raise ValueError("not a JPEG frame")
-        im.load()
-        # convert() would copy even an RGB image; asarray on the loaded image does not decode twice.
-        return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-
-
-def _encode_jpegs(frames: np.ndarray) -> list[bytes]:
-    with ThreadPoolExecutor(_workers()) as pool:  # Pillow releases the GIL while coding
-        return list(pool.map(_encode_one, frames))
-
-
-def _read_frames(d: Path, files: list, shape: tuple[int, int, int]) -> np.ndarray:
-    """Read, verify (SHA-256) and decode every frame file into one array, on all cores.
-
-    Each worker takes a contiguous run of files; hashing and JPEG decoding release the GIL.
-    """
-    n, h, w = shape
-    out = np.empty((n, h, w, 3), dtype=np.uint8)
-
-    def run(lo: int, hi: int) -> None:
-        for i in range(lo, hi):
-            name, digest = files[i]
-            data = (d / name).read_bytes()
-            if hashlib.sha256(data).hexdigest() != digest:
-                raise ValueError(f"{name} does not match its checksum")
-            arr = _decode_one(data)
-            if arr.shape != (h, w, 3):
-                raise ValueError(f"{name} is not {w}x{h}")
-            out[i] = arr
-
-    workers = max(1, min(_workers(), n))
-    bounds = [round(k * n / workers) for k in range(workers + 1)]
-    if workers == 1:
-        run(0, n)
-        return out
-    with ThreadPoolExecutor(workers - 1) as pool:
-        futures = [pool.submit(run, bounds[k], bounds[k + 1]) for k in range(1, workers)]
-        run(bounds[0], bounds[1])  # the calling thread takes the first run
-        for f in futures:
-            f.result()
-    return out
