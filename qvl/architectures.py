@@ -3,7 +3,7 @@ models: the same shapes, so the same speed, with random weights."""
 
 from __future__ import annotations
 
-_VISION = {
+VISION = {
     "depth": 32,
     "hidden_size": 1280,
     "intermediate_size": 3420,
@@ -37,7 +37,7 @@ ARCHITECTURES: dict[str, dict] = {
             "num_attention_heads": 16,
             "num_key_value_heads": 2,
         },
-        "vision": {**_VISION, "out_hidden_size": 2048},
+        "vision": {**VISION, "out_hidden_size": 2048},
         "tie_word_embeddings": True,
     },
     "7b": {
@@ -49,7 +49,7 @@ ARCHITECTURES: dict[str, dict] = {
             "num_attention_heads": 28,
             "num_key_value_heads": 4,
         },
-        "vision": {**_VISION, "out_hidden_size": 3584},
+        "vision": {**VISION, "out_hidden_size": 3584},
         "tie_word_embeddings": False,
     },
     "72b": {
@@ -61,7 +61,7 @@ ARCHITECTURES: dict[str, dict] = {
             "num_attention_heads": 64,
             "num_key_value_heads": 8,
         },
-        "vision": {**_VISION, "out_hidden_size": 8192},
+        "vision": {**VISION, "out_hidden_size": 8192},
         "tie_word_embeddings": False,
     },
 }

@@ -26,6 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
+from qvl.architectures import VISION
 from qvl.paths import cache_root
 
 TINY_VERSION = "1"
@@ -98,20 +99,15 @@ TEXT_CONFIG = {
     "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
     "rope_theta": 1000000.0,
 }
-# Vision: head_dim 16, one windowed block then one full-attention block, like the real tower.
+# Vision: the published tower's patching and windows at toy width (head_dim 16), one windowed
+# block then one full-attention block.
 VISION_CONFIG = {
+    **VISION,
     "depth": 2,
     "hidden_size": 32,
     "intermediate_size": 64,
     "num_heads": 2,
-    "in_channels": 3,
-    "patch_size": 14,
-    "spatial_merge_size": 2,
-    "temporal_patch_size": 2,
-    "tokens_per_second": 2,
-    "window_size": 112,
     "fullatt_block_indexes": [1],
-    "hidden_act": "silu",
     "out_hidden_size": TEXT_CONFIG["hidden_size"],
 }
 

@@ -27,22 +27,13 @@ import triton
 import triton.language as tl
 
 from .._device import interpreting, sm_count
+from .._dot import dot
 from .naive import check_args
 
 BLOCK_N = 64  # keys per tile inside a split
 MAX_SPLIT = 512
 MIN_SPLIT = 128
 _INTERPRETER_SMS = 132  # the split heuristic under the interpreter: as on an H100
-
-
-@triton.jit
-def _dot(a, b, acc):
-    # fp32 inputs get full fp32 products (Triton's default for them is TF32); fp16/bf16 run on
-    # tensor cores with fp32 accumulation.
-    if a.dtype == tl.float32:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc)
 
 
 @triton.jit
@@ -101,14 +92,14 @@ def _decode_split_kernel(
         m_kv = m_t[:, None] & m_d[None, :]
         b_k = tl.load(p_k0 + o_t[:, None].to(tl.int64) * s_kn + o_d[None, :], mask=m_kv, other=0.0)  # [BN, BD]
         b_v = tl.load(p_v0 + o_t[:, None].to(tl.int64) * s_vn + o_d[None, :], mask=m_kv, other=0.0)  # [BN, BD]
-        b_s = _dot(b_q, tl.trans(b_k), tl.zeros([G_PAD, BN], dtype=tl.float32))  # [G_PAD, BN]
+        b_s = dot(b_q, tl.trans(b_k), tl.zeros([G_PAD, BN], dtype=tl.float32))  # [G_PAD, BN]
         b_s = tl.where(m_t[None, :], b_s * qk_scale, float("-inf"))
         # The first tile of a split holds at least one key, so b_m_new is finite from then on.
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
         b_p = tl.math.exp2(b_s - b_m_new[:, None])  # [G_PAD, BN]
         b_alpha = tl.math.exp2(b_m - b_m_new)
         b_l = b_l * b_alpha + tl.sum(b_p, 1)
-        b_acc = _dot(b_p.to(b_v.dtype), b_v, b_acc * b_alpha[:, None])  # [G_PAD, BD]
+        b_acc = dot(b_p.to(b_v.dtype), b_v, b_acc * b_alpha[:, None])  # [G_PAD, BD]
         b_m = b_m_new
 
     m_w = m_g & (i_start < n_len)  # a split past the length writes nothing; the combine skips it

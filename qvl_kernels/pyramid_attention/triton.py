@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._dot import dot
 from .._tma import ensure_tma_allocator, tma_ok
 from ..pooling import mean_pool_kv
 from .naive import check_args
@@ -73,16 +74,6 @@ def _block_lists_kernel(
     lev_edge = tl.load(p_lev + i_edge * s_lj).to(tl.int32)
     tl.store(p_meta + 5, i_edge)
     tl.store(p_meta + 6, lev_edge)
-
-
-@triton.jit
-def _dot(a, b, acc):
-    # fp32 inputs get full fp32 products (Triton's default for them is TF32, ~1e-3 relative error);
-    # fp16/bf16 run at tensor-core speed with fp32 accumulation.
-    if a.dtype == tl.float32:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc)
 
 
 @triton.jit
@@ -162,7 +153,7 @@ def _attend_tile(
     # have seen nothing. COLMASK: only invalid columns are masked (a packed tile's tail).
     LOG2R: tl.constexpr = math.log2(R)
     b_k = _load_pooled(p_k, s_kl, s_kd, o_n, m_n, o_d, m_d, L, R, CN, BLOCK_D, POOL_IN_KERNEL)
-    b_s = _dot(b_q, tl.trans(b_k), None) * qk_scale  # [BM, CN], log2 domain
+    b_s = dot(b_q, tl.trans(b_k), None) * qk_scale  # [BM, CN], log2 domain
     if MASKED:
         b_last = tl.minimum(o_n * R + R, L) - 1
         if R > 1:  # a final partial group stands for fewer than R tokens: log2(count), not log2(R)
@@ -186,7 +177,7 @@ def _attend_tile(
     b_l = b_l * b_alpha + tl.sum(b_p, 1)
     b_v = _load_pooled(p_v, s_vl, s_vd, o_n, m_n, o_d, m_d, L, R, CN, BLOCK_D, POOL_IN_KERNEL)
     b_acc = b_acc * b_alpha[:, None]
-    b_acc = _dot(b_p.to(b_v.dtype), b_v, b_acc)
+    b_acc = dot(b_p.to(b_v.dtype), b_v, b_acc)
     return b_acc, b_m_new, b_l
 
 
@@ -265,10 +256,10 @@ def _attend_block_tma(
     NP: tl.constexpr = BLOCK // R
     for i_c in tl.static_range(NP // CN):
         b_k = d_k.load([i_j * NP + i_c * CN, 0])  # [CN, BD]
-        b_p, b_alpha, b_m, b_l = _softmax_step(_dot(b_q, tl.trans(b_k), None), b_m, b_l, qk_scale, R)
+        b_p, b_alpha, b_m, b_l = _softmax_step(dot(b_q, tl.trans(b_k), None), b_m, b_l, qk_scale, R)
         b_v = d_v.load([i_j * NP + i_c * CN, 0])
         b_acc = b_acc * b_alpha[:, None]
-        b_acc = _dot(b_p.to(b_v.dtype), b_v, b_acc)
+        b_acc = dot(b_p.to(b_v.dtype), b_v, b_acc)
     return b_acc, b_m, b_l
 
 
