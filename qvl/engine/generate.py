@@ -12,7 +12,6 @@ import torch
 
 from qvl.engine.decode import Sampling, StaticDecoder, capacity_for, sample
 from qvl.engine.prefill import prefill
-from qvl.errors import OptionError
 
 
 @dataclass
@@ -124,14 +123,13 @@ class FastGenerator:
         self.decoder: StaticDecoder | None = None
 
     def generate(self, inputs, request, stream: TextStream, eos: set[int]) -> Generated:
-        if request.max_new_tokens < 1:
-            raise OptionError(f"--max-tokens must be at least 1, not {request.max_new_tokens}")
         sampling = sampling_for(request, self.model.generation_config)
         prompt = inputs["input_ids"]
 
         def make_cache():
             # One slot past the last token: the step after end-of-sequence is already queued.
-            return self._decoder(prompt.shape[1] + request.max_new_tokens + 1, sampling).prefill_cache()
+            self._ensure_decoder(prompt.shape[1] + request.max_new_tokens + 1, sampling)
+            return self.decoder.prefill_cache()
 
         done = prefill(self.model, inputs, make_cache)
         decoder = self.decoder
@@ -147,14 +145,14 @@ class FastGenerator:
         tokens = self._loop(decoder, request.max_new_tokens - 1, stream, eos)
         return Generated([first, *tokens], first_at, done.vision_s, warmup_s)
 
-    def _decoder(self, tokens: int, sampling: Sampling) -> StaticDecoder:
+    def _ensure_decoder(self, tokens: int, sampling: Sampling) -> None:
+        """A decoder for `tokens` slots: the last one (its cache and graph) unless it is too small or
+        more than twice the size needed."""
         current = self.decoder
-        # Reuse the cache (and its graph) unless it is too small, or more than twice the size needed.
-        if current is None or not current.fits(tokens) or current.capacity > 2 * capacity_for(tokens):
-            # Free the old cache before allocating the new one.
-            self.decoder = current = None
-            self.decoder = StaticDecoder(self.model, capacity_for(tokens), sampling, self.use_graph)
-        return self.decoder
+        if current is not None and current.fits(tokens) and current.capacity <= 2 * capacity_for(tokens):
+            return
+        self.decoder = current = None  # the old cache is freed before the new one is allocated
+        self.decoder = StaticDecoder(self.model, capacity_for(tokens), sampling, self.use_graph)
 
     @staticmethod
     def _loop(decoder: StaticDecoder, steps: int, stream: TextStream, eos: set[int]) -> list[int]:
