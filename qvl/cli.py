@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from qvl import __version__, output
-from qvl.errors import QvlError
+from qvl.errors import OptionError, QvlError
 from qvl.options import (
     BenchFramesOpt,
     BenchModelOpt,
@@ -37,9 +37,10 @@ from qvl.options import (
     TopPOpt,
     fail,
     psa_config,
+    run_settings,
     with_video_options,
 )
-from qvl.runner import Media, Runner, Settings, frame_cache, load_clip, profile
+from qvl.runner import Media, Runner, frame_cache, load_clip, profile
 
 app = typer.Typer(
     name="qvl",
@@ -93,7 +94,7 @@ def describe(
     """Describe images (or answer --prompt about them), one answer per image unless --together."""
     from qvl.media.images import expand_image_inputs, open_image
 
-    settings = Settings(model, device, dtype, psa_config(psa, psa_preset), max_tokens, temperature, top_p, seed)
+    settings = run_settings(model, device, dtype, psa_config(psa, psa_preset), max_tokens, temperature, top_p, seed)
     sources = expand_image_inputs(images)
     view = output.RunView(json_output=json_output, quiet=quiet, several=not together and len(sources) > 1, stats=stats)
     runner = Runner(settings, view)
@@ -151,7 +152,7 @@ def video(
     video_options=None,
 ) -> None:
     """Answer --prompt about each video, sampling frames at their real timestamps."""
-    settings = Settings(model, device, dtype, psa_config(psa, psa_preset), max_tokens, temperature, top_p, seed)
+    settings = run_settings(model, device, dtype, psa_config(psa, psa_preset), max_tokens, temperature, top_p, seed)
     if dry_run:
         raise typer.Exit(_dry_run(videos, video_options, json_output))
     load = _clip_loader(video_options, frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache), quiet)
@@ -212,7 +213,7 @@ def psa_profile(
     video_options=None,
 ) -> None:
     """Prefill one video with PSA and with SDPA: time both, and show PSA's density per layer."""
-    settings = Settings(model, device, dtype, psa_config(psa=True, preset=psa_preset, min_tokens=min_tokens))
+    settings = run_settings(model, device, dtype, psa_config(psa=True, preset=psa_preset, min_tokens=min_tokens))
     try:
         cache = frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache)
         media = _clip_loader(video_options, cache, quiet)(video_path)
@@ -317,7 +318,7 @@ def infer(
     if psa_log_dir is not None:
         output.warn("--psa-log-dir is not used: PSA statistics are in the --json output of qvl describe/video")
     if type not in ("image", "video"):
-        fail(QvlError(f"--type must be image or video, not {type!r}"))
+        fail(OptionError(f"--type must be image or video, not {type!r}"))
     if type == "image":
         describe([input], prompt=prompt, model=model, max_tokens=max_tokens, device=device, dtype=dtype, psa=psa)
     video(

@@ -49,6 +49,17 @@ class AttentionConfig:
     min_tokens: int = 1024
     preset_name: str = field(default="custom", repr=False)
 
+    def __post_init__(self) -> None:
+        from qvl.errors import OptionError
+
+        if isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int) or self.min_tokens < 0:
+            raise OptionError(f"--min-tokens must be a whole number >= 0, not {self.min_tokens}")
+        # The kernels' own checks (block, stride, bands), now rather than in the middle of a prefill.
+        try:
+            self.kernel_config(0)
+        except ValueError as exc:
+            raise OptionError(f"impossible PSA setting: {exc}") from None
+
     @classmethod
     def preset(cls, name: str = "default", **overrides) -> "AttentionConfig":
         """A preset of qvl_kernels.psa.PRESETS: "default" (published energybound bands), "balanced"

@@ -17,12 +17,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from qvl.errors import ModelError, QvlError
+from qvl.errors import ModelError, OptionError, QvlError
+
+SEED_MAX = 2**63 - 1  # torch.manual_seed's largest seed as a signed 64-bit integer
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The model a run loads and how it generates; `psa` is a `qvl.psa.AttentionConfig` or None."""
+    """The model a run loads and how it generates; `psa` is a `qvl.psa.AttentionConfig` or None.
+
+    An impossible value raises `OptionError` here, when the settings are made: before any media
+    is read or any model loads, so a mistyped flag costs nothing.
+    """
 
     model: str | None = None
     device: str = "auto"
@@ -32,6 +38,20 @@ class Settings:
     temperature: float = 0.0
     top_p: float | None = None
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        from qvl.engine.load import check_device, check_dtype  # light: no torch
+
+        check_device(self.device)
+        check_dtype(self.dtype)
+        if isinstance(self.max_tokens, bool) or self.max_tokens < 1:
+            raise OptionError(f"--max-tokens must be at least 1, not {self.max_tokens}")
+        if not self.temperature >= 0 or self.temperature == float("inf"):
+            raise OptionError(f"--temperature must be a finite number >= 0, not {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise OptionError(f"--top-p must be in (0, 1], not {self.top_p}")
+        if self.seed is not None and not 0 <= self.seed <= SEED_MAX:
+            raise OptionError(f"--seed must be between 0 and {SEED_MAX}, not {self.seed}")
 
 
 @dataclass
