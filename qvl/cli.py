@@ -104,7 +104,7 @@ def describe(
             try:
                 opened.append(_open_or_raise(source, open_image))
             except QvlError as exc:
-                runner.fail(label, exc)
+                runner.fail(label, exc, prompt or DEFAULT_IMAGES_PROMPT)
         # One answer about all the images: with any of them missing it would answer another question.
         if opened and runner.exit_code == 0:
             labels = ", ".join(label for label, _ in sources)

@@ -66,6 +66,20 @@ class Media:
     record: dict[str, Any] = field(default_factory=dict)
 
 
+def error_record(label: str, message: str, *, model: str | None = None, prompt: str | None = None) -> dict[str, Any]:
+    """A failed input's record: every key an answer's record has (README's schema), null where
+    the failure left it unknown, so a pipeline reads one shape whatever happened."""
+    return {
+        "input": label,
+        "model": model,
+        "prompt": prompt,
+        "text": None,
+        "tokens": None,
+        "timings": None,
+        "error": message,
+    }
+
+
 def clip_record(clip) -> dict[str, Any]:
     """What a record says about a `VideoClip`: the frames the model saw and where they came from."""
     return {
@@ -127,7 +141,8 @@ class View:
         """One input's record; `psa` is the attention config the run asked for, or None."""
 
     def failed(self, record: dict[str, Any]) -> None:
-        """One input failed: `record` is `{"input": label, "error": message}`."""
+        """One input failed: `record` is `error_record`'s (input, model, prompt, error; text, tokens
+        and timings null)."""
 
 
 class Runner:
@@ -156,9 +171,10 @@ class Runner:
             self.view.loaded(self._engine)
         return self._engine
 
-    def fail(self, label: str, exc: QvlError) -> dict[str, Any]:
-        """Report one input's failure and return its record."""
-        record = {"input": label, "error": str(exc)}
+    def fail(self, label: str, exc: QvlError, prompt: str | None = None) -> dict[str, Any]:
+        """Report one input's failure and return its record (`error_record`)."""
+        model = self._engine.name if self._engine is not None else self.settings.model
+        record = error_record(label, str(exc), model=model, prompt=prompt)
         self.view.failed(record)
         self.exit_code = self.exit_code or exc.exit_code
         return record
@@ -180,7 +196,7 @@ class Runner:
                 raise
             result = self._generate(engine, label, prompt, media)
         except QvlError as exc:
-            record = self.fail(label, exc)
+            record = self.fail(label, exc, prompt)
             if self.stopped:
                 self.exit_code = 2
             return record
