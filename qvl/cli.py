@@ -164,11 +164,13 @@ def video(
 
 
 def _clip_loader(options, cache, quiet: bool):
-    """source -> `Media`: its frames sampled with a progress bar on stderr."""
+    """source -> `Media`: its frames sampled with a progress bar on stderr, then the plan's notes."""
 
     def load(source: str):
         with output.task_progress(f"frames of {source}", quiet) as advance:
-            return load_clip(source, options, cache, progress=advance)
+            media = load_clip(source, options, cache, progress=advance)
+        output.plan_notes(source, media.notes, quiet=quiet)
+        return media
 
     return load
 

@@ -58,12 +58,15 @@ class Settings:
 class Media:
     """What one request shows the model, and what its record says about it.
 
-    images: PIL images; video: a `qvl.engine.VideoFrames`; record: keys added to the input's record.
+    images: PIL images; video: a `qvl.engine.VideoFrames`; record: keys added to the input's record;
+    notes: what the frame plan changed from what was asked (`--frames 3` rounded up, `--end`
+    clamped), for a person to read.
     """
 
     images: Sequence[Any] = ()
     video: Any = None
     record: dict[str, Any] = field(default_factory=dict)
+    notes: Sequence[str] = ()
 
 
 def error_record(label: str, message: str, *, model: str | None = None, prompt: str | None = None) -> dict[str, Any]:
@@ -98,7 +101,7 @@ def clip_media(clip) -> Media:
     """A `VideoClip` as the engine takes it (frames at their real sampled fps), with its record."""
     from qvl.engine import VideoFrames
 
-    return Media(video=VideoFrames(clip.frames, clip.sampled_fps), record=clip_record(clip))
+    return Media(video=VideoFrames(clip.frames, clip.sampled_fps), record=clip_record(clip), notes=clip.plan.notes)
 
 
 def load_clip(source: str, options, cache=None, progress: Callable[[int, int], None] | None = None) -> Media:
