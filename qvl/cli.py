@@ -432,6 +432,7 @@ def main() -> None:
     """Console-script entry point: Click's usage errors become one line too."""
     # Typer may vendor Click; its exception classes are found through a public one.
     click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    interrupted = _note_interrupts()
 
     try:
         code = app(standalone_mode=False)
@@ -441,6 +442,25 @@ def main() -> None:
         output.error(exc.format_message() + hint)
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
+        interrupted.append(True)
+    if interrupted:
         output.error("interrupted")
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def _note_interrupts() -> list:
+    """Ctrl-C still raises KeyboardInterrupt (so every `finally` and cleanup runs), and is also
+    recorded in the returned list: Typer turns KeyboardInterrupt into a silent exit 130, which
+    would otherwise leave the user no line saying why the run stopped."""
+    import signal
+
+    seen: list = []
+
+    def on_sigint(signum, frame):
+        seen.append(True)
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
+        signal.signal(signal.SIGINT, on_sigint)
+    return seen
