@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from qvl import __version__, output
-from qvl.errors import QvlError
+from qvl.errors import OptionError, QvlError
 from qvl.options import (
     BenchFramesOpt,
     BenchModelOpt,
@@ -37,9 +37,10 @@ from qvl.options import (
     TopPOpt,
     fail,
     psa_config,
+    run_settings,
     with_video_options,
 )
-from qvl.runner import Media, Runner, Settings, frame_cache, load_clip, profile
+from qvl.runner import Media, Runner, frame_cache, load_clip, profile
 
 app = typer.Typer(
     name="qvl",
@@ -93,7 +94,7 @@ def describe(
     """Describe images (or answer --prompt about them), one answer per image unless --together."""
     from qvl.media.images import expand_image_inputs, open_image
 
-    settings = Settings(model, device, dtype, psa_config(psa, psa_preset), max_tokens, temperature, top_p, seed)
+    settings = run_settings(model, device, dtype, psa_config(psa, psa_preset), max_tokens, temperature, top_p, seed)
     sources = expand_image_inputs(images)
     view = output.RunView(json_output=json_output, quiet=quiet, several=not together and len(sources) > 1, stats=stats)
     runner = Runner(settings, view)
@@ -103,7 +104,7 @@ def describe(
             try:
                 opened.append(_open_or_raise(source, open_image))
             except QvlError as exc:
-                runner.fail(label, exc)
+                runner.fail(label, exc, prompt or DEFAULT_IMAGES_PROMPT)
         # One answer about all the images: with any of them missing it would answer another question.
         if opened and runner.exit_code == 0:
             labels = ", ".join(label for label, _ in sources)
@@ -151,7 +152,7 @@ def video(
     video_options=None,
 ) -> None:
     """Answer --prompt about each video, sampling frames at their real timestamps."""
-    settings = Settings(model, device, dtype, psa_config(psa, psa_preset), max_tokens, temperature, top_p, seed)
+    settings = run_settings(model, device, dtype, psa_config(psa, psa_preset), max_tokens, temperature, top_p, seed)
     if dry_run:
         raise typer.Exit(_dry_run(videos, video_options, json_output))
     load = _clip_loader(video_options, frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache), quiet)
@@ -163,11 +164,13 @@ def video(
 
 
 def _clip_loader(options, cache, quiet: bool):
-    """source -> `Media`: its frames sampled with a progress bar on stderr."""
+    """source -> `Media`: its frames sampled with a progress bar on stderr, then the plan's notes."""
 
     def load(source: str):
         with output.task_progress(f"frames of {source}", quiet) as advance:
-            return load_clip(source, options, cache, progress=advance)
+            media = load_clip(source, options, cache, progress=advance)
+        output.plan_notes(source, media.notes, quiet=quiet)
+        return media
 
     return load
 
@@ -212,7 +215,7 @@ def psa_profile(
     video_options=None,
 ) -> None:
     """Prefill one video with PSA and with SDPA: time both, and show PSA's density per layer."""
-    settings = Settings(model, device, dtype, psa_config(psa=True, preset=psa_preset, min_tokens=min_tokens))
+    settings = run_settings(model, device, dtype, psa_config(psa=True, preset=psa_preset, min_tokens=min_tokens))
     try:
         cache = frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache)
         media = _clip_loader(video_options, cache, quiet)(video_path)
@@ -317,7 +320,7 @@ def infer(
     if psa_log_dir is not None:
         output.warn("--psa-log-dir is not used: PSA statistics are in the --json output of qvl describe/video")
     if type not in ("image", "video"):
-        fail(QvlError(f"--type must be image or video, not {type!r}"))
+        fail(OptionError(f"--type must be image or video, not {type!r}"))
     if type == "image":
         describe([input], prompt=prompt, model=model, max_tokens=max_tokens, device=device, dtype=dtype, psa=psa)
     video(
@@ -429,6 +432,7 @@ def main() -> None:
     """Console-script entry point: Click's usage errors become one line too."""
     # Typer may vendor Click; its exception classes are found through a public one.
     click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    interrupted = _note_interrupts()
 
     try:
         code = app(standalone_mode=False)
@@ -438,6 +442,25 @@ def main() -> None:
         output.error(exc.format_message() + hint)
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
+        interrupted.append(True)
+    if interrupted:
         output.error("interrupted")
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def _note_interrupts() -> list:
+    """Ctrl-C still raises KeyboardInterrupt (so every `finally` and cleanup runs), and is also
+    recorded in the returned list: Typer turns KeyboardInterrupt into a silent exit 130, which
+    would otherwise leave the user no line saying why the run stopped."""
+    import signal
+
+    seen: list = []
+
+    def on_sigint(signum, frame):
+        seen.append(True)
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
+        signal.signal(signal.SIGINT, on_sigint)
+    return seen

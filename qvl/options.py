@@ -30,10 +30,8 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda if availabl
 DtypeOpt = Annotated[
     str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32.")
 ]
-TemperatureOpt = Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature; 0 is greedy.")]
-TopPOpt = Annotated[
-    Optional[float], typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling (with --temperature).")
-]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", help="Sampling temperature; 0 is greedy.")]
+TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling, in (0, 1] (with --temperature).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.")]
 PsaOpt = Annotated[
     bool, typer.Option("--psa", "--use-psa", help="Pyramid Sparse Attention in the language model's prefill.")
@@ -177,6 +175,17 @@ def with_video_options(command):
     wrapper.__signature__ = signature.replace(parameters=own[:at] + added + own[at:])
     wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
     return wrapper
+
+
+def run_settings(model, device, dtype, psa, max_tokens=512, temperature=0.0, top_p=None, seed=None):
+    """The parsed model and generation options as a `runner.Settings`; an impossible value is one
+    error line and exit 2 here, before any media is read or any model loads."""
+    from qvl.runner import Settings
+
+    try:
+        return Settings(model, device, dtype, psa, max_tokens, temperature, top_p, seed)
+    except QvlError as exc:
+        fail(exc)
 
 
 def psa_config(psa: bool, preset: str, **overrides):

@@ -38,6 +38,13 @@ def note(message: str, *, quiet: bool = False) -> None:
         console().print(Text(message, style="dim"), soft_wrap=True)
 
 
+def plan_notes(source: str, notes, *, quiet: bool = False) -> None:
+    """What a video's frame plan changed from what was asked, one stderr line each (never stdout,
+    which carries only answers)."""
+    for line in notes:
+        note(f"{source}: {line}", quiet=quiet)
+
+
 def json_line(record: dict[str, Any]) -> None:
     """One JSON object on its own stdout line, flushed so pipelines see it at once."""
     sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -2,8 +2,9 @@
 
 PSA replaces the language model's attention during prefill (the long video prompt); decoding one
 token at a time, and prompts shorter than `min_tokens`, keep SDPA. The vision tower keeps SDPA.
-The kernels live in `qvl_kernels` (Triton, CUDA); on the CPU the same math runs through their
-plain-PyTorch references, so `--psa` works everywhere and is tested with the tiny model.
+The kernels live in `qvl_kernels` (Triton, CUDA); on the CPU the same math runs in plain torch one
+query block at a time (`qvl_kernels.psa.blocked`, memory O(L x block), equal to the references),
+so `--psa` works everywhere and is tested with the tiny model.
 
 transformers is reached only through its registries (`AttentionInterface`, `AttentionMaskInterface`),
 never by replacing a module's `forward`.
@@ -48,6 +49,17 @@ class AttentionConfig:
     use_similarity_cap: bool = True
     min_tokens: int = 1024
     preset_name: str = field(default="custom", repr=False)
+
+    def __post_init__(self) -> None:
+        from qvl.errors import OptionError
+
+        if isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int) or self.min_tokens < 0:
+            raise OptionError(f"--min-tokens must be a whole number >= 0, not {self.min_tokens}")
+        # The kernels' own checks (block, stride, bands), now rather than in the middle of a prefill.
+        try:
+            self.kernel_config(0)
+        except ValueError as exc:
+            raise OptionError(f"impossible PSA setting: {exc}") from None
 
     @classmethod
     def preset(cls, name: str = "default", **overrides) -> "AttentionConfig":
@@ -154,8 +166,8 @@ def psa_attention_forward(module, query, key, value, attention_mask, dropout: fl
         kernel = kernel.with_(text_length=q_len)
     if query.is_cuda:
         from qvl_kernels.psa import psa_attention
-    else:  # the references, also under TRITON_INTERPRET=1 (the interpreter is for testing kernels)
-        from qvl_kernels.psa.naive import psa_attention
+    else:  # plain torch a query block at a time (memory O(L x block)), also under TRITON_INTERPRET=1
+        from qvl_kernels.psa.blocked import psa_attention
     out, layer_stats = psa_attention(query, key, value, kernel)
     if state.stats is not None:
         state.stats.tokens = q_len

@@ -17,12 +17,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from qvl.errors import ModelError, QvlError
+from qvl.errors import ModelError, OptionError, QvlError
+
+SEED_MAX = 2**63 - 1  # torch.manual_seed's largest seed as a signed 64-bit integer
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The model a run loads and how it generates; `psa` is a `qvl.psa.AttentionConfig` or None."""
+    """The model a run loads and how it generates; `psa` is a `qvl.psa.AttentionConfig` or None.
+
+    An impossible value raises `OptionError` here, when the settings are made: before any media
+    is read or any model loads, so a mistyped flag costs nothing.
+    """
 
     model: str | None = None
     device: str = "auto"
@@ -33,17 +39,48 @@ class Settings:
     top_p: float | None = None
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        from qvl.engine.load import check_device, check_dtype  # light: no torch
+
+        check_device(self.device)
+        check_dtype(self.dtype)
+        if isinstance(self.max_tokens, bool) or self.max_tokens < 1:
+            raise OptionError(f"--max-tokens must be at least 1, not {self.max_tokens}")
+        if not self.temperature >= 0 or self.temperature == float("inf"):
+            raise OptionError(f"--temperature must be a finite number >= 0, not {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise OptionError(f"--top-p must be in (0, 1], not {self.top_p}")
+        if self.seed is not None and not 0 <= self.seed <= SEED_MAX:
+            raise OptionError(f"--seed must be between 0 and {SEED_MAX}, not {self.seed}")
+
 
 @dataclass
 class Media:
     """What one request shows the model, and what its record says about it.
 
-    images: PIL images; video: a `qvl.engine.VideoFrames`; record: keys added to the input's record.
+    images: PIL images; video: a `qvl.engine.VideoFrames`; record: keys added to the input's record;
+    notes: what the frame plan changed from what was asked (`--frames 3` rounded up, `--end`
+    clamped), for a person to read.
     """
 
     images: Sequence[Any] = ()
     video: Any = None
     record: dict[str, Any] = field(default_factory=dict)
+    notes: Sequence[str] = ()
+
+
+def error_record(label: str, message: str, *, model: str | None = None, prompt: str | None = None) -> dict[str, Any]:
+    """A failed input's record: every key an answer's record has (README's schema), null where
+    the failure left it unknown, so a pipeline reads one shape whatever happened."""
+    return {
+        "input": label,
+        "model": model,
+        "prompt": prompt,
+        "text": None,
+        "tokens": None,
+        "timings": None,
+        "error": message,
+    }
 
 
 def clip_record(clip) -> dict[str, Any]:
@@ -64,7 +101,7 @@ def clip_media(clip) -> Media:
     """A `VideoClip` as the engine takes it (frames at their real sampled fps), with its record."""
     from qvl.engine import VideoFrames
 
-    return Media(video=VideoFrames(clip.frames, clip.sampled_fps), record=clip_record(clip))
+    return Media(video=VideoFrames(clip.frames, clip.sampled_fps), record=clip_record(clip), notes=clip.plan.notes)
 
 
 def load_clip(source: str, options, cache=None, progress: Callable[[int, int], None] | None = None) -> Media:
@@ -107,7 +144,8 @@ class View:
         """One input's record; `psa` is the attention config the run asked for, or None."""
 
     def failed(self, record: dict[str, Any]) -> None:
-        """One input failed: `record` is `{"input": label, "error": message}`."""
+        """One input failed: `record` is `error_record`'s (input, model, prompt, error; text, tokens
+        and timings null)."""
 
 
 class Runner:
@@ -136,9 +174,10 @@ class Runner:
             self.view.loaded(self._engine)
         return self._engine
 
-    def fail(self, label: str, exc: QvlError) -> dict[str, Any]:
-        """Report one input's failure and return its record."""
-        record = {"input": label, "error": str(exc)}
+    def fail(self, label: str, exc: QvlError, prompt: str | None = None) -> dict[str, Any]:
+        """Report one input's failure and return its record (`error_record`)."""
+        model = self._engine.name if self._engine is not None else self.settings.model
+        record = error_record(label, str(exc), model=model, prompt=prompt)
         self.view.failed(record)
         self.exit_code = self.exit_code or exc.exit_code
         return record
@@ -160,7 +199,7 @@ class Runner:
                 raise
             result = self._generate(engine, label, prompt, media)
         except QvlError as exc:
-            record = self.fail(label, exc)
+            record = self.fail(label, exc, prompt)
             if self.stopped:
                 self.exit_code = 2
             return record

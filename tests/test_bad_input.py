@@ -63,12 +63,29 @@ ROWS = [
         ["random:72b needs", "GiB"],
         [],
     ),
+    # Generation options are checked before any media is read or any model loads.
+    ("--max-tokens 0", ["describe", "{photo}", "--max-tokens", "0"], 2, ["--max-tokens", "at least 1"], []),
+    ("video --max-tokens 0", ["video", "{good_video}", "--max-tokens", "0"], 2, ["--max-tokens"], []),
+    ("infer --max-tokens 0", ["infer", "--input", "{photo}", "--max-tokens", "0"], 2, ["--max-tokens"], []),
+    ("--temperature -1", ["describe", "{photo}", "--temperature", "-1"], 2, ["--temperature"], []),
+    ("--temperature nan", ["video", "{good_video}", "--temperature", "nan"], 2, ["--temperature"], []),
+    ("--top-p 1.5", ["describe", "{photo}", "--top-p", "1.5"], 2, ["--top-p"], []),
+    ("--top-p 0", ["video", "{good_video}", "--top-p", "0"], 2, ["--top-p"], []),
+    ("--seed -1", ["describe", "{photo}", "--seed", "-1"], 2, ["--seed"], []),
+    ("infer --type audio", ["infer", "--type", "audio", "--input", "{photo}"], 2, ["--type", "audio"], []),
+    ("psa-profile --min-tokens -1", ["psa-profile", "{good_video}", "--min-tokens", "-1"], 2, ["--min-tokens"], []),
+    ("--psa-preset turbo", ["video", "{good_video}", "--psa", "--psa-preset", "turbo"], 2, ["turbo"], []),
     ("preprocess: nothing there", ["preprocess", "{missing}"], 1, ["no such file"], []),
     ("preprocess: --frames 0", ["preprocess", "{good_video}", "--frames", "0"], 2, ["--frames"], []),
 ]
 
 # A model name given where the CLI only checks it after the media: describe loads the image first.
-MODEL_ARGS = {"describe": ["-m", "tiny"], "video": ["-m", "tiny"]}
+MODEL_ARGS = {
+    "describe": ["-m", "tiny"],
+    "video": ["-m", "tiny"],
+    "infer": ["-m", "tiny"],
+    "psa-profile": ["-m", "tiny"],
+}
 
 
 def _args(template: list[str], files: dict[str, Path]) -> list[str]:
@@ -87,9 +104,11 @@ def _cache_is_clean(root: Path) -> None:
 def test_bad_input(files, tmp_path, template, code, words, absent):
     cache_dir = tmp_path / "frames"
     args = _args(template, files)
-    if args[0] in ("video", "preprocess"):
+    if args[0] in ("video", "preprocess", "psa-profile"):
         args += ["--cache-dir", str(cache_dir)]
-    line = assert_one_error(invoke(*args), contains=words[0], exit_code=code)
+    result = invoke(*args)
+    line = assert_one_error(result, contains=words[0], exit_code=code)
+    assert "loaded " not in result.stderr  # refused before a model loaded, not after
     for word in words[1:]:
         assert word.lower() in line.lower(), line
     for word in absent:

@@ -149,3 +149,17 @@ def test_stats_adds_stage_lines_on_stderr_and_leaves_stdout_alone(clip):
     (record,) = json_lines(stats.stdout)
     assert record["text"] == json_lines(plain.stdout)[0]["text"] and "timings" in record
     assert len([line for line in stats.stderr.splitlines() if line.startswith("stats ")]) == 1
+
+
+def test_plan_notes_reach_stderr_on_a_normal_run_and_quiet_hides_them(clip):
+    args = ["video", clip, "--frames", "3", "--end", "99", "--no-cache", *SMALL]
+    for extra in ([], ["--json"]):
+        result = invoke(*args, *extra)
+        assert result.exit_code == 0, result.stderr
+        assert "rounded up to 4" in result.stderr and "past the end" in result.stderr
+        assert "rounded" not in result.stdout and "past the end" not in result.stdout
+    if extra:
+        (record,) = json_lines(result.stdout)  # stdout stays one JSON object
+        assert record["frames"] == 4
+    quiet = invoke(*args, "--quiet")
+    assert quiet.exit_code == 0 and "rounded" not in quiet.stderr and "past the end" not in quiet.stderr

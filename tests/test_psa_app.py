@@ -1,4 +1,4 @@
-"""PSA in the app: the engine's prefill through qvl.psa, on the tiny model (CPU: kernel references)."""
+"""PSA in the app: the engine's prefill through qvl.psa, on the tiny model (CPU: the blocked torch path)."""
 
 import numpy as np
 import pytest
@@ -124,3 +124,30 @@ def test_psa_profile_times_both_and_reports_each_layer(tmp_path):
     assert table.exit_code == 0 and "density" in table.stdout and "prefill: PSA" in table.stdout
     assert report["cache"] == "miss"  # --cache-dir: the frames went into this cache, not the user's
     assert json_lines(invoke("cache", "size", "--cache-dir", tmp_path / "cache", "--json").stdout)[0]["entries"] == 1
+
+
+def test_cli_psa_on_a_long_cpu_prompt_keeps_memory_bounded(tmp_path, tiny_model_dir):
+    # 128 frames are ~9K prompt tokens: the references' L x L scores took over 10 GB here; the
+    # blocked CPU path keeps the whole run (model, frames, vision tower) near 1.5 GB.
+    import json
+    import subprocess
+    import sys
+
+    from cli_helpers import make_video
+
+    video = make_video(tmp_path / "clip.mp4", seconds=16)
+    script = (
+        "import atexit, resource, sys\n"
+        "atexit.register(lambda: sys.stderr.write(f'maxrss_kib {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n'))\n"
+        "from qvl.cli import main\n"
+        "sys.argv = ['qvl', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    args = ["video", video, "--frames", "128", "--psa", "-m", "tiny", "--json", "--max-tokens", "2", "--no-cache"]
+    done = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (record,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert record["error"] is None and record["frames"] == 128
+    assert record["psa"] is not None and record["psa"]["tokens"] > 8000  # PSA ran on the whole prompt
+    peak_gib = int(done.stderr.split("maxrss_kib")[-1].split()[0]) / 2**20
+    assert peak_gib < 3, f"peak memory {peak_gib:.1f} GiB"

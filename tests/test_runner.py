@@ -28,7 +28,15 @@ def test_a_bad_input_is_one_error_record_and_no_model_loads():
     view = Recorder()
     runner = Runner(Settings(model="tiny"), view)
     record = runner.run("a.png", "Describe this image.", bad_media)
-    assert record == {"input": "a.png", "error": "a.png: not an image"}
+    assert record == {
+        "input": "a.png",
+        "model": "tiny",
+        "prompt": "Describe this image.",
+        "text": None,
+        "tokens": None,
+        "timings": None,
+        "error": "a.png: not an image",
+    }
     assert runner.exit_code == 1 and not runner.stopped
     assert view.events == [("failed", "a.png")]
 
@@ -57,3 +65,20 @@ def test_records_carry_the_answer_and_the_media_keys():
         assert record["error"] is None and record["extra"] == 1 and record["tokens"]["generated"] <= 2
     assert runner.exit_code == 0
     assert view.events == [("loaded", "tiny"), ("answered", "a"), ("answered", "b")]  # loaded once
+
+
+def test_cli_error_objects_have_every_key_an_answer_has(tmp_path):
+    from cli_helpers import invoke, json_lines
+    from PIL import Image
+
+    good = tmp_path / "good.png"
+    Image.new("RGB", (56, 56), (10, 200, 10)).save(good)
+    result = invoke("describe", tmp_path / "missing.png", good, tmp_path / "gone.png", "-m", "tiny", "--json")
+    assert result.exit_code == 1
+    before, answer, after = json_lines(result.stdout)  # a failure before the model loads, and one after
+    assert answer["error"] is None
+    for failed in (before, after):
+        assert set(answer) <= set(failed) | {"psa"}, set(answer) - set(failed)
+        assert failed["model"] == "tiny" and failed["prompt"] == "Describe this image."
+        assert failed["text"] is None and failed["tokens"] is None and failed["timings"] is None
+        assert "no such file" in failed["error"]

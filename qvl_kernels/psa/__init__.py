@@ -16,7 +16,7 @@ from .._device import capability, interpreting
 from ..block_importance import block_importance
 from ..level_mask import LEVELS, density, level_mask, level_mask_triton, stats_from_counts
 from ..similarity_cap import similarity_cap
-from . import naive
+from . import blocked
 from .config import PRESETS, PUBLISHED_RATIOS, PSAConfig
 from .naive import level_stats
 
@@ -70,7 +70,8 @@ def psa_levels(q: torch.Tensor, k: torch.Tensor, config: PSAConfig, counts: torc
 
 def psa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: PSAConfig | None = None):
     """Pyramid Sparse Attention: the kernels on CUDA tensors (and under TRITON_INTERPRET=1), the
-    references of `naive.py` on other CPU tensors.
+    blocked plain-torch path of `blocked.py` (memory O(L x block), the references' result) on other
+    CPU tensors.
 
     q: [B, HQ, L, D]; k, v: [B, HKV, L, D] (HQ = G * HKV, query head h reads KV head h // G; K/V
     are never copied per query head); config: PSAConfig() (the published default) when None.
@@ -81,7 +82,7 @@ def psa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: PSA
 
     config = PSAConfig() if config is None else config
     if not q.is_cuda and not interpreting():
-        return naive.psa_attention(q, k, v, config)
+        return blocked.psa_attention(q, k, v, config)
     if not q.is_cuda:  # the Triton interpreter
         levels = psa_levels(q, k, config)
         out = pyramid_attention(q, k, v, levels, causal=config.causal, block=config.block)
