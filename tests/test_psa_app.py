@@ -151,3 +151,14 @@ def test_cli_psa_on_a_long_cpu_prompt_keeps_memory_bounded(tmp_path, tiny_model_
     assert record["psa"] is not None and record["psa"]["tokens"] > 8000  # PSA ran on the whole prompt
     peak_gib = int(done.stderr.split("maxrss_kib")[-1].split()[0]) / 2**20
     assert peak_gib < 3, f"peak memory {peak_gib:.1f} GiB"
+
+
+@pytest.mark.parametrize("preset", ["dense", "fast"])
+def test_fast_path_prefills_with_psa_as_the_stock_path_does(tiny_model_dir, preset):
+    """The fast path's own prefill runs the language model with PSA too: the same statistics and
+    the same greedy tokens as transformers' generate (dense: exactly SDPA's answer)."""
+    engine = Engine("tiny", device="cpu", psa=AttentionConfig.preset(preset, block=16, min_tokens=64))
+    stock = engine.generate(REQUEST, fast=False)
+    fast = engine.generate(REQUEST, fast=True)
+    assert fast.psa is not None and fast.psa == stock.psa
+    assert fast.tokens == stock.tokens
