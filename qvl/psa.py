@@ -63,7 +63,7 @@ class AttentionConfig:
     similarity_thresholds: tuple = (0.75, 0.70, 0.70)
     importance_fp8: bool | None = None
     min_tokens: int = 1024
-    preset_name: str = field(default="custom", repr=False)
+    preset_name: str = field(default="custom", repr=False)  # the preset's or the config file's name
 
     def __post_init__(self) -> None:
         from qvl_kernels.level_mask.naive import MODES
@@ -147,7 +147,9 @@ class AttentionConfig:
         `OptionError` with one line naming the file.
         """
         source = f"PSA config {path}"
-        return cls.from_dict(read_config_file(path, source), source=source)
+        config = cls.from_dict(read_config_file(path, source), source=source)
+        config.preset_name = Path(path).name  # what logs and records call this configuration
+        return config
 
     def kernel_config(self, text_length: int):
         """The kernels' PSAConfig for a prompt whose last `text_length` tokens are text."""
