@@ -63,7 +63,7 @@ class AttentionConfig:
     similarity_thresholds: tuple = (0.75, 0.70, 0.70)
     importance_fp8: bool | None = None
     min_tokens: int = 1024
-    preset_name: str = field(default="custom", repr=False)  # the preset's or the config file's name
+    preset_name: str = field(default="custom", repr=False, compare=False)  # the preset's or the config file's name
 
     def __post_init__(self) -> None:
         from qvl_kernels.level_mask.naive import MODES
