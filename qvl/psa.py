@@ -133,8 +133,6 @@ class AttentionConfig:
 
             if name not in PRESETS:
                 raise OptionError(f"preset must be one of {', '.join(PRESETS)}, not {name!r}")
-            if isinstance(settings.get("similarity_thresholds"), list):
-                settings["similarity_thresholds"] = tuple(settings["similarity_thresholds"])
             return cls.preset(name, **settings)
         except OptionError as exc:
             raise OptionError(f"{source}: {exc}") from None
