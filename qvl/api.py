@@ -25,7 +25,8 @@ class QwenVLInference:
     model_name: preset (3b, 7b, 72b, tiny), Hub id or local folder; None means $QVL_MODEL, else 7b.
     device, dtype: as on the command line ("auto", "cuda", "cpu"; "auto", "bfloat16", ...).
     use_psa: run the language model's prefill with Pyramid Sparse Attention; psa_config
-        (a `qvl.psa.AttentionConfig`) sets its budget, the published default otherwise.
+        (a `qvl.psa.AttentionConfig`, or the path of a .json/.toml file of its fields) sets its
+        budget, the published default otherwise.
     cache: use the frame cache for videos (default True); cache_dir overrides its location.
     """
 
@@ -44,6 +45,8 @@ class QwenVLInference:
         if use_psa or psa_config is not None:
             from qvl.psa import AttentionConfig
 
+            if isinstance(psa_config, (str, Path)):
+                psa_config = AttentionConfig.from_file(psa_config)
             psa = psa_config or AttentionConfig.preset("default")
         self.engine = Engine(model_name, device=device, dtype=dtype, psa=psa)
         self.max_new_tokens = max_new_tokens

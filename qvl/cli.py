@@ -26,6 +26,8 @@ from qvl.options import (
     ModelOpt,
     NoCacheOpt,
     PromptOpt,
+    PsaConfigOpt,
+    PsaLogDirOpt,
     PsaOpt,
     PsaPresetOpt,
     QuietOpt,
@@ -37,6 +39,7 @@ from qvl.options import (
     TopPOpt,
     fail,
     psa_config,
+    psa_log,
     run_settings,
     with_video_options,
 )
@@ -86,7 +89,9 @@ def describe(
     top_p: TopPOpt = None,
     seed: SeedOpt = None,
     psa: PsaOpt = False,
-    psa_preset: PsaPresetOpt = "default",
+    psa_preset: PsaPresetOpt = None,
+    psa_config_file: PsaConfigOpt = None,
+    psa_log_dir: PsaLogDirOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     stats: StatsOpt = False,
@@ -94,10 +99,12 @@ def describe(
     """Describe images (or answer --prompt about them), one answer per image unless --together."""
     from qvl.media.images import expand_image_inputs, open_image
 
-    settings = run_settings(model, device, dtype, psa_config(psa, psa_preset), max_tokens, temperature, top_p, seed)
+    attention = psa_config(psa, psa_preset, psa_config_file)
+    settings = run_settings(model, device, dtype, attention, max_tokens, temperature, top_p, seed)
+    log = psa_log(psa_log_dir, attention)
     sources = expand_image_inputs(images)
     view = output.RunView(json_output=json_output, quiet=quiet, several=not together and len(sources) > 1, stats=stats)
-    runner = Runner(settings, view)
+    runner = Runner(settings, view, psa_log=log)
     if together:
         opened = []
         for label, source in sources:
@@ -145,19 +152,23 @@ def video(
     top_p: TopPOpt = None,
     seed: SeedOpt = None,
     psa: PsaOpt = False,
-    psa_preset: PsaPresetOpt = "default",
+    psa_preset: PsaPresetOpt = None,
+    psa_config_file: PsaConfigOpt = None,
+    psa_log_dir: PsaLogDirOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     stats: StatsOpt = False,
     video_options=None,
 ) -> None:
     """Answer --prompt about each video, sampling frames at their real timestamps."""
-    settings = run_settings(model, device, dtype, psa_config(psa, psa_preset), max_tokens, temperature, top_p, seed)
+    attention = psa_config(psa, psa_preset, psa_config_file)
+    settings = run_settings(model, device, dtype, attention, max_tokens, temperature, top_p, seed)
     if dry_run:
         raise typer.Exit(_dry_run(videos, video_options, json_output))
+    log = psa_log(psa_log_dir, attention)
     load = _clip_loader(video_options, frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache), quiet)
     view = output.RunView(json_output=json_output, quiet=quiet, several=len(videos) > 1, stats=stats)
-    runner = Runner(settings, view)
+    runner = Runner(settings, view, psa_log=log)
     for source in videos:
         runner.run(source, prompt or DEFAULT_VIDEO_PROMPT, lambda source=source: load(source))
     raise typer.Exit(runner.exit_code)
@@ -204,8 +215,12 @@ def psa_profile(
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
     strict_hash: StrictHashOpt = False,
-    psa_preset: PsaPresetOpt = "default",
-    min_tokens: Annotated[int, typer.Option("--min-tokens", help="Prompts shorter than this keep SDPA.")] = 1024,
+    psa_preset: PsaPresetOpt = None,
+    psa_config_file: PsaConfigOpt = None,
+    min_tokens: Annotated[
+        Optional[int],
+        typer.Option("--min-tokens", help="Prompts shorter than this keep SDPA (default 1024, or --psa-config's)."),
+    ] = None,
     repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed prefills of each kind (median).")] = 3,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
@@ -215,7 +230,9 @@ def psa_profile(
     video_options=None,
 ) -> None:
     """Prefill one video with PSA and with SDPA: time both, and show PSA's density per layer."""
-    settings = run_settings(model, device, dtype, psa_config(psa=True, preset=psa_preset, min_tokens=min_tokens))
+    attention = psa_config(True, psa_preset, psa_config_file, min_tokens=min_tokens)
+    settings = run_settings(model, device, dtype, attention)
+    psa_preset = attention.preset_name  # the preset, or the config file's name
     try:
         cache = frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache)
         media = _clip_loader(video_options, cache, quiet)(video_path)
@@ -243,7 +260,7 @@ def bench(
     max_tokens: MaxTokensOpt = 256,
     repeat: RepeatOpt = 2,
     psa: PsaOpt = False,
-    psa_preset: PsaPresetOpt = "default",
+    psa_preset: PsaPresetOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     json_output: JsonOpt = False,
@@ -314,25 +331,15 @@ def infer(
     dtype: DtypeOpt = "auto",
     preprocess_frames: Annotated[Optional[int], typer.Option("--preprocess-frames")] = None,
     psa: PsaOpt = False,
-    psa_log_dir: Annotated[Optional[str], typer.Option("--psa-log-dir", hidden=True)] = None,
+    psa_log_dir: PsaLogDirOpt = None,
 ) -> None:
     """The published example's flags (`--type image|video --input X`), mapped onto describe/video."""
-    if psa_log_dir is not None:
-        output.warn("--psa-log-dir is not used: PSA statistics are in the --json output of qvl describe/video")
     if type not in ("image", "video"):
         fail(OptionError(f"--type must be image or video, not {type!r}"))
+    common = dict(prompt=prompt, model=model, max_tokens=max_tokens, device=device, dtype=dtype, psa=psa)
     if type == "image":
-        describe([input], prompt=prompt, model=model, max_tokens=max_tokens, device=device, dtype=dtype, psa=psa)
-    video(
-        [input],
-        prompt=prompt,
-        frames=preprocess_frames,
-        model=model,
-        max_tokens=max_tokens,
-        device=device,
-        dtype=dtype,
-        psa=psa,
-    )
+        describe([input], **common, psa_log_dir=psa_log_dir)
+    video([input], frames=preprocess_frames, **common, psa_log_dir=psa_log_dir)
 
 
 # --- preprocess and cache: the frame cache (media/preprocess.py, media/cache.py) ---------------

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from qvl.errors import QvlError
+from qvl.errors import OptionError, QvlError
 
 # --- running a model ----------------------------------------------------------------------------
 
@@ -37,8 +37,27 @@ PsaOpt = Annotated[
     bool, typer.Option("--psa", "--use-psa", help="Pyramid Sparse Attention in the language model's prefill.")
 ]
 PsaPresetOpt = Annotated[
-    str,
-    typer.Option("--psa-preset", help="PSA budget: default (published bands), balanced (~35%), fast (~10%), dense."),
+    Optional[str],
+    typer.Option(
+        "--psa-preset",
+        help="PSA budget: default (published bands; the default), balanced (~35%), fast (~10%), dense.",
+    ),
+]
+PsaConfigOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--psa-config",
+        metavar="FILE",
+        help="PSA settings from a .json or .toml file (implies --psa); its fields override --psa-preset's. See docs/psa.md.",
+    ),
+]
+PsaLogDirOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--psa-log-dir",
+        metavar="DIR",
+        help="Append one JSON line per layer per PSA prefill to DIR/psa-YYYY-MM-DD.jsonl (needs --psa or --psa-config).",
+    ),
 ]
 
 # --- qvl bench ---------------------------------------------------------------------------------
@@ -188,14 +207,50 @@ def run_settings(model, device, dtype, psa, max_tokens=512, temperature=0.0, top
         fail(exc)
 
 
-def psa_config(psa: bool, preset: str, **overrides):
-    """The PSA configuration the flags ask for, or None (a bad preset is a one-line usage error)."""
-    if not psa:
-        return None
-    from qvl.psa import AttentionConfig
+def psa_config(psa: bool, preset: str | None, config_file: str | None = None, **overrides):
+    """The PSA configuration the flags ask for, or None; a bad value is one error line and exit 2.
 
+    config_file: a .json or .toml file of `AttentionConfig.from_dict`'s fields; it implies PSA.
+    preset: --psa-preset, the preset to start from (None: "default"); with a file that names its
+    own `preset`, a different --psa-preset is an error rather than a silent choice of one of them.
+    overrides: settings of this command's own flags (psa-profile's --min-tokens), applied last.
+    """
+    if not psa and config_file is None:
+        return None
+    from pathlib import Path
+
+    from qvl.psa import AttentionConfig, read_config_file
+
+    overrides = {name: value for name, value in overrides.items() if value is not None}
     try:
-        return AttentionConfig.preset(preset, **overrides)
+        if overrides.get("min_tokens", 0) < 0:  # named as the flag it came from
+            raise OptionError(f"--min-tokens must be a whole number >= 0, not {overrides['min_tokens']}")
+        if config_file is None:
+            return AttentionConfig.preset(preset or "default", **overrides)
+        source = f"PSA config {config_file}"
+        data = read_config_file(config_file, source)
+        if preset is not None and data.get("preset", preset) != preset:
+            raise OptionError(
+                f"--psa-preset {preset} and {config_file}'s preset {data['preset']!r} disagree: keep one of them"
+            )
+        config = AttentionConfig.from_dict({"preset": preset or "default", **data, **overrides}, source=source)
+        config.preset_name = Path(config_file).name  # what records and logs call this configuration
+        return config
+    except QvlError as exc:
+        fail(exc)
+
+
+def psa_log(folder: str | None, psa_config):
+    """The `PSALog` --psa-log-dir asks for, or None; the folder is created and checked now, before
+    any model loads (one error line and exit 2 if it cannot be written)."""
+    if folder is None:
+        return None
+    try:
+        if psa_config is None:
+            raise OptionError("--psa-log-dir needs --psa or --psa-config: without PSA there is nothing to log")
+        from qvl.psa_log import PSALog
+
+        return PSALog(folder)
     except QvlError as exc:
         fail(exc)
 

@@ -156,6 +156,9 @@ class RunView:
     def failed(self, record: dict[str, Any]) -> None:
         failure(record, self.json_output)
 
+    def warned(self, message: str) -> None:
+        warn(message)
+
 
 def stage_timings(label: str, timings: dict[str, float]) -> None:
     """One request's stages as one stderr line (`timings` is `Timings.to_dict()`).

@@ -147,17 +147,22 @@ class View:
         """One input failed: `record` is `error_record`'s (input, model, prompt, error; text, tokens
         and timings null)."""
 
+    def warned(self, message: str) -> None:
+        """Something went wrong beside the answer (a PSA log line could not be written)."""
+
 
 class Runner:
     """Runs one request per input with one engine, loaded on first use.
 
     exit_code: 0 while every input has succeeded, else the first failure's code. stopped: the model
-    could not be loaded; later `run` calls do nothing and return None.
+    could not be loaded; later `run` calls do nothing and return None. psa_log: a
+    `qvl.psa_log.PSALog` that receives each PSA prefill's per-layer statistics, or None.
     """
 
-    def __init__(self, settings: Settings, view: View | None = None):
+    def __init__(self, settings: Settings, view: View | None = None, psa_log=None):
         self.settings = settings
         self.view = view or View()
+        self.psa_log = psa_log
         self.exit_code = 0
         self.stopped = False
         self.count = 0
@@ -215,8 +220,26 @@ class Runner:
             **({"psa": result.psa} if self.settings.psa is not None else {}),
             "error": None,
         }
+        self._log_psa(label, engine.name, result)
         self.view.answered(record, self.settings.psa)
         return record
+
+    def _log_psa(self, label: str, model: str, result) -> None:
+        if self.psa_log is None or not result.psa_layers:
+            return
+        from qvl.psa_log import request_id
+
+        try:
+            self.psa_log.write(
+                request=request_id(),
+                label=label,
+                model=model,
+                config=self.settings.psa.preset_name,
+                tokens=result.psa["tokens"],
+                layers=result.psa_layers,
+            )
+        except OSError as exc:  # the answer stands; the log line is what was lost
+            self.view.warned(f"PSA log of {label} not written: {exc.strerror or exc}")
 
     def _generate(self, engine, label: str, prompt: str, media: Media):
         from qvl.engine import Request

@@ -33,6 +33,19 @@ def files(tmp_path_factory) -> dict[str, Path]:
     out["truncated_video"].write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     out["empty_video"] = d / "empty.mp4"
     out["empty_video"].write_bytes(b"")
+    configs = {
+        "gap_config": ("gap.toml", 'mask_mode = "topk"\nmask_ratios = { 1 = [0.0, 0.5], 0 = [0.6, 1.0] }\n'),
+        "level3_config": ("level3.json", '{"mask_ratios": {"3": [0.0, 1.0]}}'),
+        "unknown_config": ("unknown.json", '{"mask_ratio": {"1": [0.0, 1.0]}}'),
+        "broken_config": ("broken.json", '{\n  "mask_mode": "topk",\n  "block": 64,\n}\n'),
+        "broken_toml": ("broken.toml", 'mask_mode = "topk"\nblock = \n'),
+        "stride_config": ("stride.toml", "xattn_stride = 12\n"),
+        "type_config": ("type.json", '{"min_tokens": "32"}'),
+        "fast_config": ("fast.toml", 'preset = "fast"\n'),
+    }
+    for key, (name, text) in configs.items():
+        out[key] = d / name
+        out[key].write_text(text)
     return out
 
 
@@ -75,6 +88,80 @@ ROWS = [
     ("infer --type audio", ["infer", "--type", "audio", "--input", "{photo}"], 2, ["--type", "audio"], []),
     ("psa-profile --min-tokens -1", ["psa-profile", "{good_video}", "--min-tokens", "-1"], 2, ["--min-tokens"], []),
     ("--psa-preset turbo", ["video", "{good_video}", "--psa", "--psa-preset", "turbo"], 2, ["turbo"], []),
+    # PSA config files and logs: checked before any media is read or any model loads.
+    ("--psa-config missing", ["video", "{good_video}", "--psa-config", "{missing}.toml"], 2, ["no such file"], []),
+    ("--psa-config gap", ["video", "{good_video}", "--psa-config", "{gap_config}"], 2, ["mask_ratios", "tile"], []),
+    (
+        "--psa-config level 3",
+        ["describe", "{photo}", "--psa-config", "{level3_config}"],
+        2,
+        ["level", "0, 1, 2, 4, 8"],
+        [],
+    ),
+    (
+        "--psa-config unknown field",
+        ["describe", "{photo}", "--psa-config", "{unknown_config}"],
+        2,
+        ["'mask_ratio'", "allowed:", "mask_ratios"],
+        [],
+    ),
+    (
+        "--psa-config bad JSON",
+        ["video", "{good_video}", "--psa-config", "{broken_config}"],
+        2,
+        ["not valid JSON", "line 4"],
+        [],
+    ),
+    (
+        "--psa-config bad TOML",
+        ["video", "{good_video}", "--psa-config", "{broken_toml}"],
+        2,
+        ["not valid TOML", "line 2"],
+        [],
+    ),
+    (
+        "--psa-config stride",
+        ["psa-profile", "{good_video}", "--psa-config", "{stride_config}"],
+        2,
+        ["xattn_stride"],
+        [],
+    ),
+    (
+        "--psa-config wrong type",
+        ["describe", "{photo}", "--psa-config", "{type_config}"],
+        2,
+        ["min_tokens", "'32'"],
+        [],
+    ),
+    ("--psa-config is a folder", ["describe", "{photo}", "--psa-config", "{no_images}"], 2, [".json or .toml"], []),
+    (
+        "--psa-config with another --psa-preset",
+        ["video", "{good_video}", "--psa-config", "{fast_config}", "--psa-preset", "balanced"],
+        2,
+        ["--psa-preset balanced", "'fast'"],
+        [],
+    ),
+    (
+        "--psa-log-dir without PSA",
+        ["describe", "{photo}", "--psa-log-dir", "{no_images}"],
+        2,
+        ["--psa-log-dir", "--psa"],
+        [],
+    ),
+    (
+        "--psa-log-dir under a file",
+        ["video", "{good_video}", "--psa", "--psa-log-dir", "{photo}/logs"],
+        2,
+        ["--psa-log-dir", "cannot write"],
+        [],
+    ),
+    (
+        "infer --psa-log-dir under a file",
+        ["infer", "--input", "{photo}", "--psa", "--psa-log-dir", "{photo}/logs"],
+        2,
+        ["--psa-log-dir", "cannot write"],
+        [],
+    ),
     ("preprocess: nothing there", ["preprocess", "{missing}"], 1, ["no such file"], []),
     ("preprocess: --frames 0", ["preprocess", "{good_video}", "--frames", "0"], 2, ["--frames"], []),
 ]

@@ -77,6 +77,7 @@ class Result:
     generated_tokens: int
     timings: Timings = field(default_factory=Timings)
     psa: dict | None = None  # PSA statistics of the prefill (density, level shares, per layer)
+    psa_layers: list[dict] = field(default_factory=list)  # PSAStats.per_layer(): one row per PSA layer
     tokens: list[int] = field(default_factory=list)  # the generated token ids
 
 
@@ -203,6 +204,7 @@ class Engine:
             generated_tokens=len(new_tokens),
             timings=timings,
             psa=psa_stats.summary() if psa_stats is not None else None,
+            psa_layers=psa_stats.per_layer() if psa_stats is not None else [],
             tokens=new_tokens,
         )
 
