@@ -70,8 +70,7 @@ def draw_mask(levels, title: str, path: Path) -> None:
     index[np.triu(np.ones(levels.shape, dtype=bool), k=1)] = np.nan  # keys after the query block
     visible = np.tril(np.ones(levels.shape, dtype=bool))
     density = float(sum((levels[visible] == lv).sum() / lv for lv in (1, 2, 4, 8)) / visible.sum())
-    cmap = ListedColormap([LEVEL_STYLE[lv][1] for lv in order])
-    cmap.set_bad("white")
+    cmap = ListedColormap([LEVEL_STYLE[lv][1] for lv in order]).with_extremes(bad="white")
     figure = Figure(figsize=(4.2, 3.6), dpi=100, layout="constrained")
     ax = figure.add_subplot()
     image = ax.imshow(
