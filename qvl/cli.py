@@ -210,7 +210,7 @@ def _dry_run(videos, options, json_output: bool) -> int:
 @app.command("psa-profile")
 @with_video_options
 def psa_profile(
-    video_path: Annotated[str, typer.Argument(metavar="VIDEO", help="Video path or http(s) URL.")],
+    source: Annotated[str, typer.Argument(metavar="IMAGE|VIDEO", help="Image or video path or http(s) URL.")],
     prompt: PromptOpt = None,
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
@@ -221,7 +221,15 @@ def psa_profile(
         Optional[int],
         typer.Option("--min-tokens", help="Prompts shorter than this keep SDPA (default 1024, or --psa-config's)."),
     ] = None,
-    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed prefills of each kind (median).")] = 3,
+    repeat: Annotated[int, typer.Option("--repeat", help="Timed prefills of each kind (median).")] = 3,
+    tokens: Annotated[int, typer.Option("--tokens", help="Greedy tokens generated each way, to compare.")] = 16,
+    out: Annotated[
+        Optional[str], typer.Option("--out", help="Write profile.json and PNG pictures (with matplotlib) here.")
+    ] = None,
+    layers: Annotated[
+        str, typer.Option("--layers", help="Layers whose level masks --out draws: indices or first, middle, last.")
+    ] = "first,middle,last",
+    heads: Annotated[str, typer.Option("--heads", help="Query heads whose level masks --out draws.")] = "0",
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -229,20 +237,58 @@ def psa_profile(
     quiet: QuietOpt = False,
     video_options=None,
 ) -> None:
-    """Prefill one video with PSA and with SDPA: time both, and show PSA's density per layer."""
+    """Prefill one image or video with PSA and with SDPA: per layer, PSA's density, level mix, attention
+    time and error against SDPA on the same layer input; in total, prefill times, time to first token
+    and where the greedy answers part."""
+    from pathlib import Path
+
+    from qvl.psa_profile import ProfileOptions
+
     attention = psa_config(True, psa_preset, psa_config_file, min_tokens=min_tokens)
     settings = run_settings(model, device, dtype, attention)
     psa_preset = attention.preset_name  # the preset, or the config file's name
     try:
-        cache = frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache)
-        media = _clip_loader(video_options, cache, quiet)(video_path)
-        engine, report = profile(settings, prompt or DEFAULT_VIDEO_PROMPT, media, repeat=repeat, on_loaded=_timing_tiny)
+        options = ProfileOptions.parse(repeat=repeat, tokens=tokens, layers=layers, heads=heads)
+        out_dir = Path(out) if out is not None else None
+        if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+            raise OptionError(f"--out {out} is a file, not a folder")
     except QvlError as exc:
         fail(exc)
+    try:
+        if _is_image(source):
+            from qvl.media.images import open_image
+
+            media, default_prompt = Media(images=[open_image(source)]), DEFAULT_IMAGE_PROMPT
+        else:
+            cache = frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache)
+            media, default_prompt = _clip_loader(video_options, cache, quiet)(source), DEFAULT_VIDEO_PROMPT
+        engine, report, masks = profile(settings, prompt or default_prompt, media, options, on_loaded=_timing_tiny)
+    except QvlError as exc:
+        fail(exc)
+    report = {"input": source, "model": engine.name, "preset": psa_preset, **media.record, **report}
+    if out_dir is not None:
+        from qvl.psa_plots import PLOTS_HINT, write_profile
+
+        written, drawn = write_profile(out_dir, report, masks)
+        output.note(f"wrote {len(written)} files to {out_dir}: {', '.join(p.name for p in written)}", quiet=quiet)
+        if not drawn:
+            output.warn(PLOTS_HINT)
     if json_output:
-        output.json_line({"input": video_path, "model": engine.name, "preset": psa_preset, **media.record, **report})
+        output.json_line(report)
         return
-    output.psa_profile(video_path, psa_preset, report)
+    output.psa_profile(source, psa_preset, report)
+
+
+def _is_image(source: str) -> bool:
+    from pathlib import PurePosixPath
+    from urllib.parse import urlparse
+
+    from qvl.media.images import IMAGE_SUFFIXES, is_data_uri
+
+    if is_data_uri(source):
+        return True
+    path = urlparse(source).path if "://" in source else source
+    return PurePosixPath(path).suffix.lower() in IMAGE_SUFFIXES
 
 
 def _timing_tiny(engine) -> None:

@@ -209,26 +209,55 @@ def frame_plan(source: str, plan) -> None:
 
 
 def psa_profile(source: str, preset: str, report: dict) -> None:
-    """`qvl psa-profile`'s report: density and level shares per layer, then both prefill times."""
+    """`qvl psa-profile`'s report, the data the command was asked for (stdout): a table of layers
+    (density, level shares, attention time both ways, error against SDPA), then the totals."""
     from rich.console import Console
     from rich.table import Table
 
     psa = report["psa"]
     title = f"{source}: {report['tokens']:,} tokens, PSA preset {preset}"
-    table = Table(title=title, title_justify="left")
-    for column in ("layer", "density", "1x", "2x", "4x", "8x", "skipped"):
+    table = Table(
+        title=title,
+        title_justify="left",
+        caption="error: relative RMSE of PSA's attention output against SDPA on the same layer input",
+        caption_justify="left",
+    )
+    for column in ("layer", "density", "1x", "2x", "4x", "8x", "skip", "SDPA ms", "PSA ms", "error"):
         table.add_column(column, justify="right")
-    for layer, row in enumerate(report["per_layer"]):
+    for row in report["per_layer"]:
+        ms = row["attention_ms"]
+        if row["density"] is None:
+            table.add_row(str(row["layer"]), "-", *("" for _ in range(5)), f"{ms['sdpa']:.2f}", "-", "-")
+            continue
         shares = row["level_fraction"]
-        table.add_row(str(layer), f"{row['density']:.1%}", *(f"{shares[k]:.0%}" for k in ("1", "2", "4", "8", "0")))
+        table.add_row(
+            str(row["layer"]),
+            f"{row['density']:.1%}",
+            *(f"{shares[k]:.0%}" for k in ("1", "2", "4", "8", "0")),
+            f"{ms['sdpa']:.2f}",
+            f"{ms['psa']:.2f}",
+            f"{row['rel_error']:.1e}",
+        )
     out = Console(highlight=False)
     out.print(table)
+    prefill, ttft, generated = report["prefill_ms"], report["ttft_ms"], report["generated"]
+    count = max(len(generated["psa"]), len(generated["sdpa"]))
+    where = generated["first_difference"]
+    tokens = f"the same {count} tokens" if where is None else f"tokens differ from index {where}"
     if psa is None:
-        out.print("PSA did not run: the prompt is shorter than --min-tokens")
+        out.print(
+            f"PSA did not run: the prompt ({report['tokens']:,} tokens) is shorter than --min-tokens "
+            f"({report['min_tokens']:,}); prefill {prefill['sdpa']:.1f} ms",
+            soft_wrap=True,
+        )
         return
+    fidelity = report["fidelity"]
     out.print(
-        f"prefill: PSA {report['prefill_ms']['psa']:.1f} ms, SDPA {report['prefill_ms']['sdpa']:.1f} ms "
-        f"({report['speedup']:.2f}x); density {psa['density']:.1%} (sparsity {psa['sparsity']:.1%})"
+        f"prefill: PSA {prefill['psa']:.1f} ms, SDPA {prefill['sdpa']:.1f} ms ({report['speedup']:.2f}x); "
+        f"TTFT: PSA {ttft['psa']:.1f} ms, SDPA {ttft['sdpa']:.1f} ms; density {psa['density']:.1%} "
+        f"(sparsity {psa['sparsity']:.1%}); rel. error max {fidelity['max_rel_error']:.2e}; "
+        f"greedy answers: {tokens}",
+        soft_wrap=True,
     )
 
 

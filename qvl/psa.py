@@ -333,20 +333,24 @@ class _Request(NamedTuple):
     min_tokens: int
     kernel: Any  # qvl_kernels.psa.PSAConfig for this prompt
     stats: PSAStats | None
+    probe: Any = None  # qvl.psa_profile.LayerProbe: sees every attention call's inputs and output
 
 
 _active = threading.local()
 
 
 @contextlib.contextmanager
-def psa_request(config: AttentionConfig, text_length: int, stats: PSAStats | None = None):
+def psa_request(config: AttentionConfig, text_length: int, stats: PSAStats | None = None, probe=None):
     """Within this block, prefill attention of models set to PSA uses `config` for this prompt.
 
     text_length: tokens of text after the last vision token (kept at full resolution). The
-    kernels' settings are derived here, once, for every layer of the prefill.
+    kernels' settings are derived here, once, for every layer of the prefill. probe: None, or an
+    object with `start()` and `finish(started, module, query, key, value, attention_mask, out,
+    layer_stats, **kwargs)` called around every attention call (`qvl psa-profile`'s per-layer
+    timings and errors; it may sync the device, which is why normal requests pass none).
     """
     previous = getattr(_active, "state", None)
-    _active.state = _Request(config.min_tokens, config.kernel_config(text_length), stats)
+    _active.state = _Request(config.min_tokens, config.kernel_config(text_length), stats, probe)
     try:
         yield stats
     finally:
@@ -358,16 +362,28 @@ def psa_attention_forward(module, query, key, value, attention_mask, dropout: fl
 
     query: [B, HQ, S, D]; key, value: [B, HKV, S_kv, D]. Returns (out [B, S, HQ, D], None).
     """
+    state = getattr(_active, "state", None)
+    probe = state.probe if state is not None else None
+    if probe is None:
+        return _attend(state, module, query, key, value, attention_mask, dropout, scaling, kwargs)[0]
+    started = probe.start()
+    out, layer_stats = _attend(state, module, query, key, value, attention_mask, dropout, scaling, kwargs)
+    probe.finish(started, module, query, key, value, attention_mask, out[0], layer_stats, scaling=scaling, **kwargs)
+    return out
+
+
+def _attend(state, module, query, key, value, attention_mask, dropout, scaling, kwargs):
+    """((out [B, S, HQ, D], None), PSA's layer statistics or None where SDPA ran)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    state = getattr(_active, "state", None)
     q_len, kv_len = query.shape[2], key.shape[2]
     # Batch 1 with no padding is the only case qvl sends; a padded batch falls back to SDPA.
     usable = state is not None and q_len == kv_len and query.shape[0] == 1
     if not usable or q_len < state.min_tokens:
-        return sdpa_attention_forward(
+        sdpa = sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
+        return sdpa, None
     kernel = state.kernel
     if kernel.text_length > q_len:
         kernel = kernel.with_(text_length=q_len)
@@ -379,7 +395,7 @@ def psa_attention_forward(module, query, key, value, attention_mask, dropout: fl
     if state.stats is not None:
         state.stats.tokens = q_len
         state.stats.add(getattr(module, "layer_idx", len(state.stats.layers)), layer_stats)
-    return out.transpose(1, 2).contiguous(), None
+    return (out.transpose(1, 2).contiguous(), None), layer_stats
 
 
 def register() -> str:

@@ -258,11 +258,12 @@ class Runner:
         return engine.generate(request, on_text=self.view.on_text)
 
 
-def profile(settings: Settings, prompt: str, media: Media, *, repeat: int = 3, on_loaded=None) -> tuple[Any, dict]:
-    """Prefill `media` and `prompt` with PSA and with SDPA (`settings.psa` must be set).
+def profile(settings: Settings, prompt: str, media: Media, options=None, *, on_loaded=None) -> tuple[Any, dict, list]:
+    """Profile PSA on `media` and `prompt` against SDPA (`settings.psa` must be set).
 
-    Returns the engine and `qvl.psa_profile.profile_prefill`'s report; `on_loaded(engine)` is
-    called once the model is loaded, before the timed prefills.
+    options: a `qvl.psa_profile.ProfileOptions` (its defaults when None). Returns the engine and
+    `qvl.psa_profile.profile_prefill`'s report and kept level masks; `on_loaded(engine)` is called
+    once the model is loaded, before anything is measured.
     """
     from qvl.engine import Engine, Request
     from qvl.psa_profile import profile_prefill
@@ -271,4 +272,4 @@ def profile(settings: Settings, prompt: str, media: Media, *, repeat: int = 3, o
     if on_loaded is not None:
         on_loaded(engine)
     request = Request(prompt, images=media.images, video=media.video)
-    return engine, profile_prefill(engine, request, repeat=repeat)
+    return (engine, *profile_prefill(engine, request, options))

@@ -7,6 +7,7 @@ engine never touches files: `qvl.media` owns those.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -156,12 +157,18 @@ class Engine:
         return self.processor(text=[text], return_tensors="pt", **kwargs).to(self.model.device)
 
     def generate(
-        self, request: Request, on_text: Callable[[str], None] | None = None, *, fast: bool | None = None
+        self,
+        request: Request,
+        on_text: Callable[[str], None] | None = None,
+        *,
+        fast: bool | None = None,
+        psa: bool = True,
     ) -> Result:
         """Answer one request. `on_text` receives the answer in pieces as tokens are generated.
 
         fast: qvl's fast path (our vision tower, static KV cache, CUDA-graph decode) or transformers'
-        `generate`; None takes the fast path wherever `fast_path_problem` is None.
+        `generate`; None takes the fast path wherever `fast_path_problem` is None. psa: False runs
+        this request with SDPA even on an engine built with `psa=` (to compare the two).
         """
         import torch
 
@@ -181,7 +188,8 @@ class Engine:
         if request.seed is not None:
             torch.manual_seed(request.seed)
         started = time.perf_counter()
-        with torch.inference_mode(), self._psa_scope(inputs["input_ids"]) as psa_stats:
+        scope = self._psa_scope(inputs["input_ids"]) if psa else contextlib.nullcontext()
+        with torch.inference_mode(), scope as psa_stats:
             if fast:
                 if self._fast is None:
                     self._fast = FastGenerator(self.model, use_graph=self.model.device.type == "cuda")
@@ -217,8 +225,6 @@ class Engine:
 
     def _psa_scope(self, input_ids):
         """PSA settings for this prompt, with fresh statistics; a null context without PSA."""
-        import contextlib
-
         if self.psa is None:
             return contextlib.nullcontext()
         from qvl.psa import PSAStats, psa_request

@@ -1,0 +1,147 @@
+"""`qvl psa-profile`: the real CLI on the tiny model (CPU, the blocked reference path of PSA)."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from cli_helpers import assert_one_error, invoke, json_lines
+
+from qvl.psa_profile import ProfileOptions, first_difference
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    pytest.importorskip("av")
+    from qvl.errors import InputError
+    from qvl.media.ffmpeg import ffmpeg_exe
+
+    try:
+        ffmpeg_exe()
+    except InputError:
+        pytest.skip("no ffmpeg")
+    from cli_helpers import make_video
+
+    return make_video(tmp_path_factory.mktemp("video") / "clip.mp4", seconds=4)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("image") / "a.png"
+    Image.new("RGB", (448, 448), (10, 200, 30)).save(path)
+    return path
+
+
+def _profile(source, *args):
+    common = ["--model", "tiny", "--frames", "8", "--min-tokens", "32", "--repeat", "1", "--tokens", "6", "--no-cache"]
+    result = invoke("psa-profile", source, *common, *args)
+    assert result.exit_code == 0, result.stderr
+    return result
+
+
+def test_json_has_per_layer_fidelity_and_the_token_comparison(clip, tmp_path):
+    out = tmp_path / "profile"
+    result = _profile(clip, "--psa-preset", "fast", "--json", "--out", out, "--layers", "0,last", "--heads", "0,3")
+    (report,) = json_lines(result.stdout)
+    assert report["psa"] is not None and report["psa"]["tokens"] == report["tokens"] > 128
+    assert [row["layer"] for row in report["per_layer"]] == [0, 1]
+    for row in report["per_layer"]:
+        assert 0 < row["density"] < 1 and sum(row["level_fraction"].values()) == pytest.approx(1, abs=1e-3)
+        assert row["attention_ms"]["psa"] > 0 and row["attention_ms"]["sdpa"] > 0
+        assert 0 < row["rel_error"] < 1 and math.isfinite(row["rel_error"])  # blocks were pooled or skipped
+    assert report["fidelity"]["max_rel_error"] == max(row["rel_error"] for row in report["per_layer"])
+    assert report["prefill_ms"]["psa"] > 0 and report["ttft_ms"]["psa"] > 0 and report["ttft_ms"]["sdpa"] > 0
+    generated = report["generated"]
+    assert 1 <= len(generated["psa"]) <= 6 and 1 <= len(generated["sdpa"]) <= 6
+    assert generated["first_difference"] == first_difference(generated["psa"], generated["sdpa"])
+    assert "masks" not in report  # the masks go to profile.json only
+
+    # --out: profile.json (the report plus the kept masks) and the documented pictures
+    saved = json.loads((out / "profile.json").read_text())
+    assert saved["per_layer"] == report["per_layer"]
+    assert [(m["layer"], m["head"]) for m in saved["masks"]] == [(0, 0), (0, 3), (1, 0), (1, 3)]
+    blocks = math.ceil(report["tokens"] / 128)
+    levels = saved["masks"][0]["levels"]
+    assert len(levels) == blocks and all(v in (0, 1, 2, 4, 8) for row in levels for v in row)
+    assert all(levels[i][i] == 1 for i in range(blocks))  # the diagonal block stays at full resolution
+    if importlib.util.find_spec("matplotlib") is None:  # the `test` extra brings it; a bare install may not
+        assert sorted(p.name for p in out.iterdir()) == ["profile.json"] and "qvl[plots]" in result.stderr
+        return
+    names = {"mask-layer0-head0.png", "mask-layer0-head3.png", "mask-layer1-head0.png", "mask-layer1-head3.png"}
+    for name in names | {"density-by-layer.png"}:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert "wrote 6 files" in result.stderr
+
+
+def test_a_dense_preset_matches_sdpa(clip):
+    report = json_lines(_profile(clip, "--psa-preset", "dense", "--json").stdout)[0]
+    assert report["psa"]["density"] == 1.0
+    assert all(row["rel_error"] < 1e-5 for row in report["per_layer"])  # fp32 on the CPU: the same function
+    assert report["generated"]["psa"] == report["generated"]["sdpa"] and report["generated"]["first_difference"] is None
+
+
+def test_an_image_goes_through_the_image_loader_and_the_table_reads(image):
+    report = json_lines(_profile(image, "--min-tokens", "8", "--json").stdout)[0]
+    assert "frames" not in report and report["tokens"] > 8 and len(report["per_layer"]) == 2
+    table = _profile(image, "--min-tokens", "8")
+    assert "density" in table.stdout and "error" in table.stdout and "greedy answers" in table.stdout
+    assert "qvl:" not in table.stdout  # notes and warnings stay on stderr
+
+
+def test_a_short_prompt_says_psa_did_not_run(image):
+    result = _profile(image, "--min-tokens", "100000")
+    assert "PSA did not run" in result.stdout
+    report = json_lines(_profile(image, "--min-tokens", "100000", "--json").stdout)[0]
+    assert report["psa"] is None and all(row["rel_error"] is None for row in report["per_layer"])
+
+
+def test_without_matplotlib_out_still_writes_profile_json(image, tmp_path):
+    out = tmp_path / "profile"
+    script = "import sys\nsys.modules['matplotlib'] = None\nfrom qvl.cli import main\nsys.argv = ['qvl', *sys.argv[1:]]\nmain()\n"
+    args = ["psa-profile", image, "-m", "tiny", "--min-tokens", "8", "--tokens", "2", "--repeat", "1", "--out", out]
+    done = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["profile.json"]
+    assert [line for line in done.stderr.splitlines() if "qvl[plots]" in line] == [
+        "qvl: pictures need matplotlib: pip install 'qvl[plots]'"
+    ]
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--layers", "top"),
+        ("--layers", "0,,1"),
+        ("--layers", "-1"),
+        ("--heads", "x"),
+        ("--heads", "-2"),
+        ("--tokens", "0"),
+        ("--repeat", "0"),
+    ],
+)
+def test_bad_values_are_one_line_before_anything_loads(tmp_path, flag, value):
+    # The input does not exist and the model folder is not one: the option is reported first.
+    result = invoke("psa-profile", tmp_path / "missing.mp4", flag, value, "--model", tmp_path / "no-model")
+    assert_one_error(result, contains=flag, exit_code=2)
+
+
+def test_out_must_be_a_folder(tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = invoke("psa-profile", tmp_path / "missing.mp4", "--out", tmp_path / "file", "--model", tmp_path / "none")
+    assert_one_error(result, contains="--out", exit_code=2)
+
+
+def test_layers_beyond_the_model_are_one_line(image):
+    result = invoke("psa-profile", image, "-m", "tiny", "--min-tokens", "8", "--layers", "first,7")
+    assert_one_error(result, contains="layers 0..1", exit_code=2)
+
+
+def test_layer_names_and_first_difference():
+    assert ProfileOptions.parse(layers="first, middle,last,3").layer_indices(28) == [0, 3, 14, 27]
+    assert first_difference([1, 2, 3], [1, 2, 3]) is None
+    assert first_difference([1, 2, 3], [1, 5, 3]) == 1
+    assert first_difference([1, 2], [1, 2, 3]) == 2
