@@ -216,6 +216,13 @@ class Engine:
             tokens=new_tokens,
         )
 
+    def session(self, images=(), video: VideoFrames | None = None, **kwargs):
+        """The media prefilled once; `session.ask(prompt)` answers questions about it without
+        prefilling the media again (`qvl.engine.session.Session`)."""
+        from qvl.engine.session import Session
+
+        return Session(self, images, video, **kwargs)
+
     def text_length(self, input_ids) -> int:
         """Tokens after the last image or video token: the text PSA keeps at full resolution."""
         vision_ids = input_ids.new_tensor([self.processor.image_token_id, self.processor.video_token_id])

@@ -75,10 +75,11 @@ class StaticDecoder:
     def fits(self, tokens: int) -> bool:
         return tokens <= self.capacity
 
-    def prefill_cache(self):
-        """A transformers cache for the prompt's forward pass that stores each layer's keys and
-        values straight into this decoder's buffers (no second copy of the prompt's cache)."""
-        return _prefill_cache(self.keys, self.values)
+    def prefill_cache(self, offset: int = 0):
+        """A transformers cache for one forward pass that stores each layer's keys and values
+        straight into this decoder's buffers from slot `offset` on (no second copy of the prompt's
+        cache); the slots before `offset` are the past it attends to."""
+        return _prefill_cache(self.keys, self.values, offset)
 
     def start(self, prompt_ids: torch.Tensor, first_token: int, rope_delta: int, sampling: Sampling) -> None:
         """After the prompt went through `prefill_cache()`: set the first generated token at the
@@ -202,30 +203,37 @@ def _inv_freq(text_model, head_dim: int, device) -> torch.Tensor:
     return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
 
 
-def _prefill_cache(keys: torch.Tensor, values: torch.Tensor):
-    """A transformers `Cache` whose layer i writes the prompt's keys and values into
-    keys[i, :, :n] and values[i, :, :n] ([kv_heads, capacity, head_dim] buffers) and hands the
-    attention the fresh tensors, as a dynamic cache does on an empty prompt."""
+def _prefill_cache(keys: torch.Tensor, values: torch.Tensor, offset: int):
+    """A transformers `Cache` whose layer i writes one forward pass's keys and values into
+    keys[i, :, offset:offset + n] and values[i, ...] ([kv_heads, capacity, head_dim] buffers), with
+    slots [0, offset) as its past: the attention gets the fresh tensors on an empty past, as a
+    dynamic cache would, and views of the buffers over [0, offset + n) otherwise."""
     from transformers.cache_utils import Cache, DynamicLayer
 
     class BufferLayer(DynamicLayer):
         def __init__(self, key_buffer, value_buffer):
             super().__init__()
             self.key_buffer, self.value_buffer = key_buffer, value_buffer
+            self.used = False
+            if offset:
+                self.device = key_buffer.device
+                self.keys, self.values = key_buffer[None, :, :offset], value_buffer[None, :, :offset]
+                self.is_initialized = True
 
         def lazy_initialization(self, key_states, value_states, *args, **kwargs):
             self.device = key_states.device
             self.is_initialized = True
 
         def update(self, key_states, value_states, *args, **kwargs):
-            if self.is_initialized:
-                raise RuntimeError("the prefill cache takes one forward pass over an empty cache")
+            if self.used:
+                raise RuntimeError("a prefill cache takes one forward pass")
+            self.used = True
             self.lazy_initialization(key_states, value_states)
-            n = key_states.shape[-2]
-            self.key_buffer[:, :n].copy_(key_states[0])
-            self.value_buffer[:, :n].copy_(value_states[0])
-            self.keys, self.values = self.key_buffer[None, :, :n], self.value_buffer[None, :, :n]
-            return key_states, value_states
+            end = offset + key_states.shape[-2]
+            self.key_buffer[:, offset:end].copy_(key_states[0])
+            self.value_buffer[:, offset:end].copy_(value_states[0])
+            self.keys, self.values = self.key_buffer[None, :, :end], self.value_buffer[None, :, :end]
+            return (key_states, value_states) if offset == 0 else (self.keys, self.values)
 
     return Cache(layers=[BufferLayer(keys[i], values[i]) for i in range(keys.shape[0])])
 

@@ -133,7 +133,7 @@ class FastGenerator:
 
         done = prefill(self.model, inputs, make_cache)
         decoder = self.decoder
-        first = _first_token(done.logits, prompt, sampling)
+        first = first_token(done.logits, prompt, sampling)
         first_at = time.perf_counter()
         stream.put(first)
         if first in eos or request.max_new_tokens == 1:
@@ -142,7 +142,7 @@ class FastGenerator:
         decoder.start(prompt, first, done.rope_delta, sampling)
         decoder.capture()
         warmup_s = time.perf_counter() - started
-        tokens = self._loop(decoder, request.max_new_tokens - 1, stream, eos)
+        tokens = self.loop(decoder, request.max_new_tokens - 1, stream, eos)
         return Generated([first, *tokens], first_at, done.vision_s, warmup_s)
 
     def _ensure_decoder(self, tokens: int, sampling: Sampling) -> None:
@@ -155,7 +155,7 @@ class FastGenerator:
         self.decoder = StaticDecoder(self.model, capacity_for(tokens), sampling, self.use_graph)
 
     @staticmethod
-    def _loop(decoder: StaticDecoder, steps: int, stream: TextStream, eos: set[int]) -> list[int]:
+    def loop(decoder: StaticDecoder, steps: int, stream: TextStream, eos: set[int]) -> list[int]:
         """Run `steps` decode steps, reading each token back one step behind the GPU."""
         tokens: list[int] = []
         on_gpu = decoder.token.device.type == "cuda"
@@ -187,7 +187,7 @@ class FastGenerator:
         return tokens
 
 
-def _first_token(logits: torch.Tensor, prompt: torch.Tensor, sampling: Sampling) -> int:
+def first_token(logits: torch.Tensor, prompt: torch.Tensor, sampling: Sampling) -> int:
     if sampling.repetition_penalty != 1.0:
         seen = prompt.flatten()
         scores = logits[seen]

@@ -60,6 +60,20 @@ def prefill(model, inputs, make_cache) -> Prefilled:
     return Prefilled(logits=logits, rope_delta=int(rope_deltas.flatten()[0]), vision_s=vision_s)
 
 
+@torch.inference_mode()
+def prefill_text(model, ids: torch.Tensor, offset: int, rope_delta: int, make_cache) -> torch.Tensor:
+    """Text tokens `ids` ([1, n]) after `offset` tokens already in the cache `make_cache(offset)`
+    fills: positions offset .. offset + n - 1 plus `rope_delta` on every mRoPE axis, as text after
+    media has. Returns the last position's logits [vocab] in fp32."""
+    text = model.model.language_model
+    embeds = model.model.get_input_embeddings()(ids)
+    positions = torch.arange(offset, offset + ids.shape[1], device=ids.device) + rope_delta
+    position_ids = positions.view(1, 1, -1).expand(3, 1, -1)
+    cache = make_cache(offset)
+    out = text(inputs_embeds=embeds, position_ids=position_ids, use_cache=True, **{_cache_keyword(text): cache})
+    return model.lm_head(out.last_hidden_state[:, -1])[0].float()
+
+
 def _cache_keyword(text_model) -> str:
     """The name the language model's forward takes its cache by (`cache` from transformers 5.2x)."""
     names = inspect.signature(text_model.forward).parameters
