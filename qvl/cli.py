@@ -30,6 +30,7 @@ from qvl.options import (
     PsaLogDirOpt,
     PsaOpt,
     PsaPresetOpt,
+    QuestionsOpt,
     QuietOpt,
     RepeatOpt,
     SeedOpt,
@@ -79,7 +80,7 @@ def _root(
 @app.command()
 def describe(
     images: Annotated[list[str], typer.Argument(help="Image paths, globs, directories, http(s) URLs or data URIs.")],
-    prompt: PromptOpt = None,
+    prompt: QuestionsOpt = None,
     together: Annotated[bool, typer.Option("--together", help="Put all images in one prompt, one answer.")] = False,
     model: ModelOpt = None,
     max_tokens: MaxTokensOpt = 512,
@@ -103,7 +104,9 @@ def describe(
     settings = run_settings(model, device, dtype, attention, max_tokens, temperature, top_p, seed)
     log = psa_log(psa_log_dir, attention)
     sources = expand_image_inputs(images)
-    view = output.RunView(json_output=json_output, quiet=quiet, several=not together and len(sources) > 1, stats=stats)
+    questions = _questions(prompt, DEFAULT_IMAGES_PROMPT if together else DEFAULT_IMAGE_PROMPT)
+    several = (not together and len(sources) > 1) or len(questions) > 1
+    view = output.RunView(json_output=json_output, quiet=quiet, several=several, stats=stats)
     runner = Runner(settings, view, psa_log=log)
     if together:
         opened = []
@@ -111,19 +114,22 @@ def describe(
             try:
                 opened.append(_open_or_raise(source, open_image))
             except QvlError as exc:
-                runner.fail(label, exc, prompt or DEFAULT_IMAGES_PROMPT)
+                runner.fail(label, exc, questions[0])
         # One answer about all the images: with any of them missing it would answer another question.
         if opened and runner.exit_code == 0:
             labels = ", ".join(label for label, _ in sources)
-            runner.run(labels, prompt or DEFAULT_IMAGES_PROMPT, lambda: Media(images=opened))
+            runner.run_questions(labels, questions, lambda: Media(images=opened))
     else:
         for label, source in sources:
-            runner.run(
-                label,
-                prompt or DEFAULT_IMAGE_PROMPT,
-                lambda source=source: Media(images=[_open_or_raise(source, open_image)]),
+            runner.run_questions(
+                label, questions, lambda source=source: Media(images=[_open_or_raise(source, open_image)])
             )
     raise typer.Exit(runner.exit_code)
+
+
+def _questions(prompts: list[str] | None, default: str) -> list[str]:
+    """The --prompt values in order, or the command's default question."""
+    return list(prompts) if prompts else [default]
 
 
 def _open_or_raise(source, opener):
@@ -139,7 +145,7 @@ def _open_or_raise(source, opener):
 @with_video_options
 def video(
     videos: Annotated[list[str], typer.Argument(help="Video paths or http(s) URLs.")],
-    prompt: PromptOpt = None,
+    prompt: QuestionsOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the frame plan and stop; loads no model.")] = False,
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
@@ -167,10 +173,13 @@ def video(
         raise typer.Exit(_dry_run(videos, video_options, json_output))
     log = psa_log(psa_log_dir, attention)
     load = _clip_loader(video_options, frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache), quiet)
-    view = output.RunView(json_output=json_output, quiet=quiet, several=len(videos) > 1, stats=stats)
+    questions = _questions(prompt, DEFAULT_VIDEO_PROMPT)
+    view = output.RunView(
+        json_output=json_output, quiet=quiet, several=len(videos) > 1 or len(questions) > 1, stats=stats
+    )
     runner = Runner(settings, view, psa_log=log)
     for source in videos:
-        runner.run(source, prompt or DEFAULT_VIDEO_PROMPT, lambda source=source: load(source))
+        runner.run_questions(source, questions, lambda source=source: load(source))
     raise typer.Exit(runner.exit_code)
 
 
@@ -382,7 +391,9 @@ def infer(
     """The published example's flags (`--type image|video --input X`), mapped onto describe/video."""
     if type not in ("image", "video"):
         fail(OptionError(f"--type must be image or video, not {type!r}"))
-    common = dict(prompt=prompt, model=model, max_tokens=max_tokens, device=device, dtype=dtype, psa=psa)
+    common = dict(
+        prompt=[prompt] if prompt else None, model=model, max_tokens=max_tokens, device=device, dtype=dtype, psa=psa
+    )
     if type == "image":
         describe([input], **common, psa_log_dir=psa_log_dir)
     video([input], frames=preprocess_frames, **common, psa_log_dir=psa_log_dir)

@@ -25,6 +25,13 @@ ModelOpt = Annotated[
     ),
 ]
 PromptOpt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="What to ask about the input.")]
+# describe and video take several questions about the same media, which is then prefilled once.
+QuestionsOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--prompt", "-p", help="What to ask about the input; repeat it to ask several questions (media read once)."
+    ),
+]
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", help="Most tokens to generate per answer.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda if available), cuda or cpu.")]
 DtypeOpt = Annotated[

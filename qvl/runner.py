@@ -189,9 +189,19 @@ class Runner:
 
     def run(self, label: str, prompt: str, load_media: Callable[[], Media]) -> dict[str, Any] | None:
         """Load the media, then answer `prompt` about it; the input's record, an error record on failure."""
+        records = self.run_questions(label, [prompt], load_media)
+        return records[0] if records else None
+
+    def run_questions(
+        self, label: str, prompts: Sequence[str], load_media: Callable[[], Media]
+    ) -> list[dict[str, Any]]:
+        """Load the media once, then answer each of `prompts` about it: one record per question.
+
+        Several questions share one prefill of the media (`Engine.session`) where the engine can
+        keep it; otherwise each is a request of its own.
+        """
         if self.stopped:
-            return None
-        self.count += 1
+            return []
         try:
             # Media first: a bad input is reported without waiting for a model to load.
             started = time.perf_counter()
@@ -202,13 +212,26 @@ class Runner:
             except ModelError:
                 self.stopped = True  # without a model no input can succeed
                 raise
-            result = self._generate(engine, label, prompt, media)
+            answer = self._answerer(engine, media, several=len(prompts) > 1)
         except QvlError as exc:
-            record = self.fail(label, exc, prompt)
+            record = self.fail(label, exc, prompts[0] if len(prompts) == 1 else None)
             if self.stopped:
                 self.exit_code = 2
-            return record
-        result.timings.media_s = media_s
+            return [record]
+        records = []
+        for prompt in prompts:
+            self.count += 1
+            self.view.started(label if len(prompts) == 1 else f"{label}: {prompt}", self.count)
+            try:
+                result = answer(prompt)
+            except QvlError as exc:
+                records.append(self.fail(label, exc, prompt))
+                continue
+            result.timings.media_s, media_s = media_s, 0.0  # the media was loaded for the first answer
+            records.append(self._answered(engine, label, prompt, media, result))
+        return records
+
+    def _answered(self, engine, label: str, prompt: str, media: Media, result) -> dict[str, Any]:
         record = {
             "input": label,
             "model": engine.name,
@@ -241,21 +264,19 @@ class Runner:
         except OSError as exc:  # the answer stands; the log line is what was lost
             self.view.warned(f"PSA log of {label} not written: {exc.strerror or exc}")
 
-    def _generate(self, engine, label: str, prompt: str, media: Media):
+    def _answerer(self, engine, media: Media, several: bool) -> Callable[[str], Any]:
+        """prompt -> Result about `media`: through one session for several questions where the
+        engine can keep one (a single device), else one request each."""
         from qvl.engine import Request
 
         s = self.settings
-        request = Request(
-            prompt=prompt,
-            images=media.images,
-            video=media.video,
-            max_new_tokens=s.max_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            seed=s.seed,
+        sampling = dict(max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
+        if several and (engine.fast_path_problem is None or engine.device == "cpu"):
+            session = engine.session(images=media.images, video=media.video)
+            return lambda prompt: session.ask(prompt, on_text=self.view.on_text, **sampling)
+        return lambda prompt: engine.generate(
+            Request(prompt=prompt, images=media.images, video=media.video, **sampling), on_text=self.view.on_text
         )
-        self.view.started(label, self.count)
-        return engine.generate(request, on_text=self.view.on_text)
 
 
 def profile(settings: Settings, prompt: str, media: Media, options=None, *, on_loaded=None) -> tuple[Any, dict, list]:

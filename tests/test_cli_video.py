@@ -163,3 +163,18 @@ def test_plan_notes_reach_stderr_on_a_normal_run_and_quiet_hides_them(clip):
         assert record["frames"] == 4
     quiet = invoke(*args, "--quiet")
     assert quiet.exit_code == 0 and "rounded" not in quiet.stderr and "past the end" not in quiet.stderr
+
+
+def test_several_questions_read_the_video_once_and_answer_as_single_runs(tiny_model_dir, tmp_path):
+    """`-p` twice: one record per question, each equal to its own run (greedy); the second shows
+    no media time (the frames and the prefill were kept)."""
+    video = make_video(tmp_path / "clip.mp4", seconds=4)
+    common = ["video", video, "--frames", "8", "-m", "tiny", "--max-tokens", "6", "--json", "--no-cache"]
+    both = invoke(*common, "-p", "What happens?", "-p", "Which colours are there?")
+    assert both.exit_code == 0, both.stderr
+    first, second = json_lines(both.stdout)
+    assert [first["prompt"], second["prompt"]] == ["What happens?", "Which colours are there?"]
+    assert second["timings"]["media_s"] == 0.0 and second["frames"] == first["frames"] == 8
+    for record in (first, second):
+        alone = invoke(*common, "-p", record["prompt"])
+        assert json_lines(alone.stdout)[0]["text"] == record["text"]

@@ -61,6 +61,8 @@ class Session:
         self.timings.vision_s = done.vision_s
         self.timings.prefill_s = time.perf_counter() - started
         self.psa = psa_stats.summary() if psa_stats is not None else None
+        # The media's PSA layers go with the first answer only: that is the prefill that ran them.
+        self._psa_layers = psa_stats.per_layer() if psa_stats is not None else []
 
     @property
     def cache_bytes(self) -> int:
@@ -116,6 +118,7 @@ class Session:
                 tokens += FastGenerator.loop(self.decoder, max_new_tokens - 1, stream, eos_ids(model, tokenizer))
         finished = time.perf_counter()
         stream.end()
+        first_answer_layers, self._psa_layers = self._psa_layers, []
         timings.prefill_s = first_at - started
         timings.decode_s = finished - first_at
         if len(tokens) > 1 and timings.decode_s > 0:
@@ -126,6 +129,7 @@ class Session:
             generated_tokens=len(tokens),
             timings=timings,
             psa=self.psa,
+            psa_layers=first_answer_layers,
             tokens=tokens,
         )
 
