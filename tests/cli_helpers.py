@@ -75,3 +75,18 @@ def make_video(path: Path, seconds: float, rate: int = 8, size: str = "64x48", e
         check=True,
     )
     return path
+
+
+def make_video_or_skip(path, seconds: float) -> Path:
+    """`make_video`, or a skipped test where PyAV or ffmpeg is missing (the GPU host has neither)."""
+    import pytest
+
+    pytest.importorskip("av")
+    from qvl.errors import InputError
+    from qvl.media.ffmpeg import ffmpeg_exe
+
+    try:
+        ffmpeg_exe()
+    except InputError:
+        pytest.skip("no ffmpeg")
+    return make_video(path, seconds=seconds)

@@ -41,17 +41,9 @@ block = 32
 
 
 def _cpu_video(tmp_path_factory) -> Path:
-    pytest.importorskip("av")
-    from qvl.errors import InputError
-    from qvl.media.ffmpeg import ffmpeg_exe
+    from cli_helpers import make_video_or_skip
 
-    try:
-        ffmpeg_exe()
-    except InputError:
-        pytest.skip("no ffmpeg")
-    from cli_helpers import make_video
-
-    return make_video(tmp_path_factory.mktemp("psa-config") / "clip.mp4", seconds=2)
+    return make_video_or_skip(tmp_path_factory.mktemp("psa-config") / "clip.mp4", seconds=2)
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,9 @@ from qvl.psa_profile import ProfileOptions, first_difference
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    pytest.importorskip("av")
-    from qvl.errors import InputError
-    from qvl.media.ffmpeg import ffmpeg_exe
+    from cli_helpers import make_video_or_skip
 
-    try:
-        ffmpeg_exe()
-    except InputError:
-        pytest.skip("no ffmpeg")
-    from cli_helpers import make_video
-
-    return make_video(tmp_path_factory.mktemp("video") / "clip.mp4", seconds=4)
+    return make_video_or_skip(tmp_path_factory.mktemp("video") / "clip.mp4", seconds=4)
 
 
 @pytest.fixture(scope="module")
