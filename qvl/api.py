@@ -84,6 +84,33 @@ class QwenVLInference:
         request = Request(prompt=prompt, video=media.video, max_new_tokens=max_new_tokens or self.max_new_tokens)
         return self._answer(request)
 
+    def session(
+        self,
+        *,
+        video: str | None = None,
+        images: Sequence[str] = (),
+        frames: int | None = None,
+        **video_options,
+    ):
+        """The media read and prefilled once, for `session.ask(prompt)` any number of times
+        (`qvl.engine.session.Session`; each `ask` returns a `Result`, its `.text` the answer):
+
+            session = model.session(video="clip.mp4", frames=64)
+            for question in ("What happens?", "Who speaks?"):
+                print(session.ask(question).text)
+        """
+        from qvl.media.images import open_image
+
+        media_video = None
+        if video is not None:
+            from qvl.media.video import VideoOptions
+            from qvl.runner import frame_cache, load_clip
+
+            options = VideoOptions(frames=frames, **video_options)
+            media_video = load_clip(str(video), options, frame_cache(self.cache_dir, enabled=self.cache)).video
+        opened = [open_image(str(path)) for path in images]
+        return self.engine.session(images=opened, video=media_video)
+
     def _answer(self, request: Request) -> str:
         self.last_result = self.engine.generate(request)
         return self.last_result.text

@@ -67,3 +67,17 @@ def test_a_question_too_long_for_the_headroom_is_one_error(engine):
 def test_a_session_needs_media(engine):
     with pytest.raises(OptionError, match="images or a video"):
         engine.session()
+
+
+def test_python_api_session_over_a_video_file(tiny_model_dir, tmp_path):
+    from cli_helpers import make_video_or_skip
+
+    from qvl import QwenVLInference
+
+    clip = make_video_or_skip(tmp_path / "clip.mp4", seconds=4)
+    model = QwenVLInference(model_name="tiny", device="cpu", max_new_tokens=8, cache=False)
+    session = model.session(video=str(clip), frames=8)
+    for question in ("What happens?", "Which colours are there?"):
+        assert session.ask(question, max_new_tokens=8).text == model.inference_video(
+            str(clip), question, preprocess_frames=8, max_new_tokens=8
+        )
