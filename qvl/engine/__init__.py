@@ -111,21 +111,12 @@ class Engine:
         self.model, self.processor = load_model(self.resolved, self.device, self.dtype, attn_implementation)
         self.load_s = time.perf_counter() - started
         self._fast = None  # the fast path's generator, made on first use
+        self.fast_path_problem = _fast_path_problem(self.model)
+        """Why requests take the stock transformers path (None: they take qvl's fast path)."""
         if self.fast_path_problem is None:
             from qvl.engine.fuse import fuse_model
 
             fuse_model(self.model)
-
-    @property
-    def fast_path_problem(self) -> str | None:
-        """Why requests take the stock transformers path (None: they take qvl's fast path)."""
-        if self.model.device.type != "cuda":
-            return "the fast path needs a CUDA device"
-        if len({p.device for p in self.model.parameters()}) > 1:
-            return "the model is spread over several devices"
-        if self.model.config.get_text_config().hidden_act != "silu":
-            return "the fast decode step implements the published SiLU MLP only"
-        return None
 
     @property
     def name(self) -> str:
@@ -140,15 +131,20 @@ class Engine:
         """The model's answers are random text (tiny, random:<preset>)."""
         return self.resolved.random_weights
 
-    def prepare(self, request: Request):
-        """Run the processor on one request: the model inputs (`input_ids`, pixel values, grids, ...),
-        on the model's device."""
+    def chat_text(self, request: Request) -> str:
+        """The request as the chat template writes it: one user turn (its images, its video, then
+        the prompt) and the start of the assistant's, media as placeholders the processor expands."""
         content: list[dict] = [{"type": "image"} for _ in request.images]
         if request.video is not None:
             content.append({"type": "video"})
         content.append({"type": "text", "text": request.prompt})
         messages = [{"role": "user", "content": content}]
-        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def prepare(self, request: Request):
+        """Run the processor on one request: the model inputs (`input_ids`, pixel values, grids, ...),
+        on the model's device."""
+        text = self.chat_text(request)
         kwargs: dict[str, Any] = {}
         if request.images:
             kwargs["images"] = list(request.images)
@@ -196,24 +192,15 @@ class Engine:
                 generated = self._fast.generate(inputs, request, stream, eos_ids(self.model, tokenizer))
             else:
                 generated = stock_generate(self.model, tokenizer, inputs, request, stream)
-        finished = time.perf_counter()
         stream.end()
-
-        new_tokens = generated.tokens
-        timings.prefill_s = generated.first_token_at - started
-        timings.vision_s = generated.vision_s
-        timings.warmup_s = generated.warmup_s
-        timings.decode_s = finished - generated.first_token_at
-        if len(new_tokens) > 1 and timings.decode_s > 0:
-            timings.tokens_per_s = (len(new_tokens) - 1) / timings.decode_s
-        return Result(
-            text=tokenizer.decode(new_tokens, skip_special_tokens=True).strip(),
+        return result_of(
+            generated,
+            tokenizer,
+            timings,
+            started,
             prompt_tokens=inputs["input_ids"].shape[1],
-            generated_tokens=len(new_tokens),
-            timings=timings,
             psa=psa_stats.summary() if psa_stats is not None else None,
             psa_layers=psa_stats.per_layer() if psa_stats is not None else [],
-            tokens=new_tokens,
         )
 
     def session(self, images=(), video: VideoFrames | None = None, **kwargs):
@@ -237,6 +224,31 @@ class Engine:
         from qvl.psa import PSAStats, psa_request
 
         return psa_request(self.psa, self.text_length(input_ids), PSAStats())
+
+
+def result_of(generated, tokenizer, timings: Timings, started: float, **fields) -> Result:
+    """A `Result` from a path's `Generated` (new tokens, first token's time): `timings` completed
+    with the stages from `started` (when generation began) to now."""
+    finished = time.perf_counter()
+    tokens = generated.tokens
+    timings.prefill_s = generated.first_token_at - started
+    timings.vision_s = generated.vision_s
+    timings.warmup_s = generated.warmup_s
+    timings.decode_s = finished - generated.first_token_at
+    if len(tokens) > 1 and timings.decode_s > 0:
+        timings.tokens_per_s = (len(tokens) - 1) / timings.decode_s
+    text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    return Result(text=text, generated_tokens=len(tokens), timings=timings, tokens=tokens, **fields)
+
+
+def _fast_path_problem(model) -> str | None:
+    if model.device.type != "cuda":
+        return "the fast path needs a CUDA device"
+    if len({p.device for p in model.parameters()}) > 1:
+        return "the model is spread over several devices"
+    if model.config.get_text_config().hidden_act != "silu":
+        return "the fast decode step implements the published SiLU MLP only"
+    return None
 
 
 def _video_kwargs(video: VideoFrames, video_processor, device) -> dict[str, Any]:

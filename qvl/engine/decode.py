@@ -53,6 +53,9 @@ class StaticDecoder:
         config = text.config
         self.text, self.lm_head = text, model.lm_head
         self.layers = list(text.layers)
+        # The fused weights (views-backed, made once per model by `fuse_linears`), per layer.
+        self.qkv = [fuse_linears(a, "qkv", (a.q_proj, a.k_proj, a.v_proj)) for a in (l.self_attn for l in self.layers)]
+        self.gate_up = [fuse_linears(m, "gate_up", (m.gate_proj, m.up_proj))[0] for m in (l.mlp for l in self.layers)]
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
@@ -63,7 +66,7 @@ class StaticDecoder:
         shape = (len(self.layers), self.kv_heads, capacity, self.head_dim)
         self.keys = torch.empty(shape, device=device, dtype=dtype)  # slots past the position are never read
         self.values = torch.empty(shape, device=device, dtype=dtype)
-        self.inv_freq = _inv_freq(text, self.head_dim, device)
+        self.inv_freq = text.rotary_emb.inv_freq.detach().float().to(device)
         self.token = torch.zeros(1, dtype=torch.long, device=device)
         self.position = torch.zeros(1, dtype=torch.long, device=device)  # cache slot of `token`
         self.rope_delta = torch.zeros(1, dtype=torch.long, device=device)
@@ -134,9 +137,7 @@ class StaticDecoder:
         for i, layer in enumerate(self.layers):
             out = self._attention(i, layer.self_attn, h, cos, sin, length)
             h, x = norm(layer.post_attention_layernorm, out, x)
-            mlp = layer.mlp
-            gate_up, _ = fuse_linears(mlp, "gate_up", (mlp.gate_proj, mlp.up_proj))
-            out = mlp.down_proj(silu_mul(*F.linear(h, gate_up).chunk(2, dim=-1)))
+            out = layer.mlp.down_proj(silu_mul(*F.linear(h, self.gate_up[i]).chunk(2, dim=-1)))
             following = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.text.norm
             h, x = norm(following, out, x)
         logits = self.lm_head(h)[0, -1].float()
@@ -150,8 +151,7 @@ class StaticDecoder:
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def _attention(self, i, attn, h, cos, sin, length):
-        weight, bias = fuse_linears(attn, "qkv", (attn.q_proj, attn.k_proj, attn.v_proj))
-        qkv = F.linear(h, weight, bias)[0]  # [1, (heads + 2 kv_heads) * head_dim]
+        qkv = F.linear(h, *self.qkv[i])[0]  # [1, (heads + 2 kv_heads) * head_dim]
         q, k, v = qkv.split(
             [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], -1
         )
@@ -165,17 +165,22 @@ class StaticDecoder:
         return attn.o_proj(out.reshape(1, 1, -1))  # [1, 1, heads * head_dim]
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
-        s = self.sampling
-        if s.repetition_penalty != 1.0:
-            penalised = torch.where(logits < 0, logits * s.repetition_penalty, logits / s.repetition_penalty)
-            logits = torch.where(self.seen, penalised, logits)
-        if s.greedy:
-            token = logits.argmax(-1, keepdim=True)
-        else:
-            token = sample(logits / self.temperature, s.top_k, s.top_p)
-        if s.repetition_penalty != 1.0:
+        token = choose(logits, self.sampling, self.seen, self.temperature)
+        if self.sampling.repetition_penalty != 1.0:
             self.seen.index_fill_(0, token, True)
         return token
+
+
+def choose(logits: torch.Tensor, sampling: Sampling, seen: torch.Tensor, temperature) -> torch.Tensor:
+    """The next token ([1]) from fp32 `logits` [vocab], as transformers' generate picks it: the
+    repetition penalty on the `seen` tokens (a [vocab] mask), then greedy, or a draw at
+    `temperature` after top-k and top-p. No host synchronisation."""
+    p = sampling.repetition_penalty
+    if p != 1.0:
+        logits = torch.where(seen, torch.where(logits < 0, logits * p, logits / p), logits)
+    if sampling.greedy:
+        return logits.argmax(-1, keepdim=True)
+    return sample(logits / temperature, sampling.top_k, sampling.top_p)
 
 
 def sample(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -192,15 +197,6 @@ def sample(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torc
         logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
     probs = logits.softmax(-1)
     return (probs / torch.empty_like(probs).exponential_(1)).argmax(-1, keepdim=True)
-
-
-def _inv_freq(text_model, head_dim: int, device) -> torch.Tensor:
-    rotary = getattr(text_model, "rotary_emb", None)
-    inv_freq = getattr(rotary, "inv_freq", None)
-    if inv_freq is not None:
-        return inv_freq.detach().float().to(device)
-    theta = getattr(text_model.config, "rope_theta", None) or 1e6
-    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
 
 
 def _prefill_cache(keys: torch.Tensor, values: torch.Tensor, offset: int):

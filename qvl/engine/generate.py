@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from qvl.engine.decode import Sampling, StaticDecoder, capacity_for, sample
+from qvl.engine.decode import Sampling, StaticDecoder, capacity_for, choose
 from qvl.engine.prefill import prefill
 
 
@@ -19,7 +19,7 @@ class Generated:
     tokens: list[int]
     first_token_at: float
     vision_s: float = 0.0  # fast path only: the vision tower, within the time to the first token
-    warmup_s: float = 0.0  # fast path only: cache allocation and graph capture (first request of a size)
+    warmup_s: float = 0.0  # fast path only: the decode graph's capture (first request of a cache size)
 
 
 class TextStream:
@@ -132,18 +132,11 @@ class FastGenerator:
             return self.decoder.prefill_cache()
 
         done = prefill(self.model, inputs, make_cache)
-        decoder = self.decoder
-        first = first_token(done.logits, prompt, sampling)
-        first_at = time.perf_counter()
-        stream.put(first)
-        if first in eos or request.max_new_tokens == 1:
-            return Generated([first], first_at, done.vision_s)
-        started = time.perf_counter()
-        decoder.start(prompt, first, done.rope_delta, sampling)
-        decoder.capture()
-        warmup_s = time.perf_counter() - started
-        tokens = self.loop(decoder, request.max_new_tokens - 1, stream, eos)
-        return Generated([first, *tokens], first_at, done.vision_s, warmup_s)
+        generated = decode(
+            self.decoder, done.logits, prompt, done.rope_delta, sampling, request.max_new_tokens, stream, eos
+        )
+        generated.vision_s = done.vision_s
+        return generated
 
     def _ensure_decoder(self, tokens: int, sampling: Sampling) -> None:
         """A decoder for `tokens` slots: the last one (its cache and graph) unless it is too small or
@@ -154,45 +147,56 @@ class FastGenerator:
         self.decoder = current = None  # the old cache is freed before the new one is allocated
         self.decoder = StaticDecoder(self.model, capacity_for(tokens), sampling, self.use_graph)
 
-    @staticmethod
-    def loop(decoder: StaticDecoder, steps: int, stream: TextStream, eos: set[int]) -> list[int]:
-        """Run `steps` decode steps, reading each token back one step behind the GPU."""
-        tokens: list[int] = []
-        on_gpu = decoder.token.device.type == "cuda"
-        if not on_gpu:
-            for _ in range(steps):
-                decoder.advance()
-                token = int(decoder.token)
-                tokens.append(token)
-                stream.put(token)
-                if token in eos:
-                    break
-            return tokens
-        host = torch.empty(steps, dtype=torch.long, pin_memory=True)
-        events = [torch.cuda.Event() for _ in range(2)]
-        for i in range(steps + 1):
-            if i < steps:
-                decoder.advance()
-                host[i : i + 1].copy_(decoder.token, non_blocking=True)
-                events[i % 2].record()
-            if i == 0:
-                continue
-            events[(i - 1) % 2].synchronize()
-            token = int(host[i - 1])
+
+def decode(decoder, logits, prompt, rope_delta: int, sampling: Sampling, max_new_tokens: int, stream, eos) -> Generated:
+    """The answer after a prefill that left the prompt `prompt` ([1, n]) in `decoder`'s cache and
+    the last position's `logits`: the first token from them, then the graph-replayed steps."""
+    first = first_token(logits, prompt, sampling)
+    first_at = time.perf_counter()
+    stream.put(first)
+    if first in eos or max_new_tokens == 1:
+        return Generated([first], first_at)
+    started = time.perf_counter()
+    decoder.start(prompt, first, rope_delta, sampling)
+    decoder.capture()
+    warmup_s = time.perf_counter() - started
+    return Generated([first, *_loop(decoder, max_new_tokens - 1, stream, eos)], first_at, warmup_s=warmup_s)
+
+
+def _loop(decoder: StaticDecoder, steps: int, stream: TextStream, eos: set[int]) -> list[int]:
+    """Run `steps` decode steps, reading each token back one step behind the GPU."""
+    tokens: list[int] = []
+    on_gpu = decoder.token.device.type == "cuda"
+    if not on_gpu:
+        for _ in range(steps):
+            decoder.advance()
+            token = int(decoder.token)
             tokens.append(token)
             stream.put(token)
             if token in eos:
                 break
-        torch.cuda.synchronize()
         return tokens
+    host = torch.empty(steps, dtype=torch.long, pin_memory=True)
+    events = [torch.cuda.Event() for _ in range(2)]
+    for i in range(steps + 1):
+        if i < steps:
+            decoder.advance()
+            host[i : i + 1].copy_(decoder.token, non_blocking=True)
+            events[i % 2].record()
+        if i == 0:
+            continue
+        events[(i - 1) % 2].synchronize()
+        token = int(host[i - 1])
+        tokens.append(token)
+        stream.put(token)
+        if token in eos:
+            break
+    torch.cuda.synchronize()
+    return tokens
 
 
 def first_token(logits: torch.Tensor, prompt: torch.Tensor, sampling: Sampling) -> int:
-    if sampling.repetition_penalty != 1.0:
-        seen = prompt.flatten()
-        scores = logits[seen]
-        p = sampling.repetition_penalty
-        logits = logits.index_put((seen,), torch.where(scores < 0, scores * p, scores / p))
-    if sampling.greedy:
-        return int(logits.argmax())
-    return int(sample(logits / sampling.temperature, sampling.top_k, sampling.top_p))
+    """The first generated token, penalising the prompt's tokens as the decode step does its own."""
+    seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    seen[prompt.flatten()] = True
+    return int(choose(logits, sampling, seen, sampling.temperature))

@@ -53,10 +53,7 @@ def prefill(model, inputs, make_cache) -> Prefilled:
     vision_s = time.perf_counter() - started
     rope_kwargs = {k: inputs[k] for k in _rope_parameters(core) if inputs.get(k) is not None}
     position_ids, rope_deltas = core.get_rope_index(ids, **rope_kwargs)
-    text = core.language_model
-    cache = make_cache()
-    out = text(inputs_embeds=embeds, position_ids=position_ids, use_cache=True, **{_cache_keyword(text): cache})
-    logits = model.lm_head(out.last_hidden_state[:, -1])[0].float()
+    logits = _last_logits(model, embeds, position_ids, make_cache())
     return Prefilled(logits=logits, rope_delta=int(rope_deltas.flatten()[0]), vision_s=vision_s)
 
 
@@ -65,11 +62,15 @@ def prefill_text(model, ids: torch.Tensor, offset: int, rope_delta: int, make_ca
     """Text tokens `ids` ([1, n]) after `offset` tokens already in the cache `make_cache(offset)`
     fills: positions offset .. offset + n - 1 plus `rope_delta` on every mRoPE axis, as text after
     media has. Returns the last position's logits [vocab] in fp32."""
-    text = model.model.language_model
     embeds = model.model.get_input_embeddings()(ids)
     positions = torch.arange(offset, offset + ids.shape[1], device=ids.device) + rope_delta
-    position_ids = positions.view(1, 1, -1).expand(3, 1, -1)
-    cache = make_cache(offset)
+    return _last_logits(model, embeds, positions.view(1, 1, -1).expand(3, 1, -1), make_cache(offset))
+
+
+def _last_logits(model, embeds, position_ids, cache) -> torch.Tensor:
+    """The language model over `embeds` (keys and values into `cache`); the last position's logits
+    [vocab] in fp32, the only ones computed."""
+    text = model.model.language_model
     out = text(inputs_embeds=embeds, position_ids=position_ids, use_cache=True, **{_cache_keyword(text): cache})
     return model.lm_head(out.last_hidden_state[:, -1])[0].float()
 

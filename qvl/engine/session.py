@@ -15,13 +15,14 @@ tokens attend to the prefix through SDPA.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable, Sequence
 
 import torch
 
 from qvl.engine.decode import Sampling, StaticDecoder, capacity_for
-from qvl.engine.generate import FastGenerator, TextStream, eos_ids, first_token, sampling_for
+from qvl.engine.generate import TextStream, decode, eos_ids, sampling_for
 from qvl.engine.prefill import prefill, prefill_text
 from qvl.errors import OptionError
 
@@ -80,7 +81,7 @@ class Session:
         on_text: Callable[[str], None] | None = None,
     ):
         """Answer one question about the session's media; a `Result` as `Engine.generate` gives."""
-        from qvl.engine import Request, Result, Timings
+        from qvl.engine import Request, Timings, result_of
 
         if max_new_tokens < 1:
             raise OptionError(f"--max-tokens must be at least 1, not {max_new_tokens}")
@@ -88,7 +89,7 @@ class Session:
         request = Request(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
         timings = Timings(load_s=engine.load_s)
         started = time.perf_counter()
-        question = self._question_ids(prompt)
+        question = self._question_ids(request)
         timings.preprocess_s = time.perf_counter() - started
         full = torch.cat([self.prefix_ids, question], dim=1)
         needed = full.shape[1] + max_new_tokens + 1
@@ -106,43 +107,24 @@ class Session:
         started = time.perf_counter()
         with torch.inference_mode():
             logits = prefill_text(model, question, self.prefix_length, self.rope_delta, self.decoder.prefill_cache)
-            first = first_token(logits, full, sampling)
-            first_at = time.perf_counter()
-            stream.put(first)
-            tokens = [first]
-            if first not in eos_ids(model, tokenizer) and max_new_tokens > 1:
-                warm = time.perf_counter()
-                self.decoder.start(full, first, self.rope_delta, sampling)
-                self.decoder.capture()
-                timings.warmup_s = time.perf_counter() - warm
-                tokens += FastGenerator.loop(self.decoder, max_new_tokens - 1, stream, eos_ids(model, tokenizer))
-        finished = time.perf_counter()
+            eos = eos_ids(model, tokenizer)
+            generated = decode(self.decoder, logits, full, self.rope_delta, sampling, max_new_tokens, stream, eos)
         stream.end()
         first_answer_layers, self._psa_layers = self._psa_layers, []
-        timings.prefill_s = first_at - started
-        timings.decode_s = finished - first_at
-        if len(tokens) > 1 and timings.decode_s > 0:
-            timings.tokens_per_s = (len(tokens) - 1) / timings.decode_s
-        return Result(
-            text=tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+        return result_of(
+            generated,
+            tokenizer,
+            timings,
+            started,
             prompt_tokens=full.shape[1],
-            generated_tokens=len(tokens),
-            timings=timings,
             psa=self.psa,
             psa_layers=first_answer_layers,
-            tokens=tokens,
         )
 
-    def _question_ids(self, prompt: str) -> torch.Tensor:
+    def _question_ids(self, request) -> torch.Tensor:
         """The question's tokens: the chat template's text after the media, tokenized alone."""
         engine = self.engine
-        content = [{"type": "image"} for _ in self.images]
-        if self.video is not None:
-            content.append({"type": "video"})
-        content.append({"type": "text", "text": prompt})
-        text = engine.processor.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-        )
+        text = engine.chat_text(dataclasses.replace(request, images=self.images, video=self.video))
         tail = text[text.rindex(_VISION_END) + len(_VISION_END) :]
         ids = engine.processor.tokenizer(tail, add_special_tokens=False, return_tensors="pt")["input_ids"]
         return ids.to(self.prefix_ids.device)
