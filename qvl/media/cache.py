@@ -344,16 +344,7 @@ class FrameCache:
 
     def total_size(self) -> int:
         """Bytes used by the cache root (entries, probe records and leftovers in tmp/)."""
-        total = 0
-        if not self.root.is_dir():
-            return 0
-        for dirpath, _dirs, files in os.walk(self.root):
-            for f in files:
-                try:
-                    total += os.lstat(os.path.join(dirpath, f)).st_size
-                except OSError:
-                    pass
-        return total
+        return _walk_size(self.root) if self.root.is_dir() else 0
 
     def clear(self, older_than_days: float | None = None) -> tuple[int, int]:
         """Remove entries (all, or those created more than `older_than_days` ago).
@@ -420,6 +411,11 @@ def _tree_size(path: Path) -> int:
             return path.lstat().st_size
         except OSError:
             return 0
+    return _walk_size(path)
+
+
+def _walk_size(path: Path) -> int:
+    """Bytes of the files below the folder `path` (links not followed; vanished files skipped)."""
     total = 0
     for dirpath, _dirs, files in os.walk(path):
         for f in files:
