@@ -245,6 +245,22 @@ def calibrated_topk(q, k, target: float, shape: str):
     return make(best[0]), best[1]
 
 
+def synthetic_video(frames: int, side: int = 448, fps: float = 2.0, seed: int = 0):
+    """A `qvl.engine.VideoFrames` of `frames` random 28x28 pictures blown up to side x side (the
+    engine's input after frame extraction; speed depends on the size, not on the content)."""
+    import numpy as np
+
+    from qvl.engine import VideoFrames
+
+    small = np.random.default_rng(seed).integers(0, 255, (frames, side // 16, side // 16, 3), dtype=np.uint8)
+    return VideoFrames(np.repeat(np.repeat(small, 16, axis=1), 16, axis=2), fps)
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def write_results(path, rows: list, **meta) -> None:
     """Write {"meta": {date (UTC), card, torch, triton, **meta}, "rows": rows} as JSON to `path`."""
     import triton
@@ -254,7 +270,17 @@ def write_results(path, rows: list, **meta) -> None:
         card=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         torch=torch.__version__,
         triton=triton.__version__,
+        transformers=_version("transformers"),
         **meta,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None

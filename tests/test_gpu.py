@@ -39,6 +39,18 @@ def test_auto_picks_cuda_and_bf16_and_video_frames_generate(tiny_model_dir):
     assert 1 <= result.generated_tokens <= 6 and result.timings.prefill_s > 0
 
 
+@pytest.fixture
+def exact_fp32():
+    """fp32 without TF32 anywhere: the stock tower's patch embedding is a Conv3d, and cuDNN's
+    convolutions use TF32 by default, which the fast tower's matrix product does not."""
+    import torch
+
+    kept = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = kept
+
+
 def _tiny_video(count: int = 16, h: int = 140, w: int = 196):
     from qvl.engine import VideoFrames
 
@@ -46,7 +58,7 @@ def _tiny_video(count: int = 16, h: int = 140, w: int = 196):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_fast_path_graph_decode_matches_stock_generate(tiny_model_dir, dtype):
+def test_fast_path_graph_decode_matches_stock_generate(tiny_model_dir, exact_fp32, dtype):
     """The CUDA-graph decode against transformers' generate, greedy: identical tokens in fp32; in
     bf16 the fused projections round differently from the stock ones, so only the first 32."""
     from qvl.engine import Engine, Request
@@ -75,3 +87,34 @@ def test_fast_tower_matches_stock_in_bf16(tiny_model_dir):
     ref = getattr(ref, "pooler_output", ref).float()
     out = run_tower(visual, inputs["pixel_values_videos"], inputs["video_grid_thw"]).float()
     assert float((out - ref).norm() / ref.norm()) < 1e-2
+
+
+def test_session_answers_as_fresh_stock_requests_on_cuda(tiny_model_dir, exact_fp32):
+    """A session's questions through the CUDA graph, greedy, fp32: the tokens of a fresh request
+    through qvl's fast path and through transformers' generate, a long question between two short ones."""
+    from qvl.engine import Engine, Request
+
+    engine = Engine("tiny", device="cuda", dtype="float32")
+    video = _tiny_video()
+    session = engine.session(video=video)
+    for question in ("What happens?", "Describe the colours of every object in great detail, please.", "Why?"):
+        request = Request(question, video=video, max_new_tokens=24)
+        asked = session.ask(question, max_new_tokens=24).tokens
+        assert asked == engine.generate(request).tokens
+        assert asked == engine.generate(request, fast=False).tokens
+    assert session.decoder.graph is not None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_all_level_one_psa_gives_the_dense_tokens_on_cuda(tiny_model_dir, dtype):
+    """PSA with every block at full resolution is exact causal attention: greedy tokens as SDPA's
+    (in bf16 the kernels' accumulation order differs from SDPA's: the first 16)."""
+    from qvl.engine import Engine, Request
+    from qvl.psa import AttentionConfig
+
+    engine = Engine("tiny", device="cuda", dtype=dtype, psa=AttentionConfig.preset("dense", min_tokens=0))
+    request = Request("What happens?", video=_tiny_video(32, 280, 392), max_new_tokens=24)
+    with_psa = engine.generate(request)
+    assert with_psa.psa is not None and with_psa.psa["density"] == 1.0
+    dense = engine.generate(request, psa=False).tokens
+    assert with_psa.tokens == dense if dtype == "float32" else with_psa.tokens[:16] == dense[:16]

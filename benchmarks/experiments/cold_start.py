@@ -1,0 +1,124 @@
+"""Where a fresh process's time goes before and during its first request.
+
+    PYTHONPATH=. python3 benchmarks/experiments/cold_start.py [--model random:7b] [--frames 64]
+
+1. Imports, each in a fresh interpreter, median of 2: `import torch`, transformers' Qwen2.5-VL
+   classes, the processor classes, `qvl.engine`; once with the environment as it is and once with
+   a writable bytecode cache (`PYTHONPYCACHEPREFIX`, filled by a first run), which is what an
+   installed package has where the image was built with PYTHONDONTWRITEBYTECODE.
+2. First calls in one fresh process, in the order a request meets them: CUDA context, a bf16
+   matrix product (cuBLAS handles), flash attention, a Triton kernel of qvl_kernels, then the
+   model's load, the processor, and the vision tower's first and second call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+IMPORTS = {
+    "torch": "import torch",
+    "transformers processor": "from transformers import AutoProcessor; import transformers.models.qwen2_5_vl.processing_qwen2_5_vl",
+    "qvl.engine + model": "import qvl.engine.load, qvl.engine.generate; from transformers import Qwen2_5_VLForConditionalGeneration",
+}
+
+
+def import_seconds(statement: str, env: dict) -> float:
+    code = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
+    times = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        times.append(float(out.stdout.split()[-1]))
+    return statistics.median(times)
+
+
+def imports() -> None:
+    plain = dict(os.environ)
+    cached = dict(os.environ, PYTHONPYCACHEPREFIX=tempfile.mkdtemp(prefix="pyc-"))
+    cached.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run([sys.executable, "-c", "; ".join(IMPORTS.values())], env=cached, check=True, capture_output=True)
+    print(f"PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE')!r}")
+    print(f"{'import':<26} {'as is s':>8} {'bytecode cached s':>18}")
+    for name, statement in IMPORTS.items():
+        print(
+            f"{name:<26} {import_seconds(statement, plain):>8.2f} {import_seconds(statement, cached):>18.2f}",
+            flush=True,
+        )
+
+
+def first_calls(model: str, frames: int) -> None:
+    started = time.perf_counter()
+
+    def mark(label: str) -> None:
+        nonlocal started
+        torch.cuda.synchronize()
+        now = time.perf_counter()
+        print(f"{label:<40} {now - started:>8.3f} s", flush=True)
+        started = now
+
+    import torch
+    import torch.nn.functional as F
+
+    mark("import torch")
+    torch.cuda.init()
+    x = torch.randn(4096, 1280, device="cuda", dtype=torch.bfloat16)
+    mark("CUDA context + first tensor")
+    w = torch.randn(3420, 1280, device="cuda", dtype=torch.bfloat16)
+    F.linear(x, w)
+    mark("first bf16 matrix product")
+    F.linear(x, torch.randn(1280, 1280, device="cuda", dtype=torch.bfloat16))
+    mark("second shape")
+    q = torch.randn(64, 16, 64, 80, device="cuda", dtype=torch.bfloat16)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+        F.scaled_dot_product_attention(q, q, q)
+    mark("first flash attention (head_dim 80)")
+    from qvl_kernels.rms_norm import rms_norm
+
+    rms_norm(x, torch.ones(1280, device="cuda", dtype=torch.bfloat16), 1e-6)
+    mark("first Triton kernel (rms_norm, cache warm?)")
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from common import synthetic_video
+
+    from qvl.engine import Engine, Request
+    from qvl.engine.vision import run_tower
+
+    mark("import qvl.engine")
+    engine = Engine(model)
+    mark(f"Engine({model})")
+    inputs = engine.prepare(Request("x", video=synthetic_video(frames)))
+    mark(f"processor, {frames} frames (first)")
+    inputs = engine.prepare(Request("x", video=synthetic_video(frames)))
+    mark(f"processor, {frames} frames (second)")
+    visual, pixels, grid = engine.model.model.visual, inputs["pixel_values_videos"], inputs["video_grid_thw"]
+    run_tower(visual, pixels, grid)
+    mark("vision tower (first)")
+    run_tower(visual, pixels, grid)
+    mark("vision tower (second)")
+    result = engine.generate(Request("Describe.", video=synthetic_video(frames), max_new_tokens=32))
+    mark(f"first request (prefill {result.timings.prefill_s:.3f} s, warm-up {result.timings.warmup_s:.3f} s)")
+    result = engine.generate(Request("Describe.", video=synthetic_video(frames), max_new_tokens=32))
+    mark(f"second request (prefill {result.timings.prefill_s:.3f} s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="random:7b")
+    parser.add_argument("--frames", type=int, default=64)
+    parser.add_argument("--first-calls", action="store_true", help="only part 2, in this process")
+    args = parser.parse_args()
+    if args.first_calls:
+        first_calls(args.model, args.frames)
+        return
+    imports()
+    print()
+    command = [sys.executable, __file__, "--first-calls", "--model", args.model, "--frames", str(args.frames)]
+    subprocess.run(command, check=True)
+
+
+if __name__ == "__main__":
+    main()
