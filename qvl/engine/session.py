@@ -64,11 +64,9 @@ class Session:
         text = engine.chat_text(request)
         self._prefix_text = text[: text.rindex(_VISION_END) + len(_VISION_END)]
         capacity = capacity_for(self.prefix_length + headroom)
+        per_token = kv_bytes_per_token(engine.model)
         problem = memory_problem(
-            capacity * kv_bytes_per_token(engine.model),
-            self.prefix_length * kv_bytes_per_token(engine.model),
-            *free_memory(engine.device),
-            video=video is not None,
+            capacity * per_token, self.prefix_length * per_token, *free_memory(engine.device), video=video is not None
         )
         if problem:
             raise OptionError(problem)
