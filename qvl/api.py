@@ -90,14 +90,20 @@ class QwenVLInference:
         video: str | None = None,
         images: Sequence[str] = (),
         frames: int | None = None,
+        headroom: int | None = None,
         **video_options,
     ):
-        """The media read and prefilled once, for `session.ask(prompt)` any number of times
-        (`qvl.engine.session.Session`; each `ask` returns a `Result`, its `.text` the answer):
+        """The media read and prefilled once, for `session.ask(prompt)` (each question on its own)
+        or `session.chat(text)` (a conversation; `session.reset()` starts it over) any number of
+        times (`qvl.engine.session.Session`; each returns a `Result`, its `.text` the answer):
 
             session = model.session(video="clip.mp4", frames=64)
             for question in ("What happens?", "Who speaks?"):
                 print(session.ask(question).text)
+            print(session.chat("What happens?").text, session.chat("And then?").text)
+
+        headroom: tokens of questions and answers kept past the media (the session's default
+        otherwise); a conversation longer than that has to be reset.
         """
         from qvl.media.images import open_image
 
@@ -109,7 +115,7 @@ class QwenVLInference:
             options = VideoOptions(frames=frames, **video_options)
             media_video = load_clip(str(video), options, frame_cache(self.cache_dir, enabled=self.cache)).video
         opened = [open_image(str(path)) for path in images]
-        return self.engine.session(images=opened, video=media_video)
+        return self.engine.session(images=opened, video=media_video, **({"headroom": headroom} if headroom else {}))
 
     def _answer(self, request: Request) -> str:
         self.last_result = self.engine.generate(request)

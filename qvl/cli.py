@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from qvl import __version__, output
+from qvl.chat import chat
 from qvl.errors import OptionError, QvlError
 from qvl.options import (
     BenchFramesOpt,
@@ -213,6 +214,9 @@ def _dry_run(videos, options, json_output: bool) -> int:
     return exit_code
 
 
+app.command()(chat)  # qvl chat: a conversation about images or a video (qvl/chat.py)
+
+
 # --- psa-profile ------------------------------------------------------------------------------
 
 
@@ -264,9 +268,9 @@ def psa_profile(
     except QvlError as exc:
         fail(exc)
     try:
-        if _is_image(source):
-            from qvl.media.images import open_image
+        from qvl.media.images import is_image_source, open_image
 
+        if is_image_source(source):
             media, default_prompt = Media(images=[open_image(source)]), DEFAULT_IMAGE_PROMPT
         else:
             cache = frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache)
@@ -286,18 +290,6 @@ def psa_profile(
         output.json_line(report)
         return
     output.psa_profile(source, psa_preset, report)
-
-
-def _is_image(source: str) -> bool:
-    from pathlib import PurePosixPath
-    from urllib.parse import urlparse
-
-    from qvl.media.images import IMAGE_SUFFIXES, is_data_uri
-
-    if is_data_uri(source):
-        return True
-    path = urlparse(source).path if "://" in source else source
-    return PurePosixPath(path).suffix.lower() in IMAGE_SUFFIXES
 
 
 def _timing_tiny(engine) -> None:

@@ -33,6 +33,12 @@ QuestionsOpt = Annotated[
     ),
 ]
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", help="Most tokens to generate per answer.")]
+HeadroomOpt = Annotated[
+    int,
+    typer.Option(
+        "--headroom", min=1, help="Tokens of conversation (questions and answers) kept past the media in the KV cache."
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda if available), cuda or cpu.")]
 DtypeOpt = Annotated[
     str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32.")

@@ -203,21 +203,10 @@ class Runner:
         if self.stopped:
             return []
         try:
-            # Media first: a bad input is reported without waiting for a model to load.
-            started = time.perf_counter()
-            media = load_media()
-            media_s = time.perf_counter() - started
-            try:
-                engine = self.engine()
-            except ModelError:
-                self.stopped = True  # without a model no input can succeed
-                raise
-            answer = self._answerer(engine, media, several=len(prompts) > 1)
+            engine, media, media_s = self._load(load_media)
+            answer = self._answerer(engine, media, self._session(engine, media) if len(prompts) > 1 else None)
         except QvlError as exc:
-            record = self.fail(label, exc, prompts[0] if len(prompts) == 1 else None)
-            if self.stopped:
-                self.exit_code = 2
-            return [record]
+            return [self._not_opened(label, exc, prompts[0] if len(prompts) == 1 else None)]
         records = []
         for prompt in prompts:
             self.count += 1
@@ -231,7 +220,7 @@ class Runner:
             records.append(self._answered(engine, label, prompt, media, result))
         return records
 
-    def _answered(self, engine, label: str, prompt: str, media: Media, result) -> dict[str, Any]:
+    def _answered(self, engine, label: str, prompt: str, media: Media, result, **extra) -> dict[str, Any]:
         record = {
             "input": label,
             "model": engine.name,
@@ -241,6 +230,7 @@ class Runner:
             "timings": result.timings.to_dict(),
             **media.record,
             **({"psa": result.psa} if self.settings.psa is not None else {}),
+            **extra,
             "error": None,
         }
         self._log_psa(label, engine.name, result)
@@ -264,19 +254,102 @@ class Runner:
         except OSError as exc:  # the answer stands; the log line is what was lost
             self.view.warned(f"PSA log of {label} not written: {exc.strerror or exc}")
 
-    def _answerer(self, engine, media: Media, several: bool) -> Callable[[str], Any]:
-        """prompt -> Result about `media`: through one session for several questions where the
-        engine can keep one (a single device), else one request each."""
+    def open_conversation(self, label: str, load_media: Callable[[], Media], **session_options) -> Conversation | None:
+        """Load the media, then the engine, then prefill the media once (`Engine.session`, with
+        `session_options` such as `headroom`) for a conversation about it; None when any of these
+        failed (reported as `run` reports a failed input)."""
+        if self.stopped:
+            return None
+        try:
+            engine, media, media_s = self._load(load_media)
+            session = self._session(engine, media, **session_options)
+        except QvlError as exc:
+            self._not_opened(label, exc)
+            return None
+        return Conversation(self, engine, label, media, media_s, session)
+
+    def _load(self, load_media: Callable[[], Media]):
+        """(engine, media, seconds the media took): the media first, so a bad input is reported
+        without waiting for a model."""
+        started = time.perf_counter()
+        media = load_media()
+        media_s = time.perf_counter() - started
+        try:
+            engine = self.engine()
+        except ModelError:
+            self.stopped = True  # without a model no input can succeed
+            raise
+        return engine, media, media_s
+
+    def _not_opened(self, label: str, exc: QvlError, prompt: str | None = None) -> dict[str, Any]:
+        record = self.fail(label, exc, prompt)
+        if self.stopped:
+            self.exit_code = 2
+        return record
+
+    @staticmethod
+    def _session(engine, media: Media, **options):
+        """A session over `media` where the engine can keep one (a single device), else None."""
+        if engine.fast_path_problem is None or engine.device == "cpu":
+            return engine.session(images=media.images, video=media.video, **options)
+        return None
+
+    def _answerer(self, engine, media: Media, session) -> Callable[..., Any]:
+        """(prompt, history=()) -> Result about `media` after the conversation `history`: through
+        `session` (`Engine.session`'s, or None), else as a request of its own."""
         from qvl.engine import Request
 
         s = self.settings
         sampling = dict(max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
-        if several and (engine.fast_path_problem is None or engine.device == "cpu"):
-            session = engine.session(images=media.images, video=media.video)
-            return lambda prompt: session.ask(prompt, on_text=self.view.on_text, **sampling)
-        return lambda prompt: engine.generate(
-            Request(prompt=prompt, images=media.images, video=media.video, **sampling), on_text=self.view.on_text
+        on_text = self.view.on_text
+        if session is not None:
+            return lambda prompt, history=(): session.ask(prompt, history=history, on_text=on_text, **sampling)
+        return lambda prompt, history=(): engine.generate(
+            Request(prompt=prompt, images=media.images, video=media.video, history=history, **sampling),
+            on_text=on_text,
         )
+
+
+class Conversation:
+    """A chat about one input's media (`Runner.open_conversation`): `say(prompt)` answers with the
+    earlier turns in view and returns the answer's record (as `run`'s, plus `turn` and
+    `cache_bytes`); `reset()` forgets the turns.
+
+    session: the engine's `Session` keeping the media's prefill (and the last turn's), or None
+    where the engine cannot keep one (a model spread over several GPUs): each turn is then a request
+    of its own with the whole conversation. turns: the records of the conversation so far.
+    """
+
+    def __init__(self, runner: Runner, engine, label: str, media: Media, media_s: float, session):
+        self.runner, self.engine, self.label, self.media, self.session = runner, engine, label, media, session
+        self.media_s = media_s  # reported with the first answer, as `run` does
+        self.turns: list[dict[str, Any]] = []
+        self._answer = runner._answerer(engine, media, session)
+
+    def say(self, prompt: str) -> dict[str, Any]:
+        """Answer `prompt` and add it to the conversation; an error record (the conversation left
+        as it was) when it cannot be answered."""
+        runner = self.runner
+        runner.count += 1
+        runner.view.started(self.label, runner.count)
+        history = [(turn["prompt"], turn["text"]) for turn in self.turns]
+        try:
+            result = self._answer(prompt, history)
+        except QvlError as exc:
+            return runner.fail(self.label, exc, prompt)
+        result.timings.media_s, self.media_s = self.media_s, 0.0
+        cache_bytes = self.session.cache_bytes if self.session is not None else None
+        record = runner._answered(
+            self.engine, self.label, prompt, self.media, result, turn=len(self.turns) + 1, cache_bytes=cache_bytes
+        )
+        self.turns.append(record)
+        return record
+
+    def reset(self) -> None:
+        """Start again from the media alone."""
+        self.turns.clear()
+        if self.session is not None:
+            self.session.reset()
 
 
 def profile(settings: Settings, prompt: str, media: Media, options=None, *, on_loaded=None) -> tuple[Any, dict, list]:

@@ -81,3 +81,108 @@ def test_python_api_session_over_a_video_file(tiny_model_dir, tmp_path):
         assert session.ask(question, max_new_tokens=8).text == model.inference_video(
             str(clip), question, preprocess_frames=8, max_new_tokens=8
         )
+    small = model.session(video=str(clip), frames=8, headroom=64)
+    assert small.capacity < session.capacity and small.chat("What happens?", max_new_tokens=8).text
+
+
+# --- conversations: chat, reset, ask in between ------------------------------------------------
+
+CONVERSATION = ["What happens?", "Describe the colours of every object in great detail, please.", "And then?"]
+
+
+def _fresh(engine, question, history, tokens, **media):
+    """The stock path's answer to the whole conversation, written as chat messages."""
+    return engine.generate(Request(question, max_new_tokens=tokens, history=list(history), **media), fast=False)
+
+
+def test_chat_turns_answer_as_fresh_requests_with_the_conversation(engine):
+    session = engine.session(video=FRAMES)
+    for question in CONVERSATION:
+        history = list(session.history)
+        said = session.chat(question, max_new_tokens=16)
+        fresh = _fresh(engine, question, history, 16, video=FRAMES)
+        assert said.tokens == fresh.tokens and said.prompt_tokens == fresh.prompt_tokens
+        assert said.text == fresh.text and session.history[-1] == (question, said.text)
+    assert [q for q, _ in session.history] == CONVERSATION
+
+
+def test_image_chat_answers_as_fresh_requests(engine):
+    images = [IMAGE, IMAGE.rotate(90, expand=True)]
+    session = engine.session(images=images)
+    for question in ("Compare them.", "Which is taller?"):
+        history = list(session.history)
+        assert (
+            session.chat(question, max_new_tokens=12).tokens
+            == _fresh(engine, question, history, 12, images=images).tokens
+        )
+
+
+def test_a_follow_up_prefills_only_what_the_cache_does_not_hold(engine):
+    session = engine.session(video=FRAMES)
+    first = session.chat("What happens?", max_new_tokens=8)
+    assert session.last_prefilled == first.prompt_tokens - session.prefix_length
+    assert session.kept_tokens == first.prompt_tokens + first.generated_tokens - 1
+    second = session.chat("And then?", max_new_tokens=8)
+    assert session.last_prefilled <= second.prompt_tokens - first.prompt_tokens  # the first prompt is kept
+    # Another branch of the same conversation: its first turn, answer included, comes from the cache.
+    history = [("What happens?", "A red ball rolls.")]
+    branch = session.ask("How?", history=history, max_new_tokens=8)
+    again = session.ask("Where to?", history=history, max_new_tokens=8)
+    tail = engine.processor.tokenizer("Where to?<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
+    assert session.last_prefilled == len(tail)
+    for question, result in (("How?", branch), ("Where to?", again)):
+        assert result.tokens == _fresh(engine, question, history, 8, video=FRAMES).tokens
+
+
+def test_reset_and_ask_leave_no_trace_of_the_conversation(engine):
+    session = engine.session(video=FRAMES)
+    first = session.chat("What happens?", max_new_tokens=12)
+    session.chat("And then?", max_new_tokens=12)
+    asked = session.ask("Which colours are there?", max_new_tokens=12)  # no history, and none kept
+    assert asked.tokens == _fresh(engine, "Which colours are there?", [], 12, video=FRAMES).tokens
+    assert [q for q, _ in session.history] == ["What happens?", "And then?"]
+    third = session.chat("Why?", max_new_tokens=12)  # the conversation is prefilled again after the ask
+    assert third.tokens == _fresh(engine, "Why?", session.history[:2], 12, video=FRAMES).tokens
+    session.reset()
+    assert session.history == [] and session.kept_tokens == session.prefix_length
+    assert session.chat("What happens?", max_new_tokens=12).tokens == first.tokens
+
+
+def test_a_conversation_too_long_for_the_headroom_says_how_to_go_on(engine):
+    session = engine.session(video=FRAMES, headroom=64)
+    session.chat("What happens?", max_new_tokens=24)
+    with pytest.raises(OptionError, match=r"reset.*--headroom"):
+        session.chat("Describe the colours of every object in great detail, please.", max_new_tokens=24)
+    assert len(session.history) == 1  # the failed turn is not part of the conversation
+
+
+def test_the_cache_size_is_known_before_it_is_allocated(engine):
+    from qvl.engine.session import kv_bytes_per_token
+
+    session = engine.session(video=FRAMES, headroom=100)
+    assert session.cache_bytes == session.capacity * kv_bytes_per_token(engine.model)
+    assert session.capacity >= session.prefix_length + 100
+
+
+def test_a_session_larger_than_memory_is_one_error_before_allocating(engine):
+    with pytest.raises(OptionError, match="smaller --headroom"):
+        engine.session(video=FRAMES, headroom=10**14)  # petabytes: no machine has them free
+
+
+@pytest.mark.parametrize(
+    "need, media, video, remedy",
+    [
+        (9 * 2**30, 8 * 2**30, True, "fewer frames (--frames, --fps) or smaller ones (--max-pixels)"),
+        (9 * 2**30, 8 * 2**30, False, "fewer or smaller images"),
+        (9 * 2**30, 2**30, True, "a smaller --headroom"),
+    ],
+    ids=["video too large", "images too large", "headroom too large"],
+)
+def test_the_memory_message_names_what_makes_the_session_fit(need, media, video, remedy):
+    from qvl.engine.session import memory_problem
+
+    message = memory_problem(need, media, 4 * 2**30, "this GPU", video=video)
+    assert message.startswith("the session's KV cache needs 9.0 GiB") and "this GPU has 4.0 GiB free" in message
+    assert message.endswith(remedy + " make it fit") or message.endswith(remedy + " makes it fit")
+    assert memory_problem(need, media, 64 * 2**30, "this GPU", video=video) is None
+    assert memory_problem(need, media, None, "this machine", video=video) is None

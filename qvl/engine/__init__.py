@@ -69,6 +69,9 @@ class Request:
     temperature: float = 0.0  # 0 means greedy
     top_p: float | None = None
     seed: int | None = None
+    # Earlier turns of a conversation, (question, answer) pairs in order: the media goes with the
+    # first question, and `prompt` is the next one.
+    history: Sequence[tuple[str, str]] = ()
 
 
 @dataclass
@@ -132,13 +135,17 @@ class Engine:
         return self.resolved.random_weights
 
     def chat_text(self, request: Request) -> str:
-        """The request as the chat template writes it: one user turn (its images, its video, then
-        the prompt) and the start of the assistant's, media as placeholders the processor expands."""
-        content: list[dict] = [{"type": "image"} for _ in request.images]
+        """The request as the chat template writes it: the user's turns (the first with its images
+        and video, as placeholders the processor expands) between the `history`'s answers, then the
+        start of the assistant's next turn."""
+        media: list[dict] = [{"type": "image"} for _ in request.images]
         if request.video is not None:
-            content.append({"type": "video"})
-        content.append({"type": "text", "text": request.prompt})
-        messages = [{"role": "user", "content": content}]
+            media.append({"type": "video"})
+        messages = []
+        for question, answer in request.history:
+            messages.append({"role": "user", "content": [*(media if not messages else []), _text(question)]})
+            messages.append({"role": "assistant", "content": [_text(answer)]})
+        messages.append({"role": "user", "content": [*(media if not messages else []), _text(request.prompt)]})
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def prepare(self, request: Request):
@@ -204,8 +211,9 @@ class Engine:
         )
 
     def session(self, images=(), video: VideoFrames | None = None, **kwargs):
-        """The media prefilled once; `session.ask(prompt)` answers questions about it without
-        prefilling the media again (`qvl.engine.session.Session`)."""
+        """The media prefilled once; `session.ask(prompt)` answers questions about it and
+        `session.chat(text)` holds a conversation about it, without prefilling the media again
+        (`qvl.engine.session.Session`; keywords: `headroom`)."""
         from qvl.engine.session import Session
 
         return Session(self, images, video, **kwargs)
@@ -239,6 +247,10 @@ def result_of(generated, tokenizer, timings: Timings, started: float, **fields) 
         timings.tokens_per_s = (len(tokens) - 1) / timings.decode_s
     text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
     return Result(text=text, generated_tokens=len(tokens), timings=timings, tokens=tokens, **fields)
+
+
+def _text(text: str) -> dict:
+    return {"type": "text", "text": text}
 
 
 def _fast_path_problem(model) -> str | None:

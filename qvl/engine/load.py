@@ -109,8 +109,8 @@ def _random_model(resolved: ResolvedModel, device: str, dtype, attn_implementati
 
     config = random_config(resolved.random, resolved.path)
     need = _parameter_count(config) * torch.empty((), dtype=dtype).element_size()
-    free, where = (torch.cuda.mem_get_info()[0], "this GPU") if device == "cuda" else (_free_ram(), "this machine")
-    if free is not None and need > _FIT_FRACTION * free:
+    free, where = free_memory(device)
+    if not fits(need, free):
         raise ModelError(
             f"{resolved.name} needs {need / 2**30:.0f} GiB for its weights and {where} has "
             f"{free / 2**30:.0f} GiB free; try a smaller one (random:3b) or the tiny model"
@@ -122,6 +122,23 @@ def _random_model(resolved: ResolvedModel, device: str, dtype, attn_implementati
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, **kwargs)
     model.generation_config = GenerationConfig.from_pretrained(resolved.path)
     return model
+
+
+def free_memory(device: str) -> tuple[int | None, str]:
+    """Bytes a new allocation on `device` can take (None where the system does not say), and what
+    to call that memory in a message: the GPU's free memory plus what torch holds unused, or the
+    machine's available RAM."""
+    if device == "cuda":
+        import torch
+
+        unused = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+        return torch.cuda.mem_get_info()[0] + unused, "this GPU"
+    return _free_ram(), "this machine"
+
+
+def fits(need: int, free: int | None) -> bool:
+    """Whether `need` bytes leave room in `free` for activations (True where `free` is unknown)."""
+    return free is None or need <= _FIT_FRACTION * free
 
 
 def _free_ram() -> int | None:
@@ -155,8 +172,7 @@ def _fits_one_gpu(path) -> bool:
     weights = sum(p.stat().st_size for p in path.glob("*.safetensors")) or sum(
         p.stat().st_size for p in path.glob("*.bin")
     )
-    free, _ = torch.cuda.mem_get_info()
-    return weights <= _FIT_FRACTION * free or torch.cuda.device_count() == 1
+    return fits(weights, torch.cuda.mem_get_info()[0]) or torch.cuda.device_count() == 1
 
 
 def _first_line(exc: BaseException) -> str:

@@ -11,7 +11,8 @@ import binascii
 import glob
 import io
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
 
 from qvl.errors import InputError
 from qvl.media.fetch import fetch_bytes, is_url
@@ -24,6 +25,14 @@ MAX_URL_MB = 64
 
 def is_data_uri(source: str) -> bool:
     return source.startswith("data:")
+
+
+def is_image_source(source: str) -> bool:
+    """Whether a path, URL or data URI names an image (by its suffix) rather than a video."""
+    if is_data_uri(source):
+        return True
+    path = urlparse(source).path if "://" in source else source
+    return PurePosixPath(path).suffix.lower() in IMAGE_SUFFIXES
 
 
 def expand_image_inputs(inputs: list[str]) -> list[tuple[str, str | InputError]]:
