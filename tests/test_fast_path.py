@@ -64,6 +64,31 @@ def test_tower_matches_stock_for_several_images_of_different_sizes(engine):
     assert _rel(run_tower(visual, pixels, grid), _stock_tower(visual, pixels, grid)) < 1e-5
 
 
+def test_padded_mlp_is_the_module_with_its_weights_as_views():
+    """The tower's MLP padded to a multiple of 128 (an odd width, as the published 3,420 is): the
+    same output, and the module's own parameters become views of the padded weights."""
+    from qvl.engine.fuse import fuse_padded_mlp
+    from qvl.engine.vision import _mlp
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Module()
+    mlp.gate_proj, mlp.up_proj = torch.nn.Linear(48, 100), torch.nn.Linear(48, 100)
+    mlp.down_proj = torch.nn.Linear(100, 48)
+    mlp.act_fn = torch.nn.SiLU()
+    mlp.forward = lambda x: mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+    x = torch.randn(37, 48)
+    with torch.no_grad():
+        expected = mlp(x)
+        out = _mlp(mlp, x, silu=True)
+        after = mlp(x)  # the module itself, now over views of the padded weights
+    weight, bias, down = fuse_padded_mlp(mlp)
+    assert weight.shape == (256, 48) and down.shape == (48, 128) and bias.shape == (256,)
+    assert mlp.up_proj.weight.data_ptr() == weight[128:].data_ptr()
+    assert mlp.down_proj.weight.data_ptr() == down.data_ptr() and mlp.down_proj.weight.shape == (48, 100)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_tower_plan_groups_cover_every_token_once(engine):
     config = engine.model.model.visual.config
     grid = torch.tensor([[3, 10, 14], [1, 4, 6], [2, 16, 16]])

@@ -1,5 +1,6 @@
 """Variants of the fast vision tower's MLP: the gate/up product's width and the down product's
-depth padded to multiples of 128, or gate and up kept apart, against `run_tower` as it is.
+depth unpadded or padded to multiples of 256, or gate and up kept apart, against `run_tower` as it
+is (padded to multiples of 128).
 
     PYTHONPATH=. python3 benchmarks/experiments/variants_tower.py [--model random:7b] [--frames 64,256]
 
@@ -43,14 +44,14 @@ def gemm_rows(tokens: int) -> list[dict]:
 
 
 def padded_mlp(multiple: int):
-    """An `_mlp` whose gate/up and down weights are padded with zeros to `multiple`."""
-    from qvl.engine.fuse import fuse_linears
+    """An `_mlp` whose gate/up and down weights are padded with zeros to `multiple` (1: unpadded)."""
     from qvl.engine.kernels import silu_mul
 
     def mlp_fn(mlp, h, silu):
         kept = getattr(mlp, f"variant_pad{multiple}", None)
         if kept is None:
-            weight, bias = fuse_linears(mlp, "gate_up", (mlp.gate_proj, mlp.up_proj))
+            weight = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+            bias = torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias])
             inter = weight.shape[0] // 2
             wide = -(-inter // multiple) * multiple
             gate_up = weight.new_zeros(2 * wide, weight.shape[1])
@@ -90,7 +91,7 @@ def main() -> None:
     engine = Engine(args.model)
     visual = engine.model.model.visual
     product = vision._mlp
-    variants = {"product": product, "pad128": padded_mlp(128), "pad256": padded_mlp(256), "apart": apart_mlp}
+    variants = {"product": product, "unpadded": padded_mlp(1), "pad256": padded_mlp(256), "apart": apart_mlp}
     print(f"\n{'frames':>6} {'variant':<10} {'tower ms':>9} {'rel err':>9}")
     for frames in frame_counts:
         inputs = engine.prepare(Request("x", video=synthetic_video(frames)))

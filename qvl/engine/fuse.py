@@ -31,6 +31,38 @@ def fuse_linears(module, name: str, linears) -> tuple[torch.Tensor, torch.Tensor
     return weight, bias
 
 
+def fuse_padded_mlp(mlp, multiple: int = 128) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """A gated MLP's gate and up weights as one matrix product whose halves are each padded with
+    zero rows to a multiple of `multiple`, and the down weight padded with zero columns to match:
+    (gate_up weight, its bias, down weight). Made once and kept on `mlp` as `qvl_padded`.
+
+    cuBLAS runs its Hopper kernels only for widths that are multiples of 128; the vision tower's
+    3,420 would fall back to an older, much slower kernel. The zeros change no result: SiLU(0) * 0
+    is 0, and a zero column of the down weight adds nothing. The modules' own parameters become
+    views of the padded weights, so nothing is stored twice."""
+    kept = getattr(mlp, "qvl_padded", None)
+    if kept is not None:
+        return kept
+    gate, up, down = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+    inner, width = gate.weight.shape
+    wide = -(-inner // multiple) * multiple
+    weight = gate.weight.new_zeros(2 * wide, width)
+    weight[:inner], weight[wide : wide + inner] = gate.weight.detach(), up.weight.detach()
+    bias = None
+    if gate.bias is not None and up.bias is not None:
+        bias = gate.bias.new_zeros(2 * wide)
+        bias[:inner], bias[wide : wide + inner] = gate.bias.detach(), up.bias.detach()
+        gate.bias = torch.nn.Parameter(bias[:inner], requires_grad=False)
+        up.bias = torch.nn.Parameter(bias[wide : wide + inner], requires_grad=False)
+    gate.weight = torch.nn.Parameter(weight[:inner], requires_grad=False)
+    up.weight = torch.nn.Parameter(weight[wide : wide + inner], requires_grad=False)
+    down_weight = down.weight.new_zeros(down.weight.shape[0], wide)
+    down_weight[:, :inner] = down.weight.detach()
+    down.weight = torch.nn.Parameter(down_weight[:, :inner], requires_grad=False)
+    mlp.qvl_padded = (weight, bias, down_weight)
+    return mlp.qvl_padded
+
+
 def fuse_model(model) -> None:
     """Fuse the projections the fast path multiplies together, once, when the model is loaded:
     fusing copies a layer's weights once, which inside a request would raise its peak memory."""
@@ -39,7 +71,7 @@ def fuse_model(model) -> None:
         fuse_linears(attn, "qkv", (attn.q_proj, attn.k_proj, attn.v_proj))
         fuse_linears(mlp, "gate_up", (mlp.gate_proj, mlp.up_proj))
     for block in model.model.visual.blocks:
-        fuse_linears(block.mlp, "gate_up", (block.mlp.gate_proj, block.mlp.up_proj))
+        fuse_padded_mlp(block.mlp)
 
 
 def norm(module, x: torch.Tensor, residual: torch.Tensor | None = None):

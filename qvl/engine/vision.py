@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from qvl.engine.fuse import fuse_linears, norm
+from qvl.engine.fuse import fuse_padded_mlp, norm
 from qvl.engine.kernels import rotary_qk, silu_mul
 
 
@@ -197,9 +197,9 @@ def run_tower(visual, pixel_values: torch.Tensor, grid_thw, plan: TowerPlan | No
 
 
 def _mlp(mlp, h: torch.Tensor, silu: bool) -> torch.Tensor:
-    """The block's gated MLP, gate and up as one matrix product (the module itself for another
-    activation than the published SiLU)."""
+    """The block's gated MLP, gate and up as one matrix product of padded width (the module itself
+    for another activation than the published SiLU)."""
     if not silu:
         return mlp(h)
-    weight, bias = fuse_linears(mlp, "gate_up", (mlp.gate_proj, mlp.up_proj))
-    return mlp.down_proj(silu_mul(*F.linear(h, weight, bias).chunk(2, dim=-1)))
+    weight, bias, down = fuse_padded_mlp(mlp)
+    return F.linear(silu_mul(*F.linear(h, weight, bias).chunk(2, dim=-1)), down, mlp.down_proj.bias)
