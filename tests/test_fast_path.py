@@ -89,6 +89,26 @@ def test_padded_mlp_is_the_module_with_its_weights_as_views():
     torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_language_model_loop_matches_the_model_forward(engine, monkeypatch):
+    """Our layer loop against transformers' forward over the same prompt: the last position's
+    logits and every layer's keys and values, with the MLP in several chunks of odd size."""
+    from qvl.engine import language
+    from qvl.engine.decode import Sampling, StaticDecoder
+    from qvl.engine.prefill import prefill
+
+    monkeypatch.setattr(language, "MLP_CHUNK", 97)
+    inputs = engine.prepare(Request("What happens?", video=_frames(4, 140, 196)))
+    length = inputs["input_ids"].shape[1]
+    ours, stock = (StaticDecoder(engine.model, length + 8, Sampling(), use_graph=False) for _ in range(2))
+    assert language.supported(engine.model)
+    logits = prefill(engine.model, inputs, lambda: ours).logits
+    monkeypatch.setattr(language, "supported", lambda model: False)
+    expected = prefill(engine.model, inputs, lambda: stock).logits
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.keys[:, :, :length], stock.keys[:, :, :length], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.values[:, :, :length], stock.values[:, :, :length], rtol=1e-4, atol=1e-5)
+
+
 def test_tower_plan_groups_cover_every_token_once(engine):
     config = engine.model.model.visual.config
     grid = torch.tensor([[3, 10, 14], [1, 4, 6], [2, 16, 16]])

@@ -126,12 +126,12 @@ class FastGenerator:
         sampling = sampling_for(request, self.model.generation_config)
         prompt = inputs["input_ids"]
 
-        def make_cache():
+        def make_decoder():
             # One slot past the last token: the step after end-of-sequence is already queued.
             self._ensure_decoder(prompt.shape[1] + request.max_new_tokens + 1, sampling)
-            return self.decoder.prefill_cache()
+            return self.decoder
 
-        done = prefill(self.model, inputs, make_cache)
+        done = prefill(self.model, inputs, make_decoder)
         generated = decode(
             self.decoder, done.logits, prompt, done.rope_delta, sampling, request.max_new_tokens, stream, eos
         )

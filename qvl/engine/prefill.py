@@ -1,9 +1,11 @@
-"""The prompt's forward pass for the fast path: our vision tower, the model's own rope index and
-language model, and the logits of the last position only.
+"""The prompt's forward pass for the fast path: our vision tower, the model's own rope index, our
+loop over the language model's layers, and the logits of the last position only.
 
 This is what `model.generate` does before its first token, split into parts we can time and keep:
 the media features come from `vision.run_tower` instead of the stock tower, and the language model
-returns its KV cache for `decode.StaticDecoder` to take over. The mRoPE positions come from the
+(`language.run_language_model`; the model's own forward where that loop does not apply, and for a
+question's tokens on top of a kept cache) writes its keys and values into the cache that
+`decode.StaticDecoder` takes over. The mRoPE positions come from the
 model's own `get_rope_index` with whichever inputs the installed transformers asks for, so they are
 the stock path's positions on every release.
 """
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from qvl.engine import language
 from qvl.engine.vision import run_tower
 
 # Processor outputs that get_rope_index may take, by the names transformers uses.
@@ -30,9 +33,10 @@ class Prefilled:
 
 
 @torch.inference_mode()
-def prefill(model, inputs, make_cache) -> Prefilled:
-    """The prompt's forward pass; the language model's keys and values go into `make_cache()`,
-    called once the vision tower is done (so its activations and the cache are never held at once)."""
+def prefill(model, inputs, make_decoder) -> Prefilled:
+    """The prompt's forward pass; the language model's keys and values go into the cache of the
+    `decode.StaticDecoder` that `make_decoder()` returns, called once the vision tower is done (so
+    its activations and the cache are never held at once)."""
     core = model.model
     config = model.config
     ids = inputs["input_ids"]
@@ -53,7 +57,12 @@ def prefill(model, inputs, make_cache) -> Prefilled:
     vision_s = time.perf_counter() - started
     rope_kwargs = {k: inputs[k] for k in _rope_parameters(core) if inputs.get(k) is not None}
     position_ids, rope_deltas = core.get_rope_index(ids, **rope_kwargs)
-    logits = _last_logits(model, embeds, position_ids, make_cache())
+    decoder = make_decoder()
+    if language.supported(model):
+        hidden = language.run_language_model(model, embeds, position_ids, decoder.keys, decoder.values)
+        logits = model.lm_head(hidden)[-1].float()
+    else:
+        logits = _last_logits(model, embeds, position_ids, decoder.prefill_cache())
     return Prefilled(logits=logits, rope_delta=int(rope_deltas.flatten()[0]), vision_s=vision_s)
 
 

@@ -79,7 +79,7 @@ class Session:
             for k, v in inputs.items()
         }
         with torch.inference_mode(), engine._psa_scope(self.prefix_ids) as psa_stats:
-            done = prefill(engine.model, prefix_inputs, self.decoder.prefill_cache)
+            done = prefill(engine.model, prefix_inputs, lambda: self.decoder)
         self.rope_delta = done.rope_delta
         self.timings.vision_s = done.vision_s
         self.timings.prefill_s = time.perf_counter() - started
