@@ -32,6 +32,7 @@ from qvl.options import (
     ModelOpt,
     NoCacheOpt,
     PsaConfigOpt,
+    PsaMinTokensOpt,
     PsaOpt,
     PsaPresetOpt,
     QuietOpt,
@@ -80,6 +81,7 @@ def chat(
     psa: PsaOpt = False,
     psa_preset: PsaPresetOpt = None,
     psa_config_file: PsaConfigOpt = None,
+    min_tokens: PsaMinTokensOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     stats: StatsOpt = False,
@@ -92,7 +94,7 @@ def chat(
     """
     from qvl.runner import Runner, frame_cache
 
-    attention = psa_config(psa, psa_preset, psa_config_file)
+    attention = psa_config(psa, psa_preset, psa_config_file, min_tokens=min_tokens)
     settings = run_settings(model, device, dtype, attention, max_tokens, temperature, top_p, seed)
     try:
         images, video = split_media(media)

@@ -29,6 +29,7 @@ from qvl.options import (
     PromptOpt,
     PsaConfigOpt,
     PsaLogDirOpt,
+    PsaMinTokensOpt,
     PsaOpt,
     PsaPresetOpt,
     QuestionsOpt,
@@ -93,6 +94,7 @@ def describe(
     psa: PsaOpt = False,
     psa_preset: PsaPresetOpt = None,
     psa_config_file: PsaConfigOpt = None,
+    min_tokens: PsaMinTokensOpt = None,
     psa_log_dir: PsaLogDirOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -101,7 +103,7 @@ def describe(
     """Describe images (or answer --prompt about them), one answer per image unless --together."""
     from qvl.media.images import expand_image_inputs, open_image
 
-    attention = psa_config(psa, psa_preset, psa_config_file)
+    attention = psa_config(psa, psa_preset, psa_config_file, min_tokens=min_tokens)
     settings = run_settings(model, device, dtype, attention, max_tokens, temperature, top_p, seed)
     log = psa_log(psa_log_dir, attention)
     sources = expand_image_inputs(images)
@@ -161,6 +163,7 @@ def video(
     psa: PsaOpt = False,
     psa_preset: PsaPresetOpt = None,
     psa_config_file: PsaConfigOpt = None,
+    min_tokens: PsaMinTokensOpt = None,
     psa_log_dir: PsaLogDirOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -168,7 +171,7 @@ def video(
     video_options=None,
 ) -> None:
     """Answer --prompt about each video, sampling frames at their real timestamps."""
-    attention = psa_config(psa, psa_preset, psa_config_file)
+    attention = psa_config(psa, psa_preset, psa_config_file, min_tokens=min_tokens)
     settings = run_settings(model, device, dtype, attention, max_tokens, temperature, top_p, seed)
     if dry_run:
         raise typer.Exit(_dry_run(videos, video_options, json_output))
@@ -230,10 +233,7 @@ def psa_profile(
     strict_hash: StrictHashOpt = False,
     psa_preset: PsaPresetOpt = None,
     psa_config_file: PsaConfigOpt = None,
-    min_tokens: Annotated[
-        Optional[int],
-        typer.Option("--min-tokens", help="Prompts shorter than this keep SDPA (default 1024, or --psa-config's)."),
-    ] = None,
+    min_tokens: PsaMinTokensOpt = None,
     repeat: Annotated[int, typer.Option("--repeat", help="Timed prefills of each kind (median).")] = 3,
     tokens: Annotated[int, typer.Option("--tokens", help="Greedy tokens generated each way, to compare.")] = 16,
     out: Annotated[
@@ -257,6 +257,8 @@ def psa_profile(
 
     from qvl.psa_profile import ProfileOptions
 
+    if min_tokens is None and psa_config_file is None:
+        min_tokens = 0  # a profile of PSA runs PSA, whatever the prompt's length
     attention = psa_config(True, psa_preset, psa_config_file, min_tokens=min_tokens)
     settings = run_settings(model, device, dtype, attention)
     psa_preset = attention.preset_name  # the preset, or the config file's name

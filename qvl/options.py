@@ -64,6 +64,14 @@ PsaConfigOpt = Annotated[
         help="PSA settings from a .json or .toml file (implies --psa); its fields override --psa-preset's. See docs/psa.md.",
     ),
 ]
+PsaMinTokensOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--min-tokens",
+        help="PSA only for prompts of at least this many tokens; shorter ones keep SDPA "
+        "(default 16384, or --psa-config's; psa-profile: 0).",
+    ),
+]
 PsaLogDirOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -226,15 +234,17 @@ def psa_config(psa: bool, preset: str | None, config_file: str | None = None, **
     config_file: a .json or .toml file of `AttentionConfig.from_dict`'s fields; it implies PSA.
     preset: --psa-preset, the preset to start from (None: "default"); with a file that names its
     own `preset`, a different --psa-preset is an error rather than a silent choice of one of them.
-    overrides: settings of this command's own flags (psa-profile's --min-tokens), applied last.
+    overrides: settings of this command's own flags (--min-tokens), applied last.
     """
+    overrides = {name: value for name, value in overrides.items() if value is not None}
     if not psa and config_file is None:
+        if overrides:
+            fail(OptionError(f"--{next(iter(overrides)).replace('_', '-')} needs --psa or --psa-config"))
         return None
     from pathlib import Path
 
     from qvl.psa import AttentionConfig, read_config_file
 
-    overrides = {name: value for name, value in overrides.items() if value is not None}
     try:
         if overrides.get("min_tokens", 0) < 0:  # named as the flag it came from
             raise OptionError(f"--min-tokens must be a whole number >= 0, not {overrides['min_tokens']}")

@@ -47,7 +47,9 @@ class AttentionConfig:
     causal); block: 128 tokens (a power of two >= 16); use_similarity_cap: True;
     similarity_thresholds: (0.75, 0.70, 0.70), the key similarity a block needs for levels 2, 4, 8;
     importance_fp8: None (auto: fp8 estimate on Hopper from 32K tokens), True or False;
-    min_tokens: 1024, prompts shorter than this use SDPA (PSA only pays on long prompts).
+    min_tokens: 16384, prompts shorter than this use SDPA: measured end to end on an H100 (random 7B,
+    fast vision tower), PSA's time to first token is at best even with dense at 8K tokens and ahead
+    from 32K (docs/benchmarks.md).
 
     A bad value raises `OptionError` naming the field and what it may be. `from_file` and
     `from_dict` read the same fields, plus `preset` to start from.
@@ -62,7 +64,7 @@ class AttentionConfig:
     use_similarity_cap: bool = True
     similarity_thresholds: tuple = (0.75, 0.70, 0.70)
     importance_fp8: bool | None = None
-    min_tokens: int = 1024
+    min_tokens: int = 16384
     preset_name: str = field(default="custom", repr=False, compare=False)  # the preset's or the config file's name
 
     def __post_init__(self) -> None:

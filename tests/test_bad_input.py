@@ -87,6 +87,8 @@ ROWS = [
     ("--seed -1", ["describe", "{photo}", "--seed", "-1"], 2, ["--seed"], []),
     ("infer --type audio", ["infer", "--type", "audio", "--input", "{photo}"], 2, ["--type", "audio"], []),
     ("psa-profile --min-tokens -1", ["psa-profile", "{good_video}", "--min-tokens", "-1"], 2, ["--min-tokens"], []),
+    ("video --min-tokens -1", ["video", "{good_video}", "--psa", "--min-tokens", "-1"], 2, ["--min-tokens"], []),
+    ("--min-tokens without PSA", ["describe", "{photo}", "--min-tokens", "64"], 2, ["--min-tokens", "--psa"], []),
     ("--psa-preset turbo", ["video", "{good_video}", "--psa", "--psa-preset", "turbo"], 2, ["turbo"], []),
     # PSA config files and logs: checked before any media is read or any model loads.
     ("--psa-config missing", ["video", "{good_video}", "--psa-config", "{missing}.toml"], 2, ["no such file"], []),

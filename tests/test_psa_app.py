@@ -47,7 +47,7 @@ def test_fast_preset_skips_work_and_still_answers(sdpa_engine):
 
 
 def test_short_prompts_keep_sdpa(sdpa_engine):
-    psa_engine = Engine("tiny", psa=AttentionConfig.preset("fast"))  # min_tokens 1024 > this prompt
+    psa_engine = Engine("tiny", psa=AttentionConfig.preset("fast"))  # min_tokens 16384 > this prompt
     assert psa_engine.generate(REQUEST).psa is None
 
 
@@ -143,7 +143,21 @@ def test_cli_psa_on_a_long_cpu_prompt_keeps_memory_bounded(tmp_path, tiny_model_
         "sys.argv = ['qvl', *sys.argv[1:]]\n"
         "main()\n"
     )
-    args = ["video", video, "--frames", "128", "--psa", "-m", "tiny", "--json", "--max-tokens", "2", "--no-cache"]
+    args = [
+        "video",
+        video,
+        "--frames",
+        "128",
+        "--psa",
+        "--min-tokens",
+        "0",
+        "-m",
+        "tiny",
+        "--json",
+        "--max-tokens",
+        "2",
+    ]
+    args.append("--no-cache")
     done = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     (record,) = [json.loads(line) for line in done.stdout.splitlines()]
