@@ -94,6 +94,13 @@ def first_calls(model: str, frames: int) -> None:
     mark(f"processor, {frames} frames (first)")
     inputs = engine.prepare(Request("x", video=synthetic_video(frames)))
     mark(f"processor, {frames} frames (second)")
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
+    profile.runcall(lambda: (engine.prepare(Request("x", video=synthetic_video(frames))), torch.cuda.synchronize()))
+    pstats.Stats(profile).sort_stats("tottime").print_stats(12)
+    mark("processor under cProfile")
     visual, pixels, grid = engine.model.model.visual, inputs["pixel_values_videos"], inputs["video_grid_thw"]
     run_tower(visual, pixels, grid)
     mark("vision tower (first)")
