@@ -11,6 +11,7 @@ the thread pool, and answered by the worker's thread.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from qvl.errors import QvlError
@@ -28,6 +29,8 @@ from qvl.serve import protocol
 from qvl.serve.media import stage
 from qvl.serve.protocol import ApiError
 from qvl.serve.worker import Job, QueueFull, Worker
+
+DRAIN_BYTES = 64_000_000  # read and dropped past the body limit so the client hears the 413
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,9 @@ def create_app(worker: Worker, config: ServeConfig) -> Starlette:
             return StreamingResponse(_stream(job, engine.name), media_type="text/event-stream")
         try:
             while True:
-                kind, value = await job.events.get()
+                kind, value = await _next_event(job, request)
+                if kind == "gone":
+                    return Response(status_code=499)  # nobody is listening: the request is dropped
                 if kind == "done":
                     return JSONResponse(protocol.completion(chat_request, engine.name, value))
                 if kind == "error":
@@ -178,18 +183,34 @@ async def _stream(job: Job, model: str):
         job.cancel()
 
 
+async def _next_event(job: Job, request: Request, every_s: float = 1.0):
+    """The job's next event, or ("gone", None) once the client has gone away."""
+    getting = asyncio.ensure_future(job.events.get())
+    try:
+        while not (await asyncio.wait({getting}, timeout=every_s))[0]:
+            if await request.is_disconnected():
+                return "gone", None
+        return getting.result()
+    finally:
+        getting.cancel()  # only when it has not finished: no event is lost
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to be over `limit` bytes."""
-    too_large = ApiError(413, f"the request body is over the limit of {limit / 1e6:g} MB", code="body_too_large")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise too_large
+    """The body, or 413 once it is over `limit` bytes. What is sent past the limit is read and
+    dropped (up to DRAIN_BYTES more) before answering: a client still sending when the server
+    closes would see a broken connection instead of the 413."""
     chunks, size = [], 0
+    length = request.headers.get("content-length", "")
+    over = length.isdigit() and int(length) > limit
     async for piece in request.stream():
         size += len(piece)
-        if size > limit:
-            raise too_large
-        chunks.append(piece)
+        over = over or size > limit
+        if over and size > limit + DRAIN_BYTES:
+            break
+        if not over:
+            chunks.append(piece)
+    if over:
+        raise ApiError(413, f"the request body is over the limit of {limit / 1e6:g} MB", code="body_too_large")
     return b"".join(chunks)
 
 

@@ -51,7 +51,10 @@ class Job:
 
     def post(self, kind: str, value: Any = None) -> None:
         """Hand ("text", piece), ("done", Answer) or ("error", ApiError) to the event loop."""
-        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        except RuntimeError:  # the loop has closed (a forced stop): nobody is listening
+            self.cancel()
 
     def on_text(self, piece: str) -> None:
         if self.cancelled.is_set():
