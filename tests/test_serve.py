@@ -204,6 +204,18 @@ def test_eight_concurrent_requests_are_all_answered(server, media):
         ({"messages": _user("Hi"), "tools": []}, 400, None),
         ({"messages": []}, 400, None),
         ({"messages": [{"role": "system", "content": "Be brief."}, *_user("Hi")]}, 400, None),
+        ({"messages": [{"role": "assistant", "content": "Hello."}, *_user("Hi")]}, 400, None),
+        (
+            {
+                "messages": [
+                    *_user("Hi"),
+                    {"role": "assistant", "content": "Hello."},
+                    *_user("And?", {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}),
+                ]
+            },
+            400,
+            None,
+        ),  # fmt: skip
         (
             {"messages": _user("Hi", {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}})},
             400,
@@ -226,6 +238,8 @@ def test_eight_concurrent_requests_are_all_answered(server, media):
         "unsupported-field",
         "no-messages",
         "system-message",
+        "assistant-first",
+        "media-in-a-later-turn",
         "corrupt-image",
         "local-file",
         "frames-without-video",
@@ -268,6 +282,34 @@ def test_a_full_queue_is_refused_at_once(tiny_model_dir):
 
     asyncio.run(submit_three())
     assert worker.waiting == 2
+
+
+def test_a_conversation_equals_qvl_chat_and_reuses_the_kept_turns(server, media):
+    local = invoke("chat", media["video"], "--frames", "4", "--model", "tiny", "--max-tokens", TOKENS, "--json",
+                   "-q", input="What happens?\nWhy?\n")  # fmt: skip
+    assert local.exit_code == 0, local.stderr
+    first, second = json_lines(local.stdout)
+    client, video = _client(server), _video_part(media["video"])
+    messages = _user("What happens?", video)
+    one = client.chat.completions.create(model="tiny", messages=messages, max_tokens=TOKENS, extra_body={"frames": 4})
+    messages += [{"role": "assistant", "content": one.choices[0].message.content}, *_user("Why?")]
+    two = client.chat.completions.create(model="tiny", messages=messages, max_tokens=TOKENS, extra_body={"frames": 4})
+    assert [one.choices[0].message.content, two.choices[0].message.content] == [first["text"], second["text"]]
+    assert two.usage.prompt_tokens == second["tokens"]["prompt"]
+    # The follow-up reused the media and the first turn's prompt from the kept session (the tiny
+    # model's answer tokens rarely survive decoding and encoding again, a real model's do).
+    assert two.model_extra["qvl"]["session"] == "hit"
+    assert two.usage.prompt_tokens_details.cached_tokens >= one.usage.prompt_tokens
+
+
+def test_chat_through_the_server_gives_the_same_rows(server, media):
+    args = ("chat", media["video"], "--frames", "4", "--max-tokens", TOKENS, "--json", "-q")
+    remote = invoke(*args, "--server", server, input="What happens?\nWhy?\n", env={"QVL_API_KEY": KEY})
+    assert remote.exit_code == 0, remote.stderr
+    local = invoke(*args, "--model", "tiny", input="What happens?\nWhy?\n")
+    differ = {"timings", "from_cache", "cache", "cache_bytes"}  # the cache is the server's
+    for a, b in zip(json_lines(remote.stdout), json_lines(local.stdout), strict=True):
+        assert {k: v for k, v in a.items() if k not in differ} == {k: v for k, v in b.items() if k not in differ}
 
 
 # --- the command line through the server ------------------------------------------------------------

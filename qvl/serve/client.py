@@ -12,6 +12,7 @@ a second question about it skips the frames and the prefill (the upload itself i
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.client
 import json
 import mimetypes
@@ -188,19 +189,19 @@ class RemoteModel:
             psa=extra.get("psa"),
         )
 
-    def session(self, images=(), video=None):
-        """Questions about the same media, each a request (the server keeps the prefill)."""
-        return _Questions(self, tuple(images), video)
-
     def body(self, request) -> dict[str, Any]:
         """The chat-completions body of a `Request` whose media are `RemoteImage`s and a `RemoteVideo`."""
         content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": i.url}} for i in request.images]
         if request.video is not None:
             content.append({"type": "video_url", "video_url": {"url": request.video.url}})
-        content.append({"type": "text", "text": request.prompt})
+        messages: list[dict[str, Any]] = []
+        for question, answer in request.history:
+            messages.append({"role": "user", "content": [*(content if not messages else []), _text(question)]})
+            messages.append({"role": "assistant", "content": answer})
+        messages.append({"role": "user", "content": [*(content if not messages else []), _text(request.prompt)]})
         body: dict[str, Any] = {
             "model": self.name,
-            "messages": [{"role": "user", "content": content}],
+            "messages": messages,
             "max_tokens": request.max_new_tokens,
             "temperature": request.temperature,
             "psa": self.psa,
@@ -214,16 +215,8 @@ class RemoteModel:
         return body
 
 
-@dataclass
-class _Questions:
-    model: RemoteModel
-    images: tuple
-    video: Any
-
-    def ask(self, prompt: str, *, on_text=None, **sampling):
-        from qvl.engine import Request
-
-        return self.model.generate(Request(prompt, images=self.images, video=self.video, **sampling), on_text)
+def _text(text: str) -> dict[str, str]:
+    return {"type": "text", "text": text}
 
 
 class RemoteRunner(Runner):
@@ -236,6 +229,11 @@ class RemoteRunner(Runner):
         super().__init__(settings, view)
         self.client, self.quiet = client, quiet
         self._limit_mb: float | None = None
+
+    @staticmethod
+    def _session(engine, media: Media, **options):
+        """None: the server keeps the media prefilled, each question or turn is a request."""
+        return None
 
     def engine(self):
         """The server's model (checked against --model once); a `ModelError` if it cannot be used."""
@@ -276,6 +274,18 @@ class RemoteRunner(Runner):
             output.plan_notes(source, plan.notes, quiet=self.quiet)
             video = RemoteVideo(self._data_uri(source, "video/mp4"), fields)
             return Media(video=video, record=video.record, notes=plan.notes)
+
+        return load
+
+    def media_loader(self, images: list[str], video: str | None, options) -> Callable[[], Media]:
+        """() -> `Media` of `images` and `video` (or None) as the server takes them (`qvl chat`)."""
+        load_video = self.video_loader(options)
+
+        def load() -> Media:
+            opened = [self.open_image(source) for source in images]
+            if video is None:
+                return Media(images=opened)
+            return dataclasses.replace(load_video(video), images=opened)
 
         return load
 

@@ -86,13 +86,14 @@ class Part:
 
 @dataclass
 class ChatRequest:
-    """One parsed `POST /v1/chat/completions` body: one user turn (its text, images and video) and
-    how to answer it. video_options: a `VideoOptions` when there is a video."""
+    """One parsed `POST /v1/chat/completions` body: the question, the media (of the first user
+    message), the earlier turns, and how to answer. video_options: a `VideoOptions` with a video."""
 
     prompt: str
     images: tuple[Part, ...] = ()
     video: Part | None = None
     video_options: Any = None
+    history: tuple[tuple[str, str], ...] = ()  # earlier (question, answer) turns
     model: str | None = None
     max_tokens: int = DEFAULT_MAX_TOKENS
     temperature: float = 0.0
@@ -117,7 +118,7 @@ def parse_chat(body: bytes, *, allow_local_files: bool, max_download_mb: float) 
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
     _check_fields(data)
-    prompt, images, video = _user_turn(data.get("messages"), allow_local_files)
+    prompt, images, video, history = _turns(data.get("messages"), allow_local_files)
     fields = {name: _typed(data, name, kind) for name, kind in VIDEO_FIELDS.items() if name in data}
     if fields and video is None:
         raise ApiError(400, f"{', '.join(sorted(fields))}: frame options need a video in the message")
@@ -151,6 +152,7 @@ def parse_chat(body: bytes, *, allow_local_files: bool, max_download_mb: float) 
         images=images,
         video=video,
         video_options=video_options,
+        history=history,
         model=model,
         psa=_typed(data, "psa", bool),
         stream=stream,
@@ -195,46 +197,55 @@ def _typed(data: dict, name: str, kind: type, default: Any = None) -> Any:
     return value
 
 
-def _user_turn(messages: Any, allow_local_files: bool) -> tuple[str, tuple[Part, ...], Part | None]:
-    """The prompt, images and video of the one user message qvl answers."""
+def _turns(messages: Any, allow_local_files: bool) -> tuple[str, tuple[Part, ...], Part | None, tuple]:
+    """The question, images, video and earlier (question, answer) turns of a conversation: user and
+    assistant messages in turn, ending with the user's; the media in the first user message."""
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "messages must be a non-empty list", param="messages")
-    if len(messages) != 1 or not isinstance(messages[0], dict) or messages[0].get("role") != "user":
+    roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
+    if "system" in roles or "developer" in roles:
+        raise ApiError(400, "system messages are not supported: the model's own system turn is used", param="messages")
+    if any(role != ("user", "assistant")[i % 2] for i, role in enumerate(roles)) or roles[-1] != "user":
         raise ApiError(
-            400,
-            "qvl serve answers one user message (its text, images and video); system and assistant messages "
-            "are not supported: ask each question as a request of its own with the same media (the server "
-            "keeps the media prefilled between them)",
+            400, "messages must be user and assistant messages in turn, starting and ending with the user's",
             param="messages",
-        )
-    content = messages[0].get("content")
+        )  # fmt: skip
+    turns = [_content(m.get("content"), allow_local_files) for m in messages]
+    if any(parts for _, parts in turns[1:]):
+        raise ApiError(400, "images and videos go in the first user message only", param="messages")
+    texts = [text for text, _ in turns]
+    if not all(texts[::2]):
+        raise ApiError(400, "a user message has no text: ask a question", param="messages")
+    parts = turns[0][1]
+    images = tuple(p for p in parts if p.kind == "image")
+    videos = [p for p in parts if p.kind == "video"]
+    if len(videos) > 1:
+        raise ApiError(400, "one video per request", param="messages")
+    if len(images) > MAX_IMAGES:
+        raise ApiError(400, f"at most {MAX_IMAGES} images per request", param="messages")
+    history = tuple(zip(texts[:-1:2], texts[1::2]))
+    return texts[-1], images, videos[0] if videos else None, history
+
+
+def _content(content: Any, allow_local_files: bool) -> tuple[str, list[Part]]:
+    """A message's text (its text parts joined) and its media parts."""
     if isinstance(content, str):
         content = [{"type": "text", "text": content}]
     if not isinstance(content, list):
         raise ApiError(400, "a message's content must be a string or a list of parts", param="messages")
     texts: list[str] = []
-    images: list[Part] = []
-    videos: list[Part] = []
+    media: list[Part] = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
         elif kind in ("image_url", "video_url"):
-            url = _part_url(part, kind)
-            target = images if kind == "image_url" else videos
-            target.append(_checked(Part(kind.removesuffix("_url"), url), allow_local_files))
+            media.append(_checked(Part(kind.removesuffix("_url"), _part_url(part, kind)), allow_local_files))
         else:
             raise ApiError(
                 400, f"unsupported content part {json.dumps(part)[:80]}: use text, image_url or video_url parts"
             )
-    prompt = "\n".join(texts).strip()
-    if not prompt:
-        raise ApiError(400, "the user message has no text: ask a question about the media", param="messages")
-    if len(videos) > 1:
-        raise ApiError(400, "one video per request", param="messages")
-    if len(images) > MAX_IMAGES:
-        raise ApiError(400, f"at most {MAX_IMAGES} images per request", param="messages")
-    return prompt, tuple(images), videos[0] if videos else None
+    return "\n".join(texts).strip(), media
 
 
 def _part_url(part: dict, kind: str) -> str:

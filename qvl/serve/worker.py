@@ -20,9 +20,9 @@ from qvl.errors import OptionError, QvlError
 from qvl.serve.protocol import Answer, ApiError, ChatRequest, api_error
 from qvl.serve.sessions import SessionCache
 
-# Room a kept session leaves past its media for a question and its answer (Session's headroom);
-# a request whose max_tokens leaves less than QUESTION_ROOM of it is answered without a session.
-SESSION_HEADROOM = 4096
+# Room a kept session leaves past its media for a conversation and its answer (Session's headroom,
+# as qvl chat's); a request whose max_tokens leaves less than QUESTION_ROOM is answered without one.
+SESSION_HEADROOM = 8192
 QUESTION_ROOM = 512
 
 
@@ -166,6 +166,14 @@ class Worker:
         job._trim = TrimmedPieces()
         return self.answer(job)
 
+    def _keep(self, key: str, media):
+        """A kept session of `media` (LRU), or None where its cache does not fit in memory."""
+        try:
+            session = self.engine.session(images=media.images, video=media.video, headroom=SESSION_HEADROOM)
+        except OptionError:  # too large for the memory left: this request is answered without one
+            return None
+        return self.sessions.put(key, session, media.record)
+
     def answer(self, job: Job) -> Answer:
         """Answer one job on this thread: through a kept session of its media (found, or made and
         kept), else as a request of its own."""
@@ -182,29 +190,38 @@ class Worker:
         started = time.perf_counter()
         fits = request.max_tokens <= SESSION_HEADROOM - QUESTION_ROOM
         use_session = staged.key is not None and self.keeps_sessions and fits and psa == (engine.psa is not None)
-        kept, status, media_s = None, "off", staged.seconds
+        kept, status, media_s, media, result = None, "off", staged.seconds, None, None
         if use_session:
             kept, status = self.sessions.get(staged.key), "hit"
         if kept is None:
             media = staged.load(self.frame_cache)
             media_s += time.perf_counter() - started
             if use_session:
-                session = engine.session(images=media.images, video=media.video, headroom=SESSION_HEADROOM)
-                kept, status = self.sessions.put(staged.key, session, media.record), "new"
+                kept = self._keep(staged.key, media)
+                status = "new" if kept is not None else "off"
         if kept is not None:
-            result = kept.session.ask(request.prompt, on_text=job.on_text, **sampling)
+            try:
+                result = kept.session.ask(request.prompt, history=request.history, on_text=job.on_text, **sampling)
+            except OptionError:  # the conversation outgrew the session's room: answered without it
+                status = "off"
             record = kept.record
             if status == "new":  # the media's prefill was this request's wait too
                 made = kept.session.timings
                 result.timings.preprocess_s += made.preprocess_s
                 result.timings.prefill_s += made.prefill_s
                 result.timings.vision_s = made.vision_s
-        else:
-            request_ = Request(request.prompt, images=media.images, video=media.video, **sampling)
+        if result is None:
+            if media is None:
+                media = staged.load(self.frame_cache)
+                media_s += time.perf_counter() - started
+            request_ = Request(
+                request.prompt, images=media.images, video=media.video, history=request.history, **sampling
+            )
             result = engine.generate(request_, on_text=job.on_text, psa=psa)
             record = media.record
         result.timings.media_s = media_s
-        cached = kept.session.prefix_length if status == "hit" else 0
+        # Prompt tokens this answer did not prefill: the media's, and the turns the session kept.
+        cached = result.prompt_tokens - kept.session.last_prefilled if status == "hit" else 0
         stopped = result.tokens and result.tokens[-1] in self.eos
         return Answer(
             text=result.text,
