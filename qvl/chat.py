@@ -37,6 +37,7 @@ from qvl.options import (
     PsaPresetOpt,
     QuietOpt,
     SeedOpt,
+    ServerOpt,
     StatsOpt,
     StrictHashOpt,
     TemperatureOpt,
@@ -85,6 +86,7 @@ def chat(
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     stats: StatsOpt = False,
+    server: ServerOpt = None,
     video_options=None,
 ) -> None:
     """Talk about images or a video: each question sees the earlier ones and their answers.
@@ -105,11 +107,16 @@ def chat(
     cache = frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache) if video else None
     interactive = sys.stdin.isatty()
     view = ChatView(json_output=json_output, quiet=quiet, stats=stats, interactive=interactive)
-    runner = Runner(settings, view)
+    runner, load = Runner(settings, view), media_loader(images, video, video_options, cache, quiet)
+    if server is not None:  # the server keeps the media prefilled, with its own headroom
+        from qvl.serve.client import remote_runner
+
+        local = {"--psa-preset": psa_preset, "--psa-config": psa_config_file, "--headroom": headroom != CHAT_HEADROOM}
+        local.update({"--cache-dir": cache_dir, "--no-cache": no_cache, "--strict-hash": strict_hash})
+        runner = remote_runner(server, settings, view, quiet=quiet, local_only=local)
+        load = runner.media_loader(images, video, video_options)
     label = ", ".join(media)
-    conversation = runner.open_conversation(
-        label, media_loader(images, video, video_options, cache, quiet), headroom=headroom
-    )
+    conversation = runner.open_conversation(label, load, headroom=headroom)
     if conversation is None:
         raise typer.Exit(runner.exit_code)
     code = Chat(conversation, interactive=interactive, quiet=quiet).run()
@@ -269,7 +276,10 @@ class Chat:
         else:
             output.console().print("stats: no answer yet in this conversation", markup=False)
         session = conversation.session
-        if session is None:
+        server = getattr(conversation.engine, "server", None)
+        if server is not None:
+            line = f"the server at {server} keeps the media prefilled (its /health counts the hits)"
+        elif session is None:
             line = "no kept cache: the model is spread over several devices, so each turn prefills everything"
         else:
             t = session.timings

@@ -36,6 +36,7 @@ from qvl.options import (
     QuietOpt,
     RepeatOpt,
     SeedOpt,
+    ServerOpt,
     StatsOpt,
     StrictHashOpt,
     TemperatureOpt,
@@ -99,6 +100,7 @@ def describe(
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     stats: StatsOpt = False,
+    server: ServerOpt = None,
 ) -> None:
     """Describe images (or answer --prompt about them), one answer per image unless --together."""
     from qvl.media.images import expand_image_inputs, open_image
@@ -111,6 +113,9 @@ def describe(
     several = (not together and len(sources) > 1) or len(questions) > 1
     view = output.RunView(json_output=json_output, quiet=quiet, several=several, stats=stats)
     runner = Runner(settings, view, psa_log=log)
+    if server is not None:
+        runner = _remote(server, settings, view, quiet, psa_preset, psa_config_file, psa_log_dir)
+        open_image = runner.open_image
     if together:
         opened = []
         for label, source in sources:
@@ -128,6 +133,14 @@ def describe(
                 label, questions, lambda source=source: Media(images=[_open_or_raise(source, open_image)])
             )
     raise typer.Exit(runner.exit_code)
+
+
+def _remote(server, settings, view, quiet, psa_preset, psa_config_file, psa_log_dir, **local_only):
+    """--server's runner: the server's model answers; options it decides are one error line."""
+    from qvl.serve.client import remote_runner
+
+    psa = {"--psa-preset": psa_preset, "--psa-config": psa_config_file, "--psa-log-dir": psa_log_dir}
+    return remote_runner(server, settings, view, quiet=quiet, local_only={**psa, **local_only})
 
 
 def _questions(prompts: list[str] | None, default: str) -> list[str]:
@@ -168,6 +181,7 @@ def video(
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     stats: StatsOpt = False,
+    server: ServerOpt = None,
     video_options=None,
 ) -> None:
     """Answer --prompt about each video, sampling frames at their real timestamps."""
@@ -182,6 +196,10 @@ def video(
         json_output=json_output, quiet=quiet, several=len(videos) > 1 or len(questions) > 1, stats=stats
     )
     runner = Runner(settings, view, psa_log=log)
+    if server is not None:
+        local = {"--cache-dir": cache_dir, "--no-cache": no_cache, "--strict-hash": strict_hash}
+        runner = _remote(server, settings, view, quiet, psa_preset, psa_config_file, psa_log_dir, **local)
+        load = runner.video_loader(video_options)
     for source in videos:
         runner.run_questions(source, questions, lambda source=source: load(source))
     raise typer.Exit(runner.exit_code)
@@ -484,6 +502,11 @@ def cache_clear(
     cache = frame_cache(cache_dir)
     removed, freed = cache.clear(older_than_days=older_than)
     output.cache_cleared(cache.root, removed, freed, json_output)
+
+
+from qvl.serve.command import serve  # noqa: E402 (its own module: the server is a room of its own)
+
+app.command()(serve)
 
 
 def main() -> None:

@@ -118,7 +118,9 @@ class RunView:
     def loaded(self, engine) -> None:
         if engine.is_tiny:
             tiny_model("its answers are random text")
-        note(f"loaded {engine.name} on {engine.device} in {engine.load_s:.1f} s", quiet=self.quiet)
+        server = getattr(engine, "server", None)  # a qvl serve answering for the command line
+        where = f"answering with {engine.name} on {engine.device} at {server}" if server else None
+        note(where or f"loaded {engine.name} on {engine.device} in {engine.load_s:.1f} s", quiet=self.quiet)
 
     def started(self, label: str, index: int) -> None:
         """The answer to input number `index` (from 1) is about to stream."""

@@ -216,7 +216,8 @@ class Runner:
             except QvlError as exc:
                 records.append(self.fail(label, exc, prompt))
                 continue
-            result.timings.media_s, media_s = media_s, 0.0  # the media was loaded for the first answer
+            # Loaded for the first answer; added to what the answer itself spent on media (a server's).
+            result.timings.media_s, media_s = result.timings.media_s + media_s, 0.0
             records.append(self._answered(engine, label, prompt, media, result))
         return records
 
@@ -290,7 +291,7 @@ class Runner:
     @staticmethod
     def _session(engine, media: Media, **options):
         """A session over `media` where the engine can keep one (a single device), else None."""
-        if engine.fast_path_problem is None or engine.device == "cpu":
+        if keeps_sessions(engine):
             return engine.session(images=media.images, video=media.video, **options)
         return None
 
@@ -337,7 +338,7 @@ class Conversation:
             result = self._answer(prompt, history)
         except QvlError as exc:
             return runner.fail(self.label, exc, prompt)
-        result.timings.media_s, self.media_s = self.media_s, 0.0
+        result.timings.media_s, self.media_s = result.timings.media_s + self.media_s, 0.0
         cache_bytes = self.session.cache_bytes if self.session is not None else None
         record = runner._answered(
             self.engine, self.label, prompt, self.media, result, turn=len(self.turns) + 1, cache_bytes=cache_bytes
@@ -350,6 +351,12 @@ class Conversation:
         self.turns.clear()
         if self.session is not None:
             self.session.reset()
+
+
+def keeps_sessions(engine) -> bool:
+    """Whether `engine.session` can keep media prefilled: one device (a model spread over several
+    GPUs answers each question as a request of its own)."""
+    return engine.fast_path_problem is None or engine.device == "cpu"
 
 
 def profile(settings: Settings, prompt: str, media: Media, options=None, *, on_loaded=None) -> tuple[Any, dict, list]:

@@ -14,10 +14,10 @@ from qvl.cli import app
 runner = CliRunner()
 
 
-def invoke(*args: str, input: str | None = None):
+def invoke(*args: str, input: str | None = None, env: dict[str, str] | None = None):
     """Run `qvl ARGS` in-process (the real app, the real tiny model); stdout and stderr apart;
-    `input` is what stdin reads (not a terminal)."""
-    return runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+    `input` is what stdin reads (not a terminal); env: variables set for the run."""
+    return runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False, env=env)
 
 
 def run_subprocess(*args: str, timeout: float = 120):

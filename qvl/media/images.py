@@ -71,19 +71,30 @@ def open_image(source: str):
     palette images converted. An animated image (GIF, APNG, WebP) gives its first frame, with a
     one-line note on stderr: `qvl video` takes clips.
     """
+    return decode_image(read_source_bytes(source), _label(source))
+
+
+def decode_image(data: bytes, label: str, *, max_pixels: int | None = None):
+    """`open_image` for bytes already read (`label` names them in errors). max_pixels: refuse an
+    image of more pixels before decoding it (Pillow's own bomb check is about 180 megapixels)."""
     from PIL import Image, UnidentifiedImageError
 
-    label = _label(source)
-    data = _read_bytes(source)
     if not data:
         raise InputError(f"{label}: is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise InputError(
+                    f"{label}: {width}x{height} is over the limit of {max_pixels / 1e6:g} megapixels per image"
+                )
             img.load()  # decode now: truncated files fail here, not inside the processor
             frames = getattr(img, "n_frames", 1) if getattr(img, "is_animated", False) else 1
             image = to_rgb(img)
     except UnidentifiedImageError:
         raise InputError(f"{label}: not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{label}: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError(f"{label}: corrupt or truncated image ({exc})") from None
     if frames > 1:
@@ -153,7 +164,8 @@ def _label(source: str) -> str:
     return "data URI" if is_data_uri(source) else source
 
 
-def _read_bytes(source: str) -> bytes:
+def read_source_bytes(source: str) -> bytes:
+    """The bytes of a local file, an http(s) URL (at most MAX_URL_MB) or a data URI; `InputError` if unreadable."""
     if is_data_uri(source):
         header, _, payload = source.partition(",")
         if not payload:

@@ -1,0 +1,127 @@
+"""`qvl serve`: the command that loads one model and serves it until Ctrl-C (registered in qvl.cli).
+
+Nothing heavy at import: Starlette, uvicorn and the engine are imported when the command runs.
+"""
+
+from __future__ import annotations
+
+from qvl import output
+from qvl.errors import OptionError, QvlError
+from qvl.options import (
+    AllowLocalFilesOpt,
+    ApiKeyOpt,
+    CacheDirOpt,
+    DeviceOpt,
+    DtypeOpt,
+    HostOpt,
+    MaxBodyOpt,
+    MaxDownloadOpt,
+    ModelOpt,
+    NoCacheOpt,
+    PortOpt,
+    PsaConfigOpt,
+    PsaOpt,
+    PsaPresetOpt,
+    QueueOpt,
+    QuietOpt,
+    SessionMemoryOpt,
+    SessionsOpt,
+    StrictHashOpt,
+    fail,
+    psa_config,
+    run_settings,
+)
+
+SERVE_EXTRA_HINT = "qvl serve needs Starlette and uvicorn: pip install 'qvl[serve]'"
+
+
+def serve(
+    model: ModelOpt = None,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    api_key: ApiKeyOpt = None,
+    allow_local_files: AllowLocalFilesOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    psa: PsaOpt = False,
+    psa_preset: PsaPresetOpt = None,
+    psa_config_file: PsaConfigOpt = None,
+    queue: QueueOpt = 64,
+    sessions: SessionsOpt = 4,
+    session_memory_mb: SessionMemoryOpt = 8192,
+    max_body_mb: MaxBodyOpt = 256,
+    max_download_mb: MaxDownloadOpt = 2048,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    strict_hash: StrictHashOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Serve one model, loaded once, behind an OpenAI-compatible API until Ctrl-C.
+
+    POST /v1/chat/completions (text, image_url and video_url parts; stream, max_tokens, temperature,
+    top_p, seed; qvl's frames, fps, start, end, psa as extra fields), GET /v1/models, GET /health.
+    Requests wait in a queue and run one at a time; a video's prefill is kept for the next question
+    about it. See docs/serve.md.
+    """
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        fail(OptionError(SERVE_EXTRA_HINT))
+    from qvl.runner import Runner, frame_cache
+
+    attention = psa_config(psa, psa_preset, psa_config_file)
+    settings = run_settings(model, device, dtype, attention)
+    if not max_download_mb > 0:
+        fail(OptionError(f"--max-download-mb must be positive (got {max_download_mb})"))
+    if api_key is not None and not api_key.strip():
+        fail(OptionError("--api-key is empty"))
+    sock = _listen(host, port)  # a taken port is one line before the model loads
+    runner = Runner(settings, output.RunView(json_output=False, quiet=quiet))
+    try:
+        engine = runner.engine()
+        cache = frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache)
+    except QvlError as exc:
+        sock.close()
+        fail(exc)
+    from qvl.serve.app import ServeConfig, build
+
+    config = ServeConfig(api_key, allow_local_files, max_body_mb, max_download_mb, queue, sessions, session_memory_mb)
+    worker, server = build(engine, config, cache, quiet=quiet)
+    address = url_of(sock)
+    if not _is_loopback(sock) and api_key is None:
+        output.warn(f"listening on {address} without --api-key: anyone who can reach it can use the model")
+    output.note(f"serving {engine.name} on {address}/v1 (Ctrl-C stops after the requests in flight)", quiet=quiet)
+    worker.start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        worker.stop()
+        output.note(f"stopped after {worker.answered} answers ({worker.failed} failed)", quiet=quiet)
+
+
+def _listen(host: str, port: int):
+    """A socket bound to host:port and listening; an address that cannot be had is one error line."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        fail(OptionError(f"cannot listen on {host}:{port} ({exc.strerror or exc})"))
+    return sock
+
+
+def url_of(sock) -> str:
+    """The http:// address a listening socket answers on."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _is_loopback(sock) -> bool:
+    import ipaddress
+
+    return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
