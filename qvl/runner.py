@@ -61,12 +61,20 @@ class Media:
     images: PIL images; video: a `qvl.engine.VideoFrames`; record: keys added to the input's record;
     notes: what the frame plan changed from what was asked (`--frames 3` rounded up, `--end`
     clamped), for a person to read.
+
+    Media loaded ahead of `Runner.run` (by a worker, while the model answers another input) says
+    how long that took in `media_s` (None: `run` times `load_media` itself), and may carry the
+    processor's `inputs` for the one question it will be asked (`Runner.prepare`), made in
+    `preprocess_s`.
     """
 
     images: Sequence[Any] = ()
     video: Any = None
     record: dict[str, Any] = field(default_factory=dict)
     notes: Sequence[str] = ()
+    media_s: float | None = None
+    inputs: Any = None
+    preprocess_s: float = 0.0
 
 
 def error_record(label: str, message: str, *, model: str | None = None, prompt: str | None = None) -> dict[str, Any]:
@@ -104,11 +112,14 @@ def clip_media(clip) -> Media:
     return Media(video=VideoFrames(clip.frames, clip.sampled_fps), record=clip_record(clip), notes=clip.plan.notes)
 
 
-def load_clip(source: str, options, cache=None, progress: Callable[[int, int], None] | None = None) -> Media:
-    """Sample `source` as `options` (a `VideoOptions`) say, through `cache` (a `FrameCache` or None)."""
+def load_clip(
+    source: str, options, cache=None, progress: Callable[[int, int], None] | None = None, workers: int | None = None
+) -> Media:
+    """Sample `source` as `options` (a `VideoOptions`) say, through `cache` (a `FrameCache` or None);
+    workers: decoding threads (default: one per core)."""
     from qvl.media.video import load_video
 
-    return clip_media(load_video(source, options, cache=cache, progress=progress))
+    return clip_media(load_video(source, options, cache=cache, progress=progress, workers=workers))
 
 
 def frame_cache(cache_dir=None, *, strict_hash: bool = False, enabled: bool = True):
@@ -187,18 +198,21 @@ class Runner:
         self.exit_code = self.exit_code or exc.exit_code
         return record
 
-    def run(self, label: str, prompt: str, load_media: Callable[[], Media]) -> dict[str, Any] | None:
+    def run(
+        self, label: str, prompt: str, load_media: Callable[[], Media], max_tokens: int | None = None
+    ) -> dict[str, Any] | None:
         """Load the media, then answer `prompt` about it; the input's record, an error record on failure."""
-        records = self.run_questions(label, [prompt], load_media)
+        records = self.run_questions(label, [prompt], load_media, max_tokens)
         return records[0] if records else None
 
     def run_questions(
-        self, label: str, prompts: Sequence[str], load_media: Callable[[], Media]
+        self, label: str, prompts: Sequence[str], load_media: Callable[[], Media], max_tokens: int | None = None
     ) -> list[dict[str, Any]]:
         """Load the media once, then answer each of `prompts` about it: one record per question.
 
         Several questions share one prefill of the media (`Engine.session`) where the engine can
-        keep it; otherwise each is a request of its own.
+        keep it; otherwise each is a request of its own. max_tokens: this input's own limit
+        (default: the settings').
         """
         if self.stopped:
             return []
@@ -206,13 +220,13 @@ class Runner:
             # Media first: a bad input is reported without waiting for a model to load.
             started = time.perf_counter()
             media = load_media()
-            media_s = time.perf_counter() - started
+            media_s = time.perf_counter() - started if media.media_s is None else media.media_s
             try:
                 engine = self.engine()
             except ModelError:
                 self.stopped = True  # without a model no input can succeed
                 raise
-            answer = self._answerer(engine, media, several=len(prompts) > 1)
+            answer = self._answerer(engine, media, several=len(prompts) > 1, max_tokens=max_tokens)
         except QvlError as exc:
             record = self.fail(label, exc, prompts[0] if len(prompts) == 1 else None)
             if self.stopped:
@@ -228,6 +242,7 @@ class Runner:
                 records.append(self.fail(label, exc, prompt))
                 continue
             result.timings.media_s, media_s = media_s, 0.0  # the media was loaded for the first answer
+            result.timings.preprocess_s += media.preprocess_s  # prepared ahead: one question only
             records.append(self._answered(engine, label, prompt, media, result))
         return records
 
@@ -264,18 +279,43 @@ class Runner:
         except OSError as exc:  # the answer stands; the log line is what was lost
             self.view.warned(f"PSA log of {label} not written: {exc.strerror or exc}")
 
-    def _answerer(self, engine, media: Media, several: bool) -> Callable[[str], Any]:
-        """prompt -> Result about `media`: through one session for several questions where the
-        engine can keep one (a single device), else one request each."""
+    def prepare(self, prompt: str, media: Media) -> Media:
+        """`media` with the processor's inputs for `prompt` made now, on the CPU (the engine must
+        be loaded): a worker thread calls this while the model answers other inputs, so that
+        `run` only moves the inputs to the model's device."""
+        started = time.perf_counter()
+        media.inputs = self.engine().prepare(self._request(prompt, media), device="cpu")
+        media.preprocess_s = time.perf_counter() - started
+        return media
+
+    def _request(self, prompt: str, media: Media, max_tokens: int | None = None):
         from qvl.engine import Request
 
         s = self.settings
-        sampling = dict(max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
+        return Request(
+            prompt=prompt,
+            images=media.images,
+            video=media.video,
+            max_new_tokens=max_tokens or s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            seed=s.seed,
+        )
+
+    def _answerer(self, engine, media: Media, several: bool, max_tokens: int | None = None) -> Callable[[str], Any]:
+        """prompt -> Result about `media`: through one session for several questions where the
+        engine can keep one (a single device), else one request each (with the inputs prepared
+        ahead, if `media` has them)."""
+        s = self.settings
         if several and (engine.fast_path_problem is None or engine.device == "cpu"):
             session = engine.session(images=media.images, video=media.video)
+            sampling = dict(
+                max_new_tokens=max_tokens or s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed
+            )
             return lambda prompt: session.ask(prompt, on_text=self.view.on_text, **sampling)
+        inputs = None if several else media.inputs
         return lambda prompt: engine.generate(
-            Request(prompt=prompt, images=media.images, video=media.video, **sampling), on_text=self.view.on_text
+            self._request(prompt, media, max_tokens), on_text=self.view.on_text, inputs=inputs
         )
 
 
