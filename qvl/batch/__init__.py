@@ -109,7 +109,7 @@ def _records(rows: list, settings, options: BatchOptions, view: BatchView) -> It
             options.cache,
             address=options.ray,
             models=options.gpus,
-            prefetch=options.prefetch or 2 * (options.gpus or 1) + 2,
+            prefetch=options.prefetch,
             on_loaded=view.loaded,
         )
     if (options.gpus or 1) > 1:
@@ -124,7 +124,8 @@ def _records(rows: list, settings, options: BatchOptions, view: BatchView) -> It
             prefetch=options.ahead,
             on_loaded=view.loaded,
         )
-    from qvl.batch.local import answer_rows, engine_info
+    from qvl.batch.local import answer_rows
+    from qvl.batch.work import engine_info
     from qvl.runner import Runner, View
 
     class Loaded(View):

@@ -2,7 +2,7 @@
 answers them, and the driver (the `qvl batch` process) writes every record as it comes back, so
 a job resumes exactly as a local one does.
 
-    for record in answer_on_ray(settings, rows, cache, address="auto", models=None, prefetch=8, on_loaded=print):
+    for record in answer_on_ray(settings, rows, cache, address="auto", models=None, prefetch=None, on_loaded=print):
         ...
 
 address: "local" (the Ray instance this process already runs, else a new one on this machine),
@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Iterator
 
-from qvl.batch.work import answer, ready
+from qvl.batch.work import answer, engine_info, ready, silence_loading
 from qvl.errors import ModelError, OptionError, QvlError
+from qvl.runner import Runner, error_record
 
 # Calls queued on each model actor: one running, one waiting with its media already fetched.
 CALLS_PER_ACTOR = 2
@@ -48,14 +49,12 @@ def model_count(ray, models: int | None, device: str) -> tuple[int, bool]:
     """(actors, whether each takes a GPU): --gpus if given, else every GPU of the cluster (one
     actor on a CPU where it has none, or with --device cpu)."""
     gpus = 0 if device == "cpu" else int(ray.cluster_resources().get("GPU", 0))
-    if models is None:
-        return max(gpus, 1), gpus > 0
-    if models < 1:
-        raise OptionError(f"--gpus must be at least 1, not {models}")
-    if gpus and models > gpus:
-        raise OptionError(f"--gpus {models}: the Ray cluster has {gpus} GPU{'' if gpus == 1 else 's'}")
     if device == "cuda" and not gpus:
         raise OptionError("--device cuda: the Ray cluster has no GPUs")
+    if models is None:
+        return max(gpus, 1), gpus > 0
+    if gpus and models > gpus:
+        raise OptionError(f"--gpus {models}: the Ray cluster has {gpus} GPU{'' if gpus == 1 else 's'}")
     return models, gpus > 0
 
 
@@ -63,16 +62,11 @@ class ModelActor:
     """One model (on one GPU where the cluster has them), answering rows whose media is loaded."""
 
     def __init__(self, settings):
-        from qvl.output import silence_loading
-        from qvl.runner import Runner
-
         silence_loading()
         self.runner = Runner(settings)
 
     def load(self) -> dict[str, Any] | str:
         """The engine's description, or the message of why it cannot load."""
-        from qvl.batch.local import engine_info
-
         try:
             return engine_info(self.runner.engine())
         except QvlError as exc:
@@ -97,10 +91,11 @@ def answer_on_ray(
     *,
     address: str,
     models: int | None,
-    prefetch: int,
+    prefetch: int | None,
     on_loaded: Callable[[dict], None],
 ) -> Iterator[dict[str, Any]]:
-    """Records of `rows` as the cluster answers them (not in order). cache: `CacheSettings`."""
+    """Records of `rows` as the cluster answers them (not in order). cache: `CacheSettings`;
+    prefetch: rows decoded ahead of the actors (None: twice the actors, plus two)."""
     ray, started = connect(address)
     try:
         count, on_gpu = model_count(ray, models, settings.device)
@@ -113,7 +108,7 @@ def answer_on_ray(
             if isinstance(info, str):
                 raise ModelError(info)
             on_loaded(info)
-        yield from _schedule(ray, actors, decode_task, rows, cache, prefetch, settings.model)
+        yield from _schedule(ray, actors, decode_task, rows, cache, prefetch or 2 * count + 2, settings.model)
     finally:
         if started:
             ray.shutdown()
@@ -122,8 +117,6 @@ def answer_on_ray(
 def _schedule(ray, actors: list, decode_task, rows: list, cache, prefetch: int, model) -> Iterator[dict[str, Any]]:
     """Decode up to `prefetch` rows ahead of the actors; give each actor `CALLS_PER_ACTOR` rows at
     a time; yield each record as it comes back."""
-    from qvl.runner import error_record
-
     todo = iter(rows)
     decoded: deque = deque()  # (row, media ref), in row order
     calls: dict = {}  # answer ref -> (actor, row)

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
-from qvl.batch.work import answer, decode_threads, ready
+from qvl.batch.work import answer, decode_threads, engine_info, ready, silence_loading
 from qvl.errors import ModelError, OptionError, QvlError
 from qvl.runner import Runner
 
@@ -120,17 +120,10 @@ def visible_devices(gpus: int) -> list[str]:
     return names[:gpus]
 
 
-def engine_info(engine) -> dict[str, Any]:
-    """What a person is told about a loaded engine (it may live in another process)."""
-    return {"name": engine.name, "device": engine.device, "load_s": engine.load_s, "is_tiny": engine.is_tiny}
-
-
 def _gpu_worker(device: str, settings, cache, workers: int, prefetch: int, tasks, results) -> None:
     """One GPU's process: load the model, answer rows from `tasks` until None, report on `results`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
     os.environ["CUDA_VISIBLE_DEVICES"] = device  # before torch is imported: this card alone
-    from qvl.output import silence_loading
-
     silence_loading()
     runner = Runner(settings)
     try:

@@ -68,6 +68,11 @@ def answer(runner: Runner, row, media: Media | QvlError) -> dict[str, Any]:
     return {"id": row.id, **record}
 
 
+def engine_info(engine) -> dict[str, Any]:
+    """What a person is told about a loaded engine (it may live in another process)."""
+    return {"name": engine.name, "device": engine.device, "load_s": engine.load_s, "is_tiny": engine.is_tiny}
+
+
 def decode_threads(workers: int) -> int:
     """Decoding threads per video when `workers` videos are decoded at once: the cores shared out."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -77,3 +82,10 @@ def decode_threads(workers: int) -> int:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def silence_loading() -> None:
+    """No weight-loading progress bars from a model process or actor (its stderr is the job's)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
