@@ -118,7 +118,7 @@ def _rows_of(raw: str, defaults: dict) -> Iterable[tuple[Row, str | None]]:
         raise OptionError(f"{raw}: no such file or folder")
     for file in found:
         if file.suffix.lower() == MANIFEST_SUFFIX:
-            yield from read_manifest(file, defaults)
+            yield from _read_manifest(file, defaults)
         else:
             yield _row(str(file), str(file), defaults), None
 
@@ -126,7 +126,7 @@ def _rows_of(raw: str, defaults: dict) -> Iterable[tuple[Row, str | None]]:
 _MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_EXTENSIONS
 
 
-def read_manifest(path: Path, defaults: dict) -> Iterable[tuple[Row, str]]:
+def _read_manifest(path: Path, defaults: dict) -> Iterable[tuple[Row, str]]:
     """The rows of a JSONL manifest, each with "FILE:LINE" saying where it was read."""
     try:
         text = path.read_text(encoding="utf-8")

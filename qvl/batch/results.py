@@ -8,10 +8,11 @@
 Each line is written with one `os.write` on a descriptor opened with O_APPEND: the kernel appends
 the whole buffer at once, so a job killed at any moment (SIGKILL included) leaves whole lines,
 plus at most one torn last line when the kill lands inside the write, which `open` cuts off
-before anything else is appended. A write that comes back short (a full disk) is undone the same
-way and raised. `drop` rewrites the file without some rows (a new file renamed over the old one,
-so it too is all or nothing). One job at a time holds the file (an advisory lock), so two runs
-of one command cannot both answer a row.
+before anything else is appended. A write that fails or comes back short (a full disk) is undone
+and raised as a `QvlError`: the job stops, and the rows not written run next time. `drop`
+rewrites the file without some rows (a new file renamed over the old one, so it too is all or
+nothing). One job at a time holds the file (an advisory lock), so two runs of one command cannot
+both answer a row.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from qvl.errors import OptionError
+from qvl.errors import OptionError, QvlError
 
 try:
     import fcntl
@@ -63,11 +64,14 @@ class Results:
     def append(self, record: dict) -> None:
         """Add one record as one line, written whole or not at all."""
         data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        size = os.fstat(self._fd).st_size
-        written = os.write(self._fd, data)
-        if written != len(data):  # regular files write short only when out of space or quota
-            os.ftruncate(self._fd, size)
-            raise OSError(f"wrote {written} of {len(data)} bytes to {self.path}")
+        try:
+            size = os.fstat(self._fd).st_size
+            written = os.write(self._fd, data)
+            if written != len(data):  # regular files write short only when out of space or quota
+                os.ftruncate(self._fd, size)
+                raise OSError(f"wrote {written} of {len(data)} bytes")
+        except OSError as exc:
+            raise QvlError(f"--out {self.path}: cannot write a record ({exc.strerror or exc})") from None
         self.errors[record["id"]] = record["error"]
 
     def drop(self, ids: Iterable[Any]) -> None:
