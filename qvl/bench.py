@@ -79,17 +79,17 @@ def default_model(device: str) -> str:
     return "random:7b" if device == "cuda" else "tiny"
 
 
-def write_video(path: Path, seconds: float, *, side: int = SIDE, fps: int = SOURCE_FPS) -> Path:
+def write_video(path: Path, seconds: float, *, side: int = SIDE, fps: int = SOURCE_FPS, seed: int = 0) -> Path:
     """A synthetic video of `seconds`, `side` x `side`, written with PyAV (no ffmpeg binary needed).
 
-    A smooth random scene scrolls a pixel per frame, so frames differ as filmed ones do and the
-    encoder has real work. H.264 where PyAV has it, else MPEG-4 Part 2.
+    A smooth random scene (drawn from `seed`) scrolls a pixel per frame, so frames differ as filmed
+    ones do and the encoder has real work. H.264 where PyAV has it, else MPEG-4 Part 2.
     """
     import av
     import numpy as np
 
     count = max(1, round(seconds * fps))
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     blocks = rng.integers(0, 255, (side // 16, (side + count) // 16 + 1, 3), dtype=np.uint8)
     scene = np.repeat(np.repeat(blocks, 16, axis=0), 16, axis=1)
     last: Exception | None = None

@@ -17,15 +17,18 @@ from qvl import __version__, output
 from qvl.chat import chat
 from qvl.errors import OptionError, QvlError
 from qvl.options import (
+    BatchOutOpt,
     BenchFramesOpt,
     BenchModelOpt,
     CacheDirOpt,
     DeviceOpt,
     DtypeOpt,
+    GpusOpt,
     JsonOpt,
     MaxTokensOpt,
     ModelOpt,
     NoCacheOpt,
+    PrefetchOpt,
     PromptOpt,
     PsaConfigOpt,
     PsaLogDirOpt,
@@ -34,13 +37,16 @@ from qvl.options import (
     PsaPresetOpt,
     QuestionsOpt,
     QuietOpt,
+    RayOpt,
     RepeatOpt,
+    RetryFailedOpt,
     SeedOpt,
     ServerOpt,
     StatsOpt,
     StrictHashOpt,
     TemperatureOpt,
     TopPOpt,
+    WorkersOpt,
     fail,
     psa_config,
     psa_log,
@@ -236,6 +242,64 @@ def _dry_run(videos, options, json_output: bool) -> int:
 
 
 app.command()(chat)  # qvl chat: a conversation about images or a video (qvl/chat.py)
+
+# --- batch: qvl/batch/ -------------------------------------------------------------------------
+
+
+@app.command()
+@with_video_options
+def batch(
+    inputs: Annotated[
+        list[str], typer.Argument(help="Files, folders, globs, URLs or JSONL manifests (docs/batch.md).")
+    ],
+    out: BatchOutOpt,
+    prompt: PromptOpt = None,
+    retry_failed: RetryFailedOpt = False,
+    gpus: GpusOpt = None,
+    workers: WorkersOpt = None,
+    prefetch: PrefetchOpt = None,
+    ray: RayOpt = None,
+    no_cache: NoCacheOpt = False,
+    cache_dir: CacheDirOpt = None,
+    strict_hash: StrictHashOpt = False,
+    model: ModelOpt = None,
+    max_tokens: MaxTokensOpt = 512,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    temperature: TemperatureOpt = 0.0,
+    top_p: TopPOpt = None,
+    seed: SeedOpt = None,
+    psa: PsaOpt = False,
+    psa_preset: PsaPresetOpt = None,
+    psa_config_file: PsaConfigOpt = None,
+    min_tokens: PsaMinTokensOpt = None,
+    quiet: QuietOpt = False,
+    video_options=None,
+) -> None:
+    """Answer --prompt about many images and videos, one JSON line per input in --out; run it again to resume."""
+    from qvl import batch as job
+    from qvl.batch.inputs import expand
+
+    settings = run_settings(
+        model,
+        device,
+        dtype,
+        psa_config(psa, psa_preset, psa_config_file, min_tokens=min_tokens),
+        max_tokens,
+        temperature,
+        top_p,
+        seed,
+    )
+    prompts = {"image": DEFAULT_IMAGE_PROMPT, "video": DEFAULT_VIDEO_PROMPT}
+    try:
+        rows = expand(inputs, video_options, prompts=prompts, prompt=prompt)
+        cache = job.CacheSettings(cache_dir, strict_hash, enabled=not no_cache)
+        options = job.BatchOptions(out, retry_failed, gpus, workers, prefetch, ray, cache)
+        with output.BatchView(quiet=quiet) as view:
+            code = job.run(rows, settings, options, view)
+    except QvlError as exc:
+        fail(exc)
+    raise typer.Exit(code)
 
 
 # --- psa-profile ------------------------------------------------------------------------------

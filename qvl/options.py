@@ -126,6 +126,41 @@ BenchFramesOpt = Annotated[
 ]
 RepeatOpt = Annotated[int, typer.Option("--repeat", help="Warm runs of each timing after the first (median).")]
 
+# --- qvl batch -----------------------------------------------------------------------------
+
+BatchOutOpt = Annotated[
+    str,
+    typer.Option(
+        "--out", "-o", help="The results file: one JSON line per row, appended; rows already in it are skipped."
+    ),
+]
+RetryFailedOpt = Annotated[
+    bool, typer.Option("--retry-failed", help="Run again the rows whose record in --out is an error.")
+]
+GpusOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--gpus", help="Models to run, one per GPU, each in its own process (default 1; with --ray every GPU)."
+    ),
+]
+WorkersOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--workers", help="CPU threads per model loading media and running the processor (default: cores, at most 4)."
+    ),
+]
+PrefetchOpt = Annotated[
+    Optional[int], typer.Option("--prefetch", help="Rows held ready ahead of each model (default: twice --workers).")
+]
+RayOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--ray",
+        metavar="ADDRESS",
+        help="Run on Ray: local (this machine), auto (the cluster `ray start` joined) or ray://HOST:PORT.",
+    ),
+]
+
 # --- output ------------------------------------------------------------------------------------
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object per input on stdout, nothing else.")]

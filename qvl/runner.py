@@ -61,12 +61,20 @@ class Media:
     images: PIL images; video: a `qvl.engine.VideoFrames`; record: keys added to the input's record;
     notes: what the frame plan changed from what was asked (`--frames 3` rounded up, `--end`
     clamped), for a person to read.
+
+    Media loaded ahead of `Runner.run` (by a worker, while the model answers another input) says
+    how long that took in `media_s` (None: `run` times `load_media` itself), and may carry the
+    processor's `inputs` for the one question it will be asked (`Runner.prepare`), made in
+    `preprocess_s`.
     """
 
     images: Sequence[Any] = ()
     video: Any = None
     record: dict[str, Any] = field(default_factory=dict)
     notes: Sequence[str] = ()
+    media_s: float | None = None
+    inputs: Any = None
+    preprocess_s: float = 0.0
 
 
 def error_record(label: str, message: str, *, model: str | None = None, prompt: str | None = None) -> dict[str, Any]:
@@ -104,11 +112,14 @@ def clip_media(clip) -> Media:
     return Media(video=VideoFrames(clip.frames, clip.sampled_fps), record=clip_record(clip), notes=clip.plan.notes)
 
 
-def load_clip(source: str, options, cache=None, progress: Callable[[int, int], None] | None = None) -> Media:
-    """Sample `source` as `options` (a `VideoOptions`) say, through `cache` (a `FrameCache` or None)."""
+def load_clip(
+    source: str, options, cache=None, progress: Callable[[int, int], None] | None = None, workers: int | None = None
+) -> Media:
+    """Sample `source` as `options` (a `VideoOptions`) say, through `cache` (a `FrameCache` or None);
+    workers: decoding threads (default: one per core)."""
     from qvl.media.video import load_video
 
-    return clip_media(load_video(source, options, cache=cache, progress=progress))
+    return clip_media(load_video(source, options, cache=cache, progress=progress, workers=workers))
 
 
 def frame_cache(cache_dir=None, *, strict_hash: bool = False, enabled: bool = True):
@@ -187,24 +198,30 @@ class Runner:
         self.exit_code = self.exit_code or exc.exit_code
         return record
 
-    def run(self, label: str, prompt: str, load_media: Callable[[], Media]) -> dict[str, Any] | None:
+    def run(
+        self, label: str, prompt: str, load_media: Callable[[], Media], max_tokens: int | None = None
+    ) -> dict[str, Any] | None:
         """Load the media, then answer `prompt` about it; the input's record, an error record on failure."""
-        records = self.run_questions(label, [prompt], load_media)
+        records = self.run_questions(label, [prompt], load_media, max_tokens)
         return records[0] if records else None
 
     def run_questions(
-        self, label: str, prompts: Sequence[str], load_media: Callable[[], Media]
+        self, label: str, prompts: Sequence[str], load_media: Callable[[], Media], max_tokens: int | None = None
     ) -> list[dict[str, Any]]:
         """Load the media once, then answer each of `prompts` about it: one record per question.
 
         Several questions share one prefill of the media (`Engine.session`) where the engine can
-        keep it; otherwise each is a request of its own.
+        keep it; otherwise each is a request of its own. max_tokens: this input's own limit
+        (default: the settings').
         """
         if self.stopped:
             return []
         try:
             engine, media, media_s = self._load(load_media)
-            answer = self._answerer(engine, media, self._session(engine, media) if len(prompts) > 1 else None)
+            session = self._session(engine, media) if len(prompts) > 1 else None
+            # Inputs prepared ahead (qvl batch) are for one question: several take the session.
+            inputs = media.inputs if len(prompts) == 1 else None
+            answer = self._answerer(engine, media, session, max_tokens=max_tokens, inputs=inputs)
         except QvlError as exc:
             return [self._not_opened(label, exc, prompts[0] if len(prompts) == 1 else None)]
         records = []
@@ -218,6 +235,7 @@ class Runner:
                 continue
             # Loaded for the first answer; added to what the answer itself spent on media (a server's).
             result.timings.media_s, media_s = result.timings.media_s + media_s, 0.0
+            result.timings.preprocess_s += media.preprocess_s  # prepared ahead: one question only
             records.append(self._answered(engine, label, prompt, media, result))
         return records
 
@@ -274,7 +292,7 @@ class Runner:
         without waiting for a model."""
         started = time.perf_counter()
         media = load_media()
-        media_s = time.perf_counter() - started
+        media_s = time.perf_counter() - started if media.media_s is None else media.media_s
         try:
             engine = self.engine()
         except ModelError:
@@ -295,19 +313,47 @@ class Runner:
             return engine.session(images=media.images, video=media.video, **options)
         return None
 
-    def _answerer(self, engine, media: Media, session) -> Callable[..., Any]:
-        """(prompt, history=()) -> Result about `media` after the conversation `history`: through
-        `session` (`Engine.session`'s, or None), else as a request of its own."""
+    def prepare(self, prompt: str, media: Media) -> Media:
+        """`media` with the processor's inputs for `prompt` made now, on the CPU (the engine must
+        be loaded): a worker thread calls this while the model answers other inputs, so that
+        `run` only moves the inputs to the model's device."""
+        started = time.perf_counter()
+        media.inputs = self.engine().prepare(self._request(prompt, media), device="cpu")
+        media.preprocess_s = time.perf_counter() - started
+        return media
+
+    def _request(self, prompt: str, media: Media, max_tokens: int | None = None, history=()):
         from qvl.engine import Request
 
         s = self.settings
-        sampling = dict(max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
+        return Request(
+            prompt=prompt,
+            images=media.images,
+            video=media.video,
+            history=history,
+            max_new_tokens=max_tokens or s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            seed=s.seed,
+        )
+
+    def _answerer(
+        self, engine, media: Media, session, max_tokens: int | None = None, inputs=None
+    ) -> Callable[..., Any]:
+        """(prompt, history=()) -> Result about `media` after the conversation `history`: through
+        `session` (`Engine.session`'s, or None), else as a request of its own (with `inputs`, the
+        processor's output prepared ahead for the first question, where given)."""
+        s = self.settings
+        sampling = dict(
+            max_new_tokens=max_tokens or s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed
+        )
         on_text = self.view.on_text
         if session is not None:
             return lambda prompt, history=(): session.ask(prompt, history=history, on_text=on_text, **sampling)
         return lambda prompt, history=(): engine.generate(
-            Request(prompt=prompt, images=media.images, video=media.video, history=history, **sampling),
+            self._request(prompt, media, max_tokens, history),
             on_text=on_text,
+            inputs=None if history else inputs,
         )
 
 

@@ -148,16 +148,23 @@ class Engine:
         messages.append({"role": "user", "content": [*(media if not messages else []), _text(request.prompt)]})
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def prepare(self, request: Request):
+    def prepare(self, request: Request, device: str | None = None):
         """Run the processor on one request: the model inputs (`input_ids`, pixel values, grids, ...),
-        on the model's device."""
+        on `device` (default: the model's).
+
+        device="cpu" keeps every step on the CPU and touches no GPU, so worker threads can prepare
+        requests while the model answers others; `generate(request, inputs=...)` then moves them.
+        """
+        import torch
+
+        target = torch.device(device) if device is not None else self.model.device
         text = self.chat_text(request)
         kwargs: dict[str, Any] = {}
         if request.images:
             kwargs["images"] = list(request.images)
         if request.video is not None:
-            kwargs.update(_video_kwargs(request.video, self.processor.video_processor, self.model.device))
-        return self.processor(text=[text], return_tensors="pt", **kwargs).to(self.model.device)
+            kwargs.update(_video_kwargs(request.video, self.processor.video_processor, target))
+        return self.processor(text=[text], return_tensors="pt", **kwargs).to(target)
 
     def generate(
         self,
@@ -166,12 +173,15 @@ class Engine:
         *,
         fast: bool | None = None,
         psa: bool = True,
+        inputs=None,
     ) -> Result:
         """Answer one request. `on_text` receives the answer in pieces as tokens are generated.
 
         fast: qvl's fast path (our vision tower, static KV cache, CUDA-graph decode) or transformers'
         `generate`; None takes the fast path wherever `fast_path_problem` is None. psa: False runs
-        this request with SDPA even on an engine built with `psa=` (to compare the two).
+        this request with SDPA even on an engine built with `psa=` (to compare the two). inputs:
+        `prepare(request, device="cpu")`'s output, made ahead of time; `preprocess_s` is then only
+        the move to the model's device.
         """
         import torch
 
@@ -181,7 +191,7 @@ class Engine:
             raise OptionError(f"--max-tokens must be at least 1, not {request.max_new_tokens}")
         timings = Timings(load_s=self.load_s)
         started = time.perf_counter()
-        inputs = self.prepare(request)
+        inputs = self.prepare(request) if inputs is None else inputs.to(self.model.device)
         timings.preprocess_s = time.perf_counter() - started
 
         tokenizer = self.processor.tokenizer

@@ -1,0 +1,136 @@
+"""`qvl batch`: thousands of images and videos answered into one results file, resumably.
+
+    rows = inputs.expand(["clips/", "todo.jsonl"], video_options, prompts=...)
+    exit_code = run(rows, settings, BatchOptions(out="results.jsonl"), view)
+
+One record per row (the `--json` record of `describe`/`video` with the row's `id` first) is
+appended to the results file as it is answered; a row already there is skipped, so running the
+same command again after a crash or a kill finishes the job and answers each row exactly once.
+Rows run on one model here (`local.answer_rows`), one model per GPU in worker processes
+(`local.answer_on_gpus`) or on a Ray cluster (`cluster.answer_on_ray`); in every case this
+process alone writes the file. Nothing here prints: the `BatchView` hears what happens.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from qvl.batch.results import Results
+from qvl.batch.work import CacheSettings
+from qvl.errors import OptionError
+
+MAX_DEFAULT_WORKERS = 4
+
+__all__ = ["BatchOptions", "BatchView", "CacheSettings", "run"]
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How a batch runs. out: the results file; retry_failed: run rows whose record is an error
+    again; gpus: models, one per GPU (None: one here, every GPU of a Ray cluster); workers: CPU
+    threads loading media (None: one per core, at most 4); prefetch: rows held ready ahead of the
+    model (None: twice the workers); ray: a Ray address, or None to run here."""
+
+    out: str
+    retry_failed: bool = False
+    gpus: int | None = None
+    workers: int | None = None
+    prefetch: int | None = None
+    ray: str | None = None
+    cache: CacheSettings = field(default_factory=CacheSettings)
+
+    def __post_init__(self) -> None:
+        for name, value in (("--gpus", self.gpus), ("--workers", self.workers), ("--prefetch", self.prefetch)):
+            if value is not None and value < 1:
+                raise OptionError(f"{name} must be at least 1, not {value}")
+
+    @property
+    def cpu_workers(self) -> int:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return self.workers or min(cores, MAX_DEFAULT_WORKERS)
+
+    @property
+    def ahead(self) -> int:
+        return self.prefetch or 2 * self.cpu_workers
+
+
+class BatchView:
+    """What a batch tells whoever watches it; this one shows nothing (`qvl.output.BatchView` does)."""
+
+    def loaded(self, info: dict[str, Any]) -> None:
+        """A model has loaded: `info` has name, device, load_s, is_tiny."""
+
+    def started(self, total: int, done: int, out: str) -> None:
+        """`total` rows are about to run; `done` were already in the results file `out`."""
+
+    def answered(self, record: dict[str, Any]) -> None:
+        """One row's record, just written (its `error` is None or the message)."""
+
+    def finished(self, answered: int, failed: int, total: int) -> None:
+        """The job's rows: `answered` and `failed` of `total`, this run and earlier ones together."""
+
+
+def check(settings, options: BatchOptions) -> None:
+    """`OptionError` for what can be refused before the results file is touched or a model loads."""
+    if options.ray is None:
+        from qvl.batch.local import check_gpus
+
+        check_gpus(options.gpus or 1, settings.device)
+
+
+def run(rows: list, settings, options: BatchOptions, view: BatchView | None = None) -> int:
+    """Answer the rows the results file lacks; the exit code: 0 if every row of the job is
+    answered, 1 if any row's record is an error (this run's or an earlier one's)."""
+    view = view or BatchView()
+    check(settings, options)
+    with Results.open(options.out) as results:
+        if options.retry_failed:
+            results.drop(row.id for row in rows if results.errors.get(row.id) is not None)
+        todo = [row for row in rows if row.id not in results.errors]
+        view.started(len(todo), len(rows) - len(todo), str(results.path))
+        if todo:
+            for record in _records(todo, settings, options, view):
+                results.append(record)
+                view.answered(record)
+        failed = sum(results.errors.get(row.id) is not None for row in rows)
+    view.finished(len(rows) - failed, failed, len(rows))
+    return 1 if failed else 0
+
+
+def _records(rows: list, settings, options: BatchOptions, view: BatchView) -> Iterator[dict[str, Any]]:
+    if options.ray is not None:
+        from qvl.batch.cluster import answer_on_ray
+
+        return answer_on_ray(
+            settings,
+            rows,
+            options.cache,
+            address=options.ray,
+            models=options.gpus,
+            prefetch=options.prefetch,
+            on_loaded=view.loaded,
+        )
+    if (options.gpus or 1) > 1:
+        from qvl.batch.local import answer_on_gpus
+
+        return answer_on_gpus(
+            settings,
+            rows,
+            options.cache,
+            gpus=options.gpus,
+            workers=options.cpu_workers,
+            prefetch=options.ahead,
+            on_loaded=view.loaded,
+        )
+    from qvl.batch.local import answer_rows
+    from qvl.batch.work import engine_info
+    from qvl.runner import Runner, View
+
+    class Loaded(View):
+        def loaded(self, engine) -> None:
+            view.loaded(engine_info(engine))
+
+    runner = Runner(settings, Loaded())
+    return answer_rows(runner, rows, options.cache.open(), workers=options.cpu_workers, prefetch=options.ahead)

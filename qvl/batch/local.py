@@ -1,0 +1,138 @@
+"""Running a batch on this machine: CPU workers get rows ready while the model answers, one model
+per GPU.
+
+`answer_rows` is one model's loop: a pool of `workers` threads loads each row's media (PyAV and
+Pillow release the GIL) and runs the processor on the CPU, at most `prefetch` rows ahead, while
+the model answers the row before; records come back in the rows' order. `answer_on_gpus` starts
+one process per GPU (spawned, each seeing only its own card through CUDA_VISIBLE_DEVICES), each
+running `answer_rows` on rows it takes from a shared queue, and yields their records to the one
+process that writes the results file.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from typing import Any, Callable, Iterable, Iterator
+
+from qvl.batch.work import answer, decode_threads, engine_info, ready, silence_loading
+from qvl.errors import ModelError, OptionError, QvlError
+from qvl.runner import Runner
+
+
+def answer_rows(runner: Runner, rows: Iterable, cache, *, workers: int, prefetch: int) -> Iterator[dict[str, Any]]:
+    """Each row's record, in order; loads the runner's engine first (a `ModelError` if it cannot)."""
+    runner.engine()  # the workers run its processor
+    threads = decode_threads(workers)
+    rows = iter(rows)
+    with ThreadPoolExecutor(workers, thread_name_prefix="qvl-prefetch") as pool:
+
+        def submit(row):
+            return row, pool.submit(ready, row, cache, runner=runner, workers=threads)
+
+        pending = deque(submit(row) for row in islice(rows, max(prefetch, 1)))
+        try:
+            while pending:
+                row, future = pending.popleft()
+                pending.extend(submit(row) for row in islice(rows, 1))
+                yield answer(runner, row, future.result())
+        finally:  # stopped early (interrupted): drop the rows not started
+            for _, future in pending:
+                future.cancel()
+
+
+def check_gpus(gpus: int, device: str) -> None:
+    """`OptionError` unless this machine can run `gpus` models, one per CUDA device."""
+    if gpus < 1:
+        raise OptionError(f"--gpus must be at least 1, not {gpus}")
+    if gpus == 1:
+        return
+    if device == "cpu":
+        raise OptionError(f"--gpus {gpus} runs one model per CUDA device, and --device cpu asks for none")
+    import torch
+
+    count = torch.cuda.device_count()
+    if gpus > count:
+        raise OptionError(f"--gpus {gpus}: this machine has {count} CUDA device{'' if count == 1 else 's'}")
+
+
+def answer_on_gpus(
+    settings, rows: list, cache, *, gpus: int, workers: int, prefetch: int, on_loaded: Callable[[dict], None]
+) -> Iterator[dict[str, Any]]:
+    """Records of `rows` as `gpus` worker processes answer them (not in order)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+    tasks, results = context.Queue(), context.Queue()
+    procs = [
+        context.Process(
+            target=_gpu_worker,
+            args=(device, settings, cache, workers, prefetch, tasks, results),
+            name=f"qvl-gpu-{device}",
+            daemon=True,
+        )
+        for device in visible_devices(gpus)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        for row in rows:
+            tasks.put(row)
+        for _ in procs:
+            tasks.put(None)
+        running = {proc.name for proc in procs}
+        while running:
+            try:
+                kind, name, payload = results.get(timeout=1.0)
+            except queue.Empty:
+                for proc in procs:
+                    if proc.name in running and not proc.is_alive():
+                        raise QvlError(
+                            f"the model process on GPU {proc.name.removeprefix('qvl-gpu-')} stopped "
+                            f"(exit code {proc.exitcode}); run the same command again to resume"
+                        ) from None
+                continue
+            if kind == "record":
+                yield payload
+            elif kind == "loaded":
+                on_loaded(payload)
+            elif kind == "failed":
+                raise ModelError(payload)
+            else:
+                running.discard(name)
+    finally:
+        tasks.cancel_join_thread()
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join(timeout=10)
+
+
+def visible_devices(gpus: int) -> list[str]:
+    """The CUDA_VISIBLE_DEVICES entry of each of the first `gpus` cards this process sees."""
+    seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [d.strip() for d in seen.split(",") if d.strip()] if seen else [str(i) for i in range(gpus)]
+    return names[:gpus]
+
+
+def _gpu_worker(device: str, settings, cache, workers: int, prefetch: int, tasks, results) -> None:
+    """One GPU's process: load the model, answer rows from `tasks` until None, report on `results`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
+    os.environ["CUDA_VISIBLE_DEVICES"] = device  # before torch is imported: this card alone
+    silence_loading()
+    runner = Runner(settings)
+    try:
+        info = engine_info(runner.engine())
+    except QvlError as exc:
+        results.put(("failed", f"qvl-gpu-{device}", str(exc)))
+        return
+    name = f"qvl-gpu-{device}"
+    results.put(("loaded", name, {**info, "device": f"{info['device']} (GPU {device})"}))
+    for record in answer_rows(runner, iter(tasks.get, None), cache.open(), workers=workers, prefetch=prefetch):
+        results.put(("record", name, record))
+    results.put(("done", name, None))

@@ -1,0 +1,151 @@
+"""A batch job's results file: one JSON line per row, appended whole, read back to resume.
+
+    results = Results.open("results.jsonl")   # locks it; a torn last line is cut off
+    results.errors                             # {id: its error, None if answered} of the rows there
+    results.append({"id": "a", "input": ..., "error": None})
+    results.close()
+
+Each line is written with one `os.write` on a descriptor opened with O_APPEND: the kernel appends
+the whole buffer at once, so a job killed at any moment (SIGKILL included) leaves whole lines,
+plus at most one torn last line when the kill lands inside the write, which `open` cuts off
+before anything else is appended. A write that fails or comes back short (a full disk) is undone
+and raised as a `QvlError`: the job stops, and the rows not written run next time. `drop`
+rewrites the file without some rows (a new file renamed over the old one, so it too is all or
+nothing). One job at a time holds the file (an advisory lock), so two runs of one command cannot
+both answer a row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from qvl.errors import OptionError, QvlError
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: the lock is then left out
+    fcntl = None
+
+_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+
+
+class Results:
+    """The results file at `path`, open for appending; `errors`: each id's error in it (its last
+    line's), None for an answered row."""
+
+    def __init__(self, path: Path, fd: int, errors: dict[Any, str | None]):
+        self.path, self._fd, self.errors = path, fd, errors
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Results:
+        """Open (or create) the file, lock it, cut a torn last line and read which rows it holds.
+
+        Raises `OptionError` if the file cannot be written, another job holds it, or a line is not
+        a batch record (a whole line that is not a JSON object with an "id": another file).
+        """
+        path = Path(path).expanduser()
+        try:
+            if path.parent != Path("."):
+                path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, _FLAGS, 0o644)
+        except OSError as exc:
+            raise OptionError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
+        try:
+            _lock(fd, path)
+            errors = {record_id: error for record_id, error, _ in _lines(fd, path)}
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd, errors)
+
+    def append(self, record: dict) -> None:
+        """Add one record as one line, written whole or not at all."""
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        try:
+            size = os.fstat(self._fd).st_size
+            written = os.write(self._fd, data)
+            if written != len(data):  # regular files write short only when out of space or quota
+                os.ftruncate(self._fd, size)
+                raise OSError(f"wrote {written} of {len(data)} bytes")
+        except OSError as exc:
+            raise QvlError(f"--out {self.path}: cannot write a record ({exc.strerror or exc})") from None
+        self.errors[record["id"]] = record["error"]
+
+    def drop(self, ids: Iterable[Any]) -> None:
+        """Rewrite the file without the lines of `ids` (to run those rows again)."""
+        ids = set(ids) & set(self.errors)
+        if not ids:
+            return
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            with open(temporary, "wb") as fh:
+                fh.writelines(line for record_id, _, line in _lines(self._fd, self.path) if record_id not in ids)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(temporary, self.path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        old, self._fd = self._fd, os.open(self.path, _FLAGS, 0o644)
+        os.close(old)
+        _lock(self._fd, self.path)
+        for record_id in ids:
+            del self.errors[record_id]
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> Results:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _lock(fd: int, path: Path) -> None:
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OptionError(
+            f"--out {path}: another qvl batch is writing it; wait for it or choose another file"
+        ) from None
+    except OSError:
+        pass  # a file system without locks: go on unlocked
+
+
+def _lines(fd: int, path: Path) -> Iterator[tuple[Any, str | None, bytes]]:
+    """(id, error, line) of each line of the file, after cutting off a torn last line."""
+    _cut_torn_tail(fd)
+    with open(os.dup(fd), "rb") as fh:
+        fh.seek(0)
+        for number, line in enumerate(fh, 1):
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                record = None
+            if not isinstance(record, dict) or "id" not in record or "error" not in record:
+                raise OptionError(
+                    f"--out {path}: line {number} is not a qvl batch record; give a new file or the one this job wrote"
+                )
+            yield record["id"], record["error"], line
+
+
+def _cut_torn_tail(fd: int, chunk: int = 1 << 16) -> None:
+    """Truncate the file just after its last newline: a write cut short leaves a partial line."""
+    size = end = os.fstat(fd).st_size
+    while end > 0:
+        start = max(0, end - chunk)
+        at = os.pread(fd, end - start, start).rfind(b"\n")
+        if at >= 0:
+            end = start + at + 1
+            break
+        end = start
+    if end < size:
+        os.ftruncate(fd, end)

@@ -1,0 +1,91 @@
+"""What every way of running a batch does with one row: load its media, then answer it with a Runner.
+
+The local runner, the GPU worker processes and the Ray tasks and actors all call these, so a row
+gets the same frames, the same request and the same record wherever it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from qvl.errors import InputError, QvlError
+from qvl.runner import Media, Runner, frame_cache, load_clip
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The frame cache the rows' videos are read through: --cache-dir, --strict-hash, --no-cache."""
+
+    folder: str | None = None
+    strict_hash: bool = False
+    enabled: bool = True
+
+    def open(self):
+        """The `FrameCache`, or None when it is off."""
+        return frame_cache(self.folder, strict_hash=self.strict_hash, enabled=self.enabled)
+
+
+def load(row, cache, workers: int | None = None) -> Media:
+    """The row's media: its image opened, or its video's frames sampled (`workers` decoding threads)."""
+    if row.kind == "image":
+        from qvl.media.images import open_image
+
+        return Media(images=[open_image(row.input)])
+    return load_clip(row.input, row.video, cache, workers=workers)
+
+
+def ready(row, cache, *, runner: Runner | None = None, workers: int | None = None) -> Media | QvlError:
+    """The row's media, timed, with its processor inputs made on the CPU when a `runner` (with its
+    engine loaded) is given; or the error that stopped it, to be that row's record."""
+    started = time.perf_counter()
+    try:
+        media = load(row, cache, workers)
+        media.media_s = time.perf_counter() - started
+        return runner.prepare(row.prompt, media) if runner is not None else media
+    except QvlError as exc:
+        return exc
+    except Exception as exc:  # one odd file (a decoder's or the processor's surprise) fails its row only
+        return InputError(f"{row.input}: {type(exc).__name__}: {_first_line(exc)}")
+
+
+def answer(runner: Runner, row, media: Media | QvlError) -> dict[str, Any]:
+    """The row's record (its `id` first, then the runner's record): an answer, or its error."""
+
+    def loaded() -> Media:
+        if isinstance(media, QvlError):
+            raise media
+        return media
+
+    try:
+        record = runner.run(row.input, row.prompt, loaded, max_tokens=row.max_tokens)
+    except Exception as exc:  # a row the model cannot take (out of GPU memory) must not end a long job
+        record = runner.fail(
+            row.input, InputError(f"{row.input}: {type(exc).__name__}: {_first_line(exc)}"), row.prompt
+        )
+    return {"id": row.id, **record}
+
+
+def engine_info(engine) -> dict[str, Any]:
+    """What a person is told about a loaded engine (it may live in another process)."""
+    return {"name": engine.name, "device": engine.device, "load_s": engine.load_s, "is_tiny": engine.is_tiny}
+
+
+def decode_threads(workers: int) -> int:
+    """Decoding threads per video when `workers` videos are decoded at once: the cores shared out."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, workers))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def silence_loading() -> None:
+    """No weight-loading progress bars from a model process or actor (its stderr is the job's)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()

@@ -1,0 +1,277 @@
+"""`qvl batch` end to end on the tiny model: a 40-row manifest of real images and videos with bad
+rows among them, a job killed with SIGKILL and resumed, --retry-failed, bad options, and the
+same job on a local Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cli_helpers import assert_one_error, error_lines, invoke, json_lines
+from PIL import Image
+
+from qvl.bench import write_video
+
+TINY = ["-m", "tiny", "--max-tokens", "4", "--no-cache", "--workers", "2"]
+BAD = {"missing": "no such file", "corrupt-image": "not an image", "corrupt-video": "not a video"}
+
+
+def _image(path: Path, seed: int) -> Path:
+    Image.new("RGB", (56 + 4 * (seed % 5), 48), (seed * 37 % 256, seed * 91 % 256, 120)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    """40 rows: 22 images, 15 videos (8 frames, 64x64, sampled at 4 frames; some with their own frames, prompt or
+    max_tokens), a missing file, a corrupt image and a corrupt video; paths relative to it."""
+    folder = tmp_path_factory.mktemp("batch")
+    (folder / "media").mkdir()
+    rows = []
+    for i in range(22):
+        _image(folder / "media" / f"img{i}.png", i)
+        rows.append({"id": f"img-{i}", "input": f"media/img{i}.png"})
+    for i in range(15):
+        write_video(folder / "media" / f"clip{i}.mp4", 1.0, side=64, fps=8, seed=i)
+        row = {"id": f"clip-{i}", "input": f"media/clip{i}.mp4"}
+        if i % 3 == 0:
+            row["frames"] = 6
+        if i % 5 == 0:
+            row["prompt"] = "What moves?"
+        if i == 7:
+            row["max_tokens"] = 2
+        rows.append(row)
+    (folder / "media" / "corrupt.png").write_bytes(b"not a png at all")
+    (folder / "media" / "corrupt.mp4").write_bytes(b"\x00" * 64)
+    rows += [
+        {"id": "missing", "input": "media/nowhere.mp4"},
+        {"id": "corrupt-image", "input": "media/corrupt.png"},
+        {"id": "corrupt-video", "input": "media/corrupt.mp4"},
+    ]
+    path = folder / "manifest.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(manifest, tmp_path_factory, tiny_model_dir) -> tuple[Path, object]:
+    """The whole manifest run once in-process: (results file, CLI result)."""
+    out = tmp_path_factory.mktemp("finished") / "results.jsonl"
+    return out, invoke("batch", manifest, "--out", out, *TINY)
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_bytes().decode().splitlines()]
+
+
+def _ids(manifest: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in manifest.read_text().splitlines()]
+
+
+def test_every_row_gets_one_record_and_bad_rows_fail_in_band(manifest, finished):
+    out, result = finished
+    assert result.exit_code == 1, result.stderr  # some rows failed
+    assert result.stdout == ""  # the records went to --out
+    records = _records(out)
+    assert [r["id"] for r in records] == _ids(manifest)  # one model here: in the manifest's order
+    by_id = {r["id"]: r for r in records}
+    for row_id, message in BAD.items():
+        assert message in by_id[row_id]["error"] and by_id[row_id]["text"] is None
+    assert len(error_lines(result.stderr)) == len(BAD)
+    assert "Traceback" not in result.stderr
+    good = [r for r in records if r["id"] not in BAD]
+    assert all(r["error"] is None and isinstance(r["text"], str) for r in good)
+    assert "37 of 40 rows answered, 3 failed" in result.stderr
+    # Per-row options override the command's.
+    assert by_id["clip-0"]["frames"] == 6 and by_id["clip-1"]["frames"] == 4  # 2 fps, at least 4
+    assert by_id["clip-5"]["prompt"] == "What moves?" and by_id["clip-1"]["prompt"] == "Describe this video."
+    assert by_id["clip-7"]["tokens"]["generated"] <= 2
+    assert by_id["img-3"]["input"] == str(manifest.parent / "media" / "img3.png")
+
+
+def test_records_are_describe_and_video_json_records_with_an_id(manifest, finished):
+    by_id = {r["id"]: r for r in _records(finished[0])}
+    media = manifest.parent / "media"
+    video = json_lines(invoke("video", media / "clip4.mp4", "--json", *TINY[:-2]).stdout)[0]
+    image = json_lines(invoke("describe", media / "img4.png", "--json", *TINY[:2], *TINY[2:4]).stdout)[0]
+    for ours, theirs in ((by_id["clip-4"], video), (by_id["img-4"], image)):
+        assert list(ours) == ["id", *theirs]
+        assert ours["text"] == theirs["text"]  # the same request: the same greedy answer
+
+
+def _line_count(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def test_a_job_killed_with_sigkill_resumes_with_exactly_one_line_per_id(manifest, finished, tmp_path):
+    out = tmp_path / "results.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qvl", "batch", str(manifest), "--out", str(out), *TINY, "--max-tokens", "24"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while _line_count(out) < 12:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no results appeared"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    killed = _records(out)  # whole lines only: each one parses
+    assert 12 <= len(killed) < 40
+    with out.open("ab") as fh:  # as if the kill had landed inside a write
+        fh.write(b'{"id": "img-0", "input": "med')
+    again = invoke("batch", manifest, "--out", out, *TINY)
+    assert again.exit_code == 1, again.stderr
+    assert f"{len(killed)} rows already in" in again.stderr
+    records = _records(out)
+    assert sorted(r["id"] for r in records) == sorted(_ids(manifest))  # exactly once each
+    assert records[: len(killed)] == killed  # what was there stays as it was
+    done = {r["id"] for r in killed}
+    expected = {r["id"]: r["text"] for r in _records(finished[0]) if r["id"] not in done}
+    assert {r["id"]: r["text"] for r in records[len(killed) :]} == expected
+
+
+def test_retry_failed_runs_only_the_failed_rows_again(tmp_path, tiny_model_dir):
+    _image(tmp_path / "a.png", 1)
+    write_video(tmp_path / "b.mp4", 1.0, side=64, fps=8)
+    (tmp_path / "todo.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in ({"input": "a.png"}, {"input": "late.png"}, {"input": "b.mp4"}))
+    )
+    out = tmp_path / "results.jsonl"
+    first = invoke("batch", tmp_path / "todo.jsonl", "-o", out, *TINY)
+    assert first.exit_code == 1 and "late.png: no such file" in first.stderr
+    before = out.read_bytes()
+    _image(tmp_path / "late.png", 2)
+    again = invoke("batch", tmp_path / "todo.jsonl", "-o", out, *TINY)  # without the flag: nothing to do
+    assert again.exit_code == 1 and out.read_bytes() == before
+    retried = invoke("batch", tmp_path / "todo.jsonl", "-o", out, *TINY, "--retry-failed")
+    assert retried.exit_code == 0, retried.stderr
+    lines = out.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 3
+    assert lines[:2] == [line for line in before.splitlines(keepends=True) if b"late.png" not in line]
+    assert json.loads(lines[2])["input"] == str(tmp_path / "late.png") and json.loads(lines[2])["error"] is None
+
+
+@pytest.mark.parametrize(
+    "args, contains",
+    [
+        (["--gpus", "2", "--device", "cpu"], "--gpus 2"),
+        (["--gpus", "0"], "--gpus must be at least 1"),
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--frames", "0"], "--frames"),
+    ],
+    ids=["gpus-on-cpu", "gpus-0", "workers-0", "frames-0"],
+)
+def test_bad_options_are_one_line_before_any_model_loads(manifest, tmp_path, args, contains):
+    result = invoke("batch", manifest, "-o", tmp_path / "r.jsonl", "-m", "not-a-model", *args)
+    assert_one_error(result, contains=contains, exit_code=2)
+
+
+def test_more_gpus_than_the_machine_has_is_refused(manifest, tmp_path):
+    import torch
+
+    count = torch.cuda.device_count()
+    result = invoke("batch", manifest, "-o", tmp_path / "r.jsonl", "--gpus", max(count, 1) + 1)
+    assert_one_error(result, contains=f"this machine has {count} CUDA device", exit_code=2)
+
+
+@pytest.mark.parametrize(
+    "line, contains",
+    [
+        ('{"input": "a.png", "frame": 4}', "unknown key 'frame'"),
+        ("not json", "not a JSON object"),
+        ('{"id": "x"}', 'no "input"'),
+        ('{"input": "a.mp4", "frames": "many"}', "whole number"),
+        ('{"input": "a.png", "frames": 4}', "applies to videos"),
+        ('{"id": 1, "input": "a.png"}\n{"id": 1, "input": "b.png"}', "ids must be unique"),
+    ],
+    ids=["unknown-key", "not-json", "no-input", "bad-frames", "frames-on-image", "same-id"],
+)
+def test_a_bad_manifest_line_is_one_error_naming_the_line(tmp_path, line, contains):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(line + "\n")
+    out = tmp_path / "r.jsonl"
+    error = assert_one_error(invoke("batch", manifest, "-o", out, "-m", "tiny"), contains=contains, exit_code=2)
+    assert str(manifest) + ":" in error
+    assert not out.exists()
+
+
+def test_results_of_another_kind_or_in_use_are_refused(manifest, tmp_path):
+    from qvl.batch.results import Results
+
+    other = tmp_path / "notes.jsonl"
+    other.write_text('{"hello": 1}\n')
+    assert_one_error(invoke("batch", manifest, "-o", other, "-m", "tiny"), contains="line 1", exit_code=2)
+    assert other.read_text() == '{"hello": 1}\n'
+    busy = tmp_path / "busy.jsonl"
+    with Results.open(busy):
+        assert_one_error(invoke("batch", manifest, "-o", busy, "-m", "tiny"), contains="another qvl batch", exit_code=2)
+
+
+def test_arguments_that_name_nothing_are_refused(tmp_path):
+    result = invoke("batch", tmp_path / "nowhere", str(tmp_path / "*.mp4"), "-o", tmp_path / "r.jsonl")
+    assert_one_error(result, contains="no such file or folder", exit_code=2)
+
+
+def test_a_local_ray_cluster_gives_the_local_answers(manifest, finished, tmp_path):
+    ray = pytest.importorskip("ray")
+    ids = ["img-0", "img-1", "clip-0", "clip-5", "clip-7", "clip-8", "missing", "corrupt-video"]
+    rows = {json.loads(line)["id"]: line for line in manifest.read_text().splitlines()}
+    subset = manifest.parent / "subset.jsonl"
+    subset.write_text("".join(rows[i] + "\n" for i in ids))
+    out = tmp_path / "ray.jsonl"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = invoke("batch", subset, "-o", out, *TINY, "--ray", "local")
+    finally:
+        ray.shutdown()
+    assert result.exit_code == 1, result.stderr
+    local = {r["id"]: r for r in _records(finished[0])}
+    records = _records(out)
+    assert sorted(r["id"] for r in records) == sorted(ids)
+    for record in records:
+        mine = local[record["id"]]
+        assert (record["text"], record["error"], record.get("frames")) == (
+            mine["text"],
+            mine["error"],
+            mine.get("frames"),
+        )
+
+
+def test_one_process_per_model_gives_the_same_records(manifest, finished):
+    """The machinery of --gpus N (spawned processes, a shared queue of rows, records sent back),
+    run here with two CPU models since this machine has no GPUs."""
+    from qvl.batch.inputs import expand
+    from qvl.batch.local import answer_on_gpus
+    from qvl.batch.work import CacheSettings
+    from qvl.media.video import VideoOptions
+    from qvl.runner import Settings
+
+    lines = manifest.read_text().splitlines()[18:26] + ['{"input": "media/nowhere.png"}']
+    subset = manifest.parent / "processes.jsonl"
+    subset.write_text("".join(line + "\n" for line in lines))
+    prompts = {"image": "Describe this image.", "video": "Describe this video."}
+    rows = expand([str(subset)], VideoOptions(), prompts=prompts)
+    loaded = []
+    settings = Settings(model="tiny", device="cpu", max_tokens=4)
+    records = list(
+        answer_on_gpus(
+            settings, rows, CacheSettings(enabled=False), gpus=2, workers=1, prefetch=2, on_loaded=loaded.append
+        )
+    )
+    assert len(loaded) == 2 and {info["name"] for info in loaded} == {"tiny"}
+    assert sorted(r["id"] for r in records) == sorted(row.id for row in rows)
+    local = {r["id"]: r for r in _records(finished[0])}
+    for record in records:
+        if record["id"] in local:
+            assert (record["text"], record["error"]) == (local[record["id"]]["text"], local[record["id"]]["error"])
+        else:
+            assert "no such file" in record["error"]
