@@ -170,8 +170,13 @@ class RemoteModel:
         self.is_tiny = bool(about.get("tiny", False))
         self.random_weights = bool(about.get("random_weights", False))
 
-    def generate(self, request, on_text: Callable[[str], None] | None = None):
+    def generate(self, request, on_text: Callable[[str], None] | None = None, inputs=None):
+        """`Engine.generate` through the server. inputs: always None here (`Runner.prepare`, which
+        makes them ahead, runs only with a local engine): the server runs the processor."""
         from qvl.engine import Result, Timings
+
+        if inputs is not None:
+            raise ValueError("a server runs the processor itself: prepared inputs cannot be sent")
 
         reply = self.client.chat(self.body(request), on_text)
         extra = reply["qvl"]
