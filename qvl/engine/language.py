@@ -62,17 +62,12 @@ def run_language_model(model, embeds: torch.Tensor, position_ids: torch.Tensor, 
         q, k, v = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
         q, k = q.view(length, heads, dim), k.view(length, kv_heads, dim)
         rotary_qk(q, k, cos, sin, fp32_math=False, out=(q, k))  # the text model's rotary, rounded as it rounds
-        keys[i, :, :length].copy_(k.transpose(0, 1))
-        values[i, :, :length].copy_(v.view(length, kv_heads, dim).transpose(0, 1))
-        out, _ = attend(
-            attn,
-            q.transpose(0, 1).unsqueeze(0),
-            keys[i, :, :length].unsqueeze(0),
-            values[i, :, :length].unsqueeze(0),
-            None,  # no mask: causal attention over the whole prompt, as transformers runs it
-            dropout=0.0,
-            scaling=attn.scaling,
-        )
+        # [1, heads, L, dim] views of the projections, laid out as transformers hands them to attention
+        q, k, v = (t.view(length, -1, dim).transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        keys[i, :, :length].copy_(k[0])
+        values[i, :, :length].copy_(v[0])
+        # no mask: causal attention over the whole prompt, as transformers runs it
+        out, _ = attend(attn, q, k, v, None, dropout=0.0, scaling=attn.scaling)
         out = attn.o_proj(out.reshape(length, heads * dim))
         h, x = norm(layer.post_attention_layernorm, out, x)
         out = _mlp(layer.mlp, h)
