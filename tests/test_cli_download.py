@@ -3,7 +3,8 @@
 import time
 from pathlib import Path
 
-from cli_helpers import assert_one_error, invoke, run_subprocess
+import pytest
+from cli_helpers import assert_one_error, invoke
 
 HOUSE = Path(__file__).resolve().parent.parent / "examples" / "house.jpg"
 
@@ -32,8 +33,18 @@ def test_download_without_the_hub_fails_fast_and_says_so():
 
 
 def test_completion_script_for_bash():
-    # A fresh process, as a shell runs it: in-process, Click's completion reads state that earlier
-    # tests of the session leave behind ("Shell  not supported").
-    result = run_subprocess("--show-completion", "bash")
+    # Typer detects the shell from the process's ancestors, so the command runs from bash as a
+    # user's does (a test process may have none: a backgrounded pytest is re-parented to init).
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash here")
+    # "; exit $?" keeps bash alive as the parent (a lone command would replace the shell)
+    command = f"{shlex.quote(sys.executable)} -m qvl --show-completion; exit $?"
+    result = subprocess.run([bash, "-c", command], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert "qvl" in result.stdout and "complete" in result.stdout
