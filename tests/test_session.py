@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from qvl.engine import Engine, Request, VideoFrames
@@ -35,6 +36,27 @@ def test_image_session_answers_as_fresh_requests(engine):
     for question in ("Compare them.", "Which is taller?"):
         fresh = engine.generate(Request(question, images=session.images, max_new_tokens=12), fast=False)
         assert session.ask(question, max_new_tokens=12).tokens == fresh.tokens
+
+
+@pytest.mark.parametrize("question", ["What happens?", "Describe every object you can see in great detail."])
+def test_a_question_continues_the_text_after_the_media(engine, question):
+    """The question's keys and the first answer token's logits as a full prefill of the whole
+    prompt gives them: with 16 frames the video's temporal positions run past where the text after
+    it continues, so the model's rope delta for the media alone would misplace the question."""
+    from qvl.engine.decode import Sampling, StaticDecoder
+    from qvl.engine.prefill import prefill
+
+    video = VideoFrames(np.random.default_rng(1).integers(0, 255, (16, 140, 196, 3), dtype=np.uint8), 2.0)
+    inputs = engine.prepare(Request(question, video=video))
+    length = inputs["input_ids"].shape[1]
+    fresh = StaticDecoder(engine.model, length + 16, Sampling(), use_graph=False)
+    expected = prefill(engine.model, inputs, lambda: fresh)
+    session = engine.session(video=video)
+    asked = session.ask(question, max_new_tokens=1)
+    assert asked.prompt_tokens == length
+    assert session.decode_delta(length) == expected.rope_delta
+    torch.testing.assert_close(session.decoder.keys[:, :, :length], fresh.keys[:, :, :length], rtol=1e-4, atol=1e-4)
+    assert asked.tokens[0] == int(expected.logits.argmax())
 
 
 def test_a_question_prefills_only_its_own_tokens(engine):

@@ -30,6 +30,8 @@ class Prefilled:
     logits: torch.Tensor  # [vocab] fp32, for the first generated token
     rope_delta: int  # decode positions are text positions + rope_delta
     vision_s: float  # wall time of the vision tower (synchronised)
+    text_delta: int = 0  # text appended to this prompt sits at cache slot + text_delta on every mRoPE axis
+    max_position: int = 0  # the largest mRoPE position of the prompt, on any axis
 
 
 @torch.inference_mode()
@@ -63,7 +65,15 @@ def prefill(model, inputs, make_decoder) -> Prefilled:
         logits = model.lm_head(hidden)[-1].float()
     else:
         logits = _last_logits(model, embeds, position_ids, decoder.prefill_cache())
-    return Prefilled(logits=logits, rope_delta=int(rope_deltas.flatten()[0]), vision_s=vision_s)
+    # Text after the prompt continues from its last token's position, which a video's temporal axis
+    # can exceed: the model's rope delta (from the largest position) is for decoding right after.
+    return Prefilled(
+        logits=logits,
+        rope_delta=int(rope_deltas.flatten()[0]),
+        vision_s=vision_s,
+        text_delta=int(position_ids[0, 0, -1]) + 1 - ids.shape[1],
+        max_position=int(position_ids.max()),
+    )
 
 
 @torch.inference_mode()

@@ -80,7 +80,9 @@ class Session:
         }
         with torch.inference_mode(), engine._psa_scope(self.prefix_ids) as psa_stats:
             done = prefill(engine.model, prefix_inputs, lambda: self.decoder)
-        self.rope_delta = done.rope_delta
+        # A question's tokens continue the text after the media (`text_delta`); decoding after a
+        # prompt uses the model's rope delta, counted from the prompt's largest position.
+        self.text_delta, self.max_position = done.text_delta, done.max_position
         self.timings.vision_s = done.vision_s
         self.timings.prefill_s = time.perf_counter() - started
         self.psa = psa_stats.summary() if psa_stats is not None else None
@@ -89,6 +91,12 @@ class Session:
         self._kept: list[int] = []  # token ids past the prefix whose keys and values the cache holds, in order
         self.last_prefilled = 0
         """Tokens the last answer's prompt prefilled; the rest of it came from the kept cache."""
+
+    def decode_delta(self, length: int) -> int:
+        """The rope delta of decoding after a prompt of `length` tokens (the media, then text), as
+        the model computes it for the whole prompt: its largest position + 1 - length."""
+        last_text = length - 1 + self.text_delta
+        return max(self.max_position, last_text) + 1 - length
 
     @property
     def cache_bytes(self) -> int:
@@ -162,9 +170,10 @@ class Session:
             torch.manual_seed(seed)
         started = time.perf_counter()
         with torch.inference_mode():
-            logits = prefill_text(model, full[:, offset:], offset, self.rope_delta, self.decoder.prefill_cache)
+            logits = prefill_text(model, full[:, offset:], offset, self.text_delta, self.decoder.prefill_cache)
             eos = eos_ids(model, tokenizer)
-            generated = decode(self.decoder, logits, full, self.rope_delta, sampling, max_new_tokens, stream, eos)
+            rope_delta = self.decode_delta(full.shape[1])
+            generated = decode(self.decoder, logits, full, rope_delta, sampling, max_new_tokens, stream, eos)
         stream.end()
         # The cache holds the prompt and every answer token but the last, which was never fed back.
         self._kept = tail + generated.tokens[:-1]
