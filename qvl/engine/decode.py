@@ -74,6 +74,7 @@ class StaticDecoder:
         self.temperature = torch.ones((), device=device)
         self.use_graph = use_graph and device.type == "cuda"
         self.graph = None
+        self.last_logits: torch.Tensor | None = None
 
     def fits(self, tokens: int) -> bool:
         return tokens <= self.capacity
@@ -141,6 +142,7 @@ class StaticDecoder:
             following = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.text.norm
             h, x = norm(following, out, x)
         logits = self.lm_head(h)[0, -1].float()
+        self.last_logits = logits  # the step's output (a graph's own buffer under replay), for checks
         self.token.copy_(self._choose(logits))
         self.position.add_(1)
 
