@@ -55,6 +55,17 @@ def test_tower_matches_stock_video(engine, count, h, w):
     assert _rel(run_tower(visual, pixels, grid), _stock_tower(visual, pixels, grid)) < 1e-5
 
 
+def test_tower_mlp_in_chunks_matches_stock(engine, monkeypatch):
+    from qvl.engine import vision
+
+    monkeypatch.setattr(vision, "MLP_CHUNK", 100)  # several chunks, the last one short
+    inputs = engine.prepare(Request("x", video=_frames(4, 252, 364)))
+    pixels, grid = inputs["pixel_values_videos"], inputs["video_grid_thw"]
+    assert pixels.shape[0] > 3 * vision.MLP_CHUNK
+    out = run_tower(engine.model.model.visual, pixels, grid)
+    assert _rel(out, _stock_tower(engine.model.model.visual, pixels, grid)) < 1e-5
+
+
 def test_tower_matches_stock_for_several_images_of_different_sizes(engine):
     images = [_image(140, 196, 1), _image(56, 84, 2), _image(224, 224, 3)]
     inputs = engine.prepare(Request("x", images=images))
