@@ -343,6 +343,7 @@ BENCH_SHARED = (("frame extraction s", "extract_s"), ("processor s", "processor_
 BENCH_PATHS = (
     ("vision tower s", "vision_s", False, ".3f"),
     ("time to first token s", "ttft_s", False, ".3f"),
+    ("  the same from decoded frames s", "frames_ttft_s", False, ".3f"),
     ("decode tokens/s", "tokens_per_s", True, ".1f"),
     ("whole answer s", "answer_s", False, ".3f"),
     ("first answer: TTFT s", "cold_ttft_s", False, ".3f"),

@@ -8,6 +8,7 @@ FAST = ("--model", "tiny", "--frames", "4,8", "--max-tokens", "4", "--repeat", "
 PATH_KEYS = {
     "vision_s",
     "ttft_s",
+    "frames_ttft_s",
     "tokens_per_s",
     "answer_s",
     "cold_ttft_s",
@@ -35,6 +36,8 @@ def test_bench_json_is_one_object_per_frame_count_with_every_stage(bench_json):
         for path in ("stock", "qvl"):
             assert PATH_KEYS <= record[path].keys(), record[path]
             assert record[path]["vision_s"] > 0 and record[path]["answer_s"] > 0
+            expected = record["processor_s"] + record[path]["ttft_s"]  # from decoded frames
+            assert record[path]["frames_ttft_s"] == pytest.approx(expected, abs=2e-3)
             assert record[path]["peak_gpu_gb"] is None  # on the CPU
         greedy = record["greedy"]
         assert 0 <= greedy["same_leading_tokens"] <= min(greedy["stock_tokens"], greedy["qvl_tokens"])
