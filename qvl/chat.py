@@ -24,27 +24,15 @@ from qvl import output
 from qvl.errors import OptionError, QvlError
 from qvl.options import (
     CacheDirOpt,
-    DeviceOpt,
-    DtypeOpt,
     HeadroomOpt,
     JsonOpt,
-    MaxTokensOpt,
-    ModelOpt,
     NoCacheOpt,
-    PsaConfigOpt,
-    PsaMinTokensOpt,
-    PsaOpt,
-    PsaPresetOpt,
     QuietOpt,
-    SeedOpt,
     ServerOpt,
     StatsOpt,
     StrictHashOpt,
-    TemperatureOpt,
-    TopPOpt,
     fail,
-    psa_config,
-    run_settings,
+    with_answer_options,
     with_video_options,
 )
 
@@ -61,6 +49,7 @@ COMMANDS = (
 
 
 @with_video_options
+@with_answer_options
 def chat(
     media: Annotated[
         list[str],
@@ -72,22 +61,13 @@ def chat(
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
     strict_hash: StrictHashOpt = False,
-    model: ModelOpt = None,
-    max_tokens: MaxTokensOpt = 512,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    temperature: TemperatureOpt = 0.0,
-    top_p: TopPOpt = None,
-    seed: SeedOpt = None,
-    psa: PsaOpt = False,
-    psa_preset: PsaPresetOpt = None,
-    psa_config_file: PsaConfigOpt = None,
-    min_tokens: PsaMinTokensOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     stats: StatsOpt = False,
     server: ServerOpt = None,
     video_options=None,
+    settings=None,
+    server_decides=None,
 ) -> None:
     """Talk about images or a video: each question sees the earlier ones and their answers.
 
@@ -96,8 +76,7 @@ def chat(
     """
     from qvl.runner import Runner, frame_cache
 
-    attention = psa_config(psa, psa_preset, psa_config_file, min_tokens=min_tokens)
-    settings = run_settings(model, device, dtype, attention, max_tokens, temperature, top_p, seed)
+    max_tokens = settings.max_tokens
     try:
         images, video = split_media(media)
         if max_tokens >= headroom:
@@ -111,7 +90,7 @@ def chat(
     if server is not None:  # the server keeps the media prefilled, with its own headroom
         from qvl.serve.client import remote_runner
 
-        local = {"--psa-preset": psa_preset, "--psa-config": psa_config_file, "--headroom": headroom != CHAT_HEADROOM}
+        local = {**server_decides, "--headroom": headroom != CHAT_HEADROOM}
         local.update({"--cache-dir": cache_dir, "--no-cache": no_cache, "--strict-hash": strict_hash})
         runner = remote_runner(server, settings, view, quiet=quiet, local_only=local)
         load = runner.media_loader(images, video, video_options)

@@ -40,17 +40,15 @@ from qvl.options import (
     RayOpt,
     RepeatOpt,
     RetryFailedOpt,
-    SeedOpt,
     ServerOpt,
     StatsOpt,
     StrictHashOpt,
-    TemperatureOpt,
-    TopPOpt,
     WorkersOpt,
     fail,
     psa_config,
     psa_log,
     run_settings,
+    with_answer_options,
     with_video_options,
 )
 from qvl.runner import Media, Runner, frame_cache, load_clip, profile
@@ -87,40 +85,30 @@ def _root(
 
 
 @app.command()
+@with_answer_options
 def describe(
     images: Annotated[list[str], typer.Argument(help="Image paths, globs, directories, http(s) URLs or data URIs.")],
     prompt: QuestionsOpt = None,
     together: Annotated[bool, typer.Option("--together", help="Put all images in one prompt, one answer.")] = False,
-    model: ModelOpt = None,
-    max_tokens: MaxTokensOpt = 512,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    temperature: TemperatureOpt = 0.0,
-    top_p: TopPOpt = None,
-    seed: SeedOpt = None,
-    psa: PsaOpt = False,
-    psa_preset: PsaPresetOpt = None,
-    psa_config_file: PsaConfigOpt = None,
-    min_tokens: PsaMinTokensOpt = None,
     psa_log_dir: PsaLogDirOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     stats: StatsOpt = False,
     server: ServerOpt = None,
+    settings=None,
+    server_decides=None,
 ) -> None:
     """Describe images (or answer --prompt about them), one answer per image unless --together."""
     from qvl.media.images import expand_image_inputs, open_image
 
-    attention = psa_config(psa, psa_preset, psa_config_file, min_tokens=min_tokens)
-    settings = run_settings(model, device, dtype, attention, max_tokens, temperature, top_p, seed)
-    log = psa_log(psa_log_dir, attention)
+    log = psa_log(psa_log_dir, settings.psa)
     sources = expand_image_inputs(images)
     questions = _questions(prompt, DEFAULT_IMAGES_PROMPT if together else DEFAULT_IMAGE_PROMPT)
     several = (not together and len(sources) > 1) or len(questions) > 1
     view = output.RunView(json_output=json_output, quiet=quiet, several=several, stats=stats)
     runner = Runner(settings, view, psa_log=log)
     if server is not None:
-        runner = _remote(server, settings, view, quiet, psa_preset, psa_config_file, psa_log_dir)
+        runner = _remote(server, settings, view, quiet, {**server_decides, "--psa-log-dir": psa_log_dir})
         open_image = runner.open_image
     if together:
         opened = []
@@ -141,12 +129,12 @@ def describe(
     raise typer.Exit(runner.exit_code)
 
 
-def _remote(server, settings, view, quiet, psa_preset, psa_config_file, psa_log_dir, **local_only):
-    """--server's runner: the server's model answers; options it decides are one error line."""
+def _remote(server, settings, view, quiet, local_only: dict):
+    """--server's runner: the server's model answers; the options it decides ({flag: value}) are
+    one error line where given."""
     from qvl.serve.client import remote_runner
 
-    psa = {"--psa-preset": psa_preset, "--psa-config": psa_config_file, "--psa-log-dir": psa_log_dir}
-    return remote_runner(server, settings, view, quiet=quiet, local_only={**psa, **local_only})
+    return remote_runner(server, settings, view, quiet=quiet, local_only=local_only)
 
 
 def _questions(prompts: list[str] | None, default: str) -> list[str]:
@@ -165,6 +153,7 @@ def _open_or_raise(source, opener):
 
 @app.command()
 @with_video_options
+@with_answer_options
 def video(
     videos: Annotated[list[str], typer.Argument(help="Video paths or http(s) URLs.")],
     prompt: QuestionsOpt = None,
@@ -172,30 +161,19 @@ def video(
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
     strict_hash: StrictHashOpt = False,
-    model: ModelOpt = None,
-    max_tokens: MaxTokensOpt = 512,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    temperature: TemperatureOpt = 0.0,
-    top_p: TopPOpt = None,
-    seed: SeedOpt = None,
-    psa: PsaOpt = False,
-    psa_preset: PsaPresetOpt = None,
-    psa_config_file: PsaConfigOpt = None,
-    min_tokens: PsaMinTokensOpt = None,
     psa_log_dir: PsaLogDirOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     stats: StatsOpt = False,
     server: ServerOpt = None,
     video_options=None,
+    settings=None,
+    server_decides=None,
 ) -> None:
     """Answer --prompt about each video, sampling frames at their real timestamps."""
-    attention = psa_config(psa, psa_preset, psa_config_file, min_tokens=min_tokens)
-    settings = run_settings(model, device, dtype, attention, max_tokens, temperature, top_p, seed)
     if dry_run:
         raise typer.Exit(_dry_run(videos, video_options, json_output))
-    log = psa_log(psa_log_dir, attention)
+    log = psa_log(psa_log_dir, settings.psa)
     load = _clip_loader(video_options, frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache), quiet)
     questions = _questions(prompt, DEFAULT_VIDEO_PROMPT)
     view = output.RunView(
@@ -204,7 +182,7 @@ def video(
     runner = Runner(settings, view, psa_log=log)
     if server is not None:
         local = {"--cache-dir": cache_dir, "--no-cache": no_cache, "--strict-hash": strict_hash}
-        runner = _remote(server, settings, view, quiet, psa_preset, psa_config_file, psa_log_dir, **local)
+        runner = _remote(server, settings, view, quiet, {**server_decides, "--psa-log-dir": psa_log_dir, **local})
         load = runner.video_loader(video_options)
     for source in videos:
         runner.run_questions(source, questions, lambda source=source: load(source))
@@ -248,6 +226,7 @@ app.command()(chat)  # qvl chat: a conversation about images or a video (qvl/cha
 
 @app.command()
 @with_video_options
+@with_answer_options
 def batch(
     inputs: Annotated[
         list[str], typer.Argument(help="Files, folders, globs, URLs or JSONL manifests (docs/batch.md).")
@@ -262,34 +241,15 @@ def batch(
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
     strict_hash: StrictHashOpt = False,
-    model: ModelOpt = None,
-    max_tokens: MaxTokensOpt = 512,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    temperature: TemperatureOpt = 0.0,
-    top_p: TopPOpt = None,
-    seed: SeedOpt = None,
-    psa: PsaOpt = False,
-    psa_preset: PsaPresetOpt = None,
-    psa_config_file: PsaConfigOpt = None,
-    min_tokens: PsaMinTokensOpt = None,
     quiet: QuietOpt = False,
     video_options=None,
+    settings=None,
+    server_decides=None,
 ) -> None:
     """Answer --prompt about many images and videos, one JSON line per input in --out; run it again to resume."""
     from qvl import batch as job
     from qvl.batch.inputs import expand
 
-    settings = run_settings(
-        model,
-        device,
-        dtype,
-        psa_config(psa, psa_preset, psa_config_file, min_tokens=min_tokens),
-        max_tokens,
-        temperature,
-        top_p,
-        seed,
-    )
     prompts = {"image": DEFAULT_IMAGE_PROMPT, "video": DEFAULT_VIDEO_PROMPT}
     try:
         rows = expand(inputs, video_options, prompts=prompts, prompt=prompt)

@@ -284,6 +284,66 @@ def with_video_options(command):
     return wrapper
 
 
+# The options of every command that answers questions (describe, video, chat, batch).
+ANSWER_OPTIONS = (
+    ("model", ModelOpt, None),
+    ("max_tokens", MaxTokensOpt, 512),
+    ("device", DeviceOpt, "auto"),
+    ("dtype", DtypeOpt, "auto"),
+    ("temperature", TemperatureOpt, 0.0),
+    ("top_p", TopPOpt, None),
+    ("seed", SeedOpt, None),
+    ("psa", PsaOpt, False),
+    ("psa_preset", PsaPresetOpt, None),
+    ("psa_config_file", PsaConfigOpt, None),
+    ("min_tokens", PsaMinTokensOpt, None),
+)
+# Of those, the ones a server decides for itself (`--server` refuses them when given).
+_SERVER_DECIDES = {"psa_preset": "--psa-preset", "psa_config_file": "--psa-config", "min_tokens": "--min-tokens"}
+
+
+def with_answer_options(command):
+    """Give `command` the model, sampling and PSA options; it receives them checked and built, as
+    `settings=` (a `runner.Settings`, the PSA configuration in `settings.psa`) and `server_decides=`
+    (those of the PSA flags a server decides for itself, as given: {"--psa-preset": value, ...}).
+
+    The options go before the command's `json_output` (else last). Impossible values are one error
+    line and exit 2 before the command runs.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name not in ("settings", "server_decides")]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t)
+        for name, t, d in ANSWER_OPTIONS
+    ]
+    names = [p.name for p in own]
+    at = names.index("json_output") if "json_output" in names else len(own)
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if i >= at else p for i, p in enumerate(own)]
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        given = {name: kwargs.pop(name, default) for name, _, default in ANSWER_OPTIONS}
+        attention = psa_config(
+            given["psa"], given["psa_preset"], given["psa_config_file"], min_tokens=given["min_tokens"]
+        )
+        settings = run_settings(
+            given["model"],
+            given["device"],
+            given["dtype"],
+            attention,
+            given["max_tokens"],
+            given["temperature"],
+            given["top_p"],
+            given["seed"],
+        )
+        server_decides = {flag: given[name] for name, flag in _SERVER_DECIDES.items()}
+        return command(*args, settings=settings, server_decides=server_decides, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=own[:at] + added + own[at:])
+    wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
+    return wrapper
+
+
 def run_settings(model, device, dtype, psa, max_tokens=512, temperature=0.0, top_p=None, seed=None):
     """The parsed model and generation options as a `runner.Settings`; an impossible value is one
     error line and exit 2 here, before any media is read or any model loads."""

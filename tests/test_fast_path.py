@@ -121,33 +121,10 @@ def test_language_model_loop_matches_the_model_forward(engine, monkeypatch):
 
 
 def test_decode_step_logits_match_stock_generate(engine):
-    """Each decode step's logits against transformers' generate's raw logits for the same greedy
-    tokens (video prompt, fp32): the positions, the cache and the step's kernels, not only the argmax."""
-    from qvl.engine.decode import Sampling, StaticDecoder
-    from qvl.engine.prefill import prefill
+    """Each decode step's logits against transformers' generate's (video prompt, fp32)."""
+    from engine_checks import assert_decode_logits_match_stock
 
-    inputs = engine.prepare(Request("What happens?", video=_frames(16, 140, 196)))
-    steps = 12
-    with torch.inference_mode():
-        stock = engine.model.generate(
-            **inputs,
-            max_new_tokens=steps,
-            min_new_tokens=steps,
-            do_sample=False,
-            repetition_penalty=1.0,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-    prompt = inputs["input_ids"]
-    decoder = StaticDecoder(engine.model, prompt.shape[1] + steps + 1, Sampling(), use_graph=False)
-    done = prefill(engine.model, inputs, lambda: decoder)
-    torch.testing.assert_close(done.logits, stock.logits[0][0].float(), rtol=1e-4, atol=1e-4)
-    tokens = stock.sequences[0, prompt.shape[1] :].tolist()
-    decoder.start(prompt, tokens[0], done.rope_delta, Sampling())
-    for i in range(1, steps):
-        decoder.advance()
-        torch.testing.assert_close(decoder.last_logits, stock.logits[i][0].float(), rtol=1e-4, atol=1e-4)
-        decoder.token.fill_(tokens[i])  # follow stock's token, so every step compares the same prefix
+    assert_decode_logits_match_stock(engine, engine.prepare(Request("What happens?", video=_frames(16, 140, 196))))
 
 
 def test_tower_plan_groups_cover_every_token_once(engine):

@@ -121,35 +121,11 @@ def test_all_level_one_psa_gives_the_dense_tokens_on_cuda(tiny_model_dir, dtype)
 
 
 def test_graph_decode_step_logits_match_stock_generate(tiny_model_dir, exact_fp32):
-    """Each graph-replayed decode step's logits against transformers' generate's raw logits, fp32."""
-    import torch
+    """Each graph-replayed decode step's logits against transformers' generate's, fp32."""
+    from engine_checks import assert_decode_logits_match_stock
 
     from qvl.engine import Engine, Request
-    from qvl.engine.decode import Sampling, StaticDecoder
-    from qvl.engine.prefill import prefill
 
     engine = Engine("tiny", device="cuda", dtype="float32")
     inputs = engine.prepare(Request("What happens?", video=_tiny_video()))
-    steps = 12
-    with torch.inference_mode():
-        stock = engine.model.generate(
-            **inputs,
-            max_new_tokens=steps,
-            min_new_tokens=steps,
-            do_sample=False,
-            repetition_penalty=1.0,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-    prompt = inputs["input_ids"]
-    decoder = StaticDecoder(engine.model, prompt.shape[1] + steps + 1, Sampling(), use_graph=True)
-    done = prefill(engine.model, inputs, lambda: decoder)
-    torch.testing.assert_close(done.logits, stock.logits[0][0].float(), rtol=1e-4, atol=1e-4)
-    tokens = stock.sequences[0, prompt.shape[1] :].tolist()
-    decoder.start(prompt, tokens[0], done.rope_delta, Sampling())
-    decoder.capture()
-    assert decoder.graph is not None
-    for i in range(1, steps):
-        decoder.advance()
-        torch.testing.assert_close(decoder.last_logits, stock.logits[i][0].float(), rtol=1e-4, atol=1e-4)
-        decoder.token.fill_(tokens[i])
+    assert_decode_logits_match_stock(engine, inputs, use_graph=True)

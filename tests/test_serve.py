@@ -345,8 +345,9 @@ def test_streamed_text_through_the_server(server, media):
         (("--model", "7b"), "serves tiny, not 7b"),
         (("--device", "cpu"), "--device"),
         (("--psa-preset", "fast", "--psa"), "--psa-preset"),
+        (("--min-tokens", "64", "--psa"), "--min-tokens"),
     ],
-    ids=["other-model", "device", "psa-preset"],
+    ids=["other-model", "device", "psa-preset", "min-tokens"],
 )
 def test_through_the_server_a_mismatch_is_one_line(server, media, args, contains):
     result = invoke("describe", media["image"], *args, env={"QVL_SERVER": server, "QVL_API_KEY": KEY})
