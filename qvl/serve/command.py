@@ -20,6 +20,7 @@ from qvl.options import (
     NoCacheOpt,
     PortOpt,
     PsaConfigOpt,
+    PsaMinTokensOpt,
     PsaOpt,
     PsaPresetOpt,
     QueueOpt,
@@ -46,6 +47,7 @@ def serve(
     psa: PsaOpt = False,
     psa_preset: PsaPresetOpt = None,
     psa_config_file: PsaConfigOpt = None,
+    min_tokens: PsaMinTokensOpt = None,
     queue: QueueOpt = 64,
     sessions: SessionsOpt = 4,
     session_memory_mb: SessionMemoryOpt = 8192,
@@ -70,7 +72,7 @@ def serve(
         fail(OptionError(SERVE_EXTRA_HINT))
     from qvl.runner import Runner, frame_cache
 
-    attention = psa_config(psa, psa_preset, psa_config_file)
+    attention = psa_config(psa, psa_preset, psa_config_file, min_tokens=min_tokens)
     settings = run_settings(model, device, dtype, attention)
     if not max_download_mb > 0:
         fail(OptionError(f"--max-download-mb must be positive (got {max_download_mb})"))
