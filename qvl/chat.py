@@ -35,6 +35,7 @@ from qvl.options import (
     with_answer_options,
     with_video_options,
 )
+from qvl.paths import write_json_atomically
 
 # A chat keeps more than one question's room: some fifteen turns of 512-token answers.
 CHAT_HEADROOM = 8192
@@ -279,25 +280,6 @@ class Chat:
             f"{session.prefix_length:,} media tokens kept ({session.cache_bytes / 2**20:.1f} MiB); " if session else ""
         )
         output.note(f"{kept}ask away, /help for commands, Ctrl-D to leave", quiet=self.quiet)
-
-
-def write_json_atomically(path: Path, data) -> None:
-    """`data` as JSON in `path`, through a temporary file beside it and a rename: `path` holds the
-    old content or the new, never a part of it."""
-    import json
-    import os
-    import uuid
-
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def _enable_line_editing() -> None:

@@ -29,3 +29,10 @@ class ModelError(QvlError):
 
 class CacheError(QvlError):
     """The frame cache cannot be used (not writable, for instance)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none): what an
+    error line quotes of a library's failure."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,8 +1,12 @@
-"""Where qvl keeps its files: one cache root, with frames/ and models/ beneath it."""
+"""Where qvl keeps its files (one cache root, with frames/ and models/ beneath it), and how it
+writes one that another run may read."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import uuid
 from pathlib import Path
 
 
@@ -17,3 +21,18 @@ def cache_root() -> Path:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         return Path(base) / "qvl"
     return Path(platformdirs.user_cache_dir("qvl", appauthor=False))
+
+
+def write_json_atomically(path: Path, data, *, indent: int | None = 2) -> None:
+    """`data` as JSON in `path`, through a temporary file beside it and a rename: `path` holds the
+    old content or the new, never a part of it."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as fh:
+            json.dump(data, fh, ensure_ascii=False, indent=indent)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Iterator
 
-from qvl.batch.work import answer, engine_info, ready, silence_loading
-from qvl.errors import ModelError, OptionError, QvlError
+from qvl import output
+from qvl.batch.work import answer, engine_info, ready
+from qvl.errors import ModelError, OptionError, QvlError, first_line
 from qvl.runner import Runner, error_record
 
 # Calls queued on each model actor: one running, one waiting with its media already fetched.
@@ -62,7 +63,7 @@ class ModelActor:
     """One model (on one GPU where the cluster has them), answering rows whose media is loaded."""
 
     def __init__(self, settings):
-        silence_loading()
+        output.silence_loading()
         self.runner = Runner(settings)
 
     def load(self) -> dict[str, Any] | str:
@@ -143,15 +144,8 @@ def _schedule(ray, actors: list, decode_task, rows: list, cache, prefetch: int, 
         try:
             record = ray.get(finished[0])
         except ray.exceptions.RayActorError as exc:
-            raise QvlError(
-                f"a model actor stopped ({_first_line(exc)}); run the same command again to resume"
-            ) from None
+            raise QvlError(f"a model actor stopped ({first_line(exc)}); run the same command again to resume") from None
         except ray.exceptions.RayError as exc:  # its decode task's worker died: this row fails alone
-            message = f"{row.input}: {type(exc).__name__}: {_first_line(exc)}"
+            message = f"{row.input}: {type(exc).__name__}: {first_line(exc)}"
             record = {"id": row.id, **error_record(row.input, message, model=model, prompt=row.prompt)}
         yield record
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
-from qvl.batch.work import answer, decode_threads, engine_info, ready, silence_loading
+from qvl import output
+from qvl.batch.work import answer, decode_threads, engine_info, ready
 from qvl.errors import ModelError, OptionError, QvlError
 from qvl.runner import Runner
 
@@ -124,7 +125,7 @@ def _gpu_worker(device: str, settings, cache, workers: int, prefetch: int, tasks
     """One GPU's process: load the model, answer rows from `tasks` until None, report on `results`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
     os.environ["CUDA_VISIBLE_DEVICES"] = device  # before torch is imported: this card alone
-    silence_loading()
+    output.silence_loading()
     runner = Runner(settings)
     try:
         info = engine_info(runner.engine())

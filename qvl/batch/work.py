@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from qvl.errors import InputError, QvlError
+from qvl.errors import InputError, QvlError, first_line
 from qvl.runner import Media, Runner, frame_cache, load_clip
 
 
@@ -48,7 +48,7 @@ def ready(row, cache, *, runner: Runner | None = None, workers: int | None = Non
     except QvlError as exc:
         return exc
     except Exception as exc:  # one odd file (a decoder's or the processor's surprise) fails its row only
-        return InputError(f"{row.input}: {type(exc).__name__}: {_first_line(exc)}")
+        return InputError(f"{row.input}: {type(exc).__name__}: {first_line(exc)}")
 
 
 def answer(runner: Runner, row, media: Media | QvlError) -> dict[str, Any]:
@@ -62,9 +62,7 @@ def answer(runner: Runner, row, media: Media | QvlError) -> dict[str, Any]:
     try:
         record = runner.run(row.input, row.prompt, loaded, max_tokens=row.max_tokens)
     except Exception as exc:  # a row the model cannot take (out of GPU memory) must not end a long job
-        record = runner.fail(
-            row.input, InputError(f"{row.input}: {type(exc).__name__}: {_first_line(exc)}"), row.prompt
-        )
+        record = runner.fail(row.input, InputError(f"{row.input}: {type(exc).__name__}: {first_line(exc)}"), row.prompt)
     return {"id": row.id, **record}
 
 
@@ -77,15 +75,3 @@ def decode_threads(workers: int) -> int:
     """Decoding threads per video when `workers` videos are decoded at once: the cores shared out."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // max(1, workers))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
-def silence_loading() -> None:
-    """No weight-loading progress bars from a model process or actor (its stderr is the job's)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from qvl.errors import ModelError, OptionError
+from qvl.errors import ModelError, OptionError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -63,7 +63,7 @@ def load_model(resolved: ResolvedModel, device: str, dtype, attn_implementation)
     try:
         processor = AutoProcessor.from_pretrained(resolved.path)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the processor from {resolved.path}: {_first_line(exc)}") from None
+        raise ModelError(f"cannot load the processor from {resolved.path}: {first_line(exc)}") from None
     model.eval()
     return model, processor
 
@@ -80,7 +80,7 @@ def _pretrained_model(path, device: str, dtype, attn_implementation):
     try:
         return Qwen2_5_VLForConditionalGeneration.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the model from {path}: {_first_line(exc)}") from None
+        raise ModelError(f"cannot load the model from {path}: {first_line(exc)}") from None
     except torch.cuda.OutOfMemoryError:
         raise ModelError(f"the model in {path} does not fit in GPU memory; try a smaller one (--model 3b)") from None
 
@@ -173,8 +173,3 @@ def _fits_one_gpu(path) -> bool:
         p.stat().st_size for p in path.glob("*.bin")
     )
     return fits(weights, torch.cuda.mem_get_info()[0]) or torch.cuda.device_count() == 1
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

@@ -32,6 +32,7 @@ import numpy as np
 
 from qvl.errors import CacheError
 from qvl.media.jpeg_frames import JPEG_QUALITY, encode_jpegs, read_frames
+from qvl.paths import write_json_atomically
 
 CACHE_FORMAT = 1
 SAMPLE_BYTES = 256 << 10  # per sampled region: first, middle and last 256 KiB
@@ -144,9 +145,7 @@ class FrameCache:
         target = self._probe_path(identity)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-            tmp.write_text(json.dumps({"identity": identity, "info": info}))
-            os.replace(tmp, target)
+            write_json_atomically(target, {"identity": identity, "info": info}, indent=None)
         except OSError:
             pass  # a probe record is an optimisation; the entry write reports real problems
 
