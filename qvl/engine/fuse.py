@@ -7,8 +7,9 @@ and the model's own modules (the stock path) keep working on the same memory.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from qvl.engine.kernels import rms_norm
+from qvl.engine.kernels import rms_norm, silu_mul
 
 
 def fuse_linears(module, name: str, linears) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -61,6 +62,17 @@ def fuse_padded_mlp(mlp, multiple: int = 128) -> tuple[torch.Tensor, torch.Tenso
     down.weight = torch.nn.Parameter(down_weight[:, :inner], requires_grad=False)
     mlp.qvl_padded = (weight, bias, down_weight)
     return mlp.qvl_padded
+
+
+def gated_mlp(h, gate_up, gate_up_bias, down, down_bias, chunk: int) -> torch.Tensor:
+    """down(SiLU(gate) * up) for the rows of `h`, gate and up as one product (`gate_up`, the gate's
+    rows first), over chunks of `chunk` rows: the [rows, 2 x width] activations stay bounded
+    whatever the number of rows."""
+    out = torch.empty_like(h)
+    for start in range(0, h.shape[0], chunk):
+        both = F.linear(h[start : start + chunk], gate_up, gate_up_bias)
+        out[start : start + chunk] = F.linear(silu_mul(*both.chunk(2, dim=-1)), down, down_bias)
+    return out
 
 
 def fuse_model(model) -> None:

@@ -1,8 +1,8 @@
 """The language model's pass over a whole prompt, as our own loop over the model's weights.
 
-transformers' forward spends a prompt of 32K tokens' time not only in its matrix products but in
-passes over the activations: RMSNorm upcasts to fp32 and makes five of them, the gated MLP three
-more, the rotary embedding four, and q, k and v are three products. Here each layer is the fused
+transformers' forward spends a long prompt's time not only in its matrix products but in separate
+passes over the activations (RMSNorm in fp32, the MLP's activation and product, the rotary
+embedding), and q, k and v are three products. Here each layer is the fused
 q/k/v product, the rotary kernel in place, attention through the model's own attention function
 (SDPA, or PSA where the engine has it, so PSA runs exactly as on the stock path), and the fused
 RMSNorm + residual and SiLU-gate kernels of the decode step; keys and values go straight into the
@@ -10,7 +10,7 @@ decoder's cache. The MLP runs over chunks of tokens, so its activations (two int
 per token) are bounded by `MLP_CHUNK` rows instead of the prompt's length.
 
 Where the model is not what this loop implements (another attention implementation, sliding
-windows), `run_language_model` returns None and the caller takes the model's own forward.
+windows, another MLP activation), `supported` says so and the caller takes the model's own forward.
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from qvl.engine.fuse import fuse_linears, norm
-from qvl.engine.kernels import rotary_qk, silu_mul
+from qvl.engine.fuse import fuse_linears, gated_mlp, norm
+from qvl.engine.kernels import rotary_qk
 
 MLP_CHUNK = 4096  # tokens per MLP product: a 7B's gate/up activations stay under 0.32 GB
-
-_ATTENTION = {"sdpa"}  # implementations the loop calls as transformers does; PSA is added on import
 
 
 def supported(model) -> bool:
@@ -33,7 +31,7 @@ def supported(model) -> bool:
     text = model.model.language_model
     config = text.config
     return (
-        config._attn_implementation in (_ATTENTION | {ATTENTION_NAME})
+        config._attn_implementation in ("sdpa", ATTENTION_NAME)  # the attention functions it calls as transformers does
         and not getattr(text, "has_sliding_layers", False)
         and config.hidden_act == "silu"
     )
@@ -53,10 +51,10 @@ def run_language_model(model, embeds: torch.Tensor, position_ids: torch.Tensor, 
     length = x.shape[0]
     cos, sin = (t[0] for t in text.rotary_emb(embeds, position_ids))  # [L, head_dim], mRoPE sections applied
     layers = list(text.layers)
+    heads, kv_heads, dim = config.num_attention_heads, config.num_key_value_heads, layers[0].self_attn.head_dim
     h = norm(layers[0].input_layernorm, x)
     for i, layer in enumerate(layers):
         attn = layer.self_attn
-        heads, kv_heads, dim = config.num_attention_heads, config.num_key_value_heads, attn.head_dim
         weight, bias = fuse_linears(attn, "qkv", (attn.q_proj, attn.k_proj, attn.v_proj))
         qkv = F.linear(h, weight, bias)
         q, k, v = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
@@ -71,18 +69,13 @@ def run_language_model(model, embeds: torch.Tensor, position_ids: torch.Tensor, 
         out = attn.o_proj(out.reshape(length, heads * dim))
         h, x = norm(layer.post_attention_layernorm, out, x)
         out = _mlp(layer.mlp, h)
-        following = layers[i + 1].input_layernorm if i + 1 < len(layers) else text.norm
         if i + 1 < len(layers):
-            h, x = norm(following, out, x)
+            h, x = norm(layers[i + 1].input_layernorm, out, x)
         else:  # only the last position's hidden state is needed
-            h, _ = norm(following, out[-1:], x[-1:])
+            h, _ = norm(text.norm, out[-1:], x[-1:])
     return h
 
 
 def _mlp(mlp, h: torch.Tensor) -> torch.Tensor:
-    weight, _ = fuse_linears(mlp, "gate_up", (mlp.gate_proj, mlp.up_proj))
-    out = torch.empty_like(h)
-    for start in range(0, h.shape[0], MLP_CHUNK):
-        rows = h[start : start + MLP_CHUNK]
-        out[start : start + MLP_CHUNK] = mlp.down_proj(silu_mul(*F.linear(rows, weight).chunk(2, dim=-1)))
-    return out
+    weight, bias = fuse_linears(mlp, "gate_up", (mlp.gate_proj, mlp.up_proj))
+    return gated_mlp(h, weight, bias, mlp.down_proj.weight, mlp.down_proj.bias, MLP_CHUNK)

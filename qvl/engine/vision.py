@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from qvl.engine.fuse import fuse_padded_mlp, norm
-from qvl.engine.kernels import rotary_qk, silu_mul
+from qvl.engine.fuse import fuse_padded_mlp, gated_mlp, norm
+from qvl.engine.kernels import rotary_qk
 
 
 @dataclass(frozen=True)
@@ -208,8 +208,4 @@ def _mlp(mlp, h: torch.Tensor, silu: bool) -> torch.Tensor:
     if not silu:
         return mlp(h)
     weight, bias, down = fuse_padded_mlp(mlp)
-    out = torch.empty_like(h)
-    for start in range(0, h.shape[0], MLP_CHUNK):
-        gate_up = F.linear(h[start : start + MLP_CHUNK], weight, bias)
-        out[start : start + MLP_CHUNK] = F.linear(silu_mul(*gate_up.chunk(2, dim=-1)), down, mlp.down_proj.bias)
-    return out
+    return gated_mlp(h, weight, bias, down, mlp.down_proj.bias, MLP_CHUNK)
