@@ -254,6 +254,27 @@ def video_options(
     )
 
 
+def _with_options(command, options, receives: tuple[str, ...], position, build):
+    """`command` with `options` ((name, annotation, default) triples) added to the signature Typer
+    reads, before the parameter index `position(own)` gives among its own parameters (those from
+    there on become keyword-only). A call's values of the options are taken out and passed to
+    `build`, whose dict of keywords (the `receives` parameters, hidden from Typer) reaches `command`."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name not in receives]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t) for name, t, d in options]
+    at = position(own)
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if i >= at else p for i, p in enumerate(own)]
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        given = {name: kwargs.pop(name, default) for name, _, default in options}
+        return command(*args, **build(given), **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=own[:at] + added + own[at:])
+    wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
+    return wrapper
+
+
 def with_video_options(command):
     """Give `command` the frame-sampling options; it receives them built, as `video_options=`.
 
@@ -261,27 +282,20 @@ def with_video_options(command):
     arguments), which is where Typer finds them. Impossible values are one error line and exit 2
     before the command runs.
     """
-    signature = inspect.signature(command, eval_str=True)
-    own = [p for p in signature.parameters.values() if p.name != "video_options"]
-    added = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t) for name, t, d in VIDEO_OPTIONS
-    ]
-    names = [p.name for p in own]
-    at = names.index("prompt") + 1 if "prompt" in names else sum(p.default is inspect.Parameter.empty for p in own)
-    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if i >= at else p for i, p in enumerate(own)]
 
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        parsed = {name: kwargs.pop(name, default) for name, _, default in VIDEO_OPTIONS}
+    def after_prompt(own) -> int:
+        names = [p.name for p in own]
+        return (
+            names.index("prompt") + 1 if "prompt" in names else sum(p.default is inspect.Parameter.empty for p in own)
+        )
+
+    def build(given) -> dict:
         try:
-            built = video_options(**parsed)
+            return {"video_options": video_options(**given)}
         except QvlError as exc:
             fail(exc)
-        return command(*args, video_options=built, **kwargs)
 
-    wrapper.__signature__ = signature.replace(parameters=own[:at] + added + own[at:])
-    wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
-    return wrapper
+    return _with_options(command, VIDEO_OPTIONS, ("video_options",), after_prompt, build)
 
 
 # The options of every command that answers questions (describe, video, chat, batch).
@@ -310,19 +324,12 @@ def with_answer_options(command):
     The options go before the command's `json_output` (else last). Impossible values are one error
     line and exit 2 before the command runs.
     """
-    signature = inspect.signature(command, eval_str=True)
-    own = [p for p in signature.parameters.values() if p.name not in ("settings", "server_decides")]
-    added = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t)
-        for name, t, d in ANSWER_OPTIONS
-    ]
-    names = [p.name for p in own]
-    at = names.index("json_output") if "json_output" in names else len(own)
-    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if i >= at else p for i, p in enumerate(own)]
 
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        given = {name: kwargs.pop(name, default) for name, _, default in ANSWER_OPTIONS}
+    def before_json(own) -> int:
+        names = [p.name for p in own]
+        return names.index("json_output") if "json_output" in names else len(own)
+
+    def build(given) -> dict:
         attention = psa_config(
             given["psa"], given["psa_preset"], given["psa_config_file"], min_tokens=given["min_tokens"]
         )
@@ -336,12 +343,9 @@ def with_answer_options(command):
             given["top_p"],
             given["seed"],
         )
-        server_decides = {flag: given[name] for name, flag in _SERVER_DECIDES.items()}
-        return command(*args, settings=settings, server_decides=server_decides, **kwargs)
+        return {"settings": settings, "server_decides": {flag: given[name] for name, flag in _SERVER_DECIDES.items()}}
 
-    wrapper.__signature__ = signature.replace(parameters=own[:at] + added + own[at:])
-    wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
-    return wrapper
+    return _with_options(command, ANSWER_OPTIONS, ("settings", "server_decides"), before_json, build)
 
 
 def run_settings(model, device, dtype, psa, max_tokens=512, temperature=0.0, top_p=None, seed=None):
