@@ -36,3 +36,17 @@ def write_json_atomically(path: Path, data, *, indent: int | None = 2) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def read_file_bytes(path: Path, source: str, error: type[Exception]) -> bytes:
+    """A local file's bytes, or `error` with one line that names `source` and says why not."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{source}: no such file") from None
+    except IsADirectoryError:
+        raise error(f"{source}: is a directory, not a file") from None
+    except PermissionError:
+        raise error(f"{source}: permission denied") from None
+    except OSError as exc:
+        raise error(f"{source}: cannot be read ({exc.strerror or exc})") from None

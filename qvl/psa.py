@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 from qvl.errors import OptionError
+from qvl.paths import read_file_bytes
 
 ATTENTION_NAME = "qvl_psa"
 
@@ -175,13 +176,7 @@ def read_config_file(path: str | Path, source: str | None = None) -> dict:
     if kind not in (".json", ".toml"):
         raise OptionError(f"{source}: must be a .json or .toml file")
     try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise OptionError(f"{source}: no such file") from None
-    except IsADirectoryError:
-        raise OptionError(f"{source}: is a folder, not a file") from None
-    except OSError as exc:
-        raise OptionError(f"{source}: cannot be read ({exc.strerror or exc})") from None
+        text = read_file_bytes(path, source, OptionError).decode("utf-8")
     except UnicodeDecodeError:
         raise OptionError(f"{source}: is not UTF-8 text") from None
     if kind == ".json":

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from qvl.errors import InputError
 from qvl.media.fetch import fetch_bytes, is_url
+from qvl.paths import read_file_bytes
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Qwen2.5-VL's resize rule refuses aspect ratios above 200; say so before the processor does.
@@ -176,14 +177,4 @@ def read_source_bytes(source: str) -> bytes:
             raise InputError("data URI: invalid base64 data") from None
     if is_url(source):
         return fetch_bytes(source, max_mb=MAX_URL_MB)
-    path = Path(source)
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{source}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{source}: is a directory") from None
-    except PermissionError:
-        raise InputError(f"{source}: permission denied") from None
-    except OSError as exc:
-        raise InputError(f"{source}: cannot read ({exc.strerror or exc})") from None
+    return read_file_bytes(Path(source), source, InputError)
