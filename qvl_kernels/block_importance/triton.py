@@ -53,6 +53,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._autotune import autotune
 from .._device import capability
 from .._tma import ensure_tma_allocator, tma_ok_whole
 from .naive import _block_mean, check_args, check_fp8
@@ -618,7 +619,7 @@ def _xattn_kernel(
         tl.store(p_out + o_j[None, :], tl.zeros([QB, NJ2], dtype=tl.float32), mask=m_q[:, None] & (o_j < NB)[None, :])
 
 
-_xattn_kernel_tuned = triton.autotune(
+_xattn_kernel_tuned = autotune(
     configs=_configs(),
     key=["D", "STRIDE", "R", "CAUSAL", "IEEE", "TMA", "PARTIAL", "ROW_SCALE", "FAST", "L_BUCKET"],
     prune_configs_by={"early_config_prune": _prune},

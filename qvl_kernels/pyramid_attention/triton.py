@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._autotune import autotune
 from .._dot import dot
 from .._tma import ensure_tma_allocator, tma_ok
 from ..pooling import mean_pool_kv
@@ -988,7 +989,7 @@ def _prune(configs, named_args, **kwargs):
     return out or configs[:1]
 
 
-_pyramid_attn_kernel_tuned = triton.autotune(
+_pyramid_attn_kernel_tuned = autotune(
     configs=_configs(),
     key=["D", "BLOCK", "CAUSAL", "POOL_IN_KERNEL", "TMA"],
     prune_configs_by={"early_config_prune": _prune},
