@@ -174,12 +174,13 @@ def video(
     if dry_run:
         raise typer.Exit(_dry_run(videos, video_options, json_output))
     log = psa_log(psa_log_dir, settings.psa)
-    load = _clip_loader(video_options, frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache), quiet)
     questions = _questions(prompt, DEFAULT_VIDEO_PROMPT)
     view = output.RunView(
         json_output=json_output, quiet=quiet, several=len(videos) > 1 or len(questions) > 1, stats=stats
     )
     runner = Runner(settings, view, psa_log=log)
+    cache = frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache)
+    load = _clip_loader(video_options, cache, quiet, on_decoding=runner.load_in_background)
     if server is not None:
         local = {"--cache-dir": cache_dir, "--no-cache": no_cache, "--strict-hash": strict_hash}
         runner = _remote(server, settings, view, quiet, {**server_decides, "--psa-log-dir": psa_log_dir, **local})
@@ -189,11 +190,12 @@ def video(
     raise typer.Exit(runner.exit_code)
 
 
-def _clip_loader(options, cache, quiet: bool):
-    """source -> `Media`: its frames sampled with a progress bar on stderr, then the plan's notes."""
+def _clip_loader(options, cache, quiet: bool, on_decoding=None):
+    """source -> `Media`: its frames sampled with a progress bar on stderr, then the plan's notes.
+    on_decoding: called when a video has been planned and its frames start to decode."""
 
     def load(source: str):
-        with output.task_progress(f"frames of {source}", quiet) as advance:
+        with output.task_progress(f"frames of {source}", quiet, on_start=on_decoding) as advance:
             media = load_clip(source, options, cache, progress=advance)
         output.plan_notes(source, media.notes, quiet=quiet)
         return media

@@ -80,12 +80,18 @@ def progress(quiet: bool):
 
 
 @contextmanager
-def task_progress(description: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
-    """One progress bar for one job; yields `advance(done, total)`, a no-op when there is no bar."""
+def task_progress(
+    description: str, quiet: bool, on_start: Callable[[], None] | None = None
+) -> Iterator[Callable[[int, int], None]]:
+    """One progress bar for one job; yields `advance(done, total)`, which moves the bar (where there
+    is one) and calls `on_start` on its first call."""
     with progress(quiet) as bar:
         task = bar.add_task(description, total=None) if bar else None
+        pending = [on_start] if on_start is not None else []
 
         def advance(done: int, total: int) -> None:
+            while pending:
+                pending.pop()()
             if bar is not None:
                 bar.update(task, completed=done, total=total)
 
@@ -111,8 +117,9 @@ class RunView:
         # The engine streams its answer here as tokens arrive; with --json only the record is printed.
         self.on_text = None if json_output else write
 
-    def loading(self) -> None:
-        if self.quiet:
+    def loading(self, background: bool = False) -> None:
+        # A load beside the frames' progress bar would draw its own bar into it.
+        if self.quiet or background:
             silence_loading()
 
     def loaded(self, engine) -> None:

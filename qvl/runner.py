@@ -142,8 +142,8 @@ class View:
 
     on_text: Callable[[str], None] | None = None
 
-    def loading(self) -> None:
-        """The engine is about to load."""
+    def loading(self, background: bool = False) -> None:
+        """The engine is about to load; `background`: on a thread, while the main one decodes frames."""
 
     def loaded(self, engine) -> None:
         """The engine has loaded."""
@@ -178,17 +178,51 @@ class Runner:
         self.stopped = False
         self.count = 0
         self._engine = None
+        self._loading = None  # (thread, {"engine" or "error": ...}) of `load_in_background`
 
     def engine(self):
         """The engine, loaded on the first call (a `ModelError` if it cannot be)."""
         if self._engine is None:
-            from qvl.engine import Engine
-
-            s = self.settings
-            self.view.loading()
-            self._engine = Engine(s.model, device=s.device, dtype=s.dtype, psa=s.psa)
+            if self._loading is None:
+                self.view.loading()
+                self._engine = self._new_engine()
+            else:
+                thread, outcome = self._loading
+                thread.join()
+                self._loading = None
+                if "error" in outcome:
+                    raise outcome["error"]
+                self._engine = outcome["engine"]
             self.view.loaded(self._engine)
         return self._engine
+
+    def load_in_background(self) -> None:
+        """Start loading the engine on a thread, so that a first input's frame decoding and the
+        model's load (imports, weights) overlap; `engine()` then waits only for what is left. Called
+        once the input has been probed and planned, so a bad file is still reported at once."""
+        if self._engine is not None or self._loading is not None or self.stopped:
+            return
+        import threading
+
+        outcome: dict[str, Any] = {}
+
+        def load() -> None:
+            try:
+                outcome["engine"] = self._new_engine()
+            except BaseException as exc:  # raised in the main thread by engine()
+                outcome["error"] = exc
+
+        self.view.loading(background=True)
+        # A daemon, so that Ctrl-C during the load is not held up until the weights are in.
+        thread = threading.Thread(target=load, name="qvl-load-model", daemon=True)
+        self._loading = (thread, outcome)
+        thread.start()
+
+    def _new_engine(self):
+        from qvl.engine import Engine
+
+        s = self.settings
+        return Engine(s.model, device=s.device, dtype=s.dtype, psa=s.psa)
 
     def fail(self, label: str, exc: QvlError, prompt: str | None = None) -> dict[str, Any]:
         """Report one input's failure and return its record (`error_record`)."""

@@ -82,3 +82,37 @@ def test_cli_error_objects_have_every_key_an_answer_has(tmp_path):
         assert failed["model"] == "tiny" and failed["prompt"] == "Describe this image."
         assert failed["text"] is None and failed["tokens"] is None and failed["timings"] is None
         assert "no such file" in failed["error"]
+
+
+def test_the_model_loads_on_a_thread_while_the_first_video_decodes():
+    """A video's frames start to decode, the model loads beside them, and the answer is the
+    same as a run that loads it first."""
+    import threading
+
+    from PIL import Image
+
+    class Loading(Recorder):
+        def loading(self, background=False):
+            self.events.append(("loading", background, threading.current_thread() is threading.main_thread()))
+
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    answers = []
+    for background in (True, False):
+        view = Loading()
+        runner = Runner(Settings(model="tiny", max_tokens=6), view)
+
+        def media():
+            if background:
+                runner.load_in_background()  # as the CLI's frame loader does when decoding starts
+            return Media(images=[image])
+
+        answers.append(runner.run("red.png", "Describe.", media)["text"])
+        assert view.events[:2] == [("loading", background, True), ("loaded", "tiny")]
+    assert answers[0] == answers[1]
+
+
+def test_a_model_that_cannot_load_on_the_thread_fails_as_it_would_in_the_main_one(tmp_path):
+    runner = Runner(Settings(model=str(tmp_path / "no-such-model")), Recorder())
+    runner.load_in_background()
+    record = runner.run("a.png", "?", Media)
+    assert "no-such-model" in record["error"] and runner.stopped and runner.exit_code == 2

@@ -264,6 +264,8 @@ def decode_plan(
     done = [0]
     errors: list[BaseException] = []
     keyframe_ok = plan.tolerance if plan.seek == "auto" else 0.0
+    if progress is not None:
+        progress(0, n)  # the file is planned and decoding starts (the CLI loads the model from here on)
 
     def run(lo: int, hi: int) -> None:
         dec = _Decoder(path, info, threads=1 if workers > 1 else 2)
