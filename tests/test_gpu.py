@@ -129,3 +129,17 @@ def test_graph_decode_step_logits_match_stock_generate(tiny_model_dir, exact_fp3
     engine = Engine("tiny", device="cuda", dtype="float32")
     inputs = engine.prepare(Request("What happens?", video=_tiny_video()))
     assert_decode_logits_match_stock(engine, inputs, use_graph=True)
+
+
+def test_weights_read_onto_the_gpu_during_the_imports_build_the_same_model(tiny_model_dir):
+    import torch
+
+    from qvl.engine.load import _pretrained_model, _weight_reader
+
+    reader = _weight_reader(tiny_model_dir, "cuda", torch.float32)  # the tiny model is stored in fp32
+    assert reader is not None
+    model = _pretrained_model(tiny_model_dir, "cuda", torch.float32, None, reader)
+    plain = _pretrained_model(tiny_model_dir, "cuda", torch.float32, None)
+    mine, theirs = dict(model.named_parameters()), dict(plain.named_parameters())
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert all(p.is_cuda for p in mine.values())

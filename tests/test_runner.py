@@ -101,7 +101,7 @@ def test_the_model_loads_on_a_thread_while_the_first_video_decodes():
         view = Loading()
         runner = Runner(Settings(model="tiny", max_tokens=6), view)
 
-        def media():
+        def media(runner=runner, background=background):
             if background:
                 runner.load_in_background()  # as the CLI's frame loader does when decoding starts
             return Media(images=[image])

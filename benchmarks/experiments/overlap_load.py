@@ -30,7 +30,12 @@ def serial(path: str) -> dict:
     Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.bfloat16, device_map="cuda")
     torch.cuda.synchronize()
     done = time.perf_counter()
-    return {"torch+cuda": cuda - started, "transformers": imported - cuda, "weights": done - imported, "total": done - started}
+    return {
+        "torch+cuda": cuda - started,
+        "transformers": imported - cuda,
+        "weights": done - imported,
+        "total": done - started,
+    }
 
 
 def overlap(path: str) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from qvl.errors import ModelError, OptionError, first_line
@@ -54,12 +55,14 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
 
 def load_model(resolved: ResolvedModel, device: str, dtype, attn_implementation):
     """(model, processor) ready for inference."""
-    from transformers import AutoProcessor
-
     if resolved.random is not None:
         model = _random_model(resolved, device, dtype, attn_implementation)
     else:
-        model = _pretrained_model(resolved.path, device, dtype, attn_implementation)
+        # Started before transformers is imported, which the read then overlaps.
+        reader = _weight_reader(resolved.path, device, dtype)
+        model = _pretrained_model(resolved.path, device, dtype, attn_implementation, reader)
+    from transformers import AutoProcessor
+
     try:
         processor = AutoProcessor.from_pretrained(resolved.path)
     except (OSError, ValueError) as exc:
@@ -68,18 +71,44 @@ def load_model(resolved: ResolvedModel, device: str, dtype, attn_implementation)
     return model, processor
 
 
-def _pretrained_model(path, device: str, dtype, attn_implementation):
+def _weight_reader(path, device: str, dtype):
+    """A `WeightReader` of the checkpoint onto one GPU, where that is where the model goes and the
+    files hold `dtype` already (a conversion would keep both copies at once); else None."""
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from qvl.engine.weights import WeightReader, checkpoint_files, stored_dtype
+
+    if device != "cuda" or stored_dtype(path) != str(dtype).removeprefix("torch."):
+        return None
+    files = checkpoint_files(path)
+    if not files or not fits(sum(f.stat().st_size for f in files), torch.cuda.mem_get_info()[0]):
+        return None
+    return WeightReader(files, "cuda")
+
+
+def _pretrained_model(path, device: str, dtype, attn_implementation, reader=None):
+    """The model from its folder; from the tensors `reader` has read where it has them all."""
+    import torch
+    from safetensors import SafetensorError
+    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     kwargs: dict[str, Any] = {"dtype": dtype}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     if device == "cuda":
         kwargs["device_map"] = "cuda" if _fits_one_gpu(path) else "auto"
+    tensors = reader.tensors() if reader is not None else None
     try:
+        if tensors is not None:
+            config = Qwen2_5_VLConfig.from_pretrained(path)
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                None, config=config, state_dict=tensors, **kwargs
+            )
+            with contextlib.suppress(OSError):  # from_pretrained(path) too goes on without one
+                model.generation_config = GenerationConfig.from_pretrained(path)
+            return model
         return Qwen2_5_VLForConditionalGeneration.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a damaged file
         raise ModelError(f"cannot load the model from {path}: {first_line(exc)}") from None
     except torch.cuda.OutOfMemoryError:
         raise ModelError(f"the model in {path} does not fit in GPU memory; try a smaller one (--model 3b)") from None
