@@ -52,11 +52,11 @@ OUT = ROOT / "bench-out" / "frames"
 # -- test videos ------------------------------------------------------------------------------
 
 
-def _ffmpeg() -> str:
+def _ffmpeg(*args: str) -> None:
     sys.path.insert(0, str(ROOT))
-    from qvl.media.ffmpeg import ffmpeg_exe
+    from qvl.media.ffmpeg import run_ffmpeg
 
-    return ffmpeg_exe()
+    run_ffmpeg(*args)
 
 
 def make_videos(minutes: list[int], folder: Path) -> dict[int, Path]:
@@ -65,37 +65,10 @@ def make_videos(minutes: list[int], folder: Path) -> dict[int, Path]:
     if not base.exists():
         print(f"making {base} (10 min of 1080p H.264; several minutes on 2 cores)", file=sys.stderr)
         tmp = base.with_name("tmp-" + base.name)
-        subprocess.run(
-            [
-                _ffmpeg(),
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc2=size=1920x1080:rate=30",
-                "-t",
-                "600",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "veryfast",
-                "-b:v",
-                "8M",
-                "-maxrate",
-                "8M",
-                "-bufsize",
-                "16M",
-                "-pix_fmt",
-                "yuv420p",
-                "-movflags",
-                "+faststart",
-                str(tmp),
-            ],
-            check=True,
-        )
+        source = ("-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30", "-t", "600")
+        rate = ("-b:v", "8M", "-maxrate", "8M", "-bufsize", "16M")
+        encode = ("-c:v", "libx264", "-preset", "veryfast", *rate, "-pix_fmt", "yuv420p", "-movflags", "+faststart")
+        _ffmpeg(*source, *encode, str(tmp))
         tmp.rename(base)
     out = {}
     for m in minutes:
@@ -110,27 +83,8 @@ def make_videos(minutes: list[int], folder: Path) -> dict[int, Path]:
             listing = folder / f"concat-{m}.txt"
             listing.write_text(f"file '{base.name}'\n" * (m // 10))
             tmp = path.with_name("tmp-" + path.name)
-            subprocess.run(
-                [
-                    _ffmpeg(),
-                    "-hide_banner",
-                    "-loglevel",
-                    "error",
-                    "-y",
-                    "-f",
-                    "concat",
-                    "-safe",
-                    "0",
-                    "-i",
-                    str(listing),
-                    "-c",
-                    "copy",
-                    "-movflags",
-                    "+faststart",
-                    str(tmp),
-                ],
-                check=True,
-            )
+            source = ("-f", "concat", "-safe", "0", "-i", str(listing))
+            _ffmpeg(*source, "-c", "copy", "-movflags", "+faststart", str(tmp))
             tmp.rename(path)
             listing.unlink()
         out[m] = path

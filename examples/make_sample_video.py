@@ -4,7 +4,6 @@ python examples/make_sample_video.py build/sample.mp4 [--seconds 8]
 """
 
 import argparse
-import subprocess
 from pathlib import Path
 
 
@@ -15,27 +14,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.output.exists():
         return
-    from qvl.media.ffmpeg import ffmpeg_exe
+    from qvl.media.ffmpeg import run_ffmpeg
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-loglevel",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            f"testsrc2=size=320x240:rate=25:duration={args.seconds}",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            "-y",
-            str(args.output),
-        ],
-        check=True,
-    )
+    source = f"testsrc2=size=320x240:rate=25:duration={args.seconds}"
+    run_ffmpeg("-f", "lavfi", "-i", source, "-c:v", "libx264", "-pix_fmt", "yuv420p", str(args.output))
 
 
 if __name__ == "__main__":

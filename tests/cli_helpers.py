@@ -52,29 +52,11 @@ def assert_one_error(result, *, contains: str, exit_code: int | None = None) -> 
 
 def make_video(path: Path, seconds: float, rate: int = 8, size: str = "64x48", extra: tuple = ()) -> Path:
     """A real H.264 test-pattern video made by ffmpeg, a keyframe every second."""
-    from qvl.media.ffmpeg import ffmpeg_exe
+    from qvl.media.ffmpeg import run_ffmpeg
 
-    subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            f"testsrc2=size={size}:rate={rate}:duration={seconds}",
-            *extra,
-            "-c:v",
-            "libx264",
-            "-g",
-            str(rate),
-            "-pix_fmt",
-            "yuv420p",
-            str(path),
-        ],
-        check=True,
-    )
+    source = f"testsrc2=size={size}:rate={rate}:duration={seconds}"
+    encode = ("-c:v", "libx264", "-g", str(rate), "-pix_fmt", "yuv420p")
+    run_ffmpeg("-f", "lavfi", "-i", source, *extra, *encode, str(path))
     return path
 
 

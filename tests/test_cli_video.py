@@ -1,6 +1,5 @@
 """`qvl video` end to end: real ffmpeg-made videos, the tiny model, temporal positions, bad input."""
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -79,12 +78,10 @@ def test_infer_keeps_the_published_flags(clip):
 
 
 def _bad_videos(tmp_path: Path, clip: Path) -> dict:
-    from qvl.media.ffmpeg import ffmpeg_exe
+    from qvl.media.ffmpeg import run_ffmpeg
 
     audio = tmp_path / "audio.m4a"
-    subprocess.run(
-        [ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", "sine=duration=2", str(audio)], check=True
-    )
+    run_ffmpeg("-f", "lavfi", "-i", "sine=duration=2", str(audio))
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
     truncated = tmp_path / "truncated.mp4"

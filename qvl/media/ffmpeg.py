@@ -31,3 +31,11 @@ def ffmpeg_exe() -> str:
         return imageio_ffmpeg.get_ffmpeg_exe()
     except Exception as exc:  # imageio-ffmpeg raises RuntimeError when its binary is missing
         raise InputError("no ffmpeg binary found: install ffmpeg or the imageio-ffmpeg package") from exc
+
+
+def run_ffmpeg(*args: str, timeout: float | None = None) -> None:
+    """Run `ffmpeg -y ARGS...` quietly (errors only, no stdin); CalledProcessError if it fails."""
+    import subprocess
+
+    command = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args]
+    subprocess.run(command, check=True, timeout=timeout)

@@ -6,17 +6,15 @@ part of ffmpeg or PyAV is mocked.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from qvl.media.ffmpeg import ffmpeg_exe
+from qvl.media.ffmpeg import run_ffmpeg
 
 
 def ffmpeg(*args: str) -> None:
-    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args]
-    subprocess.run(cmd, check=True, timeout=120)
+    run_ffmpeg(*args, timeout=120)
 
 
 def make_video(
