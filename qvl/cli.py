@@ -14,12 +14,12 @@ from typing import Annotated, Optional
 import typer
 
 from qvl import __version__, output
+from qvl.bench_command import bench
+from qvl.cache_commands import cache_app, preprocess
 from qvl.chat import chat
 from qvl.errors import OptionError, QvlError
 from qvl.options import (
     BatchOutOpt,
-    BenchFramesOpt,
-    BenchModelOpt,
     CacheDirOpt,
     DeviceOpt,
     DtypeOpt,
@@ -38,7 +38,6 @@ from qvl.options import (
     QuestionsOpt,
     QuietOpt,
     RayOpt,
-    RepeatOpt,
     RetryFailedOpt,
     ServerOpt,
     StatsOpt,
@@ -251,13 +250,14 @@ def batch(
     """Answer --prompt about many images and videos, one JSON line per input in --out; run it again to resume."""
     from qvl import batch as job
     from qvl.batch.inputs import expand
+    from qvl.batch_view import ProgressView
 
     prompts = {"image": DEFAULT_IMAGE_PROMPT, "video": DEFAULT_VIDEO_PROMPT}
     try:
         rows = expand(inputs, video_options, prompts=prompts, prompt=prompt)
         cache = job.CacheSettings(cache_dir, strict_hash, enabled=not no_cache)
         options = job.BatchOptions(out, retry_failed, gpus, workers, prefetch, ray, cache)
-        with output.BatchView(quiet=quiet) as view:
+        with ProgressView(quiet=quiet) as view:
             code = job.run(rows, settings, options, view)
     except QvlError as exc:
         fail(exc)
@@ -343,51 +343,7 @@ def _timing_tiny(engine) -> None:
         output.tiny_model("its timings say little about real models")
 
 
-# --- bench ------------------------------------------------------------------------------------
-
-
-@app.command()
-def bench(
-    model: BenchModelOpt = None,
-    frames: BenchFramesOpt = "64,256",
-    max_tokens: MaxTokensOpt = 256,
-    repeat: RepeatOpt = 2,
-    psa: PsaOpt = False,
-    psa_preset: PsaPresetOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    json_output: JsonOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
-    """Time each stage of a video question, transformers' stock path against qvl's fast path.
-
-    A synthetic 448x448 video is written once; for each --frames count: frame extraction, the
-    processor, the vision tower alone, and whole answers (the first request apart from the median
-    of --repeat warm ones): time to first token, decode rate, peak GPU memory, and whether both
-    paths give the same greedy tokens. A table per frame count, or with --json one object each.
-    """
-    from qvl import bench as benchmark
-
-    try:
-        config = benchmark.BenchConfig.parse(
-            model=model,
-            frames=frames,
-            max_tokens=max_tokens,
-            repeat=repeat,
-            device=device,
-            dtype=dtype,
-            psa=psa_config(psa, psa_preset),
-        )
-        if quiet:
-            output.silence_loading()
-        for record in benchmark.run(config, note=lambda message: output.note(message, quiet=quiet)):
-            if json_output:
-                output.json_line(record)
-            else:
-                output.bench_table(record)
-    except QvlError as exc:
-        fail(exc)
-
+app.command()(bench)  # qvl bench: qvl/bench_command.py
 
 # --- download ---------------------------------------------------------------------------------
 
@@ -437,98 +393,10 @@ def infer(
     video([input], frames=preprocess_frames, **common, psa_log_dir=psa_log_dir)
 
 
-# --- preprocess and cache: the frame cache (media/preprocess.py, media/cache.py) ---------------
+# --- preprocess and cache: qvl/cache_commands.py ------------------------------------------------
 
-
-@app.command()
-@with_video_options
-def preprocess(
-    inputs: Annotated[
-        list[str], typer.Argument(help="Video files, folders (searched recursively), globs or http(s) URLs.")
-    ],
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Videos decoded at once.")] = 1,
-    cache_dir: CacheDirOpt = None,
-    strict_hash: StrictHashOpt = False,
-    json_output: JsonOpt = False,
-    quiet: QuietOpt = False,
-    video_options=None,
-) -> None:
-    """Fill the frame cache for many videos so later `qvl video` runs skip decoding.
-
-    Entries already present are skipped; a bad file is reported and the rest go on (the exit
-    status is 1 if any failed). The same frame options as `qvl video` give the same entries.
-    """
-    from qvl.media.preprocess import preprocess as run_preprocess
-
-    cache = frame_cache(cache_dir, strict_hash=strict_hash)
-    failed: list = []
-    counts = {"new": 0, "cached": 0, "error": 0}
-    with output.progress(quiet) as progress:
-        overall = progress.add_task("videos", total=None) if progress else None
-        tasks: dict[str, int] = {}
-
-        def on_progress(src: str, done: int, total: int) -> None:
-            if progress is None:
-                return
-            if src not in tasks:
-                tasks[src] = progress.add_task(f"  {src}", total=total)
-            progress.update(tasks[src], completed=done, total=total)
-
-        try:
-            for result in run_preprocess(inputs, video_options, cache, jobs=jobs, on_progress=on_progress):
-                counts[result.status] += 1
-                if progress is not None:
-                    if result.path in tasks:
-                        progress.remove_task(tasks.pop(result.path))
-                    progress.update(overall, advance=1)
-                if result.status == "error":
-                    failed.append(result)
-                if json_output:
-                    output.json_line(result.to_dict())
-                elif result.status != "error":
-                    output.preprocessed(result)
-        except QvlError as exc:  # the cache itself is unusable: nothing was done
-            fail(exc)
-    output.note(
-        f"{counts['new']} new, {counts['cached']} already cached, {counts['error']} failed; cache: {cache.root}",
-        quiet=quiet,
-    )
-    for result in failed:
-        output.error(result.error)
-    raise typer.Exit(1 if failed else 0)
-
-
-cache_app = typer.Typer(help="Inspect and clear the frame cache.", no_args_is_help=True)
+app.command()(preprocess)
 app.add_typer(cache_app, name="cache")
-
-
-@cache_app.command("list")
-def cache_list(cache_dir: CacheDirOpt = None, json_output: JsonOpt = False) -> None:
-    """List cache entries: key, frames, frame size, bytes, age and source."""
-    output.cache_entries(frame_cache(cache_dir).entries(), json_output)
-
-
-@cache_app.command("size")
-def cache_size(cache_dir: CacheDirOpt = None, json_output: JsonOpt = False) -> None:
-    """Print the cache folder, its entry count and the bytes it uses (leftovers of interrupted runs apart)."""
-    cache = frame_cache(cache_dir)
-    output.cache_size(cache.root, len(cache.entries()), cache.total_size(), cache.stale_bytes(), json_output)
-
-
-@cache_app.command("clear")
-def cache_clear(
-    older_than: Annotated[
-        Optional[float],
-        typer.Option("--older-than", min=0.0, help="Only entries created more than DAYS ago.", metavar="DAYS"),
-    ] = None,
-    cache_dir: CacheDirOpt = None,
-    json_output: JsonOpt = False,
-) -> None:
-    """Remove cache entries (all, or those older than --older-than DAYS)."""
-    cache = frame_cache(cache_dir)
-    removed, freed = cache.clear(older_than_days=older_than)
-    output.cache_cleared(cache.root, removed, freed, json_output)
-
 
 from qvl.serve.command import serve  # noqa: E402 (its own module: the server is a room of its own)
 

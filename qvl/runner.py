@@ -197,9 +197,8 @@ class Runner:
         return self._engine
 
     def load_in_background(self) -> None:
-        """Start loading the engine on a thread, so that a first input's frame decoding and the
-        model's load (imports, weights) overlap; `engine()` then waits only for what is left. Called
-        once the input has been probed and planned, so a bad file is still reported at once."""
+        """Start loading the engine on a thread (`engine()` waits for it), so that the model's load
+        and a first video's decoding, planned already, overlap."""
         if self._engine is not None or self._loading is not None or self.stopped:
             return
         import threading
@@ -213,8 +212,7 @@ class Runner:
                 outcome["error"] = exc
 
         self.view.loading(background=True)
-        # A daemon, so that Ctrl-C during the load is not held up until the weights are in.
-        thread = threading.Thread(target=load, name="qvl-load-model", daemon=True)
+        thread = threading.Thread(target=load, name="qvl-load-model", daemon=True)  # Ctrl-C need not wait
         self._loading = (thread, outcome)
         thread.start()
 
@@ -440,17 +438,13 @@ def keeps_sessions(engine) -> bool:
 
 
 def profile(settings: Settings, prompt: str, media: Media, options=None, *, on_loaded=None) -> tuple[Any, dict, list]:
-    """Profile PSA on `media` and `prompt` against SDPA (`settings.psa` must be set).
-
-    options: a `qvl.psa_profile.ProfileOptions` (its defaults when None). Returns the engine and
-    `qvl.psa_profile.profile_prefill`'s report and kept level masks; `on_loaded(engine)` is called
-    once the model is loaded, before anything is measured.
-    """
+    """(engine, report, kept level masks): PSA on `media` and `prompt` against SDPA (`settings.psa`
+    set), through `qvl.psa_profile.profile_prefill` with `options` (a `ProfileOptions`, or its
+    defaults); `on_loaded(engine)` is called once the model is loaded, before anything is measured."""
     from qvl.engine import Engine, Request
     from qvl.psa_profile import profile_prefill
 
     engine = Engine(settings.model, device=settings.device, dtype=settings.dtype, psa=settings.psa)
     if on_loaded is not None:
         on_loaded(engine)
-    request = Request(prompt, images=media.images, video=media.video)
-    return (engine, *profile_prefill(engine, request, options))
+    return (engine, *profile_prefill(engine, Request(prompt, images=media.images, video=media.video), options))

@@ -57,7 +57,7 @@ class BatchOptions:
 
 
 class BatchView:
-    """What a batch tells whoever watches it; this one shows nothing (`qvl.output.BatchView` does)."""
+    """What a batch tells whoever watches it; this one shows nothing (`qvl.batch_view.ProgressView` does)."""
 
     def loaded(self, info: dict[str, Any]) -> None:
         """A model has loaded: `info` has name, device, load_s, is_tiny."""

@@ -1,0 +1,82 @@
+"""What a person sees of `qvl batch`: a progress bar over the rows and a summary line (stderr)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qvl.batch import BatchView
+from qvl.output import console, error, note, silence_loading, tiny_model
+
+
+class ProgressView(BatchView):
+    """What a person sees of `qvl batch`: a progress bar with the rate and
+    the time left, one error line per failed row, and the totals; all on stderr, since the records
+    go to the results file. Use it as a context manager, so the bar is taken down however the job
+    ends."""
+
+    def __init__(self, *, quiet: bool):
+        self.quiet = quiet
+        self.bar = None
+        self.task = None
+        if quiet:
+            silence_loading()
+
+    def loaded(self, info: dict[str, Any]) -> None:
+        if info["is_tiny"]:
+            tiny_model("its answers are random text")
+        note(f"loaded {info['name']} on {info['device']} in {info['load_s']:.1f} s", quiet=self.quiet)
+
+    def started(self, total: int, done: int, out: str) -> None:
+        if done:
+            note(f"{done} rows already in {out}; {total} to run", quiet=self.quiet)
+        if not total or self.quiet or not console().is_terminal:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("rows"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _rate_column(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console(),
+            transient=True,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("rows", total=total)
+
+    def answered(self, record: dict[str, Any]) -> None:
+        if record["error"] is not None:
+            error(record["error"])
+        if self.bar is not None:
+            self.bar.advance(self.task)
+
+    def finished(self, answered: int, failed: int, total: int) -> None:
+        self.close()
+        hint = "; --retry-failed runs the failed ones again" if failed else ""
+        note(f"{answered} of {total} rows answered, {failed} failed{hint}", quiet=self.quiet)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def __enter__(self) -> BatchView:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _rate_column():
+    """A progress column: rows per minute, from Rich's running estimate."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("-- rows/min" if speed is None else f"{speed * 60:.1f} rows/min", style="cyan")
+
+    return Rate()

@@ -1,0 +1,61 @@
+"""`qvl bench`: the command over `qvl.bench`'s measurements, a table or JSON lines each."""
+
+from __future__ import annotations
+
+from qvl import output
+from qvl.bench import BenchConfig, run
+from qvl.errors import QvlError
+from qvl.options import (
+    BenchFramesOpt,
+    BenchModelOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    MaxTokensOpt,
+    PsaOpt,
+    PsaPresetOpt,
+    QuietOpt,
+    RepeatOpt,
+    fail,
+    psa_config,
+)
+
+
+def bench(
+    model: BenchModelOpt = None,
+    frames: BenchFramesOpt = "64,256",
+    max_tokens: MaxTokensOpt = 256,
+    repeat: RepeatOpt = 2,
+    psa: PsaOpt = False,
+    psa_preset: PsaPresetOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Time each stage of a video question, transformers' stock path against qvl's fast path.
+
+    A synthetic 448x448 video is written once; for each --frames count: frame extraction, the
+    processor, the vision tower alone, and whole answers (the first request apart from the median
+    of --repeat warm ones): time to first token, decode rate, peak GPU memory, and whether both
+    paths give the same greedy tokens. A table per frame count, or with --json one object each.
+    """
+    try:
+        config = BenchConfig.parse(
+            model=model,
+            frames=frames,
+            max_tokens=max_tokens,
+            repeat=repeat,
+            device=device,
+            dtype=dtype,
+            psa=psa_config(psa, psa_preset),
+        )
+        if quiet:
+            output.silence_loading()
+        for record in run(config, note=lambda message: output.note(message, quiet=quiet)):
+            if json_output:
+                output.json_line(record)
+            else:
+                output.bench_table(record)
+    except QvlError as exc:
+        fail(exc)
