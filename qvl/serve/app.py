@@ -61,13 +61,7 @@ def build(engine, config: ServeConfig, frame_cache=None, *, quiet: bool = False)
 def create_app(worker: Worker, config: ServeConfig) -> Starlette:
     """The app over `worker`, which the caller starts and stops (see `build`)."""
     engine = worker.engine
-    resolved = engine.resolved
-    names = {engine.name, resolved.repo_id, resolved.name}
-    if resolved.repo_id:
-        from qvl.models import preset_for
-
-        names.add(preset_for(resolved.repo_id))
-    names.discard(None)
+    names = _model_names(engine)
     started = int(time.time())
 
     def guarded(handler):
@@ -120,20 +114,7 @@ def create_app(worker: Worker, config: ServeConfig) -> Starlette:
         return JSONResponse({"object": "list", "data": [_model_card(engine, started)]})
 
     async def health(request: Request):
-        return JSONResponse(
-            {
-                "status": "ok",
-                "model": engine.name,
-                "device": engine.device,
-                "busy": worker.busy,
-                "queue": {"waiting": worker.waiting, "size": worker.queue_size},
-                "sessions": worker.sessions.to_dict(),
-                "answered": worker.answered,
-                "failed": worker.failed,
-                "allow_local_files": config.allow_local_files,
-                "max_body_mb": config.max_body_mb,
-            }
-        )
+        return JSONResponse(_health(worker, config))
 
     async def http_error(request: Request, exc: HTTPException):
         return _error(ApiError(exc.status_code, exc.detail or "error", code="http_error"))
@@ -149,6 +130,34 @@ def create_app(worker: Worker, config: ServeConfig) -> Starlette:
         ],
         exception_handlers={HTTPException: http_error, Exception: internal_error},
     )
+
+
+def _model_names(engine) -> set[str]:
+    """What a request's `model` may say: the engine's name, its repo id and preset name."""
+    resolved = engine.resolved
+    names = {engine.name, resolved.repo_id, resolved.name}
+    if resolved.repo_id:
+        from qvl.models import preset_for
+
+        names.add(preset_for(resolved.repo_id))
+    names.discard(None)
+    return names
+
+
+def _health(worker: Worker, config: ServeConfig) -> dict:
+    engine = worker.engine
+    return {
+        "status": "ok",
+        "model": engine.name,
+        "device": engine.device,
+        "busy": worker.busy,
+        "queue": {"waiting": worker.waiting, "size": worker.queue_size},
+        "sessions": worker.sessions.to_dict(),
+        "answered": worker.answered,
+        "failed": worker.failed,
+        "allow_local_files": config.allow_local_files,
+        "max_body_mb": config.max_body_mb,
+    }
 
 
 def _parse_and_stage(body: bytes, config: ServeConfig, psa: bool):
