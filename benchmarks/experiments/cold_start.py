@@ -7,7 +7,8 @@
    a writable bytecode cache (`PYTHONPYCACHEPREFIX`, filled by a first run), which is what an
    installed package has where the image was built with PYTHONDONTWRITEBYTECODE.
 2. First calls in one fresh process, in the order a request meets them: CUDA context, a bf16
-   matrix product (cuBLAS handles), flash attention, a Triton kernel of qvl_kernels, then the
+   matrix product (cuBLAS handles), flash attention, Triton's import and each of the fast path's
+   Triton kernels (rms_norm, rotary_qk, silu_mul, decode_attention) on its first call, then the
    model's load, the processor, and the vision tower's first and second call.
 """
 
@@ -77,10 +78,36 @@ def first_calls(model: str, frames: int) -> None:
     with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
         F.scaled_dot_product_attention(q, q, q)
     mark("first flash attention (head_dim 80)")
-    from qvl_kernels.rms_norm import rms_norm
+    import triton  # noqa: F401
 
-    rms_norm(x, torch.ones(1280, device="cuda", dtype=torch.bfloat16), 1e-6)
-    mark("first Triton kernel (rms_norm, cache warm?)")
+    mark("import triton")
+    from qvl_kernels.decode_attention import decode_attention
+    from qvl_kernels.rms_norm import rms_norm
+    from qvl_kernels.rotary import rotary_qk
+    from qvl_kernels.silu_mul import silu_mul
+
+    mark("import the fast path's kernels")
+    norm_weight = torch.ones(1280, device="cuda", dtype=torch.bfloat16)
+    rms_norm(x, norm_weight, 1e-6)
+    mark("first Triton kernel: rms_norm (cache warm?)")
+    rms_norm(x, norm_weight, 1e-6, x)
+    mark("rms_norm with a residual (another specialisation)")
+    rms_norm(x, norm_weight, 1e-6)
+    mark("rms_norm again")
+    heads = torch.randn(4096, 16, 80, device="cuda", dtype=torch.bfloat16)
+    angles = torch.randn(4096, 80, device="cuda", dtype=torch.bfloat16)
+    rotary_qk(heads, heads, angles.cos(), angles.sin())
+    mark("first rotary_qk")
+    silu_mul(x, x)
+    mark("first silu_mul")
+    cache = torch.randn(1, 4, 1024, 128, device="cuda", dtype=torch.bfloat16)
+    decode_attention(
+        torch.randn(1, 28, 128, device="cuda", dtype=torch.bfloat16),
+        cache,
+        cache,
+        torch.tensor([1000], device="cuda", dtype=torch.int32),
+    )
+    mark("first decode_attention")
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     from common import synthetic_video
 
