@@ -12,8 +12,9 @@ process, the frame cache off, every frame sampled):
   video, as `for f in *.mp4; do qvl video "$f" --json; done` would), extrapolated per video.
 
 Reports videos/min for both, the batch's own steady rate (its wall time less the model load), and
-the GPU busy fraction over the batch's wall time (torch.cuda.utilization or nvidia-smi, sampled
-every 0.1 s in a thread; null on a machine without a GPU). Prints a table and writes JSON.
+the GPU busy fraction over the batch's wall time and from its first answer on, which leaves out
+the process start and the model load (torch.cuda.utilization or nvidia-smi, sampled every 0.1 s
+in a thread; null on a machine without a GPU). Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def main() -> int:
         batch_args = ["batch", str(folder), "--out", str(work / "results.jsonl"), "--gpus", str(args.gpus), *common]
         if args.workers:
             batch_args += ["--workers", str(args.workers)]
-        sampler = GpuSampler(cuda)
+        sampler = GpuSampler(cuda, answers=work / "results.jsonl")
         with sampler:
             batch_s = qvl(batch_args)
         records = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
@@ -106,6 +107,7 @@ def main() -> int:
             "loop_extrapolated_s": round(per_video * len(videos), 1),
             "speedup": round(per_video * len(videos) / batch_s, 2),
             "gpu_busy_fraction": sampler.busy_fraction(),
+            "gpu_busy_after_first_answer": sampler.busy_fraction(after_first_answer=True),
             "gpu_samples": len(sampler.samples),
             "same_answers": sum(batch_texts.get(v) == t for v, t in loop_texts.items()),
         }
@@ -130,10 +132,11 @@ def qvl(args: list[str], capture: bool = False) -> float | str:
 
 class GpuSampler:
     """GPU utilisation (percent of the last sample period with a kernel running) every `period`
-    seconds in a thread while in the `with` block; nothing without a GPU."""
+    seconds in a thread while in the `with` block; nothing without a GPU. `answers`: the results
+    file, whose first line marks the first answer (`first_answer`: that sample's index)."""
 
-    def __init__(self, cuda: bool, period: float = 0.1):
-        self.period, self.samples = period, []
+    def __init__(self, cuda: bool, period: float = 0.1, answers: Path | None = None):
+        self.period, self.samples, self.answers, self.first_answer = period, [], answers, None
         self.read = _utilization_reader() if cuda else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -153,9 +156,21 @@ class GpuSampler:
             value = self.read()
             if value is not None:
                 self.samples.append(value)
+            if self.first_answer is None and self.answers is not None and _has_content(self.answers):
+                self.first_answer = len(self.samples)
 
-    def busy_fraction(self) -> float | None:
-        return round(statistics.fmean(self.samples) / 100, 3) if self.samples else None
+    def busy_fraction(self, after_first_answer: bool = False) -> float | None:
+        samples = self.samples[self.first_answer or 0 :] if after_first_answer else self.samples
+        if after_first_answer and self.first_answer is None:
+            return None
+        return round(statistics.fmean(samples) / 100, 3) if samples else None
+
+
+def _has_content(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def _utilization_reader():
@@ -188,6 +203,7 @@ def table(row: dict) -> None:
     from rich.table import Table
 
     busy = "n/a" if row["gpu_busy_fraction"] is None else f"{row['gpu_busy_fraction']:.0%}"
+    after = row["gpu_busy_after_first_answer"]
     out = Table(
         title=f"{row['videos']} videos of {row['frames']} frames ({row['side']}x{row['side']}), {row['model']}, "
         f"{row['max_tokens']} new tokens at most",
@@ -204,7 +220,12 @@ def table(row: dict) -> None:
         f"{row['batch_s'] / row['videos']:.3f}",
         busy,
     )
-    out.add_row("  without the model load", f"{row['batch_steady_videos_per_min']:.1f}", "", "")
+    out.add_row(
+        "  without the model load",
+        f"{row['batch_steady_videos_per_min']:.1f}",
+        "",
+        "n/a" if after is None else f"{after:.0%}",
+    )
     out.add_row("qvl video loop", f"{row['loop_videos_per_min']:.1f}", f"{row['loop_s_per_video']:.3f}", "n/a")
     out.add_row("speed-up", f"{row['speedup']:.2f}x", "", "")
     Console(highlight=False).print(out)
