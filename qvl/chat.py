@@ -99,6 +99,7 @@ def chat(
     label = ", ".join(media)
     conversation = runner.open_conversation(label, load, headroom=headroom)
     if conversation is None:
+        runner.finish_loading()
         raise typer.Exit(runner.exit_code)
     code = Chat(conversation, interactive=interactive, quiet=quiet).run()
     # At a terminal each failure was seen as it happened, and Ctrl-D is a clean end; a script

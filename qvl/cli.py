@@ -186,6 +186,7 @@ def video(
         load = runner.video_loader(video_options)
     for source in videos:
         runner.run_questions(source, questions, lambda source=source: load(source))
+    runner.finish_loading()
     raise typer.Exit(runner.exit_code)
 
 

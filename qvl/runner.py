@@ -80,15 +80,8 @@ class Media:
 def error_record(label: str, message: str, *, model: str | None = None, prompt: str | None = None) -> dict[str, Any]:
     """A failed input's record: every key an answer's record has (README's schema), null where
     the failure left it unknown, so a pipeline reads one shape whatever happened."""
-    return {
-        "input": label,
-        "model": model,
-        "prompt": prompt,
-        "text": None,
-        "tokens": None,
-        "timings": None,
-        "error": message,
-    }
+    unknown = dict.fromkeys(("text", "tokens", "timings"))
+    return {"input": label, "model": model, "prompt": prompt, **unknown, "error": message}
 
 
 def clip_record(clip) -> dict[str, Any]:
@@ -215,6 +208,12 @@ class Runner:
         thread = threading.Thread(target=load, name="qvl-load-model", daemon=True)  # Ctrl-C need not wait
         self._loading = (thread, outcome)
         thread.start()
+
+    def finish_loading(self) -> None:
+        """Wait for a load that `load_in_background` started and no input used (each failed
+        first), so that the process does not end in the middle of copying weights."""
+        if self._loading is not None:
+            self._loading[0].join()
 
     def _new_engine(self):
         from qvl.engine import Engine
@@ -438,9 +437,8 @@ def keeps_sessions(engine) -> bool:
 
 
 def profile(settings: Settings, prompt: str, media: Media, options=None, *, on_loaded=None) -> tuple[Any, dict, list]:
-    """(engine, report, kept level masks): PSA on `media` and `prompt` against SDPA (`settings.psa`
-    set), through `qvl.psa_profile.profile_prefill` with `options` (a `ProfileOptions`, or its
-    defaults); `on_loaded(engine)` is called once the model is loaded, before anything is measured."""
+    """(engine, report, level masks) of `psa_profile.profile_prefill(options)` on `media` and
+    `prompt` (`settings.psa` set); `on_loaded(engine)` runs before anything is measured."""
     from qvl.engine import Engine, Request
     from qvl.psa_profile import profile_prefill
 

@@ -116,3 +116,12 @@ def test_a_model_that_cannot_load_on_the_thread_fails_as_it_would_in_the_main_on
     runner.load_in_background()
     record = runner.run("a.png", "?", Media)
     assert "no-such-model" in record["error"] and runner.stopped and runner.exit_code == 2
+
+
+def test_a_load_no_input_used_is_waited_for_before_the_end():
+    runner = Runner(Settings(model="tiny"), Recorder())
+    runner.load_in_background()
+    runner.run("a.png", "?", bad_media)  # the input fails before it needs the model
+    runner.finish_loading()
+    thread, outcome = runner._loading
+    assert not thread.is_alive() and "engine" in outcome
