@@ -96,7 +96,9 @@ def _pretrained_model(path, device: str, dtype, attn_implementation, reader=None
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     if device == "cuda":
-        kwargs["device_map"] = "cuda" if _fits_one_gpu(path) else "auto"
+        # A reader exists only where the weights fit one GPU; asking the GPU again would count the
+        # weights it is reading as taken.
+        kwargs["device_map"] = "cuda" if reader is not None or _fits_one_gpu(path) else "auto"
     tensors = reader.tensors() if reader is not None else None
     try:
         if tensors is not None:
