@@ -178,7 +178,7 @@ class Runner:
         if self._engine is None:
             if self._loading is None:
                 self.view.loading()
-                self._engine = self._new_engine()
+                self._engine = load_engine(self.settings)
             else:
                 thread, outcome = self._loading
                 thread.join()
@@ -200,7 +200,7 @@ class Runner:
 
         def load() -> None:
             try:
-                outcome["engine"] = self._new_engine()
+                outcome["engine"] = load_engine(self.settings)
             except BaseException as exc:  # raised in the main thread by engine()
                 outcome["error"] = exc
 
@@ -214,12 +214,6 @@ class Runner:
         first), so that the process does not end in the middle of copying weights."""
         if self._loading is not None:
             self._loading[0].join()
-
-    def _new_engine(self):
-        from qvl.engine import Engine
-
-        s = self.settings
-        return Engine(s.model, device=s.device, dtype=s.dtype, psa=s.psa)
 
     def fail(self, label: str, exc: QvlError, prompt: str | None = None) -> dict[str, Any]:
         """Report one input's failure and return its record (`error_record`)."""
@@ -356,17 +350,13 @@ class Runner:
     def _request(self, prompt: str, media: Media, max_tokens: int | None = None, history=()):
         from qvl.engine import Request
 
+        sampling = self._sampling(max_tokens)
+        return Request(prompt=prompt, images=media.images, video=media.video, history=history, **sampling)
+
+    def _sampling(self, max_tokens: int | None) -> dict[str, Any]:
+        """The settings' sampling, as `Request` and `Session.ask` take it (`max_tokens` first)."""
         s = self.settings
-        return Request(
-            prompt=prompt,
-            images=media.images,
-            video=media.video,
-            history=history,
-            max_new_tokens=max_tokens or s.max_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            seed=s.seed,
-        )
+        return dict(max_new_tokens=max_tokens or s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
 
     def _answerer(
         self, engine, media: Media, session, max_tokens: int | None = None, inputs=None
@@ -374,10 +364,7 @@ class Runner:
         """(prompt, history=()) -> Result about `media` after the conversation `history`: through
         `session` (`Engine.session`'s, or None), else as a request of its own (with `inputs`, the
         processor's output prepared ahead for the first question, where given)."""
-        s = self.settings
-        sampling = dict(
-            max_new_tokens=max_tokens or s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed
-        )
+        sampling = self._sampling(max_tokens)
         on_text = self.view.on_text
         if session is not None:
             return lambda prompt, history=(): session.ask(prompt, history=history, on_text=on_text, **sampling)
@@ -430,6 +417,13 @@ class Conversation:
             self.session.reset()
 
 
+def load_engine(settings: Settings):
+    """The `qvl.engine.Engine` that `settings` names: model, device, dtype and PSA."""
+    from qvl.engine import Engine
+
+    return Engine(settings.model, device=settings.device, dtype=settings.dtype, psa=settings.psa)
+
+
 def keeps_sessions(engine) -> bool:
     """Whether `engine.session` can keep media prefilled: one device (a model spread over several
     GPUs answers each question as a request of its own)."""
@@ -439,10 +433,10 @@ def keeps_sessions(engine) -> bool:
 def profile(settings: Settings, prompt: str, media: Media, options=None, *, on_loaded=None) -> tuple[Any, dict, list]:
     """(engine, report, level masks) of `psa_profile.profile_prefill(options)` on `media` and
     `prompt` (`settings.psa` set); `on_loaded(engine)` runs before anything is measured."""
-    from qvl.engine import Engine, Request
+    from qvl.engine import Request
     from qvl.psa_profile import profile_prefill
 
-    engine = Engine(settings.model, device=settings.device, dtype=settings.dtype, psa=settings.psa)
+    engine = load_engine(settings)
     if on_loaded is not None:
         on_loaded(engine)
     return (engine, *profile_prefill(engine, Request(prompt, images=media.images, video=media.video), options))
