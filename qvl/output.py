@@ -90,7 +90,7 @@ def task_progress(
         pending = [on_start] if on_start is not None else []
 
         def advance(done: int, total: int) -> None:
-            while pending:
+            if pending:  # on the first call only
                 pending.pop()()
             if bar is not None:
                 bar.update(task, completed=done, total=total)
