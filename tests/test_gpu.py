@@ -39,6 +39,25 @@ def test_auto_picks_cuda_and_bf16_and_video_frames_generate(tiny_model_dir):
     assert 1 <= result.generated_tokens <= 6 and result.timings.prefill_s > 0
 
 
+def test_video_inputs_made_on_the_gpu_equal_the_processors_own(tiny_model_dir):
+    import torch
+
+    from qvl.engine import Engine, Request
+    from qvl.engine.inputs import video_kwargs
+
+    engine = Engine("tiny")
+    for count in (16, 7):
+        request = Request("What happens?", video=_tiny_video(count))
+        ours = engine.prepare(request)
+        assert engine._inputs._text_keys is not None
+        processor = engine.processor
+        kwargs = video_kwargs(request.video, processor.video_processor, torch.device("cuda"))
+        reference = processor(text=[engine.chat_text(request)], return_tensors="pt", **kwargs).to("cuda")
+        assert set(ours) == set(reference)
+        for key, value in reference.items():
+            assert ours[key].device.type == "cuda" and torch.equal(ours[key], value), key
+
+
 @pytest.fixture
 def exact_fp32():
     """fp32 without TF32 anywhere: the stock tower's patch embedding is a Conv3d, and cuDNN's

@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from qvl.engine.inputs import InputBuilder
 from qvl.engine.load import DEVICES, DTYPES, resolve_device, resolve_dtype
 from qvl.errors import OptionError
 
@@ -113,6 +114,7 @@ class Engine:
         self.resolved = resolve_model(model)
         self.model, self.processor = load_model(self.resolved, self.device, self.dtype, attn_implementation)
         self.load_s = time.perf_counter() - started
+        self._inputs = InputBuilder(self.processor)
         self._fast = None  # the fast path's generator, made on first use
         self.fast_path_problem = _fast_path_problem(self.model)
         """Why requests take the stock transformers path (None: they take qvl's fast path)."""
@@ -158,13 +160,7 @@ class Engine:
         import torch
 
         target = torch.device(device) if device is not None else self.model.device
-        text = self.chat_text(request)
-        kwargs: dict[str, Any] = {}
-        if request.images:
-            kwargs["images"] = list(request.images)
-        if request.video is not None:
-            kwargs.update(_video_kwargs(request.video, self.processor.video_processor, target))
-        return self.processor(text=[text], return_tensors="pt", **kwargs).to(target)
+        return self._inputs(self.chat_text(request), request.images, request.video, target)
 
     def generate(
         self,
@@ -271,34 +267,3 @@ def _fast_path_problem(model) -> str | None:
     if model.config.get_text_config().hidden_act != "silu":
         return "the fast decode step implements the published SiLU MLP only"
     return None
-
-
-def _video_kwargs(video: VideoFrames, video_processor, device) -> dict[str, Any]:
-    count, height, width = video.frames.shape[:3]
-    # The processor derives second_per_grid_ts from the metadata's sampled fps (transformers 5.x ignores
-    # an `fps` keyword). frames_indices == range(count) with total_num_frames == count makes that
-    # sampled fps exactly ours on every 5.x release.
-    metadata = {
-        "total_num_frames": count,
-        "fps": video.sampled_fps,
-        "frames_indices": list(range(count)),
-        "duration": count / video.sampled_fps,
-        "width": width,
-        "height": height,
-    }
-    # The frames were already sized to the plan (sides multiples of 28): pin the pixel budget to
-    # that size so the processor does not resize them a second time.
-    pixels = height * width
-    videos_kwargs: dict[str, Any] = {
-        "do_sample_frames": False,
-        "size": {"shortest_edge": pixels, "longest_edge": pixels},
-    }
-    if hasattr(video_processor, "cap_pixels_per_frame"):
-        # Newer 5.x releases can cap pixels per frame themselves; our plan already applied the
-        # video's token budget, and saying so silences their warning.
-        videos_kwargs["cap_pixels_per_frame"] = False
-    if device.type == "cuda":
-        # Rescale, normalise and patchify on the GPU: for hundreds of frames the CPU's share of
-        # these per-pixel passes is larger than the vision tower's.
-        videos_kwargs["device"] = device
-    return {"videos": [video.frames], "video_metadata": [metadata], "videos_kwargs": videos_kwargs}

@@ -1,0 +1,150 @@
+"""A request's model inputs: transformers' processor, with a video prompt tokenized before its
+placeholder is expanded and the frames handed over on the model's device.
+
+The processor writes one `<|video_pad|>` per video token into the prompt and tokenizes the result:
+for 256 frames at 448x448 that is 32,768 special tokens through the tokenizer, more than half of
+the processor's time. The placeholder is a special token, which the tokenizer splits on, so the
+tokens around it do not depend on how many there are: `InputBuilder` tokenizes the prompt with one
+placeholder and repeats it in the ids (and in every other per-token row). The frames go through
+the processor's own video processor; on a CUDA device they are copied there first from pinned
+memory, so that its channel reorder and copy run on the GPU rather than in pageable host memory.
+
+The shortcut is checked once per builder against the processor's own output for a small video; if
+they differ (a transformers release that builds its inputs otherwise), every request takes the
+processor's whole path.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qvl.engine import VideoFrames
+
+
+class InputBuilder:
+    """Builds model inputs from chat text and decoded media with `processor`."""
+
+    def __init__(self, processor):
+        self.processor = processor
+        self._text_keys: tuple[str, ...] | None = None  # the processor's per-token rows
+        self._checked = False
+
+    def __call__(self, text: str, images, video: VideoFrames | None, device):
+        """The processor's output for `text` with `images` and `video`, on `device`."""
+        if video is not None and not images and self._shortcut_agrees():
+            inputs = self._expanded(text, video, device)
+            if inputs is not None:
+                return inputs
+        kwargs: dict[str, Any] = {}
+        if images:
+            kwargs["images"] = list(images)
+        if video is not None:
+            kwargs.update(video_kwargs(video, self.processor.video_processor, device))
+        return self.processor(text=[text], return_tensors="pt", **kwargs).to(device)
+
+    def _expanded(self, text: str, video: VideoFrames, device):
+        import torch
+        from transformers import BatchFeature
+
+        frames = torch.from_numpy(video.frames)
+        if device.type == "cuda":
+            frames = frames.pin_memory().to(device, non_blocking=True)
+        kwargs = video_kwargs(video, self.processor.video_processor, device)
+        kwargs["videos"] = [frames]
+        media = self.processor(text=None, return_tensors="pt", **kwargs)
+        merge = self.processor.video_processor.merge_size**2
+        counts = [int(n) // merge for n in media["video_grid_thw"].prod(-1)]
+        rows = self._text_rows(text, counts)
+        return None if rows is None else BatchFeature({**rows, **media}).to(device)
+
+    def _text_rows(self, text: str, video_counts: list[int]) -> dict | None:
+        """The per-token rows (`input_ids`, `attention_mask`, ...) with each video placeholder repeated
+        `video_counts[i]` times, as the processor's own expansion would tokenize them; None where the
+        prompt's placeholders do not match the videos (a prompt that writes one itself): the
+        processor decides what that means."""
+        import torch
+
+        processor = self.processor
+        ids = processor.tokenizer([text])["input_ids"]
+        rows = {"input_ids": ids, "attention_mask": [[1] * len(ids[0])]}
+        if "mm_token_type_ids" in self._text_keys:
+            rows["mm_token_type_ids"] = processor.create_mm_token_type_ids(ids)
+        ids_row = torch.tensor(ids[0])
+        places = (ids_row == processor.video_token_id).nonzero().flatten()
+        if len(places) != len(video_counts):
+            return None
+        repeats = torch.ones_like(ids_row)
+        repeats[places] = torch.tensor(video_counts, dtype=repeats.dtype)
+        return {key: torch.tensor(value).repeat_interleave(repeats, dim=1) for key, value in rows.items()}
+
+    def _shortcut_agrees(self) -> bool:
+        """Whether the shortcut gives the processor's inputs, exactly, for a small two-frame video
+        (checked once: ~10 ms)."""
+        if not self._checked:
+            self._checked = True
+            self._text_keys = None
+            try:
+                self._text_keys = self._probe()
+            except Exception:  # any difference in behaviour means: use the processor's path
+                self._text_keys = None
+        return self._text_keys is not None
+
+    def _probe(self) -> tuple[str, ...] | None:
+        import numpy as np
+        import torch
+
+        from qvl.engine import VideoFrames
+
+        side = 2 * self.processor.video_processor.patch_size * self.processor.video_processor.merge_size
+        frames = np.arange(4 * side * side * 3, dtype=np.int64).reshape(4, side, side, 3) % 251
+        video = VideoFrames(frames.astype(np.uint8), sampled_fps=2.0)
+        text = f"What happens in<|vision_start|>{self.processor.video_token}<|vision_end|>?"
+        cpu = torch.device("cpu")
+        kwargs = video_kwargs(video, self.processor.video_processor, cpu)
+        reference = self.processor(text=[text], return_tensors="pt", **kwargs)
+        media = self.processor(text=None, return_tensors="pt", **kwargs)
+        self._text_keys = tuple(k for k in reference if k not in media)
+        ours = self._expanded(text, video, cpu)
+        same = set(ours) == set(reference) and all(_equal(ours[k], reference[k]) for k in reference)
+        return self._text_keys if same else None
+
+
+def _equal(a, b) -> bool:
+    import torch
+
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    return a == b
+
+
+def video_kwargs(video: VideoFrames, video_processor, device) -> dict[str, Any]:
+    """The processor's keywords for one clip of already-sized frames."""
+    count, height, width = video.frames.shape[:3]
+    # The processor derives second_per_grid_ts from the metadata's sampled fps (transformers 5.x ignores
+    # an `fps` keyword). frames_indices == range(count) with total_num_frames == count makes that
+    # sampled fps exactly ours on every 5.x release.
+    metadata = {
+        "total_num_frames": count,
+        "fps": video.sampled_fps,
+        "frames_indices": list(range(count)),
+        "duration": count / video.sampled_fps,
+        "width": width,
+        "height": height,
+    }
+    # The frames were already sized to the plan (sides multiples of 28): pin the pixel budget to
+    # that size so the processor does not resize them a second time.
+    pixels = height * width
+    videos_kwargs: dict[str, Any] = {
+        "do_sample_frames": False,
+        "size": {"shortest_edge": pixels, "longest_edge": pixels},
+    }
+    if hasattr(video_processor, "cap_pixels_per_frame"):
+        # Newer 5.x releases can cap pixels per frame themselves; our plan already applied the
+        # video's token budget, and saying so silences their warning.
+        videos_kwargs["cap_pixels_per_frame"] = False
+    if device.type == "cuda":
+        # Rescale, normalise and patchify on the GPU: for hundreds of frames the CPU's share of
+        # these per-pixel passes is larger than the vision tower's.
+        videos_kwargs["device"] = device
+    return {"videos": [video.frames], "video_metadata": [metadata], "videos_kwargs": videos_kwargs}
