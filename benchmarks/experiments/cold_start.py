@@ -10,6 +10,9 @@
    matrix product (cuBLAS handles), flash attention, Triton's import and each of the fast path's
    Triton kernels (rms_norm, rotary_qk, silu_mul, decode_attention) on its first call, then the
    model's load, the processor, and the vision tower's first and second call.
+3. Would a tiny request made right after the load take the first request's one-time costs? Two
+   fresh processes: `Engine(model)`, then the real request (`--frames`, 32 tokens) twice; and the
+   same with a 2-frame 56x56 request of one token in between, timed on its own.
 """
 
 from __future__ import annotations
@@ -139,19 +142,55 @@ def first_calls(model: str, frames: int) -> None:
     mark(f"second request (prefill {result.timings.prefill_s:.3f} s)")
 
 
+def warm_up_request(model: str, frames: int, tiny_first: bool) -> None:
+    import torch
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from common import synthetic_video
+
+    from qvl.engine import Engine, Request, VideoFrames
+
+    started = time.perf_counter()
+    engine = Engine(model)
+    print(f"  Engine({model}) {time.perf_counter() - started:.3f} s")
+    if tiny_first:
+        import numpy as np
+
+        tiny = VideoFrames(np.zeros((2, 56, 56, 3), np.uint8), 2.0)
+        started = time.perf_counter()
+        engine.generate(Request("x", video=tiny, max_new_tokens=1))
+        torch.cuda.synchronize()
+        print(f"  tiny request {time.perf_counter() - started:.3f} s")
+    for label in ("first", "second"):
+        started = time.perf_counter()
+        result = engine.generate(Request("Describe.", video=synthetic_video(frames), max_new_tokens=32))
+        t = result.timings
+        print(
+            f"  {label} request {time.perf_counter() - started:.3f} s (processor {t.preprocess_s:.3f}, vision "
+            f"{t.vision_s:.3f}, prefill {t.prefill_s:.3f}, graph {t.warmup_s:.3f}, decode {t.decode_s:.3f})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="random:7b")
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--first-calls", action="store_true", help="only part 2, in this process")
+    parser.add_argument("--warm-up", choices=["none", "tiny"], help="only part 3, in this process")
     args = parser.parse_args()
     if args.first_calls:
         first_calls(args.model, args.frames)
+        return
+    if args.warm_up:
+        warm_up_request(args.model, args.frames, tiny_first=args.warm_up == "tiny")
         return
     imports()
     print()
     command = [sys.executable, __file__, "--first-calls", "--model", args.model, "--frames", str(args.frames)]
     subprocess.run(command, check=True)
+    for mode in ("none", "tiny"):
+        print(f"\nfresh process, warm-up request: {mode}")
+        subprocess.run([*command[:2], "--warm-up", mode, *command[3:]], check=True)
 
 
 if __name__ == "__main__":
