@@ -30,21 +30,7 @@ def _f32_order(b_x):
 
 @triton.jit
 def _level_row(
-    S,
-    CAP,
-    BANDS,
-    OUT,
-    COUNTS,
-    s_sb,
-    s_sh,
-    s_si,
-    HQ,
-    NB,
-    T,
-    G,
-    i_i,
-    i_bh,
-    n,
+    row,
     HAS_CAP: tl.constexpr,
     HAS_COUNTS: tl.constexpr,
     NBANDS: tl.constexpr,
@@ -52,7 +38,10 @@ def _level_row(
     BNB: tl.constexpr,
 ):
     # Row i_i of (batch, head) i_bh, whose n visible key blocks (n <= BNB) are the first n; writes
-    # positions 0 .. min(BNB, NB) - 1 of the row's levels.
+    # positions 0 .. min(BNB, NB) - 1 of the row's levels. `row` is one tuple (the kernel's
+    # arguments and the row's indices) so that the kernel's calls for each sort width stay short;
+    # Triton inlines the call, the compiled code is the same as with separate arguments.
+    S, CAP, BANDS, OUT, COUNTS, s_sb, s_sh, s_si, HQ, NB, T, G, i_i, i_bh, n = row
     i_b, i_h = i_bh // HQ, i_bh % HQ
     o_j = tl.arange(0, BNB)
     m_vis = o_j < n
@@ -142,101 +131,18 @@ def _level_mask_kernel(
         n = i_i + 1
     else:
         n = NB
+    row = (S, CAP, BANDS, OUT, COUNTS, s_sb, s_sh, s_si, HQ, NB, T, G, i_i, i_bh, n)
     if SPLIT:
         if n <= BNB // 4:
-            _level_row(
-                S,
-                CAP,
-                BANDS,
-                OUT,
-                COUNTS,
-                s_sb,
-                s_sh,
-                s_si,
-                HQ,
-                NB,
-                T,
-                G,
-                i_i,
-                i_bh,
-                n,
-                HAS_CAP,
-                HAS_COUNTS,
-                NBANDS,
-                TOPK,
-                BNB // 4,
-            )
+            _level_row(row, HAS_CAP, HAS_COUNTS, NBANDS, TOPK, BNB // 4)
             _zero_tail(OUT, i_bh, i_i, NB, BNB // 4)
         elif n <= BNB // 2:
-            _level_row(
-                S,
-                CAP,
-                BANDS,
-                OUT,
-                COUNTS,
-                s_sb,
-                s_sh,
-                s_si,
-                HQ,
-                NB,
-                T,
-                G,
-                i_i,
-                i_bh,
-                n,
-                HAS_CAP,
-                HAS_COUNTS,
-                NBANDS,
-                TOPK,
-                BNB // 2,
-            )
+            _level_row(row, HAS_CAP, HAS_COUNTS, NBANDS, TOPK, BNB // 2)
             _zero_tail(OUT, i_bh, i_i, NB, BNB // 2)
         else:
-            _level_row(
-                S,
-                CAP,
-                BANDS,
-                OUT,
-                COUNTS,
-                s_sb,
-                s_sh,
-                s_si,
-                HQ,
-                NB,
-                T,
-                G,
-                i_i,
-                i_bh,
-                n,
-                HAS_CAP,
-                HAS_COUNTS,
-                NBANDS,
-                TOPK,
-                BNB,
-            )
+            _level_row(row, HAS_CAP, HAS_COUNTS, NBANDS, TOPK, BNB)
     else:
-        _level_row(
-            S,
-            CAP,
-            BANDS,
-            OUT,
-            COUNTS,
-            s_sb,
-            s_sh,
-            s_si,
-            HQ,
-            NB,
-            T,
-            G,
-            i_i,
-            i_bh,
-            n,
-            HAS_CAP,
-            HAS_COUNTS,
-            NBANDS,
-            TOPK,
-            BNB,
-        )
+        _level_row(row, HAS_CAP, HAS_COUNTS, NBANDS, TOPK, BNB)
 
 
 SPLIT_MIN = 256  # BNB from which short causal rows sort a half or a quarter of the keys

@@ -10,11 +10,9 @@ from __future__ import annotations
 import torch
 
 from ..block_importance.blocked import block_importance_blocked
-from ..level_mask import level_mask
 from ..pyramid_attention.blocked import pyramid_attention_blocked
-from ..similarity_cap.naive import similarity_cap
 from .config import PSAConfig
-from .naive import level_stats
+from .naive import psa_steps
 
 
 def psa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: PSAConfig | None = None):
@@ -23,13 +21,4 @@ def psa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: PSA
     q: [B, HQ, L, D]; k, v: [B, HKV, L, D]; config: PSAConfig() when None. Returns (out
     [B, HQ, L, D] in q's dtype, stats of `level_stats`).
     """
-    config = PSAConfig() if config is None else config
-    scores = block_importance_blocked(
-        q, k, block=config.block, stride=config.stride, method=config.method, causal=config.causal
-    )
-    cap = similarity_cap(k, block=config.block, thresholds=config.thresholds) if config.similarity_cap else None
-    levels = level_mask(
-        scores, cap, mode=config.mode, ratios=config.ratios, text_blocks=config.text_blocks, causal=config.causal
-    )
-    out = pyramid_attention_blocked(q, k, v, levels, causal=config.causal, block=config.block)
-    return out, level_stats(levels, config.causal)
+    return psa_steps(q, k, v, config, block_importance_blocked, pyramid_attention_blocked)

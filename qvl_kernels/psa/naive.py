@@ -29,13 +29,20 @@ def psa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: PSA
     when None; returns (out [B, HQ, L, D], stats of `level_stats`)). The levels come from the
     vectorized torch `level_mask` (the same levels as its naive loop, fast enough for a prompt).
     """
+    return psa_steps(q, k, v, config, block_importance, pyramid_attention)
+
+
+def psa_steps(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: PSAConfig | None, importance, attention):
+    """The PSA steps, importance -> cap -> levels -> pyramid attention, with the block importance
+    and pyramid attention ops given (`importance`, `attention`: the references here, or the
+    bounded-memory ones of `blocked.py`; same arguments as `block_importance` and
+    `pyramid_attention`). Arguments and result as `psa_attention`.
+    """
     config = PSAConfig() if config is None else config
-    scores = block_importance(
-        q, k, block=config.block, stride=config.stride, method=config.method, causal=config.causal
-    )
+    scores = importance(q, k, block=config.block, stride=config.stride, method=config.method, causal=config.causal)
     cap = similarity_cap(k, block=config.block, thresholds=config.thresholds) if config.similarity_cap else None
     levels = level_mask(
         scores, cap, mode=config.mode, ratios=config.ratios, text_blocks=config.text_blocks, causal=config.causal
     )
-    out = pyramid_attention(q, k, v, levels, causal=config.causal, block=config.block)
+    out = attention(q, k, v, levels, causal=config.causal, block=config.block)
     return out, level_stats(levels, config.causal)
