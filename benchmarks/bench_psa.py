@@ -211,16 +211,43 @@ def check_small():
         )
 
 
+def time_dense_tile(q, k, v, ones, ref, *, config, tma, pooled, lists, base, label, flops, t_cudnn):
+    """The kernel with one tile `config` on an all-level-1 mask (pooled K/V and block lists built
+    beforehand, so the kernel alone is timed): its row, and (ms, error against `ref`)."""
+
+    def run():
+        return run_kernel(q, k, v, ones, pooled=pooled, lists=lists, config=config, tma=tma)
+
+    err = rel_err(run(), ref)
+    t = timed(run)
+    add_dense(base, f"all1 {label}", t, flops, err, t_cudnn)
+    return t, err
+
+
+def add_dense(base, method, ms, flops, err, t_cudnn):
+    """The row of a run with every block at level 1: its TFLOP/s and its speed against cuDNN's."""
+    add(
+        **base,
+        method=method,
+        ms=ms,
+        tflops=flops / ms / 1e9,
+        density=1.0,
+        err=err,
+        note=f"x{t_cudnn / ms:.2f} of cudnn",
+    )
+
+
 def sweep(args):
     """Kernel variants at one shape: tile configs, pooled K/V precomputed vs pooled in the kernel."""
     HQ, HKV, D = MODELS["7b"]
     B = 1
     for Lk in args.sweep_lengths:
         L = Lk * 1024
+        base = dict(model="7b", L=L, input="video")
         q, k, v = video_inputs(B, HQ, HKV, L, D, seed=L)
         fl = dense_causal_flops(B, HQ, L, D)
         t_cudnn = timed(lambda: sdpa("cudnn")(q, k, v))
-        add(model="7b", L=L, input="video", method="sdpa-cudnn", ms=t_cudnn, tflops=fl / t_cudnn / 1e9, density=1.0)
+        add(**base, method="sdpa-cudnn", ms=t_cudnn, tflops=fl / t_cudnn / 1e9, density=1.0)
         nb = math.ceil(L / BLOCK)
         ones = torch.ones(B, HQ, nb, nb, dtype=torch.int8, device=DEV)
         lists1 = build_block_lists(ones, True)
@@ -241,52 +268,13 @@ def sweep(args):
             for tma in (False, True):
                 name = "{BLOCK_M}x{BLOCK_N}w{num_warps}s{num_stages}".format(**cfg) + ("-tma" if tma else "")
 
+                tile = dict(config=cfg, tma=tma, pooled=pooled, lists=lists1, base=base, flops=fl, t_cudnn=t_cudnn)
+
                 def one():
-                    run = lambda: run_kernel(
-                        q,
-                        k,
-                        v,
-                        ones,
-                        pooled=pooled,  # noqa: E731
-                        lists=lists1,
-                        config=cfg,
-                        tma=tma,
-                    )
-                    out = run()
-                    err = rel_err(out, ref)
-                    t = timed(run)
-                    add(
-                        model="7b",
-                        L=L,
-                        input="video",
-                        method=f"all1 {name}",
-                        ms=t,
-                        tflops=fl / t / 1e9,
-                        density=1.0,
-                        err=err,
-                        note=f"x{t_cudnn / t:.2f} of cudnn",
-                    )
+                    t, err = time_dense_tile(q, k, v, ones, ref, label=name, **tile)
                     for dd, lev, lists in ((d35, lev35, lists35), (d10, lev10, lists10)):
-                        run = lambda: run_kernel(
-                            q,
-                            k,
-                            v,
-                            lev,
-                            pooled=pooled,  # noqa: E731
-                            lists=lists,
-                            config=cfg,
-                            tma=tma,
-                        )
-                        tp = timed(run)
-                        add(
-                            model="7b",
-                            L=L,
-                            input="video",
-                            method=f"pyr d~{dd:.2f} {name}",
-                            ms=tp,
-                            tflops=dd * fl / tp / 1e9,
-                            density=dd,
-                        )
+                        tp = timed(lambda: run_kernel(q, k, v, lev, pooled=pooled, lists=lists, config=cfg, tma=tma))
+                        add(**base, method=f"pyr d~{dd:.2f} {name}", ms=tp, tflops=dd * fl / tp / 1e9, density=dd)
                     return t, err
 
                 res = guard(name, one)
@@ -297,31 +285,14 @@ def sweep(args):
             log(f"BEST {BEST}")
 
         def fused():
-            run = lambda: run_kernel(
-                q,
-                k,
-                v,
-                lev35,
-                lists=lists35,  # noqa: E731
-                config=BEST["config"],
-                pool_in_kernel=True,
-            )
-            t = timed(run)
-            add(
-                model="7b",
-                L=L,
-                input="video",
-                method="pyr d~0.35 pooled in kernel",
-                ms=t,
-                tflops=d35 * fl / t / 1e9,
-                density=d35,
-            )
+            t = timed(lambda: run_kernel(q, k, v, lev35, lists=lists35, config=BEST["config"], pool_in_kernel=True))
+            add(**base, method="pyr d~0.35 pooled in kernel", ms=t, tflops=d35 * fl / t / 1e9, density=d35)
 
         guard("fused", fused)
         t = timed(lambda: mean_pool(k) + mean_pool(v))
-        add(model="7b", L=L, input="video", method="mean_pool k+v (2,4,8)", ms=t)
+        add(**base, method="mean_pool k+v (2,4,8)", ms=t)
         t = timed(lambda: build_block_lists(lev35, True))
-        add(model="7b", L=L, input="video", method="build_block_lists", ms=t)
+        add(**base, method="build_block_lists", ms=t)
         del q, k, v, ref
         torch.cuda.empty_cache()
     guard("check_small", check_small)
@@ -332,57 +303,24 @@ def quick(args):
     HQ, HKV, D = MODELS["7b"]
     for Lk in [int(x) for x in args.lengths.split(",")]:
         L = Lk * 1024
+        base = dict(model="7b", L=L, input="video")
         q, k, v = video_inputs(1, HQ, HKV, L, D, seed=L)
         fl = dense_causal_flops(1, HQ, L, D)
         nb = math.ceil(L / BLOCK)
         ones = torch.ones(1, HQ, nb, nb, dtype=torch.int8, device=DEV)
         t_c = timed(lambda: sdpa("cudnn")(q, k, v))
-        add(model="7b", L=L, input="video", method="sdpa-cudnn", ms=t_c, tflops=fl / t_c / 1e9, density=1.0)
+        add(**base, method="sdpa-cudnn", ms=t_c, tflops=fl / t_c / 1e9, density=1.0)
         ref = sdpa("cudnn")(q, k, v)
         out = pyramid_attention(q, k, v, ones)
         t = timed(lambda: pyramid_attention(q, k, v, ones))
-        add(
-            model="7b",
-            L=L,
-            input="video",
-            method="pyramid_attention() all-1 (defaults)",
-            ms=t,
-            tflops=fl / t / 1e9,
-            density=1.0,
-            err=rel_err(out, ref),
-            note=f"x{t_c / t:.2f} of cudnn",
-        )
+        add_dense(base, "pyramid_attention() all-1 (defaults)", t, fl, rel_err(out, ref), t_c)
         lists = build_block_lists(ones, True)
         pooled = (*mean_pool(k), *mean_pool(v))
         for bm, bn, w, st in args.variants:
             cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
-
-            def one():
-                run = lambda: run_kernel(
-                    q,
-                    k,
-                    v,
-                    ones,
-                    pooled=pooled,  # noqa: E731
-                    lists=lists,
-                    config=cfg,
-                    tma=True,
-                )
-                o = run()
-                t = timed(run)
-                add(
-                    model="7b",
-                    L=L,
-                    input="video",
-                    method=f"all1 {bm}x{bn}w{w}s{st}-tma",
-                    ms=t,
-                    tflops=fl / t / 1e9,
-                    density=1.0,
-                    err=rel_err(o, ref),
-                    note=f"x{t_c / t:.2f} of cudnn",
-                )
-
-            guard(f"variant {cfg}", one)
+            label = f"{bm}x{bn}w{w}s{st}-tma"
+            tile = dict(config=cfg, tma=True, pooled=pooled, lists=lists, base=base, flops=fl, t_cudnn=t_c)
+            guard(f"variant {cfg}", lambda: time_dense_tile(q, k, v, ones, ref, label=label, **tile))
         del q, k, v, ref, out
         torch.cuda.empty_cache()
 

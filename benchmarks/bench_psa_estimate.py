@@ -55,6 +55,11 @@ def both(fn) -> dict:
     return dict(isolated_ms=iso, queued_ms=gpu, host_ms=host)
 
 
+def ratios(name: str, numerator: dict, denominator: dict) -> dict:
+    """`name`_isolated and `name`_queued: one `both` timing over another, each way of timing."""
+    return {f"{name}_{way}": numerator[f"{way}_ms"] / denominator[f"{way}_ms"] for way in ("isolated", "queued")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="7b,3b")
@@ -86,8 +91,7 @@ def main() -> None:
                         preset=preset,
                         fp8=fp8,
                         **est,
-                        share_isolated=est["isolated_ms"] / dense["isolated_ms"],
-                        share_queued=est["queued_ms"] / dense["queued_ms"],
+                        **ratios("share", est, dense),
                     )
                 )
                 scores = block_importance(q, k, block=BLOCK, stride=cfg.stride, fp8=fp8)
@@ -114,8 +118,7 @@ def main() -> None:
                         density=achieved,
                         target=target_x,
                         **pipe,
-                        speedup_isolated=dense["isolated_ms"] / pipe["isolated_ms"],
-                        speedup_queued=dense["queued_ms"] / pipe["queued_ms"],
+                        **ratios("speedup", dense, pipe),
                     )
                 )
             del q, k, v

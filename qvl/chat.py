@@ -23,16 +23,14 @@ import typer
 from qvl import output
 from qvl.errors import OptionError, QvlError
 from qvl.options import (
-    CacheDirOpt,
     HeadroomOpt,
     JsonOpt,
-    NoCacheOpt,
     QuietOpt,
     ServerOpt,
     StatsOpt,
-    StrictHashOpt,
     fail,
     with_answer_options,
+    with_frame_cache_options,
     with_video_options,
 )
 from qvl.paths import write_json_atomically
@@ -51,6 +49,7 @@ COMMANDS = (
 
 @with_video_options
 @with_answer_options
+@with_frame_cache_options
 def chat(
     media: Annotated[
         list[str],
@@ -59,9 +58,7 @@ def chat(
         ),
     ],
     headroom: HeadroomOpt = CHAT_HEADROOM,
-    no_cache: NoCacheOpt = False,
-    cache_dir: CacheDirOpt = None,
-    strict_hash: StrictHashOpt = False,
+    cache_settings=None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     stats: StatsOpt = False,
@@ -75,7 +72,7 @@ def chat(
     The media is read and prefilled once. Questions come from the terminal (/help lists the
     commands) or one per line from stdin; answers stream to stdout, or with --json one object each.
     """
-    from qvl.runner import Runner, frame_cache
+    from qvl.runner import Runner
 
     max_tokens = settings.max_tokens
     try:
@@ -84,7 +81,7 @@ def chat(
             raise OptionError(f"--max-tokens {max_tokens} leaves no room for a question in --headroom {headroom}")
     except QvlError as exc:
         fail(exc)
-    cache = frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache) if video else None
+    cache = cache_settings.open() if video else None
     interactive = sys.stdin.isatty()
     view = ChatView(json_output=json_output, quiet=quiet, stats=stats, interactive=interactive)
     runner = Runner(settings, view)
@@ -92,8 +89,7 @@ def chat(
     if server is not None:  # the server keeps the media prefilled, with its own headroom
         from qvl.serve.client import remote_runner
 
-        local = {**server_decides, "--headroom": headroom != CHAT_HEADROOM}
-        local.update({"--cache-dir": cache_dir, "--no-cache": no_cache, "--strict-hash": strict_hash})
+        local = {**server_decides, "--headroom": headroom != CHAT_HEADROOM, **cache_settings.as_given()}
         runner = remote_runner(server, settings, view, quiet=quiet, local_only=local)
         load = runner.media_loader(images, video, video_options)
     label = ", ".join(media)

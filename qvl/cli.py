@@ -20,14 +20,12 @@ from qvl.chat import chat
 from qvl.errors import OptionError, QvlError
 from qvl.options import (
     BatchOutOpt,
-    CacheDirOpt,
     DeviceOpt,
     DtypeOpt,
     GpusOpt,
     JsonOpt,
     MaxTokensOpt,
     ModelOpt,
-    NoCacheOpt,
     PrefetchOpt,
     PromptOpt,
     PsaConfigOpt,
@@ -41,16 +39,16 @@ from qvl.options import (
     RetryFailedOpt,
     ServerOpt,
     StatsOpt,
-    StrictHashOpt,
     WorkersOpt,
     fail,
     psa_config,
     psa_log,
     run_settings,
     with_answer_options,
+    with_frame_cache_options,
     with_video_options,
 )
-from qvl.runner import Media, Runner, frame_cache, load_clip, profile
+from qvl.runner import Media, Runner, load_clip, profile
 
 app = typer.Typer(
     name="qvl",
@@ -100,14 +98,12 @@ def describe(
     """Describe images (or answer --prompt about them), one answer per image unless --together."""
     from qvl.media.images import expand_image_inputs, open_image
 
-    log = psa_log(psa_log_dir, settings.psa)
     sources = expand_image_inputs(images)
     questions = _questions(prompt, DEFAULT_IMAGES_PROMPT if together else DEFAULT_IMAGE_PROMPT)
     several = (not together and len(sources) > 1) or len(questions) > 1
     view = output.RunView(json_output=json_output, quiet=quiet, several=several, stats=stats)
-    runner = Runner(settings, view, psa_log=log)
+    runner = _runner(settings, view, psa_log_dir, server, server_decides)
     if server is not None:
-        runner = _remote(server, settings, view, quiet, {**server_decides, "--psa-log-dir": psa_log_dir})
         open_image = runner.open_image
     if together:
         opened = []
@@ -128,12 +124,17 @@ def describe(
     raise typer.Exit(runner.exit_code)
 
 
-def _remote(server, settings, view, quiet, local_only: dict):
-    """--server's runner: the server's model answers; the options it decides ({flag: value}) are
-    one error line where given."""
+def _runner(settings, view, psa_log_dir, server, local_only: dict):
+    """The runner that answers: here, logging PSA to --psa-log-dir; or with --server the server's
+    model, where --psa-log-dir and the options only a local run honours ({flag: value}) are one
+    error line where given."""
+    log = psa_log(psa_log_dir, settings.psa)  # checked first, whichever runner answers
+    if server is None:
+        return Runner(settings, view, psa_log=log)
     from qvl.serve.client import remote_runner
 
-    return remote_runner(server, settings, view, quiet=quiet, local_only=local_only)
+    local_only = {**local_only, "--psa-log-dir": psa_log_dir}
+    return remote_runner(server, settings, view, quiet=view.quiet, local_only=local_only)
 
 
 def _questions(prompts: list[str] | None, default: str) -> list[str]:
@@ -153,13 +154,12 @@ def _open_or_raise(source, opener):
 @app.command()
 @with_video_options
 @with_answer_options
+@with_frame_cache_options
 def video(
     videos: Annotated[list[str], typer.Argument(help="Video paths or http(s) URLs.")],
     prompt: QuestionsOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the frame plan and stop; loads no model.")] = False,
-    no_cache: NoCacheOpt = False,
-    cache_dir: CacheDirOpt = None,
-    strict_hash: StrictHashOpt = False,
+    cache_settings=None,
     psa_log_dir: PsaLogDirOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -172,17 +172,13 @@ def video(
     """Answer --prompt about each video, sampling frames at their real timestamps."""
     if dry_run:
         raise typer.Exit(_dry_run(videos, video_options, json_output))
-    log = psa_log(psa_log_dir, settings.psa)
     questions = _questions(prompt, DEFAULT_VIDEO_PROMPT)
-    view = output.RunView(
-        json_output=json_output, quiet=quiet, several=len(videos) > 1 or len(questions) > 1, stats=stats
-    )
-    runner = Runner(settings, view, psa_log=log)
-    cache = frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache)
-    load = _clip_loader(video_options, cache, quiet, on_decoding=runner.load_in_background)
-    if server is not None:
-        local = {"--cache-dir": cache_dir, "--no-cache": no_cache, "--strict-hash": strict_hash}
-        runner = _remote(server, settings, view, quiet, {**server_decides, "--psa-log-dir": psa_log_dir, **local})
+    several = len(videos) > 1 or len(questions) > 1
+    view = output.RunView(json_output=json_output, quiet=quiet, several=several, stats=stats)
+    runner = _runner(settings, view, psa_log_dir, server, {**server_decides, **cache_settings.as_given()})
+    if server is None:
+        load = _clip_loader(video_options, cache_settings.open(), quiet, on_decoding=runner.load_in_background)
+    else:
         load = runner.video_loader(video_options)
     for source in videos:
         runner.run_questions(source, questions, lambda source=source: load(source))
@@ -229,6 +225,7 @@ app.command()(chat)  # qvl chat: a conversation about images or a video (qvl/cha
 @app.command()
 @with_video_options
 @with_answer_options
+@with_frame_cache_options
 def batch(
     inputs: Annotated[
         list[str], typer.Argument(help="Files, folders, globs, URLs or JSONL manifests (docs/batch.md).")
@@ -240,9 +237,7 @@ def batch(
     workers: WorkersOpt = None,
     prefetch: PrefetchOpt = None,
     ray: RayOpt = None,
-    no_cache: NoCacheOpt = False,
-    cache_dir: CacheDirOpt = None,
-    strict_hash: StrictHashOpt = False,
+    cache_settings=None,
     quiet: QuietOpt = False,
     video_options=None,
     settings=None,
@@ -256,8 +251,7 @@ def batch(
     prompts = {"image": DEFAULT_IMAGE_PROMPT, "video": DEFAULT_VIDEO_PROMPT}
     try:
         rows = expand(inputs, video_options, prompts=prompts, prompt=prompt)
-        cache = job.CacheSettings(cache_dir, strict_hash, enabled=not no_cache)
-        options = job.BatchOptions(out, retry_failed, gpus, workers, prefetch, ray, cache)
+        options = job.BatchOptions(out, retry_failed, gpus, workers, prefetch, ray, cache_settings)
         with ProgressView(quiet=quiet) as view:
             code = job.run(rows, settings, options, view)
     except QvlError as exc:
@@ -270,12 +264,11 @@ def batch(
 
 @app.command("psa-profile")
 @with_video_options
+@with_frame_cache_options
 def psa_profile(
     source: Annotated[str, typer.Argument(metavar="IMAGE|VIDEO", help="Image or video path or http(s) URL.")],
     prompt: PromptOpt = None,
-    no_cache: NoCacheOpt = False,
-    cache_dir: CacheDirOpt = None,
-    strict_hash: StrictHashOpt = False,
+    cache_settings=None,
     psa_preset: PsaPresetOpt = None,
     psa_config_file: PsaConfigOpt = None,
     min_tokens: PsaMinTokensOpt = None,
@@ -320,8 +313,8 @@ def psa_profile(
         if is_image_source(source):
             media, default_prompt = Media(images=[open_image(source)]), DEFAULT_IMAGE_PROMPT
         else:
-            cache = frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache)
-            media, default_prompt = _clip_loader(video_options, cache, quiet)(source), DEFAULT_VIDEO_PROMPT
+            load = _clip_loader(video_options, cache_settings.open(), quiet)
+            media, default_prompt = load(source), DEFAULT_VIDEO_PROMPT
         engine, report, masks = profile(settings, prompt or default_prompt, media, options, on_loaded=_timing_tiny)
     except QvlError as exc:
         fail(exc)

@@ -414,11 +414,7 @@ def _download_repo(
         raise ModelError(f"revision {revision} of model {repo_id} was not found on the Hub") from None
     except HfHubHTTPError as e:
         raise ModelError(f"downloading model {repo_id} failed: {_one_line(e)}; retry with: {cmd}") from None
-    except (OSError, ConnectionError) as e:  # DNS, refused, timeouts, LocalEntryNotFoundError
-        if not hub_reachable():
-            raise ModelError(unreachable) from None
-        raise ModelError(f"downloading model {repo_id} failed: {_one_line(e)}; retry with: {cmd}") from None
-    except Exception as e:  # httpx/requests errors that are not OSError
+    except Exception as e:  # DNS, refused, timeouts, LocalEntryNotFoundError; httpx/requests errors
         if not hub_reachable():
             raise ModelError(unreachable) from None
         raise ModelError(f"downloading model {repo_id} failed: {_one_line(e)}; retry with: {cmd}") from None

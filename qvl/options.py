@@ -2,14 +2,16 @@
 
 Commands take these `Annotated` aliases as parameter types, so a flag has one name, one help text
 and one default wherever it appears. The frame-sampling options, shared by `video`, `preprocess`
-and `psa-profile`, come as one group through `with_video_options`. Nothing heavy is imported
-here: `qvl --help` must stay instant.
+and `psa-profile`, come as one group through `with_video_options`, and the frame-cache options
+of the commands that answer about videos through `with_frame_cache_options`. Nothing heavy is
+imported here: `qvl --help` must stay instant.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import dataclass
 from typing import Annotated, Optional
 
 import typer
@@ -183,6 +185,33 @@ StrictHashOpt = Annotated[
     bool, typer.Option("--strict-hash", help="Key cache entries by a hash of every byte, not a 768 KiB sample.")
 ]
 
+# (name, type, default) of the frame-cache options of the commands that read videos, in `--help` order.
+FRAME_CACHE_OPTIONS = (
+    ("no_cache", NoCacheOpt, False),
+    ("cache_dir", CacheDirOpt, None),
+    ("strict_hash", StrictHashOpt, False),
+)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The frame cache videos are read through: --cache-dir, --strict-hash, --no-cache."""
+
+    folder: str | None = None
+    strict_hash: bool = False
+    enabled: bool = True
+
+    def open(self):
+        """The `FrameCache`, or None when it is off."""
+        from qvl.runner import frame_cache
+
+        return frame_cache(self.folder, strict_hash=self.strict_hash, enabled=self.enabled)
+
+    def as_given(self) -> dict:
+        """{flag: value} of the three options, for `--server` to refuse those given."""
+        return {"--cache-dir": self.folder, "--no-cache": not self.enabled, "--strict-hash": self.strict_hash}
+
+
 # --- sampling frames from a video ----------------------------------------------------------------
 
 FramesOpt = Annotated[
@@ -296,6 +325,21 @@ def with_video_options(command):
             fail(exc)
 
     return _with_options(command, VIDEO_OPTIONS, ("video_options",), after_prompt, build)
+
+
+def with_frame_cache_options(command):
+    """Give `command` --no-cache, --cache-dir and --strict-hash where its `cache_settings`
+    parameter stands; it receives them as that `CacheSettings`."""
+    names = list(inspect.signature(command, eval_str=True).parameters)
+
+    def in_place_of_cache_settings(own) -> int:
+        return names.index("cache_settings")  # the one parameter taken out, so the others keep their index
+
+    def build(given) -> dict:
+        cache = CacheSettings(given["cache_dir"], given["strict_hash"], enabled=not given["no_cache"])
+        return {"cache_settings": cache}
+
+    return _with_options(command, FRAME_CACHE_OPTIONS, ("cache_settings",), in_place_of_cache_settings, build)
 
 
 # The options of every command that answers questions (describe, video, chat, batch).

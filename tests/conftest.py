@@ -35,6 +35,12 @@ def tiny_model_dir():
     return tiny_model_dir()
 
 
+@pytest.fixture
+def tiny_by_default(tiny_model_dir, monkeypatch):
+    """Commands run without --model answer with the tiny model (built once per session)."""
+    monkeypatch.setenv("QVL_MODEL", "tiny")
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -249,9 +249,9 @@ def test_a_local_ray_cluster_gives_the_local_answers(manifest, finished, tmp_pat
 def test_one_process_per_model_gives_the_same_records(manifest, finished):
     """The machinery of --gpus N (spawned processes, a shared queue of rows, records sent back),
     run here with two CPU models since this machine has no GPUs."""
+    from qvl.batch import CacheSettings
     from qvl.batch.inputs import expand
     from qvl.batch.local import answer_on_gpus
-    from qvl.batch.work import CacheSettings
     from qvl.media.video import VideoOptions
     from qvl.runner import Settings
 

@@ -15,17 +15,14 @@ import pytest
 from cli_helpers import assert_one_error, error_lines, invoke, json_lines, make_video
 from PIL import Image
 
+pytestmark = pytest.mark.usefixtures("tiny_by_default")
+
 STAGES = ("media", "processor", "vision", "prefill/TTFT", "decode", "warmup", "total")
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
     return make_video(tmp_path_factory.mktemp("chat") / "clip.mp4", seconds=4)
-
-
-@pytest.fixture(autouse=True)
-def _tiny(tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("QVL_MODEL", "tiny")
 
 
 def _chat_args(clip, *extra):

@@ -5,17 +5,14 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_one_error, invoke, json_lines, make_video, run_subprocess
 
+pytestmark = pytest.mark.usefixtures("tiny_by_default")
+
 SMALL = ["--min-pixels", str(28 * 28 * 4), "--max-pixels", str(28 * 28 * 4), "--max-tokens", "4"]
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
     return make_video(tmp_path_factory.mktemp("videos") / "clip.mp4", seconds=6)
-
-
-@pytest.fixture(autouse=True)
-def _tiny(tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("QVL_MODEL", "tiny")
 
 
 @pytest.mark.parametrize("seconds, expected", [(16, 0.5), (64, 2.0)], ids=["16s", "64s"])

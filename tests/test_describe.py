@@ -9,12 +9,9 @@ import pytest
 from cli_helpers import assert_one_error, error_lines, invoke, json_lines, run_subprocess
 from PIL import Image
 
+pytestmark = pytest.mark.usefixtures("tiny_by_default")
+
 HOUSE = Path(__file__).resolve().parent.parent / "examples" / "house.jpg"
-
-
-@pytest.fixture(autouse=True)
-def _tiny(tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("QVL_MODEL", "tiny")
 
 
 def _image(path: Path, size=(96, 64), color=(200, 30, 90)) -> Path:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from qvl.batch.results import Results
-from qvl.batch.work import CacheSettings
 from qvl.errors import OptionError
+from qvl.options import CacheSettings
 
 MAX_DEFAULT_WORKERS = 4
 

@@ -8,24 +8,10 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from qvl.errors import InputError, QvlError, first_line
-from qvl.runner import Media, Runner, frame_cache, load_clip
-
-
-@dataclass(frozen=True)
-class CacheSettings:
-    """The frame cache the rows' videos are read through: --cache-dir, --strict-hash, --no-cache."""
-
-    folder: str | None = None
-    strict_hash: bool = False
-    enabled: bool = True
-
-    def open(self):
-        """The `FrameCache`, or None when it is off."""
-        return frame_cache(self.folder, strict_hash=self.strict_hash, enabled=self.enabled)
+from qvl.runner import Media, Runner, load_clip
 
 
 def load(row, cache, workers: int | None = None) -> Media:

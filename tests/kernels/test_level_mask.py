@@ -7,16 +7,8 @@ import pytest
 import torch
 from _helpers import poison, poisoned_allocations
 
-from qvl_kernels.level_mask import (
-    LEVELS,
-    density,
-    level_fractions,
-    level_mask,
-    level_mask_torch,
-    level_mask_triton,
-    naive,
-    stats_from_counts,
-)
+from qvl_kernels import LEVELS, density, level_fractions, level_mask, stats_from_counts
+from qvl_kernels.level_mask import level_mask_torch, level_mask_triton, naive
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -74,27 +74,8 @@ def rotated_clip(media_dir, clip) -> Path:
 @pytest.fixture(scope="session")
 def vfr_clip(media_dir) -> Path:
     """Variable frame rate: 20 frames 0.1 s apart, then 10 frames 0.3 s apart (MKV)."""
-    out = media_dir / "vfr.mkv"
-    ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=320x240:rate=10:duration=3",
-        "-vf",
-        "settb=1/1000,setpts='if(lt(N,20),N*100,2000+(N-20)*300)'",
-        "-fps_mode",
-        "passthrough",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-g",
-        "10",
-        "-pix_fmt",
-        "yuv420p",
-        str(out),
-    )
-    return out
+    variable = "settb=1/1000,setpts='if(lt(N,20),N*100,2000+(N-20)*300)'"
+    return make_video(media_dir / "vfr.mkv", seconds=3, extra=("-vf", variable, "-fps_mode", "passthrough"))
 
 
 @pytest.fixture(scope="session")
@@ -111,21 +92,7 @@ def audio_only(media_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def zero_length(media_dir) -> Path:
-    out = media_dir / "zero.mp4"
-    ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=320x240:rate=10",
-        "-frames:v",
-        "0",
-        "-c:v",
-        "libx264",
-        "-pix_fmt",
-        "yuv420p",
-        str(out),
-    )
-    return out
+    return make_video(media_dir / "zero.mp4", faststart=False, extra=("-frames:v", "0"))
 
 
 @pytest.fixture(scope="session")
