@@ -418,10 +418,14 @@ class Conversation:
 
 
 def load_engine(settings: Settings):
-    """The `qvl.engine.Engine` that `settings` names: model, device, dtype and PSA."""
+    """The `qvl.engine.Engine` that `settings` names (model, device, dtype and PSA), warmed up: its
+    first request's one-time costs are paid here, which `Runner.load_in_background` overlaps with
+    the first video's decoding."""
     from qvl.engine import Engine
 
-    return Engine(settings.model, device=settings.device, dtype=settings.dtype, psa=settings.psa)
+    engine = Engine(settings.model, device=settings.device, dtype=settings.dtype, psa=settings.psa)
+    engine.warm_up()
+    return engine
 
 
 def keeps_sessions(engine) -> bool:

@@ -198,3 +198,8 @@ def test_one_decoder_serves_requests_of_different_lengths(engine):
 
 def test_fast_path_says_why_not_on_cpu(engine):
     assert "CUDA" in engine.fast_path_problem
+
+
+def test_warm_up_does_nothing_off_the_fast_path(engine):
+    load_s = engine.load_s
+    assert engine.warm_up() == 0.0 and engine.load_s == load_s

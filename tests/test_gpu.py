@@ -58,6 +58,16 @@ def test_video_inputs_made_on_the_gpu_equal_the_processors_own(tiny_model_dir):
             assert ours[key].device.type == "cuda" and torch.equal(ours[key], value), key
 
 
+def test_a_warmed_up_engine_answers_as_a_cold_one(tiny_model_dir):
+    from qvl.engine import Engine, Request
+
+    request = Request("What happens?", video=_tiny_video(), max_new_tokens=12)
+    cold = Engine("tiny").generate(request)
+    warm = Engine("tiny")
+    assert warm.warm_up() > 0
+    assert warm.generate(request).tokens == cold.tokens
+
+
 @pytest.fixture
 def exact_fp32():
     """fp32 without TF32 anywhere: the stock tower's patch embedding is a Conv3d, and cuDNN's
