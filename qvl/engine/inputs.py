@@ -6,8 +6,8 @@ for 256 frames at 448x448 that is 32,768 special tokens through the tokenizer, m
 the processor's time. The placeholder is a special token, which the tokenizer splits on, so the
 tokens around it do not depend on how many there are: `InputBuilder` tokenizes the prompt with one
 placeholder and repeats it in the ids (and in every other per-token row). The frames go through
-the processor's own video processor; on a CUDA device they are copied there first from pinned
-memory, so that its channel reorder and copy run on the GPU rather than in pageable host memory.
+the processor's own video processor; on a CUDA device they are copied there first, as they are,
+so that its channel reorder runs on the GPU rather than as a copy on the CPU.
 
 The shortcut is checked once per builder against the processor's own output for a small video; if
 they differ (a transformers release that builds its inputs otherwise), every request takes the
@@ -47,9 +47,10 @@ class InputBuilder:
         import torch
         from transformers import BatchFeature
 
-        frames = torch.from_numpy(video.frames)
-        if device.type == "cuda":
-            frames = frames.pin_memory().to(device, non_blocking=True)
+        # One plain copy of the uint8 frames to the device: the processor would first reorder them
+        # to channels-first on the CPU. Not through pinned memory: a one-shot process would pay
+        # pinning a new buffer of the frames' size (about as long as the copy) on its one request.
+        frames = torch.from_numpy(video.frames).to(device)
         kwargs = video_kwargs(video, self.processor.video_processor, device)
         kwargs["videos"] = [frames]
         media = self.processor(text=None, return_tensors="pt", **kwargs)
