@@ -42,7 +42,6 @@ from qvl.options import (
     WorkersOpt,
     fail,
     psa_config,
-    psa_log,
     run_settings,
     with_answer_options,
     with_frame_cache_options,
@@ -395,6 +394,21 @@ app.add_typer(cache_app, name="cache")
 from qvl.serve.command import serve  # noqa: E402 (its own module: the server is a room of its own)
 
 app.command()(serve)
+
+
+def psa_log(folder: str | None, psa_config):
+    """The `PSALog` --psa-log-dir asks for, or None; the folder is created and checked now, before
+    any model loads (one error line and exit 2 if it cannot be written)."""
+    if folder is None:
+        return None
+    try:
+        if psa_config is None:
+            raise OptionError("--psa-log-dir needs --psa or --psa-config: without PSA there is nothing to log")
+        from qvl.psa_log import PSALog
+
+        return PSALog(folder)
+    except QvlError as exc:
+        fail(exc)
 
 
 def main() -> None:

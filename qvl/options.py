@@ -438,21 +438,6 @@ def psa_config(psa: bool, preset: str | None, config_file: str | None = None, **
         fail(exc)
 
 
-def psa_log(folder: str | None, psa_config):
-    """The `PSALog` --psa-log-dir asks for, or None; the folder is created and checked now, before
-    any model loads (one error line and exit 2 if it cannot be written)."""
-    if folder is None:
-        return None
-    try:
-        if psa_config is None:
-            raise OptionError("--psa-log-dir needs --psa or --psa-config: without PSA there is nothing to log")
-        from qvl.psa_log import PSALog
-
-        return PSALog(folder)
-    except QvlError as exc:
-        fail(exc)
-
-
 def fail(exc: QvlError):
     """Stop the command: the error as one red line on stderr, and its exit code."""
     from qvl import output
