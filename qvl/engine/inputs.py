@@ -16,6 +16,7 @@ processor's whole path.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -27,13 +28,11 @@ class InputBuilder:
 
     def __init__(self, processor):
         self.processor = processor
-        self._text_keys: tuple[str, ...] | None = None  # the processor's per-token rows
-        self._checked = False
 
     def __call__(self, text: str, images, video: VideoFrames | None, device):
         """The processor's output for `text` with `images` and `video`, on `device`."""
-        if video is not None and not images and self._shortcut_agrees():
-            inputs = self._expanded(text, video, device)
+        if video is not None and not images and self._text_keys is not None:
+            inputs = self._expanded(text, video, device, self._text_keys)
             if inputs is not None:
                 return inputs
         kwargs: dict[str, Any] = {}
@@ -43,7 +42,7 @@ class InputBuilder:
             kwargs.update(video_kwargs(video, self.processor.video_processor, device))
         return self.processor(text=[text], return_tensors="pt", **kwargs).to(device)
 
-    def _expanded(self, text: str, video: VideoFrames, device):
+    def _expanded(self, text: str, video: VideoFrames, device, text_keys: tuple[str, ...]):
         import torch
         from transformers import BatchFeature
 
@@ -56,11 +55,11 @@ class InputBuilder:
         media = self.processor(text=None, return_tensors="pt", **kwargs)
         merge = self.processor.video_processor.merge_size**2
         counts = [int(n) // merge for n in media["video_grid_thw"].prod(-1)]
-        rows = self._text_rows(text, counts)
+        rows = self._text_rows(text, counts, text_keys)
         return None if rows is None else BatchFeature({**rows, **media}).to(device)
 
-    def _text_rows(self, text: str, video_counts: list[int]) -> dict | None:
-        """The per-token rows (`input_ids`, `attention_mask`, ...) with each video placeholder repeated
+    def _text_rows(self, text: str, video_counts: list[int], text_keys: tuple[str, ...]) -> dict | None:
+        """The per-token rows (`text_keys`: `input_ids`, `attention_mask`, ...) with each video placeholder repeated
         `video_counts[i]` times, as the processor's own expansion would tokenize them; None where the
         prompt's placeholders do not match the videos (a prompt that writes one itself): the
         processor decides what that means."""
@@ -69,7 +68,7 @@ class InputBuilder:
         processor = self.processor
         ids = processor.tokenizer([text])["input_ids"]
         rows = {"input_ids": ids, "attention_mask": [[1] * len(ids[0])]}
-        if "mm_token_type_ids" in self._text_keys:
+        if "mm_token_type_ids" in text_keys:
             rows["mm_token_type_ids"] = processor.create_mm_token_type_ids(ids)
         ids_row = torch.tensor(ids[0])
         places = (ids_row == processor.video_token_id).nonzero().flatten()
@@ -79,17 +78,14 @@ class InputBuilder:
         repeats[places] = torch.tensor(video_counts, dtype=repeats.dtype)
         return {key: torch.tensor(value).repeat_interleave(repeats, dim=1) for key, value in rows.items()}
 
-    def _shortcut_agrees(self) -> bool:
-        """Whether the shortcut gives the processor's inputs, exactly, for a small two-frame video
-        (checked once: ~10 ms)."""
-        if not self._checked:
-            self._checked = True
-            self._text_keys = None
-            try:
-                self._text_keys = self._probe()
-            except Exception:  # any difference in behaviour means: use the processor's path
-                self._text_keys = None
-        return self._text_keys is not None
+    @functools.cached_property
+    def _text_keys(self) -> tuple[str, ...] | None:
+        """The processor's per-token rows where the shortcut gives its inputs exactly for a small
+        video, else None (checked once: ~10 ms)."""
+        try:
+            return self._probe()
+        except Exception:  # any difference in behaviour means: use the processor's path
+            return None
 
     def _probe(self) -> tuple[str, ...] | None:
         import numpy as np
@@ -105,10 +101,12 @@ class InputBuilder:
         kwargs = video_kwargs(video, self.processor.video_processor, cpu)
         reference = self.processor(text=[text], return_tensors="pt", **kwargs)
         media = self.processor(text=None, return_tensors="pt", **kwargs)
-        self._text_keys = tuple(k for k in reference if k not in media)
-        ours = self._expanded(text, video, cpu)
-        same = set(ours) == set(reference) and all(_equal(ours[k], reference[k]) for k in reference)
-        return self._text_keys if same else None
+        text_keys = tuple(k for k in reference if k not in media)
+        ours = self._expanded(text, video, cpu, text_keys)
+        same = (
+            ours is not None and set(ours) == set(reference) and all(_equal(ours[k], reference[k]) for k in reference)
+        )
+        return text_keys if same else None
 
 
 def _equal(a, b) -> bool:
