@@ -85,7 +85,7 @@ def chat(
     interactive = sys.stdin.isatty()
     view = ChatView(json_output=json_output, quiet=quiet, stats=stats, interactive=interactive)
     runner = Runner(settings, view)
-    load = media_loader(images, video, video_options, cache, quiet, on_decoding=runner.load_in_background)
+    load = media_loader(images, video, video_options, cache, quiet, on_plan=lambda plan: runner.load_in_background())
     if server is not None:  # the server keeps the media prefilled, with its own headroom
         from qvl.serve.client import remote_runner
 
@@ -114,9 +114,9 @@ def split_media(sources: list[str]) -> tuple[list[str], str | None]:
     return [s for s in sources if is_image_source(s)], (videos[0] if videos else None)
 
 
-def media_loader(images: list[str], video: str | None, options, cache, quiet: bool, on_decoding=None):
+def media_loader(images: list[str], video: str | None, options, cache, quiet: bool, on_plan=None):
     """() -> `Media`: the images opened, the video's frames sampled with a progress bar on stderr
-    (`on_decoding` called as they start to decode)."""
+    (`on_plan` called with its `FramePlan` before they are read)."""
     from qvl.runner import Media, load_clip
 
     def load() -> Media:
@@ -125,8 +125,8 @@ def media_loader(images: list[str], video: str | None, options, cache, quiet: bo
         opened = [open_image(source) for source in images]
         if video is None:
             return Media(images=opened)
-        with output.task_progress(f"frames of {video}", quiet, on_start=on_decoding) as advance:
-            clip = load_clip(video, options, cache, progress=advance)
+        with output.task_progress(f"frames of {video}", quiet) as advance:
+            clip = load_clip(video, options, cache, progress=advance, on_plan=on_plan)
         output.plan_notes(video, clip.notes, quiet=quiet)
         return dataclasses.replace(clip, images=opened)
 

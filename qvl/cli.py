@@ -176,7 +176,12 @@ def video(
     view = output.RunView(json_output=json_output, quiet=quiet, several=several, stats=stats)
     runner = _runner(settings, view, psa_log_dir, server, {**server_decides, **cache_settings.as_given()})
     if server is None:
-        load = _clip_loader(video_options, cache_settings.open(), quiet, on_decoding=runner.load_in_background)
+        single = len(questions) == 1
+
+        def on_plan(plan) -> None:  # the model loads while the first video decodes (with its cache, for one question)
+            runner.load_in_background(plan.tokens if single else None)
+
+        load = _clip_loader(video_options, cache_settings.open(), quiet, on_plan=on_plan)
     else:
         load = runner.video_loader(video_options)
     for source in videos:
@@ -185,13 +190,13 @@ def video(
     raise typer.Exit(runner.exit_code)
 
 
-def _clip_loader(options, cache, quiet: bool, on_decoding=None):
+def _clip_loader(options, cache, quiet: bool, on_plan=None):
     """source -> `Media`: its frames sampled with a progress bar on stderr, then the plan's notes.
-    on_decoding: called when a video has been planned and its frames start to decode."""
+    on_plan: called with each video's `FramePlan` before its frames are read."""
 
     def load(source: str):
-        with output.task_progress(f"frames of {source}", quiet, on_start=on_decoding) as advance:
-            media = load_clip(source, options, cache, progress=advance)
+        with output.task_progress(f"frames of {source}", quiet) as advance:
+            media = load_clip(source, options, cache, progress=advance, on_plan=on_plan)
         output.plan_notes(source, media.notes, quiet=quiet)
         return media
 

@@ -80,18 +80,13 @@ def progress(quiet: bool):
 
 
 @contextmanager
-def task_progress(
-    description: str, quiet: bool, on_start: Callable[[], None] | None = None
-) -> Iterator[Callable[[int, int], None]]:
+def task_progress(description: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
     """One progress bar for one job; yields `advance(done, total)`, which moves the bar (where there
-    is one) and calls `on_start` on its first call."""
+    is one)."""
     with progress(quiet) as bar:
         task = bar.add_task(description, total=None) if bar else None
-        pending = [on_start] if on_start is not None else []
 
         def advance(done: int, total: int) -> None:
-            if pending:  # on the first call only
-                pending.pop()()
             if bar is not None:
                 bar.update(task, completed=done, total=total)
 

@@ -20,6 +20,9 @@ from typing import Any, Callable, Sequence
 from qvl.errors import ModelError, OptionError, QvlError
 
 SEED_MAX = 2**63 - 1  # torch.manual_seed's largest seed as a signed 64-bit integer
+# Tokens a video prompt holds besides the video's own (chat template, question): room enough that
+# a cache sized ahead of the request (`Runner.load_in_background`) is the one it uses.
+TEXT_ALLOWANCE = 128
 
 
 @dataclass(frozen=True)
@@ -106,13 +109,19 @@ def clip_media(clip) -> Media:
 
 
 def load_clip(
-    source: str, options, cache=None, progress: Callable[[int, int], None] | None = None, workers: int | None = None
+    source: str,
+    options,
+    cache=None,
+    progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
+    on_plan: Callable[[Any], None] | None = None,
 ) -> Media:
     """Sample `source` as `options` (a `VideoOptions`) say, through `cache` (a `FrameCache` or None);
-    workers: decoding threads (default: one per core)."""
+    workers: decoding threads (default: one per core); on_plan: called with the `FramePlan` before
+    any frame is read."""
     from qvl.media.video import load_video
 
-    return clip_media(load_video(source, options, cache=cache, progress=progress, workers=workers))
+    return clip_media(load_video(source, options, cache=cache, progress=progress, workers=workers, on_plan=on_plan))
 
 
 def frame_cache(cache_dir=None, *, strict_hash: bool = False, enabled: bool = True):
@@ -189,18 +198,21 @@ class Runner:
             self.view.loaded(self._engine)
         return self._engine
 
-    def load_in_background(self) -> None:
+    def load_in_background(self, media_tokens: int | None = None) -> None:
         """Start loading the engine on a thread (`engine()` waits for it), so that the model's load
-        and a first video's decoding, planned already, overlap."""
+        and a first video's decoding, planned already, overlap. media_tokens: the planned video's
+        tokens, where one request about it follows: the load then also makes that request's KV
+        cache and decode graph (`Engine.warm_up`)."""
         if self._engine is not None or self._loading is not None or self.stopped:
             return
         import threading
 
         outcome: dict[str, Any] = {}
+        reserve = None if media_tokens is None else media_tokens + TEXT_ALLOWANCE + self.settings.max_tokens
 
         def load() -> None:
             try:
-                outcome["engine"] = load_engine(self.settings)
+                outcome["engine"] = load_engine(self.settings, reserve)
             except BaseException as exc:  # raised in the main thread by engine()
                 outcome["error"] = exc
 
@@ -417,14 +429,14 @@ class Conversation:
             self.session.reset()
 
 
-def load_engine(settings: Settings):
+def load_engine(settings: Settings, tokens: int | None = None):
     """The `qvl.engine.Engine` that `settings` names (model, device, dtype and PSA), warmed up: its
     first request's one-time costs are paid here, which `Runner.load_in_background` overlaps with
-    the first video's decoding."""
+    the first video's decoding (tokens: that request's, where known; `Engine.warm_up`)."""
     from qvl.engine import Engine
 
     engine = Engine(settings.model, device=settings.device, dtype=settings.dtype, psa=settings.psa)
-    engine.warm_up()
+    engine.warm_up(tokens)
     return engine
 
 

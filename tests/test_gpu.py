@@ -66,6 +66,13 @@ def test_a_warmed_up_engine_answers_as_a_cold_one(tiny_model_dir):
     warm = Engine("tiny")
     assert warm.warm_up() > 0
     assert warm.generate(request).tokens == cold.tokens
+    # Warmed up for the request's size: its cache and decode graph are made ahead and used.
+    sized = Engine("tiny")
+    sized.warm_up(len(sized.prepare(request)["input_ids"][0]) + request.max_new_tokens)
+    decoder = sized._fast.decoder
+    assert decoder.graph is not None
+    result = sized.generate(request)
+    assert result.tokens == cold.tokens and sized._fast.decoder is decoder and result.timings.warmup_s < 0.01
 
 
 @pytest.fixture

@@ -103,7 +103,7 @@ def test_the_model_loads_on_a_thread_while_the_first_video_decodes():
 
         def media(runner=runner, background=background):
             if background:
-                runner.load_in_background()  # as the CLI's frame loader does when decoding starts
+                runner.load_in_background()  # as the CLI's frame loader does once a video is planned
             return Media(images=[image])
 
         answers.append(runner.run("red.png", "Describe.", media)["text"])

@@ -142,28 +142,31 @@ def first_calls(model: str, frames: int) -> None:
     mark(f"second request (prefill {result.timings.prefill_s:.3f} s)")
 
 
-def warm_up_request(model: str, frames: int, tiny_first: bool) -> None:
+def warm_up_request(model: str, frames: int, mode: str) -> None:
+    """mode: none; tiny (`Engine.warm_up()`); planned (`Engine.warm_up(tokens)` with the request's
+    own token count, as `qvl video` does once the video is planned)."""
     import torch
 
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     from common import synthetic_video
 
-    from qvl.engine import Engine, Request, VideoFrames
+    from qvl.engine import Engine, Request
+    from qvl.runner import TEXT_ALLOWANCE
 
     started = time.perf_counter()
     engine = Engine(model)
     print(f"  Engine({model}) {time.perf_counter() - started:.3f} s")
-    if tiny_first:
-        import numpy as np
-
-        tiny = VideoFrames(np.zeros((2, 56, 56, 3), np.uint8), 2.0)
-        started = time.perf_counter()
-        engine.generate(Request("x", video=tiny, max_new_tokens=1))
+    request = Request("Describe.", video=synthetic_video(frames), max_new_tokens=32)
+    if mode != "none":
+        # As the CLI plans it, from the frames' size alone (448 / 28 = 16 tokens a side, two frames a patch).
+        planned = frames // 2 * 16 * 16 + TEXT_ALLOWANCE + request.max_new_tokens
+        tokens = planned if mode == "planned" else None
+        spent = engine.warm_up(tokens)
         torch.cuda.synchronize()
-        print(f"  tiny request {time.perf_counter() - started:.3f} s")
+        print(f"  warm-up ({mode}) {spent:.3f} s")
     for label in ("first", "second"):
         started = time.perf_counter()
-        result = engine.generate(Request("Describe.", video=synthetic_video(frames), max_new_tokens=32))
+        result = engine.generate(request)
         t = result.timings
         print(
             f"  {label} request {time.perf_counter() - started:.3f} s (processor {t.preprocess_s:.3f}, vision "
@@ -176,19 +179,19 @@ def main() -> None:
     parser.add_argument("--model", default="random:7b")
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--first-calls", action="store_true", help="only part 2, in this process")
-    parser.add_argument("--warm-up", choices=["none", "tiny"], help="only part 3, in this process")
+    parser.add_argument("--warm-up", choices=["none", "tiny", "planned"], help="only part 3, in this process")
     args = parser.parse_args()
     if args.first_calls:
         first_calls(args.model, args.frames)
         return
     if args.warm_up:
-        warm_up_request(args.model, args.frames, tiny_first=args.warm_up == "tiny")
+        warm_up_request(args.model, args.frames, args.warm_up)
         return
     imports()
     print()
     command = [sys.executable, __file__, "--first-calls", "--model", args.model, "--frames", str(args.frames)]
     subprocess.run(command, check=True)
-    for mode in ("none", "tiny"):
+    for mode in ("none", "tiny", "planned"):
         print(f"\nfresh process, warm-up request: {mode}")
         subprocess.run([*command[:2], "--warm-up", mode, *command[3:]], check=True)
 

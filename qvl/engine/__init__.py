@@ -216,21 +216,31 @@ class Engine:
             psa_layers=psa_stats.per_layer() if psa_stats is not None else [],
         )
 
-    def warm_up(self) -> float:
+    def warm_up(self, tokens: int | None = None) -> float:
         """Answer a tiny video request (two black frames, two tokens) on the fast path and return
-        the seconds it took (added to `load_s`): the first request of a process pays one-time costs (cuBLAS handles,
-        CUDA modules loaded on first use, each Triton kernel's load from its cache) that this
-        takes instead, where the caller can overlap it with other work. Does nothing off the fast
-        path; a failure here is left for the first real request to meet."""
+        the seconds it took (added to `load_s`): the first request of a process pays one-time costs
+        (cuBLAS handles, CUDA modules loaded on first use, each Triton kernel's load from its cache)
+        that this takes instead, where the caller can overlap it with other work.
+
+        tokens: the prompt and answer tokens the next request will hold, where known (a planned
+        video's tokens, the text's and --max-tokens): its KV cache is made and its decode step
+        captured here too, for greedy decoding. Does nothing off the fast path; a failure here is
+        left for the first real request to meet."""
         if self.fast_path_problem is not None:
             return 0.0
         import numpy as np
+        import torch
+
+        from qvl.engine.generate import sampling_for
 
         started = time.perf_counter()
         vision = self.model.config.vision_config
         side = 2 * vision.patch_size * vision.spatial_merge_size
         try:
             self.generate(Request("", video=VideoFrames(np.zeros((2, side, side, 3), np.uint8), 2.0), max_new_tokens=2))
+            if tokens:
+                with torch.inference_mode():
+                    self._fast.reserve(tokens, sampling_for(Request(""), self.model.generation_config))
         except Exception:  # only an optimisation: the request that follows reports any real problem
             pass
         spent = time.perf_counter() - started

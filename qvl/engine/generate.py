@@ -138,6 +138,12 @@ class FastGenerator:
         generated.vision_s = done.vision_s
         return generated
 
+    def reserve(self, tokens: int, sampling: Sampling) -> None:
+        """Make the decoder a request of `tokens` slots will use and record its step graph now, so
+        that the request does not pay for the capture (`Engine.warm_up`)."""
+        self._ensure_decoder(tokens, sampling)
+        self.decoder.capture()
+
     def _ensure_decoder(self, tokens: int, sampling: Sampling) -> None:
         """A decoder for `tokens` slots: the last one (its cache and graph) unless it is too small or
         more than twice the size needed."""

@@ -242,3 +242,20 @@ def test_default_root_from_env(tmp_path, monkeypatch):
     assert FrameCache().root == tmp_path / "env-cache" / "frames"  # beside models/ (the tiny model)
     monkeypatch.delenv("QVL_CACHE_DIR")
     assert FrameCache().root.name == "frames" and "qvl" in str(FrameCache().root)
+
+
+def test_the_plan_is_handed_out_before_any_frame_is_read(tmp_path, clip):
+    """`on_plan` (where the CLI starts loading the model, sized for the request) comes first, on a
+    miss and on a hit, with the plan the clip is then made from."""
+    cache = FrameCache(tmp_path / "c")
+    for expected in ("miss", "hit"):
+        events = []
+        loaded = load_video(
+            clip,
+            OPTS,
+            cache=cache,
+            progress=lambda done, total, events=events: events.append("frame"),
+            on_plan=lambda plan, events=events: events.append(plan),
+        )
+        assert loaded.cache == expected and events[0] == loaded.plan
+        assert events[1:] == (["frame"] * len(events[1:]))

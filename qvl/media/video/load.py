@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -170,11 +170,13 @@ def load_video(
     cache=None,
     progress: Progress | None = None,
     workers: int | None = None,
+    on_plan: Callable[[FramePlan], None] | None = None,
 ) -> VideoClip:
     """Probe, plan and decode a video file or http(s) URL, through the frame cache when given.
 
     cache: a qvl.media.cache.FrameCache, or None to decode every time.
     progress: called as progress(frames_done, frames_total) while decoding.
+    on_plan: called with the plan once it is made, before any frame is read.
     Raises InputError (bad file or URL), OptionError (impossible plan), CacheError.
     """
     import time
@@ -186,6 +188,8 @@ def load_video(
     with local as path:
         prep = _prepare(path, options, cache, downloaded=local.downloaded)
         plan, info, key = prep.plan, prep.info, prep.key
+        if on_plan is not None:
+            on_plan(plan)
         status, hit = "off", None
         if cache is not None:
             hit = cache.get(key, width=plan.width, height=plan.height)
