@@ -1,4 +1,5 @@
-"""Device facts the launchers ask on every call, looked up once per device.
+"""Device facts the launchers ask on every call, looked up once per device, and the choice
+between an op's kernel and its plain-PyTorch reference (`by_device`).
 
 `torch.cuda.get_device_capability` goes through Python argument handling and a properties
 object each time (a few microseconds); one psa_attention call asked it four times, on the host
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Callable
 
 import torch
 
@@ -31,6 +33,18 @@ def capability(device: torch.device) -> tuple[int, int]:
 def interpreting() -> bool:
     """Whether Triton kernels run in its CPU interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def by_device(reference: Callable, kernel: Callable) -> Callable:
+    """An op as users call it: `kernel` (Triton) where its first tensor is on a CUDA device or the
+    interpreter runs, `reference` (plain PyTorch, the same arguments) for CPU tensors; named and
+    documented as `kernel`."""
+
+    @functools.wraps(kernel)
+    def op(x: torch.Tensor, *args, **kwargs):
+        return (kernel if x.is_cuda or interpreting() else reference)(x, *args, **kwargs)
+
+    return op
 
 
 def sm_count(device: torch.device) -> int:

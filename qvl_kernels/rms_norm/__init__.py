@@ -6,18 +6,10 @@ for CUDA tensors (or under TRITON_INTERPRET=1) and the definition for plain CPU 
 
 from __future__ import annotations
 
-import torch
-
-from .._device import interpreting
+from .._device import by_device
 from . import naive
 from . import triton as _triton
 
 __all__ = ["rms_norm"]
 
-
-def rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """y = RMSNorm(x) (or (y, x + residual)); shapes and rounding: `triton.rms_norm`."""
-    fn = _triton.rms_norm if x.is_cuda or interpreting() else naive.rms_norm
-    return fn(x, weight, eps, residual)
+rms_norm = by_device(naive.rms_norm, _triton.rms_norm)
