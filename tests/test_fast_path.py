@@ -203,3 +203,21 @@ def test_fast_path_says_why_not_on_cpu(engine):
 def test_warm_up_does_nothing_off_the_fast_path(engine):
     load_s = engine.load_s
     assert engine.warm_up() == 0.0 and engine.load_s == load_s
+
+
+def test_a_decoder_reserved_ahead_serves_the_request_as_stock(engine):
+    """`Engine.warm_up(tokens)` on a GPU makes the next request's decoder at load (`reserve`): that
+    request then uses it, with the stock path's tokens."""
+    from qvl.engine.generate import sampling_for
+    from qvl.runner import TEXT_ALLOWANCE
+
+    request = REQUESTS["video"]()
+    stock = engine.generate(request, fast=False)
+    engine.generate(Request("Hi.", images=[_image(56, 56, 5)], max_new_tokens=2), fast=True)  # a small decoder
+    media = int((engine.prepare(request)["input_ids"] == engine.processor.video_token_id).sum())
+    engine._fast.reserve(
+        media + TEXT_ALLOWANCE + request.max_new_tokens, sampling_for(request, engine.model.generation_config)
+    )
+    reserved = engine._fast.decoder
+    assert engine.generate(request, fast=True).tokens == stock.tokens
+    assert engine._fast.decoder is reserved
