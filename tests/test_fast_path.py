@@ -215,9 +215,9 @@ def test_a_decoder_reserved_ahead_serves_the_request_as_stock(engine):
     stock = engine.generate(request, fast=False)
     engine.generate(Request("Hi.", images=[_image(56, 56, 5)], max_new_tokens=2), fast=True)  # a small decoder
     media = int((engine.prepare(request)["input_ids"] == engine.processor.video_token_id).sum())
-    engine._fast.reserve(
-        media + TEXT_ALLOWANCE + request.max_new_tokens, sampling_for(request, engine.model.generation_config)
-    )
+    planned = media + TEXT_ALLOWANCE + request.max_new_tokens
+    engine._fast.reserve(planned, sampling_for(request, engine.model.generation_config))
     reserved = engine._fast.decoder
+    assert reserved.capacity >= planned  # made by reserve, not the small one left before
     assert engine.generate(request, fast=True).tokens == stock.tokens
     assert engine._fast.decoder is reserved
