@@ -229,7 +229,6 @@ class Engine:
         if self.fast_path_problem is not None:
             return 0.0
         import numpy as np
-        import torch
 
         from qvl.engine.generate import sampling_for
 
@@ -239,8 +238,7 @@ class Engine:
         try:
             self.generate(Request("", video=VideoFrames(np.zeros((2, side, side, 3), np.uint8), 2.0), max_new_tokens=2))
             if tokens:
-                with torch.inference_mode():
-                    self._fast.reserve(tokens, sampling_for(Request(""), self.model.generation_config))
+                self._fast.reserve(tokens, sampling_for(Request(""), self.model.generation_config))
         except Exception:  # only an optimisation: the request that follows reports any real problem
             pass
         spent = time.perf_counter() - started

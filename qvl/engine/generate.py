@@ -138,6 +138,7 @@ class FastGenerator:
         generated.vision_s = done.vision_s
         return generated
 
+    @torch.inference_mode()
     def reserve(self, tokens: int, sampling: Sampling) -> None:
         """Make the decoder a request of `tokens` slots will use and record its step graph now, so
         that the request does not pay for the capture (`Engine.warm_up`)."""
