@@ -28,6 +28,14 @@ def test_a_model_from_the_read_tensors_is_the_model_from_its_folder(tiny_model_d
     assert len(kept) == len(list(model.parameters()))  # built in place: no second copy of any weight
 
 
+def test_the_stock_layers_are_loaded_not_hub_kernels(tiny_model_dir):
+    """transformers kernelizes by default where `kernels` is installed, fetching code from the Hub
+    (on a GPU offline: the load fails); qvl keeps the layers its fast paths are checked against."""
+    for reader in (None, WeightReader(checkpoint_files(tiny_model_dir), "cpu")):
+        model = _pretrained_model(tiny_model_dir, "cpu", torch.float32, None, reader)
+        assert not getattr(model, "use_kernels", False)
+
+
 def test_tied_embeddings_and_shards_come_out_the_same(tiny_model_dir, tmp_path):
     """A checkpoint that leaves the tied lm_head out and is cut into shards with an index."""
     from transformers import Qwen2_5_VLForConditionalGeneration

@@ -92,7 +92,10 @@ def _pretrained_model(path, device: str, dtype, attn_implementation, reader=None
     from safetensors import SafetensorError
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    # transformers swaps layers for Hub kernels by default where the `kernels` package is installed
+    # (a dependency of newer releases): that downloads code at load, which fails offline, and the
+    # swapped layers are neither the stock ones the fast paths are checked against nor ones they use.
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_kernels": False}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     if device == "cuda":
