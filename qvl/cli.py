@@ -8,6 +8,7 @@ red line on stderr.
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Annotated, Optional
 
@@ -428,12 +429,16 @@ def main() -> None:
         ctx = getattr(exc, "ctx", None)
         hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
         output.error(exc.format_message() + hint)
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         interrupted.append(True)
     if interrupted:
         output.error("interrupted")
-        sys.exit(130)
+        code = 130
+    # The interpreter's shutdown would walk every object torch and transformers made looking for
+    # cycles (about a second after a model has loaded); frozen, they are left to the process's end.
+    # Files, threads and exit handlers are closed, joined and run as always.
+    gc.freeze()
     sys.exit(code or 0)
 
 

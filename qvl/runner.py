@@ -145,7 +145,8 @@ class View:
     on_text: Callable[[str], None] | None = None
 
     def loading(self, background: bool = False) -> None:
-        """The engine is about to load; `background`: on a thread, while the main one decodes frames."""
+        """The engine is about to load; `background`: called on the loading thread, while the main
+        one decodes frames."""
 
     def loaded(self, engine) -> None:
         """The engine has loaded."""
@@ -212,11 +213,11 @@ class Runner:
 
         def load() -> None:
             try:
+                self.view.loading(background=True)  # imports transformers: on this thread, not the frames'
                 outcome["engine"] = load_engine(self.settings, reserve)
             except BaseException as exc:  # raised in the main thread by engine()
                 outcome["error"] = exc
 
-        self.view.loading(background=True)
         thread = threading.Thread(target=load, name="qvl-load-model", daemon=True)  # Ctrl-C need not wait
         self._loading = (thread, outcome)
         thread.start()

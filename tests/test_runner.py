@@ -107,7 +107,9 @@ def test_the_model_loads_on_a_thread_while_the_first_video_decodes():
             return Media(images=[image])
 
         answers.append(runner.run("red.png", "Describe.", media)["text"])
-        assert view.events[:2] == [("loading", background, True), ("loaded", "tiny")]
+        # In the background the view hears of the load on the loading thread: what it does then
+        # (RunView imports transformers) does not hold up the frames on the main one.
+        assert view.events[:2] == [("loading", background, not background), ("loaded", "tiny")]
     assert answers[0] == answers[1]
 
 
