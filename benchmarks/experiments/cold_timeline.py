@@ -1,0 +1,89 @@
+"""Where a cold CLI process's wall time goes, phase by phase, on one time line.
+
+    PYTHONPATH=. python3 benchmarks/experiments/cold_timeline.py video clip.mp4 --frames 64 --json
+
+Runs `python -m qvl <arguments>` in a child interpreter that this script enters first: the child
+wraps qvl's functions to stamp when each phase starts and ends (and on which thread), runs the CLI
+as `qvl.cli.main` does, and stamps interpreter shutdown. The parent measures spawn to exit, so the
+lines also show Python's start-up and the time between shutdown starting and the process ending.
+Wrapping functions is what this experiment is for; the product has no such switch.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import threading
+import time
+
+SPAWN = "QVL_TIMELINE_SPAWN"
+
+
+def stamp(event: str) -> None:
+    spawn = float(os.environ[SPAWN])
+    print(f"[timeline] {time.time() - spawn:7.3f} s  {threading.current_thread().name:<16} {event}", file=sys.stderr)
+
+
+def wrap(owner, name: str, label: str) -> None:
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    def stamped(*args, **kwargs):
+        stamp(f"{label} starts")
+        try:
+            return original(*args, **kwargs)
+        finally:
+            stamp(f"{label} ends")
+
+    setattr(owner, name, stamped)
+
+
+def child(arguments: list[str]) -> None:
+    import atexit
+
+    stamp("python is up")
+    import qvl.cli
+    import qvl.runner
+
+    stamp("qvl.cli imported")
+    wrap(qvl.runner.Runner, "load_in_background", "load_in_background")
+    wrap(qvl.runner, "load_engine", "load_engine")
+    wrap(qvl.runner.Runner, "engine", "Runner.engine (main waits for the model)")
+    wrap(qvl.cli, "load_clip", "load_clip (frames)")
+
+    original_load_engine = qvl.runner.load_engine
+
+    def load_engine(settings, tokens=None):
+        import qvl.engine
+
+        wrap(qvl.engine.Engine, "__init__", "Engine.__init__")
+        wrap(qvl.engine.Engine, "warm_up", "Engine.warm_up")
+        wrap(qvl.engine.Engine, "generate", "Engine.generate")
+        import qvl.engine.load
+
+        wrap(qvl.engine.load, "load_model", "load_model")
+        return original_load_engine(settings, tokens)
+
+    qvl.runner.load_engine = load_engine
+    atexit.register(stamp, "atexit (interpreter shutdown begins)")
+    sys.argv = ["qvl", *arguments]
+    try:
+        qvl.cli.main()
+    finally:
+        stamp("qvl.cli.main returned")
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        child(sys.argv[2:])
+        return
+    env = dict(os.environ, **{SPAWN: repr(time.time())})
+    started = time.perf_counter()
+    subprocess.run([sys.executable, __file__, "--child", *sys.argv[1:]], env=env, stdout=subprocess.DEVNULL)
+    print(f"[timeline] {time.perf_counter() - started:7.3f} s  {'parent':<16} the child has exited", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
