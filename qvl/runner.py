@@ -13,6 +13,7 @@ level.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -182,22 +183,27 @@ class Runner:
         self.count = 0
         self._engine = None
         self._loading = None  # (thread, {"engine" or "error": ...}) of `load_in_background`
+        self._engine_lock = threading.Lock()
 
     def engine(self):
-        """The engine, loaded on the first call (a `ModelError` if it cannot be)."""
-        if self._engine is None:
-            if self._loading is None:
-                self.view.loading()
-                self._engine = load_engine(self.settings)
-            else:
-                thread, outcome = self._loading
-                thread.join()
-                self._loading = None
-                if "error" in outcome:
-                    raise outcome["error"]
-                self._engine = outcome["engine"]
-            self.view.loaded(self._engine)
-        return self._engine
+        """The engine, loaded on the first call (a `ModelError` if it cannot be). Threads may call
+        it at once (a batch's workers run the processor): one loads, the others wait for it."""
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = self._loaded_engine()
+                self.view.loaded(self._engine)
+            return self._engine
+
+    def _loaded_engine(self):
+        if self._loading is None:
+            self.view.loading()
+            return load_engine(self.settings)
+        thread, outcome = self._loading
+        thread.join()
+        if "error" in outcome:  # kept, so that every later call raises it rather than loading again
+            raise outcome["error"]
+        self._loading = None
+        return outcome["engine"]
 
     def load_in_background(self, media_tokens: int | None = None) -> None:
         """Start loading the engine on a thread (`engine()` waits for it), so that the model's load
@@ -206,8 +212,6 @@ class Runner:
         cache and decode graph (`Engine.warm_up`)."""
         if self._engine is not None or self._loading is not None or self.stopped:
             return
-        import threading
-
         outcome: dict[str, Any] = {}
         reserve = None if media_tokens is None else media_tokens + TEXT_ALLOWANCE + self.settings.max_tokens
 

@@ -127,3 +127,41 @@ def test_a_load_no_input_used_is_waited_for_before_the_end():
     runner.finish_loading()
     thread, outcome = runner._loading
     assert not thread.is_alive() and "engine" in outcome
+
+
+class Counted(Recorder):
+    def loading(self, background=False):
+        self.events.append(("loading", background))
+
+
+def test_threads_asking_for_the_engine_at_once_share_one_load():
+    """A batch's prefetch threads run the processor while the model loads: each waits for the one
+    load, and all get the same engine."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    view = Counted()
+    runner = Runner(Settings(model="tiny"), view)
+    runner.load_in_background()
+    with ThreadPoolExecutor(4) as pool:
+        engines = list(pool.map(lambda _: runner.engine(), range(4)))
+    assert all(engine is engines[0] for engine in engines)
+    assert view.events == [("loading", True), ("loaded", "tiny")]
+
+
+def test_a_failed_background_load_is_raised_to_every_caller_and_not_tried_again(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    view = Counted()
+    runner = Runner(Settings(model=str(tmp_path / "no-such-model")), view)
+    runner.load_in_background()
+
+    def engine(_):
+        try:
+            return runner.engine()
+        except ModelError as exc:
+            return exc
+
+    with ThreadPoolExecutor(3) as pool:
+        errors = list(pool.map(engine, range(3)))
+    assert all(isinstance(e, ModelError) and "no-such-model" in str(e) for e in errors)
+    assert view.events == [("loading", True)]  # one load, on the loading thread

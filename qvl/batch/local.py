@@ -3,7 +3,7 @@ per GPU.
 
 `answer_rows` is one model's loop: a pool of `workers` threads loads each row's media (PyAV and
 Pillow release the GIL) and runs the processor on the CPU, at most `prefetch` rows ahead, while
-the model answers the row before; records come back in the rows' order. `answer_on_gpus` starts
+the model answers the row before (the first rows decode while the model loads); records come back in the rows' order. `answer_on_gpus` starts
 one process per GPU (spawned, each seeing only its own card through CUDA_VISIBLE_DEVICES), each
 running `answer_rows` on rows it takes from a shared queue, and yields their records to the one
 process that writes the results file.
@@ -26,17 +26,19 @@ from qvl.runner import Runner
 
 
 def answer_rows(runner: Runner, rows: Iterable, cache, *, workers: int, prefetch: int) -> Iterator[dict[str, Any]]:
-    """Each row's record, in order; loads the runner's engine first (a `ModelError` if it cannot)."""
-    runner.engine()  # the workers run its processor
+    """Each row's record, in order; the runner's engine loads while the first rows decode (a
+    `ModelError` before any record if it cannot)."""
+    runner.load_in_background()
     threads = decode_threads(workers)
     rows = iter(rows)
     with ThreadPoolExecutor(workers, thread_name_prefix="qvl-prefetch") as pool:
 
-        def submit(row):
+        def submit(row):  # the worker's processor waits for the engine
             return row, pool.submit(ready, row, cache, runner=runner, workers=threads)
 
         pending = deque(submit(row) for row in islice(rows, max(prefetch, 1)))
         try:
+            runner.engine()
             while pending:
                 row, future = pending.popleft()
                 pending.extend(submit(row) for row in islice(rows, 1))
