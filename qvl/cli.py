@@ -48,7 +48,8 @@ from qvl.options import (
     with_frame_cache_options,
     with_video_options,
 )
-from qvl.runner import Media, Runner, load_clip, profile
+from qvl.psa_log import psa_log_for
+from qvl.runner import Media, Runner, load_clip
 
 app = typer.Typer(
     name="qvl",
@@ -128,7 +129,10 @@ def _runner(settings, view, psa_log_dir, server, local_only: dict):
     """The runner that answers: here, logging PSA to --psa-log-dir; or with --server the server's
     model, where --psa-log-dir and the options only a local run honours ({flag: value}) are one
     error line where given."""
-    log = psa_log(psa_log_dir, settings.psa)  # checked first, whichever runner answers
+    try:  # checked first, whichever runner answers
+        log = psa_log_for(psa_log_dir, settings.psa)
+    except QvlError as exc:
+        fail(exc)
     if server is None:
         return Runner(settings, view, psa_log=log)
     from qvl.serve.client import remote_runner
@@ -298,7 +302,7 @@ def psa_profile(
     and where the greedy answers part."""
     from pathlib import Path
 
-    from qvl.psa_profile import ProfileOptions
+    from qvl.psa_profile import ProfileOptions, profile_media
 
     if min_tokens is None and psa_config_file is None:
         min_tokens = 0  # a profile of PSA runs PSA, whatever the prompt's length
@@ -320,7 +324,9 @@ def psa_profile(
         else:
             load = _clip_loader(video_options, cache_settings.open(), quiet)
             media, default_prompt = load(source), DEFAULT_VIDEO_PROMPT
-        engine, report, masks = profile(settings, prompt or default_prompt, media, options, on_loaded=_timing_tiny)
+        engine, report, masks = profile_media(
+            settings, prompt or default_prompt, media, options, on_loaded=_timing_tiny
+        )
     except QvlError as exc:
         fail(exc)
     report = {"input": source, "model": engine.name, "preset": psa_preset, **media.record, **report}
@@ -400,21 +406,6 @@ app.add_typer(cache_app, name="cache")
 from qvl.serve.command import serve  # noqa: E402 (its own module: the server is a room of its own)
 
 app.command()(serve)
-
-
-def psa_log(folder: str | None, psa_config):
-    """The `PSALog` --psa-log-dir asks for, or None; the folder is created and checked now, before
-    any model loads (one error line and exit 2 if it cannot be written)."""
-    if folder is None:
-        return None
-    try:
-        if psa_config is None:
-            raise OptionError("--psa-log-dir needs --psa or --psa-config: without PSA there is nothing to log")
-        from qvl.psa_log import PSALog
-
-        return PSALog(folder)
-    except QvlError as exc:
-        fail(exc)
 
 
 def main() -> None:

@@ -28,6 +28,16 @@ def request_id() -> str:
     return uuid.uuid4().hex
 
 
+def psa_log_for(folder: str | os.PathLike | None, psa_config) -> PSALog | None:
+    """The `PSALog` --psa-log-dir asks for, or None; its folder is made and checked now, before any
+    model loads (an `OptionError` without PSA, or where it cannot be written)."""
+    if folder is None:
+        return None
+    if psa_config is None:
+        raise OptionError("--psa-log-dir needs --psa or --psa-config: without PSA there is nothing to log")
+    return PSALog(folder)
+
+
 class PSALog:
     """Appends PSA statistics to `folder`/psa-<UTC date>.jsonl; `folder` is created if missing.
 

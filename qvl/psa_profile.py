@@ -250,3 +250,16 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
         if x != y:
             return i
     return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def profile_media(settings, prompt: str, media, options=None, *, on_loaded=None) -> tuple[Any, dict, list]:
+    """(engine, report, level masks) of `profile_prefill(options)` on a `qvl.runner.Media` and
+    `prompt`, the engine loaded from `settings` (`settings.psa` set); `on_loaded(engine)` runs
+    before anything is measured."""
+    from qvl.engine import Request
+    from qvl.runner import load_engine
+
+    engine = load_engine(settings)
+    if on_loaded is not None:
+        on_loaded(engine)
+    return (engine, *profile_prefill(engine, Request(prompt, images=media.images, video=media.video), options))

@@ -7,8 +7,7 @@
 
 A bad input is reported (through the view) and the run goes on with the next one; a model that
 cannot be loaded stops the run, since no input could succeed without it. The runner knows nothing
-of Typer or of how things are printed: the view decides that. Nothing heavy is imported at module
-level.
+of Typer or of how things are printed: the view decides that. Nothing heavy is imported here.
 """
 
 from __future__ import annotations
@@ -449,15 +448,3 @@ def keeps_sessions(engine) -> bool:
     """Whether `engine.session` can keep media prefilled: one device (a model spread over several
     GPUs answers each question as a request of its own)."""
     return engine.fast_path_problem is None or engine.device == "cpu"
-
-
-def profile(settings: Settings, prompt: str, media: Media, options=None, *, on_loaded=None) -> tuple[Any, dict, list]:
-    """(engine, report, level masks) of `psa_profile.profile_prefill(options)` on `media` and
-    `prompt` (`settings.psa` set); `on_loaded(engine)` runs before anything is measured."""
-    from qvl.engine import Request
-    from qvl.psa_profile import profile_prefill
-
-    engine = load_engine(settings)
-    if on_loaded is not None:
-        on_loaded(engine)
-    return (engine, *profile_prefill(engine, Request(prompt, images=media.images, video=media.video), options))
