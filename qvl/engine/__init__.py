@@ -235,8 +235,12 @@ class Engine:
         started = time.perf_counter()
         vision = self.model.config.vision_config
         side = 2 * vision.patch_size * vision.spatial_merge_size
+        # Two tokens run the decode step and capture its graph for the tiny request's own cache; with
+        # the next request's size known that graph would be thrown away, so one token, and the
+        # capture below is the first.
+        frames = VideoFrames(np.zeros((2, side, side, 3), np.uint8), 2.0)
         try:
-            self.generate(Request("", video=VideoFrames(np.zeros((2, side, side, 3), np.uint8), 2.0), max_new_tokens=2))
+            self.generate(Request("", video=frames, max_new_tokens=1 if tokens else 2))
             if tokens:
                 self._fast.reserve(tokens, sampling_for(Request(""), self.model.generation_config))
         except Exception:  # only an optimisation: the request that follows reports any real problem
