@@ -1,0 +1,153 @@
+"""Where the GPU waits during `qvl batch`'s steady state: its idle gaps, and what the host did then.
+
+    PYTHONPATH=. python3 benchmarks/experiments/batch_gaps.py [--videos 24] [--profiled 8]
+
+`qvl batch` keeps the GPU busy ~93% of the time once answering (docs/benchmarks.md); this finds
+the other 7%. It runs the batch's own loop (`qvl.batch.local.answer_rows`, CPU workers decoding
+ahead) in this process over synthetic 16-frame videos, lets the first rows pass, then records
+`--profiled` rows with torch's profiler. The engine's steps are labelled by wrapping them in
+`record_function` (this experiment's doing; the product has no such switch). From the trace:
+the GPU's kernel intervals merged, every gap between them of at least `--min-gap-us`, and for
+each gap the innermost labelled host step running when it began. Printed: the busy fraction of
+the profiled span, the idle time per label, and the largest gaps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+from common import ROOT  # noqa: E402,F401  (puts the repository on sys.path)
+
+STEPS = [  # (module, owner attribute path, label)
+    ("qvl.runner", "Runner.run", "runner.run"),
+    ("qvl.runner", "Runner.prepare", "runner.prepare (processor)"),
+    ("qvl.engine", "Engine.generate", "engine.generate"),
+    ("qvl.engine.generate", "FastGenerator.generate", "fast generate"),
+    ("qvl.engine.generate", "decode", "decode"),
+    ("qvl.engine.generate", "_loop", "decode loop"),
+    ("qvl.engine.generate", "first_token", "first token"),
+    ("qvl.engine.prefill", "prefill", "prefill (tower + LM)"),
+    ("qvl.batch.work", "answer", "batch answer"),
+]
+
+
+def label_steps() -> None:
+    import importlib
+
+    for module_name, path, label in STEPS:
+        module = importlib.import_module(module_name)
+        owner, _, name = path.rpartition(".")
+        target = getattr(module, owner) if owner else module
+        original = getattr(target, name)
+
+        @functools.wraps(original)
+        def labelled(*args, __original=original, __label=label, **kwargs):
+            with torch.profiler.record_function(__label):
+                return __original(*args, **kwargs)
+
+        setattr(target, name, labelled)
+
+
+def gaps(events, min_gap_us: float):
+    """(busy fraction, [(gap_us, start_us)]) from the profiler's device kernel events."""
+    kernels = sorted(
+        (e.time_range.start, e.time_range.end)
+        for e in events
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start
+    )
+    if not kernels:
+        return None, []
+    merged = [list(kernels[0])]
+    for start, end in kernels[1:]:
+        if start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    span = merged[-1][1] - merged[0][0]
+    busy = sum(end - start for start, end in merged)
+    found = [(b[0] - a[1], a[1]) for a, b in zip(merged, merged[1:]) if b[0] - a[1] >= min_gap_us]
+    return busy / span, found
+
+
+def host_step_at(events, t: float) -> str:
+    """The innermost labelled host range covering time `t`."""
+    labels = {label for _, _, label in STEPS}
+    covering = [
+        e
+        for e in events
+        if e.device_type == torch.autograd.DeviceType.CPU
+        and e.name in labels
+        and e.time_range.start <= t <= e.time_range.end
+    ]
+    if not covering:
+        return "(between labelled steps)"
+    return min(covering, key=lambda e: e.time_range.end - e.time_range.start).name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="default: random:7b on CUDA, else tiny")
+    parser.add_argument("--videos", type=int, default=24)
+    parser.add_argument("--profiled", type=int, default=8, help="rows recorded, after the others")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--side", type=int, default=448)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--min-gap-us", type=float, default=50.0)
+    args = parser.parse_args()
+
+    from qvl.batch.inputs import expand
+    from qvl.batch.local import answer_rows
+    from qvl.bench import SOURCE_FPS, default_model, write_video
+    from qvl.options import video_options
+    from qvl.runner import Runner, Settings, frame_cache
+
+    cuda = torch.cuda.is_available()
+    model = args.model or default_model("cuda" if cuda else "cpu")
+    folder = Path(tempfile.mkdtemp(prefix="qvl-batch-gaps-"))
+    videos = [
+        write_video(folder / f"v{i:04d}.mp4", args.frames / SOURCE_FPS, side=args.side, fps=SOURCE_FPS, seed=i)
+        for i in range(args.videos)
+    ]
+    rows = expand(
+        [str(v) for v in videos], video_options(frames=args.frames), prompts={"video": "Describe this video."}
+    )
+    label_steps()
+    runner = Runner(Settings(model=model, max_tokens=args.max_tokens))
+    records = answer_rows(runner, rows, frame_cache(enabled=False), workers=args.workers, prefetch=2 * args.workers)
+    warm = len(rows) - args.profiled
+    for _ in range(warm):
+        next(records)
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        answered = [record for record in records]
+    failed = [r for r in answered if r["error"] is not None]
+    print(f"{model}: {len(answered)} rows profiled after {warm}; {len(failed)} failed")
+    events = prof.events()
+    busy, found = gaps(events, args.min_gap_us)
+    if busy is None:
+        print("no GPU kernels recorded (no CUDA device): nothing to attribute")
+        return
+    print(f"GPU busy over the profiled span: {busy:.1%}; {len(found)} gaps of >= {args.min_gap_us:.0f} us")
+    by_step = collections.Counter()
+    for gap_us, start in found:
+        by_step[host_step_at(events, start)] += gap_us
+    print(f"{'host step when the GPU went idle':<40} {'idle ms':>9} {'per row':>9}")
+    for step, us in by_step.most_common():
+        print(f"{step:<40} {us / 1000:>9.2f} {us / 1000 / len(answered):>9.2f}")
+    print("largest gaps:")
+    for gap_us, start in sorted(found, reverse=True)[:10]:
+        print(f"  {gap_us / 1000:8.2f} ms  during {host_step_at(events, start)}")
+
+
+if __name__ == "__main__":
+    main()
