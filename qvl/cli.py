@@ -48,7 +48,6 @@ from qvl.options import (
     with_frame_cache_options,
     with_video_options,
 )
-from qvl.psa_log import psa_log_for
 from qvl.runner import Media, Runner, load_clip
 
 app = typer.Typer(
@@ -129,6 +128,8 @@ def _runner(settings, view, psa_log_dir, server, local_only: dict):
     """The runner that answers: here, logging PSA to --psa-log-dir; or with --server the server's
     model, where --psa-log-dir and the options only a local run honours ({flag: value}) are one
     error line where given."""
+    from qvl.psa_log import psa_log_for
+
     try:  # checked first, whichever runner answers
         log = psa_log_for(psa_log_dir, settings.psa)
     except QvlError as exc:

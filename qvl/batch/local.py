@@ -3,10 +3,10 @@ per GPU.
 
 `answer_rows` is one model's loop: a pool of `workers` threads loads each row's media (PyAV and
 Pillow release the GIL) and runs the processor on the CPU, at most `prefetch` rows ahead, while
-the model answers the row before (the first rows decode while the model loads); records come back in the rows' order. `answer_on_gpus` starts
-one process per GPU (spawned, each seeing only its own card through CUDA_VISIBLE_DEVICES), each
-running `answer_rows` on rows it takes from a shared queue, and yields their records to the one
-process that writes the results file.
+the model answers the row before (the first rows decode while the model loads); records come
+back in the rows' order. `answer_on_gpus` starts one process per GPU (spawned, each seeing only
+its own card through CUDA_VISIBLE_DEVICES), each running `answer_rows` on rows it takes from a
+shared queue, and yields their records to the one process that writes the results file.
 """
 
 from __future__ import annotations

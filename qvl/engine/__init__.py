@@ -217,10 +217,11 @@ class Engine:
         )
 
     def warm_up(self, tokens: int | None = None) -> float:
-        """Answer a tiny video request (two black frames, two tokens) on the fast path and return
-        the seconds it took (added to `load_s`): the first request of a process pays one-time costs
-        (cuBLAS handles, CUDA modules loaded on first use, each Triton kernel's load from its cache)
-        that this takes instead, where the caller can overlap it with other work.
+        """Answer a tiny video request (two black frames; two tokens, one where `tokens` is given) on
+        the fast path and return the seconds it took (added to `load_s`): the first request of a
+        process pays one-time costs (cuBLAS handles, CUDA modules loaded on first use, each Triton
+        kernel's load from its cache) that this takes instead, where the caller can overlap it
+        with other work.
 
         tokens: the prompt and answer tokens the next request will hold, where known (a planned
         video's tokens, the text's and --max-tokens): its KV cache is made and its decode step
