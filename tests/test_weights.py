@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from qvl.engine.load import _pretrained_model
-from qvl.engine.weights import WeightReader, checkpoint_files, stored_dtype
+from qvl.engine.weights import WeightReader, checkpoint_files, read_safetensors, stored_dtype
 from qvl.errors import ModelError
 
 
@@ -18,6 +18,60 @@ def _same_models(a, b) -> None:
     assert pa.keys() == pb.keys()
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
     assert a.generation_config.to_dict() == b.generation_config.to_dict()
+
+
+def _mixed_checkpoint(path):
+    """A safetensors file of every common dtype, odd sizes, a scalar and an empty tensor."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = {
+        "bf16": torch.randn(37, 13, generator=generator).to(torch.bfloat16),
+        "f16": torch.randn(5, 3, 7, generator=generator).to(torch.float16),
+        "f32": torch.randn(101, generator=generator),
+        "f64": torch.randn(3, 3, generator=generator, dtype=torch.float64),
+        "i64": torch.randint(-(2**40), 2**40, (9,), generator=generator),
+        "i8": torch.randint(-128, 127, (11, 2), generator=generator, dtype=torch.int8),
+        "bool": torch.rand(17, generator=generator) > 0.5,
+        "scalar": torch.tensor(3.5),
+        "empty": torch.empty(0, 4),
+    }
+    save_file(tensors, path, metadata={"format": "pt"})
+    return tensors
+
+
+@pytest.mark.parametrize("chunk_bytes, lanes", [(37, 3), (64, 1), (1 << 20, 4)])
+def test_the_chunked_read_gives_the_files_tensors(tmp_path, chunk_bytes, lanes):
+    """Chunks smaller than a tensor, chunks that split one between two threads, and one chunk."""
+    from safetensors.torch import load_file
+
+    expected = _mixed_checkpoint(tmp_path / "mixed.safetensors")
+    read = read_safetensors(tmp_path / "mixed.safetensors", "cpu", chunk_bytes, lanes)
+    theirs = load_file(tmp_path / "mixed.safetensors")
+    assert read.keys() == expected.keys() == theirs.keys()
+    for name, tensor in read.items():
+        assert tensor.dtype == theirs[name].dtype and tensor.shape == theirs[name].shape
+        assert torch.equal(tensor, theirs[name]) and torch.equal(tensor, expected[name])
+
+
+@pytest.mark.gpu
+def test_the_chunked_read_onto_the_gpu_gives_the_files_tensors(tmp_path):
+    from safetensors.torch import load_file
+
+    _mixed_checkpoint(tmp_path / "mixed.safetensors")
+    read = read_safetensors(tmp_path / "mixed.safetensors", "cuda", chunk_bytes=53, lanes=3)
+    theirs = load_file(tmp_path / "mixed.safetensors")
+    assert all(t.is_cuda and torch.equal(t.cpu(), theirs[k]) for k, t in read.items())
+
+
+def test_a_file_that_ends_early_or_is_not_safetensors_is_refused(tmp_path):
+    _mixed_checkpoint(tmp_path / "mixed.safetensors")
+    data = (tmp_path / "mixed.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-5])
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    for name in ("cut", "junk"):
+        with pytest.raises(ValueError):
+            read_safetensors(tmp_path / f"{name}.safetensors", "cpu", chunk_bytes=40, lanes=2)
 
 
 def test_a_model_from_the_read_tensors_is_the_model_from_its_folder(tiny_model_dir):
