@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from qvl.batch import BatchView
-from qvl.output import console, error, note, silence_loading, tiny_model
+from qvl.output import console, error, note, tiny_model
 
 
 class ProgressView(BatchView):
@@ -18,8 +18,6 @@ class ProgressView(BatchView):
         self.quiet = quiet
         self.bar = None
         self.task = None
-        if quiet:
-            silence_loading()
 
     def loaded(self, info: dict[str, Any]) -> None:
         if info["is_tiny"]:

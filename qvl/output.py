@@ -112,10 +112,9 @@ class RunView:
         # The engine streams its answer here as tokens arrive; with --json only the record is printed.
         self.on_text = None if json_output else write
 
-    def loading(self, background: bool = False) -> None:
+    def load_progress(self, background: bool) -> bool:
         # A load beside the frames' progress bar would draw its own bar into it.
-        if self.quiet or background:
-            silence_loading()
+        return not (self.quiet or background)
 
     def loaded(self, engine) -> None:
         if engine.is_tiny:

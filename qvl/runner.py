@@ -144,9 +144,10 @@ class View:
 
     on_text: Callable[[str], None] | None = None
 
-    def loading(self, background: bool = False) -> None:
-        """The engine is about to load; `background`: called on the loading thread, while the main
-        one decodes frames."""
+    def load_progress(self, background: bool) -> bool:
+        """Whether the engine's load may draw transformers' progress bar on stderr; `background`:
+        it loads on a thread while the main one decodes frames (and draws their bar)."""
+        return not background
 
     def loaded(self, engine) -> None:
         """The engine has loaded."""
@@ -195,8 +196,7 @@ class Runner:
 
     def _loaded_engine(self):
         if self._loading is None:
-            self.view.loading()
-            return load_engine(self.settings)
+            return load_engine(self.settings, progress=self.view.load_progress(background=False))
         thread, outcome = self._loading
         thread.join()
         if "error" in outcome:  # kept, so that every later call raises it rather than loading again
@@ -213,11 +213,11 @@ class Runner:
             return
         outcome: dict[str, Any] = {}
         reserve = None if media_tokens is None else media_tokens + TEXT_ALLOWANCE + self.settings.max_tokens
+        progress = self.view.load_progress(background=True)
 
         def load() -> None:
             try:
-                self.view.loading(background=True)  # imports transformers: on this thread, not the frames'
-                outcome["engine"] = load_engine(self.settings, reserve)
+                outcome["engine"] = load_engine(self.settings, reserve, progress=progress)
             except BaseException as exc:  # raised in the main thread by engine()
                 outcome["error"] = exc
 
@@ -433,13 +433,14 @@ class Conversation:
             self.session.reset()
 
 
-def load_engine(settings: Settings, tokens: int | None = None):
+def load_engine(settings: Settings, tokens: int | None = None, *, progress: bool = True):
     """The `qvl.engine.Engine` that `settings` names (model, device, dtype and PSA), warmed up: its
     first request's one-time costs are paid here, which `Runner.load_in_background` overlaps with
-    the first video's decoding (tokens: that request's, where known; `Engine.warm_up`)."""
+    the first video's decoding (tokens: that request's, where known; `Engine.warm_up`). progress:
+    transformers' progress bar while the weights load."""
     from qvl.engine import Engine
 
-    engine = Engine(settings.model, device=settings.device, dtype=settings.dtype, psa=settings.psa)
+    engine = Engine(settings.model, device=settings.device, dtype=settings.dtype, psa=settings.psa, progress=progress)
     engine.warm_up(tokens)
     return engine
 

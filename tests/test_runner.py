@@ -87,13 +87,13 @@ def test_cli_error_objects_have_every_key_an_answer_has(tmp_path):
 def test_the_model_loads_on_a_thread_while_the_first_video_decodes():
     """A video's frames start to decode, the model loads beside them, and the answer is the
     same as a run that loads it first."""
-    import threading
 
     from PIL import Image
 
     class Loading(Recorder):
-        def loading(self, background=False):
-            self.events.append(("loading", background, threading.current_thread() is threading.main_thread()))
+        def load_progress(self, background):
+            self.events.append(("load_progress", background))
+            return False
 
     image = Image.new("RGB", (64, 64), (200, 30, 30))
     answers = []
@@ -107,9 +107,7 @@ def test_the_model_loads_on_a_thread_while_the_first_video_decodes():
             return Media(images=[image])
 
         answers.append(runner.run("red.png", "Describe.", media)["text"])
-        # In the background the view hears of the load on the loading thread: what it does then
-        # (RunView imports transformers) does not hold up the frames on the main one.
-        assert view.events[:2] == [("loading", background, not background), ("loaded", "tiny")]
+        assert view.events[:2] == [("load_progress", background), ("loaded", "tiny")]
     assert answers[0] == answers[1]
 
 
@@ -130,8 +128,9 @@ def test_a_load_no_input_used_is_waited_for_before_the_end():
 
 
 class Counted(Recorder):
-    def loading(self, background=False):
-        self.events.append(("loading", background))
+    def load_progress(self, background):
+        self.events.append(("load_progress", background))
+        return False
 
 
 def test_threads_asking_for_the_engine_at_once_share_one_load():
@@ -145,7 +144,7 @@ def test_threads_asking_for_the_engine_at_once_share_one_load():
     with ThreadPoolExecutor(4) as pool:
         engines = list(pool.map(lambda _: runner.engine(), range(4)))
     assert all(engine is engines[0] for engine in engines)
-    assert view.events == [("loading", True), ("loaded", "tiny")]
+    assert view.events == [("load_progress", True), ("loaded", "tiny")]
 
 
 def test_a_failed_background_load_is_raised_to_every_caller_and_not_tried_again(tmp_path):
@@ -164,4 +163,4 @@ def test_a_failed_background_load_is_raised_to_every_caller_and_not_tried_again(
     with ThreadPoolExecutor(3) as pool:
         errors = list(pool.map(engine, range(3)))
     assert all(isinstance(e, ModelError) and "no-such-model" in str(e) for e in errors)
-    assert view.events == [("loading", True)]  # one load, on the loading thread
+    assert view.events == [("load_progress", True)]  # one load, the background one: none tried after it

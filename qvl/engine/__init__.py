@@ -97,9 +97,11 @@ class Engine:
         dtype: str = "auto",
         attn_implementation: str | dict | None = None,
         psa=None,
+        progress: bool = True,
     ):
         """psa: a `qvl.psa.AttentionConfig` to run the language model's prefill with Pyramid
-        Sparse Attention, or None for SDPA everywhere."""
+        Sparse Attention, or None for SDPA everywhere. progress: transformers' progress bar on
+        stderr while the weights load."""
         from qvl.engine.load import load_model
         from qvl.models import resolve_model
 
@@ -112,7 +114,7 @@ class Engine:
         self.dtype = resolve_dtype(dtype, self.device)
         started = time.perf_counter()
         self.resolved = resolve_model(model)
-        self.model, self.processor = load_model(self.resolved, self.device, self.dtype, attn_implementation)
+        self.model, self.processor = load_model(self.resolved, self.device, self.dtype, attn_implementation, progress)
         self.load_s = time.perf_counter() - started
         self._inputs = InputBuilder(self.processor)
         self._fast = None  # the fast path's generator, made on first use

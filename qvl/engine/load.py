@@ -53,13 +53,17 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-def load_model(resolved: ResolvedModel, device: str, dtype, attn_implementation):
-    """(model, processor) ready for inference."""
+def load_model(resolved: ResolvedModel, device: str, dtype, attn_implementation, progress: bool = True):
+    """(model, processor) ready for inference; `progress`: transformers' progress bar on stderr."""
+    # Started before transformers is imported, which the read then overlaps.
+    reader = None if resolved.random is not None else _weight_reader(resolved.path, device, dtype)
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     if resolved.random is not None:
         model = _random_model(resolved, device, dtype, attn_implementation)
     else:
-        # Started before transformers is imported, which the read then overlaps.
-        reader = _weight_reader(resolved.path, device, dtype)
         model = _pretrained_model(resolved.path, device, dtype, attn_implementation, reader)
     from transformers import AutoProcessor
 
