@@ -1,11 +1,15 @@
 """Where the GPU waits during `qvl batch`'s steady state: its idle gaps, and what the host did then.
 
-    PYTHONPATH=. python3 benchmarks/experiments/batch_gaps.py [--videos 24] [--profiled 8]
+    PYTHONPATH=. python3 benchmarks/experiments/batch_gaps.py [--videos 48] [--after 16] [--profiled 8]
+        [--switch-interval-ms 5]
 
-`qvl batch` keeps the GPU busy ~93% of the time once answering (docs/benchmarks.md); this finds
-the other 7%. It runs the batch's own loop (`qvl.batch.local.answer_rows`, CPU workers decoding
-ahead) in this process over synthetic 16-frame videos, lets the first rows pass, then records
-`--profiled` rows with torch's profiler. The engine's steps are labelled by wrapping them in
+`qvl batch` keeps the GPU busy ~92% of the time once answering (docs/benchmarks.md); this finds
+the other 8%. It runs the batch's own loop (`qvl.batch.local.answer_rows`, CPU workers decoding
+ahead) in this process over synthetic 16-frame videos, lets `--after` rows pass, then records
+`--profiled` rows with torch's profiler while the workers go on decoding the rows after them (as
+in a long job: profiling the last rows, which were all decoded already, shows a GPU busier than
+a real job's). `--switch-interval-ms` sets Python's thread switch interval (5 ms by default): how
+long the thread that feeds the GPU may wait for the GIL while a worker holds it. The engine's steps are labelled by wrapping them in
 `record_function` (this experiment's doing; the product has no such switch). From the trace:
 the GPU's kernel intervals merged, every gap between them of at least `--min-gap-us`, and for
 each gap the innermost labelled host step running when it began. Printed: the busy fraction of
@@ -96,8 +100,10 @@ def host_step_at(events, t: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="default: random:7b on CUDA, else tiny")
-    parser.add_argument("--videos", type=int, default=24)
-    parser.add_argument("--profiled", type=int, default=8, help="rows recorded, after the others")
+    parser.add_argument("--videos", type=int, default=48)
+    parser.add_argument("--after", type=int, default=16, help="rows answered before the profile starts")
+    parser.add_argument("--profiled", type=int, default=8, help="rows recorded; the rest are still decoding")
+    parser.add_argument("--switch-interval-ms", type=float, default=None)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--side", type=int, default=448)
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -121,17 +127,26 @@ def main() -> None:
     rows = expand(
         [str(v) for v in videos], video_options(frames=args.frames), prompts={"video": "Describe this video."}
     )
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
     label_steps()
     runner = Runner(Settings(model=model, max_tokens=args.max_tokens))
     records = answer_rows(runner, rows, frame_cache(enabled=False), workers=args.workers, prefetch=2 * args.workers)
-    warm = len(rows) - args.profiled
-    for _ in range(warm):
+    if args.after + args.profiled > len(rows):
+        raise SystemExit("--after + --profiled must not exceed --videos")
+    for _ in range(args.after):
         next(records)
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     with torch.profiler.profile(activities=activities) as prof:
-        answered = [record for record in records]
+        answered = [next(records) for _ in range(args.profiled)]
+    records.close()  # the rows not answered are dropped
     failed = [r for r in answered if r["error"] is not None]
-    print(f"{model}: {len(answered)} rows profiled after {warm}; {len(failed)} failed")
+    left = len(rows) - args.after - args.profiled
+    interval = sys.getswitchinterval() * 1000
+    print(
+        f"{model}: {len(answered)} rows profiled after {args.after}, {left} still ahead; {len(failed)} failed; "
+        f"switch interval {interval:g} ms"
+    )
     events = prof.events()
     busy, found = gaps(events, args.min_gap_us)
     if busy is None:

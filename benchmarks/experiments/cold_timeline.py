@@ -55,8 +55,9 @@ def child(arguments: list[str]) -> None:
 
     original_load_engine = qvl.runner.load_engine
 
-    def load_engine(settings, tokens=None):
+    def load_engine(settings, tokens=None, **options):
         import qvl.engine
+        import qvl.engine.weights
 
         wrap(qvl.engine.Engine, "__init__", "Engine.__init__")
         wrap(qvl.engine.Engine, "warm_up", "Engine.warm_up")
@@ -64,7 +65,9 @@ def child(arguments: list[str]) -> None:
         import qvl.engine.load
 
         wrap(qvl.engine.load, "load_model", "load_model")
-        return original_load_engine(settings, tokens)
+        wrap(qvl.engine.weights.WeightReader, "_read", "the weights' read")
+        wrap(qvl.engine.weights.WeightReader, "tensors", "WeightReader.tensors (waits for the read)")
+        return original_load_engine(settings, tokens, **options)
 
     qvl.runner.load_engine = load_engine
     atexit.register(stamp, "atexit (interpreter shutdown begins)")
