@@ -221,3 +221,26 @@ def test_a_decoder_reserved_ahead_serves_the_request_as_stock(engine):
     assert reserved.capacity >= planned  # made by reserve, not the small one left before
     assert engine.generate(request, fast=True).tokens == stock.tokens
     assert engine._fast.decoder is reserved
+
+
+@pytest.mark.parametrize("ahead", [0, 1, 3])
+def test_steps_queued_ahead_give_the_stock_tokens_and_stop_at_the_end(engine, monkeypatch, ahead):
+    """The decode loop queues steps past the token it reads (on a GPU, to keep it busy): the
+    tokens are the same however many, and an end-of-sequence token mid-way leaves the queued
+    steps unused, the next request unharmed."""
+    import functools
+
+    import qvl.engine.generate as generate
+
+    monkeypatch.setattr(generate, "_loop", functools.partial(generate._loop, ahead=ahead))
+    request = REQUESTS["video"]()
+    stock = engine.generate(request, fast=False)
+    assert engine.generate(request, fast=True).tokens == stock.tokens
+    config = engine.model.generation_config
+    end = stock.tokens[5]
+    monkeypatch.setattr(config, "eos_token_id", end)
+    stopped = engine.generate(request, fast=True).tokens
+    assert stopped == engine.generate(request, fast=False).tokens
+    assert stopped[-1] == end and len(stopped) == stock.tokens.index(end) + 1
+    monkeypatch.undo()
+    assert engine.generate(request, fast=True).tokens == stock.tokens

@@ -1,7 +1,7 @@
 """Where the GPU waits during `qvl batch`'s steady state: its idle gaps, and what the host did then.
 
     PYTHONPATH=. python3 benchmarks/experiments/batch_gaps.py [--videos 48] [--after 16] [--profiled 8]
-        [--switch-interval-ms 5]
+        [--switch-interval-ms 5] [--ahead 1]
 
 `qvl batch` keeps the GPU busy ~92% of the time once answering (docs/benchmarks.md); this finds
 the other 8%. It runs the batch's own loop (`qvl.batch.local.answer_rows`, CPU workers decoding
@@ -9,10 +9,12 @@ ahead) in this process over synthetic 16-frame videos, lets `--after` rows pass,
 `--profiled` rows with torch's profiler while the workers go on decoding the rows after them (as
 in a long job: profiling the last rows, which were all decoded already, shows a GPU busier than
 a real job's). `--switch-interval-ms` sets Python's thread switch interval (5 ms by default): how
-long the thread that feeds the GPU may wait for the GIL while a worker holds it. The engine's steps are labelled by wrapping them in
-`record_function` (this experiment's doing; the product has no such switch). From the trace:
-the GPU's kernel intervals merged, every gap between them of at least `--min-gap-us`, and for
-each gap the innermost labelled host step running when it began. Printed: the busy fraction of
+long the thread that feeds the GPU may wait for the GIL while a worker holds it; `--ahead` how
+many decode steps the host queues past the one whose token it reads (the engine's default: 1).
+The engine's steps are labelled by wrapping them in `record_function` (this experiment's doing;
+the product has no such switch). From the trace: the GPU's kernel intervals merged, every gap
+between them of at least `--min-gap-us`, and for each gap the innermost labelled host step
+running when it began. Printed: the busy fraction of
 the profiled span, the idle time per label, and the largest gaps.
 """
 
@@ -104,6 +106,7 @@ def main() -> None:
     parser.add_argument("--after", type=int, default=16, help="rows answered before the profile starts")
     parser.add_argument("--profiled", type=int, default=8, help="rows recorded; the rest are still decoding")
     parser.add_argument("--switch-interval-ms", type=float, default=None)
+    parser.add_argument("--ahead", type=int, default=None, help="decode steps queued ahead (default: the engine's)")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--side", type=int, default=448)
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -129,6 +132,10 @@ def main() -> None:
     )
     if args.switch_interval_ms is not None:
         sys.setswitchinterval(args.switch_interval_ms / 1000)
+    if args.ahead is not None:
+        import qvl.engine.generate
+
+        qvl.engine.generate._loop = functools.partial(qvl.engine.generate._loop, ahead=args.ahead)
     label_steps()
     runner = Runner(Settings(model=model, max_tokens=args.max_tokens))
     records = answer_rows(runner, rows, frame_cache(enabled=False), workers=args.workers, prefetch=2 * args.workers)
@@ -145,7 +152,7 @@ def main() -> None:
     interval = sys.getswitchinterval() * 1000
     print(
         f"{model}: {len(answered)} rows profiled after {args.after}, {left} still ahead; {len(failed)} failed; "
-        f"switch interval {interval:g} ms"
+        f"switch interval {interval:g} ms; decode steps ahead: {'default' if args.ahead is None else args.ahead}"
     )
     events = prof.events()
     busy, found = gaps(events, args.min_gap_us)

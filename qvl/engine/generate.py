@@ -170,35 +170,33 @@ def decode(decoder, logits, prompt, rope_delta: int, sampling: Sampling, max_new
     return Generated([first, *_loop(decoder, max_new_tokens - 1, stream, eos)], first_at, warmup_s=warmup_s)
 
 
-def _loop(decoder: StaticDecoder, steps: int, stream: TextStream, eos: set[int]) -> list[int]:
-    """Run `steps` decode steps, reading each token back one step behind the GPU."""
-    tokens: list[int] = []
+def _loop(decoder: StaticDecoder, steps: int, stream: TextStream, eos: set[int], ahead: int | None = None) -> list[int]:
+    """Run up to `steps` decode steps, stopping after an end-of-sequence token. On a GPU the host
+    queues `ahead` steps (default 1) past the one whose token it reads, so the GPU has work while
+    the host streams a token or waits for the GIL; a stop then leaves those steps' results unused.
+    On the CPU a step is done when queued, so none run ahead unless asked."""
     on_gpu = decoder.token.device.type == "cuda"
-    if not on_gpu:
-        for _ in range(steps):
+    ahead = (1 if on_gpu else 0) if ahead is None else ahead
+    host = torch.empty(steps, dtype=torch.long, pin_memory=on_gpu)
+    done = [torch.cuda.Event() if on_gpu else None for _ in range(ahead + 1)]
+    tokens: list[int] = []
+    queued = 0
+    for read in range(steps):
+        while queued < steps and queued <= read + ahead:
             decoder.advance()
-            token = int(decoder.token)
-            tokens.append(token)
-            stream.put(token)
-            if token in eos:
-                break
-        return tokens
-    host = torch.empty(steps, dtype=torch.long, pin_memory=True)
-    events = [torch.cuda.Event() for _ in range(2)]
-    for i in range(steps + 1):
-        if i < steps:
-            decoder.advance()
-            host[i : i + 1].copy_(decoder.token, non_blocking=True)
-            events[i % 2].record()
-        if i == 0:
-            continue
-        events[(i - 1) % 2].synchronize()
-        token = int(host[i - 1])
+            host[queued : queued + 1].copy_(decoder.token, non_blocking=on_gpu)
+            if on_gpu:
+                done[queued % len(done)].record()
+            queued += 1
+        if on_gpu:
+            done[read % len(done)].synchronize()
+        token = int(host[read])
         tokens.append(token)
         stream.put(token)
         if token in eos:
             break
-    torch.cuda.synchronize()
+    if on_gpu:
+        torch.cuda.synchronize()
     return tokens
 
 
