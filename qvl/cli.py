@@ -301,8 +301,7 @@ def psa_profile(
     """Prefill one image or video with PSA and with SDPA: per layer, PSA's density, level mix, attention
     time and error against SDPA on the same layer input; in total, prefill times, time to first token
     and where the greedy answers part."""
-    from pathlib import Path
-
+    from qvl.psa_plots import out_folder
     from qvl.psa_profile import ProfileOptions, profile_media
 
     if min_tokens is None and psa_config_file is None:
@@ -312,9 +311,7 @@ def psa_profile(
     psa_preset = attention.preset_name  # the preset, or the config file's name
     try:
         options = ProfileOptions.parse(repeat=repeat, tokens=tokens, layers=layers, heads=heads)
-        out_dir = Path(out) if out is not None else None
-        if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
-            raise OptionError(f"--out {out} is a file, not a folder")
+        out_dir = out_folder(out)
     except QvlError as exc:
         fail(exc)
     try:

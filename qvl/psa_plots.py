@@ -34,6 +34,18 @@ def mask_file(layer: int, head: int) -> str:
 DENSITY_FILE = "density-by-layer.png"
 
 
+def out_folder(out: str | None) -> Path | None:
+    """`--out` as the folder to write into (None where none is asked for); an `OptionError` where it
+    names a file, checked before any model loads."""
+    if out is None:
+        return None
+    if Path(out).exists() and not Path(out).is_dir():
+        from qvl.errors import OptionError
+
+        raise OptionError(f"--out {out} is a file, not a folder")
+    return Path(out)
+
+
 def write_profile(out_dir: Path, report: dict, masks: list[dict]) -> tuple[list[Path], bool]:
     """Write profile.json, and the pictures when matplotlib can be imported.
 

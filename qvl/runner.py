@@ -213,11 +213,10 @@ class Runner:
             return
         outcome: dict[str, Any] = {}
         reserve = None if media_tokens is None else media_tokens + TEXT_ALLOWANCE + self.settings.max_tokens
-        progress = self.view.load_progress(background=True)
 
         def load() -> None:
             try:
-                outcome["engine"] = load_engine(self.settings, reserve, progress=progress)
+                outcome["engine"] = load_engine(self.settings, reserve, progress=self.view.load_progress(True))
             except BaseException as exc:  # raised in the main thread by engine()
                 outcome["error"] = exc
 
@@ -434,10 +433,10 @@ class Conversation:
 
 
 def load_engine(settings: Settings, tokens: int | None = None, *, progress: bool = True):
-    """The `qvl.engine.Engine` that `settings` names (model, device, dtype and PSA), warmed up: its
-    first request's one-time costs are paid here, which `Runner.load_in_background` overlaps with
-    the first video's decoding (tokens: that request's, where known; `Engine.warm_up`). progress:
-    transformers' progress bar while the weights load."""
+    """The `qvl.engine.Engine` that `settings` names (model, device, dtype, PSA; `progress`: its load's
+    progress bar), warmed up: the first request's one-time costs are paid here, which
+    `Runner.load_in_background` overlaps with the first video's decoding (tokens: that request's,
+    where known; `Engine.warm_up`)."""
     from qvl.engine import Engine
 
     engine = Engine(settings.model, device=settings.device, dtype=settings.dtype, psa=settings.psa, progress=progress)
