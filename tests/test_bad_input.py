@@ -87,6 +87,7 @@ ROWS = [
     ("--seed -1", ["describe", "{photo}", "--seed", "-1"], 2, ["--seed"], []),
     ("infer --type audio", ["infer", "--type", "audio", "--input", "{photo}"], 2, ["--type", "audio"], []),
     ("psa-profile --min-tokens -1", ["psa-profile", "{good_video}", "--min-tokens", "-1"], 2, ["--min-tokens"], []),
+    ("psa-profile --out a file", ["psa-profile", "{good_video}", "--out", "{photo}"], 2, ["--out", "not a folder"], []),
     ("video --min-tokens -1", ["video", "{good_video}", "--psa", "--min-tokens", "-1"], 2, ["--min-tokens"], []),
     ("--min-tokens without PSA", ["describe", "{photo}", "--min-tokens", "64"], 2, ["--min-tokens", "--psa"], []),
     ("--psa-preset turbo", ["video", "{good_video}", "--psa", "--psa-preset", "turbo"], 2, ["turbo"], []),
