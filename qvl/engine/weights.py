@@ -90,6 +90,8 @@ class WeightReader:
             self._tensors = tensors
         except Exception:  # noqa: BLE001 - the usual load reports it, with its own message
             self._tensors = None
+        finally:
+            _release_page_locked_buffers()
 
     def tensors(self) -> dict | None:
         self._thread.join()
@@ -174,6 +176,16 @@ def _copy_chunks(fd: int, chunks, placed, device: str, chunk_bytes: int) -> None
                 copied[slot].record(stream)
     if stream is not None:
         stream.synchronize()
+
+
+def _release_page_locked_buffers() -> None:
+    """Give back the read's page-locked buffers, which torch would otherwise keep cached for the
+    process's life (half a gigabyte of RAM the system cannot page out)."""
+    import torch
+
+    empty_cache = getattr(torch._C, "_host_emptyCache", None)  # private, so not in every release
+    if empty_cache is not None and torch.cuda.is_initialized():
+        empty_cache()
 
 
 def _read_at(fd: int, count: int, offset: int) -> bytes:
