@@ -283,7 +283,9 @@ def psa_profile(
     psa_config_file: PsaConfigOpt = None,
     min_tokens: PsaMinTokensOpt = None,
     repeat: Annotated[int, typer.Option("--repeat", help="Timed prefills of each kind (median).")] = 3,
-    tokens: Annotated[int, typer.Option("--tokens", help="Greedy tokens generated each way, to compare.")] = 16,
+    tokens: Annotated[
+        int, typer.Option("--tokens", "--max-tokens", help="Greedy tokens generated each way, to compare.")
+    ] = 16,
     out: Annotated[
         Optional[str], typer.Option("--out", help="Write profile.json and PNG pictures (with matplotlib) here.")
     ] = None,

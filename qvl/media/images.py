@@ -51,6 +51,7 @@ def expand_image_inputs(inputs: list[str]) -> list[tuple[str, str | InputError]]
         path = Path(raw).expanduser()
         if path.is_dir():
             found = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            _note_videos_left_out(raw, path)
             if not found:
                 found = [InputError(f"{raw}: directory has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")]
         elif path.exists():
@@ -62,6 +63,17 @@ def expand_image_inputs(inputs: list[str]) -> list[tuple[str, str | InputError]]
             found = [InputError(f"{raw}: no such file")]
         expanded.extend((raw if isinstance(f, InputError) else f, f) for f in found)
     return expanded
+
+
+def _note_videos_left_out(raw: str, folder: Path) -> None:
+    """A folder's videos are not images: say so, rather than pass over them in silence."""
+    from qvl.media.preprocess import VIDEO_EXTENSIONS
+
+    videos = sum(p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file() for p in folder.iterdir())
+    if videos:
+        from qvl.output import warn
+
+        warn(f"{raw}: {videos} video{'' if videos == 1 else 's'} left out (qvl video or qvl batch answers them)")
 
 
 def open_image(source: str):

@@ -111,3 +111,18 @@ def test_corrupt_image_is_an_input_error(tmp_path):
     path.write_bytes(path.read_bytes()[:60])
     with pytest.raises(InputError, match="cut.png"):
         open_image(str(path))
+
+
+def test_a_folders_videos_are_left_out_with_a_note(tmp_path, capsys):
+    from qvl.media.images import expand_image_inputs
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
+    for name in ("b.mp4", "c.MOV"):
+        (tmp_path / name).write_bytes(b"")
+    assert [label for label, _ in expand_image_inputs([str(tmp_path)])] == [str(tmp_path / "a.png")]
+    err = capsys.readouterr().err
+    assert "2 videos left out" in err and "qvl video" in err
+    (tmp_path / "b.mp4").unlink()
+    (tmp_path / "c.MOV").unlink()
+    expand_image_inputs([str(tmp_path)])
+    assert capsys.readouterr().err == ""
