@@ -1,7 +1,7 @@
 """Where the GPU waits during `qvl batch`'s steady state: its idle gaps, and what the host did then.
 
     PYTHONPATH=. python3 benchmarks/experiments/batch_gaps.py [--videos 48] [--after 16] [--profiled 8]
-        [--switch-interval-ms 5] [--ahead 1]
+        [--switch-interval-ms 5] [--ahead 1] [--torch-threads N]
 
 `qvl batch` keeps the GPU busy ~92% of the time once answering (docs/benchmarks.md); this finds
 the other 8%. It runs the batch's own loop (`qvl.batch.local.answer_rows`, CPU workers decoding
@@ -10,7 +10,9 @@ ahead) in this process over synthetic 16-frame videos, lets `--after` rows pass,
 in a long job: profiling the last rows, which were all decoded already, shows a GPU busier than
 a real job's). `--switch-interval-ms` sets Python's thread switch interval (5 ms by default): how
 long the thread that feeds the GPU may wait for the GIL while a worker holds it; `--ahead` how
-many decode steps the host queues past the one whose token it reads (the engine's default: 1).
+many decode steps the host queues past the one whose token it reads (the engine's default: 1);
+`--torch-threads` torch's CPU threads (by default one per core, in each worker running the
+processor, beside the decoding threads: the thread feeding the GPU may wait for a core).
 The engine's steps are labelled by wrapping them in `record_function` (this experiment's doing;
 the product has no such switch). From the trace: the GPU's kernel intervals merged, every gap
 between them of at least `--min-gap-us`, and for each gap the innermost labelled host step
@@ -107,6 +109,7 @@ def main() -> None:
     parser.add_argument("--profiled", type=int, default=8, help="rows recorded; the rest are still decoding")
     parser.add_argument("--switch-interval-ms", type=float, default=None)
     parser.add_argument("--ahead", type=int, default=None, help="decode steps queued ahead (default: the engine's)")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--side", type=int, default=448)
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -132,6 +135,8 @@ def main() -> None:
     )
     if args.switch_interval_ms is not None:
         sys.setswitchinterval(args.switch_interval_ms / 1000)
+    if args.torch_threads is not None:
+        torch.set_num_threads(args.torch_threads)
     if args.ahead is not None:
         import qvl.engine.generate
 
@@ -152,7 +157,8 @@ def main() -> None:
     interval = sys.getswitchinterval() * 1000
     print(
         f"{model}: {len(answered)} rows profiled after {args.after}, {left} still ahead; {len(failed)} failed; "
-        f"switch interval {interval:g} ms; decode steps ahead: {'default' if args.ahead is None else args.ahead}"
+        f"switch interval {interval:g} ms; decode steps ahead: {'default' if args.ahead is None else args.ahead}; "
+        f"torch threads {torch.get_num_threads()} of {os.cpu_count()} cores"
     )
     events = prof.events()
     busy, found = gaps(events, args.min_gap_us)
