@@ -166,7 +166,9 @@ RayOpt = Annotated[
 # --- output ------------------------------------------------------------------------------------
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object per input on stdout, nothing else.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr (errors still).")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr (warnings and errors still).")
+]
 StatsOpt = Annotated[
     bool,
     typer.Option(
