@@ -300,9 +300,10 @@ def psa_profile(
     quiet: QuietOpt = False,
     video_options=None,
 ) -> None:
-    """Prefill one image or video with PSA and with SDPA: per layer, PSA's density, level mix, attention
-    time and error against SDPA on the same layer input; in total, prefill times, time to first token
-    and where the greedy answers part."""
+    """Prefill one image or video with PSA and with SDPA, and compare them.
+
+    Per layer: PSA's density, level mix, attention time and error against SDPA on the same layer
+    input. In total: prefill times, time to first token and where the greedy answers part."""
     from qvl.psa_plots import out_folder
     from qvl.psa_profile import ProfileOptions, profile_media
 
@@ -325,7 +326,7 @@ def psa_profile(
             load = _clip_loader(video_options, cache_settings.open(), quiet)
             media, default_prompt = load(source), DEFAULT_VIDEO_PROMPT
         engine, report, masks = profile_media(
-            settings, prompt or default_prompt, media, options, on_loaded=_timing_tiny
+            settings, prompt or default_prompt, media, options, on_loaded=output.tiny_timings
         )
     except QvlError as exc:
         fail(exc)
@@ -341,11 +342,6 @@ def psa_profile(
         output.json_line(report)
         return
     output.psa_profile(source, psa_preset, report)
-
-
-def _timing_tiny(engine) -> None:
-    if engine.is_tiny:
-        output.tiny_model("its timings say little about real models")
 
 
 app.command()(bench)  # qvl bench: qvl/bench_command.py

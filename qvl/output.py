@@ -60,6 +60,12 @@ def tiny_model(consequence: str) -> None:
     warn(f"using the built-in tiny model: random weights, so {consequence}")
 
 
+def tiny_timings(engine) -> None:
+    """Once a model has loaded for timing: a warning if it is the tiny one."""
+    if engine.is_tiny:
+        tiny_model("its timings say little about real models")
+
+
 def progress(quiet: bool):
     """A transient Rich progress bar on stderr, or a null context yielding None when quiet."""
     import contextlib
