@@ -74,6 +74,18 @@ def test_a_file_that_ends_early_or_is_not_safetensors_is_refused(tmp_path):
             read_safetensors(tmp_path / f"{name}.safetensors", "cpu", chunk_bytes=40, lanes=2)
 
 
+@pytest.mark.parametrize("offsets", [[[0, 16], [8, 24]], [[-8, 8], [8, 24]]], ids=["overlapping", "negative"])
+def test_a_header_whose_tensors_overlap_or_reach_into_it_is_refused(tmp_path, offsets):
+    """safetensors refuses these; a read that took them would leave bytes unset."""
+    import struct
+
+    header = {name: {"dtype": "F32", "shape": [4], "data_offsets": o} for name, o in zip("ab", offsets)}
+    raw = json.dumps(header).encode()
+    (tmp_path / "bad.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(24))
+    with pytest.raises(ValueError, match="overlap|header"):
+        read_safetensors(tmp_path / "bad.safetensors", "cpu", chunk_bytes=16, lanes=2)
+
+
 def test_a_model_from_the_read_tensors_is_the_model_from_its_folder(tiny_model_dir):
     reader = WeightReader(checkpoint_files(tiny_model_dir), "cpu")
     model = _pretrained_model(tiny_model_dir, "cpu", torch.float32, None, reader)

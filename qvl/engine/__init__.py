@@ -100,11 +100,13 @@ class Engine:
         progress: bool = True,
     ):
         """psa: a `qvl.psa.AttentionConfig` to run the language model's prefill with Pyramid
-        Sparse Attention, or None for SDPA everywhere. progress: transformers' progress bar on
-        stderr while the weights load."""
-        from qvl.engine.load import load_model
+        Sparse Attention, or None for SDPA everywhere. progress: the Hub's and transformers'
+        progress bars on stderr while the model downloads and loads."""
+        from qvl.engine.load import hide_load_progress, load_model
         from qvl.models import resolve_model
 
+        if not progress:
+            hide_load_progress()
         self.psa = psa
         if psa is not None:
             from qvl.psa import attn_implementation as psa_attn_implementation
@@ -114,7 +116,7 @@ class Engine:
         self.dtype = resolve_dtype(dtype, self.device)
         started = time.perf_counter()
         self.resolved = resolve_model(model)
-        self.model, self.processor = load_model(self.resolved, self.device, self.dtype, attn_implementation, progress)
+        self.model, self.processor = load_model(self.resolved, self.device, self.dtype, attn_implementation)
         self.load_s = time.perf_counter() - started
         self._inputs = InputBuilder(self.processor)
         self._fast = None  # the fast path's generator, made on first use

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 from qvl.errors import ModelError, OptionError, first_line
@@ -53,14 +54,22 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-def load_model(resolved: ResolvedModel, device: str, dtype, attn_implementation, progress: bool = True):
-    """(model, processor) ready for inference; `progress`: transformers' progress bar on stderr."""
+def hide_load_progress() -> None:
+    """No progress bars from the Hub's downloads or transformers' weight loading. Imports nothing
+    heavy: transformers takes the Hub's switch when it is imported, so it is told itself only where
+    it is imported already."""
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:
+        hf_logging.disable_progress_bar()
+
+
+def load_model(resolved: ResolvedModel, device: str, dtype, attn_implementation):
+    """(model, processor) ready for inference."""
     # Started before transformers is imported, which the read then overlaps.
     reader = None if resolved.random is not None else _weight_reader(resolved.path, device, dtype)
-    if not progress:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
     if resolved.random is not None:
         model = _random_model(resolved, device, dtype, attn_implementation)
     else:

@@ -124,13 +124,18 @@ def read_safetensors(path: Path, device: str, chunk_bytes: int = CHUNK_BYTES, la
             if end > start:
                 placed.append((start, end, tensor.view(-1).view(torch.uint8)))
         placed.sort(key=lambda p: p[0])
+        for (_, previous_end, _), (start, _, _) in zip(placed, placed[1:]):
+            if start < previous_end:
+                raise ValueError(f"{path}: two tensors' bytes overlap")
+        if placed and placed[0][0] < base:
+            raise ValueError(f"{path}: a tensor's bytes start inside the header")
         chunks = [(at, min(at + chunk_bytes, size)) for at in range(base, size, chunk_bytes)]
         work = [chunks[lane::lanes] for lane in range(lanes)]
         failures: list[BaseException] = []
 
         def run(lane_chunks):
             try:
-                _copy_chunks(fd, lane_chunks, placed, device, chunk_bytes)
+                _copy_chunks(fd, lane_chunks, placed, device, chunk_bytes, failures)
             except BaseException as exc:  # noqa: BLE001 - raised below, in the reading thread
                 failures.append(exc)
 
@@ -144,18 +149,33 @@ def read_safetensors(path: Path, device: str, chunk_bytes: int = CHUNK_BYTES, la
     return tensors
 
 
-def _copy_chunks(fd: int, chunks, placed, device: str, chunk_bytes: int) -> None:
+def _copy_chunks(fd: int, chunks, placed, device: str, chunk_bytes: int, failures: list) -> None:
     """Read each (start, end) chunk of the file into a buffer and copy the parts of `placed`
     tensors it holds; on a GPU through two page-locked buffers on one stream, so that reading one
-    chunk overlaps copying the one before."""
+    chunk overlaps copying the one before. Stops early once another lane has failed (`failures`)."""
     import torch
 
     cuda = device != "cpu" and torch.device(device).type == "cuda"
     stream = torch.cuda.Stream(device=device) if cuda else None
+    if stream is not None:  # after the work that made the tensors (their memory may have been in use)
+        stream.wait_stream(torch.cuda.current_stream(device))
+    try:
+        _copy_on(stream, fd, chunks, placed, chunk_bytes, failures)
+    finally:  # no copy may still write into a tensor that a failed read's caller frees
+        if stream is not None:
+            stream.synchronize()
+
+
+def _copy_on(stream, fd: int, chunks, placed, chunk_bytes: int, failures: list) -> None:
+    import torch
+
+    cuda = stream is not None
     buffers = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=cuda) for _ in range(2 if cuda else 1)]
     copied: list = [None] * len(buffers)  # the event after each buffer's last copies
     starts = [p[0] for p in placed]
     for i, (start, end) in enumerate(chunks):
+        if failures:
+            return
         slot = i % len(buffers)
         if copied[slot] is not None:
             copied[slot].synchronize()
@@ -172,10 +192,8 @@ def _copy_chunks(fd: int, chunks, placed, device: str, chunk_bytes: int) -> None
                         buffer[lo - start : hi - start], non_blocking=cuda
                     )
             if cuda:
-                copied[slot] = torch.cuda.Event()
+                copied[slot] = torch.cuda.Event(blocking=True)  # its waiter sleeps, leaving the core free
                 copied[slot].record(stream)
-    if stream is not None:
-        stream.synchronize()
 
 
 def _release_page_locked_buffers() -> None:
