@@ -164,3 +164,22 @@ def test_a_failed_background_load_is_raised_to_every_caller_and_not_tried_again(
         errors = list(pool.map(engine, range(3)))
     assert all(isinstance(e, ModelError) and "no-such-model" in str(e) for e in errors)
     assert view.events == [("load_progress", True)]  # one load, the background one: none tried after it
+
+
+def test_a_load_without_progress_hides_the_hubs_and_transformers_bars():
+    """`Engine(progress=False)`, as a background or quiet load asks: no download or loading bars."""
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    from qvl.engine import Engine
+
+    try:
+        for progress in (True, False):
+            enable_progress_bars()
+            hf_logging.enable_progress_bar()
+            Engine("tiny", device="cpu", progress=progress)
+            assert are_progress_bars_disabled() is not progress
+            assert hf_logging.is_progress_bar_enabled() is progress
+    finally:
+        enable_progress_bars()
+        hf_logging.enable_progress_bar()
