@@ -183,3 +183,30 @@ def test_a_load_without_progress_hides_the_hubs_and_transformers_bars():
     finally:
         enable_progress_bars()
         hf_logging.enable_progress_bar()
+
+
+def test_the_weights_start_to_read_before_transformers_is_imported(tiny_model_dir):
+    """A fresh process's load overlaps reading the weights with importing transformers (seconds of
+    each on a GPU host): nothing may import transformers before the read starts. Run as the CLI
+    runs a video's background load, in a fresh interpreter (the tiny model already built: building
+    it needs transformers)."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+import qvl.engine.load as load
+imported = []
+def reader(path, device, dtype):
+    imported.extend(m for m in sys.modules if m == "transformers" or m.startswith("transformers."))
+load._weight_reader = reader
+from qvl.output import RunView
+from qvl.runner import Runner, Settings
+runner = Runner(Settings(model="tiny", device="cpu"), RunView(json_output=True, quiet=False))
+runner.load_in_background()
+runner.engine()
+print(sorted(imported))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
