@@ -14,7 +14,8 @@ process, the frame cache off, every frame sampled):
 Reports videos/min for both, the batch's own steady rate (its wall time less the model load), and
 the GPU busy fraction over the batch's wall time and from its first answer on, which leaves out
 the process start and the model load (torch.cuda.utilization or nvidia-smi, sampled every 0.1 s
-in a thread; null on a machine without a GPU). Prints a table and writes JSON.
+in a thread; null on a machine without a GPU), and when the first answer came. Prints a table
+and writes JSON.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def main() -> int:
             "gpu_busy_fraction": sampler.busy_fraction(),
             "gpu_busy_after_first_answer": sampler.busy_fraction(after_first_answer=True),
             "gpu_samples": len(sampler.samples),
+            "first_answer_s": None if sampler.first_answer_s is None else round(sampler.first_answer_s, 2),
             "same_answers": sum(batch_texts.get(v) == t for v, t in loop_texts.items()),
         }
     finally:
@@ -132,18 +134,20 @@ def qvl(args: list[str], capture: bool = False) -> float | str:
 
 class GpuSampler:
     """GPU utilisation (percent of the last sample period with a kernel running) every `period`
-    seconds in a thread while in the `with` block; nothing without a GPU. `answers`: the results
-    file, whose first line marks the first answer (`first_answer`: that sample's index)."""
+    seconds in a thread while in the `with` block (no samples without a GPU). `answers`: the results
+    file, whose first line marks the first answer (`first_answer`: that sample's index,
+    `first_answer_s`: its time from the start)."""
 
     def __init__(self, cuda: bool, period: float = 0.1, answers: Path | None = None):
         self.period, self.samples, self.answers, self.first_answer = period, [], answers, None
+        self.started = self.first_answer_s = None
         self.read = _utilization_reader() if cuda else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> GpuSampler:
-        if self.read is not None:
-            self._thread.start()
+        self.started = time.perf_counter()
+        self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -153,11 +157,12 @@ class GpuSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
-            value = self.read()
+            value = self.read() if self.read is not None else None
             if value is not None:
                 self.samples.append(value)
             if self.first_answer is None and self.answers is not None and _has_content(self.answers):
                 self.first_answer = len(self.samples)
+                self.first_answer_s = time.perf_counter() - self.started
 
     def busy_fraction(self, after_first_answer: bool = False) -> float | None:
         samples = self.samples[self.first_answer or 0 :] if after_first_answer else self.samples
@@ -208,7 +213,8 @@ def table(row: dict) -> None:
         title=f"{row['videos']} videos of {row['frames']} frames ({row['side']}x{row['side']}), {row['model']}, "
         f"{row['max_tokens']} new tokens at most",
         caption=f"loop: {row['loop_videos']} videos run, extrapolated; greedy answers equal in "
-        f"{row['same_answers']} of them",
+        f"{row['same_answers']} of them"
+        + ("" if row["first_answer_s"] is None else f"; the batch's first answer after {row['first_answer_s']} s"),
         title_justify="left",
         caption_justify="left",
     )
