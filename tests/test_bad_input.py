@@ -60,6 +60,7 @@ ROWS = [
     ("truncated video", ["video", "{truncated_video}"], 1, ["truncated"], []),
     ("text file as video", ["video", "{text_video}"], 1, ["notes.mp4", "not a video"], []),
     ("image given to video", ["video", "{photo}"], 1, ["still image", "qvl describe"], ["--end"]),
+    ("video given to describe", ["describe", "{good_video}"], 1, ["is a video", "qvl video"], []),
     ("image given to video, dry run", ["video", "{photo}", "--dry-run"], 1, ["still image"], ["--end"]),
     ("bad --device", ["describe", "{photo}", "--device", "tpu"], 2, ["--device"], []),
     ("bad --dtype", ["describe", "{photo}", "--dtype", "int3"], 2, ["--dtype"], []),

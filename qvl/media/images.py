@@ -76,6 +76,14 @@ def _note_videos_left_out(raw: str, folder: Path) -> None:
         warn(f"{raw}: {videos} video{'' if videos == 1 else 's'} left out (qvl video or qvl batch answers them)")
 
 
+def _not_an_image(label: str) -> str:
+    from qvl.media.preprocess import VIDEO_EXTENSIONS
+
+    if PurePosixPath(label).suffix.lower() in VIDEO_EXTENSIONS:
+        return f"{label}: is a video, not an image: use qvl video {label}"
+    return f"{label}: not an image (unrecognised format)"
+
+
 def open_image(source: str):
     """Open and fully decode one image as RGB `PIL.Image`; raise `InputError` if it can't be used.
 
@@ -105,7 +113,7 @@ def decode_image(data: bytes, label: str, *, max_pixels: int | None = None):
             frames = getattr(img, "n_frames", 1) if getattr(img, "is_animated", False) else 1
             image = to_rgb(img)
     except UnidentifiedImageError:
-        raise InputError(f"{label}: not an image (unrecognised format)") from None
+        raise InputError(_not_an_image(label)) from None
     except Image.DecompressionBombError as exc:
         raise InputError(f"{label}: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
