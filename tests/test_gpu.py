@@ -179,3 +179,20 @@ def test_weights_read_onto_the_gpu_during_the_imports_build_the_same_model(tiny_
     mine, theirs = dict(model.named_parameters()), dict(plain.named_parameters())
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert all(p.is_cuda for p in mine.values())
+
+
+def test_requests_decoded_together_on_the_gpu_match_each_alone(tiny_model_dir, exact_fp32):
+    """The batch decoder's CUDA graph (per-row cache writes and lengths) against transformers'
+    generate of each request, greedy, fp32: identical tokens; a smaller batch after it too."""
+    from qvl.engine import Engine, Request
+
+    engine = Engine("tiny", device="cuda", dtype="float32")
+    requests = [
+        Request("What happens?", video=_tiny_video(16), max_new_tokens=40),
+        Request("Describe it.", video=_tiny_video(8, 112, 112), max_new_tokens=24),
+        Request("Anything moving?", video=_tiny_video(4), max_new_tokens=33),
+    ]
+    stock = [engine.generate(r, fast=False).tokens for r in requests]
+    assert [r.tokens for r in engine.generate_batch(requests)] == stock
+    assert engine._fast.batch_decoder.graph is not None
+    assert [r.tokens for r in engine.generate_batch(requests[:2])] == stock[:2]

@@ -220,6 +220,39 @@ class Engine:
             psa_layers=psa_stats.per_layer() if psa_stats is not None else [],
         )
 
+    def generate_batch(self, requests: Sequence[Request], inputs: Sequence | None = None) -> list[Result]:
+        """Greedy answers to `requests`, decoded together on qvl's fast path: each prompt is
+        prefilled on its own, then every decode step makes a token for each of them
+        (`batch_decode.BatchDecoder`); each gets the tokens `generate` would give it alone. inputs:
+        each request's `prepare(request, device="cpu")`, made ahead of time. A row's `decode_s`
+        runs until the last row ends."""
+        import torch
+
+        from qvl.engine.generate import FastGenerator, eos_ids
+
+        if any(request.temperature and request.temperature > 0 for request in requests):
+            raise OptionError("requests decoded together are answered greedily: --temperature 0")
+        if any(request.max_new_tokens < 1 for request in requests):
+            raise OptionError("--max-tokens must be at least 1")
+        if self.psa is not None:
+            raise OptionError("requests decoded together run without PSA")
+        made = list(inputs) if inputs is not None else [None] * len(requests)
+        prepared, timings = [], []
+        for request, ahead in zip(requests, made):
+            timings.append(Timings(load_s=self.load_s))
+            started = time.perf_counter()
+            prepared.append(self.prepare(request) if ahead is None else ahead.to(self.model.device))
+            timings[-1].preprocess_s = time.perf_counter() - started
+        tokenizer = self.processor.tokenizer
+        with torch.inference_mode():
+            if self._fast is None:
+                self._fast = FastGenerator(self.model, use_graph=self.model.device.type == "cuda")
+            rows = self._fast.generate_rows(prepared, requests, eos_ids(self.model, tokenizer))
+        return [
+            result_of(row, tokenizer, timing, row.started_at, prompt_tokens=x["input_ids"].shape[1])
+            for row, timing, x in zip(rows, timings, prepared)
+        ]
+
     def warm_up(self, tokens: int | None = None) -> float:
         """Answer a tiny video request (two black frames; two tokens, one where `tokens` is given) on
         the fast path and return the seconds it took (added to `load_s`): the first request of a

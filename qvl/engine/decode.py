@@ -49,6 +49,18 @@ class StaticDecoder:
     """A KV cache of fixed capacity for one sequence, and the decode step over it."""
 
     def __init__(self, model, capacity: int, sampling: Sampling, use_graph: bool):
+        self._bind(model, capacity, sampling, use_graph)
+        device, dtype = self.lm_head.weight.device, self.lm_head.weight.dtype
+        shape = (len(self.layers), self.kv_heads, capacity, self.head_dim)
+        self.keys = torch.empty(shape, device=device, dtype=dtype)  # slots past the position are never read
+        self.values = torch.empty(shape, device=device, dtype=dtype)
+        self.token = torch.zeros(1, dtype=torch.long, device=device)
+        self.position = torch.zeros(1, dtype=torch.long, device=device)  # cache slot of `token`
+        self.rope_delta = torch.zeros(1, dtype=torch.long, device=device)
+        self.seen = torch.zeros(self.lm_head.weight.shape[0], dtype=torch.bool, device=device)
+
+    def _bind(self, model, capacity: int, sampling: Sampling, use_graph: bool) -> None:
+        """The model's weights and shapes, and the settings every decoder keeps."""
         text = model.model.language_model
         config = text.config
         self.text, self.lm_head = text, model.lm_head
@@ -61,16 +73,8 @@ class StaticDecoder:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.capacity = capacity
         self.sampling = sampling
-        weight = self.lm_head.weight
-        device, dtype = weight.device, weight.dtype
-        shape = (len(self.layers), self.kv_heads, capacity, self.head_dim)
-        self.keys = torch.empty(shape, device=device, dtype=dtype)  # slots past the position are never read
-        self.values = torch.empty(shape, device=device, dtype=dtype)
+        device = self.lm_head.weight.device
         self.inv_freq = text.rotary_emb.inv_freq.detach().float().to(device)
-        self.token = torch.zeros(1, dtype=torch.long, device=device)
-        self.position = torch.zeros(1, dtype=torch.long, device=device)  # cache slot of `token`
-        self.rope_delta = torch.zeros(1, dtype=torch.long, device=device)
-        self.seen = torch.zeros(weight.shape[0], dtype=torch.bool, device=device)
         self.temperature = torch.ones((), device=device)
         self.use_graph = use_graph and device.type == "cuda"
         self.graph = None
@@ -141,10 +145,13 @@ class StaticDecoder:
             out = layer.mlp.down_proj(silu_mul(*F.linear(h, self.gate_up[i]).chunk(2, dim=-1)))
             following = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.text.norm
             h, x = norm(following, out, x)
-        logits = self.lm_head(h)[0, -1].float()
+        logits = self._logits(h)
         self.last_logits = logits  # the step's output (a graph's own buffer under replay), for checks
         self.token.copy_(self._choose(logits))
         self.position.add_(1)
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(h)[0, -1].float()  # [vocab]
 
     def _rotary(self):
         angle = (self.position + self.rope_delta).float().unsqueeze(-1) * self.inv_freq  # [1, dim / 2]

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import torch
 
+from qvl.engine.batch_decode import BatchDecoder
 from qvl.engine.decode import Sampling, StaticDecoder, capacity_for, choose
 from qvl.engine.prefill import prefill
 
@@ -20,6 +21,7 @@ class Generated:
     first_token_at: float
     vision_s: float = 0.0  # fast path only: the vision tower, within the time to the first token
     warmup_s: float = 0.0  # fast path only: the decode graph's capture (first request of a cache size)
+    started_at: float | None = None  # batched: when this row's own prefill began
 
 
 class TextStream:
@@ -121,6 +123,7 @@ class FastGenerator:
         self.model = model
         self.use_graph = use_graph
         self.decoder: StaticDecoder | None = None
+        self.batch_decoder: BatchDecoder | None = None
 
     def generate(self, inputs, request, stream: TextStream, eos: set[int]) -> Generated:
         sampling = sampling_for(request, self.model.generation_config)
@@ -137,6 +140,59 @@ class FastGenerator:
         )
         generated.vision_s = done.vision_s
         return generated
+
+    @torch.inference_mode()
+    def generate_rows(self, inputs_list, requests, eos: set[int]) -> list[Generated]:
+        """Greedy answers to several requests at once: each prompt prefilled on its own into its row
+        of a `BatchDecoder`, then one decode step for every row at a time, each row stopping at its
+        end-of-sequence token or its `max_new_tokens`."""
+        sampling = sampling_for(requests[0], self.model.generation_config)
+        prompts = [inputs["input_ids"] for inputs in inputs_list]
+        limits = [request.max_new_tokens for request in requests]
+        # Every row steps until the last one ends: room for the longest prompt and the most tokens.
+        decoder = self._ensure_batch_decoder(
+            len(requests), max(p.shape[1] for p in prompts) + max(limits) + 1, sampling
+        )
+        rows: list[Generated] = []
+        for row, (inputs, prompt) in enumerate(zip(inputs_list, prompts)):
+            started = time.perf_counter()
+            done = prefill(self.model, inputs, lambda row=row: decoder.slot(row))
+            first = first_token(done.logits, prompt, sampling)
+            rows.append(Generated([first], time.perf_counter(), vision_s=done.vision_s, started_at=started))
+            decoder.start_row(row, prompt, first, done.rope_delta)
+        active = [row.tokens[0] not in eos and limit > 1 for row, limit in zip(rows, limits)]
+        if any(active):
+            started = time.perf_counter()
+            decoder.capture()
+            for row in rows:
+                row.warmup_s = time.perf_counter() - started
+
+            def take(step_tokens: list[int]) -> bool:
+                for i, token in enumerate(step_tokens):
+                    if active[i]:
+                        rows[i].tokens.append(token)
+                        active[i] = token not in eos and len(rows[i].tokens) < limits[i]
+                return any(active)
+
+            _run_steps(decoder, max(limits) - 1, take)
+        return rows
+
+    def _ensure_batch_decoder(self, rows: int, tokens: int, sampling: Sampling) -> BatchDecoder:
+        """A batch decoder of exactly `rows` rows and room for `tokens`: the last one unless it is too
+        small, more than twice the size needed, or for another repetition penalty."""
+        current = self.batch_decoder
+        if (
+            current is None
+            or current.rows != rows
+            or not current.fits(rows, tokens)
+            or current.capacity > 2 * capacity_for(tokens)
+            or current.sampling.repetition_penalty != sampling.repetition_penalty
+        ):
+            self.batch_decoder = None  # the old caches are freed before the new ones are allocated
+            self.batch_decoder = BatchDecoder(
+                self.model, rows, capacity_for(tokens), sampling.repetition_penalty, self.use_graph
+            )
+        return self.batch_decoder
 
     @torch.inference_mode()
     def reserve(self, tokens: int, sampling: Sampling) -> None:
@@ -171,15 +227,29 @@ def decode(decoder, logits, prompt, rope_delta: int, sampling: Sampling, max_new
 
 
 def _loop(decoder: StaticDecoder, steps: int, stream: TextStream, eos: set[int], ahead: int | None = None) -> list[int]:
-    """Run up to `steps` decode steps, stopping after an end-of-sequence token. On a GPU the host
-    queues `ahead` steps (default 1) past the one whose token it reads, so the GPU has work while
-    the host streams a token or waits for the GIL; a stop then leaves those steps' results unused.
-    On the CPU a step is done when queued, so none run ahead unless asked."""
+    """Run up to `steps` decode steps of one sequence, streaming each token, stopping after an
+    end-of-sequence token."""
+    tokens: list[int] = []
+
+    def take(step_tokens: list[int]) -> bool:
+        tokens.append(step_tokens[0])
+        stream.put(step_tokens[0])
+        return step_tokens[0] not in eos
+
+    _run_steps(decoder, steps, take, ahead)
+    return tokens
+
+
+def _run_steps(decoder, steps: int, take: Callable[[list[int]], bool], ahead: int | None = None) -> None:
+    """Run up to `steps` decode steps, handing each step's tokens (one per row of `decoder.token`)
+    to `take` until it returns False. On a GPU the host queues `ahead` steps (default 1) past the
+    one whose tokens it reads, so the GPU has work while the host streams text or waits for the
+    GIL; a stop then leaves those steps' results unused. On the CPU a step is done when queued, so
+    none run ahead unless asked."""
     on_gpu = decoder.token.device.type == "cuda"
     ahead = (1 if on_gpu else 0) if ahead is None else ahead
-    host = torch.empty(steps, dtype=torch.long, pin_memory=on_gpu)
+    host = torch.empty((steps, *decoder.token.shape), dtype=torch.long, pin_memory=on_gpu)
     done = [torch.cuda.Event() if on_gpu else None for _ in range(ahead + 1)]
-    tokens: list[int] = []
     queued = 0
     for read in range(steps):
         while queued < steps and queued <= read + ahead:
@@ -190,14 +260,10 @@ def _loop(decoder: StaticDecoder, steps: int, stream: TextStream, eos: set[int],
             queued += 1
         if on_gpu:
             done[read % len(done)].synchronize()
-        token = int(host[read])
-        tokens.append(token)
-        stream.put(token)
-        if token in eos:
+        if not take(host[read].tolist()):
             break
     if on_gpu:
         torch.cuda.synchronize()
-    return tokens
 
 
 def first_token(logits: torch.Tensor, prompt: torch.Tensor, sampling: Sampling) -> int:
