@@ -68,8 +68,9 @@ def test_the_repetition_penalty_applies_per_row(engine, monkeypatch):
     ]
 
 
-def test_sampling_and_psa_are_refused(engine):
+def test_sampling_is_refused_and_no_requests_is_no_answers(engine):
     from qvl.errors import OptionError
 
+    assert engine.generate_batch([]) == []
     with pytest.raises(OptionError, match="greedily"):
         engine.generate_batch([dataclasses.replace(_requests()[0], temperature=0.7)])

@@ -230,6 +230,8 @@ class Engine:
 
         from qvl.engine.generate import FastGenerator, eos_ids
 
+        if not requests:
+            return []
         if any(request.temperature and request.temperature > 0 for request in requests):
             raise OptionError("requests decoded together are answered greedily: --temperature 0")
         if any(request.max_new_tokens < 1 for request in requests):
