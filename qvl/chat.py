@@ -146,7 +146,7 @@ class ChatView(output.RunView):
 
 
 class Chat:
-    """Questions and slash commands, line by line, about one `runner.Conversation`.
+    """Questions and slash commands, line by line, about one `qvl.conversation.Conversation`.
 
     run() -> the first failed command's exit code (answers that failed are the runner's), else 0.
     """

@@ -21,6 +21,7 @@ from qvl.chat import chat
 from qvl.errors import OptionError, QvlError
 from qvl.options import (
     BatchOutOpt,
+    BatchSizeOpt,
     DeviceOpt,
     DtypeOpt,
     GpusOpt,
@@ -246,6 +247,7 @@ def batch(
     gpus: GpusOpt = None,
     workers: WorkersOpt = None,
     prefetch: PrefetchOpt = None,
+    batch_size: BatchSizeOpt = 1,
     ray: RayOpt = None,
     cache_settings=None,
     quiet: QuietOpt = False,
@@ -261,7 +263,7 @@ def batch(
     prompts = {"image": DEFAULT_IMAGE_PROMPT, "video": DEFAULT_VIDEO_PROMPT}
     try:
         rows = expand(inputs, video_options, prompts=prompts, prompt=prompt)
-        options = job.BatchOptions(out, retry_failed, gpus, workers, prefetch, ray, cache_settings)
+        options = job.BatchOptions(out, retry_failed, gpus, workers, prefetch, ray, cache_settings, batch_size)
         with ProgressView(quiet=quiet) as view:
             code = job.run(rows, settings, options, view)
     except QvlError as exc:

@@ -154,6 +154,13 @@ WorkersOpt = Annotated[
 PrefetchOpt = Annotated[
     Optional[int], typer.Option("--prefetch", help="Rows held ready ahead of each model (default: twice --workers).")
 ]
+BatchSizeOpt = Annotated[
+    int,
+    typer.Option(
+        "--batch-size",
+        help="Answers decoded together, up to this many at a time: greedy, without PSA (default 1: one at a time).",
+    ),
+]
 RayOpt = Annotated[
     Optional[str],
     typer.Option(

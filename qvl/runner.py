@@ -15,9 +15,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from qvl.errors import ModelError, OptionError, QvlError
+
+if TYPE_CHECKING:
+    from qvl.conversation import Conversation
 
 SEED_MAX = 2**63 - 1  # torch.manual_seed's largest seed as a signed 64-bit integer
 # Tokens a video prompt holds besides the video's own (chat template, question): room enough that
@@ -266,18 +269,26 @@ class Runner:
             return [self._not_opened(label, exc, prompts[0] if len(prompts) == 1 else None)]
         records = []
         for prompt in prompts:
-            self.count += 1
-            self.view.started(label if len(prompts) == 1 else f"{label}: {prompt}", self.count)
+            self.started(label if len(prompts) == 1 else f"{label}: {prompt}")
             try:
                 result = answer(prompt)
             except QvlError as exc:
                 records.append(self.fail(label, exc, prompt))
                 continue
-            # Loaded for the first answer; added to what the answer itself spent on media (a server's).
-            result.timings.media_s, media_s = result.timings.media_s + media_s, 0.0
-            result.timings.preprocess_s += media.preprocess_s  # prepared ahead: one question only
-            records.append(self._answered(engine, label, prompt, media, result))
+            records.append(self.answered(engine, label, prompt, media, result, media_s))
+            media_s = 0.0  # loaded for the first answer
         return records
+
+    def started(self, label: str) -> None:
+        self.count += 1
+        self.view.started(label, self.count)
+
+    def answered(self, engine, label: str, prompt: str, media: Media, result, media_s: float) -> dict[str, Any]:
+        """The record of `result` about `media`, reported: `media_s` (the media's load) added to what
+        the answer itself spent on media (a server's), and the processor's run made ahead."""
+        result.timings.media_s += media_s
+        result.timings.preprocess_s += media.preprocess_s  # prepared ahead: one question only
+        return self._answered(engine, label, prompt, media, result)
 
     def _answered(self, engine, label: str, prompt: str, media: Media, result, **extra) -> dict[str, Any]:
         record = {
@@ -325,6 +336,8 @@ class Runner:
         except QvlError as exc:
             self._not_opened(label, exc)
             return None
+        from qvl.conversation import Conversation
+
         return Conversation(self, engine, label, media, media_s, session)
 
     def _load(self, load_media: Callable[[], Media]):
@@ -358,11 +371,12 @@ class Runner:
         be loaded): a worker thread calls this while the model answers other inputs, so that
         `run` only moves the inputs to the model's device."""
         started = time.perf_counter()
-        media.inputs = self.engine().prepare(self._request(prompt, media), device="cpu")
+        media.inputs = self.engine().prepare(self.request(prompt, media), device="cpu")
         media.preprocess_s = time.perf_counter() - started
         return media
 
-    def _request(self, prompt: str, media: Media, max_tokens: int | None = None, history=()):
+    def request(self, prompt: str, media: Media, max_tokens: int | None = None, history=()):
+        """The engine's `Request` for `prompt` about `media` with the settings' sampling."""
         from qvl.engine import Request
 
         sampling = self._sampling(max_tokens)
@@ -384,52 +398,10 @@ class Runner:
         if session is not None:
             return lambda prompt, history=(): session.ask(prompt, history=history, on_text=on_text, **sampling)
         return lambda prompt, history=(): engine.generate(
-            self._request(prompt, media, max_tokens, history),
+            self.request(prompt, media, max_tokens, history),
             on_text=on_text,
             inputs=None if history else inputs,
         )
-
-
-class Conversation:
-    """A chat about one input's media (`Runner.open_conversation`): `say(prompt)` answers with the
-    earlier turns in view and returns the answer's record (as `run`'s, plus `turn` and
-    `cache_bytes`); `reset()` forgets the turns.
-
-    session: the engine's `Session` keeping the media's prefill (and the last turn's), or None
-    where the engine cannot keep one (a model spread over several GPUs): each turn is then a request
-    of its own with the whole conversation. turns: the records of the conversation so far.
-    """
-
-    def __init__(self, runner: Runner, engine, label: str, media: Media, media_s: float, session):
-        self.runner, self.engine, self.label, self.media, self.session = runner, engine, label, media, session
-        self.media_s = media_s  # reported with the first answer, as `run` does
-        self.turns: list[dict[str, Any]] = []
-        self._answer = runner._answerer(engine, media, session)
-
-    def say(self, prompt: str) -> dict[str, Any]:
-        """Answer `prompt` and add it to the conversation; an error record (the conversation left
-        as it was) when it cannot be answered."""
-        runner = self.runner
-        runner.count += 1
-        runner.view.started(self.label, runner.count)
-        history = [(turn["prompt"], turn["text"]) for turn in self.turns]
-        try:
-            result = self._answer(prompt, history)
-        except QvlError as exc:
-            return runner.fail(self.label, exc, prompt)
-        result.timings.media_s, self.media_s = result.timings.media_s + self.media_s, 0.0
-        cache_bytes = self.session.cache_bytes if self.session is not None else None
-        record = runner._answered(
-            self.engine, self.label, prompt, self.media, result, turn=len(self.turns) + 1, cache_bytes=cache_bytes
-        )
-        self.turns.append(record)
-        return record
-
-    def reset(self) -> None:
-        """Start again from the media alone."""
-        self.turns.clear()
-        if self.session is not None:
-            self.session.reset()
 
 
 def load_engine(settings: Settings, tokens: int | None = None, *, progress: bool = True):

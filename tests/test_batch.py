@@ -167,8 +167,11 @@ def test_retry_failed_runs_only_the_failed_rows_again(tmp_path, tiny_model_dir):
         (["--gpus", "0"], "--gpus must be at least 1"),
         (["--workers", "0"], "--workers must be at least 1"),
         (["--frames", "0"], "--frames"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--batch-size", "2", "--temperature", "0.5"], "--temperature"),
+        (["--batch-size", "2", "--psa"], "--psa"),
     ],
-    ids=["gpus-on-cpu", "gpus-0", "workers-0", "frames-0"],
+    ids=["gpus-on-cpu", "gpus-0", "workers-0", "frames-0", "batch-size-0", "batch-sampled", "batch-psa"],
 )
 def test_bad_options_are_one_line_before_any_model_loads(manifest, tmp_path, args, contains):
     result = invoke("batch", manifest, "-o", tmp_path / "r.jsonl", "-m", "not-a-model", *args)
@@ -275,3 +278,27 @@ def test_one_process_per_model_gives_the_same_records(manifest, finished):
             assert (record["text"], record["error"]) == (local[record["id"]]["text"], local[record["id"]]["error"])
         else:
             assert "no such file" in record["error"]
+
+
+def test_rows_decoded_together_give_one_record_each_in_order(manifest, finished, tmp_path, monkeypatch):
+    """--batch-size 4: ready rows are answered together (`Engine.generate_batch`), bad rows still
+    in-band, every record as the one-at-a-time job's. The answers are greedy on both ways; a
+    float near-tie of the random tiny model may part one, so nearly all must agree."""
+    import qvl.batch.local as local
+
+    groups = []
+    answer_together = local.answer_together
+    monkeypatch.setattr(
+        local, "answer_together", lambda runner, items: groups.append(len(items)) or answer_together(runner, items)
+    )
+    out = tmp_path / "together.jsonl"
+    result = invoke("batch", manifest, "--out", out, "--batch-size", "4", *TINY)
+    assert groups and max(groups) <= 4
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    records, alone = _records(out), {r["id"]: r for r in _records(finished[0])}
+    assert [r["id"] for r in records] == _ids(manifest)
+    for record in records:
+        assert list(record) == list(alone[record["id"]])
+        assert (record["error"] is None) == (alone[record["id"]]["error"] is None)
+    same = sum(r["text"] == alone[r["id"]]["text"] for r in records)
+    assert same >= len(records) - 2, same

@@ -31,7 +31,8 @@ class BatchOptions:
     """How a batch runs. out: the results file; retry_failed: run rows whose record is an error
     again; gpus: models, one per GPU (None: one here, every GPU of a Ray cluster); workers: CPU
     threads loading media (None: one per core, at most 4); prefetch: rows held ready ahead of the
-    model (None: twice the workers); ray: a Ray address, or None to run here."""
+    model (None: twice the workers, at least twice `batch_size`); ray: a Ray address, or None to
+    run here; batch_size: ready rows decoded together (`Engine.generate_batch`), 1 for one at a time."""
 
     out: str
     retry_failed: bool = False
@@ -40,9 +41,11 @@ class BatchOptions:
     prefetch: int | None = None
     ray: str | None = None
     cache: CacheSettings = field(default_factory=CacheSettings)
+    batch_size: int = 1
 
     def __post_init__(self) -> None:
-        for name, value in (("--gpus", self.gpus), ("--workers", self.workers), ("--prefetch", self.prefetch)):
+        options = (("--gpus", self.gpus), ("--workers", self.workers), ("--prefetch", self.prefetch))
+        for name, value in (*options, ("--batch-size", self.batch_size)):
             if value is not None and value < 1:
                 raise OptionError(f"{name} must be at least 1, not {value}")
 
@@ -53,7 +56,7 @@ class BatchOptions:
 
     @property
     def ahead(self) -> int:
-        return self.prefetch or 2 * self.cpu_workers
+        return self.prefetch or 2 * max(self.cpu_workers, self.batch_size)
 
 
 class BatchView:
@@ -78,6 +81,15 @@ def check(settings, options: BatchOptions) -> None:
         from qvl.batch.local import check_gpus
 
         check_gpus(options.gpus or 1, settings.device)
+    if options.batch_size > 1:
+        refused = [
+            ("--temperature", settings.temperature and settings.temperature > 0),
+            ("--psa", settings.psa is not None),
+            ("--ray", options.ray is not None),
+        ]
+        for name, given in refused:
+            if given:
+                raise OptionError(f"--batch-size {options.batch_size} decodes answers together, which {name} cannot")
 
 
 def run(rows: list, settings, options: BatchOptions, view: BatchView | None = None) -> int:
@@ -122,6 +134,7 @@ def _records(rows: list, settings, options: BatchOptions, view: BatchView) -> It
             gpus=options.gpus,
             workers=options.cpu_workers,
             prefetch=options.ahead,
+            batch_size=options.batch_size,
             on_loaded=view.loaded,
         )
     from qvl.batch.local import answer_rows
@@ -133,4 +146,11 @@ def _records(rows: list, settings, options: BatchOptions, view: BatchView) -> It
             view.loaded(engine_info(engine))
 
     runner = Runner(settings, Loaded())
-    return answer_rows(runner, rows, options.cache.open(), workers=options.cpu_workers, prefetch=options.ahead)
+    return answer_rows(
+        runner,
+        rows,
+        options.cache.open(),
+        workers=options.cpu_workers,
+        prefetch=options.ahead,
+        batch_size=options.batch_size,
+    )

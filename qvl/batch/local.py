@@ -20,14 +20,18 @@ from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
 from qvl import output
-from qvl.batch.work import answer, decode_threads, engine_info, ready
+from qvl.batch.work import answer, answer_together, decode_threads, engine_info, ready
 from qvl.errors import ModelError, OptionError, QvlError
 from qvl.runner import Runner
 
 
-def answer_rows(runner: Runner, rows: Iterable, cache, *, workers: int, prefetch: int) -> Iterator[dict[str, Any]]:
+def answer_rows(
+    runner: Runner, rows: Iterable, cache, *, workers: int, prefetch: int, batch_size: int = 1
+) -> Iterator[dict[str, Any]]:
     """Each row's record, in order; the runner's engine loads while the first rows decode (a
-    `ModelError` before any record if it cannot)."""
+    `ModelError` before any record if it cannot). With `batch_size` above 1 the next row and those
+    after it that are ready already, up to `batch_size`, are answered together (never waiting for
+    a row to fill a batch)."""
     runner.load_in_background()
     threads = decode_threads(workers)
     rows = iter(rows)
@@ -40,9 +44,14 @@ def answer_rows(runner: Runner, rows: Iterable, cache, *, workers: int, prefetch
         try:
             runner.engine()
             while pending:
-                row, future = pending.popleft()
-                pending.extend(submit(row) for row in islice(rows, 1))
-                yield answer(runner, row, future.result())
+                group = [pending.popleft()]
+                while len(group) < batch_size and pending and pending[0][1].done():
+                    group.append(pending.popleft())
+                pending.extend(submit(row) for row in islice(rows, len(group)))
+                if len(group) == 1:
+                    yield answer(runner, group[0][0], group[0][1].result())
+                else:
+                    yield from answer_together(runner, [(row, future.result()) for row, future in group])
         finally:  # stopped early (interrupted): drop the rows not started
             for _, future in pending:
                 future.cancel()
@@ -64,7 +73,15 @@ def check_gpus(gpus: int, device: str) -> None:
 
 
 def answer_on_gpus(
-    settings, rows: list, cache, *, gpus: int, workers: int, prefetch: int, on_loaded: Callable[[dict], None]
+    settings,
+    rows: list,
+    cache,
+    *,
+    gpus: int,
+    workers: int,
+    prefetch: int,
+    batch_size: int = 1,
+    on_loaded: Callable[[dict], None],
 ) -> Iterator[dict[str, Any]]:
     """Records of `rows` as `gpus` worker processes answer them (not in order)."""
     import multiprocessing
@@ -74,7 +91,7 @@ def answer_on_gpus(
     procs = [
         context.Process(
             target=_gpu_worker,
-            args=(device, settings, cache, workers, prefetch, tasks, results),
+            args=(device, settings, cache, workers, prefetch, batch_size, tasks, results),
             name=f"qvl-gpu-{device}",
             daemon=True,
         )
@@ -123,7 +140,7 @@ def visible_devices(gpus: int) -> list[str]:
     return names[:gpus]
 
 
-def _gpu_worker(device: str, settings, cache, workers: int, prefetch: int, tasks, results) -> None:
+def _gpu_worker(device: str, settings, cache, workers: int, prefetch: int, batch_size: int, tasks, results) -> None:
     """One GPU's process: load the model, answer rows from `tasks` until None, report on `results`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
     os.environ["CUDA_VISIBLE_DEVICES"] = device  # before torch is imported: this card alone
@@ -136,6 +153,7 @@ def _gpu_worker(device: str, settings, cache, workers: int, prefetch: int, tasks
         return
     name = f"qvl-gpu-{device}"
     results.put(("loaded", name, {**info, "device": f"{info['device']} (GPU {device})"}))
-    for record in answer_rows(runner, iter(tasks.get, None), cache.open(), workers=workers, prefetch=prefetch):
+    rows = iter(tasks.get, None)
+    for record in answer_rows(runner, rows, cache.open(), workers=workers, prefetch=prefetch, batch_size=batch_size):
         results.put(("record", name, record))
     results.put(("done", name, None))

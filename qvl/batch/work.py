@@ -52,6 +52,26 @@ def answer(runner: Runner, row, media: Media | QvlError) -> dict[str, Any]:
     return {"id": row.id, **record}
 
 
+def answer_together(runner: Runner, items: list) -> list[dict[str, Any]]:
+    """The records of `items` ((row, media or its error) pairs), in order: the rows whose media
+    loaded decoded together (`Engine.generate_batch`), the others as `answer` reports them; where
+    the batch itself fails (out of GPU memory, say), each row alone, with its own outcome."""
+    loaded = [(row, media) for row, media in items if not isinstance(media, QvlError)]
+    records: dict[int, dict[str, Any]] = {}
+    if len(loaded) > 1 and not runner.stopped:
+        try:
+            engine = runner.engine()
+            requests = [runner.request(row.prompt, media, row.max_tokens) for row, media in loaded]
+            results = engine.generate_batch(requests, [media.inputs for _, media in loaded])
+        except Exception:  # noqa: BLE001 - each row then runs alone and reports what stops it
+            results = []
+        for (row, media), result in zip(loaded, results):
+            runner.started(row.input)
+            record = runner.answered(engine, row.input, row.prompt, media, result, media.media_s or 0.0)
+            records[id(row)] = {"id": row.id, **record}
+    return [records.get(id(row)) or answer(runner, row, media) for row, media in items]
+
+
 def engine_info(engine) -> dict[str, Any]:
     """What a person is told about a loaded engine (it may live in another process)."""
     return {"name": engine.name, "device": engine.device, "load_s": engine.load_s, "is_tiny": engine.is_tiny}

@@ -223,9 +223,10 @@ class Engine:
     def generate_batch(self, requests: Sequence[Request], inputs: Sequence | None = None) -> list[Result]:
         """Greedy answers to `requests`, decoded together on qvl's fast path: each prompt is
         prefilled on its own, then every decode step makes a token for each of them
-        (`batch_decode.BatchDecoder`); each gets the tokens `generate` would give it alone. inputs:
-        each request's `prepare(request, device="cpu")`, made ahead of time. A row's `decode_s`
-        runs until the last row ends."""
+        (`batch_decode.BatchDecoder`); each gets the tokens `generate` would give it alone, up to
+        floating-point near-ties (batched products round differently). inputs: each request's
+        `prepare(request, device="cpu")`, made ahead of time. A row's `decode_s` runs until the
+        last row ends."""
         import torch
 
         from qvl.engine.generate import FastGenerator, eos_ids
