@@ -1,7 +1,7 @@
 """`qvl batch` against a shell loop of `qvl video --json` over the same short videos, in one run.
 
     PYTHONPATH=. python3 benchmarks/bench_batch.py [--model random:7b] [--videos 200] [--frames 16]
-        [--loop 10] [--max-tokens 64] [--gpus 1] [--workers N] [--side 448] [--out bench-out/batch.json]
+        [--loop 10] [--max-tokens 64] [--gpus 1] [--workers N] [--batch-size 1] [--side 448] [--out bench-out/batch.json]
 
 Writes `--videos` synthetic videos of `--frames` frames with PyAV (no ffmpeg binary needed; MPEG-4
 Part 2 where PyAV has no H.264), then times, each as a user would run it (a `python -m qvl`
@@ -45,6 +45,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--gpus", type=int, default=1)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=1, help="qvl batch --batch-size: rows decoded together")
     parser.add_argument("--side", type=int, default=448, help="frame side in pixels")
     parser.add_argument("--out", default="bench-out/batch.json")
     args = parser.parse_args()
@@ -70,6 +71,7 @@ def main() -> int:
         batch_args = ["batch", str(folder), "--out", str(work / "results.jsonl"), "--gpus", str(args.gpus), *common]
         if args.workers:
             batch_args += ["--workers", str(args.workers)]
+        batch_args += ["--batch-size", str(args.batch_size)]
         sampler = GpuSampler(cuda, answers=work / "results.jsonl")
         with sampler:
             batch_s = qvl(batch_args)
@@ -97,6 +99,7 @@ def main() -> int:
             "side": args.side,
             "max_tokens": args.max_tokens,
             "gpus": args.gpus,
+            "batch_size": args.batch_size,
             "batch_s": round(batch_s, 3),
             "batch_load_s": round(load_s, 3),
             "batch_videos_per_min": round(60 * len(videos) / batch_s, 2),
@@ -221,7 +224,7 @@ def table(row: dict) -> None:
     for column in ("", "videos/min", "s/video", "GPU busy"):
         out.add_column(column, justify="right")
     out.add_row(
-        f"qvl batch (--gpus {row['gpus']})",
+        f"qvl batch (--gpus {row['gpus']}, --batch-size {row['batch_size']})",
         f"{row['batch_videos_per_min']:.1f}",
         f"{row['batch_s'] / row['videos']:.3f}",
         busy,
