@@ -158,7 +158,7 @@ BatchSizeOpt = Annotated[
     int,
     typer.Option(
         "--batch-size",
-        help="Answers decoded together, up to this many at a time: greedy, without PSA (default 1: one at a time).",
+        help="Answers decoded together, up to this many at a time (greedy, without PSA, not on Ray); 1: one at a time.",
     ),
 ]
 RayOpt = Annotated[

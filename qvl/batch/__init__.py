@@ -89,7 +89,10 @@ def check(settings, options: BatchOptions) -> None:
         ]
         for name, given in refused:
             if given:
-                raise OptionError(f"--batch-size {options.batch_size} decodes answers together, which {name} cannot")
+                raise OptionError(
+                    f"--batch-size {options.batch_size} decodes answers together, greedily, without PSA and "
+                    f"off Ray: drop {name} or --batch-size"
+                )
 
 
 def run(rows: list, settings, options: BatchOptions, view: BatchView | None = None) -> int:
