@@ -16,10 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from qvl.engine.decode import Sampling, StaticDecoder, _prefill_cache
-from qvl.engine.kernels import decode_attention, rotary_qk
+from qvl.engine.decode import Sampling, StaticDecoder, _prefill_cache, choose
 
 
 @dataclass
@@ -50,9 +48,6 @@ class BatchDecoder(StaticDecoder):
         self.seen = torch.zeros(rows, self.lm_head.weight.shape[0], dtype=torch.bool, device=device)
         self.row_index = torch.arange(rows, device=device)
 
-    def fits(self, rows: int, tokens: int) -> bool:
-        return rows <= self.rows and tokens <= self.capacity
-
     def slot(self, row: int) -> Slot:
         return Slot(self.keys[:, row], self.values[:, row])
 
@@ -67,27 +62,16 @@ class BatchDecoder(StaticDecoder):
             self.seen[row, prompt_ids.flatten()] = True
             self.seen[row, first_token] = True
 
-    def _attention(self, i, attn, h, cos, sin, length):
-        qkv = F.linear(h, *self.qkv[i])[0]  # [rows, (heads + 2 kv_heads) * head_dim]
-        q, k, v = qkv.split(
-            [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], -1
-        )
-        q = q.view(self.rows, self.heads, self.head_dim)
-        k = k.view(self.rows, self.kv_heads, self.head_dim)
-        rotary_qk(q, k, cos, sin, fp32_math=False, out=(q, k))
+    def _store(self, i: int, k: torch.Tensor, v: torch.Tensor):
         self.keys[i][self.row_index, :, self.position] = k  # each row's new token at its own slot
-        self.values[i][self.row_index, :, self.position] = v.view(self.rows, self.kv_heads, self.head_dim)
-        out = decode_attention(q, self.keys[i], self.values[i], length)  # [rows, heads, head_dim]
-        return attn.o_proj(out.reshape(1, self.rows, -1))
+        self.values[i][self.row_index, :, self.position] = v
+        return self.keys[i], self.values[i]
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.lm_head(h)[0].float()  # [rows, vocab]
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
-        p = self.sampling.repetition_penalty
-        if p != 1.0:
-            logits = torch.where(self.seen, torch.where(logits < 0, logits * p, logits / p), logits)
-        token = logits.argmax(-1)
-        if p != 1.0:
-            self.seen.scatter_(1, token.unsqueeze(1), True)
-        return token
+        token = choose(logits, self.sampling, self.seen, self.temperature)  # [rows, 1]: greedy
+        if self.sampling.repetition_penalty != 1.0:
+            self.seen.scatter_(1, token, True)
+        return token.squeeze(1)

@@ -160,18 +160,25 @@ class StaticDecoder:
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def _attention(self, i, attn, h, cos, sin, length):
-        qkv = F.linear(h, *self.qkv[i])[0]  # [1, (heads + 2 kv_heads) * head_dim]
+        qkv = F.linear(h, *self.qkv[i])[0]  # [sequences, (heads + 2 kv_heads) * head_dim]
         q, k, v = qkv.split(
             [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], -1
         )
-        q = q.view(1, self.heads, self.head_dim)
-        k = k.view(1, self.kv_heads, self.head_dim)
+        rows = qkv.shape[0]
+        q = q.view(rows, self.heads, self.head_dim)
+        k = k.view(rows, self.kv_heads, self.head_dim)
         # The text model's rotary: cos/sin in the model's dtype, each product rounded (in place).
         rotary_qk(q, k, cos, sin, fp32_math=False, out=(q, k))
+        keys, values = self._store(i, k, v.view(rows, self.kv_heads, self.head_dim))
+        out = decode_attention(q, keys, values, length)
+        return attn.o_proj(out.reshape(1, rows, -1))  # [1, sequences, heads * head_dim]
+
+    def _store(self, i: int, k: torch.Tensor, v: torch.Tensor):
+        """Layer i's new keys and values ([1, kv_heads, head_dim]) into the cache at `position`;
+        the layer's cache as `decode_attention` takes it ([1, kv_heads, capacity, head_dim])."""
         self.keys[i].index_copy_(1, self.position, k.transpose(0, 1))
-        self.values[i].index_copy_(1, self.position, v.view(self.kv_heads, 1, self.head_dim))
-        out = decode_attention(q, self.keys[i].unsqueeze(0), self.values[i].unsqueeze(0), length)
-        return attn.o_proj(out.reshape(1, 1, -1))  # [1, 1, heads * head_dim]
+        self.values[i].index_copy_(1, self.position, v.transpose(0, 1))
+        return self.keys[i].unsqueeze(0), self.values[i].unsqueeze(0)
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
         token = choose(logits, self.sampling, self.seen, self.temperature)

@@ -182,10 +182,8 @@ class FastGenerator:
         small, more than twice the size needed, or for another repetition penalty."""
         current = self.batch_decoder
         if (
-            current is None
+            not _serves(current, tokens)
             or current.rows != rows
-            or not current.fits(rows, tokens)
-            or current.capacity > 2 * capacity_for(tokens)
             or current.sampling.repetition_penalty != sampling.repetition_penalty
         ):
             self.batch_decoder = None  # the old caches are freed before the new ones are allocated
@@ -204,11 +202,16 @@ class FastGenerator:
     def _ensure_decoder(self, tokens: int, sampling: Sampling) -> None:
         """A decoder for `tokens` slots: the last one (its cache and graph) unless it is too small or
         more than twice the size needed."""
-        current = self.decoder
-        if current is not None and current.fits(tokens) and current.capacity <= 2 * capacity_for(tokens):
+        if _serves(self.decoder, tokens):
             return
-        self.decoder = current = None  # the old cache is freed before the new one is allocated
+        self.decoder = None  # the old cache is freed before the new one is allocated
         self.decoder = StaticDecoder(self.model, capacity_for(tokens), sampling, self.use_graph)
+
+
+def _serves(decoder, tokens: int) -> bool:
+    """Whether `decoder` (None: none yet) is kept for a request of `tokens` slots: it is big enough,
+    and not more than twice the size needed."""
+    return decoder is not None and decoder.fits(tokens) and decoder.capacity <= 2 * capacity_for(tokens)
 
 
 def decode(decoder, logits, prompt, rope_delta: int, sampling: Sampling, max_new_tokens: int, stream, eos) -> Generated:

@@ -155,7 +155,7 @@ def _copy_chunks(fd: int, chunks, placed, device: str, chunk_bytes: int, failure
     chunk overlaps copying the one before. Stops early once another lane has failed (`failures`)."""
     import torch
 
-    cuda = device != "cpu" and torch.device(device).type == "cuda"
+    cuda = torch.device(device).type == "cuda"
     stream = torch.cuda.Stream(device=device) if cuda else None
     if stream is not None:  # after the work that made the tensors (their memory may have been in use)
         stream.wait_stream(torch.cuda.current_stream(device))
