@@ -24,7 +24,7 @@ class Conversation:
         self.runner, self.engine, self.label, self.media, self.session = runner, engine, label, media, session
         self.media_s = media_s  # reported with the first answer, as `run` does
         self.turns: list[dict[str, Any]] = []
-        self._answer = runner._answerer(engine, media, session)
+        self._answer = runner.answerer(engine, media, session)
 
     def say(self, prompt: str) -> dict[str, Any]:
         """Answer `prompt` and add it to the conversation; an error record (the conversation left
@@ -36,11 +36,18 @@ class Conversation:
             result = self._answer(prompt, history)
         except QvlError as exc:
             return runner.fail(self.label, exc, prompt)
-        result.timings.media_s, self.media_s = result.timings.media_s + self.media_s, 0.0
         cache_bytes = self.session.cache_bytes if self.session is not None else None
-        record = runner._answered(
-            self.engine, self.label, prompt, self.media, result, turn=len(self.turns) + 1, cache_bytes=cache_bytes
+        record = runner.answered(
+            self.engine,
+            self.label,
+            prompt,
+            self.media,
+            result,
+            self.media_s,
+            turn=len(self.turns) + 1,
+            cache_bytes=cache_bytes,
         )
+        self.media_s = 0.0  # reported with the first answer
         self.turns.append(record)
         return record
 

@@ -264,7 +264,7 @@ class Runner:
             session = self._session(engine, media) if len(prompts) > 1 else None
             # Inputs prepared ahead (qvl batch) are for one question: several take the session.
             inputs = media.inputs if len(prompts) == 1 else None
-            answer = self._answerer(engine, media, session, max_tokens=max_tokens, inputs=inputs)
+            answer = self.answerer(engine, media, session, max_tokens=max_tokens, inputs=inputs)
         except QvlError as exc:
             return [self._not_opened(label, exc, prompts[0] if len(prompts) == 1 else None)]
         records = []
@@ -283,14 +283,14 @@ class Runner:
         self.count += 1
         self.view.started(label, self.count)
 
-    def answered(self, engine, label: str, prompt: str, media: Media, result, media_s: float) -> dict[str, Any]:
-        """The record of `result` about `media`, reported: `media_s` (the media's load) added to what
-        the answer itself spent on media (a server's), and the processor's run made ahead."""
+    def answered(
+        self, engine, label: str, prompt: str, media: Media, result, media_s: float, **extra
+    ) -> dict[str, Any]:
+        """The record of `result` about `media` (with `extra` fields), reported: `media_s` (the
+        media's load) added to what the answer itself spent on media (a server's), and the
+        processor's run made ahead."""
         result.timings.media_s += media_s
         result.timings.preprocess_s += media.preprocess_s  # prepared ahead: one question only
-        return self._answered(engine, label, prompt, media, result)
-
-    def _answered(self, engine, label: str, prompt: str, media: Media, result, **extra) -> dict[str, Any]:
         record = {
             "input": label,
             "model": engine.name,
@@ -387,9 +387,7 @@ class Runner:
         s = self.settings
         return dict(max_new_tokens=max_tokens or s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
 
-    def _answerer(
-        self, engine, media: Media, session, max_tokens: int | None = None, inputs=None
-    ) -> Callable[..., Any]:
+    def answerer(self, engine, media: Media, session, max_tokens: int | None = None, inputs=None) -> Callable[..., Any]:
         """(prompt, history=()) -> Result about `media` after the conversation `history`: through
         `session` (`Engine.session`'s, or None), else as a request of its own (with `inputs`, the
         processor's output prepared ahead for the first question, where given)."""
