@@ -100,10 +100,11 @@ def task_progress(description: str, quiet: bool) -> Iterator[Callable[[int, int]
 
 
 def silence_loading() -> None:
-    """No transformers progress bars (weights loading, downloads): for --quiet."""
-    from transformers.utils import logging as hf_logging
+    """No progress bars from model downloads or weight loading (for --quiet, and for loads in
+    worker processes), without importing transformers ahead of the weights' read."""
+    from qvl.engine.load import hide_load_progress
 
-    hf_logging.disable_progress_bar()
+    hide_load_progress()
 
 
 class RunView:
