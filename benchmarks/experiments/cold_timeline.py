@@ -19,6 +19,8 @@ import threading
 import time
 
 SPAWN = "QVL_TIMELINE_SPAWN"
+# Python's thread switch interval in the child, in ms (an experiment's setting; unset: Python's 5 ms).
+SWITCH = "QVL_TIMELINE_SWITCH_MS"
 
 
 def stamp(event: str) -> None:
@@ -52,18 +54,26 @@ def child(arguments: list[str]) -> None:
     wrap(qvl.runner, "load_engine", "load_engine")
     wrap(qvl.runner.Runner, "engine", "Runner.engine (main waits for the model)")
     wrap(qvl.cli, "load_clip", "load_clip (frames)")
+    import qvl.engine
+    import qvl.engine.load
+    import qvl.models
+
+    wrap(qvl.engine, "resolve_device", "resolve_device (imports torch)")
+    wrap(qvl.engine, "resolve_dtype", "resolve_dtype (asks the GPU for bf16)")
+    wrap(qvl.models, "resolve_model", "resolve_model")
+    wrap(qvl.engine.load, "_weight_reader", "_weight_reader (CUDA context, pinned buffers)")
+    wrap(qvl.engine.load, "_pretrained_model", "_pretrained_model")
+    if SWITCH in os.environ:
+        sys.setswitchinterval(float(os.environ[SWITCH]) / 1000)
 
     original_load_engine = qvl.runner.load_engine
 
     def load_engine(settings, tokens=None, **options):
-        import qvl.engine
         import qvl.engine.weights
 
         wrap(qvl.engine.Engine, "__init__", "Engine.__init__")
         wrap(qvl.engine.Engine, "warm_up", "Engine.warm_up")
         wrap(qvl.engine.Engine, "generate", "Engine.generate")
-        import qvl.engine.load
-
         wrap(qvl.engine.load, "load_model", "load_model")
         wrap(qvl.engine.weights.WeightReader, "_read", "the weights' read")
         wrap(qvl.engine.weights.WeightReader, "tensors", "WeightReader.tensors (waits for the read)")
