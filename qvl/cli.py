@@ -247,7 +247,7 @@ def batch(
     gpus: GpusOpt = None,
     workers: WorkersOpt = None,
     prefetch: PrefetchOpt = None,
-    batch_size: BatchSizeOpt = 1,
+    batch_size: BatchSizeOpt = None,
     ray: RayOpt = None,
     cache_settings=None,
     quiet: QuietOpt = False,

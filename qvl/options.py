@@ -155,10 +155,11 @@ PrefetchOpt = Annotated[
     Optional[int], typer.Option("--prefetch", help="Rows held ready ahead of each model (default: twice --workers).")
 ]
 BatchSizeOpt = Annotated[
-    int,
+    Optional[int],
     typer.Option(
         "--batch-size",
-        help="Answers decoded together, up to this many at a time (greedy, without PSA, not on Ray); 1: one at a time.",
+        help="Answers decoded together, up to this many at a time (greedy, without PSA, not on Ray; default: 4 "
+        "where those hold and the model is on a GPU, else 1); 1: one at a time, each answer as `qvl video` gives it.",
     ),
 ]
 RayOpt = Annotated[

@@ -32,7 +32,8 @@ class BatchOptions:
     again; gpus: models, one per GPU (None: one here, every GPU of a Ray cluster); workers: CPU
     threads loading media (None: one per core, at most 4); prefetch: rows held ready ahead of the
     model (None: twice the workers, at least twice `batch_size`); ray: a Ray address, or None to
-    run here; batch_size: ready rows decoded together (`Engine.generate_batch`), 1 for one at a time."""
+    run here; batch_size: ready rows decoded together (`Engine.generate_batch`), 1 for one at a time
+    (None: `local.ROWS_TOGETHER_ON_GPU` where the model is on a GPU and the settings allow it, else 1)."""
 
     out: str
     retry_failed: bool = False
@@ -41,7 +42,7 @@ class BatchOptions:
     prefetch: int | None = None
     ray: str | None = None
     cache: CacheSettings = field(default_factory=CacheSettings)
-    batch_size: int = 1
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
         options = (("--gpus", self.gpus), ("--workers", self.workers), ("--prefetch", self.prefetch))
@@ -56,7 +57,9 @@ class BatchOptions:
 
     @property
     def ahead(self) -> int:
-        return self.prefetch or 2 * max(self.cpu_workers, self.batch_size)
+        from qvl.batch.local import ROWS_TOGETHER_ON_GPU
+
+        return self.prefetch or 2 * max(self.cpu_workers, self.batch_size or ROWS_TOGETHER_ON_GPU)
 
 
 class BatchView:
@@ -81,18 +84,27 @@ def check(settings, options: BatchOptions) -> None:
         from qvl.batch.local import check_gpus
 
         check_gpus(options.gpus or 1, settings.device)
-    if options.batch_size > 1:
-        refused = [
-            ("--temperature", settings.temperature and settings.temperature > 0),
-            ("--psa", settings.psa is not None),
-            ("--ray", options.ray is not None),
-        ]
-        for name, given in refused:
-            if given:
-                raise OptionError(
-                    f"--batch-size {options.batch_size} decodes answers together, greedily, without PSA and "
-                    f"off Ray: drop {name} or --batch-size"
-                )
+    refused = _rules_out_together(settings, options)
+    if refused and options.batch_size is not None and options.batch_size > 1:
+        raise OptionError(
+            f"--batch-size {options.batch_size} decodes answers together, greedily, without PSA and "
+            f"off Ray: drop {refused} or --batch-size"
+        )
+
+
+def _rules_out_together(settings, options: BatchOptions) -> str | None:
+    """The option that rules out decoding rows together (greedy only, no PSA, not on Ray), or None."""
+    refused = [
+        ("--temperature", settings.temperature and settings.temperature > 0),
+        ("--psa", settings.psa is not None),
+        ("--ray", options.ray is not None),
+    ]
+    return next((name for name, given in refused if given), None)
+
+
+def _batch_size(settings, options: BatchOptions) -> int | None:
+    """Rows decoded together: the option, 1 where the settings rule it out, None to let the model's device decide."""
+    return 1 if _rules_out_together(settings, options) else options.batch_size
 
 
 def run(rows: list, settings, options: BatchOptions, view: BatchView | None = None) -> int:
@@ -137,7 +149,7 @@ def _records(rows: list, settings, options: BatchOptions, view: BatchView) -> It
             gpus=options.gpus,
             workers=options.cpu_workers,
             prefetch=options.ahead,
-            batch_size=options.batch_size,
+            batch_size=_batch_size(settings, options),
             on_loaded=view.loaded,
         )
     from qvl.batch.local import answer_rows
@@ -155,5 +167,5 @@ def _records(rows: list, settings, options: BatchOptions, view: BatchView) -> It
         options.cache.open(),
         workers=options.cpu_workers,
         prefetch=options.ahead,
-        batch_size=options.batch_size,
+        batch_size=_batch_size(settings, options),
     )

@@ -24,14 +24,18 @@ from qvl.batch.work import answer, answer_together, decode_threads, engine_info,
 from qvl.errors import ModelError, OptionError, QvlError
 from qvl.runner import Runner
 
+# Rows decoded together by default on a GPU: one decode step reads every weight once for all of
+# them, so a few answers cost little more than one (docs/benchmarks.md, `qvl batch`).
+ROWS_TOGETHER_ON_GPU = 4
+
 
 def answer_rows(
-    runner: Runner, rows: Iterable, cache, *, workers: int, prefetch: int, batch_size: int = 1
+    runner: Runner, rows: Iterable, cache, *, workers: int, prefetch: int, batch_size: int | None = 1
 ) -> Iterator[dict[str, Any]]:
     """Each row's record, in order; the runner's engine loads while the first rows decode (a
     `ModelError` before any record if it cannot). With `batch_size` above 1 the next row and those
     after it that are ready already, up to `batch_size`, are answered together (never waiting for
-    a row to fill a batch)."""
+    a row to fill a batch); None: `ROWS_TOGETHER_ON_GPU` where the model is on a GPU, else 1."""
     runner.load_in_background()
     threads = decode_threads(workers)
     rows = iter(rows)
@@ -42,7 +46,7 @@ def answer_rows(
 
         pending = deque(submit(row) for row in islice(rows, max(prefetch, 1)))
         try:
-            runner.engine()
+            batch_size = batch_size or rows_together(runner.engine().device)
             while pending:
                 group = [pending.popleft()]
                 while len(group) < batch_size and pending and pending[0][1].done():
@@ -55,6 +59,11 @@ def answer_rows(
         finally:  # stopped early (interrupted): drop the rows not started
             for _, future in pending:
                 future.cancel()
+
+
+def rows_together(device: str) -> int:
+    """Rows decoded together where the job leaves it to the model's device."""
+    return ROWS_TOGETHER_ON_GPU if device == "cuda" else 1
 
 
 def check_gpus(gpus: int, device: str) -> None:
@@ -80,7 +89,7 @@ def answer_on_gpus(
     gpus: int,
     workers: int,
     prefetch: int,
-    batch_size: int = 1,
+    batch_size: int | None = 1,
     on_loaded: Callable[[dict], None],
 ) -> Iterator[dict[str, Any]]:
     """Records of `rows` as `gpus` worker processes answer them (not in order)."""
@@ -140,7 +149,9 @@ def visible_devices(gpus: int) -> list[str]:
     return names[:gpus]
 
 
-def _gpu_worker(device: str, settings, cache, workers: int, prefetch: int, batch_size: int, tasks, results) -> None:
+def _gpu_worker(
+    device: str, settings, cache, workers: int, prefetch: int, batch_size: int | None, tasks, results
+) -> None:
     """One GPU's process: load the model, answer rows from `tasks` until None, report on `results`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
     os.environ["CUDA_VISIBLE_DEVICES"] = device  # before torch is imported: this card alone
