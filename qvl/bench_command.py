@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
+import typer
+
 from qvl import output
 from qvl.bench import BenchConfig, run
 from qvl.errors import QvlError
 from qvl.options import (
-    BenchFramesOpt,
-    BenchModelOpt,
     DeviceOpt,
     DtypeOpt,
     JsonOpt,
@@ -15,10 +17,20 @@ from qvl.options import (
     PsaOpt,
     PsaPresetOpt,
     QuietOpt,
-    RepeatOpt,
     fail,
     psa_config,
 )
+
+BenchModelOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model", "-m", help="Preset, random:<preset>, Hub id or local folder. Default: random:7b on CUDA, else tiny."
+    ),
+]
+BenchFramesOpt = Annotated[
+    str, typer.Option("--frames", "-n", help="Frame counts to measure, comma-separated (even numbers).")
+]
+RepeatOpt = Annotated[int, typer.Option("--repeat", help="Warm runs of each timing after the first (median).")]
 
 
 def bench(

@@ -83,7 +83,7 @@ PsaLogDirOpt = Annotated[
     ),
 ]
 
-# --- qvl serve, and the commands that answer through it ------------------------------------------
+# --- the commands that answer through a running qvl serve ------------------------------------------
 
 ServerOpt = Annotated[
     Optional[str],
@@ -94,39 +94,6 @@ ServerOpt = Annotated[
         help="Answer through a running `qvl serve` at URL instead of loading a model (its key from $QVL_API_KEY).",
     ),
 ]
-HostOpt = Annotated[str, typer.Option("--host", help="Address to listen on; anything but loopback needs care.")]
-PortOpt = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free port).")]
-ApiKeyOpt = Annotated[
-    Optional[str],
-    typer.Option("--api-key", envvar="QVL_API_KEY", help="Every request must carry `Authorization: Bearer KEY`."),
-]
-AllowLocalFilesOpt = Annotated[
-    bool,
-    typer.Option("--allow-local-files", help="Let requests name videos and images by a path on this machine."),
-]
-QueueOpt = Annotated[int, typer.Option("--queue", min=1, help="Requests that may wait for the model; more get 503.")]
-SessionsOpt = Annotated[
-    int, typer.Option("--sessions", min=0, help="Media prefixes kept prefilled between requests (0: none).")
-]
-SessionMemoryOpt = Annotated[
-    int, typer.Option("--session-memory-mb", min=0, help="Most memory the kept media prefixes may hold, in MB.")
-]
-MaxBodyOpt = Annotated[
-    int, typer.Option("--max-body-mb", min=1, help="Largest request body (uploaded images and videos included), MB.")
-]
-
-# --- qvl bench ---------------------------------------------------------------------------------
-
-BenchModelOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--model", "-m", help="Preset, random:<preset>, Hub id or local folder. Default: random:7b on CUDA, else tiny."
-    ),
-]
-BenchFramesOpt = Annotated[
-    str, typer.Option("--frames", "-n", help="Frame counts to measure, comma-separated (even numbers).")
-]
-RepeatOpt = Annotated[int, typer.Option("--repeat", help="Warm runs of each timing after the first (median).")]
 
 # --- qvl batch -----------------------------------------------------------------------------
 

@@ -5,33 +5,50 @@ Nothing heavy at import: Starlette, uvicorn and the engine are imported when the
 
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
+import typer
+
 from qvl import output
 from qvl.errors import OptionError, QvlError
 from qvl.options import (
-    AllowLocalFilesOpt,
-    ApiKeyOpt,
     CacheDirOpt,
     DeviceOpt,
     DtypeOpt,
-    HostOpt,
-    MaxBodyOpt,
     MaxDownloadOpt,
     ModelOpt,
     NoCacheOpt,
-    PortOpt,
     PsaConfigOpt,
     PsaMinTokensOpt,
     PsaOpt,
     PsaPresetOpt,
-    QueueOpt,
     QuietOpt,
-    SessionMemoryOpt,
-    SessionsOpt,
     StrictHashOpt,
     fail,
     psa_config,
     run_settings,
 )
+
+HostOpt = Annotated[str, typer.Option("--host", help="Address to listen on; anything but loopback needs care.")]
+PortOpt = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free port).")]
+ApiKeyOpt = Annotated[
+    Optional[str],
+    typer.Option("--api-key", envvar="QVL_API_KEY", help="Every request must carry `Authorization: Bearer KEY`."),
+]
+AllowLocalFilesOpt = Annotated[
+    bool,
+    typer.Option("--allow-local-files", help="Let requests name videos and images by a path on this machine."),
+]
+QueueOpt = Annotated[int, typer.Option("--queue", min=1, help="Requests that may wait for the model; more get 503.")]
+SessionsOpt = Annotated[
+    int, typer.Option("--sessions", min=0, help="Media prefixes kept prefilled between requests (0: none).")
+]
+SessionMemoryOpt = Annotated[
+    int, typer.Option("--session-memory-mb", min=0, help="Most memory the kept media prefixes may hold, in MB.")
+]
+MaxBodyOpt = Annotated[
+    int, typer.Option("--max-body-mb", min=1, help="Largest request body (uploaded images and videos included), MB.")
+]
 
 SERVE_EXTRA_HINT = "qvl serve needs Starlette and uvicorn: pip install 'qvl[serve]'"
 
