@@ -1,11 +1,13 @@
-"""Where qvl keeps its files (one cache root, with frames/ and models/ beneath it), and how it
-writes one that another run may read."""
+"""Where qvl keeps its files (one cache root, with frames/, models/ and bytecode/ beneath it), and
+how it writes one that another run may read."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -21,6 +23,26 @@ def cache_root() -> Path:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         return Path(base) / "qvl"
     return Path(platformdirs.user_cache_dir("qvl", appauthor=False))
+
+
+def keep_bytecode(probe: str = "torch") -> None:
+    """Keep compiled bytecode in qvl's cache where Python may not write it beside the sources.
+
+    With PYTHONDONTWRITEBYTECODE set (many container images set it) and no bytecode installed, every
+    fresh process compiles torch's and transformers' modules again: seconds on each command. There,
+    and only where the module `probe` has no bytecode beside it, the bytecode goes to
+    ``<cache>/bytecode`` (`sys.pycache_prefix`; child processes read it through PYTHONPYCACHEPREFIX).
+    A prefix the user set is left as it is."""
+    if not sys.dont_write_bytecode or sys.pycache_prefix is not None:
+        return
+    spec = importlib.util.find_spec(probe)
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        return
+    if os.path.exists(importlib.util.cache_from_source(spec.origin)):
+        return
+    folder = str(cache_root() / "bytecode")
+    sys.pycache_prefix = os.environ["PYTHONPYCACHEPREFIX"] = folder
+    sys.dont_write_bytecode = False
 
 
 def write_json_atomically(path: Path, data, *, indent: int | None = 2) -> None:
