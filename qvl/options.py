@@ -119,7 +119,8 @@ WorkersOpt = Annotated[
     ),
 ]
 PrefetchOpt = Annotated[
-    Optional[int], typer.Option("--prefetch", help="Rows held ready ahead of each model (default: twice --workers).")
+    Optional[int],
+    typer.Option("--prefetch", help="Rows held ready ahead of each model (default: twice --workers or --batch-size)."),
 ]
 BatchSizeOpt = Annotated[
     Optional[int],
