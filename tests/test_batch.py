@@ -305,14 +305,18 @@ def test_rows_decoded_together_give_one_record_each_in_order(manifest, finished,
 
 
 def test_rows_go_together_by_default_on_a_gpu_where_the_settings_allow():
-    """No --batch-size: `ROWS_TOGETHER_ON_GPU` rows at a time on a GPU, one on the CPU, and one
-    (not an error) where --temperature, --psa or --ray rule decoding together out."""
+    """No --batch-size: `ROWS_TOGETHER_ON_GPU` rows at a time on a GPU where the fast path serves
+    the model, else one, and one (not an error) where --temperature, --psa or --ray rule decoding
+    together out."""
     from types import SimpleNamespace
 
     from qvl.batch import BatchOptions, _batch_size, check
     from qvl.batch.local import ROWS_TOGETHER_ON_GPU, rows_together
 
-    assert rows_together("cuda") == ROWS_TOGETHER_ON_GPU > 1 and rows_together("cpu") == 1
+    fast_gpu = SimpleNamespace(device="cuda", fast_path_problem=None)
+    spread = SimpleNamespace(device="cuda", fast_path_problem="the model is spread over several devices")
+    assert rows_together(fast_gpu) == ROWS_TOGETHER_ON_GPU > 1
+    assert rows_together(spread) == 1 and rows_together(SimpleNamespace(device="cpu", fast_path_problem=None)) == 1
     greedy, sampled = SimpleNamespace(temperature=None, psa=None), SimpleNamespace(temperature=0.5, psa=None)
     assert _batch_size(greedy, BatchOptions("r.jsonl")) is None  # the model's device decides
     assert _batch_size(greedy, BatchOptions("r.jsonl", batch_size=2)) == 2

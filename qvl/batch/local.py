@@ -35,7 +35,7 @@ def answer_rows(
     """Each row's record, in order; the runner's engine loads while the first rows decode (a
     `ModelError` before any record if it cannot). With `batch_size` above 1 the next row and those
     after it that are ready already, up to `batch_size`, are answered together (never waiting for
-    a row to fill a batch); None: `ROWS_TOGETHER_ON_GPU` where the model is on a GPU, else 1."""
+    a row to fill a batch); None: as `rows_together` says for the loaded engine."""
     runner.load_in_background()
     threads = decode_threads(workers)
     rows = iter(rows)
@@ -46,7 +46,7 @@ def answer_rows(
 
         pending = deque(submit(row) for row in islice(rows, max(prefetch, 1)))
         try:
-            batch_size = batch_size or rows_together(runner.engine().device)
+            batch_size = batch_size or rows_together(runner.engine())
             while pending:
                 group = [pending.popleft()]
                 while len(group) < batch_size and pending and pending[0][1].done():
@@ -61,9 +61,10 @@ def answer_rows(
                 future.cancel()
 
 
-def rows_together(device: str) -> int:
-    """Rows decoded together where the job leaves it to the model's device."""
-    return ROWS_TOGETHER_ON_GPU if device == "cuda" else 1
+def rows_together(engine) -> int:
+    """Rows decoded together where the job leaves it to the engine: several on a GPU where qvl's
+    fast path serves the model (not one spread over several GPUs, say), else one."""
+    return ROWS_TOGETHER_ON_GPU if engine.device == "cuda" and engine.fast_path_problem is None else 1
 
 
 def check_gpus(gpus: int, device: str) -> None:

@@ -239,6 +239,8 @@ class Engine:
             raise OptionError("--max-tokens must be at least 1")
         if self.psa is not None:
             raise OptionError("requests decoded together run without PSA")
+        if self.device == "cuda" and self.fast_path_problem is not None:  # the CPU runs its plain form
+            raise OptionError(f"requests are decoded together on qvl's fast path only: {self.fast_path_problem}")
         made = list(inputs) if inputs is not None else [None] * len(requests)
         prepared, timings = [], []
         for request, ahead in zip(requests, made):
