@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from qvl.batch import BatchView
-from qvl.output import console, error, note, tiny_model
+from qvl.output import console, error, first_compile, note, tiny_model
 
 
 class ProgressView(BatchView):
@@ -23,6 +23,7 @@ class ProgressView(BatchView):
         if info["is_tiny"]:
             tiny_model("its answers are random text")
         note(f"loaded {info['name']} on {info['device']} in {info['load_s']:.1f} s", quiet=self.quiet)
+        first_compile(info.get("compiled_s", 0.0), quiet=self.quiet)
 
     def started(self, total: int, done: int, out: str) -> None:
         if done:

@@ -38,6 +38,14 @@ def note(message: str, *, quiet: bool = False) -> None:
         console().print(Text(message, style="dim"), soft_wrap=True)
 
 
+def first_compile(seconds: float, *, quiet: bool = False) -> None:
+    """Say that this load compiled the GPU kernels, which later runs on this machine reuse."""
+    if seconds:
+        note(
+            f"compiled qvl's GPU kernels for this machine in {seconds:.1f} s, once: later runs reuse them", quiet=quiet
+        )
+
+
 def plan_notes(source: str, notes, *, quiet: bool = False) -> None:
     """What a video's frame plan changed from what was asked, one stderr line each (never stdout,
     which carries only answers)."""
@@ -129,6 +137,7 @@ class RunView:
         server = getattr(engine, "server", None)  # a qvl serve answering for the command line
         where = f"answering with {engine.name} on {engine.device} at {server}" if server else None
         note(where or f"loaded {engine.name} on {engine.device} in {engine.load_s:.1f} s", quiet=self.quiet)
+        first_compile(getattr(engine, "compiled_s", 0.0), quiet=self.quiet)
 
     def started(self, label: str, index: int) -> None:
         """The answer to input number `index` (from 1) is about to stream."""

@@ -75,6 +75,23 @@ def test_a_warmed_up_engine_answers_as_a_cold_one(tiny_model_dir):
     assert result.tokens == cold.tokens and sized._fast.decoder is decoder and result.timings.warmup_s < 0.01
 
 
+def test_the_first_warm_up_on_a_machine_says_it_compiled_the_kernels(tiny_model_dir, tmp_path, monkeypatch):
+    """A Triton cache of the test's own stands for a new machine: the first warm-up is told
+    (`compiled_s`, which `qvl video` prints), the next one is not."""
+    from qvl.engine import Engine
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    first = Engine("tiny")
+    assert first.warm_up() > 0 and first.compiled_s > 0
+    second = Engine("tiny")
+    assert second.warm_up() > 0 and second.compiled_s == 0
+    result = invoke("describe", HOUSE, "--model", "tiny", "--max-tokens", "2")
+    assert result.exit_code == 0 and "compiled qvl's GPU kernels" not in result.stderr
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "another"))
+    result = invoke("describe", HOUSE, "--model", "tiny", "--max-tokens", "2")
+    assert result.exit_code == 0 and "compiled qvl's GPU kernels for this machine" in result.stderr
+
+
 @pytest.fixture
 def exact_fp32():
     """fp32 without TF32 anywhere: the stock tower's patch embedding is a Conv3d, and cuDNN's

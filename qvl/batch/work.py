@@ -74,7 +74,13 @@ def answer_together(runner: Runner, items: list) -> list[dict[str, Any]]:
 
 def engine_info(engine) -> dict[str, Any]:
     """What a person is told about a loaded engine (it may live in another process)."""
-    return {"name": engine.name, "device": engine.device, "load_s": engine.load_s, "is_tiny": engine.is_tiny}
+    return {
+        "name": engine.name,
+        "device": engine.device,
+        "load_s": engine.load_s,
+        "is_tiny": engine.is_tiny,
+        "compiled_s": engine.compiled_s,
+    }
 
 
 def decode_threads(workers: int) -> int:

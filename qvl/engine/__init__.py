@@ -120,6 +120,8 @@ class Engine:
         self.load_s = time.perf_counter() - started
         self._inputs = InputBuilder(self.processor)
         self._fast = None  # the fast path's generator, made on first use
+        self.compiled_s = 0.0
+        """Seconds `warm_up` spent where it was the first on this machine: the kernels compiled."""
         self.fast_path_problem = _fast_path_problem(self.model)
         """Why requests take the stock transformers path (None: they take qvl's fast path)."""
         if self.fast_path_problem is None:
@@ -272,7 +274,9 @@ class Engine:
         if self.fast_path_problem is not None:
             return 0.0
         import numpy as np
+        import torch
 
+        from qvl.engine.compiled import compiled_before, remember_compiled
         from qvl.engine.generate import sampling_for
 
         started = time.perf_counter()
@@ -282,13 +286,18 @@ class Engine:
         # the next request's size known that graph would be thrown away, so one token, and the
         # capture below is the first.
         frames = VideoFrames(np.zeros((2, side, side, 3), np.uint8), 2.0)
+        card = torch.cuda.get_device_name(self.model.device)
+        first = not compiled_before(card)
         try:
             self.generate(Request("", video=frames, max_new_tokens=1 if tokens else 2))
             if tokens:
                 self._fast.reserve(tokens, sampling_for(Request(""), self.model.generation_config))
         except Exception:  # only an optimisation: the request that follows reports any real problem
-            pass
+            first = False
         spent = time.perf_counter() - started
+        if first:
+            remember_compiled(card)
+            self.compiled_s = spent
         self.load_s += spent  # the wait before the first request, as a user meets it
         return spent
 
