@@ -1,3 +1,3 @@
-from qvl.cli import main
+from qvl.start import main
 
 main()

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from qvl import __version__, output, paths
+from qvl import __version__, output
 from qvl.bench_command import bench
 from qvl.cache_commands import cache_app, preprocess
 from qvl.chat import chat
@@ -411,7 +411,6 @@ def main() -> None:
     # Typer may vendor Click; its exception classes are found through a public one.
     click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     interrupted = _note_interrupts()
-    paths.keep_bytecode()
 
     try:
         code = app(standalone_mode=False)
