@@ -120,7 +120,10 @@ WorkersOpt = Annotated[
 ]
 PrefetchOpt = Annotated[
     Optional[int],
-    typer.Option("--prefetch", help="Rows held ready ahead of each model (default: twice --workers or --batch-size)."),
+    typer.Option(
+        "--prefetch",
+        help="Rows held ready ahead of each model (default: twice --workers, or twice --batch-size where that is more).",
+    ),
 ]
 BatchSizeOpt = Annotated[
     Optional[int],

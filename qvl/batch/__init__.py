@@ -31,9 +31,10 @@ class BatchOptions:
     """How a batch runs. out: the results file; retry_failed: run rows whose record is an error
     again; gpus: models, one per GPU (None: one here, every GPU of a Ray cluster); workers: CPU
     threads loading media (None: one per core, at most 4); prefetch: rows held ready ahead of the
-    model (None: twice the workers, at least twice `batch_size`); ray: a Ray address, or None to
-    run here; batch_size: ready rows decoded together (`Engine.generate_batch`), 1 for one at a time
-    (None: `local.ROWS_TOGETHER_ON_GPU` where the model is on a GPU and the settings allow it, else 1)."""
+    model (None: twice the workers, at least twice a `batch_size` given); ray: a Ray address, or
+    None to run here; batch_size: ready rows decoded together (`Engine.generate_batch`), 1 for one
+    at a time (None: `local.rows_together` decides for the loaded engine, where the settings allow
+    decoding together, else 1)."""
 
     out: str
     retry_failed: bool = False
@@ -57,9 +58,7 @@ class BatchOptions:
 
     @property
     def ahead(self) -> int:
-        from qvl.batch.local import ROWS_TOGETHER_ON_GPU
-
-        return self.prefetch or 2 * max(self.cpu_workers, self.batch_size or ROWS_TOGETHER_ON_GPU)
+        return self.prefetch or 2 * max(self.cpu_workers, self.batch_size or 1)
 
 
 class BatchView:
