@@ -46,6 +46,9 @@ def child(arguments: list[str]) -> None:
     import atexit
 
     stamp("python is up")
+    from qvl import paths
+
+    paths.keep_bytecode()  # as the `qvl` command does first (qvl.start)
     import qvl.cli
     import qvl.runner
 
