@@ -304,6 +304,23 @@ def test_rows_decoded_together_give_one_record_each_in_order(manifest, finished,
     assert same >= len(records) - 2, same
 
 
+def test_long_prompts_are_answered_alone(manifest, finished, tmp_path, monkeypatch):
+    """Rows whose prompts are over `LONGEST_PROMPT_TOGETHER` tokens never share a decode (here
+    every row's is), and the job's records are still complete and in order."""
+    import qvl.batch.local as local
+
+    groups = []
+    answer_together = local.answer_together
+    monkeypatch.setattr(
+        local, "answer_together", lambda runner, items: groups.append(len(items)) or answer_together(runner, items)
+    )
+    monkeypatch.setattr(local, "LONGEST_PROMPT_TOGETHER", 1)
+    out = tmp_path / "alone.jsonl"
+    result = invoke("batch", manifest, "--out", out, "--batch-size", "4", *TINY)
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert groups == [] and [r["id"] for r in _records(out)] == _ids(manifest)
+
+
 def test_rows_go_together_by_default_on_a_gpu_where_the_settings_allow():
     """No --batch-size: `ROWS_TOGETHER_ON_GPU` rows at a time on a GPU where the fast path serves
     the model, else one, and one (not an error) where --temperature, --psa or --ray rule decoding

@@ -27,6 +27,9 @@ from qvl.runner import Runner
 # Rows decoded together by default on a GPU: one decode step reads every weight once for all of
 # them, so a few answers cost little more than one (docs/benchmarks.md, `qvl batch`).
 ROWS_TOGETHER_ON_GPU = 4
+# Longer prompts answer alone: their prefill, which runs row by row anyway, is most of their time,
+# and a shared cache would hold every row at the longest one's length.
+LONGEST_PROMPT_TOGETHER = 16_384
 
 
 def answer_rows(
@@ -35,7 +38,8 @@ def answer_rows(
     """Each row's record, in order; the runner's engine loads while the first rows decode (a
     `ModelError` before any record if it cannot). With `batch_size` above 1 the next row and those
     after it that are ready already, up to `batch_size`, are answered together (never waiting for
-    a row to fill a batch); None: as `rows_together` says for the loaded engine."""
+    a row to fill a batch; prompts over `LONGEST_PROMPT_TOGETHER` tokens alone); None: as
+    `rows_together` says for the loaded engine."""
     runner.load_in_background()
     threads = decode_threads(workers)
     rows = iter(rows)
@@ -49,8 +53,11 @@ def answer_rows(
             batch_size = batch_size or rows_together(runner.engine())
             while pending:
                 group = [pending.popleft()]
-                while len(group) < batch_size and pending and pending[0][1].done():
-                    group.append(pending.popleft())
+                if _short(group[0][1].result()):  # the next row's media, which it waits for anyway
+                    while len(group) < batch_size and pending and pending[0][1].done():
+                        if not _short(pending[0][1].result()):
+                            break
+                        group.append(pending.popleft())
                 pending.extend(submit(row) for row in islice(rows, len(group)))
                 if len(group) == 1:
                     yield answer(runner, group[0][0], group[0][1].result())
@@ -59,6 +66,13 @@ def answer_rows(
         finally:  # stopped early (interrupted): drop the rows not started
             for _, future in pending:
                 future.cancel()
+
+
+def _short(media) -> bool:
+    """Whether a ready row may share a decode with others: its inputs are made (a failed row's
+    error is reported on its own) and its prompt is short enough."""
+    inputs = getattr(media, "inputs", None)
+    return inputs is not None and inputs["input_ids"].shape[1] <= LONGEST_PROMPT_TOGETHER
 
 
 def rows_together(engine) -> int:
