@@ -71,10 +71,10 @@ run_cold() {
     $PY benchmarks/experiments/cold_timeline.py $cmd 2>&1 | grep -E "timeline|stats"
 }
 run_batch() {
-    part "qvl batch, one row and 4 rows at a time"
-    for size in 1 4; do
-        timeout "${LIMIT_BATCH:-200}" $PY benchmarks/bench_batch.py --loop 2 --batch-size $size \
-            --out "$OUT/batch$size.json" 2>&1 | tail -14
+    part "qvl batch: one row at a time; 4 rows (the default); 4 rows with 8 CPU workers"
+    for way in "--batch-size 1" "" "--workers 8"; do
+        timeout "${LIMIT_BATCH:-200}" $PY benchmarks/bench_batch.py --loop 2 $way \
+            --out "$OUT/batch${way// /}.json" 2>&1 | tail -14
     done
 }
 
