@@ -44,11 +44,11 @@ saved_7b() { [ -f /tmp/r7b/config.json ] || $PY benchmarks/save_random_model.py 
 
 run_tests() {
     part "gpu tests"
-    timeout "${LIMIT_TESTS:-300}" $PY -m pytest -q -m gpu tests --ignore=tests/kernels -rfs -p no:cacheprovider 2>&1 | tail -20
+    timeout "${LIMIT_TESTS:-180}" $PY -m pytest -q -m gpu tests --ignore=tests/kernels -rfs -p no:cacheprovider 2>&1 | tail -20
 }
 run_kernels() {  # every case compiles its kernels: parallel workers, failures named as they happen
     part "kernel tests, compiled"
-    timeout "${LIMIT_KERNELS:-400}" $PY -m pytest -n "${KERNEL_WORKERS:-14}" -v -rf tests/kernels -p no:cacheprovider \
+    timeout "${LIMIT_KERNELS:-360}" $PY -m pytest -n "${KERNEL_WORKERS:-14}" -v -rf tests/kernels -p no:cacheprovider \
         >"$OUT/kernels.log" 2>&1
     grep -E "FAILED|ERROR" "$OUT/kernels.log" | head -20
     tail -3 "$OUT/kernels.log"
