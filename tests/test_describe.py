@@ -150,3 +150,12 @@ def test_describe_stats_is_one_stderr_line_per_answer(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("stats ")]
     assert len(lines) == 2 and str(second) in lines[1] and "prefill/TTFT" in lines[0]
     assert "stats " not in result.stdout
+
+
+def test_a_fresh_process_shows_no_weight_bar_that_measures_nothing(tiny_model_dir):
+    """The tiny model's few kilobytes load without transformers' "Loading weights" bar: stderr
+    has the notes a person reads, the answer is on stdout."""
+    result = run_subprocess("describe", HOUSE, "--model", "tiny", "--max-tokens", "4")
+    assert result.returncode == 0, result.stderr
+    assert "Loading weights" not in result.stderr and "loaded tiny" in result.stderr
+    assert result.stdout.strip()

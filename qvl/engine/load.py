@@ -72,6 +72,9 @@ def load_model(resolved: ResolvedModel, device: str, dtype, attn_implementation)
     reader = None if resolved.random is not None else _weight_reader(resolved.path, device, dtype)
     if resolved.random is not None:
         model = _random_model(resolved, device, dtype, attn_implementation)
+    elif reader is not None or resolved.is_tiny:  # the weights are in memory already, or a few KB
+        with _without_weight_bar():
+            model = _pretrained_model(resolved.path, device, dtype, attn_implementation, reader)
     else:
         model = _pretrained_model(resolved.path, device, dtype, attn_implementation, reader)
     from transformers import AutoProcessor
@@ -82,6 +85,21 @@ def load_model(resolved: ResolvedModel, device: str, dtype, attn_implementation)
         raise ModelError(f"cannot load the processor from {resolved.path}: {first_line(exc)}") from None
     model.eval()
     return model, processor
+
+
+@contextlib.contextmanager
+def _without_weight_bar():
+    """No "Loading weights" bar from transformers where it would measure nothing: tensors that qvl
+    has read already, the tiny model's few kilobytes."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def _weight_reader(path, device: str, dtype):
