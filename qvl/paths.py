@@ -32,7 +32,9 @@ def keep_bytecode(probe: str = "torch") -> None:
     fresh process compiles torch's and transformers' modules again: seconds on each command. There,
     and only where the module `probe` has no bytecode beside it, the bytecode goes to
     ``<cache>/bytecode`` (`sys.pycache_prefix`; child processes read it through PYTHONPYCACHEPREFIX).
-    A prefix the user set is left as it is."""
+    A prefix the user set is left as it is, and so is everything where the cache cannot be written
+    (with a prefix, Python looks for no bytecode beside the sources, the standard library's
+    included, so an unwritable one would compile more, not less)."""
     if not sys.dont_write_bytecode or sys.pycache_prefix is not None:
         return
     spec = importlib.util.find_spec(probe)
@@ -41,6 +43,12 @@ def keep_bytecode(probe: str = "torch") -> None:
     if os.path.exists(importlib.util.cache_from_source(spec.origin)):
         return
     folder = str(cache_root() / "bytecode")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return
+    if not os.access(folder, os.W_OK):
+        return
     sys.pycache_prefix = os.environ["PYTHONPYCACHEPREFIX"] = folder
     sys.dont_write_bytecode = False
 

@@ -53,6 +53,15 @@ def test_nothing_changes_where_python_writes_bytecode_or_the_user_chose_a_prefix
     assert not bytecode.exists()
 
 
+def test_a_cache_that_cannot_be_written_changes_nothing(probe, tmp_path):
+    """With a prefix Python would look for no bytecode beside the sources, the standard library's
+    included: where qvl's cache cannot hold it, nothing moves."""
+    package, env, _ = probe
+    (tmp_path / "a-file").write_text("")  # no folder can be made below a file, even by root
+    env = {**env, "PYTHONDONTWRITEBYTECODE": "1", "QVL_CACHE_DIR": str(tmp_path / "a-file" / "cache")}
+    assert run(env).split() == ["None", "True"]
+
+
 def test_installed_bytecode_is_used_as_it_is(probe):
     """The probe has its bytecode beside it (as a pip install writes it): nothing moves."""
     package, env, bytecode = probe
