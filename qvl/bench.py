@@ -162,10 +162,13 @@ class _Clock:
         return self.torch.cuda.max_memory_allocated() / 1e9 if self.cuda else None
 
 
-def run(config: BenchConfig, note: Callable[[str], None] = lambda _: None, *, engine=None) -> Iterator[dict]:
+def run(
+    config: BenchConfig, note: Callable[[str], None] = lambda _: None, *, engine=None, progress: bool = True
+) -> Iterator[dict]:
     """Measure every frame count of `config`; one record per count, as each is done.
 
-    engine: an already loaded `qvl.engine.Engine` to measure instead of loading `config.model`.
+    engine: an already loaded `qvl.engine.Engine` to measure instead of loading `config.model`;
+    progress: the model load's progress bars on stderr.
     """
     import tempfile
 
@@ -176,7 +179,7 @@ def run(config: BenchConfig, note: Callable[[str], None] = lambda _: None, *, en
         if model is None:
             model = default_model(resolve_device(config.device))
             note(f"no --model: measuring {model}")
-        engine = Engine(model, device=config.device, dtype=config.dtype, psa=config.psa)
+        engine = Engine(model, device=config.device, dtype=config.dtype, psa=config.psa, progress=progress)
         note(f"loaded {engine.name} on {engine.device} in {engine.load_s:.1f} s")
     if engine.is_tiny:
         note("the built-in tiny model: its timings say little about real models")

@@ -62,9 +62,7 @@ def bench(
             dtype=dtype,
             psa=psa_config(psa, psa_preset),
         )
-        if quiet:
-            output.silence_loading()
-        for record in run(config, note=lambda message: output.note(message, quiet=quiet)):
+        for record in run(config, note=lambda message: output.note(message, quiet=quiet), progress=not quiet):
             if json_output:
                 output.json_line(record)
             else:

@@ -107,14 +107,6 @@ def task_progress(description: str, quiet: bool) -> Iterator[Callable[[int, int]
         yield advance
 
 
-def silence_loading() -> None:
-    """No progress bars from model downloads or weight loading (for --quiet, and for loads in
-    worker processes), without importing transformers ahead of the weights' read."""
-    from qvl.engine.load import hide_load_progress
-
-    hide_load_progress()
-
-
 class RunView:
     """What a person or a pipe sees of a `qvl.runner.Runner`: answers streamed as text, or JSON lines.
 

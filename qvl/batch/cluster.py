@@ -16,8 +16,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Iterator
 
-from qvl import output
-from qvl.batch.work import answer, engine_info, ready
+from qvl.batch.work import WorkerView, answer, engine_info, ready
 from qvl.errors import ModelError, OptionError, QvlError, first_line
 from qvl.runner import Runner, error_record
 
@@ -63,8 +62,7 @@ class ModelActor:
     """One model (on one GPU where the cluster has them), answering rows whose media is loaded."""
 
     def __init__(self, settings):
-        output.silence_loading()
-        self.runner = Runner(settings)
+        self.runner = Runner(settings, WorkerView())
 
     def load(self) -> dict[str, Any] | str:
         """The engine's description, or the message of why it cannot load."""

@@ -19,8 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
-from qvl import output
-from qvl.batch.work import answer, answer_together, decode_threads, engine_info, ready
+from qvl.batch.work import WorkerView, answer, answer_together, decode_threads, engine_info, ready
 from qvl.errors import ModelError, OptionError, QvlError
 from qvl.runner import Runner
 
@@ -170,8 +169,7 @@ def _gpu_worker(
     """One GPU's process: load the model, answer rows from `tasks` until None, report on `results`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
     os.environ["CUDA_VISIBLE_DEVICES"] = device  # before torch is imported: this card alone
-    output.silence_loading()
-    runner = Runner(settings)
+    runner = Runner(settings, WorkerView())
     try:
         info = engine_info(runner.engine())
     except QvlError as exc:

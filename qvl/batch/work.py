@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from qvl.errors import InputError, QvlError, first_line
-from qvl.runner import Media, Runner, load_clip
+from qvl.runner import Media, Runner, View, load_clip
 
 
 def load(row, cache, workers: int | None = None) -> Media:
@@ -21,6 +21,14 @@ def load(row, cache, workers: int | None = None) -> Media:
 
         return Media(images=[open_image(row.input)])
     return load_clip(row.input, row.video, cache, workers=workers)
+
+
+class WorkerView(View):
+    """The view of a runner in a worker (a process per GPU, a Ray actor): its model's load draws no
+    progress bar, which would land in the middle of the job's own."""
+
+    def load_progress(self, background: bool) -> bool:
+        return False
 
 
 def ready(row, cache, *, runner: Runner | None = None, workers: int | None = None) -> Media | QvlError:
