@@ -187,7 +187,7 @@ class Engine:
         """
         import torch
 
-        from qvl.engine.generate import FastGenerator, TextStream, eos_ids, stock_generate
+        from qvl.engine.generate import TextStream, eos_ids, stock_generate
 
         if request.max_new_tokens < 1:
             raise OptionError(f"--max-tokens must be at least 1, not {request.max_new_tokens}")
@@ -206,9 +206,7 @@ class Engine:
         scope = self._psa_scope(inputs["input_ids"]) if psa else contextlib.nullcontext()
         with torch.inference_mode(), scope as psa_stats:
             if fast:
-                if self._fast is None:
-                    self._fast = FastGenerator(self.model, use_graph=self.model.device.type == "cuda")
-                generated = self._fast.generate(inputs, request, stream, eos_ids(self.model, tokenizer))
+                generated = self._fast_generator().generate(inputs, request, stream, eos_ids(self.model, tokenizer))
             else:
                 generated = stock_generate(self.model, tokenizer, inputs, request, stream)
         stream.end()
@@ -231,7 +229,7 @@ class Engine:
         last row ends."""
         import torch
 
-        from qvl.engine.generate import FastGenerator, eos_ids
+        from qvl.engine.generate import eos_ids
 
         if not requests:
             return []
@@ -252,13 +250,19 @@ class Engine:
             timings[-1].preprocess_s = time.perf_counter() - started
         tokenizer = self.processor.tokenizer
         with torch.inference_mode():
-            if self._fast is None:
-                self._fast = FastGenerator(self.model, use_graph=self.model.device.type == "cuda")
-            rows = self._fast.generate_rows(prepared, requests, eos_ids(self.model, tokenizer))
+            rows = self._fast_generator().generate_rows(prepared, requests, eos_ids(self.model, tokenizer))
         return [
             result_of(row, tokenizer, timing, row.started_at, prompt_tokens=x["input_ids"].shape[1])
             for row, timing, x in zip(rows, timings, prepared)
         ]
+
+    def _fast_generator(self):
+        """qvl's fast path over this model, made on first use."""
+        if self._fast is None:
+            from qvl.engine.generate import FastGenerator
+
+            self._fast = FastGenerator(self.model, use_graph=self.model.device.type == "cuda")
+        return self._fast
 
     def warm_up(self, tokens: int | None = None) -> float:
         """Answer a tiny video request (two black frames; two tokens, one where `tokens` is given) on
@@ -291,7 +295,7 @@ class Engine:
         try:
             self.generate(Request("", video=frames, max_new_tokens=1 if tokens else 2))
             if tokens:
-                self._fast.reserve(tokens, sampling_for(Request(""), self.model.generation_config))
+                self._fast_generator().reserve(tokens, sampling_for(Request(""), self.model.generation_config))
         except Exception:  # only an optimisation: the request that follows reports any real problem
             first = False
         spent = time.perf_counter() - started

@@ -72,11 +72,10 @@ def load_model(resolved: ResolvedModel, device: str, dtype, attn_implementation)
     reader = None if resolved.random is not None else _weight_reader(resolved.path, device, dtype)
     if resolved.random is not None:
         model = _random_model(resolved, device, dtype, attn_implementation)
-    elif reader is not None or resolved.is_tiny:  # the weights are in memory already, or a few KB
-        with _without_weight_bar():
+    else:  # no weight bar where the weights are in memory already, or a few KB
+        quiet = reader is not None or resolved.is_tiny
+        with _without_weight_bar() if quiet else contextlib.nullcontext():
             model = _pretrained_model(resolved.path, device, dtype, attn_implementation, reader)
-    else:
-        model = _pretrained_model(resolved.path, device, dtype, attn_implementation, reader)
     from transformers import AutoProcessor
 
     try:
