@@ -26,6 +26,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from .._autotune import autotune
 from .._dot import dot
@@ -433,6 +434,10 @@ def _interpreting() -> bool:
 def _configs():
     if _interpreting():  # one config: the interpreter is slow and autotuning would multiply it
         return [triton.Config({"BLOCK_M": bm, "BLOCK_N": 64}, num_warps=4, num_stages=1) for bm in (16, 32, 64)]
+    return _gpu_configs()
+
+
+def _gpu_configs():
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
         for bm in (16, 32, 64, 128)
@@ -580,12 +585,47 @@ def pyramid_attention_triton(
         TMA=tma,
         BLOCK_D=max(16, triton.next_power_of_2(D)),
     )
-    if config is None:
+    fitted_key = (q.device, q.dtype, *consts.values())
+    config = _FITTED.get(fitted_key) if config is None else config
+    if config is not None:
+        _launch(args, consts, config, L, B * HQ)
+        return o
+    try:
         grid = lambda meta_: (triton.cdiv(L, meta_["BLOCK_M"]), B * HQ)  # noqa: E731
         _pyramid_attn_kernel_tuned[grid](*args, **consts)
-    else:
-        cfg = dict(config)
-        warps, stages = cfg.pop("num_warps", 8), cfg.pop("num_stages", 3)
-        grid = (triton.cdiv(L, cfg["BLOCK_M"]), B * HQ)
-        _pyramid_attn_kernel[grid](*args, **consts, **cfg, num_warps=warps, num_stages=stages)
+    except OutOfResources:
+        _FITTED[fitted_key] = _launch_fitting(args, consts, L, B * HQ)
     return o
+
+
+# Launch parameters tried in turn where the tuned config needs more shared memory than the card has
+# (fp32 tiles take twice bf16's bytes, and pooling inside the kernel stages wider tiles, while the
+# configs are chosen for bf16): the same tiles with fewer pipeline stages. Smaller tiles are not
+# among them: on an H100 a 64-row tile at block 128 in fp32 did not compile within minutes.
+_FITTED: dict[tuple, dict] = {}  # the config that fit, where the tuned one did not, by launch key
+
+
+def _smaller_configs(block: int, block_d: int) -> list[dict]:
+    (tuned,) = [c for c in _gpu_configs() if _keep(c, block, block_d)]
+    tiles = {"BLOCK_M": tuned.kwargs["BLOCK_M"], "BLOCK_N": tuned.kwargs["BLOCK_N"], "num_warps": tuned.num_warps}
+    return [{**tiles, "num_stages": stages} for stages in range(tuned.num_stages - 1, 0, -1)]
+
+
+def _launch_fitting(args, consts: dict, L: int, programs: int) -> dict:
+    """Launch with the first of `_smaller_configs` that fits; returns it."""
+    configs = _smaller_configs(consts["BLOCK"], consts["BLOCK_D"])
+    for config in configs[:-1]:
+        try:
+            _launch(args, consts, config, L, programs)
+            return config
+        except OutOfResources:
+            continue
+    _launch(args, consts, configs[-1], L, programs)
+    return configs[-1]
+
+
+def _launch(args, consts: dict, config: dict, L: int, programs: int) -> None:
+    cfg = dict(config)
+    warps, stages = cfg.pop("num_warps", 8), cfg.pop("num_stages", 3)
+    grid = (triton.cdiv(L, cfg["BLOCK_M"]), programs)
+    _pyramid_attn_kernel[grid](*args, **consts, **cfg, num_warps=warps, num_stages=stages)

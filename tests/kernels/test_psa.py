@@ -94,8 +94,8 @@ def test_stats_are_device_tensors():
     for t in stats.values():
         assert isinstance(t, torch.Tensor) and t.device == q.device
     assert torch.allclose(stats["level_fraction"].sum(-1), torch.ones(2, 2, device=DEVICE))
-    again = level_stats(stats["levels"])
-    assert torch.equal(again["density"], stats["density"])
+    again = level_stats(stats["levels"])  # on CUDA the stats are counted in the level kernel: same to rounding
+    assert torch.allclose(again["density"], stats["density"], atol=1e-6)
     assert torch.equal(psa_levels(q, k, PSAConfig(block=16, stride=4, similarity_cap=False)), stats["levels"])
 
 

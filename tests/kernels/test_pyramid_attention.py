@@ -141,6 +141,22 @@ def test_load_strategies(tma, pool_in_kernel):
     assert_close_rel(out, pyramid_attention_ref(q, k, v, lev, block=block), TOL[torch.float32])
 
 
+@pytest.mark.parametrize("block, index", [(64, 0), (64, 1), (128, 0), (128, 1)])
+def test_configs_with_fewer_stages_agree(block, index):
+    # Where the tuned config needs more shared memory than the card has (fp32, pooling in the kernel),
+    # the launcher falls back to these, one after another.
+    from qvl_kernels.pyramid_attention.triton import _smaller_configs, pyramid_attention_triton
+
+    B, HQ, HKV, L, D = 1, 2, 1, 150, 80
+    q, k, v = _qkv(B, HQ, HKV, L, D, torch.float32, seed=23)
+    lev = _levels(B, HQ, L, block, seed=23)
+    config = _smaller_configs(block, 128)[index]
+    assert config["num_stages"] == 2 - index
+    with poisoned_allocations():
+        out = pyramid_attention_triton(q, k, v, lev, block=block, config=config)
+    assert_close_rel(out, pyramid_attention_ref(q, k, v, lev, block=block), TOL[torch.float32])
+
+
 def test_block_lists_group_by_level():
     lev = torch.tensor([[[[1, 0, 0, 0], [2, 1, 0, 0], [8, 4, 1, 0], [0, 2, 4, 8]]]], dtype=torch.int8)
     with poisoned_allocations():
