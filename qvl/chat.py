@@ -290,7 +290,7 @@ def _enable_line_editing() -> None:
 @contextlib.contextmanager
 def _interrupts_handled_here(interactive: bool):
     """At a terminal, Ctrl-C is a plain KeyboardInterrupt that the chat handles (the answer stops,
-    the chat goes on), not the run-ending interrupt `qvl.cli.main` records and reports."""
+    the chat goes on), not the run-ending interrupt `qvl.start.main` records and reports."""
     import signal
 
     if not interactive or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:

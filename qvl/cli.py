@@ -8,8 +8,6 @@ red line on stderr.
 
 from __future__ import annotations
 
-import gc
-import sys
 from typing import Annotated, Optional
 
 import typer
@@ -122,6 +120,7 @@ def describe(
             runner.run_questions(
                 label, questions, lambda source=source: Media(images=[_open_or_raise(source, open_image)])
             )
+    ANSWERED.append(True)
     raise typer.Exit(runner.exit_code)
 
 
@@ -194,6 +193,7 @@ def video(
     for source in videos:
         runner.run_questions(source, questions, lambda source=source: load(source))
     runner.finish_loading()
+    ANSWERED.append(True)
     raise typer.Exit(runner.exit_code)
 
 
@@ -406,43 +406,6 @@ from qvl.serve.command import serve  # noqa: E402 (its own module: the server is
 app.command()(serve)
 
 
-def main() -> None:
-    """Console-script entry point: Click's usage errors become one line too."""
-    # Typer may vendor Click; its exception classes are found through a public one.
-    click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-    interrupted = _note_interrupts()
-
-    try:
-        code = app(standalone_mode=False)
-    except click_exception as exc:
-        ctx = getattr(exc, "ctx", None)
-        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
-        output.error(exc.format_message() + hint)
-        code = exc.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        interrupted.append(True)
-    if interrupted:
-        output.error("interrupted")
-        code = 130
-    # The interpreter's shutdown would walk every object torch and transformers made looking for
-    # cycles (about a second after a model has loaded); frozen, they are left to the process's end.
-    # Files, threads and exit handlers are closed, joined and run as always.
-    gc.freeze()
-    sys.exit(code or 0)
-
-
-def _note_interrupts() -> list:
-    """Ctrl-C still raises KeyboardInterrupt (so every `finally` and cleanup runs), and is also
-    recorded in the returned list: Typer turns KeyboardInterrupt into a silent exit 130, which
-    would otherwise leave the user no line saying why the run stopped."""
-    import signal
-
-    seen: list = []
-
-    def on_sigint(signum, frame):
-        seen.append(True)
-        raise KeyboardInterrupt
-
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
-        signal.signal(signal.SIGINT, on_sigint)
-    return seen
+# Set by the one-shot answer commands (describe, video) once every answer is out: `qvl.start` then
+# ends the process without the interpreter's teardown.
+ANSWERED: list = []

@@ -1,16 +1,67 @@
-"""The `qvl` command's entry point: what a fresh process sets before it imports the command line.
+"""The `qvl` command's entry point: what a fresh process does before and after the command line.
 
 Bytecode first (`paths.keep_bytecode`): where Python may not write it beside the sources, even
-Typer's and Rich's modules would otherwise be compiled again on every call.
+Typer's and Rich's modules would otherwise be compiled again on every call. Then the command, with
+Click's usage errors and Ctrl-C as one line each, and an exit that does not make the user wait for
+the interpreter to take apart what the model left.
 """
 
 from __future__ import annotations
+
+import gc
+import os
+import sys
 
 
 def main() -> None:
     from qvl import paths
 
     paths.keep_bytecode()
-    from qvl.cli import main as run_command_line
+    import typer
 
-    run_command_line()
+    from qvl import cli, output
+
+    # Typer may vendor Click; its exception classes are found through a public one.
+    click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    interrupted = _note_interrupts()
+    try:
+        code = cli.app(standalone_mode=False)
+    except click_exception as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        output.error(exc.format_message() + hint)
+        code = exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        interrupted.append(True)
+    if interrupted:
+        output.error("interrupted")
+        code = 130
+    # The interpreter's shutdown would walk every object torch and transformers made looking for
+    # cycles (about a second after a model has loaded); frozen, they are left to the process's end.
+    gc.freeze()
+    if cli.ANSWERED and not interrupted:
+        # describe and video have printed their answers and closed their files; tearing down the
+        # modules, the threads' state and the CUDA context's objects would only delay the prompt.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code or 0)
+    # Everywhere else files, threads and exit handlers (a Ray session's, a chat's history) are
+    # closed, joined and run as always.
+    sys.exit(code or 0)
+
+
+def _note_interrupts() -> list:
+    """Ctrl-C still raises KeyboardInterrupt (so every `finally` and cleanup runs), and is also
+    recorded in the returned list: Typer turns KeyboardInterrupt into a silent exit 130, which
+    would otherwise leave the user no line saying why the run stopped."""
+    import signal
+
+    seen: list = []
+
+    def on_sigint(signum, frame):
+        seen.append(True)
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
+        signal.signal(signal.SIGINT, on_sigint)
+    return seen

@@ -159,3 +159,13 @@ def test_a_fresh_process_shows_no_weight_bar_that_measures_nothing(tiny_model_di
     assert result.returncode == 0, result.stderr
     assert "Loading weights" not in result.stderr and "loaded tiny" in result.stderr
     assert result.stdout.strip()
+
+
+def test_a_fresh_process_ends_with_every_answer_written_and_its_exit_code(tiny_model_dir, tmp_path):
+    """describe ends its process without the interpreter's teardown: stdout, a pipe here (so
+    block-buffered), still holds every JSON line, and a failed input still sets the exit code."""
+    missing = tmp_path / "missing.jpg"
+    result = run_subprocess("describe", HOUSE, missing, "--model", "tiny", "--max-tokens", "4", "--json")
+    records = json_lines(result.stdout)
+    assert [r["error"] is None for r in records] == [True, False], result.stderr
+    assert result.returncode != 0 and "missing.jpg" in result.stderr

@@ -94,7 +94,7 @@ def test_a_short_prompt_says_psa_did_not_run(image):
 
 def test_without_matplotlib_out_still_writes_profile_json(image, tmp_path):
     out = tmp_path / "profile"
-    script = "import sys\nsys.modules['matplotlib'] = None\nfrom qvl.cli import main\nsys.argv = ['qvl', *sys.argv[1:]]\nmain()\n"
+    script = "import sys\nsys.modules['matplotlib'] = None\nfrom qvl.start import main\nsys.argv = ['qvl', *sys.argv[1:]]\nmain()\n"
     args = ["psa-profile", image, "-m", "tiny", "--min-tokens", "8", "--max-tokens", "2", "--repeat", "1", "--out", out]
     done = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
