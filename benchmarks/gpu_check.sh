@@ -2,7 +2,8 @@
 # One GPU round: the gpu tests, the compiled kernel tests, and the benchmarks the targets name, each
 # part under its own time limit, results under $OUT (default bench-out/gpu-check).
 #
-#   bash benchmarks/gpu_check.sh [PART...]     parts: tests kernels e2e cold batch (default: all)
+#   bash benchmarks/gpu_check.sh [PART...]     parts: tests kernels e2e cold batch (default: all);
+#                                              media only makes the cold part's clip and saved 7B
 #
 # WHEELS=DIR installs the wheels in DIR first (--no-index --no-deps: a GPU host without a registry);
 # LIMIT_<PART>=seconds overrides a part's limit. Cold processes run as the host is: where it keeps
@@ -17,8 +18,8 @@ PY=${PYTHON:-python3}
 PARTS=${*:-tests kernels e2e cold batch}
 for name in $PARTS; do
     case $name in
-        tests | kernels | e2e | cold | batch) ;;
-        *) echo "unknown part: $name (tests kernels e2e cold batch)" >&2; exit 2 ;;
+        tests | kernels | e2e | cold | batch | media) ;;
+        *) echo "unknown part: $name (tests kernels e2e cold batch media)" >&2; exit 2 ;;
     esac
 done
 T0=$(date +%s)
@@ -70,6 +71,7 @@ run_cold() {
     done
     $PY benchmarks/experiments/cold_timeline.py $cmd 2>&1 | grep -E "timeline|stats"
 }
+run_media() { clip && saved_7b; }
 run_batch() {
     part "qvl batch: one row at a time; 4 rows (the default); 4 rows with 8 CPU workers"
     for way in "--batch-size 1" "" "--workers 8"; do

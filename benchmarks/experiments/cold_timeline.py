@@ -4,7 +4,7 @@
 
 Runs `python -m qvl <arguments>` in a child interpreter that this script enters first: the child
 wraps qvl's functions to stamp when each phase starts and ends (and on which thread), runs the CLI
-as `qvl.cli.main` does, and stamps interpreter shutdown. The parent measures spawn to exit, so the
+as the `qvl` command does (`qvl.start.main`), and stamps interpreter shutdown or the quick exit. The parent measures spawn to exit, so the
 lines also show Python's start-up and the time between shutdown starting and the process ending.
 Wrapping functions is what this experiment is for; the product has no such switch.
 """
@@ -51,6 +51,7 @@ def child(arguments: list[str]) -> None:
     paths.keep_bytecode()  # as the `qvl` command does first (qvl.start)
     import qvl.cli
     import qvl.runner
+    import qvl.start
 
     stamp("qvl.cli imported")
     wrap(qvl.runner.Runner, "load_in_background", "load_in_background")
@@ -84,11 +85,18 @@ def child(arguments: list[str]) -> None:
 
     qvl.runner.load_engine = load_engine
     atexit.register(stamp, "atexit (interpreter shutdown begins)")
+    quick_exit = os._exit
+
+    def stamped_exit(code):
+        stamp("os._exit (no interpreter shutdown)")
+        quick_exit(code)
+
+    os._exit = stamped_exit
     sys.argv = ["qvl", *arguments]
     try:
-        qvl.cli.main()
+        qvl.start.main()
     finally:
-        stamp("qvl.cli.main returned")
+        stamp("qvl.start.main returned")
 
 
 def main() -> None:
