@@ -169,3 +169,21 @@ def test_a_fresh_process_ends_with_every_answer_written_and_its_exit_code(tiny_m
     records = json_lines(result.stdout)
     assert [r["error"] is None for r in records] == [True, False], result.stderr
     assert result.returncode != 0 and "missing.jpg" in result.stderr
+
+
+def test_a_library_that_does_not_import_is_one_line_not_a_traceback(tiny_model_dir, tmp_path):
+    """An incomplete install (here transformers failing on a missing dependency of its own, as a
+    release newer than its dependencies does) stops with one line naming the missing module."""
+    import os
+    import subprocess
+    import sys
+
+    broken = tmp_path / "site" / "transformers"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'httpx2'\", name='httpx2')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(Path(__file__).parents[1])])}
+    result = subprocess.run(
+        [sys.executable, "-m", "qvl", "describe", HOUSE, "--model", "tiny", "--max-tokens", "4"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert_one_error(result, contains="httpx2", exit_code=2)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from qvl.engine.inputs import InputBuilder
 from qvl.engine.load import DEVICES, DTYPES, resolve_device, resolve_dtype
-from qvl.errors import OptionError
+from qvl.errors import ModelError, OptionError, first_line
 
 __all__ = [
     "DEVICES",
@@ -115,8 +115,14 @@ class Engine:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         started = time.perf_counter()
-        self.resolved = resolve_model(model)
-        self.model, self.processor = load_model(self.resolved, self.device, self.dtype, attn_implementation)
+        try:
+            self.resolved = resolve_model(model)
+            self.model, self.processor = load_model(self.resolved, self.device, self.dtype, attn_implementation)
+        except ImportError as exc:  # a broken install: a library that transformers or qvl imports
+            raise ModelError(
+                f"cannot load a model: {first_line(exc)} (an incomplete install; reinstall qvl's "
+                "dependencies: pip install --force-reinstall qvl)"
+            ) from None
         self.load_s = time.perf_counter() - started
         self._inputs = InputBuilder(self.processor)
         self._fast = None  # the fast path's generator, made on first use

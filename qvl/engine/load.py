@@ -70,12 +70,17 @@ def load_model(resolved: ResolvedModel, device: str, dtype, attn_implementation)
     """(model, processor) ready for inference."""
     # Started before transformers is imported, which the read then overlaps.
     reader = None if resolved.random is not None else _weight_reader(resolved.path, device, dtype)
-    if resolved.random is not None:
-        model = _random_model(resolved, device, dtype, attn_implementation)
-    else:  # no weight bar where the weights are in memory already, or a few KB
-        quiet = reader is not None or resolved.is_tiny
-        with _without_weight_bar() if quiet else contextlib.nullcontext():
-            model = _pretrained_model(resolved.path, device, dtype, attn_implementation, reader)
+    try:
+        if resolved.random is not None:
+            model = _random_model(resolved, device, dtype, attn_implementation)
+        else:  # no weight bar where the weights are in memory already, or a few KB
+            quiet = reader is not None or resolved.is_tiny
+            with _without_weight_bar() if quiet else contextlib.nullcontext():
+                model = _pretrained_model(resolved.path, device, dtype, attn_implementation, reader)
+    except BaseException:
+        if reader is not None:  # an error may end the process: not while the read's threads copy to the GPU
+            reader.tensors()
+        raise
     from transformers import AutoProcessor
 
     try:
