@@ -157,6 +157,12 @@ class RunView:
                 f" ({stats['tokens']:,} tokens)",
                 quiet=self.quiet,
             )
+            if stats.get("compiled"):
+                note(
+                    f"psa: this first PSA prompt on this GPU compiled and tuned its kernels (prefill "
+                    f"{record['timings']['prefill_s']:.1f} s), once: later runs reuse them",
+                    quiet=self.quiet,
+                )
         elif psa is not None:  # asked for, but this prompt is too short for PSA to pay
             note(
                 f"psa: not used for this prompt ({record['tokens']['prompt']:,} tokens; PSA runs from "

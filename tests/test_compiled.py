@@ -34,3 +34,31 @@ def test_a_cache_qvl_may_not_write_claims_nothing(tmp_path, monkeypatch):
     assert compiled_before("card")
     remember_compiled("card")  # no error: the mark is only a courtesy
     assert compiled_before("card")
+
+
+def test_psa_kernels_have_a_mark_of_their_own(tmp_path, monkeypatch):
+    # The warm-up compiles the fast path's kernels; PSA's compile on the first prompt PSA runs on.
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    remember_compiled("card")
+    assert compiled_before("card") and not compiled_before("card", "psa")
+    remember_compiled("card", "psa")
+    assert compiled_before("card", "psa")
+
+
+def test_an_answer_whose_prefill_compiled_psa_says_so_on_stderr(capsys):
+    from qvl.output import RunView
+
+    record = {
+        "input": "clip.mp4",
+        "text": "an answer",
+        "tokens": {"prompt": 20_000, "generated": 3},
+        "timings": {"prefill_s": 12.3},
+        "psa": {"density": 0.2, "layers": 28, "tokens": 20_000, "compiled": True},
+    }
+    view = RunView(json_output=False, quiet=False)
+    view.answered(record, psa=None)
+    first = capsys.readouterr()
+    assert "compiled and tuned its kernels (prefill 12.3 s)" in first.err and "compiled" not in first.out
+    del record["psa"]["compiled"]
+    view.answered(record, psa=None)
+    assert "compiled" not in capsys.readouterr().err

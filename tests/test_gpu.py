@@ -92,6 +92,20 @@ def test_the_first_warm_up_on_a_machine_says_it_compiled_the_kernels(tiny_model_
     assert result.exit_code == 0 and "compiled qvl's GPU kernels for this machine" in result.stderr
 
 
+def test_the_first_psa_prompt_on_a_machine_says_it_compiled_the_kernels(tiny_model_dir, tmp_path, monkeypatch):
+    """A Triton cache of the test's own stands for a new machine: the first prompt PSA runs on
+    carries `psa["compiled"]` (which `qvl video` prints), a later one does not."""
+    from qvl.engine import Engine, Request
+    from qvl.psa import AttentionConfig
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    engine = Engine("tiny", device="cuda", psa=AttentionConfig.preset("dense", min_tokens=0))
+    request = Request("What happens?", video=_tiny_video(32, 280, 392), max_new_tokens=4)
+    assert engine.generate(request, psa=False).psa is None  # no PSA, no mark
+    assert engine.generate(request).psa["compiled"] is True
+    assert "compiled" not in engine.generate(request).psa
+
+
 @pytest.fixture
 def exact_fp32():
     """fp32 without TF32 anywhere: the stock tower's patch embedding is a Conv3d, and cuDNN's

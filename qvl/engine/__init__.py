@@ -210,21 +210,42 @@ class Engine:
             torch.manual_seed(request.seed)
         started = time.perf_counter()
         scope = self._psa_scope(inputs["input_ids"]) if psa else contextlib.nullcontext()
+        first_psa = psa and self._psa_first_on_this_gpu()
         with torch.inference_mode(), scope as psa_stats:
             if fast:
                 generated = self._fast_generator().generate(inputs, request, stream, eos_ids(self.model, tokenizer))
             else:
                 generated = stock_generate(self.model, tokenizer, inputs, request, stream)
         stream.end()
+        summary = psa_stats.summary() if psa_stats is not None else None
+        if summary is not None and first_psa:  # PSA ran: its kernels are compiled and tuned now
+            from qvl.engine.compiled import remember_compiled
+
+            remember_compiled(self._card(), "psa")
+            summary["compiled"] = True
         return result_of(
             generated,
             tokenizer,
             timings,
             started,
             prompt_tokens=inputs["input_ids"].shape[1],
-            psa=psa_stats.summary() if psa_stats is not None else None,
+            psa=summary,
             psa_layers=psa_stats.per_layer() if psa_stats is not None else [],
         )
+
+    def _card(self) -> str:
+        import torch
+
+        return torch.cuda.get_device_name(self.model.device)
+
+    def _psa_first_on_this_gpu(self) -> bool:
+        """Whether PSA's kernels have never run on this machine's GPU: their compile and autotuning
+        (seconds, once) then fall in this request's prefill."""
+        if self.psa is None or self.device != "cuda":
+            return False
+        from qvl.engine.compiled import compiled_before
+
+        return not compiled_before(self._card(), "psa")
 
     def generate_batch(self, requests: Sequence[Request], inputs: Sequence | None = None) -> list[Result]:
         """Greedy answers to `requests`, decoded together on qvl's fast path: each prompt is
@@ -284,7 +305,6 @@ class Engine:
         if self.fast_path_problem is not None:
             return 0.0
         import numpy as np
-        import torch
 
         from qvl.engine.compiled import compiled_before, remember_compiled
         from qvl.engine.generate import sampling_for
@@ -296,7 +316,7 @@ class Engine:
         # the next request's size known that graph would be thrown away, so one token, and the
         # capture below is the first.
         frames = VideoFrames(np.zeros((2, side, side, 3), np.uint8), 2.0)
-        card = torch.cuda.get_device_name(self.model.device)
+        card = self._card()
         first = not compiled_before(card)
         try:
             self.generate(Request("", video=frames, max_new_tokens=1 if tokens else 2))
