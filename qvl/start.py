@@ -8,6 +8,7 @@ the interpreter to take apart what the model left.
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import sys
@@ -17,6 +18,7 @@ def main() -> None:
     from qvl import paths
 
     paths.keep_bytecode()
+    sys.stdout = _Stdout(sys.stdout)
     import typer
 
     from qvl import cli, output
@@ -29,10 +31,13 @@ def main() -> None:
     except click_exception as exc:
         ctx = getattr(exc, "ctx", None)
         hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
-        output.error(exc.format_message() + hint)
+        if exc.format_message():  # none where the help was the answer (no command given)
+            output.error(exc.format_message() + hint)
         code = exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         interrupted.append(True)
+    except StdoutFailed as exc:
+        code = _stdout_failed(exc)
     if interrupted:
         output.error("interrupted")
         code = 130
@@ -42,12 +47,61 @@ def main() -> None:
     if cli.ANSWERED and not interrupted:
         # describe and video have printed their answers and closed their files; tearing down the
         # modules, the threads' state and the CUDA context's objects would only delay the prompt.
-        sys.stdout.flush()
+        try:
+            sys.stdout.flush()
+        except StdoutFailed as exc:
+            code = _stdout_failed(exc)
         sys.stderr.flush()
         os._exit(code or 0)
     # Everywhere else files, threads and exit handlers (a Ray session's, a chat's history) are
     # closed, joined and run as always.
     sys.exit(code or 0)
+
+
+class StdoutFailed(Exception):
+    """Standard output took no more (a full disk, a closed pipe): `OSError` `error` of a write."""
+
+    def __init__(self, error: OSError):
+        super().__init__(error.strerror or str(error))
+        self.errno = error.errno
+
+
+class _Stdout:
+    """sys.stdout, whose write and flush failures are told apart from any other file's: the
+    answers, JSON lines, tables and help all go through it."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise StdoutFailed(exc) from None
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise StdoutFailed(exc) from None
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _stdout_failed(exc: StdoutFailed) -> int:
+    """One line (none where the reader merely stopped reading, as `| head` does), and standard
+    output pointed at the null device so that the interpreter's last flush cannot fail again."""
+    if exc.errno != errno.EPIPE:
+        from qvl import output
+
+        output.error(f"cannot write to standard output: {exc}")
+    stream = getattr(sys.stdout, "_stream", sys.stdout)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, stream.fileno())
+    os.close(null)
+    sys.stdout = stream
+    return 1
 
 
 def _note_interrupts() -> list:

@@ -219,6 +219,18 @@ def test_results_of_another_kind_or_in_use_are_refused(manifest, tmp_path):
         assert_one_error(invoke("batch", manifest, "-o", busy, "-m", "tiny"), contains="another qvl batch", exit_code=2)
 
 
+def test_results_that_are_not_a_regular_file_are_refused(manifest, tmp_path):
+    """A FIFO (or /dev/stdout, a device) cannot be read again to resume: one line, before any row."""
+    import os
+
+    fifo = tmp_path / "results.fifo"
+    os.mkfifo(fifo)
+    assert_one_error(invoke("batch", manifest, "-o", fifo, "-m", "tiny"), contains="not a regular file", exit_code=2)
+    assert_one_error(
+        invoke("batch", manifest, "-o", tmp_path, "-m", "tiny"), contains="not a regular file", exit_code=2
+    )
+
+
 def test_arguments_that_name_nothing_are_refused(tmp_path):
     result = invoke("batch", tmp_path / "nowhere", str(tmp_path / "*.mp4"), "-o", tmp_path / "r.jsonl")
     assert_one_error(result, contains="no such file or folder", exit_code=2)

@@ -47,6 +47,11 @@ class Results:
         a batch record (a whole line that is not a JSON object with an "id": another file).
         """
         path = Path(path).expanduser()
+        if path.exists() and not path.is_file():  # /dev/stdout, a FIFO, a device: never re-read to resume
+            raise OptionError(
+                f"--out {path}: not a regular file; results are appended to a file and read again to "
+                "resume, so give a file's path (to see results as they come: tail -f FILE)"
+            )
         try:
             if path.parent != Path("."):
                 path.parent.mkdir(parents=True, exist_ok=True)

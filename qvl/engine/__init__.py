@@ -120,8 +120,8 @@ class Engine:
             self.model, self.processor = load_model(self.resolved, self.device, self.dtype, attn_implementation)
         except ImportError as exc:  # a broken install: a library that transformers or qvl imports
             raise ModelError(
-                f"cannot load a model: {first_line(exc)} (an incomplete install; reinstall qvl's "
-                "dependencies: pip install --force-reinstall qvl)"
+                f"cannot load a model: {first_line(exc)} (an incomplete install: install qvl with its "
+                "dependencies again, e.g. `make install` in its checkout)"
             ) from None
         self.load_s = time.perf_counter() - started
         self._inputs = InputBuilder(self.processor)
