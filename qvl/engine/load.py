@@ -83,6 +83,9 @@ def load_model(resolved: ResolvedModel, device: str, dtype, attn_implementation)
         raise
     from transformers import AutoProcessor
 
+    from qvl.engine import rope_index
+
+    rope_index.install(model)  # the published model's positions, whichever transformers is installed
     try:
         processor = AutoProcessor.from_pretrained(resolved.path)
     except (OSError, ValueError) as exc:
