@@ -268,6 +268,7 @@ class Runner:
         except QvlError as exc:
             return [self._not_opened(label, exc, prompts[0] if len(prompts) == 1 else None)]
         records = []
+        shared = session.timings if session is not None else None  # the media's one prefill
         for prompt in prompts:
             self.started(label if len(prompts) == 1 else f"{label}: {prompt}")
             try:
@@ -275,6 +276,11 @@ class Runner:
             except QvlError as exc:
                 records.append(self.fail(label, exc, prompt))
                 continue
+            if shared is not None:  # the first answer waited for it: its timings carry it
+                result.timings.preprocess_s += shared.preprocess_s
+                result.timings.vision_s += shared.vision_s
+                result.timings.prefill_s += shared.prefill_s
+                shared = None
             records.append(self.answered(engine, label, prompt, media, result, media_s))
             media_s = 0.0  # loaded for the first answer
         return records

@@ -160,8 +160,8 @@ def test_plan_notes_reach_stderr_on_a_normal_run_and_quiet_hides_them(clip):
 
 
 def test_several_questions_read_the_video_once_and_answer_as_single_runs(tiny_model_dir, tmp_path):
-    """`-p` twice: one record per question, each equal to its own run (greedy); the second shows
-    no media time (the frames and the prefill were kept)."""
+    """`-p` twice: one record per question, each equal to its own run (greedy); the first carries
+    the media's one read and prefill (its vision tower included), the second shows none of it."""
     video = make_video(tmp_path / "clip.mp4", seconds=4)
     common = ["video", video, "--frames", "8", "-m", "tiny", "--max-tokens", "6", "--json", "--no-cache"]
     both = invoke(*common, "-p", "What happens?", "-p", "Which colours are there?")
@@ -169,6 +169,7 @@ def test_several_questions_read_the_video_once_and_answer_as_single_runs(tiny_mo
     first, second = json_lines(both.stdout)
     assert [first["prompt"], second["prompt"]] == ["What happens?", "Which colours are there?"]
     assert second["timings"]["media_s"] == 0.0 and second["frames"] == first["frames"] == 8
+    assert first["timings"]["prefill_s"] >= first["timings"]["vision_s"] > 0 == second["timings"]["vision_s"]
     for record in (first, second):
         alone = invoke(*common, "-p", record["prompt"])
         assert json_lines(alone.stdout)[0]["text"] == record["text"]
