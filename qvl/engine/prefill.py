@@ -1,13 +1,13 @@
-"""The prompt's forward pass for the fast path: our vision tower, the model's own rope index, our
+"""The prompt's forward pass for the fast path: our vision tower, the model's rope index, our
 loop over the language model's layers, and the logits of the last position only.
 
 This is what `model.generate` does before its first token, split into parts we can time and keep:
 the media features come from `vision.run_tower` instead of the stock tower, and the language model
 (`language.run_language_model`; the model's own forward where that loop does not apply, and for a
 question's tokens on top of a kept cache) writes its keys and values into the cache that
-`decode.StaticDecoder` takes over. The mRoPE positions come from the
-model's own `get_rope_index` with whichever inputs the installed transformers asks for, so they are
-the stock path's positions on every release.
+`decode.StaticDecoder` takes over. The mRoPE positions come from the model's `get_rope_index`,
+the same function its `generate` calls: the published positions that `rope_index.install` put
+there (with the inputs its signature names), so they are the stock path's positions.
 """
 
 from __future__ import annotations
