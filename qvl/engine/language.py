@@ -42,11 +42,13 @@ def run_language_model(model, embeds: torch.Tensor, position_ids: torch.Tensor, 
     """The final-normed hidden state of the prompt's last position ([1, hidden]) for `embeds`
     ([1, L, hidden]) at mRoPE `position_ids` ([3, 1, L]); layer i's keys and values are written to
     keys[i, :, :L] and values[i, :, :L] ([layers, kv_heads, capacity, head_dim] buffers)."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     text = model.model.language_model
     config = text.config
-    attend = ALL_ATTENTION_FUNCTIONS[config._attn_implementation]
+    attend = getattr(text, "attention_function", None)  # qvl's own tree (`native`) brings its own
+    if attend is None:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        attend = ALL_ATTENTION_FUNCTIONS[config._attn_implementation]
     x = embeds[0]
     length = x.shape[0]
     cos, sin = (t[0] for t in text.rotary_emb(embeds, position_ids))  # [L, head_dim], mRoPE sections applied

@@ -1,0 +1,109 @@
+"""qvl's own module tree for Qwen2.5-VL's weights (`qvl.engine.native`): the same config, the same
+forward passes where the fast path calls the model's, the same greedy tokens as transformers'
+stock path, and no transformers imported on its way."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qvl.engine import native
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    from qvl.engine import Engine
+
+    return Engine("tiny", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tensors(tiny_model_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(tiny_model_dir / "model.safetensors"))
+
+
+def test_the_config_reads_as_transformers_reads_it(engine, tiny_model_dir, tmp_path):
+    ours, theirs = native.read_config(tiny_model_dir), engine.model.config
+    text, vision = ours.text_config, ours.vision_config
+    for name in ("hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers", "vocab_size"):
+        assert getattr(text, name) == getattr(theirs.text_config, name), name
+    assert text.mrope_section == theirs.text_config.rope_parameters["mrope_section"]
+    for name in ("depth", "hidden_size", "num_heads", "window_size", "fullatt_block_indexes", "out_hidden_size"):
+        assert getattr(vision, name) == getattr(theirs.vision_config, name), name
+    assert (ours.image_token_id, ours.video_token_id) == (theirs.image_token_id, theirs.video_token_id)
+    # The Hub's layout: the text model's fields at the top, mRoPE under rope_scaling.
+    raw = json.loads((tiny_model_dir / "config.json").read_text())
+    flat = {**raw, **raw.pop("text_config")}
+    rope = flat.pop("rope_parameters")
+    flat.update(rope_theta=rope["rope_theta"], rope_scaling={"type": "mrope", "mrope_section": rope["mrope_section"]})
+    (tmp_path / "config.json").write_text(json.dumps(flat))
+    assert native.read_config(tmp_path) == ours
+
+
+def test_both_checkpoint_layouts_load(tiny_model_dir, tensors):
+    hub = native.build(tiny_model_dir, tensors, torch.float32)
+    renamed = {
+        (
+            "model.language_model." + k[6:]
+            if k.startswith("model.")
+            else "model." + k
+            if k.startswith("visual.")
+            else k
+        ): v
+        for k, v in tensors.items()
+    }
+    newer = native.build(tiny_model_dir, renamed, torch.float32)
+    for (name, a), (_, b) in zip(hub.state_dict().items(), newer.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_the_forward_passes_the_fast_path_calls_match_transformers(engine, tiny_model_dir, tensors):
+    ours = native.build(tiny_model_dir, tensors, torch.float32)
+    theirs = engine.model
+    x = torch.randn(24, theirs.config.vision_config.hidden_size, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(ours.model.visual.merger(x), theirs.model.visual.merger(x))
+    embeds = torch.randn(1, 9, theirs.config.text_config.hidden_size)
+    positions = torch.randint(0, 50, (3, 1, 9), generator=torch.Generator().manual_seed(2))
+    for a, b in zip(
+        ours.model.language_model.rotary_emb(embeds, positions),
+        theirs.model.language_model.rotary_emb(embeds, positions),
+    ):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("media", ["video", "image"])
+def test_the_fast_path_on_it_gives_the_stock_tokens(engine, tiny_model_dir, tensors, media):
+    from qvl.engine import Request, VideoFrames
+    from qvl.engine.generate import FastGenerator, TextStream, eos_ids
+
+    rng = np.random.default_rng(3)
+    if media == "video":
+        request = Request(
+            "What happens?", video=VideoFrames(rng.integers(0, 255, (8, 112, 84, 3), dtype=np.uint8), 2.0)
+        )
+    else:
+        request = Request("What is it?", images=[Image.fromarray(rng.integers(0, 255, (90, 130, 3), dtype=np.uint8))])
+    request.max_new_tokens = 12
+    ours = native.build(tiny_model_dir, tensors, torch.float32)
+    tokenizer = engine.processor.tokenizer
+    with torch.inference_mode():
+        mine = FastGenerator(ours, use_graph=False).generate(
+            engine.prepare(request), request, TextStream(tokenizer, None), eos_ids(ours, tokenizer)
+        )
+    assert mine.tokens == engine.generate(request, fast=False).tokens
+
+
+def test_its_path_imports_no_transformers():
+    code = "import sys, qvl.engine.native, qvl.engine.generate, qvl.engine.weights; print(any(m.startswith('transformers') for m in sys.modules))"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
