@@ -101,9 +101,98 @@ def test_the_fast_path_on_it_gives_the_stock_tokens(engine, tiny_model_dir, tens
     assert mine.tokens == engine.generate(request, fast=False).tokens
 
 
-def test_its_path_imports_no_transformers():
-    code = "import sys, qvl.engine.native, qvl.engine.generate, qvl.engine.weights; print(any(m.startswith('transformers') for m in sys.modules))"
-    assert (
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-        == "False"
+_WITHOUT_TRANSFORMERS = """
+import json, sys
+import numpy as np, torch
+from safetensors.torch import load_file
+from qvl.engine import Engine, Request, VideoFrames, native
+from qvl.engine.generate import FastGenerator, TextStream, eos_ids
+from qvl.engine.native_inputs import ChatTemplate, Tokenizer, VideoPixels, video_inputs
+folder, frames_file = sys.argv[1], sys.argv[2]
+from pathlib import Path
+folder = Path(folder)
+frames = np.load(frames_file)
+request = Request("What happens?", video=VideoFrames(frames, 2.0), max_new_tokens=12)
+model = native.build(folder, load_file(str(folder / "model.safetensors")), torch.float32)
+tokenizer = Tokenizer(folder)
+text = ChatTemplate(folder).render(Engine.chat_messages(request))
+inputs = video_inputs(tokenizer, VideoPixels(folder), text, torch.from_numpy(frames), 2.0, model.config.video_token_id)
+with torch.inference_mode():
+    tokens = FastGenerator(model, use_graph=False).generate(inputs, request, TextStream(tokenizer, None), eos_ids(model, tokenizer)).tokens
+print(json.dumps({"tokens": tokens, "transformers": any(m.startswith("transformers") for m in sys.modules)}))
+"""
+
+
+def test_a_video_answered_without_transformers_gives_the_stock_tokens(engine, tiny_model_dir, tmp_path):
+    """The whole cold path in a fresh interpreter: qvl's tree, template, tokenizer and pixels, the
+    fast path; transformers never imported, the stock path's greedy tokens."""
+    from qvl.engine import Request, VideoFrames
+
+    frames = np.random.default_rng(7).integers(0, 255, (8, 112, 84, 3), dtype=np.uint8)
+    np.save(tmp_path / "frames.npy", frames)
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TRANSFORMERS, str(tiny_model_dir), str(tmp_path / "frames.npy")],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout.splitlines()[-1])
+    stock = engine.generate(Request("What happens?", video=VideoFrames(frames, 2.0), max_new_tokens=12), fast=False)
+    assert answer == {"tokens": stock.tokens, "transformers": False}
+
+
+def _requests():
+    from qvl.engine import Request, VideoFrames
+
+    rng = np.random.default_rng(5)
+    clip = VideoFrames(
+        rng.integers(0, 255, (7, 112, 84, 3), dtype=np.uint8), sampled_fps=1.5
+    )  # odd: one frame repeated
+    picture = Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    return {
+        "video": Request("What happens? Ünïcode, «quotes» and <tags>.", video=clip),
+        "video after turns": Request("And then?", video=clip, history=[("What happens?", "A dog runs.")]),
+        "images": Request("Compare them.", images=[picture, picture]),
+        "text": Request("Hello"),
+    }
+
+
+def test_the_chat_template_renders_as_transformers_renders_it(engine, tiny_model_dir):
+    from qvl.engine.native_inputs import ChatTemplate
+
+    template = ChatTemplate(tiny_model_dir)
+    for name, request in _requests().items():
+        messages = engine.chat_messages(request)
+        assert template.render(messages) == engine.chat_text(request), name
+
+
+def test_the_tokenizer_encodes_and_decodes_as_transformers_does(engine, tiny_model_dir):
+    from qvl.engine.native_inputs import Tokenizer
+
+    ours, theirs = Tokenizer(tiny_model_dir), engine.processor.tokenizer
+    text = engine.chat_text(_requests()["video"]) + " trailing  spaces\n\nand lines"
+    ids = ours.encode(text)
+    assert ids == theirs([text])["input_ids"][0]
+    for skip in (True, False):
+        assert ours.decode(ids, skip_special_tokens=skip) == theirs.decode(ids, skip_special_tokens=skip)
+    assert (ours.eos_token_id, ours.pad_token_id) == (theirs.eos_token_id, theirs.pad_token_id)
+
+
+@pytest.mark.parametrize("name", ["video", "video after turns"])
+def test_a_videos_inputs_equal_the_processors(engine, tiny_model_dir, name):
+    from qvl.engine.native_inputs import Tokenizer, VideoPixels, video_inputs
+
+    request = _requests()[name]
+    theirs = engine.prepare(request)
+    frames = torch.from_numpy(request.video.frames)
+    ours = video_inputs(
+        Tokenizer(tiny_model_dir),
+        VideoPixels(tiny_model_dir),
+        engine.chat_text(request),
+        frames,
+        request.video.sampled_fps,
+        engine.model.config.video_token_id,
+    )
+    for key, value in ours.items():
+        assert value.dtype == theirs[key].dtype and torch.equal(value, theirs[key]), key

@@ -149,9 +149,16 @@ class Engine:
         return self.resolved.random_weights
 
     def chat_text(self, request: Request) -> str:
-        """The request as the chat template writes it: the user's turns (the first with its images
-        and video, as placeholders the processor expands) between the `history`'s answers, then the
-        start of the assistant's next turn."""
+        """The request as the chat template writes it, ending with the start of the assistant's
+        next turn."""
+        return self.processor.apply_chat_template(
+            self.chat_messages(request), tokenize=False, add_generation_prompt=True
+        )
+
+    @staticmethod
+    def chat_messages(request: Request) -> list[dict]:
+        """The request as chat messages: the user's turns (the first with its images and video, as
+        placeholders the processor expands) between the `history`'s answers."""
         media: list[dict] = [{"type": "image"} for _ in request.images]
         if request.video is not None:
             media.append({"type": "video"})
@@ -160,7 +167,7 @@ class Engine:
             messages.append({"role": "user", "content": [*(media if not messages else []), _text(question)]})
             messages.append({"role": "assistant", "content": [_text(answer)]})
         messages.append({"role": "user", "content": [*(media if not messages else []), _text(request.prompt)]})
-        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return messages
 
     def prepare(self, request: Request, device: str | None = None):
         """Run the processor on one request: the model inputs (`input_ids`, pixel values, grids, ...),
