@@ -71,19 +71,26 @@ class _Stdout:
     answers, JSON lines, tables and help all go through it."""
 
     def __init__(self, stream):
-        self._stream = stream
+        self._stream = stream  # None where the process started with its standard output closed
 
     def write(self, text):
+        if self._stream is None:
+            raise StdoutFailed(OSError(errno.EBADF, "it is closed"))
         try:
             return self._stream.write(text)
         except OSError as exc:
             raise StdoutFailed(exc) from None
 
     def flush(self):
+        if self._stream is None:
+            return
         try:
             self._stream.flush()
         except OSError as exc:
             raise StdoutFailed(exc) from None
+
+    def isatty(self) -> bool:
+        return self._stream is not None and self._stream.isatty()
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
@@ -97,9 +104,10 @@ def _stdout_failed(exc: StdoutFailed) -> int:
 
         output.error(f"cannot write to standard output: {exc}")
     stream = getattr(sys.stdout, "_stream", sys.stdout)
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, stream.fileno())
-    os.close(null)
+    if stream is not None:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, stream.fileno())
+        os.close(null)
     sys.stdout = stream
     return 1
 

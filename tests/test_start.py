@@ -28,6 +28,26 @@ def test_a_full_disk_under_stdout_is_one_line(args, tiny_model_dir):
     assert error_lines(result.stderr) == ["qvl: error: cannot write to standard output: No space left on device"]
 
 
+def test_a_closed_stdout_is_one_line_and_commands_that_do_not_print_run(tiny_model_dir, tmp_path):
+    import os
+
+    def closed(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "qvl", *map(str, args)],
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            preexec_fn=lambda: os.close(1),
+        )
+
+    result = closed("describe", HOUSE, "--model", "tiny", "--max-tokens", "2")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert error_lines(result.stderr) == ["qvl: error: cannot write to standard output: it is closed"]
+    out = tmp_path / "results.jsonl"
+    assert closed("batch", HOUSE, "--model", "tiny", "--max-tokens", "2", "--out", out).returncode == 0
+    assert len(out.read_text().splitlines()) == 1
+
+
 def test_a_reader_that_stops_reading_gets_no_error_line(tiny_model_dir):
     process = subprocess.Popen(
         [sys.executable, "-m", "qvl", "describe", str(HOUSE), "--model", "tiny", "--max-tokens", "40"],
