@@ -227,3 +227,41 @@ def test_requests_decoded_together_on_the_gpu_match_each_alone(tiny_model_dir, e
     assert [r.tokens for r in engine.generate_batch(requests)] == stock
     assert engine._fast.batch_decoder.graph is not None
     assert [r.tokens for r in engine.generate_batch(requests[:2])] == stock[:2]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_native_tree_on_cuda_gives_the_engines_tokens(tiny_model_dir, exact_fp32, dtype):
+    """qvl's own tree and inputs (`engine.native`, `native_inputs`), its weights read by the
+    `WeightReader`, through the fast path with CUDA graphs: the engine's greedy tokens (in bf16 the
+    first 16: near-ties of random weights)."""
+    import torch
+
+    from qvl.engine import Engine, native
+    from qvl.engine.generate import FastGenerator, TextStream, eos_ids
+    from qvl.engine.native_inputs import ChatTemplate, Tokenizer, VideoPixels, video_inputs
+    from qvl.engine.weights import WeightReader, checkpoint_files
+
+    engine = Engine("tiny", device="cuda", dtype=dtype)
+    request = _tiny_video_request(max_new_tokens=24)
+    expected = engine.generate(request).tokens
+    tensors = WeightReader(checkpoint_files(tiny_model_dir), "cuda").tensors()
+    model = native.build(tiny_model_dir, tensors, getattr(torch, dtype))
+    tokenizer = Tokenizer(tiny_model_dir)
+    text = ChatTemplate(tiny_model_dir).render(Engine.chat_messages(request))
+    frames = torch.from_numpy(request.video.frames).cuda()
+    inputs = video_inputs(
+        tokenizer, VideoPixels(tiny_model_dir), text, frames, request.video.sampled_fps, model.config.video_token_id
+    )
+    with torch.inference_mode():
+        tokens = (
+            FastGenerator(model, use_graph=True)
+            .generate(inputs, request, TextStream(tokenizer, None), eos_ids(model, tokenizer))
+            .tokens
+        )
+    assert tokens == expected if dtype == "float32" else tokens[:16] == expected[:16]
+
+
+def _tiny_video_request(max_new_tokens: int):
+    from qvl.engine import Request
+
+    return Request("What happens?", video=_tiny_video(16, 140, 196), max_new_tokens=max_new_tokens)
