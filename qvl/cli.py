@@ -333,17 +333,20 @@ def psa_profile(
     except QvlError as exc:
         fail(exc)
     report = {"input": source, "model": engine.name, "preset": psa_preset, **media.record, **report}
+    if json_output:
+        output.json_line(report)
+    else:
+        output.psa_profile(source, psa_preset, report)
     if out_dir is not None:
         from qvl.psa_plots import PLOTS_HINT, write_profile
 
-        written, drawn = write_profile(out_dir, report, masks)
+        try:
+            written, drawn = write_profile(out_dir, report, masks)
+        except QvlError as exc:
+            fail(exc)
         output.note(f"wrote {len(written)} files to {out_dir}: {', '.join(p.name for p in written)}", quiet=quiet)
         if not drawn:
             output.warn(PLOTS_HINT)
-    if json_output:
-        output.json_line(report)
-        return
-    output.psa_profile(source, psa_preset, report)
 
 
 app.command()(bench)  # qvl bench: qvl/bench_command.py

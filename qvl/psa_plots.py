@@ -14,6 +14,7 @@ matplotlib is optional (`pip install 'qvl[plots]'`): without it only profile.jso
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 PLOTS_HINT = "pictures need matplotlib: pip install 'qvl[plots]'"
@@ -35,38 +36,58 @@ DENSITY_FILE = "density-by-layer.png"
 
 
 def out_folder(out: str | None) -> Path | None:
-    """`--out` as the folder to write into (None where none is asked for); an `OptionError` where it
-    names a file, checked before any model loads."""
+    """`--out` as the folder to write into (None where none is asked for), made now; an
+    `OptionError` where it names a file or cannot be written, checked before any model loads."""
     if out is None:
         return None
-    if Path(out).exists() and not Path(out).is_dir():
-        from qvl.errors import OptionError
+    import tempfile
 
+    from qvl.errors import OptionError
+
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
         raise OptionError(f"--out {out} is a file, not a folder")
-    return Path(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise OptionError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+    return folder
 
 
 def write_profile(out_dir: Path, report: dict, masks: list[dict]) -> tuple[list[Path], bool]:
-    """Write profile.json, and the pictures when matplotlib can be imported.
-
-    Returns (the files written, whether the pictures were drawn).
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write profile.json, and the pictures when matplotlib can be imported, each whole or not at
+    all (written beside, then renamed). Returns (the files written, whether the pictures were
+    drawn); an `OptionError` naming the file that could not be written."""
     data = {**report, "masks": [{**m, "levels": m["levels"].tolist()} for m in masks]}
-    written = [out_dir / "profile.json"]
-    written[0].write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n")
+    text = json.dumps(data, ensure_ascii=False, indent=1) + "\n"
+    written = [_whole(out_dir / "profile.json", lambda path: path.write_text(text))]
     try:
         from matplotlib.figure import Figure  # noqa: F401
     except ImportError:
         return written, False
     for mask in masks:
-        path = out_dir / mask_file(mask["layer"], mask["head"])
-        draw_mask(mask["levels"], f"layer {mask['layer']}, head {mask['head']}", path)
-        written.append(path)
+        draw = partial(draw_mask, mask["levels"], f"layer {mask['layer']}, head {mask['head']}")
+        written.append(_whole(out_dir / mask_file(mask["layer"], mask["head"]), draw))
     if any(row["density"] is not None for row in report["per_layer"]):
-        draw_density(report["per_layer"], out_dir / DENSITY_FILE)
-        written.append(out_dir / DENSITY_FILE)
+        written.append(_whole(out_dir / DENSITY_FILE, partial(draw_density, report["per_layer"])))
     return written, True
+
+
+def _whole(path: Path, write) -> Path:
+    """`write(a path beside `path`)`, then that file renamed to `path`: no reader ever sees half of it."""
+    import os
+
+    from qvl.errors import OptionError
+
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise OptionError(f"--out {path.parent}: cannot write {path.name} ({exc.strerror or exc})") from None
+    return path
 
 
 def draw_mask(levels, title: str, path: Path) -> None:

@@ -128,6 +128,25 @@ def test_out_must_be_a_folder(tmp_path):
     assert_one_error(result, contains="--out", exit_code=2)
 
 
+def test_an_out_folder_that_cannot_be_made_is_one_line_before_anything_loads(tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = invoke(
+        "psa-profile", tmp_path / "missing.mp4", "--out", tmp_path / "file" / "sub", "--model", tmp_path / "none"
+    )
+    assert_one_error(result, contains="cannot write there", exit_code=2)
+
+
+def test_a_picture_that_cannot_be_written_is_one_line_and_leaves_no_part_of_itself(image, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    (out / "density-by-layer.png").mkdir(parents=True)  # in the way of the last picture
+    common = ["--model", "tiny", "--min-tokens", "8", "--repeat", "1", "--tokens", "2", "--no-cache"]
+    result = invoke("psa-profile", image, *common, "--json", "--out", out)
+    assert_one_error(result, contains="density-by-layer.png", exit_code=2)
+    assert json_lines(result.stdout)[0]["per_layer"]  # the report itself is out before the files
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
 def test_layers_beyond_the_model_are_one_line(image):
     result = invoke("psa-profile", image, "-m", "tiny", "--min-tokens", "8", "--layers", "first,7")
     assert_one_error(result, contains="layers 0..1", exit_code=2)
