@@ -12,12 +12,13 @@ of Typer or of how things are printed: the view decides that. Nothing heavy is i
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from qvl.errors import ModelError, OptionError, QvlError
+from qvl.errors import InputError, ModelError, OptionError, QvlError
 
 if TYPE_CHECKING:
     from qvl.conversation import Conversation
@@ -260,8 +261,9 @@ class Runner:
         if self.stopped:
             return []
         try:
-            engine, media, media_s = self._load(load_media)
-            session = self._session(engine, media) if len(prompts) > 1 else None
+            with memory_errors():
+                engine, media, media_s = self._load(load_media)
+                session = self._session(engine, media) if len(prompts) > 1 else None
             # Inputs prepared ahead (qvl batch) are for one question: several take the session.
             inputs = media.inputs if len(prompts) == 1 else None
             answer = self.answerer(engine, media, session, max_tokens=max_tokens, inputs=inputs)
@@ -272,7 +274,8 @@ class Runner:
         for prompt in prompts:
             self.started(label if len(prompts) == 1 else f"{label}: {prompt}")
             try:
-                result = answer(prompt)
+                with memory_errors():
+                    result = answer(prompt)
             except QvlError as exc:
                 records.append(self.fail(label, exc, prompt))
                 continue
@@ -406,6 +409,25 @@ class Runner:
             on_text=on_text,
             inputs=None if history else inputs,
         )
+
+
+@contextlib.contextmanager
+def memory_errors():
+    """Running out of memory on one input (the machine's or the GPU's) as that input's error:
+    one line, and the next input runs."""
+    try:
+        yield
+    except MemoryError:
+        raise InputError(f"out of memory for this input; {_SMALLER}") from None
+    except RuntimeError as exc:  # torch's allocators, CUDA's OutOfMemoryError included
+        text = str(exc)
+        if "out of memory" not in text.lower() and "can't allocate memory" not in text:
+            raise
+        where = "on the GPU" if "CUDA" in text else "on this machine"
+        raise InputError(f"out of memory {where} for this input; {_SMALLER}") from None
+
+
+_SMALLER = "try fewer or smaller frames (--frames, --max-pixels) or a smaller model"
 
 
 def load_engine(settings: Settings, tokens: int | None = None, *, progress: bool = True):

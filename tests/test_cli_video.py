@@ -173,3 +173,27 @@ def test_several_questions_read_the_video_once_and_answer_as_single_runs(tiny_mo
     for record in (first, second):
         alone = invoke(*common, "-p", record["prompt"])
         assert json_lines(alone.stdout)[0]["text"] == record["text"]
+
+
+def test_an_input_too_large_for_the_memory_is_one_line(tiny_model_dir, tmp_path):
+    """Frames that need more memory than the process may take (an address-space limit of 6 GiB,
+    the processor asking for 2.4 GB more): the input's error line, not a traceback."""
+    import resource
+    import subprocess
+    import sys
+
+    video = make_video(tmp_path / "clip.mp4", seconds=8, rate=25)
+    limit = 6 * 2**30
+
+    def small():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    big = ["--fps", "25", "--min-pixels", "1000000", "--max-pixels", "1000000", "--total-pixels", "400000000"]
+    result = subprocess.run(
+        [sys.executable, "-m", "qvl", "video", str(video), *big, "--model", "tiny", "--no-cache"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=small,
+    )
+    assert_one_error(result, contains="out of memory on this machine")
