@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from qvl.batch import BatchView
-from qvl.output import console, error, first_compile, note, tiny_model
+from qvl.output import console, error, first_compile, note, tiny_model, warn
 
 
 class ProgressView(BatchView):
@@ -53,8 +53,10 @@ class ProgressView(BatchView):
 
     def finished(self, answered: int, failed: int, total: int) -> None:
         self.close()
-        hint = "; --retry-failed runs the failed ones again" if failed else ""
-        note(f"{answered} of {total} rows answered, {failed} failed{hint}", quiet=self.quiet)
+        if failed:  # the reason for the exit code: said even when quiet
+            warn(f"{answered} of {total} rows answered, {failed} failed; --retry-failed runs the failed ones again")
+        else:
+            note(f"{answered} of {total} rows answered, {failed} failed", quiet=self.quiet)
 
     def close(self) -> None:
         if self.bar is not None:

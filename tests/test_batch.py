@@ -150,8 +150,9 @@ def test_retry_failed_runs_only_the_failed_rows_again(tmp_path, tiny_model_dir):
     assert first.exit_code == 1 and "late.png: no such file" in first.stderr
     before = out.read_bytes()
     _image(tmp_path / "late.png", 2)
-    again = invoke("batch", tmp_path / "todo.jsonl", "-o", out, *TINY)  # without the flag: nothing to do
+    again = invoke("batch", tmp_path / "todo.jsonl", "-o", out, *TINY, "-q")  # without the flag: nothing to do
     assert again.exit_code == 1 and out.read_bytes() == before
+    assert "2 of 3 rows answered, 1 failed; --retry-failed" in again.stderr  # why exit 1, even when quiet
     retried = invoke("batch", tmp_path / "todo.jsonl", "-o", out, *TINY, "--retry-failed")
     assert retried.exit_code == 0, retried.stderr
     lines = out.read_bytes().splitlines(keepends=True)

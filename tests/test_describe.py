@@ -187,3 +187,21 @@ def test_a_library_that_does_not_import_is_one_line_not_a_traceback(tiny_model_d
         capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
     assert_one_error(result, contains="httpx2", exit_code=2)
+
+
+def test_a_server_that_is_not_qvls_is_one_line(tmp_path):
+    """--server pointed at some other web server (here Python's file server)."""
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        result = invoke("describe", HOUSE, "--server", f"http://127.0.0.1:{other.server_address[1]}")
+    finally:
+        other.shutdown()
+    assert_one_error(result, contains="is it a qvl server?", exit_code=2)

@@ -116,7 +116,9 @@ class Client:
     def _error(self, status: int, body: dict) -> QvlError:
         """A server's error object as the error a local run would raise."""
         error = body.get("error") if isinstance(body.get("error"), dict) else {}
-        message, code = error.get("message") or f"HTTP {status}", error.get("code")
+        if not error.get("message"):  # not an OpenAI-shaped error: not a qvl server answering
+            return ModelError(f"{self.url} answered HTTP {status} without an error qvl sends: is it a qvl server?")
+        message, code = error["message"], error.get("code")
         if status == 401:
             return ModelError(f"the qvl server at {self.url} wants an API key: set QVL_API_KEY ({message})")
         if code == "invalid_option":

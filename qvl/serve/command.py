@@ -110,7 +110,8 @@ def serve(
     address = url_of(sock)
     if not _is_loopback(sock) and api_key is None:
         output.warn(f"listening on {address} without --api-key: anyone who can reach it can use the model")
-    output.note(f"serving {engine.name} on {address}/v1 (Ctrl-C stops after the requests in flight)", quiet=quiet)
+    # Said even when quiet: with --port 0 it is the only place the port is told.
+    output.note(f"serving {engine.name} on {address}/v1 (Ctrl-C stops after the requests in flight)")
     worker.start()
     try:
         server.run(sockets=[sock])
