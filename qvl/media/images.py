@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import glob
 import io
 import os
+import warnings
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
@@ -103,7 +105,7 @@ def decode_image(data: bytes, label: str, *, max_pixels: int | None = None):
     if not data:
         raise InputError(f"{label}: is empty (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with _quiet_bomb_warning(Image), Image.open(io.BytesIO(data)) as img:
             width, height = img.size
             if max_pixels is not None and width * height > max_pixels:
                 raise InputError(
@@ -118,10 +120,12 @@ def decode_image(data: bytes, label: str, *, max_pixels: int | None = None):
         raise InputError(f"{label}: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError(f"{label}: corrupt or truncated image ({exc})") from None
-    if frames > 1:
-        from qvl.output import warn
+    from qvl.output import warn
 
+    if frames > 1:
         warn(f"{label}: animated image with {frames} frames; the model sees the first one")
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        warn(f"{label}: {width}x{height} is {width * height / 1e6:.0f} megapixels; decoding it takes much memory")
     width, height = image.size
     if min(width, height) < 1:
         raise InputError(f"{label}: empty image ({width}x{height})")
@@ -130,6 +134,15 @@ def decode_image(data: bytes, label: str, *, max_pixels: int | None = None):
             f"{label}: aspect ratio {width}x{height} is over {MAX_ASPECT_RATIO}:1, which Qwen2.5-VL cannot take; crop it first"
         )
     return image
+
+
+@contextlib.contextmanager
+def _quiet_bomb_warning(Image):
+    """Without Pillow's warning for an image of some 90 megapixels, printed as Python prints
+    warnings: `decode_image` says it in a line of its own."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
 
 
 def to_rgb(img):

@@ -126,3 +126,21 @@ def test_a_folders_videos_are_left_out_with_a_note(tmp_path, capsys):
     (tmp_path / "c.MOV").unlink()
     expand_image_inputs([str(tmp_path)])
     assert capsys.readouterr().err == ""
+
+
+def test_a_very_large_image_gets_qvls_warning_not_pillows(monkeypatch, capsys, recwarn):
+    """Past Pillow's bomb threshold (about 90 megapixels; lowered here so the image stays small)
+    the warning is qvl's one line, not Python's warning text."""
+    import io
+
+    from PIL import Image
+
+    from qvl.media.images import decode_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), "red").save(buffer, format="PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    image = decode_image(buffer.getvalue(), "big.png")
+    assert image.size == (40, 30)
+    assert "big.png: 40x30 is 0 megapixels; decoding it takes much memory" in capsys.readouterr().err
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
