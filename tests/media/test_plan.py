@@ -111,6 +111,12 @@ def test_odd_frames_round_up():
     assert plan.frames == 6 and any("rounded up" in n for n in plan.notes)
 
 
+def test_fps_above_the_videos_says_every_frame_is_used():
+    plan = plan_frames(info(duration=4.0, fps=25), VideoOptions(fps=1000))
+    assert plan.frames == 100 and any("above the video's 25 fps" in n for n in plan.notes)
+    assert not plan_frames(info(duration=4.0, fps=25), VideoOptions(fps=10)).notes
+
+
 def test_rotation_uses_displayed_size():
     plan = plan_frames(info(width=1080, height=1920, rotation=90), VideoOptions(frames=4))
     assert plan.height > plan.width and plan.rotation == 90

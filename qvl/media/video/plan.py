@@ -159,6 +159,8 @@ def plan_frames(info: VideoInfo, options: VideoOptions) -> FramePlan:
         hi = _floor_by(options.max_frames, FRAME_FACTOR)
         n = min(max(span * fps, lo), hi, available)
         n = max(FRAME_FACTOR, _floor_by(n, FRAME_FACTOR))
+        if options.fps is not None and fps > info.fps and n == _floor_by(available, FRAME_FACTOR):
+            notes.append(f"--fps {fps:g} is above the video's {info.fps:.4g} fps: every frame is used once")
         if available < FRAME_FACTOR:
             notes.append("the span holds a single frame: it is used twice (frames come in pairs)")
 
