@@ -230,6 +230,9 @@ def test_results_that_are_not_a_regular_file_are_refused(manifest, tmp_path):
     assert_one_error(
         invoke("batch", manifest, "-o", tmp_path, "-m", "tiny"), contains="not a regular file", exit_code=2
     )
+    new_folder = f"{tmp_path}/new/"  # a folder's path that does not exist yet: not made into a file
+    assert_one_error(invoke("batch", manifest, "-o", new_folder, "-m", "tiny"), contains="names a folder", exit_code=2)
+    assert not (tmp_path / "new").exists()
 
 
 def test_arguments_that_name_nothing_are_refused(tmp_path):

@@ -46,6 +46,8 @@ class Results:
         Raises `OptionError` if the file cannot be written, another job holds it, or a line is not
         a batch record (a whole line that is not a JSON object with an "id": another file).
         """
+        if str(path).endswith(("/", os.sep)):
+            raise OptionError(f"--out {path}: names a folder; give the results file's path (results.jsonl)")
         path = Path(path).expanduser()
         if path.exists() and not path.is_file():  # /dev/stdout, a FIFO, a device: never re-read to resume
             raise OptionError(

@@ -310,6 +310,12 @@ class FrameCache:
                 )
         return out
 
+    def damaged(self) -> list[tuple[Path, int]]:
+        """Entry folders whose meta.json cannot be read, with their sizes: no reader uses them."""
+        known = {e.path for e in self.entries()}
+        shards = [s for s in self.entries_dir.iterdir() if s.is_dir()] if self.entries_dir.is_dir() else []
+        return [(d, _tree_size(d)) for s in shards for d in s.iterdir() if d.is_dir() and d not in known]
+
     def stale(self, *, max_age: float = STALE_TMP_SECONDS) -> list[tuple[Path, int]]:
         """Leftovers of interrupted runs, with their sizes in bytes: nothing reads them.
 
@@ -360,6 +366,10 @@ class FrameCache:
                 self._discard(e.path)
                 removed += 1
                 freed += e.size_bytes
+        for path, size in self.damaged():  # of no use at any age
+            self._discard(path)
+            removed += 1
+            freed += size
         stale_dirs = stale_bytes = 0
         for path, size in self.stale(max_age=60 if older_than_days is None else STALE_TMP_SECONDS):
             if path.is_dir() and not path.is_symlink():

@@ -237,6 +237,15 @@ def test_entries_size_and_clear(tmp_path, clip):
     assert removed == 1 and cache.entries() == []
 
 
+def test_clear_removes_an_entry_whose_meta_is_damaged(tmp_path, clip):
+    cache = FrameCache(tmp_path / "c")
+    key = load_video(clip, VideoOptions(frames=4), cache=cache).cache_key
+    (cache.entry_dir(key) / "meta.json").write_text("{not json")
+    assert cache.entries() == [] and [p for p, _ in cache.damaged()] == [cache.entry_dir(key)]
+    removed, freed = cache.clear(older_than_days=1000)  # at any age: nothing can read it
+    assert removed == 1 and freed > 0 and not cache.entry_dir(key).exists() and cache.damaged() == []
+
+
 def test_default_root_from_env(tmp_path, monkeypatch):
     monkeypatch.setenv("QVL_CACHE_DIR", str(tmp_path / "env-cache"))
     assert FrameCache().root == tmp_path / "env-cache" / "frames"  # beside models/ (the tiny model)
