@@ -61,8 +61,8 @@ def expand_image_inputs(inputs: list[str]) -> list[tuple[str, str | InputError]]
         elif glob.has_magic(raw):
             found = sorted(p for p in glob.glob(os.path.expanduser(raw)) if Path(p).is_file())
             found = found or [InputError(f"{raw}: no files match")]
-        else:
-            found = [InputError(f"{raw}: no such file")]
+        else:  # a link to nothing (or to itself) says so, as a video's path does
+            found = [InputError(f"{raw}: {'broken symbolic link' if path.is_symlink() else 'no such file'}")]
         expanded.extend((raw if isinstance(f, InputError) else f, f) for f in found)
     return expanded
 

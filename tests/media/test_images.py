@@ -144,3 +144,16 @@ def test_a_very_large_image_gets_qvls_warning_not_pillows(monkeypatch, capsys, r
     assert image.size == (40, 30)
     assert "big.png: 40x30 is 0 megapixels; decoding it takes much memory" in capsys.readouterr().err
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_a_link_to_nothing_is_called_a_broken_link(tmp_path):
+    from qvl.media.images import expand_image_inputs
+
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")  # a loop
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    for name in ("a.jpg", "gone.jpg"):
+        [(_, error)] = expand_image_inputs([str(tmp_path / name)])
+        assert isinstance(error, InputError) and str(error).endswith(": broken symbolic link")
+    [(_, error)] = expand_image_inputs([str(tmp_path / "missing.jpg")])
+    assert str(error).endswith(": no such file")
