@@ -196,3 +196,44 @@ def test_a_videos_inputs_equal_the_processors(engine, tiny_model_dir, name):
     )
     for key, value in ours.items():
         assert value.dtype == theirs[key].dtype and torch.equal(value, theirs[key]), key
+
+
+def test_a_question_after_kept_media_matches_transformers_forward(engine, tiny_model_dir, tensors):
+    """A session's question on top of the media's cache (`prefill_text`): on qvl's tree through
+    the prompt loop with an offset, on transformers' through its own forward; the same cache and
+    the same next-token logits."""
+    from qvl.engine.decode import Sampling, StaticDecoder
+    from qvl.engine.prefill import prefill, prefill_text
+
+    request = _requests()["video"]
+    inputs = engine.prepare(request)
+    question = torch.tensor([[11, 42, 7, 300, 5]])
+    results = []
+    for model in (native.build(tiny_model_dir, tensors, torch.float32), engine.model):
+        decoder = StaticDecoder(model, 512, Sampling(), use_graph=False)
+        with torch.inference_mode():
+            done = prefill(model, inputs, lambda decoder=decoder: decoder)
+            offset = inputs["input_ids"].shape[1]
+            logits = prefill_text(model, question, offset, done.text_delta, decoder)
+        end = offset + question.shape[1]
+        results.append((logits, decoder.keys[:, :, :end].clone(), decoder.values[:, :, :end].clone()))
+    (ours, our_keys, our_values), (theirs, their_keys, their_values) = results
+    assert torch.allclose(our_keys, their_keys, atol=1e-5) and torch.allclose(our_values, their_values, atol=1e-5)
+    assert torch.allclose(ours, theirs, atol=1e-4) and int(ours.argmax()) == int(theirs.argmax())
+
+
+def test_requests_decoded_together_on_it_give_the_stock_tokens(engine, tiny_model_dir, tensors):
+    from qvl.engine import Request, VideoFrames
+    from qvl.engine.generate import FastGenerator, eos_ids
+
+    rng = np.random.default_rng(9)
+    requests = [
+        Request(prompt, video=VideoFrames(rng.integers(0, 255, (n, 112, 84, 3), dtype=np.uint8), 2.0), max_new_tokens=8)
+        for prompt, n in (("What happens?", 8), ("Which colours?", 4))
+    ]
+    ours = native.build(tiny_model_dir, tensors, torch.float32)
+    with torch.inference_mode():
+        rows = FastGenerator(ours, use_graph=False).generate_rows(
+            [engine.prepare(r) for r in requests], requests, eos_ids(ours, engine.processor.tokenizer)
+        )
+    assert [row.tokens for row in rows] == [engine.generate(r, fast=False).tokens for r in requests]

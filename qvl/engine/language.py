@@ -38,10 +38,14 @@ def supported(model) -> bool:
 
 
 @torch.inference_mode()
-def run_language_model(model, embeds: torch.Tensor, position_ids: torch.Tensor, keys, values) -> torch.Tensor:
+def run_language_model(
+    model, embeds: torch.Tensor, position_ids: torch.Tensor, keys, values, offset: int = 0
+) -> torch.Tensor:
     """The final-normed hidden state of the prompt's last position ([1, hidden]) for `embeds`
     ([1, L, hidden]) at mRoPE `position_ids` ([3, 1, L]); layer i's keys and values are written to
-    keys[i, :, :L] and values[i, :, :L] ([layers, kv_heads, capacity, head_dim] buffers)."""
+    keys[i, :, offset:offset + L] and values[i, :, offset:offset + L] ([layers, kv_heads,
+    capacity, head_dim] buffers). With `offset`, the tokens also attend to the `offset` tokens
+    already in the buffers (a question after a session's kept media)."""
     text = model.model.language_model
     config = text.config
     attend = getattr(text, "attention_function", None)  # qvl's own tree (`native`) brings its own
@@ -51,6 +55,10 @@ def run_language_model(model, embeds: torch.Tensor, position_ids: torch.Tensor, 
         attend = ALL_ATTENTION_FUNCTIONS[config._attn_implementation]
     x = embeds[0]
     length = x.shape[0]
+    end = offset + length
+    # no mask for a whole prompt: causal attention, as transformers runs it; after kept tokens, each
+    # new token sees them all and the new ones up to itself
+    mask = None if offset == 0 else torch.ones(length, end, dtype=torch.bool, device=x.device).tril(offset)[None, None]
     cos, sin = (t[0] for t in text.rotary_emb(embeds, position_ids))  # [L, head_dim], mRoPE sections applied
     layers = list(text.layers)
     heads, kv_heads, dim = config.num_attention_heads, config.num_key_value_heads, layers[0].self_attn.head_dim
@@ -64,10 +72,11 @@ def run_language_model(model, embeds: torch.Tensor, position_ids: torch.Tensor, 
         rotary_qk(q, k, cos, sin, fp32_math=False, out=(q, k))  # the text model's rotary, rounded as it rounds
         # [1, heads, L, dim] views of the projections, laid out as transformers hands them to attention
         q, k, v = (t.view(length, -1, dim).transpose(0, 1).unsqueeze(0) for t in (q, k, v))
-        keys[i, :, :length].copy_(k[0])
-        values[i, :, :length].copy_(v[0])
-        # no mask: causal attention over the whole prompt, as transformers runs it
-        out, _ = attend(attn, q, k, v, None, dropout=0.0, scaling=attn.scaling)
+        keys[i, :, offset:end].copy_(k[0])
+        values[i, :, offset:end].copy_(v[0])
+        if offset:
+            k, v = keys[i, :, :end].unsqueeze(0), values[i, :, :end].unsqueeze(0)
+        out, _ = attend(attn, q, k, v, mask, dropout=0.0, scaling=attn.scaling)
         out = attn.o_proj(out.reshape(length, heads * dim))
         h, x = norm(layer.post_attention_layernorm, out, x)
         out = _mlp(layer.mlp, h)

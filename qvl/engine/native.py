@@ -249,11 +249,13 @@ class NativeModel(nn.Module):
 
 
 def sdpa_attention(module, query, key, value, attention_mask=None, dropout=0.0, scaling=None, **_unused):
-    """The prompt loop's attention as transformers' SDPA function runs it without a mask: causal
-    over the prompt, grouped key/value heads; returns ([batch, length, heads, head_dim], None)."""
-    grouped = key.shape[1] != query.shape[1]
+    """The prompt loop's attention as transformers' SDPA function runs it: causal over a whole
+    prompt (no mask), or as `attention_mask` (True: attend) says for tokens after kept ones;
+    grouped key/value heads. Returns ([batch, length, heads, head_dim], None)."""
+    grouped = {"enable_gqa": True} if key.shape[1] != query.shape[1] else {}
+    causal = attention_mask is None and query.shape[2] > 1
     out = F.scaled_dot_product_attention(
-        query, key, value, scale=scaling, is_causal=query.shape[2] > 1, **({"enable_gqa": True} if grouped else {})
+        query, key, value, attn_mask=attention_mask, scale=scaling, is_causal=causal, **grouped
     )
     return out.transpose(1, 2).contiguous(), None
 

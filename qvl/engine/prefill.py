@@ -77,13 +77,17 @@ def prefill(model, inputs, make_decoder) -> Prefilled:
 
 
 @torch.inference_mode()
-def prefill_text(model, ids: torch.Tensor, offset: int, rope_delta: int, make_cache) -> torch.Tensor:
-    """Text tokens `ids` ([1, n]) after `offset` tokens already in the cache `make_cache(offset)`
-    fills: positions offset .. offset + n - 1 plus `rope_delta` on every mRoPE axis, as text after
-    media has. Returns the last position's logits [vocab] in fp32."""
+def prefill_text(model, ids: torch.Tensor, offset: int, rope_delta: int, decoder) -> torch.Tensor:
+    """Text tokens `ids` ([1, n]) after `offset` tokens already in `decoder`'s cache, their keys
+    and values written after them: positions offset .. offset + n - 1 plus `rope_delta` on every
+    mRoPE axis, as text after media has. Returns the last position's logits [vocab] in fp32."""
     embeds = model.model.get_input_embeddings()(ids)
     positions = torch.arange(offset, offset + ids.shape[1], device=ids.device) + rope_delta
-    return _last_logits(model, embeds, positions.view(1, 1, -1).expand(3, 1, -1), make_cache(offset))
+    positions = positions.view(1, 1, -1).expand(3, 1, -1)
+    if getattr(model.model.language_model, "attention_function", None) is not None:  # qvl's own tree
+        hidden = language.run_language_model(model, embeds, positions, decoder.keys, decoder.values, offset)
+        return model.lm_head(hidden)[-1].float()
+    return _last_logits(model, embeds, positions, decoder.prefill_cache(offset))
 
 
 def _last_logits(model, embeds, position_ids, cache) -> torch.Tensor:

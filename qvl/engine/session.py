@@ -170,7 +170,7 @@ class Session:
             torch.manual_seed(seed)
         started = time.perf_counter()
         with torch.inference_mode():
-            logits = prefill_text(model, full[:, offset:], offset, self.text_delta, self.decoder.prefill_cache)
+            logits = prefill_text(model, full[:, offset:], offset, self.text_delta, self.decoder)
             eos = eos_ids(model, tokenizer)
             rope_delta = self.decode_delta(full.shape[1])
             generated = decode(self.decoder, logits, full, rope_delta, sampling, max_new_tokens, stream, eos)
