@@ -255,6 +255,12 @@ def test_a_bad_request_gets_its_status_and_the_server_goes_on(server, body, stat
     assert _http("GET", server + "/health")[0] == 200
 
 
+def test_a_bad_field_is_named_as_the_request_names_it(server):
+    got, reply = _post(server, {"messages": _user("Hi"), "max_tokens": 0})
+    assert got == 400 and reply["error"]["message"].startswith("max_tokens must be at least 1"), reply
+    assert "--" not in reply["error"]["message"]
+
+
 def test_the_openai_client_sees_the_errors(server):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=server + "/v1", api_key="wrong", max_retries=0).models.list()

@@ -55,12 +55,26 @@ class ApiError(Exception):
 def api_error(exc: QvlError) -> ApiError:
     """A qvl error as the API reports it: bad options and inputs are the client's (400), the rest ours."""
     if isinstance(exc, OptionError):
-        return ApiError(400, str(exc), code="invalid_option")
+        return ApiError(400, _field_names(str(exc)), code="invalid_option")
     if isinstance(exc, InputError):
         return ApiError(400, str(exc), code="invalid_input")
     if isinstance(exc, ModelError):
         return ApiError(500, str(exc), code="model_error")
     return ApiError(500, str(exc), code="server_error")
+
+
+def _field_names(message: str) -> str:
+    """The command line's check messages with the request's field names (`--max-tokens` ->
+    `max_tokens`) where the option is a field of a request."""
+    import re
+
+    fields = SAMPLING_FIELDS | set(VIDEO_FIELDS)
+
+    def field(match):
+        name = match.group(1).replace("-", "_")
+        return name if name in fields else match.group(0)
+
+    return re.sub(r"--([a-z][a-z-]*)", field, message)
 
 
 @dataclass(frozen=True)
