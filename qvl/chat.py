@@ -157,6 +157,10 @@ class Chat:
         self._answering = False  # a question is being answered (what Ctrl-C stops)
 
     def run(self) -> int:
+        # A line of bytes that are not UTF-8 is that question's error, whatever the locale says
+        # (a UTF-8 locale's strict decoding would stop the chat at it).
+        if hasattr(sys.stdin, "reconfigure"):
+            sys.stdin.reconfigure(errors="surrogateescape")
         if self.interactive:
             _enable_line_editing()
             self._greet()

@@ -54,8 +54,15 @@ def plan_notes(source: str, notes, *, quiet: bool = False) -> None:
 
 
 def json_line(record: dict[str, Any]) -> None:
-    """One JSON object on its own stdout line, flushed so pipelines see it at once."""
-    sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+    """One JSON object on its own stdout line, flushed so pipelines see it at once. Text that
+    came in as bytes that are not UTF-8 (a file's name, a question, as the shell passed them)
+    holds U+FFFD where those bytes were, so the line is always valid UTF-8 JSON."""
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        line = line.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a lone surrogate from elsewhere (a JSON "\\ud800")
+        line = line.encode("utf-8", "replace").decode("utf-8")
+    sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 

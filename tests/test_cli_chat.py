@@ -199,3 +199,21 @@ def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(clip):
     child.close()
     assert child.exitstatus == 0
     assert "Traceback" not in child.before
+
+
+def test_a_line_of_bytes_that_are_not_utf8_is_one_error_and_the_chat_goes_on(tiny_model_dir):
+    house = Path(__file__).parents[1] / "examples" / "house.jpg"
+    done = subprocess.run(
+        [sys.executable, "-m", "qvl", "chat", str(house), "--model", "tiny", "--max-tokens", "2", "--json"],
+        input=b"hi\n\xff\xfe\nagain\n",
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"},  # as a UTF-8 locale decodes stdin
+    )
+    stderr = done.stderr.decode()
+    assert "Traceback" not in stderr and error_lines(stderr) == [
+        "qvl: error: the question holds bytes that are not UTF-8 text"
+    ], stderr
+    records = [json.loads(line) for line in done.stdout.decode("utf-8").splitlines()]  # valid UTF-8 JSON
+    assert [r["error"] is None for r in records] == [True, False, True]
+    assert records[1]["prompt"] == "\ufffd\ufffd" and records[2]["prompt"] == "again"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from qvl.engine.inputs import InputBuilder
 from qvl.engine.load import DEVICES, DTYPES, resolve_device, resolve_dtype
-from qvl.errors import ModelError, OptionError, first_line
+from qvl.errors import InputError, ModelError, OptionError, first_line
 
 __all__ = [
     "DEVICES",
@@ -158,7 +158,13 @@ class Engine:
     @staticmethod
     def chat_messages(request: Request) -> list[dict]:
         """The request as chat messages: the user's turns (the first with its images and video, as
-        placeholders the processor expands) between the `history`'s answers."""
+        placeholders the processor expands) between the `history`'s answers. An `InputError` for a
+        question that is not text (bytes that are not UTF-8, as a shell passes them on)."""
+        for question in (request.prompt, *(q for q, _ in request.history)):
+            try:
+                question.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError("the question holds bytes that are not UTF-8 text") from None
         media: list[dict] = [{"type": "image"} for _ in request.images]
         if request.video is not None:
             media.append({"type": "video"})
