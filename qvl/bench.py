@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterator
 from qvl.errors import OptionError
 
 SIDE = 448  # frame side in pixels: 256 language-model tokens per pair of frames
+# 262,144 prompt tokens of 448x448 frames: beyond what a 7B's context and one GPU serve.
+MOST_FRAMES = 2048
 SAMPLE_FPS = 2.0  # the rate the largest frame count is sampled at
 SOURCE_FPS = 24  # the synthetic video's own rate, as a filmed one would have
 KEYFRAME_S = 2  # a keyframe every 2 s, as encoders commonly place them
@@ -50,6 +52,8 @@ class BenchConfig:
 
         if not self.frames or any(n < 2 or n % 2 for n in self.frames):
             raise OptionError(f"--frames takes even counts of at least 2, like 64,256 (got {self.frames})")
+        if max(self.frames) > MOST_FRAMES:
+            raise OptionError(f"--frames takes at most {MOST_FRAMES:,} frames (got {max(self.frames):,})")
         if self.repeat < 1:
             raise OptionError(f"--repeat must be at least 1 (got {self.repeat})")
         if self.max_tokens < 1:

@@ -62,12 +62,13 @@ def test_bench_table_prints_every_stage(tiny_model_dir):
         (["--frames", ""], "--frames"),
         (["--frames", "0"], "--frames"),
         (["--frames", "7"], "--frames"),
+        (["--frames", "64,100000"], "at most 2,048"),
         (["--repeat", "0"], "--repeat"),
         (["--max-tokens", "0"], "--max-tokens"),
         (["--device", "tpu"], "--device"),
         (["--psa", "--psa-preset", "nope"], "preset"),
     ],
-    ids=["not a number", "empty", "zero", "odd", "repeat 0", "max-tokens 0", "device", "psa preset"],
+    ids=["not a number", "empty", "zero", "odd", "too many", "repeat 0", "max-tokens 0", "device", "psa preset"],
 )
 def test_bad_options_are_one_line_before_any_model(monkeypatch, args, message):
     import qvl.engine
