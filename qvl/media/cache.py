@@ -167,11 +167,13 @@ class FrameCache:
 
     def _not_writable(self, exc: OSError, *, can_skip: bool) -> CacheError:
         reason = exc.strerror or type(exc).__name__
-        fixes = (
-            "pass --cache-dir DIR, set QVL_CACHE_DIR, or use --no-cache"
-            if can_skip
-            else ("pass --cache-dir DIR or set QVL_CACHE_DIR to a writable folder")
-        )
+        chosen = os.environ.get("QVL_CACHE_DIR")
+        if chosen and Path(chosen).expanduser() in self.root.parents:  # qvl's models are there too
+            fixes = f"set QVL_CACHE_DIR (now {chosen}) to a writable folder"
+        elif can_skip:
+            fixes = "pass --cache-dir DIR, set QVL_CACHE_DIR, or use --no-cache"
+        else:
+            fixes = "pass --cache-dir DIR or set QVL_CACHE_DIR to a writable folder"
         return CacheError(f"frame cache {self.root} is not writable ({reason}): {fixes}")
 
     # -- read ----------------------------------------------------------------------------------

@@ -203,6 +203,16 @@ def test_cache_root_that_is_not_writable(tmp_path, clip):
     assert "not writable" in msg and "--no-cache" in msg and "\n" not in msg
 
 
+def test_a_qvl_cache_dir_that_is_not_writable_names_the_variable(tmp_path, clip, monkeypatch):
+    # --no-cache would not help: the models live under QVL_CACHE_DIR too.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("QVL_CACHE_DIR", str(blocker))
+    with pytest.raises(CacheError) as exc:
+        load_video(clip, OPTS, cache=FrameCache())
+    assert f"set QVL_CACHE_DIR (now {blocker}) to a writable folder" in str(exc.value)
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_cache_folder(tmp_path, clip):
     root = tmp_path / "ro"
