@@ -74,7 +74,7 @@ ROWS = [
         "random model too big for the memory",
         ["describe", "{photo}", "-m", "random:72b", "--device", "cpu"],
         2,
-        ["random:72b needs", "GiB"],
+        ["random:72b needs", "GiB", "--dtype bfloat16 (half the memory)"],
         [],
     ),
     # Generation options are checked before any media is read or any model loads.

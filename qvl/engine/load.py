@@ -183,9 +183,10 @@ def _random_model(resolved: ResolvedModel, device: str, dtype, attn_implementati
     need = _parameter_count(config) * torch.empty((), dtype=dtype).element_size()
     free, where = free_memory(device)
     if not fits(need, free):
+        halve = ", --dtype bfloat16 (half the memory)" if dtype == torch.float32 else ""
         raise ModelError(
             f"{resolved.name} needs {need / 2**30:.0f} GiB for its weights and {where} has "
-            f"{free / 2**30:.0f} GiB free; try a smaller one (random:3b) or the tiny model"
+            f"{free / 2**30:.0f} GiB free; try a smaller one (random:3b){halve} or the tiny model"
         )
     kwargs: dict[str, Any] = {"dtype": dtype}
     if attn_implementation is not None:
