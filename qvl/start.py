@@ -38,6 +38,9 @@ def main() -> None:
         interrupted.append(True)
     except StdoutFailed as exc:
         code = _stdout_failed(exc)
+    except Terminated:
+        output.error("terminated")
+        code = 143
     if interrupted:
         output.error("interrupted")
         code = 130
@@ -112,10 +115,16 @@ def _stdout_failed(exc: StdoutFailed) -> int:
     return 1
 
 
+class Terminated(BaseException):
+    """SIGTERM (`timeout`, `kill`, a scheduler): raised where the main thread is, so that every
+    `finally` runs (half-written cache entries and temporary files go) before the exit. Not an
+    `Exception` nor a `KeyboardInterrupt`: nothing that handles those (a chat's Ctrl-C) keeps it."""
+
+
 def _note_interrupts() -> list:
     """Ctrl-C still raises KeyboardInterrupt (so every `finally` and cleanup runs), and is also
     recorded in the returned list: Typer turns KeyboardInterrupt into a silent exit 130, which
-    would otherwise leave the user no line saying why the run stopped."""
+    would otherwise leave the user no line saying why the run stopped. SIGTERM raises `Terminated`."""
     import signal
 
     seen: list = []
@@ -124,6 +133,11 @@ def _note_interrupts() -> list:
         seen.append(True)
         raise KeyboardInterrupt
 
+    def on_sigterm(signum, frame):
+        raise Terminated
+
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
         signal.signal(signal.SIGINT, on_sigint)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, on_sigterm)
     return seen

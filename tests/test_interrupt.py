@@ -30,22 +30,22 @@ def _start(*args) -> subprocess.Popen:
     )
 
 
-def _interrupt_after_first_entry(proc: subprocess.Popen, root: Path) -> tuple[int, str]:
-    """SIGINT as soon as one entry is complete: the next video is being decoded or written."""
+def _interrupt_after_first_entry(proc: subprocess.Popen, root: Path, sent=signal.SIGINT) -> tuple[int, str]:
+    """SIGINT (or `sent`) as soon as one entry is complete: the next video is being decoded or written."""
     deadline = time.monotonic() + 120
     while not (root.exists() and FrameCache(root).entries()):
         assert proc.poll() is None, f"finished before the interrupt: {proc.communicate()}"
         assert time.monotonic() < deadline, "no cache entry appeared"
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sent)
     out, err = proc.communicate(timeout=60)
     return proc.returncode, err
 
 
-def _assert_interrupted(code: int, stderr: str) -> None:
-    assert code == 130, stderr
+def _assert_interrupted(code: int, stderr: str, expected=(130, "interrupted")) -> None:
+    assert code == expected[0], stderr
     assert "Traceback" not in stderr, stderr
-    assert error_lines(stderr) == ["qvl: error: interrupted"], stderr
+    assert error_lines(stderr) == [f"qvl: error: {expected[1]}"], stderr
 
 
 def _cache_size(root: Path) -> dict:
@@ -70,11 +70,16 @@ def test_ctrl_c_during_preprocess_leaves_only_whole_entries(videos, tmp_path):
     assert record["error"] is None and record["cache"] == "hit"
 
 
-def test_ctrl_c_during_qvl_video_leaves_only_whole_entries(videos, tmp_path, tiny_model_dir):
+@pytest.mark.parametrize(
+    "sent, expected",
+    [(signal.SIGINT, (130, "interrupted")), (signal.SIGTERM, (143, "terminated"))],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_during_qvl_video_leaves_only_whole_entries(videos, tmp_path, tiny_model_dir, sent, expected):
     root = tmp_path / "frames"
     args = ["video", *videos, *FRAMES, "-m", "tiny", "--max-tokens", "2", "--cache-dir", root, "--json"]
-    code, err = _interrupt_after_first_entry(_start(*args), root)
-    _assert_interrupted(code, err)
+    code, err = _interrupt_after_first_entry(_start(*args), root, sent)
+    _assert_interrupted(code, err, expected)
     size = _cache_size(root)
     assert 1 <= size["entries"] < 3 and size["stale_bytes"] == 0, size
     records = json_lines(invoke(*args).stdout)
