@@ -56,11 +56,21 @@ def keep_bytecode(probe: str = "torch") -> None:
 def write_json_atomically(path: Path, data, *, indent: int | None = 2) -> None:
     """`data` as JSON in `path`, through a temporary file beside it and a rename: `path` holds the
     old content or the new, never a part of it."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+
+    def write(tmp: Path) -> None:
         with open(tmp, "x", encoding="utf-8") as fh:
             json.dump(data, fh, ensure_ascii=False, indent=indent)
             fh.write("\n")
+
+    write_atomically(path, write)
+
+
+def write_atomically(path: Path, write) -> None:
+    """`write(tmp)` into a new file beside `path` (its name ending as `path`'s does, for writers that
+    choose a format by it), then renamed to `path`: a reader sees the old file or the new one."""
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp{path.suffix}")
+    try:
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -75,17 +75,14 @@ def write_profile(out_dir: Path, report: dict, masks: list[dict]) -> tuple[list[
 
 
 def _whole(path: Path, write) -> Path:
-    """`write(a path beside `path`)`, then that file renamed to `path`: no reader ever sees half of it."""
-    import os
-
+    """`write` into `path` whole or not at all (`paths.write_atomically`); an `OptionError` naming
+    the file where it cannot be written."""
     from qvl.errors import OptionError
+    from qvl.paths import write_atomically
 
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
-        write(partial)
-        os.replace(partial, path)
+        write_atomically(path, write)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise OptionError(f"--out {path.parent}: cannot write {path.name} ({exc.strerror or exc})") from None
     return path
 
