@@ -11,7 +11,6 @@ checked against transformers' own modules on the tiny model (tests/test_native.p
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qvl.engine.rope_index import rope_index
+from qvl.engine import rope_index
 
 # Checkpoint names -> this tree's: the Hub's releases name the language model `model.*` and the
 # tower `visual.*`; newer saves nest both under `model.`.
@@ -143,9 +142,7 @@ class TextRotary(nn.Module):
 
     def __init__(self, c: Config):
         super().__init__()
-        dim = c.head_dim
-        inv_freq = 1.0 / (c.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", inverse_frequencies(c), persistent=False)
         self.mrope_section = c.mrope_section
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor):
@@ -155,6 +152,12 @@ class TextRotary(nn.Module):
     def _bands(self, freq: torch.Tensor) -> torch.Tensor:
         freq = torch.cat([part[i % 3] for i, part in enumerate(freq.split(self.mrope_section, dim=-1))], dim=-1)
         return torch.cat((freq, freq), dim=-1)
+
+
+def inverse_frequencies(c: Config, device=None) -> torch.Tensor:
+    """The text rotary's [head_dim / 2] frequencies, in fp32."""
+    dim = c.head_dim
+    return 1.0 / (c.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim))
 
 
 class TextModel(nn.Module):
@@ -221,13 +224,7 @@ class Core(nn.Module):
         super().__init__()
         self.language_model = TextModel(config.text_config)
         self.visual = VisionTower(config.vision_config)
-        self.get_rope_index = functools.partial(
-            rope_index,
-            image_token_id=config.image_token_id,
-            video_token_id=config.video_token_id,
-            spatial_merge_size=config.vision_config.spatial_merge_size,
-            tokens_per_second=config.vision_config.tokens_per_second,
-        )
+        self.get_rope_index = rope_index.for_config(config)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.language_model.embed_tokens
@@ -270,9 +267,10 @@ def build(folder: Path, tensors: dict[str, torch.Tensor], dtype: torch.dtype) ->
     if config.tie_word_embeddings:
         state.setdefault("lm_head.weight", state["model.language_model.embed_tokens.weight"])
     model.load_state_dict(state, strict=True, assign=True)
-    device = state["lm_head.weight"].device
-    rotary = model.model.language_model.rotary_emb
-    rotary.inv_freq = TextRotary(config.text_config).inv_freq.to(device)  # a buffer of no checkpoint
+    # a buffer no checkpoint holds, made on the meta device above
+    model.model.language_model.rotary_emb.inv_freq = inverse_frequencies(
+        config.text_config, device=state["lm_head.weight"].device
+    )
     return model.eval().requires_grad_(False)
 
 

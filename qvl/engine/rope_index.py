@@ -78,14 +78,19 @@ def _media_positions(t: int, h: int, w: int, step: float) -> torch.Tensor:
     return torch.stack([time, rows, cols])
 
 
-def install(model) -> None:
-    """Give `model` (a Qwen2.5-VL model of transformers) these positions in place of its own
-    `get_rope_index`, for its generate and for qvl's fast path alike."""
-    config = model.config
-    model.model.get_rope_index = functools.partial(
+def for_config(config):
+    """`rope_index` with the token ids and sizes of a Qwen2.5-VL `config` bound: what a model's
+    `get_rope_index` takes."""
+    return functools.partial(
         rope_index,
         image_token_id=config.image_token_id,
         video_token_id=config.video_token_id,
         spatial_merge_size=config.vision_config.spatial_merge_size,
         tokens_per_second=config.vision_config.tokens_per_second,
     )
+
+
+def install(model) -> None:
+    """Give `model` (a Qwen2.5-VL model of transformers) these positions in place of its own
+    `get_rope_index`, for its generate and for qvl's fast path alike."""
+    model.model.get_rope_index = for_config(model.config)
