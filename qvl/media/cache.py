@@ -312,9 +312,9 @@ class FrameCache:
                 )
         return out
 
-    def damaged(self) -> list[tuple[Path, int]]:
-        """Entry folders whose meta.json cannot be read, with their sizes: no reader uses them."""
-        known = {e.path for e in self.entries()}
+    def damaged(self, entries: list[CacheEntry] | None = None) -> list[tuple[Path, int]]:
+        """Entry folders not among `entries` (default: `entries()`): their meta.json is unreadable."""
+        known = {e.path for e in (self.entries() if entries is None else entries)}
         shards = [s for s in self.entries_dir.iterdir() if s.is_dir()] if self.entries_dir.is_dir() else []
         return [(d, _tree_size(d)) for s in shards for d in s.iterdir() if d.is_dir() and d not in known]
 
@@ -363,12 +363,13 @@ class FrameCache:
         """
         now = time.time()
         removed = freed = 0
-        for e in self.entries():
+        entries = self.entries()
+        for e in entries:
             if older_than_days is None or now - e.created > older_than_days * 86400:
                 self._discard(e.path)
                 removed += 1
                 freed += e.size_bytes
-        for path, size in self.damaged():  # of no use at any age
+        for path, size in self.damaged(entries):  # of no use at any age
             self._discard(path)
             removed += 1
             freed += size
