@@ -261,8 +261,8 @@ class Runner:
         if self.stopped:
             return []
         try:
+            engine, media, media_s = self._load(load_media)
             with memory_errors():
-                engine, media, media_s = self._load(load_media)
                 session = self._session(engine, media) if len(prompts) > 1 else None
             # Inputs prepared ahead (qvl batch) are for one question: several take the session.
             inputs = media.inputs if len(prompts) == 1 else None
@@ -353,7 +353,8 @@ class Runner:
         """(engine, media, seconds the media took): the media first, so a bad input is reported
         without waiting for a model."""
         started = time.perf_counter()
-        media = load_media()
+        with memory_errors():  # the input's frames; the model's own load reports itself
+            media = load_media()
         media_s = time.perf_counter() - started if media.media_s is None else media.media_s
         try:
             engine = self.engine()

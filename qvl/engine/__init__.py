@@ -128,6 +128,7 @@ class Engine:
         self._fast = None  # the fast path's generator, made on first use
         self.compiled_s = 0.0
         """Seconds `warm_up` spent where it was the first on this machine: the kernels compiled."""
+        self._psa_compiled = False  # PSA's kernels known compiled on this machine (no need to look again)
         self.fast_path_problem = _fast_path_problem(self.model)
         """Why requests take the stock transformers path (None: they take qvl's fast path)."""
         if self.fast_path_problem is None:
@@ -235,7 +236,7 @@ class Engine:
             from qvl.engine.compiled import remember_compiled
 
             remember_compiled(self._card(), "psa")
-            summary["compiled"] = True
+            self._psa_compiled = summary["compiled"] = True
         return result_of(
             generated,
             tokenizer,
@@ -254,11 +255,12 @@ class Engine:
     def _psa_first_on_this_gpu(self) -> bool:
         """Whether PSA's kernels have never run on this machine's GPU: their compile and autotuning
         (seconds, once) then fall in this request's prefill."""
-        if self.psa is None or self.device != "cuda":
+        if self.psa is None or self.device != "cuda" or self._psa_compiled:
             return False
         from qvl.engine.compiled import compiled_before
 
-        return not compiled_before(self._card(), "psa")
+        self._psa_compiled = compiled_before(self._card(), "psa")  # once true, true for the process
+        return not self._psa_compiled
 
     def generate_batch(self, requests: Sequence[Request], inputs: Sequence | None = None) -> list[Result]:
         """Greedy answers to `requests`, decoded together on qvl's fast path: each prompt is
