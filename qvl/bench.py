@@ -183,7 +183,10 @@ def run(
         if model is None:
             model = default_model(resolve_device(config.device))
             note(f"no --model: measuring {model}")
-        engine = Engine(model, device=config.device, dtype=config.dtype, psa=config.psa, progress=progress)
+        # transformers' model, which the stock path runs (qvl's own tree would not serve it)
+        engine = Engine(
+            model, device=config.device, dtype=config.dtype, psa=config.psa, progress=progress, native=False
+        )
         note(f"loaded {engine.name} on {engine.device} in {engine.load_s:.1f} s")
     if engine.is_tiny:
         note("the built-in tiny model: its timings say little about real models")

@@ -130,7 +130,7 @@ def test_fast_path_graph_decode_matches_stock_generate(tiny_model_dir, exact_fp3
     bf16 the fused projections round differently from the stock ones, so only the first 32."""
     from qvl.engine import Engine, Request
 
-    engine = Engine("tiny", device="cuda", dtype=dtype)
+    engine = Engine("tiny", device="cuda", dtype=dtype, native=False)
     assert engine.fast_path_problem is None
     request = Request("What happens?", video=_tiny_video(), max_new_tokens=48)
     stock = engine.generate(request, fast=False).tokens
@@ -161,7 +161,7 @@ def test_session_answers_as_fresh_stock_requests_on_cuda(tiny_model_dir, exact_f
     through qvl's fast path and through transformers' generate, a long question between two short ones."""
     from qvl.engine import Engine, Request
 
-    engine = Engine("tiny", device="cuda", dtype="float32")
+    engine = Engine("tiny", device="cuda", dtype="float32", native=False)
     video = _tiny_video()
     session = engine.session(video=video)
     for question in ("What happens?", "Describe the colours of every object in great detail, please.", "Why?"):
@@ -193,7 +193,7 @@ def test_graph_decode_step_logits_match_stock_generate(tiny_model_dir, exact_fp3
 
     from qvl.engine import Engine, Request
 
-    engine = Engine("tiny", device="cuda", dtype="float32")
+    engine = Engine("tiny", device="cuda", dtype="float32", native=False)
     inputs = engine.prepare(Request("What happens?", video=_tiny_video()))
     assert_decode_logits_match_stock(engine, inputs, use_graph=True)
 
@@ -217,7 +217,7 @@ def test_requests_decoded_together_on_the_gpu_match_each_alone(tiny_model_dir, e
     generate of each request, greedy, fp32: identical tokens; a smaller batch after it too."""
     from qvl.engine import Engine, Request
 
-    engine = Engine("tiny", device="cuda", dtype="float32")
+    engine = Engine("tiny", device="cuda", dtype="float32", native=False)
     requests = [
         Request("What happens?", video=_tiny_video(16), max_new_tokens=40),
         Request("Describe it.", video=_tiny_video(8, 112, 112), max_new_tokens=24),
@@ -230,35 +230,22 @@ def test_requests_decoded_together_on_the_gpu_match_each_alone(tiny_model_dir, e
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_native_tree_on_cuda_gives_the_engines_tokens(tiny_model_dir, exact_fp32, dtype):
-    """qvl's own tree and inputs (`engine.native`, `native_inputs`), its weights read by the
-    `WeightReader`, through the fast path with CUDA graphs: the engine's greedy tokens (in bf16 the
-    first 16: near-ties of random weights)."""
-    import torch
+def test_the_engine_on_qvls_tree_gives_transformers_tokens_on_cuda(tiny_model_dir, exact_fp32, dtype):
+    """qvl's own tree and inputs (`engine.native`), through the fast path with CUDA graphs, and a
+    session over them: transformers' stock tokens, greedy (in bf16 the first 16: near-ties of
+    random weights). In fp32 (the tiny model's stored dtype) the engine takes the tree by itself,
+    its weights read by the `WeightReader`; a bf16 engine is asked for it."""
+    from qvl.engine import Engine
 
-    from qvl.engine import Engine, native
-    from qvl.engine.generate import FastGenerator, TextStream, eos_ids
-    from qvl.engine.native_inputs import ChatTemplate, Tokenizer, VideoPixels, video_inputs
-    from qvl.engine.weights import WeightReader, checkpoint_files
-
-    engine = Engine("tiny", device="cuda", dtype=dtype)
+    stock = Engine("tiny", device="cuda", dtype=dtype, native=False)
+    engine = Engine("tiny", device="cuda", dtype=dtype, native=None if dtype == "float32" else True)
+    assert engine.native and engine.fast_path_problem is None and not stock.native
     request = _tiny_video_request(max_new_tokens=24)
-    expected = engine.generate(request).tokens
-    tensors = WeightReader(checkpoint_files(tiny_model_dir), "cuda").tensors()
-    model = native.build(tiny_model_dir, tensors, getattr(torch, dtype))
-    tokenizer = Tokenizer(tiny_model_dir)
-    text = ChatTemplate(tiny_model_dir).render(Engine.chat_messages(request))
-    frames = torch.from_numpy(request.video.frames).cuda()
-    inputs = video_inputs(
-        tokenizer, VideoPixels(tiny_model_dir), text, frames, request.video.sampled_fps, model.config.video_token_id
-    )
-    with torch.inference_mode():
-        tokens = (
-            FastGenerator(model, use_graph=True)
-            .generate(inputs, request, TextStream(tokenizer, None), eos_ids(model, tokenizer))
-            .tokens
-        )
-    assert tokens == expected if dtype == "float32" else tokens[:16] == expected[:16]
+    expected = stock.generate(request, fast=False).tokens
+    same = (lambda a: a == expected) if dtype == "float32" else (lambda a: a[:16] == expected[:16])
+    assert same(engine.generate(request).tokens)
+    assert engine._fast.decoder.graph is not None
+    assert same(engine.session(video=request.video).ask(request.prompt, max_new_tokens=24).tokens)
 
 
 def _tiny_video_request(max_new_tokens: int):

@@ -5,6 +5,7 @@ stock path, and no transformers imported on its way."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -103,29 +104,23 @@ def test_the_fast_path_on_it_gives_the_stock_tokens(engine, tiny_model_dir, tens
 
 _WITHOUT_TRANSFORMERS = """
 import json, sys
-import numpy as np, torch
-from safetensors.torch import load_file
-from qvl.engine import Engine, Request, VideoFrames, native
-from qvl.engine.generate import FastGenerator, TextStream, eos_ids
-from qvl.engine.native_inputs import ChatTemplate, Tokenizer, VideoPixels, video_inputs
-folder, frames_file = sys.argv[1], sys.argv[2]
-from pathlib import Path
-folder = Path(folder)
-frames = np.load(frames_file)
-request = Request("What happens?", video=VideoFrames(frames, 2.0), max_new_tokens=12)
-model = native.build(folder, load_file(str(folder / "model.safetensors")), torch.float32)
-tokenizer = Tokenizer(folder)
-text = ChatTemplate(folder).render(Engine.chat_messages(request))
-inputs = video_inputs(tokenizer, VideoPixels(folder), text, torch.from_numpy(frames), 2.0, model.config.video_token_id)
-with torch.inference_mode():
-    tokens = FastGenerator(model, use_graph=False).generate(inputs, request, TextStream(tokenizer, None), eos_ids(model, tokenizer)).tokens
-print(json.dumps({"tokens": tokens, "transformers": any(m.startswith("transformers") for m in sys.modules)}))
+import numpy as np
+from qvl.engine import Engine, Request, VideoFrames
+engine = Engine(sys.argv[1], device="cpu", native=True)
+frames = np.load(sys.argv[2])
+answer = engine.generate(Request("What happens?", video=VideoFrames(frames, 2.0), max_new_tokens=12))
+session = engine.session(video=VideoFrames(frames, 2.0))
+asked = session.ask("And then?", max_new_tokens=8)
+print(json.dumps({
+    "native": engine.native, "tokens": answer.tokens, "asked": asked.tokens,
+    "transformers": sorted({m for m in sys.modules if m.startswith("transformers")})[:3],
+}))
 """
 
 
 def test_a_video_answered_without_transformers_gives_the_stock_tokens(engine, tiny_model_dir, tmp_path):
-    """The whole cold path in a fresh interpreter: qvl's tree, template, tokenizer and pixels, the
-    fast path; transformers never imported, the stock path's greedy tokens."""
+    """The engine on the tree in a fresh interpreter: a video's answer and a question about the
+    kept video (a session) with the stock path's greedy tokens; transformers never imported."""
     from qvl.engine import Request, VideoFrames
 
     frames = np.random.default_rng(7).integers(0, 255, (8, 112, 84, 3), dtype=np.uint8)
@@ -138,8 +133,55 @@ def test_a_video_answered_without_transformers_gives_the_stock_tokens(engine, ti
     )
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout.splitlines()[-1])
-    stock = engine.generate(Request("What happens?", video=VideoFrames(frames, 2.0), max_new_tokens=12), fast=False)
-    assert answer == {"tokens": stock.tokens, "transformers": False}
+    video = VideoFrames(frames, 2.0)
+    stock = engine.generate(Request("What happens?", video=video, max_new_tokens=12), fast=False)
+    asked = engine.generate(
+        Request("And then?", video=video, max_new_tokens=8), fast=False
+    )  # a session's first question is the request alone
+    assert answer == {"native": True, "tokens": stock.tokens, "asked": asked.tokens, "transformers": []}
+
+
+@pytest.fixture(scope="module")
+def native_engine(tiny_model_dir):
+    from qvl.engine import Engine
+
+    return Engine("tiny", device="cpu", native=True)
+
+
+@pytest.mark.parametrize("name", ["video", "video after turns", "images", "text"])
+def test_the_engine_on_the_tree_gives_the_stock_tokens(engine, native_engine, name):
+    """Every kind of request: a video's and a text's inputs made by qvl, images' by transformers'
+    processor (loaded for the first image)."""
+    import dataclasses
+
+    assert native_engine.native and native_engine.fast_path_problem is None
+    request = dataclasses.replace(_requests()[name], max_new_tokens=10)
+    assert native_engine.generate(request).tokens == engine.generate(request, fast=False).tokens
+
+
+def test_the_engine_takes_the_tree_only_where_it_can(engine, native_engine, tiny_model_dir, tmp_path):
+    from qvl.engine import Engine, Request
+    from qvl.errors import OptionError
+
+    assert not engine.native  # the default on a CPU: transformers' model, the stock path beside the fast one
+    with pytest.raises(OptionError, match="native=False"):
+        native_engine.generate(Request("Hello", max_new_tokens=2), fast=False)
+    # A model the tree does not implement (another activation) loads through transformers.
+    other = tmp_path / "gelu"
+    shutil.copytree(tiny_model_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    config["text_config"]["hidden_act"] = "gelu"
+    (other / "config.json").write_text(json.dumps(config))
+    assert not Engine(str(other), device="cpu", native=True).native
+    # A checkpoint whose tensors do not fit the tree's names likewise, from the same tensors.
+    from safetensors.torch import load_file, save_file
+
+    extra = tmp_path / "extra"
+    shutil.copytree(tiny_model_dir, extra)
+    tensors = load_file(str(extra / "model.safetensors"))
+    tensors["model.unknown.weight"] = torch.zeros(2)
+    save_file(tensors, str(extra / "model.safetensors"), metadata={"format": "pt"})
+    assert not Engine(str(extra), device="cpu", native=True).native
 
 
 def _requests():

@@ -67,13 +67,19 @@ def child(arguments: list[str]) -> None:
     wrap(qvl.models, "resolve_model", "resolve_model")
     wrap(qvl.engine.load, "_weight_reader", "_weight_reader (CUDA context, pinned buffers)")
     wrap(qvl.engine.load, "_pretrained_model", "_pretrained_model")
+    wrap(qvl.engine.load, "_native_model", "_native_model (qvl's tree and processor)")
     if SWITCH in os.environ:
         sys.setswitchinterval(float(os.environ[SWITCH]) / 1000)
 
     original_load_engine = qvl.runner.load_engine
 
     def load_engine(settings, tokens=None, **options):
+        import qvl.engine.fuse
+        import qvl.engine.native
         import qvl.engine.weights
+
+        wrap(qvl.engine.native, "build", "native.build")
+        wrap(qvl.engine.fuse, "fuse_model", "fuse_model")
 
         wrap(qvl.engine.Engine, "__init__", "Engine.__init__")
         wrap(qvl.engine.Engine, "warm_up", "Engine.warm_up")

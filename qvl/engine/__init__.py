@@ -98,10 +98,16 @@ class Engine:
         attn_implementation: str | dict | None = None,
         psa=None,
         progress: bool = True,
+        native: bool | None = None,
     ):
         """psa: a `qvl.psa.AttentionConfig` to run the language model's prefill with Pyramid
         Sparse Attention, or None for SDPA everywhere. progress: the Hub's and transformers'
-        progress bars on stderr while the model downloads and loads."""
+        progress bars on stderr while the model downloads and loads. native: the weights in qvl's
+        own module tree with qvl's own inputs, which never import transformers' model classes
+        (`engine.native`; a cold process's seconds): None takes them where a saved checkpoint is
+        read straight onto one GPU without PSA, True wherever the checkpoint loads into them,
+        False never. Requests on the tree always take the fast path: `generate(fast=False)` needs
+        transformers' model."""
         from qvl.engine.load import hide_load_progress, load_model
         from qvl.models import resolve_model
 
@@ -117,19 +123,23 @@ class Engine:
         started = time.perf_counter()
         try:
             self.resolved = resolve_model(model)
-            self.model, self.processor = load_model(self.resolved, self.device, self.dtype, attn_implementation)
+            self.model, self.processor = load_model(self.resolved, self.device, self.dtype, attn_implementation, native)
         except ImportError as exc:  # a broken install: a library that transformers or qvl imports
             raise ModelError(
                 f"cannot load a model: {first_line(exc)} (an incomplete install: install qvl with its "
                 "dependencies again, e.g. `make install` in its checkout)"
             ) from None
         self.load_s = time.perf_counter() - started
-        self._inputs = InputBuilder(self.processor)
+        from qvl.engine.native import NativeModel
+
+        self.native = isinstance(self.model, NativeModel)
+        """The weights are in qvl's own module tree (no transformers model: no stock path)."""
+        self._inputs = self.processor.inputs if self.native else InputBuilder(self.processor)
         self._fast = None  # the fast path's generator, made on first use
         self.compiled_s = 0.0
         """Seconds `warm_up` spent where it was the first on this machine: the kernels compiled."""
         self._psa_compiled = False  # PSA's kernels known compiled on this machine (no need to look again)
-        self.fast_path_problem = _fast_path_problem(self.model)
+        self.fast_path_problem = None if self.native else _fast_path_problem(self.model)
         """Why requests take the stock transformers path (None: they take qvl's fast path)."""
         if self.fast_path_problem is None:
             from qvl.engine.fuse import fuse_model
@@ -211,6 +221,10 @@ class Engine:
 
         if request.max_new_tokens < 1:
             raise OptionError(f"--max-tokens must be at least 1, not {request.max_new_tokens}")
+        if fast is None:
+            fast = self.fast_path_problem is None
+        if not fast and self.native:
+            raise OptionError("the stock path runs transformers' model: make the engine with native=False")
         timings = Timings(load_s=self.load_s)
         started = time.perf_counter()
         inputs = self.prepare(request) if inputs is None else inputs.to(self.model.device)
@@ -218,8 +232,6 @@ class Engine:
 
         tokenizer = self.processor.tokenizer
         stream = TextStream(tokenizer, on_text)
-        if fast is None:
-            fast = self.fast_path_problem is None
         if request.seed is not None:
             torch.manual_seed(request.seed)
         started = time.perf_counter()
@@ -311,13 +323,13 @@ class Engine:
         the fast path and return the seconds it took (added to `load_s`): the first request of a
         process pays one-time costs (cuBLAS handles, CUDA modules loaded on first use, each Triton
         kernel's load from its cache) that this takes instead, where the caller can overlap it
-        with other work.
+        with other work. Does nothing off a GPU's fast path.
 
         tokens: the prompt and answer tokens the next request will hold, where known (a planned
         video's tokens, the text's and --max-tokens): its KV cache is made and its decode step
-        captured here too, for greedy decoding. Does nothing off the fast path; a failure here is
+        captured here too, for greedy decoding. Does nothing off a GPU's fast path; a failure here is
         left for the first real request to meet."""
-        if self.fast_path_problem is not None:
+        if self.fast_path_problem is not None or self.device != "cuda":  # a CPU has no such costs
             return 0.0
         import numpy as np
 

@@ -66,11 +66,18 @@ def hide_load_progress() -> None:
         hf_logging.disable_progress_bar()
 
 
-def load_model(resolved: ResolvedModel, device: str, dtype, attn_implementation):
-    """(model, processor) ready for inference."""
+def load_model(resolved: ResolvedModel, device: str, dtype, attn_implementation, native: bool | None = None):
+    """(model, processor) ready for inference: qvl's own module tree and processor (`engine.native`)
+    where `native` asks for them and the checkpoint loads into them (None: where the weights are
+    read straight onto one GPU and nothing asks for transformers' attention), else transformers'."""
     # Started before transformers is imported, which the read then overlaps.
     reader = None if resolved.random is not None else _weight_reader(resolved.path, device, dtype)
+    wanted = native if native is not None else reader is not None
     try:
+        if wanted and resolved.random is None and attn_implementation is None:
+            tree, reader = _native_model(resolved.path, device, dtype, reader)
+            if tree is not None:
+                return tree
         if resolved.random is not None:
             model = _random_model(resolved, device, dtype, attn_implementation)
         else:  # no weight bar where the weights are in memory already, or a few KB
@@ -92,6 +99,49 @@ def load_model(resolved: ResolvedModel, device: str, dtype, attn_implementation)
         raise ModelError(f"cannot load the processor from {resolved.path}: {first_line(exc)}") from None
     model.eval()
     return model, processor
+
+
+def _native_model(path, device: str, dtype, reader=None):
+    """((qvl's tree, its processor), None) over the checkpoint in `path` (the tensors `reader` has
+    read, or the files read here); (None, a reader of the tensors already read, or None) where the
+    folder is not what the tree reads: transformers' classes then load it, from those tensors."""
+    from qvl.engine import native
+    from qvl.engine.native_inputs import NativeProcessor
+
+    tensors = None
+    try:
+        config = native.read_config(path)
+        if config.text_config.hidden_act != "silu" or config.vision_config.hidden_act != "silu":
+            return None, reader
+        processor = NativeProcessor(path, config.image_token_id, config.video_token_id)
+        tensors = reader.tensors() if reader is not None else _read_tensors(path, device)
+        if tensors:
+            return (native.build(path, tensors, dtype), processor), None
+    except (OSError, ValueError, KeyError, AttributeError, RuntimeError):  # RuntimeError: names or shapes
+        pass
+    return None, (_Read(tensors) if tensors and reader is not None else reader)
+
+
+class _Read:
+    """Tensors read already, handed over as a `WeightReader` hands over its own."""
+
+    def __init__(self, tensors: dict):
+        self._tensors: dict | None = tensors
+
+    def tensors(self) -> dict | None:
+        tensors, self._tensors = self._tensors, None
+        return tensors
+
+
+def _read_tensors(path, device: str) -> dict:
+    from safetensors.torch import load_file
+
+    from qvl.engine.weights import checkpoint_files
+
+    tensors: dict = {}
+    for file in checkpoint_files(path):
+        tensors.update(load_file(str(file), device=device))
+    return tensors
 
 
 @contextlib.contextmanager

@@ -90,6 +90,24 @@ def read_generation_config(folder: Path) -> Config:
     return Config(**(json.loads(path.read_text()) if path.is_file() else {}))
 
 
+class Linear(nn.Linear):
+    """Parameters a checkpoint fills: never initialised. (On the meta device torch's initialisers
+    import its compiler, a second of a cold start.)"""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+class Embedding(nn.Embedding):
+    def reset_parameters(self) -> None:
+        pass
+
+
+class Conv3d(nn.Conv3d):
+    def reset_parameters(self) -> None:
+        pass
+
+
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float):
         super().__init__()
@@ -106,9 +124,9 @@ class RMSNorm(nn.Module):
 class GatedMLP(nn.Module):
     def __init__(self, width: int, inner: int, bias: bool):
         super().__init__()
-        self.gate_proj = nn.Linear(width, inner, bias=bias)
-        self.up_proj = nn.Linear(width, inner, bias=bias)
-        self.down_proj = nn.Linear(inner, width, bias=bias)
+        self.gate_proj = Linear(width, inner, bias=bias)
+        self.up_proj = Linear(width, inner, bias=bias)
+        self.down_proj = Linear(inner, width, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -121,10 +139,10 @@ class TextAttention(nn.Module):
         self.scaling = c.head_dim**-0.5
         self.num_key_value_groups = c.num_attention_heads // c.num_key_value_heads
         self.is_causal = True
-        self.q_proj = nn.Linear(c.hidden_size, c.num_attention_heads * c.head_dim, bias=True)
-        self.k_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=True)
-        self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=True)
-        self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=False)
+        self.q_proj = Linear(c.hidden_size, c.num_attention_heads * c.head_dim, bias=True)
+        self.k_proj = Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=True)
+        self.v_proj = Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=True)
+        self.o_proj = Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=False)
 
 
 class DecoderLayer(nn.Module):
@@ -142,7 +160,8 @@ class TextRotary(nn.Module):
 
     def __init__(self, c: Config):
         super().__init__()
-        self.register_buffer("inv_freq", inverse_frequencies(c), persistent=False)
+        # no checkpoint holds them: `build` computes them on the weights' device
+        self.register_buffer("inv_freq", torch.empty(c.head_dim // 2), persistent=False)
         self.mrope_section = c.mrope_section
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor):
@@ -166,7 +185,7 @@ class TextModel(nn.Module):
     def __init__(self, c: Config):
         super().__init__()
         self.config = c
-        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
+        self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_hidden_layers))
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.rotary_emb = TextRotary(c)
@@ -177,8 +196,8 @@ class VisionAttention(nn.Module):
     def __init__(self, c: Config):
         super().__init__()
         self.scaling = (c.hidden_size // c.num_heads) ** -0.5
-        self.qkv = nn.Linear(c.hidden_size, 3 * c.hidden_size, bias=True)
-        self.proj = nn.Linear(c.hidden_size, c.hidden_size)
+        self.qkv = Linear(c.hidden_size, 3 * c.hidden_size, bias=True)
+        self.proj = Linear(c.hidden_size, c.hidden_size)
 
 
 class VisionBlock(nn.Module):
@@ -194,7 +213,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, c: Config):
         super().__init__()
         kernel = (c.temporal_patch_size, c.patch_size, c.patch_size)
-        self.proj = nn.Conv3d(c.in_channels, c.hidden_size, kernel_size=kernel, stride=kernel, bias=False)
+        self.proj = Conv3d(c.in_channels, c.hidden_size, kernel_size=kernel, stride=kernel, bias=False)
 
 
 class PatchMerger(nn.Module):
@@ -203,7 +222,7 @@ class PatchMerger(nn.Module):
         self.hidden_size = c.hidden_size * c.spatial_merge_size**2
         self.ln_q = RMSNorm(c.hidden_size, 1e-6)
         self.mlp = nn.Sequential(
-            nn.Linear(self.hidden_size, self.hidden_size), nn.GELU(), nn.Linear(self.hidden_size, c.out_hidden_size)
+            Linear(self.hidden_size, self.hidden_size), nn.GELU(), Linear(self.hidden_size, c.out_hidden_size)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -238,7 +257,7 @@ class NativeModel(nn.Module):
         self.config = config
         self.generation_config = generation_config
         self.model = Core(config)
-        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.lm_head = Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
 
     @property
     def device(self) -> torch.device:
@@ -267,7 +286,6 @@ def build(folder: Path, tensors: dict[str, torch.Tensor], dtype: torch.dtype) ->
     if config.tie_word_embeddings:
         state.setdefault("lm_head.weight", state["model.language_model.embed_tokens.weight"])
     model.load_state_dict(state, strict=True, assign=True)
-    # a buffer no checkpoint holds, made on the meta device above
     model.model.language_model.rotary_emb.inv_freq = inverse_frequencies(
         config.text_config, device=state["lm_head.weight"].device
     )

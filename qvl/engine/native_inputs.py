@@ -1,7 +1,8 @@
 """A request's model inputs without transformers, for the cold path over `native`'s tree: the chat
 template (Jinja, rendered as transformers renders it), the tokenizer (`tokenizers`, from the
 model's tokenizer.json), and a video's frames rescaled, normalised and laid out in the patches the
-vision tower reads. Images keep transformers' processor: their resize is its own.
+vision tower reads. Images keep transformers' processor (their resize is its own), loaded when the
+first image comes. `NativeProcessor` gathers them behind what the engine asks of a processor.
 
 Each output is checked against transformers' processor on the tiny model (tests/test_native.py):
 the same text, ids and pixel values, bit for bit.
@@ -11,8 +12,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from qvl.engine import VideoFrames
 
 
 class Tokenizer:
@@ -27,8 +32,18 @@ class Tokenizer:
         self.eos_token_id = self._id(config.get("eos_token"))
         self.pad_token_id = self._id(config.get("pad_token"))
 
-    def encode(self, text: str) -> list[int]:
-        return self._backend.encode(text).ids
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def __call__(self, text: str | list[str], add_special_tokens: bool = True) -> dict[str, list]:
+        """{"input_ids": ids} of `text`, or a list of ids per text of a list, as transformers'
+        tokenizers answer."""
+        if isinstance(text, str):
+            return {"input_ids": self.encode(text, add_special_tokens)}
+        return {"input_ids": [self.encode(one, add_special_tokens) for one in text]}
+
+    def convert_tokens_to_ids(self, token: str) -> int | None:
+        return self._backend.token_to_id(token)
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -105,6 +120,58 @@ def video_inputs(tokenizer: Tokenizer, pixels: VideoPixels, text: str, frames, f
     repeats[places] = int(media["video_grid_thw"].prod()) // pixels.merge_size**2
     ids = ids.repeat_interleave(repeats).unsqueeze(0).to(frames.device)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), **media}
+
+
+class ModelInputs(dict):
+    """A request's model inputs by name, movable as transformers' `BatchFeature` is."""
+
+    def to(self, device) -> ModelInputs:
+        return ModelInputs({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.items()})
+
+
+class NativeProcessor:
+    """What the engine asks of transformers' processor, for a model folder read by qvl itself: the
+    chat template, the tokenizer, the media token ids, and `inputs` (a request's model inputs).
+    Raises OSError or ValueError where the folder lacks what it reads."""
+
+    def __init__(self, folder: Path, image_token_id: int, video_token_id: int):
+        self.folder = Path(folder)
+        self.tokenizer = Tokenizer(self.folder)
+        self.template = ChatTemplate(self.folder)
+        self.pixels = VideoPixels(self.folder)
+        self.image_token_id, self.video_token_id = image_token_id, video_token_id
+        self._images = None  # transformers' processor behind an `InputBuilder`, made for the first image
+
+    def apply_chat_template(self, messages: list[dict], tokenize: bool = False, add_generation_prompt: bool = True):
+        if tokenize or not add_generation_prompt:
+            raise ValueError("the chat template is rendered as text, ending with the answer's start")
+        return self.template.render(messages)
+
+    def inputs(self, text: str, images, video: VideoFrames | None, device) -> ModelInputs:
+        """The model inputs of chat `text` with its media, on `device`: a video's and a text's made
+        here, images' by transformers' processor."""
+        if images:
+            return ModelInputs(self._image_inputs()(text, images, video, device))
+        if video is None:
+            ids = torch.tensor([self.tokenizer.encode(text)], device=device)
+            return ModelInputs(input_ids=ids, attention_mask=torch.ones_like(ids))
+        frames = torch.from_numpy(video.frames).to(device)
+        try:
+            made = video_inputs(self.tokenizer, self.pixels, text, frames, video.sampled_fps, self.video_token_id)
+        except ValueError as exc:  # a question that writes the placeholder token itself
+            from qvl.errors import InputError
+
+            raise InputError(f"{exc}: a question cannot hold the video placeholder token") from None
+        return ModelInputs(made)
+
+    def _image_inputs(self):
+        if self._images is None:
+            from transformers import AutoProcessor
+
+            from qvl.engine.inputs import InputBuilder
+
+            self._images = InputBuilder(AutoProcessor.from_pretrained(self.folder))
+        return self._images
 
 
 def _json(path: Path) -> dict:
