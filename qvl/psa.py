@@ -354,32 +354,34 @@ def psa_request(config: AttentionConfig, text_length: int, stats: PSAStats | Non
         _active.state = previous
 
 
-def psa_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """An `AttentionInterface` function: PSA for long causal prefill, SDPA for everything else.
+def psa_attention_forward(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, *, fallback=None, **kwargs
+):
+    """An `AttentionInterface` function: PSA for long causal prefill, SDPA for everything else
+    (`fallback`, an attention function of the same arguments: transformers' SDPA where None).
 
     query: [B, HQ, S, D]; key, value: [B, HKV, S_kv, D]. Returns (out [B, S, HQ, D], None).
     """
     state = getattr(_active, "state", None)
     probe = state.probe if state is not None else None
+    attend = (fallback, module, query, key, value, attention_mask, dropout, scaling)
     if probe is None:
-        return _attend(state, module, query, key, value, attention_mask, dropout, scaling, kwargs)[0]
+        return _attend(state, *attend, kwargs)[0]
     started = probe.start()
-    out, layer_stats = _attend(state, module, query, key, value, attention_mask, dropout, scaling, kwargs)
+    out, layer_stats = _attend(state, *attend, kwargs)
     probe.finish(started, module, query, key, value, attention_mask, out[0], layer_stats, scaling=scaling, **kwargs)
     return out
 
 
-def _attend(state, module, query, key, value, attention_mask, dropout, scaling, kwargs):
+def _attend(state, fallback, module, query, key, value, attention_mask, dropout, scaling, kwargs):
     """((out [B, S, HQ, D], None), PSA's layer statistics or None where SDPA ran)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     q_len, kv_len = query.shape[2], key.shape[2]
     # Batch 1 with no padding is the only case qvl sends; a padded batch falls back to SDPA.
     usable = state is not None and q_len == kv_len and query.shape[0] == 1
     if not usable or q_len < state.min_tokens:
-        sdpa = sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
+        if fallback is None:
+            from transformers.integrations.sdpa_attention import sdpa_attention_forward as fallback
+        sdpa = fallback(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
         return sdpa, None
     kernel = state.kernel
     if kernel.text_length > q_len:

@@ -259,7 +259,7 @@ def profile_media(settings, prompt: str, media, options=None, *, on_loaded=None)
     from qvl.engine import Request
     from qvl.runner import load_engine
 
-    engine = load_engine(settings)
+    engine = load_engine(settings, native=False)  # the profile runs transformers' forward
     if on_loaded is not None:
         on_loaded(engine)
     return (engine, *profile_prefill(engine, Request(prompt, images=media.images, video=media.video), options))

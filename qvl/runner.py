@@ -431,14 +431,15 @@ def memory_errors():
 _SMALLER = "try fewer or smaller frames (--frames, --max-pixels) or a smaller model"
 
 
-def load_engine(settings: Settings, tokens: int | None = None, *, progress: bool = True):
+def load_engine(settings: Settings, tokens: int | None = None, *, progress: bool = True, native: bool | None = None):
     """The `qvl.engine.Engine` that `settings` names (model, device, dtype, PSA; `progress`: its load's
-    progress bar), warmed up: the first request's one-time costs are paid here, which
-    `Runner.load_in_background` overlaps with the first video's decoding (tokens: that request's,
-    where known; `Engine.warm_up`)."""
+    progress bar; `native`: as `Engine` takes it), warmed up: the first request's one-time costs
+    are paid here, which `Runner.load_in_background` overlaps with the first video's decoding
+    (tokens: that request's, where known; `Engine.warm_up`)."""
     from qvl.engine import Engine
 
-    engine = Engine(settings.model, device=settings.device, dtype=settings.dtype, psa=settings.psa, progress=progress)
+    named = {"device": settings.device, "dtype": settings.dtype, "psa": settings.psa}
+    engine = Engine(settings.model, **named, progress=progress, native=native)
     engine.warm_up(tokens)
     return engine
 

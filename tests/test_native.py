@@ -111,8 +111,11 @@ frames = np.load(sys.argv[2])
 answer = engine.generate(Request("What happens?", video=VideoFrames(frames, 2.0), max_new_tokens=12))
 session = engine.session(video=VideoFrames(frames, 2.0))
 asked = session.ask("And then?", max_new_tokens=8)
+from qvl.psa import AttentionConfig
+psa = Engine(sys.argv[1], device="cpu", native=True, psa=AttentionConfig.preset("fast", block=16, min_tokens=64))
+sparse = psa.generate(Request("What happens?", video=VideoFrames(frames, 2.0), max_new_tokens=4))
 print(json.dumps({
-    "native": engine.native, "tokens": answer.tokens, "asked": asked.tokens,
+    "native": engine.native and psa.native, "psa": sparse.psa["density"] < 1, "tokens": answer.tokens, "asked": asked.tokens,
     "transformers": sorted({m for m in sys.modules if m.startswith("transformers")})[:3],
 }))
 """
@@ -120,7 +123,8 @@ print(json.dumps({
 
 def test_a_video_answered_without_transformers_gives_the_stock_tokens(engine, tiny_model_dir, tmp_path):
     """The engine on the tree in a fresh interpreter: a video's answer and a question about the
-    kept video (a session) with the stock path's greedy tokens; transformers never imported."""
+    kept video (a session) with the stock path's greedy tokens, and an answer through PSA;
+    transformers never imported."""
     from qvl.engine import Request, VideoFrames
 
     frames = np.random.default_rng(7).integers(0, 255, (8, 112, 84, 3), dtype=np.uint8)
@@ -138,7 +142,8 @@ def test_a_video_answered_without_transformers_gives_the_stock_tokens(engine, ti
     asked = engine.generate(
         Request("And then?", video=video, max_new_tokens=8), fast=False
     )  # a session's first question is the request alone
-    assert answer == {"native": True, "tokens": stock.tokens, "asked": asked.tokens, "transformers": []}
+    expected = {"native": True, "psa": True, "tokens": stock.tokens, "asked": asked.tokens, "transformers": []}
+    assert answer == expected
 
 
 @pytest.fixture(scope="module")

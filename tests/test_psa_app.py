@@ -178,3 +178,16 @@ def test_fast_path_prefills_with_psa_as_the_stock_path_does(tiny_model_dir, pres
     fast = engine.generate(REQUEST, fast=True)
     assert fast.psa is not None and fast.psa == stock.psa
     assert fast.tokens == stock.tokens
+
+
+@pytest.mark.parametrize("preset", ["dense", "fast"])
+def test_qvls_own_tree_prefills_with_psa_as_transformers_model_does(tiny_model_dir, preset):
+    """PSA on `engine.native`'s tree (its attention function, SDPA its fallback): the statistics
+    and greedy tokens of transformers' model through its own generate."""
+    config = AttentionConfig.preset(preset, block=16, min_tokens=64)
+    ours = Engine("tiny", device="cpu", psa=config, native=True)
+    assert ours.native
+    stock = Engine("tiny", device="cpu", psa=config).generate(REQUEST, fast=False)
+    mine = ours.generate(REQUEST)
+    assert mine.psa is not None and mine.psa == stock.psa
+    assert mine.tokens == stock.tokens

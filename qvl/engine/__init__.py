@@ -105,7 +105,7 @@ class Engine:
         progress bars on stderr while the model downloads and loads. native: the weights in qvl's
         own module tree with qvl's own inputs, which never import transformers' model classes
         (`engine.native`; a cold process's seconds): None takes them where a saved checkpoint is
-        read straight onto one GPU without PSA, True wherever the checkpoint loads into them,
+        read straight onto one GPU, True wherever the checkpoint loads into them,
         False never. Requests on the tree always take the fast path: `generate(fast=False)` needs
         transformers' model."""
         from qvl.engine.load import hide_load_progress, load_model
@@ -114,16 +114,14 @@ class Engine:
         if not progress:
             hide_load_progress()
         self.psa = psa
-        if psa is not None:
-            from qvl.psa import attn_implementation as psa_attn_implementation
-
-            attn_implementation = psa_attn_implementation()
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         started = time.perf_counter()
         try:
             self.resolved = resolve_model(model)
-            self.model, self.processor = load_model(self.resolved, self.device, self.dtype, attn_implementation, native)
+            self.model, self.processor = load_model(
+                self.resolved, self.device, self.dtype, attn_implementation, native=native, psa=psa is not None
+            )
         except ImportError as exc:  # a broken install: a library that transformers or qvl imports
             raise ModelError(
                 f"cannot load a model: {first_line(exc)} (an incomplete install: install qvl with its "

@@ -66,10 +66,13 @@ def hide_load_progress() -> None:
         hf_logging.disable_progress_bar()
 
 
-def load_model(resolved: ResolvedModel, device: str, dtype, attn_implementation, native: bool | None = None):
+def load_model(
+    resolved: ResolvedModel, device: str, dtype, attn_implementation, *, native: bool | None = None, psa: bool = False
+):
     """(model, processor) ready for inference: qvl's own module tree and processor (`engine.native`)
     where `native` asks for them and the checkpoint loads into them (None: where the weights are
-    read straight onto one GPU and nothing asks for transformers' attention), else transformers'."""
+    read straight onto one GPU and no `attn_implementation` asks for transformers' attention),
+    else transformers'. psa: the prompt's attention through PSA wherever a request sets it."""
     # Started before transformers is imported, which the read then overlaps.
     reader = None if resolved.random is not None else _weight_reader(resolved.path, device, dtype)
     wanted = native if native is not None else reader is not None
@@ -77,7 +80,15 @@ def load_model(resolved: ResolvedModel, device: str, dtype, attn_implementation,
         if wanted and resolved.random is None and attn_implementation is None:
             tree, reader = _native_model(resolved.path, device, dtype, reader)
             if tree is not None:
+                if psa:
+                    from qvl.engine.native import use_psa
+
+                    use_psa(tree[0])
                 return tree
+        if psa:
+            from qvl.psa import attn_implementation as psa_attn_implementation
+
+            attn_implementation = psa_attn_implementation()
         if resolved.random is not None:
             model = _random_model(resolved, device, dtype, attn_implementation)
         else:  # no weight bar where the weights are in memory already, or a few KB

@@ -133,8 +133,9 @@ class GatedMLP(nn.Module):
 
 
 class TextAttention(nn.Module):
-    def __init__(self, c: Config):
+    def __init__(self, c: Config, layer_idx: int):
         super().__init__()
+        self.layer_idx = layer_idx  # PSA's statistics are kept per layer
         self.head_dim = c.head_dim
         self.scaling = c.head_dim**-0.5
         self.num_key_value_groups = c.num_attention_heads // c.num_key_value_heads
@@ -146,9 +147,9 @@ class TextAttention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, c: Config):
+    def __init__(self, c: Config, index: int):
         super().__init__()
-        self.self_attn = TextAttention(c)
+        self.self_attn = TextAttention(c, index)
         self.mlp = GatedMLP(c.hidden_size, c.intermediate_size, bias=False)
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
@@ -186,7 +187,7 @@ class TextModel(nn.Module):
         super().__init__()
         self.config = c
         self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(c, i) for i in range(c.num_hidden_layers))
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.rotary_emb = TextRotary(c)
         self.attention_function = sdpa_attention
@@ -274,6 +275,18 @@ def sdpa_attention(module, query, key, value, attention_mask=None, dropout=0.0, 
         query, key, value, attn_mask=attention_mask, scale=scaling, is_causal=causal, **grouped
     )
     return out.transpose(1, 2).contiguous(), None
+
+
+def use_psa(model: NativeModel) -> None:
+    """The prompt's attention through PSA wherever a request sets it (`qvl.psa.psa_request`),
+    SDPA for everything else, as transformers' "qvl_psa" implementation runs it."""
+    import functools
+
+    from qvl.psa import ATTENTION_NAME, psa_attention_forward
+
+    text = model.model.language_model
+    text.attention_function = functools.partial(psa_attention_forward, fallback=sdpa_attention)
+    text.config._attn_implementation = ATTENTION_NAME
 
 
 def build(folder: Path, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> NativeModel:
