@@ -174,10 +174,11 @@ class TextRotary(nn.Module):
         return torch.cat((freq, freq), dim=-1)
 
 
-def inverse_frequencies(c: Config, device=None) -> torch.Tensor:
-    """The text rotary's [head_dim / 2] frequencies, in fp32."""
+def inverse_frequencies(c: Config) -> torch.Tensor:
+    """The text rotary's [head_dim / 2] frequencies, in fp32, computed on the CPU as transformers
+    computes them (a GPU's `pow` may round differently)."""
     dim = c.head_dim
-    return 1.0 / (c.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim))
+    return 1.0 / (c.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float, device="cpu") / dim))
 
 
 class TextModel(nn.Module):
@@ -299,9 +300,8 @@ def build(folder: Path, tensors: dict[str, torch.Tensor], dtype: torch.dtype) ->
     if config.tie_word_embeddings:
         state.setdefault("lm_head.weight", state["model.language_model.embed_tokens.weight"])
     model.load_state_dict(state, strict=True, assign=True)
-    model.model.language_model.rotary_emb.inv_freq = inverse_frequencies(
-        config.text_config, device=state["lm_head.weight"].device
-    )
+    frequencies = inverse_frequencies(config.text_config).to(state["lm_head.weight"].device)
+    model.model.language_model.rotary_emb.inv_freq = frequencies
     return model.eval().requires_grad_(False)
 
 
