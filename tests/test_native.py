@@ -187,6 +187,11 @@ def test_the_engine_takes_the_tree_only_where_it_can(engine, native_engine, tiny
     tensors["model.unknown.weight"] = torch.zeros(2)
     save_file(tensors, str(extra / "model.safetensors"), metadata={"format": "pt"})
     assert not Engine(str(extra), device="cpu", native=True).native
+    # No tokenizer.json (`tokenizers` raises a bare Exception): transformers' classes take the folder.
+    older = tmp_path / "older"
+    shutil.copytree(tiny_model_dir, older)
+    (older / "tokenizer.json").unlink()
+    assert not Engine(str(older), device="cpu", native=True).native
 
 
 def _requests():
@@ -212,6 +217,19 @@ def test_the_chat_template_renders_as_transformers_renders_it(engine, tiny_model
     for name, request in _requests().items():
         messages = engine.chat_messages(request)
         assert template.render(messages) == engine.chat_text(request), name
+
+
+def test_the_chat_template_is_found_where_newer_saves_keep_it(engine, tiny_model_dir, tmp_path):
+    """transformers' newer releases save the template as chat_template.jinja."""
+    from qvl.engine.native_inputs import ChatTemplate
+
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    folder = tmp_path / "model"
+    template = json.loads((folder / "chat_template.json").read_text())["chat_template"]
+    (folder / "chat_template.json").unlink()
+    (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+    request = _requests()["video"]
+    assert ChatTemplate(folder).render(engine.chat_messages(request)) == engine.chat_text(request)
 
 
 def test_the_tokenizer_encodes_and_decodes_as_transformers_does(engine, tiny_model_dir):

@@ -128,7 +128,7 @@ def _native_model(path, device: str, dtype, reader=None):
         tensors = reader.tensors() if reader is not None else _read_tensors(path, device)
         if tensors:
             return (native.build(path, tensors, dtype), processor), None
-    except (OSError, ValueError, KeyError, AttributeError, RuntimeError):  # RuntimeError: names or shapes
+    except Exception:  # noqa: BLE001 - anything the tree cannot read (a name, a shape, a tokenizer's format)
         pass
     return None, (_Read(tensors) if tensors and reader is not None else reader)
 

@@ -60,9 +60,12 @@ class ChatTemplate:
         from jinja2.ext import loopcontrols
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        source = _json(folder / "chat_template.json").get("chat_template") or _json(
-            folder / "tokenizer_config.json"
-        ).get("chat_template")
+        # Where transformers' processor looks, in its order: the legacy JSON file, the raw
+        # template newer releases save, then the tokenizer's own.
+        source = _json(folder / "chat_template.json").get("chat_template")
+        if not source and (folder / "chat_template.jinja").is_file():
+            source = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        source = source or _json(folder / "tokenizer_config.json").get("chat_template")
         if not source:
             raise ValueError(f"{folder}: no chat template")
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
