@@ -29,6 +29,8 @@ class Tokenizer:
 
         self._backend = Backend.from_file(str(folder / "tokenizer.json"))
         config = _json(folder / "tokenizer_config.json")
+        if config.get("clean_up_tokenization_spaces"):  # Qwen's are False; transformers' decode would differ
+            raise ValueError(f"{folder}: a tokenizer that cleans up spaces when it decodes")
         self.eos_token_id = self._id(config.get("eos_token"))
         self.pad_token_id = self._id(config.get("pad_token"))
 
