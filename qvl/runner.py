@@ -47,16 +47,12 @@ class Settings:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        from qvl.engine.load import check_device, check_dtype  # light: no torch
+        from qvl.engine import check_sampling  # light: no torch
+        from qvl.engine.load import check_device, check_dtype
 
         check_device(self.device)
         check_dtype(self.dtype)
-        if isinstance(self.max_tokens, bool) or self.max_tokens < 1:
-            raise OptionError(f"--max-tokens must be at least 1, not {self.max_tokens}")
-        if not self.temperature >= 0 or self.temperature == float("inf"):
-            raise OptionError(f"--temperature must be a finite number >= 0, not {self.temperature}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise OptionError(f"--top-p must be in (0, 1], not {self.top_p}")
+        check_sampling(self.max_tokens, self.temperature, self.top_p)
         if self.seed is not None and not 0 <= self.seed <= SEED_MAX:
             raise OptionError(f"--seed must be between 0 and {SEED_MAX}, not {self.seed}")
 

@@ -166,7 +166,7 @@ def test_the_engine_on_the_tree_gives_the_stock_tokens(engine, native_engine, na
 
 def test_the_engine_takes_the_tree_only_where_it_can(engine, native_engine, tiny_model_dir, tmp_path):
     from qvl.engine import Engine, Request
-    from qvl.errors import OptionError
+    from qvl.errors import ModelError, OptionError
 
     assert not engine.native  # the default on a CPU: transformers' model, the stock path beside the fast one
     with pytest.raises(OptionError, match="native=False"):
@@ -187,11 +187,30 @@ def test_the_engine_takes_the_tree_only_where_it_can(engine, native_engine, tiny
     tensors["model.unknown.weight"] = torch.zeros(2)
     save_file(tensors, str(extra / "model.safetensors"), metadata={"format": "pt"})
     assert not Engine(str(extra), device="cpu", native=True).native
-    # No tokenizer.json (`tokenizers` raises a bare Exception): transformers' classes take the folder.
+    # A config value that is no number: transformers' classes take the folder, and say what is wrong.
+    odd = tmp_path / "odd"
+    shutil.copytree(tiny_model_dir, odd)
+    config = json.loads((odd / "config.json").read_text())
+    config["text_config"]["rms_norm_eps"] = None
+    (odd / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="cannot load the model"):
+        Engine(str(odd), device="cpu", native=True)
+    # No tokenizer at all: one error, from either path (transformers would build an empty one).
     older = tmp_path / "older"
     shutil.copytree(tiny_model_dir, older)
     (older / "tokenizer.json").unlink()
-    assert not Engine(str(older), device="cpu", native=True).native
+    for tree in (True, None):
+        with pytest.raises(ModelError, match="no tokenizer"):
+            Engine(str(older), device="cpu", native=tree)
+
+
+def test_frames_of_other_sizes_take_the_processors_resize(engine, native_engine):
+    """Frames qvl's decoder did not size (sides not multiples of 28), handed over through the API."""
+    from qvl.engine import Request, VideoFrames
+
+    frames = np.random.default_rng(4).integers(0, 255, (3, 57, 113, 3), dtype=np.uint8)
+    request = Request("What happens?", video=VideoFrames(frames, 2.0), max_new_tokens=8)
+    assert native_engine.generate(request).tokens == engine.generate(request, fast=False).tokens
 
 
 def _requests():
@@ -302,3 +321,16 @@ def test_requests_decoded_together_on_it_give_the_stock_tokens(engine, tiny_mode
             [engine.prepare(r) for r in requests], requests, eos_ids(ours, engine.processor.tokenizer)
         )
     assert [row.tokens for row in rows] == [engine.generate(r, fast=False).tokens for r in requests]
+
+
+def test_a_template_kept_only_by_the_tokenizer_serves_both_paths(engine, tiny_model_dir, tmp_path):
+    """No chat_template.json: the processor has no template of its own, and both paths take the
+    tokenizer's (transformers' processor alone would refuse to render)."""
+    from qvl.engine import Engine
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "chat_template.json").unlink()
+    request = _requests()["video"]
+    for tree in (False, True):
+        assert Engine(str(folder), device="cpu", native=tree).chat_text(request) == engine.chat_text(request)

@@ -60,6 +60,13 @@ class VideoFrames:
     frames: np.ndarray
     sampled_fps: float
 
+    def __post_init__(self) -> None:
+        shape = getattr(self.frames, "shape", ())
+        if len(shape) != 4 or shape[0] < 1 or shape[3] != 3 or 0 in shape:
+            raise InputError(f"a video's frames are a [T, H, W, 3] array of at least one frame, not {tuple(shape)}")
+        if not 0 < self.sampled_fps < float("inf"):
+            raise InputError(f"a video's sampled_fps must be a positive number, not {self.sampled_fps}")
+
 
 @dataclass
 class Request:
@@ -73,6 +80,20 @@ class Request:
     # Earlier turns of a conversation, (question, answer) pairs in order: the media goes with the
     # first question, and `prompt` is the next one.
     history: Sequence[tuple[str, str]] = ()
+
+    def __post_init__(self) -> None:
+        check_sampling(self.max_new_tokens, self.temperature, self.top_p)
+
+
+def check_sampling(max_tokens: int, temperature: float, top_p: float | None) -> None:
+    """An `OptionError` for an answer's length or sampling settings that mean nothing (the CLI's
+    options, checked before any model loads, and every `Request`)."""
+    if isinstance(max_tokens, bool) or max_tokens < 1:
+        raise OptionError(f"--max-tokens must be at least 1, not {max_tokens}")
+    if not temperature >= 0 or temperature == float("inf"):
+        raise OptionError(f"--temperature must be a finite number >= 0, not {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise OptionError(f"--top-p must be in (0, 1], not {top_p}")
 
 
 @dataclass
@@ -174,6 +195,9 @@ class Engine:
                 question.encode("utf-8")
             except UnicodeEncodeError:
                 raise InputError("the question holds bytes that are not UTF-8 text") from None
+            placed = next((token for token in _MEDIA_TOKENS if token in question), None)
+            if placed is not None:
+                raise InputError(f"the question holds {placed}, which only the media's place in the prompt may hold")
         media: list[dict] = [{"type": "image"} for _ in request.images]
         if request.video is not None:
             media.append({"type": "video"})
@@ -393,6 +417,11 @@ def result_of(generated, tokenizer, timings: Timings, started: float, **fields) 
         timings.tokens_per_s = (len(tokens) - 1) / timings.decode_s
     text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
     return Result(text=text, generated_tokens=len(tokens), timings=timings, tokens=tokens, **fields)
+
+
+# The chat template's marks around and inside an image's or a video's place: the media's tokens
+# are counted from them, so a question may not write them itself.
+_MEDIA_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 
 def _text(text: str) -> dict:

@@ -74,6 +74,8 @@ def load_model(
     read straight onto one GPU and no `attn_implementation` asks for transformers' attention),
     else transformers'. psa: the prompt's attention through PSA wherever a request sets it."""
     # Started before transformers is imported, which the read then overlaps.
+    if resolved.random is None:
+        check_tokenizer(resolved.path)
     reader = None if resolved.random is not None else _weight_reader(resolved.path, device, dtype)
     wanted = native if native is not None else reader is not None
     try:
@@ -99,17 +101,34 @@ def load_model(
         if reader is not None:  # an error may end the process: not while the read's threads copy to the GPU
             reader.tensors()
         raise
-    from transformers import AutoProcessor
-
     from qvl.engine import rope_index
 
     rope_index.install(model)  # the published model's positions, whichever transformers is installed
-    try:
-        processor = AutoProcessor.from_pretrained(resolved.path)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the processor from {resolved.path}: {first_line(exc)}") from None
+    processor = load_processor(resolved.path)
     model.eval()
     return model, processor
+
+
+def load_processor(path):
+    """transformers' processor for the model in `path`, with the tokenizer's chat template where
+    the processor has none of its own; a `ModelError` where it cannot be loaded."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except ImportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a missing or damaged file, a config's value
+        raise ModelError(f"cannot load the processor from {path}: {first_line(exc)}") from None
+    if getattr(processor, "chat_template", None) is None:
+        processor.chat_template = getattr(processor.tokenizer, "chat_template", None)
+    return processor
+
+
+def check_tokenizer(path) -> None:
+    """A `ModelError` where `path` holds no tokenizer (transformers would build an empty one)."""
+    if not (path / "tokenizer.json").is_file() and not (path / "vocab.json").is_file():
+        raise ModelError(f"cannot load the model from {path}: it has no tokenizer (tokenizer.json)")
 
 
 def _native_model(path, device: str, dtype, reader=None):
@@ -122,8 +141,9 @@ def _native_model(path, device: str, dtype, reader=None):
     tensors = None
     try:
         config = native.read_config(path)
-        if config.text_config.hidden_act != "silu" or config.vision_config.hidden_act != "silu":
-            return None, reader
+        text, vision = config.text_config, config.vision_config
+        if text.hidden_act != "silu" or vision.hidden_act != "silu" or text.use_sliding_window:
+            return None, reader  # not what the tree implements
         processor = NativeProcessor(path, config.image_token_id, config.video_token_id)
         tensors = reader.tensors() if reader is not None else _read_tensors(path, device)
         if tensors:
@@ -188,7 +208,6 @@ def _weight_reader(path, device: str, dtype):
 def _pretrained_model(path, device: str, dtype, attn_implementation, reader=None):
     """The model from its folder; from the tensors `reader` has read where it has them all."""
     import torch
-    from safetensors import SafetensorError
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     # transformers swaps layers for Hub kernels by default where the `kernels` package is installed
@@ -212,10 +231,12 @@ def _pretrained_model(path, device: str, dtype, attn_implementation, reader=None
                 model.generation_config = GenerationConfig.from_pretrained(path)
             return model
         return Qwen2_5_VLForConditionalGeneration.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a damaged file
-        raise ModelError(f"cannot load the model from {path}: {first_line(exc)}") from None
     except torch.cuda.OutOfMemoryError:
         raise ModelError(f"the model in {path} does not fit in GPU memory; try a smaller one (--model 3b)") from None
+    except ImportError:  # a broken install, which the engine says as such
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged file, a config's value, a tensor's shape
+        raise ModelError(f"cannot load the model from {path}: {first_line(exc)}") from None
 
 
 def random_config(size: str, tiny_path):

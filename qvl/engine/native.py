@@ -52,11 +52,12 @@ def read_config(folder: Path) -> Config:
         num_attention_heads=heads,
         num_key_value_heads=text.get("num_key_value_heads", heads),
         head_dim=text.get("head_dim") or text["hidden_size"] // heads,
-        rms_norm_eps=text.get("rms_norm_eps", 1e-6),
+        rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),  # a value that is no number fails here
         vocab_size=text["vocab_size"],
         hidden_act=text.get("hidden_act", "silu"),
-        rope_theta=rope.get("rope_theta") or text.get("rope_theta") or raw.get("rope_theta") or 1e6,
+        rope_theta=float(rope.get("rope_theta") or text.get("rope_theta") or raw.get("rope_theta") or 1e6),
         mrope_section=list(rope.get("mrope_section", [16, 24, 24])),
+        use_sliding_window=bool(text.get("use_sliding_window", False)),
         _attn_implementation="sdpa",
     )
     vision = raw["vision_config"]

@@ -93,6 +93,11 @@ class VideoPixels:
         self.mean = torch.tensor(config["image_mean"]) * (1.0 / rescale)
         self.std = torch.tensor(config["image_std"]) * (1.0 / rescale)
 
+    def fits(self, size) -> bool:
+        """Whether frames of `size` (height, width) need no resize: sides multiples of patch x merge."""
+        side = self.patch_size * self.merge_size
+        return all(n > 0 and n % side == 0 for n in size)
+
     def __call__(self, frames: torch.Tensor, fps: float) -> dict[str, torch.Tensor]:
         """pixel_values_videos [patches, C * T * P * P], video_grid_thw [1, 3], second_per_grid_ts [1]."""
         video = frames.permute(0, 3, 1, 2).float()  # [T, C, H, W]
@@ -153,9 +158,10 @@ class NativeProcessor:
         return self.template.render(messages)
 
     def inputs(self, text: str, images, video: VideoFrames | None, device) -> ModelInputs:
-        """The model inputs of chat `text` with its media, on `device`: a video's and a text's made
-        here, images' by transformers' processor."""
-        if images:
+        """The model inputs of chat `text` with its media, on `device`: a video's (frames sized as
+        qvl's decoder sizes them) and a text's made here; images', and frames of other sizes, by
+        transformers' processor, whose resize they need."""
+        if images or (video is not None and not self.pixels.fits(video.frames.shape[1:3])):
             return ModelInputs(self._image_inputs()(text, images, video, device))
         if video is None:
             ids = torch.tensor([self.tokenizer.encode(text)], device=device)
@@ -163,19 +169,18 @@ class NativeProcessor:
         frames = torch.from_numpy(video.frames).to(device)
         try:
             made = video_inputs(self.tokenizer, self.pixels, text, frames, video.sampled_fps, self.video_token_id)
-        except ValueError as exc:  # a question that writes the placeholder token itself
-            from qvl.errors import InputError
+        except ValueError as exc:  # questions cannot write it (`Engine.chat_messages`): the config's id is wrong
+            from qvl.errors import ModelError
 
-            raise InputError(f"{exc}: a question cannot hold the video placeholder token") from None
+            raise ModelError(f"{exc}: {self.folder}/config.json's video_token_id is not its tokenizer's") from None
         return ModelInputs(made)
 
     def _image_inputs(self):
         if self._images is None:
-            from transformers import AutoProcessor
-
             from qvl.engine.inputs import InputBuilder
+            from qvl.engine.load import load_processor
 
-            self._images = InputBuilder(AutoProcessor.from_pretrained(self.folder))
+            self._images = InputBuilder(load_processor(self.folder))
         return self._images
 
 
