@@ -424,7 +424,7 @@ def memory_errors():
         raise InputError(f"out of memory {where} for this input; {_SMALLER}") from None
 
 
-_SMALLER = "try fewer or smaller frames (--frames, --max-pixels) or a smaller model"
+_SMALLER = "try fewer or smaller frames (--frames, --max-pixels), a lower --max-tokens or a smaller model"
 
 
 def load_engine(settings: Settings, tokens: int | None = None, *, progress: bool = True, native: bool | None = None):
