@@ -10,6 +10,7 @@ from PIL import Image
 
 from qvl.engine import Engine, Request, VideoFrames
 from qvl.engine.inputs import InputBuilder, video_kwargs
+from qvl.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +68,14 @@ def test_images_take_the_processors_path(engine):
 
 def test_a_prompt_that_writes_a_placeholder_itself_is_left_to_the_processor(engine):
     # Two placeholders for one video: the shortcut cannot know which to expand, so it steps aside
-    # and the processor says what is wrong.
-    request = Request(f"Is {engine.processor.video_token} a token?", video=_video(4, 56, 56))
+    # and the processor says what is wrong. (A question cannot write one: `Engine.chat_messages`
+    # refuses it first; a chat template could.)
+    video = _video(4, 56, 56)
+    text = engine.chat_text(Request("Is it?", video=video)).replace("Is it?", f"Is {engine.processor.video_token}?")
     with pytest.raises((ValueError, StopIteration)):
-        engine.prepare(request)
+        engine._inputs(text, (), video, torch.device("cpu"))
+    with pytest.raises(InputError, match="only the media"):
+        engine.prepare(Request(f"Is {engine.processor.video_token} a token?", video=video))
 
 
 def test_a_processor_the_shortcut_disagrees_with_gets_the_processors_path(engine):
