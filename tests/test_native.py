@@ -187,6 +187,14 @@ def test_the_engine_takes_the_tree_only_where_it_can(engine, native_engine, tiny
     tensors["model.unknown.weight"] = torch.zeros(2)
     save_file(tensors, str(extra / "model.safetensors"), metadata={"format": "pt"})
     assert not Engine(str(extra), device="cpu", native=True).native
+    # A checkpoint that lacks a weight: refused, on either path (transformers would leave it random).
+    lacking = tmp_path / "lacking"
+    shutil.copytree(tiny_model_dir, lacking)
+    tensors.pop("model.norm.weight" if "model.norm.weight" in tensors else "model.language_model.norm.weight")
+    save_file(tensors, str(lacking / "model.safetensors"), metadata={"format": "pt"})
+    for tree in (True, None):
+        with pytest.raises(ModelError, match="lacks .*norm.weight"):
+            Engine(str(lacking), device="cpu", native=tree)
     # A config value that is no number: transformers' classes take the folder, and say what is wrong.
     odd = tmp_path / "odd"
     shutil.copytree(tiny_model_dir, odd)

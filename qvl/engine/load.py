@@ -213,7 +213,8 @@ def _pretrained_model(path, device: str, dtype, attn_implementation, reader=None
     # transformers swaps layers for Hub kernels by default where the `kernels` package is installed
     # (a dependency of newer releases): that downloads code at load, which fails offline, and the
     # swapped layers are neither the stock ones the fast paths are checked against nor ones they use.
-    kwargs: dict[str, Any] = {"dtype": dtype, "use_kernels": False}
+    # output_loading_info: which weights the checkpoint lacked (transformers leaves them random).
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_kernels": False, "output_loading_info": True}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     if device == "cuda":
@@ -224,19 +225,33 @@ def _pretrained_model(path, device: str, dtype, attn_implementation, reader=None
     try:
         if tensors is not None:
             config = Qwen2_5_VLConfig.from_pretrained(path)
-            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            loaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(
                 None, config=config, state_dict=tensors, **kwargs
             )
+            model = _complete(loaded, path)
             with contextlib.suppress(OSError):  # from_pretrained(path) too goes on without one
                 model.generation_config = GenerationConfig.from_pretrained(path)
             return model
-        return Qwen2_5_VLForConditionalGeneration.from_pretrained(path, **kwargs)
+        return _complete(Qwen2_5_VLForConditionalGeneration.from_pretrained(path, **kwargs), path)
+    except ModelError:
+        raise
     except torch.cuda.OutOfMemoryError:
         raise ModelError(f"the model in {path} does not fit in GPU memory; try a smaller one (--model 3b)") from None
     except ImportError:  # a broken install, which the engine says as such
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged file, a config's value, a tensor's shape
         raise ModelError(f"cannot load the model from {path}: {first_line(exc)}") from None
+
+
+def _complete(loaded, path):
+    """The model of `from_pretrained(..., output_loading_info=True)`; a `ModelError` where the
+    checkpoint lacked any of its weights, which would answer at random."""
+    model, info = loaded if isinstance(loaded, tuple) else (loaded, {})
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ModelError(f"cannot load the model from {path}: its checkpoint lacks {missing[0]}{more}")
+    return model
 
 
 def random_config(size: str, tiny_path):
