@@ -2,8 +2,8 @@
 # One GPU round: the gpu tests, the compiled kernel tests, and the benchmarks the targets name, each
 # part under its own time limit, results under $OUT (default bench-out/gpu-check).
 #
-#   bash benchmarks/gpu_check.sh [PART...]     parts: tests kernels e2e cold batch (default: all);
-#                                              media only makes the cold part's clip and saved 7B
+#   bash benchmarks/gpu_check.sh [PART...]     parts: tests kernels e2e cold psa_cold batch (default:
+#                                              all); media only makes the cold parts' clips and saved 7B
 #
 # WHEELS=DIR installs the wheels in DIR first (--no-index --no-deps: a GPU host without a registry);
 # LIMIT_<PART>=seconds overrides a part's limit. Cold processes run as the host is: where it keeps
@@ -15,11 +15,11 @@ OUT=${OUT:-bench-out/gpu-check}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1
 PY=${PYTHON:-python3}
-PARTS=${*:-tests kernels e2e cold batch}
+PARTS=${*:-tests kernels e2e cold psa_cold batch}
 for name in $PARTS; do
     case $name in
-        tests | kernels | e2e | cold | batch | media) ;;
-        *) echo "unknown part: $name (tests kernels e2e cold batch media)" >&2; exit 2 ;;
+        tests | kernels | e2e | cold | psa_cold | batch | media) ;;
+        *) echo "unknown part: $name (tests kernels e2e cold psa_cold batch media)" >&2; exit 2 ;;
     esac
 done
 T0=$(date +%s)
@@ -71,7 +71,35 @@ run_cold() {
     done
     $PY benchmarks/experiments/cold_timeline.py $cmd 2>&1 | grep -E "timeline|stats"
 }
-run_media() { clip && saved_7b; }
+run_media() { clip && saved_7b && long_clip; }
+long_clip() {  # 520 frames at 8 fps: --frames 512 is 65,536 video tokens, where PSA's presets apply
+    [ -f /tmp/clip512.mp4 ] || $PY -c "
+import av, numpy as np
+c = av.open('/tmp/clip512.mp4', 'w'); s = c.add_stream('mpeg4', rate=8); s.width = s.height = 448; s.pix_fmt = 'yuv420p'
+for i in range(520):
+    img = np.zeros((448, 448, 3), np.uint8); img[:, :, 0] = (i * 2) % 256; img[(i * 4) % 448:, :, 1] = 200
+    img[:, (i * 7) % 448:, 2] = 90
+    for p in s.encode(av.VideoFrame.from_ndarray(img, format='rgb24')): c.mux(p)
+for p in s.encode(): c.mux(p)
+c.close()"
+}
+run_psa_cold() {  # the target: a cold process's first request with --psa never slower than dense
+    long_clip && saved_7b
+    part "cold processes at 512 frames, dense and --psa alternated (after one untimed --psa run)"
+    local cmd="video /tmp/clip512.mp4 --frames 512 --max-pixels 200704 --max-tokens 64 --model /tmp/r7b --json --no-cache"
+    timeout "${LIMIT_PSA_COLD:-150}" $PY -m qvl $cmd --psa >/dev/null 2>"$OUT/psa-first.err"
+    grep -i "compil" "$OUT/psa-first.err" | head -2
+    for round in 1 2; do
+        for way in dense psa; do
+            local extra=""
+            [ $way = psa ] && extra=--psa
+            s=$(date +%s%N)
+            timeout 120 $PY -m qvl $cmd $extra >"$OUT/psa-cold-$way$round.json" 2>/dev/null
+            echo "round $round $way: $((($(date +%s%N) - s) / 1000000)) ms; $($PY -c "import json, sys
+d = json.load(open(sys.argv[1])); print('timings', d['timings'], 'psa', d.get('psa'))" "$OUT/psa-cold-$way$round.json" 2>&1 | cut -c1-400)"
+        done
+    done
+}
 run_batch() {
     part "qvl batch: one row at a time; 4 rows (the default); 4 rows with 8 CPU workers"
     for way in "--batch-size 1" "" "--workers 8"; do
