@@ -31,16 +31,19 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import sys, torch, triton, transformers; print('Python', sys.version.split()[0], 'torch', torch.__version__, 'Triton', triton.__version__, 'transformers', transformers.__version__)"
 
-clip() {  # a 96-frame 448x448 clip written with PyAV (the GPU hosts have no ffmpeg binary)
-    [ -f /tmp/clip448.mp4 ] || $PY -c "
-import av, numpy as np
-c = av.open('/tmp/clip448.mp4', 'w'); s = c.add_stream('mpeg4', rate=8); s.width = s.height = 448; s.pix_fmt = 'yuv420p'
-for i in range(96):
-    img = np.zeros((448, 448, 3), np.uint8); img[:, :, 0] = i * 2; img[(i * 4) % 448:, :, 1] = 200
+write_clip() {  # PATH FRAMES: a 448x448 clip at 8 fps written with PyAV (the GPU hosts have no ffmpeg)
+    [ -f "$1" ] || $PY -c "
+import sys, av, numpy as np
+c = av.open(sys.argv[1], 'w'); s = c.add_stream('mpeg4', rate=8); s.width = s.height = 448; s.pix_fmt = 'yuv420p'
+for i in range(int(sys.argv[2])):
+    img = np.zeros((448, 448, 3), np.uint8); img[:, :, 0] = (i * 2) % 256; img[(i * 4) % 448:, :, 1] = 200
     for p in s.encode(av.VideoFrame.from_ndarray(img, format='rgb24')): c.mux(p)
 for p in s.encode(): c.mux(p)
-c.close()"
+c.close()" "$1" "$2"
 }
+clip() { write_clip /tmp/clip448.mp4 96; }
+# 520 frames: --frames 512 is 65,536 video tokens, where PSA's presets apply
+long_clip() { write_clip /tmp/clip512.mp4 520; }
 saved_7b() { [ -f /tmp/r7b/config.json ] || $PY benchmarks/save_random_model.py random:7b /tmp/r7b 2>&1 | tail -1; }
 
 run_tests() {
@@ -72,17 +75,6 @@ run_cold() {
     $PY benchmarks/experiments/cold_timeline.py $cmd 2>&1 | grep -E "timeline|stats"
 }
 run_media() { clip && saved_7b && long_clip; }
-long_clip() {  # 520 frames at 8 fps: --frames 512 is 65,536 video tokens, where PSA's presets apply
-    [ -f /tmp/clip512.mp4 ] || $PY -c "
-import av, numpy as np
-c = av.open('/tmp/clip512.mp4', 'w'); s = c.add_stream('mpeg4', rate=8); s.width = s.height = 448; s.pix_fmt = 'yuv420p'
-for i in range(520):
-    img = np.zeros((448, 448, 3), np.uint8); img[:, :, 0] = (i * 2) % 256; img[(i * 4) % 448:, :, 1] = 200
-    img[:, (i * 7) % 448:, 2] = 90
-    for p in s.encode(av.VideoFrame.from_ndarray(img, format='rgb24')): c.mux(p)
-for p in s.encode(): c.mux(p)
-c.close()"
-}
 run_psa_cold() {  # the target: a cold process's first request with --psa never slower than dense
     long_clip && saved_7b
     part "cold processes at 512 frames, dense and --psa alternated (after one untimed --psa run)"

@@ -241,8 +241,7 @@ class Engine:
 
         from qvl.engine.generate import TextStream, eos_ids, stock_generate
 
-        if request.max_new_tokens < 1:
-            raise OptionError(f"--max-tokens must be at least 1, not {request.max_new_tokens}")
+        check_sampling(request.max_new_tokens, request.temperature, request.top_p)  # as changed since made
         if fast is None:
             fast = self.fast_path_problem is None
         if not fast and self.native:
@@ -311,8 +310,8 @@ class Engine:
             return []
         if any(request.temperature and request.temperature > 0 for request in requests):
             raise OptionError("requests decoded together are answered greedily: --temperature 0")
-        if any(request.max_new_tokens < 1 for request in requests):
-            raise OptionError("--max-tokens must be at least 1")
+        for request in requests:
+            check_sampling(request.max_new_tokens, request.temperature, request.top_p)
         if self.psa is not None:
             raise OptionError("requests decoded together run without PSA")
         if self.device == "cuda" and self.fast_path_problem is not None:  # the CPU runs its plain form

@@ -73,9 +73,9 @@ def load_model(
     where `native` asks for them and the checkpoint loads into them (None: where the weights are
     read straight onto one GPU and no `attn_implementation` asks for transformers' attention),
     else transformers'. psa: the prompt's attention through PSA wherever a request sets it."""
-    # Started before transformers is imported, which the read then overlaps.
     if resolved.random is None:
         check_tokenizer(resolved.path)
+    # Started before transformers is imported, which the read then overlaps.
     reader = None if resolved.random is not None else _weight_reader(resolved.path, device, dtype)
     wanted = native if native is not None else reader is not None
     try:
@@ -137,6 +137,7 @@ def _native_model(path, device: str, dtype, reader=None):
     folder is not what the tree reads: transformers' classes then load it, from those tensors."""
     from qvl.engine import native
     from qvl.engine.native_inputs import NativeProcessor
+    from qvl.engine.weights import WeightReader, checkpoint_files
 
     tensors = None
     try:
@@ -145,9 +146,9 @@ def _native_model(path, device: str, dtype, reader=None):
         if text.hidden_act != "silu" or vision.hidden_act != "silu" or text.use_sliding_window:
             return None, reader  # not what the tree implements
         processor = NativeProcessor(path, config.image_token_id, config.video_token_id)
-        tensors = reader.tensors() if reader is not None else _read_tensors(path, device)
+        tensors = (reader or WeightReader(checkpoint_files(path), device)).tensors()
         if tensors:
-            return (native.build(path, tensors, dtype), processor), None
+            return (native.build(path, tensors, dtype, config), processor), None
     except Exception:  # noqa: BLE001 - anything the tree cannot read (a name, a shape, a tokenizer's format)
         pass
     return None, (_Read(tensors) if tensors and reader is not None else reader)
@@ -162,17 +163,6 @@ class _Read:
     def tensors(self) -> dict | None:
         tensors, self._tensors = self._tensors, None
         return tensors
-
-
-def _read_tensors(path, device: str) -> dict:
-    from safetensors.torch import load_file
-
-    from qvl.engine.weights import checkpoint_files
-
-    tensors: dict = {}
-    for file in checkpoint_files(path):
-        tensors.update(load_file(str(file), device=device))
-    return tensors
 
 
 @contextlib.contextmanager

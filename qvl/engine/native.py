@@ -291,10 +291,12 @@ def use_psa(model: NativeModel) -> None:
     text.config._attn_implementation = ATTENTION_NAME
 
 
-def build(folder: Path, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> NativeModel:
-    """The model of `folder` (its config.json) holding `tensors` (a checkpoint's, by its names;
-    each used as it is where its dtype is `dtype`, without a copy)."""
-    config = read_config(folder)
+def build(
+    folder: Path, tensors: dict[str, torch.Tensor], dtype: torch.dtype, config: Config | None = None
+) -> NativeModel:
+    """The model of `folder` (its config.json, or `config` read from it already) holding `tensors`
+    (a checkpoint's, by its names; each used as it is where its dtype is `dtype`, without a copy)."""
+    config = config or read_config(folder)
     with torch.device("meta"):
         model = NativeModel(config, read_generation_config(folder))
     state = {_tree_name(name): tensor.to(dtype) for name, tensor in tensors.items()}
