@@ -33,7 +33,7 @@ def main() -> int:
     from qvl.engine import Engine
 
     started = time.perf_counter()
-    engine = Engine(args.model)
+    engine = Engine(args.model, native=False)  # save_pretrained: transformers' model
     out = Path(args.folder)
     engine.model.save_pretrained(out)
     for name in TOKENIZER_AND_PROCESSOR:

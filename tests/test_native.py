@@ -342,3 +342,54 @@ def test_a_template_kept_only_by_the_tokenizer_serves_both_paths(engine, tiny_mo
     request = _requests()["video"]
     for tree in (False, True):
         assert Engine(str(folder), device="cpu", native=tree).chat_text(request) == engine.chat_text(request)
+
+
+def test_a_random_preset_has_transformers_shapes_and_draws(tiny_model_dir):
+    """random:<preset> on the tree: the published architecture's parameters, named and shaped as
+    transformers' model of the same config, drawn as transformers draws an untrained one."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from qvl.engine.load import random_config
+
+    for size in ("3b", "7b"):
+        raw = random_config(size, tiny_model_dir)
+        with torch.device("meta"):
+            ours = native.NativeModel(native.config_from_dict(raw), native.Config())
+            theirs = Qwen2_5_VLForConditionalGeneration._from_config(Qwen2_5_VLConfig(**raw))
+        shapes = {name: tuple(t.shape) for name, t in ours.state_dict().items()}
+        assert shapes == {name: tuple(t.shape) for name, t in theirs.state_dict().items()}, size
+    # The values, on the tiny architecture: in the dtype asked for, spread as transformers' are.
+    raw = json.loads((tiny_model_dir / "config.json").read_text())
+    ours = native.random_model(native.config_from_dict(raw), native.Config(), "cpu", torch.bfloat16)
+    theirs = Qwen2_5_VLForConditionalGeneration._from_config(Qwen2_5_VLConfig(**raw), dtype=torch.bfloat16)
+    theirs_state = theirs.state_dict()
+    for name, tensor in ours.state_dict().items():
+        other = theirs_state[name]
+        assert tensor.dtype == torch.bfloat16 and tensor.device.type == "cpu", name
+        if other.numel() < 256 or other.float().std() == 0:  # biases, norms: the constants themselves
+            assert torch.equal(tensor, other), name
+        else:
+            assert abs(tensor.float().std() - other.float().std()) < 0.1 * other.float().std(), name
+            assert abs(tensor.float().mean()) < 0.01, name
+
+
+def test_a_random_preset_on_the_tree_answers_as_transformers_with_its_weights(tiny_model_dir, monkeypatch):
+    """`Engine("random:<preset>", native=True)` (the default on one GPU): the tree with random
+    weights and qvl's processor; transformers' model holding the same weights gives its tokens."""
+    import dataclasses
+
+    from qvl.architectures import ARCHITECTURES
+    from qvl.engine import Engine, Request
+
+    raw = json.loads((tiny_model_dir / "config.json").read_text())
+    monkeypatch.setitem(
+        ARCHITECTURES,
+        "tiny-test",
+        {"text": raw["text_config"], "vision": raw["vision_config"], "tie_word_embeddings": False},
+    )
+    tree = Engine("random:tiny-test", device="cpu", native=True)
+    stock = Engine("random:tiny-test", device="cpu")
+    assert tree.native and not stock.native and tree.random_weights
+    stock.model.load_state_dict(tree.model.state_dict(), strict=False)
+    for request in (dataclasses.replace(_requests()["video"], max_new_tokens=8), Request("Hello", max_new_tokens=8)):
+        assert tree.generate(request).tokens == stock.generate(request, fast=False).tokens

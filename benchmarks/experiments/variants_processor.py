@@ -62,7 +62,7 @@ def main() -> None:
 
     from qvl.engine import Engine, Request
 
-    engine = Engine(args.model)
+    engine = Engine(args.model, native=False)  # times transformers' processor
     device = engine.model.device
     tokenizer = engine.processor.tokenizer
     print(f"{'frames':>6} {'prepare s':>10} {'tokenizer s':>12} {'by hand s':>10} {'max |diff|':>11}")

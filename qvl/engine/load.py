@@ -77,10 +77,14 @@ def load_model(
         check_tokenizer(resolved.path)
     # Started before transformers is imported, which the read then overlaps.
     reader = None if resolved.random is not None else _weight_reader(resolved.path, device, dtype)
-    wanted = native if native is not None else reader is not None
+    one_gpu = reader is not None or (resolved.random is not None and device == "cuda")
+    wanted = native if native is not None else one_gpu
     try:
-        if wanted and resolved.random is None and attn_implementation is None:
-            tree, reader = _native_model(resolved.path, device, dtype, reader)
+        if wanted and attn_implementation is None:
+            if resolved.random is not None:
+                tree = _random_tree(resolved, device, dtype)
+            else:
+                tree, reader = _native_model(resolved.path, device, dtype, reader)
             if tree is not None:
                 if psa:
                     from qvl.engine.native import use_psa
@@ -244,11 +248,10 @@ def _complete(loaded, path):
     return model
 
 
-def random_config(size: str, tiny_path):
-    """The published architecture of `size` with the tiny tokenizer's special-token ids."""
+def random_config(size: str, tiny_path) -> dict:
+    """config.json's contents for the published architecture of `size`, with the tiny tokenizer's
+    special-token ids."""
     import json
-
-    from transformers import Qwen2_5_VLConfig
 
     from qvl.architectures import ARCHITECTURES
 
@@ -257,16 +260,44 @@ def random_config(size: str, tiny_path):
     ids = {k: tiny[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
     tiny_text = tiny["text_config"]
     text = {**arch["text"], **{k: tiny_text[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}}
-    return Qwen2_5_VLConfig(
-        text_config=text, vision_config=dict(arch["vision"]), tie_word_embeddings=arch["tie_word_embeddings"], **ids
-    )
+    return {
+        "text_config": text,
+        "vision_config": dict(arch["vision"]),
+        "tie_word_embeddings": arch["tie_word_embeddings"],
+        **ids,
+    }
+
+
+def _random_tree(resolved: ResolvedModel, device: str, dtype):
+    """(qvl's tree with random weights, its processor) for a random:<preset> model."""
+    from qvl.engine import native
+    from qvl.engine.native_inputs import NativeProcessor
+
+    config = native.config_from_dict(random_config(resolved.random, resolved.path))
+    _check_random_fits(resolved, config, device, dtype)
+    model = native.random_model(config, native.read_generation_config(resolved.path), device, dtype)
+    return model, NativeProcessor(resolved.path, config.image_token_id, config.video_token_id)
 
 
 def _random_model(resolved: ResolvedModel, device: str, dtype, attn_implementation):
     import torch
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    config = random_config(resolved.random, resolved.path)
+    config = Qwen2_5_VLConfig(**random_config(resolved.random, resolved.path))
+    _check_random_fits(resolved, config, device, dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, **kwargs)
+    model.generation_config = GenerationConfig.from_pretrained(resolved.path)
+    return model
+
+
+def _check_random_fits(resolved: ResolvedModel, config, device: str, dtype) -> None:
+    """A `ModelError` before any allocation where a random:<preset> model's weights cannot fit."""
+    import torch
+
     need = _parameter_count(config) * torch.empty((), dtype=dtype).element_size()
     free, where = free_memory(device)
     if not fits(need, free):
@@ -275,13 +306,6 @@ def _random_model(resolved: ResolvedModel, device: str, dtype, attn_implementati
             f"{resolved.name} needs {need / 2**30:.0f} GiB for its weights and {where} has "
             f"{free / 2**30:.0f} GiB free; try a smaller one (random:3b){halve} or the tiny model"
         )
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, **kwargs)
-    model.generation_config = GenerationConfig.from_pretrained(resolved.path)
-    return model
 
 
 def free_memory(device: str) -> tuple[int | None, str]:

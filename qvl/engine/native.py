@@ -39,9 +39,13 @@ class Config(SimpleNamespace):
 
 
 def read_config(folder: Path) -> Config:
-    """The model's config from `folder`'s config.json, in either layout: the text model's fields
-    at the top (the Hub's releases) or under `text_config` (newer saves)."""
-    raw = json.loads((Path(folder) / "config.json").read_text())
+    """The model's config from `folder`'s config.json (`config_from_dict`)."""
+    return config_from_dict(json.loads((Path(folder) / "config.json").read_text()))
+
+
+def config_from_dict(raw: dict) -> Config:
+    """A config.json's contents, in either layout: the text model's fields at the top (the Hub's
+    releases) or under `text_config` (newer saves)."""
     text = raw.get("text_config") or raw
     rope = text.get("rope_parameters") or text.get("rope_scaling") or raw.get("rope_scaling") or {}
     heads = text["num_attention_heads"]
@@ -162,7 +166,7 @@ class TextRotary(nn.Module):
 
     def __init__(self, c: Config):
         super().__init__()
-        # no checkpoint holds them: `build` computes them on the weights' device
+        # no checkpoint holds them: `_ready` computes them on the weights' device
         self.register_buffer("inv_freq", torch.empty(c.head_dim // 2), persistent=False)
         self.mrope_section = c.mrope_section
 
@@ -303,7 +307,38 @@ def build(
     if config.tie_word_embeddings:
         state.setdefault("lm_head.weight", state["model.language_model.embed_tokens.weight"])
     model.load_state_dict(state, strict=True, assign=True)
-    frequencies = inverse_frequencies(config.text_config).to(state["lm_head.weight"].device)
+    return _ready(model)
+
+
+@torch.no_grad()
+def random_model(
+    config: Config, generation_config: Config, device: str, dtype: torch.dtype, *, std: float = 0.02, seed: int = 0
+) -> NativeModel:
+    """The tree with random weights made on `device` in `dtype`, drawn as transformers draws an
+    untrained Qwen2.5-VL's: normal(0, std) products, convolutions and embeddings, zero biases,
+    unit norms. Same shapes, so the same speed, as the published model of `config`."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # the parameters are made in `dtype`: no float32 copy on the way
+    try:
+        with torch.device("meta"):
+            model = NativeModel(config, generation_config)
+    finally:
+        torch.set_default_dtype(default)
+    model.to_empty(device=device)
+    generator = torch.Generator(device).manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, RMSNorm):
+            module.weight.fill_(1.0)
+        elif isinstance(module, (nn.Linear, nn.Conv3d, nn.Embedding)):
+            module.weight.normal_(0.0, std, generator=generator)
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
+    return _ready(model)
+
+
+def _ready(model: NativeModel) -> NativeModel:
+    """`model` for inference, with the text rotary's frequencies (no checkpoint holds them)."""
+    frequencies = inverse_frequencies(model.config.text_config).to(model.device)
     model.model.language_model.rotary_emb.inv_freq = frequencies
     return model.eval().requires_grad_(False)
 
