@@ -10,6 +10,7 @@ timings) of the latest call.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -63,8 +64,10 @@ class QwenVLInference:
     ) -> str:
         from qvl.media.images import open_image
 
+        started = time.perf_counter()
         images = [open_image(str(path)) for path in image_paths]
-        return self._answer(Request(prompt=prompt, images=images, max_new_tokens=max_new_tokens or self.max_new_tokens))
+        request = Request(prompt=prompt, images=images, max_new_tokens=max_new_tokens or self.max_new_tokens)
+        return self._answer(request, time.perf_counter() - started)
 
     def inference_video(
         self,
@@ -79,10 +82,11 @@ class QwenVLInference:
         from qvl.media.video import VideoOptions
         from qvl.runner import frame_cache, load_clip
 
+        started = time.perf_counter()
         options = VideoOptions(frames=preprocess_frames, **video_options)
         media = load_clip(str(video_path), options, frame_cache(self.cache_dir, enabled=self.cache))
         request = Request(prompt=prompt, video=media.video, max_new_tokens=max_new_tokens or self.max_new_tokens)
-        return self._answer(request)
+        return self._answer(request, time.perf_counter() - started)
 
     def session(
         self,
@@ -117,6 +121,8 @@ class QwenVLInference:
         opened = [open_image(str(path)) for path in images]
         return self.engine.session(images=opened, video=media_video, **({"headroom": headroom} if headroom else {}))
 
-    def _answer(self, request: Request) -> str:
+    def _answer(self, request: Request, media_s: float) -> str:
+        """The answer; `last_result` keeps the whole `Result`, with the time the media took to open."""
         self.last_result = self.engine.generate(request)
+        self.last_result.timings.media_s = media_s
         return self.last_result.text

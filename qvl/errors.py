@@ -28,7 +28,13 @@ class ModelError(QvlError):
 
 
 class CacheError(QvlError):
-    """The frame cache cannot be used (not writable, for instance)."""
+    """The frame cache cannot be used (an entry that cannot be written, for instance)."""
+
+
+class CacheDirError(CacheError):
+    """The frame cache's folder cannot be used at all: an option (--cache-dir, QVL_CACHE_DIR) to change."""
+
+    exit_code = 2
 
 
 def first_line(exc: BaseException) -> str:

@@ -208,6 +208,14 @@ def test_a_bad_manifest_line_is_one_error_naming_the_line(tmp_path, line, contai
     assert not out.exists()
 
 
+def test_a_job_that_fails_before_any_row_leaves_no_results_file(manifest, tmp_path):
+    """A model that cannot load: one line, and no empty results file for a later run to find."""
+    out = tmp_path / "r.jsonl"
+    for model in ("nosuch", str(tmp_path / "no-model")):
+        assert_one_error(invoke("batch", manifest, "-o", out, "-m", model), contains="model", exit_code=2)
+        assert not out.exists()
+
+
 def test_results_of_another_kind_or_in_use_are_refused(manifest, tmp_path):
     from qvl.batch.results import Results
 

@@ -103,8 +103,14 @@ def test_python_api_session_over_a_video_file(tiny_model_dir, tmp_path):
         assert session.ask(question, max_new_tokens=8).text == model.inference_video(
             str(clip), question, preprocess_frames=8, max_new_tokens=8
         )
+    assert model.last_result.timings.media_s > 0  # the frames' decoding, as --stats reports it
     small = model.session(video=str(clip), frames=8, headroom=64)
     assert small.capacity < session.capacity and small.chat("What happens?", max_new_tokens=8).text
+    from PIL import Image
+
+    Image.new("RGB", (56, 56), "red").save(tmp_path / "red.png")
+    model.inference_image(str(tmp_path / "red.png"))
+    assert model.last_result.timings.media_s > 0
 
 
 # --- conversations: chat, reset, ask in between ------------------------------------------------

@@ -36,8 +36,9 @@ class Results:
     """The results file at `path`, open for appending; `errors`: each id's error in it (its last
     line's), None for an answered row."""
 
-    def __init__(self, path: Path, fd: int, errors: dict[Any, str | None]):
+    def __init__(self, path: Path, fd: int, errors: dict[Any, str | None], created: bool = False):
         self.path, self._fd, self.errors = path, fd, errors
+        self._created = created  # this run made the file: a job that fails before any row removes it
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> Results:
@@ -54,6 +55,7 @@ class Results:
                 f"--out {path}: not a regular file; results are appended to a file and read again to "
                 "resume, so give a file's path (to see results as they come: tail -f FILE)"
             )
+        created = not path.exists()
         try:
             if path.parent != Path("."):
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,7 +68,7 @@ class Results:
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, errors)
+        return cls(path, fd, errors, created)
 
     def append(self, record: dict) -> None:
         """Add one record as one line, written whole or not at all."""
@@ -110,8 +112,11 @@ class Results:
     def __enter__(self) -> Results:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        empty = os.fstat(self._fd).st_size == 0 if self._fd >= 0 else False
         self.close()
+        if exc_type is not None and self._created and empty:  # the model did not load, Ray not found
+            self.path.unlink(missing_ok=True)
 
 
 def _lock(fd: int, path: Path) -> None:

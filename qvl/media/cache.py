@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from qvl.errors import CacheError
+from qvl.errors import CacheDirError, CacheError
 from qvl.media.jpeg_frames import JPEG_QUALITY, encode_jpegs, read_frames
 from qvl.paths import write_json_atomically
 
@@ -165,7 +165,7 @@ class FrameCache:
         except OSError as exc:
             raise self._not_writable(exc, can_skip=can_skip) from None
 
-    def _not_writable(self, exc: OSError, *, can_skip: bool) -> CacheError:
+    def _not_writable(self, exc: OSError, *, can_skip: bool) -> CacheDirError:
         reason = exc.strerror or type(exc).__name__
         chosen = os.environ.get("QVL_CACHE_DIR")
         if chosen and Path(chosen).expanduser() in self.root.parents:  # qvl's models are there too
@@ -174,7 +174,7 @@ class FrameCache:
             fixes = "pass --cache-dir DIR, set QVL_CACHE_DIR, or use --no-cache"
         else:
             fixes = "pass --cache-dir DIR or set QVL_CACHE_DIR to a writable folder"
-        return CacheError(f"frame cache {self.root} is not writable ({reason}): {fixes}")
+        return CacheDirError(f"frame cache {self.root} is not writable ({reason}): {fixes}")
 
     # -- read ----------------------------------------------------------------------------------
     def get(self, key: str, *, width: int | None = None, height: int | None = None) -> CachedFrames | None:
