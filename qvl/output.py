@@ -239,13 +239,7 @@ def psa_profile(source: str, preset: str, report: dict) -> None:
     from rich.table import Table
 
     psa = report["psa"]
-    title = f"{source}: {report['tokens']:,} tokens, PSA preset {preset}"
-    table = Table(
-        title=title,
-        title_justify="left",
-        caption="error: relative RMSE of PSA's attention output against SDPA on the same layer input",
-        caption_justify="left",
-    )
+    table = Table()
     for column in ("layer", "density", "1x", "2x", "4x", "8x", "skip", "SDPA ms", "PSA ms", "error"):
         table.add_column(column, justify="right")
     for row in report["per_layer"]:
@@ -263,7 +257,12 @@ def psa_profile(source: str, preset: str, report: dict) -> None:
             f"{row['rel_error']:.1e}",
         )
     out = Console(highlight=False)
+    # Title and caption go on lines of their own: Rich wraps a table's title and caption to the
+    # table's width, which put the end of a long one (a long path, the caption at 80 columns) on a
+    # stray line. markup=False: a path may hold brackets.
+    out.print(f"{source}: {report['tokens']:,} tokens, PSA preset {preset}", soft_wrap=True, markup=False)
     out.print(table)
+    out.print("error: relative RMSE of PSA's attention output against SDPA on the same layer input", soft_wrap=True)
     prefill, ttft, generated = report["prefill_ms"], report["ttft_ms"], report["generated"]
     count = max(len(generated["psa"]), len(generated["sdpa"]))
     where = generated["first_difference"]

@@ -28,9 +28,9 @@ def image(tmp_path_factory):
     return path
 
 
-def _profile(source, *args):
+def _profile(source, *args, env=None):
     common = ["--model", "tiny", "--frames", "8", "--min-tokens", "32", "--repeat", "1", "--tokens", "6", "--no-cache"]
-    result = invoke("psa-profile", source, *common, *args)
+    result = invoke("psa-profile", source, *common, *args, env=env)
     assert result.exit_code == 0, result.stderr
     return result
 
@@ -80,9 +80,16 @@ def test_a_dense_preset_matches_sdpa(clip):
 def test_an_image_goes_through_the_image_loader_and_the_table_reads(image):
     report = json_lines(_profile(image, "--min-tokens", "8", "--json").stdout)[0]
     assert "frames" not in report and report["tokens"] > 8 and len(report["per_layer"]) == 2
-    table = _profile(image, "--min-tokens", "8")
+    table = _profile(image, "--min-tokens", "8", env={"COLUMNS": "80"})  # a pipe's width
     assert "density" in table.stdout and "error" in table.stdout and "greedy answers" in table.stdout
     assert "qvl:" not in table.stdout  # notes and warnings stay on stderr
+    # The title, the table, the caption and the summary: each whole on its own line(s), nothing
+    # wrapped onto a stray line however long the path or the caption.
+    lines = table.stdout.splitlines()
+    assert lines[0] == f"{image}: {report['tokens']:,} tokens, PSA preset default"
+    assert all(line[0] in "┏┃┡│└" for line in lines[1:-2]), lines
+    assert lines[-2] == "error: relative RMSE of PSA's attention output against SDPA on the same layer input"
+    assert lines[-1].startswith("prefill: PSA ") and "; greedy answers: " in lines[-1]
 
 
 def test_a_short_prompt_says_psa_did_not_run(image):
