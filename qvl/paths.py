@@ -78,6 +78,23 @@ def write_atomically(path: Path, write) -> None:
         raise
 
 
+def check_folder_writable(folder: Path) -> None:
+    """Raise `OSError` where `folder` (parents too) could not be made or written into, creating
+    nothing: a run that fails later must not leave an empty folder behind. An existing folder is
+    tried with a temporary file; a missing one by the nearest path above it that exists."""
+    import errno
+    import tempfile
+
+    if folder.is_dir():
+        tempfile.TemporaryFile(dir=folder).close()
+        return
+    above = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists() or p.is_symlink())
+    if not above.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(above))
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(above))
+
+
 def read_file_bytes(path: Path, source: str, error: type[Exception]) -> bytes:
     """A local file's bytes, or `error` with one line that names `source` and says why not."""
     try:

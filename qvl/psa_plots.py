@@ -36,20 +36,19 @@ DENSITY_FILE = "density-by-layer.png"
 
 
 def out_folder(out: str | None) -> Path | None:
-    """`--out` as the folder to write into (None where none is asked for), made now; an
-    `OptionError` where it names a file or cannot be written, checked before any model loads."""
+    """`--out` as the folder to write into (None where none is asked for); an `OptionError` where
+    it names a file or could not be made or written, checked before any model loads. The folder
+    itself is made by `write_profile`, so a run that fails before it leaves nothing behind."""
     if out is None:
         return None
-    import tempfile
-
     from qvl.errors import OptionError
+    from qvl.paths import check_folder_writable
 
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise OptionError(f"--out {out} is a file, not a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
+        check_folder_writable(folder)
     except OSError as exc:
         raise OptionError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
     return folder
@@ -58,7 +57,14 @@ def out_folder(out: str | None) -> Path | None:
 def write_profile(out_dir: Path, report: dict, masks: list[dict]) -> tuple[list[Path], bool]:
     """Write profile.json, and the pictures when matplotlib can be imported, each whole or not at
     all (written beside, then renamed). Returns (the files written, whether the pictures were
-    drawn); an `OptionError` naming the file that could not be written."""
+    drawn); an `OptionError` naming the file that could not be written. `out_dir` is made if
+    missing."""
+    from qvl.errors import OptionError
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OptionError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from None
     data = {**report, "masks": [{**m, "levels": m["levels"].tolist()} for m in masks]}
     text = json.dumps(data, ensure_ascii=False, indent=1) + "\n"
     written = [_whole(out_dir / "profile.json", lambda path: path.write_text(text))]

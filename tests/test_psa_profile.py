@@ -154,9 +154,14 @@ def test_a_picture_that_cannot_be_written_is_one_line_and_leaves_no_part_of_itse
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
 
 
-def test_layers_beyond_the_model_are_one_line(image):
-    result = invoke("psa-profile", image, "-m", "tiny", "--min-tokens", "8", "--layers", "first,7")
-    assert_one_error(result, contains="layers 0..1", exit_code=2)
+@pytest.mark.parametrize(
+    "flag, value, message", [("--layers", "first,7", "layers 0..1"), ("--heads", "9", "heads 0..")]
+)
+def test_layers_and_heads_beyond_the_model_are_one_line_and_leave_no_out_folder(image, tmp_path, flag, value, message):
+    out = tmp_path / "new" / "profile"
+    result = invoke("psa-profile", image, "-m", "tiny", "--min-tokens", "8", flag, value, "--out", out)
+    assert_one_error(result, contains=message, exit_code=2)
+    assert list(tmp_path.iterdir()) == []  # neither --out nor the folder above it was made
 
 
 def test_layer_names_and_first_difference():
