@@ -1,6 +1,6 @@
 """PSA logs: one JSON line per language-model layer per PSA prefill, appended to a folder's day file.
 
-    log = PSALog("logs/")            # creates the folder; an unwritable one is an OptionError now
+    log = PSALog("logs/")            # checks the folder; an unwritable one is an OptionError now
     log.write(request="3f2a...", label="clip.mp4", model="7b", config="fast", tokens=9000, layers=rows)
 
 Lines go to `DIR/psa-YYYY-MM-DD.jsonl` (the UTC date of the write). Each request's lines are
@@ -29,8 +29,8 @@ def request_id() -> str:
 
 
 def psa_log_for(folder: str | os.PathLike | None, psa_config) -> PSALog | None:
-    """The `PSALog` --psa-log-dir asks for, or None; its folder is made and checked now, before any
-    model loads (an `OptionError` without PSA, or where it cannot be written)."""
+    """The `PSALog` --psa-log-dir asks for, or None; its folder is checked now, before any model
+    loads (an `OptionError` without PSA, or where it could not be made or written)."""
     if folder is None:
         return None
     if psa_config is None:
@@ -39,17 +39,19 @@ def psa_log_for(folder: str | os.PathLike | None, psa_config) -> PSALog | None:
 
 
 class PSALog:
-    """Appends PSA statistics to `folder`/psa-<UTC date>.jsonl; `folder` is created if missing.
+    """Appends PSA statistics to `folder`/psa-<UTC date>.jsonl; folder and file are created with
+    the first line, so a run in which PSA never ran leaves nothing behind.
 
-    Raises `OptionError` (one line naming the folder) if the folder cannot be created or written,
-    so a bad `--psa-log-dir` stops a run before any model loads.
+    Raises `OptionError` (one line naming the folder) if the folder could not be created or
+    written, so a bad `--psa-log-dir` stops a run before any model loads.
     """
 
     def __init__(self, folder: str | os.PathLike):
+        from qvl.paths import check_folder_writable
+
         self.folder = Path(folder).expanduser()
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.path(), _FLAGS, 0o644))  # creating today's file proves we may write
+            check_folder_writable(self.folder)
         except OSError as exc:
             raise OptionError(f"--psa-log-dir {folder}: cannot write there ({exc.strerror or exc})") from None
 
@@ -77,6 +79,7 @@ class PSALog:
             return None
         data = lines.encode("utf-8")
         path = self.path(now)
+        self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, _FLAGS, 0o644)
         try:
             written = os.write(fd, data)

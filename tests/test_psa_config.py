@@ -219,15 +219,18 @@ def test_cli_toml_config_reaches_the_engine_and_logs_each_layer(clip, tmp_path):
     assert [line["layer"] for line in lines] == [0, 1, 0, 1]
 
 
-def test_cli_short_prompt_logs_nothing(tmp_path):
+@pytest.mark.parametrize("command", ["describe", "video"])
+def test_cli_short_prompt_logs_nothing(clip, tmp_path, command):
     from PIL import Image
 
     image = tmp_path / "a.png"
     Image.new("RGB", (64, 64), (10, 200, 30)).save(image)
-    logs = tmp_path / "logs"
-    result = invoke("describe", image, "-m", "tiny", "--psa", "--psa-log-dir", logs, "--max-tokens", "1")
+    logs = tmp_path / "logs" / "psa"
+    args = ["describe", image, "-m", "tiny", "--max-tokens", "1"] if command == "describe" else _video(clip)
+    result = invoke(*args, "--psa", "--psa-log-dir", logs, "--json")
     assert result.exit_code == 0, result.stderr
-    assert [p.read_text() for p in logs.iterdir()] == [""]  # the folder and day file exist, empty
+    assert json_lines(result.stdout)[0]["psa"] is None  # under min_tokens: PSA did not run
+    assert not (tmp_path / "logs").exists()  # no empty day file, nor the folders for it
 
 
 def test_psa_profile_takes_a_config_file(clip, tmp_path):
