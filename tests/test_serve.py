@@ -197,14 +197,22 @@ def test_eight_concurrent_requests_are_all_answered(server, media):
     "body, status, code",
     [
         (b"{not json", 400, "invalid_json"),
-        (b"[1, 2]", 400, None),
+        (b"[1, 2]", 400, "invalid_json"),
         ({"model": "gpt-4o", "messages": _user("Hi")}, 404, "model_not_found"),
         ({"messages": _user("Hi"), "max_tokens": 0}, 400, "invalid_option"),
-        ({"messages": _user("Hi"), "temperature": "hot"}, 400, None),
-        ({"messages": _user("Hi"), "tools": []}, 400, None),
-        ({"messages": []}, 400, None),
-        ({"messages": [{"role": "system", "content": "Be brief."}, *_user("Hi")]}, 400, None),
-        ({"messages": [{"role": "assistant", "content": "Hello."}, *_user("Hi")]}, 400, None),
+        ({"messages": _user("Hi"), "temperature": "hot"}, 400, "invalid_option"),
+        ({"messages": _user("Hi"), "tools": []}, 400, "invalid_option"),
+        ({"messages": _user("Hi"), "framez": 8}, 400, "invalid_option"),
+        ({"messages": _user("Hi"), "n": 2}, 400, "invalid_option"),
+        ({"messages": []}, 400, "invalid_messages"),
+        ({"messages": [{"role": "system", "content": "Be brief."}, *_user("Hi")]}, 400, "invalid_messages"),
+        ({"messages": [{"role": "assistant", "content": "Hello."}, *_user("Hi")]}, 400, "invalid_messages"),
+        ({"messages": [*_user("Hi"), *_user("Hello?")]}, 400, "invalid_messages"),
+        (
+            {"messages": _user("Hi", {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}})},
+            400,
+            "invalid_messages",
+        ),
         (
             {
                 "messages": [
@@ -214,19 +222,19 @@ def test_eight_concurrent_requests_are_all_answered(server, media):
                 ]
             },
             400,
-            None,
-        ),  # fmt: skip
+            "invalid_messages",
+        ),
         (
             {"messages": _user("Hi", {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}})},
             400,
             "invalid_input",
-        ),  # fmt: skip
+        ),
         (
             {"messages": _user("Hi", {"type": "video_url", "video_url": {"url": "/etc/passwd"}})},
             400,
             "local_files_refused",
-        ),  # fmt: skip
-        ({"messages": _user("Hi"), "frames": 8}, 400, None),
+        ),
+        ({"messages": _user("Hi"), "frames": 8}, 400, "invalid_option"),
         (b"x" * 1_500_000, 413, "body_too_large"),
     ],
     ids=[
@@ -236,9 +244,13 @@ def test_eight_concurrent_requests_are_all_answered(server, media):
         "zero-max-tokens",
         "temperature-type",
         "unsupported-field",
+        "misspelt-field",
+        "n-2",
         "no-messages",
         "system-message",
         "assistant-first",
+        "two-user-messages",
+        "audio-part",
         "media-in-a-later-turn",
         "corrupt-image",
         "local-file",
@@ -246,13 +258,32 @@ def test_eight_concurrent_requests_are_all_answered(server, media):
         "oversized-body",
     ],
 )
-def test_a_bad_request_gets_its_status_and_the_server_goes_on(server, body, status, code):
+def test_a_bad_request_gets_its_status_and_documented_code(server, body, status, code):
     got, reply = _post(server, body)
     assert got == status, reply
     assert set(reply["error"]) == {"message", "type", "param", "code"} and reply["error"]["message"]
-    if code is not None:
-        assert reply["error"]["code"] == code
+    assert reply["error"]["code"] == code, reply
+    assert code in _documented_codes()[status]
     assert _http("GET", server + "/health")[0] == 200
+
+
+def test_an_unknown_path_or_method_gets_its_documented_code(server):
+    for method, path, status in (("GET", "/v1/nothing", 404), ("GET", "/v1/chat/completions", 405)):
+        got, reply = _http(method, server + path)
+        assert got == status and reply["error"]["code"] == "http_error", reply
+        assert "http_error" in _documented_codes()[status]
+
+
+def _documented_codes() -> dict[int, set[str]]:
+    """{status: its codes} from the table of errors in docs/serve.md."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "serve.md").read_text()
+    codes: dict[int, set[str]] = {}
+    for statuses, names in re.findall(r"^\| ([0-9][0-9, ]*) \| (`[^|]*) \|", text, flags=re.M):
+        for status in statuses.split(","):
+            codes.setdefault(int(status), set()).update(re.findall(r"`([a-z_]+)`", names))
+    return codes
 
 
 def test_a_bad_field_is_named_as_the_request_names_it(server):

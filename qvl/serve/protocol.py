@@ -43,7 +43,7 @@ STREAM_FIELDS = {"stream", "stream_options"}
 class ApiError(Exception):
     """A request that gets an error response: its HTTP status and OpenAI's error object."""
 
-    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None):
+    def __init__(self, status: int, message: str, *, code: str, param: str | None = None):
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
 
@@ -130,15 +130,17 @@ def parse_chat(body: bytes, *, allow_local_files: bool, max_download_mb: float) 
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
     if not isinstance(data, dict):
-        raise ApiError(400, "the request body must be a JSON object")
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
     _check_fields(data)
     prompt, images, video, history = _turns(data.get("messages"), allow_local_files)
     fields = {name: _typed(data, name, kind) for name, kind in VIDEO_FIELDS.items() if name in data}
     if fields and video is None:
-        raise ApiError(400, f"{', '.join(sorted(fields))}: frame options need a video in the message")
+        raise ApiError(
+            400, f"{', '.join(sorted(fields))}: frame options need a video in the message", code="invalid_option"
+        )
     model = data.get("model")
     if model is not None and not isinstance(model, str):
-        raise ApiError(400, "model must be a string", param="model")
+        raise ApiError(400, "model must be a string", code="invalid_option", param="model")
     max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
     settings = dict(
         max_tokens=DEFAULT_MAX_TOKENS if max_tokens is None else _typed(data, _max_tokens_name(data), int),
@@ -189,12 +191,13 @@ def _check_fields(data: dict) -> None:
     for name, value in data.items():
         if name in NEUTRAL_FIELDS:
             if value is not None and value != NEUTRAL_FIELDS[name]:
-                raise ApiError(400, f"{name}={json.dumps(value)} is not supported by qvl serve", param=name)
+                message = f"{name}={json.dumps(value)} is not supported by qvl serve"
+                raise ApiError(400, message, code="invalid_option", param=name)
         elif name not in known:
-            raise ApiError(400, f"unknown or unsupported field {name!r}", param=name)
+            raise ApiError(400, f"unknown or unsupported field {name!r}", code="invalid_option", param=name)
     options = data.get("stream_options")
     if options is not None and not isinstance(options, dict):
-        raise ApiError(400, "stream_options must be an object", param="stream_options")
+        raise ApiError(400, "stream_options must be an object", code="invalid_option", param="stream_options")
 
 
 def _typed(data: dict, name: str, kind: type, default: Any = None) -> Any:
@@ -207,7 +210,7 @@ def _typed(data: dict, name: str, kind: type, default: Any = None) -> Any:
         ok, value = True, float(value)
     if not ok:
         names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-        raise ApiError(400, f"{name} must be {names[kind]}, not {json.dumps(value)}", param=name)
+        raise ApiError(400, f"{name} must be {names[kind]}, not {json.dumps(value)}", code="invalid_option", param=name)
     return value
 
 
@@ -215,30 +218,32 @@ def _turns(messages: Any, allow_local_files: bool) -> tuple[str, tuple[Part, ...
     """The question, images, video and earlier (question, answer) turns of a conversation: user and
     assistant messages in turn, ending with the user's; the media in the first user message."""
     if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "messages must be a non-empty list", param="messages")
+        raise _bad_messages("messages must be a non-empty list")
     roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
     if "system" in roles or "developer" in roles:
-        raise ApiError(400, "system messages are not supported: the model's own system turn is used", param="messages")
+        raise _bad_messages("system messages are not supported: the model's own system turn is used")
     if any(role != ("user", "assistant")[i % 2] for i, role in enumerate(roles)) or roles[-1] != "user":
-        raise ApiError(
-            400, "messages must be user and assistant messages in turn, starting and ending with the user's",
-            param="messages",
-        )  # fmt: skip
+        raise _bad_messages("messages must be user and assistant messages in turn, starting and ending with the user's")
     turns = [_content(m.get("content"), allow_local_files) for m in messages]
     if any(parts for _, parts in turns[1:]):
-        raise ApiError(400, "images and videos go in the first user message only", param="messages")
+        raise _bad_messages("images and videos go in the first user message only")
     texts = [text for text, _ in turns]
     if not all(texts[::2]):
-        raise ApiError(400, "a user message has no text: ask a question", param="messages")
+        raise _bad_messages("a user message has no text: ask a question")
     parts = turns[0][1]
     images = tuple(p for p in parts if p.kind == "image")
     videos = [p for p in parts if p.kind == "video"]
     if len(videos) > 1:
-        raise ApiError(400, "one video per request", param="messages")
+        raise _bad_messages("one video per request")
     if len(images) > MAX_IMAGES:
-        raise ApiError(400, f"at most {MAX_IMAGES} images per request", param="messages")
+        raise _bad_messages(f"at most {MAX_IMAGES} images per request")
     history = tuple(zip(texts[:-1:2], texts[1::2]))
     return texts[-1], images, videos[0] if videos else None, history
+
+
+def _bad_messages(message: str) -> ApiError:
+    """messages that qvl cannot answer as they are (their shape, roles, parts or media count)."""
+    return ApiError(400, message, code="invalid_messages", param="messages")
 
 
 def _content(content: Any, allow_local_files: bool) -> tuple[str, list[Part]]:
@@ -246,7 +251,7 @@ def _content(content: Any, allow_local_files: bool) -> tuple[str, list[Part]]:
     if isinstance(content, str):
         content = [{"type": "text", "text": content}]
     if not isinstance(content, list):
-        raise ApiError(400, "a message's content must be a string or a list of parts", param="messages")
+        raise _bad_messages("a message's content must be a string or a list of parts")
     texts: list[str] = []
     media: list[Part] = []
     for part in content:
@@ -256,8 +261,8 @@ def _content(content: Any, allow_local_files: bool) -> tuple[str, list[Part]]:
         elif kind in ("image_url", "video_url"):
             media.append(_checked(Part(kind.removesuffix("_url"), _part_url(part, kind)), allow_local_files))
         else:
-            raise ApiError(
-                400, f"unsupported content part {json.dumps(part)[:80]}: use text, image_url or video_url parts"
+            raise _bad_messages(
+                f"unsupported content part {json.dumps(part)[:80]}: use text, image_url or video_url parts"
             )
     return "\n".join(texts).strip(), media
 
@@ -266,7 +271,7 @@ def _part_url(part: dict, kind: str) -> str:
     value = part.get(kind)
     url = value.get("url") if isinstance(value, dict) else value
     if not isinstance(url, str) or not url:
-        raise ApiError(400, f'a {kind} part needs {{"{kind}": {{"url": "..."}}}}', param="messages")
+        raise _bad_messages(f'a {kind} part needs {{"{kind}": {{"url": "..."}}}}')
     return url
 
 
@@ -275,7 +280,7 @@ def _checked(part: Part, allow_local_files: bool) -> Part:
     if part.is_data or part.is_remote:
         return part
     if "://" in part.url and not part.url.startswith("file://"):
-        raise ApiError(400, f"{part.url}: only http(s) URLs, data URIs and (if allowed) local paths", param="messages")
+        raise _bad_messages(f"{part.url}: only http(s) URLs, data URIs and (if allowed) local paths")
     if not allow_local_files:
         raise ApiError(
             400,
