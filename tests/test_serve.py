@@ -411,7 +411,10 @@ def test_a_bad_local_file_fails_before_any_request(server, media):
 # --- qvl serve itself -------------------------------------------------------------------------------
 
 
-def test_qvl_serve_refuses_local_files_and_drains_on_ctrl_c(tiny_model_dir, media):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_qvl_serve_refuses_local_files_and_drains_when_stopped(tiny_model_dir, media, stop):
+    """Ctrl-C or a process manager's SIGTERM is a deliberate stop: the answer in flight is finished,
+    one line says so, and the exit is 0 with no error line."""
     env = {k: v for k, v in os.environ.items() if k != "QVL_API_KEY"}
     command = [sys.executable, "-m", "qvl", "serve", "--model", "tiny", "--port", "0"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
@@ -427,14 +430,15 @@ def test_qvl_serve_refuses_local_files_and_drains_on_ctrl_c(tiny_model_dir, medi
         asking.start()
         while not answered and not _http("GET", url + "/health", key=None)[1]["busy"]:
             time.sleep(0.01)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         asking.join(timeout=120)
         assert answered and answered[0][0] == 200  # the answer in flight was finished
-        assert process.wait(timeout=60) == 130
+        assert process.wait(timeout=60) == 0
     finally:
         process.kill()
     rest.join(timeout=10)
     assert "stopped after 1 answers" in rest.text and "Traceback" not in rest.text
+    assert "qvl: error" not in rest.text and rest.text.count("stopped after") == 1, rest.text
 
 
 class _Reader(threading.Thread):

@@ -1,10 +1,12 @@
-"""`qvl serve`: the command that loads one model and serves it until Ctrl-C (registered in qvl.cli).
+"""`qvl serve`: the command that loads one model and serves it until Ctrl-C or SIGTERM (registered in
+qvl.cli).
 
 Nothing heavy at import: Starlette, uvicorn and the engine are imported when the command runs.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Annotated, Optional
 
 import typer
@@ -113,11 +115,35 @@ def serve(
     # Said even when quiet: with --port 0 it is the only place the port is told.
     output.note(f"serving {engine.name} on {address}/v1 (Ctrl-C stops after the requests in flight)")
     worker.start()
+    with _signals_stop(server):
+        try:
+            server.run(sockets=[sock])
+        finally:
+            worker.stop()
+            output.note(f"stopped after {worker.answered} answers ({worker.failed} failed)", quiet=quiet)
+
+
+@contextmanager
+def _signals_stop(server):
+    """SIGINT and SIGTERM stop the server as it means to be stopped, and the exit is 0 (as uvicorn's
+    own command's): uvicorn drains on either, then raises the signal again into the handlers it
+    found, which without these would end the run as `qvl.start` ends an interrupted one (130, 143)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread has signals
+        yield
+        return
+
+    def stop(signum, frame) -> None:  # before uvicorn listens (it starts and stops at once), or after
+        server.should_exit = True
+
+    found = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.run(sockets=[sock])
+        yield
     finally:
-        worker.stop()
-        output.note(f"stopped after {worker.answered} answers ({worker.failed} failed)", quiet=quiet)
+        for sig, handler in found.items():
+            signal.signal(sig, handler)
 
 
 def _listen(host: str, port: int):
