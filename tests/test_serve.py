@@ -352,6 +352,18 @@ def test_chat_through_the_server_gives_the_same_rows(server, media):
 # --- the command line through the server ------------------------------------------------------------
 
 
+def test_stats_through_the_server_show_its_vision_time(server, media):
+    """A request that prefills new media through a kept session runs the vision tower on the
+    server, which --stats shows as the local run shows its own (not n/a)."""
+    image = media["folder"] / "stats.png"
+    Image.fromarray(np.random.default_rng(7).integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(image)
+    args = ("describe", image, "--max-tokens", TOKENS, "--json", "--stats", "--server", server)
+    remote = invoke(*args, env={"QVL_API_KEY": KEY})
+    assert remote.exit_code == 0, remote.stderr
+    vision = json_lines(remote.stdout)[0]["timings"]["vision_s"]
+    assert vision > 0 and f"vision {vision:.3f} s," in remote.stderr, remote.stderr
+
+
 def test_describe_through_the_server_gives_the_same_row(server, media):
     env = {"QVL_SERVER": server, "QVL_API_KEY": KEY}
     remote = invoke("describe", media["image"], "--max-tokens", TOKENS, "--json", "-q", env=env)
