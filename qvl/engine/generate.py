@@ -26,13 +26,15 @@ class Generated:
 
 class TextStream:
     """Turns token ids into text pieces as they come, decoding only a short window each time
-    (as vLLM's incremental detokenizer does) instead of the whole answer per token."""
+    (as vLLM's incremental detokenizer does) instead of the whole answer per token. Joined, the
+    pieces are exactly the answer's text (`Result.text`, stripped), wherever they are shown."""
 
     def __init__(self, tokenizer, on_text: Callable[[str], None] | None):
         self.tokenizer, self.on_text = tokenizer, on_text
         self.tokens: list[int] = []
         self.start = 0  # first token of the window still being decoded
-        self.emitted = ""  # text of tokens[start:] already handed out
+        self.emitted = ""  # text of tokens[start:] already decoded
+        self._trim = TrimmedPieces()
 
     def put(self, token: int) -> None:
         self.tokens.append(token)
@@ -52,8 +54,27 @@ class TextStream:
 
     def _emit(self, text: str) -> None:
         if text.startswith(self.emitted) and len(text) > len(self.emitted):
-            self.on_text(text[len(self.emitted) :])
+            piece = self._trim(text[len(self.emitted) :])
+            if piece:
+                self.on_text(piece)
         self.emitted = text
+
+
+class TrimmedPieces:
+    """Pieces without the whitespace the answer's text is stripped of: leading whitespace dropped,
+    trailing whitespace held back until more text follows (and dropped at the end)."""
+
+    def __init__(self):
+        self.started, self.held = False, ""
+
+    def __call__(self, piece: str) -> str:
+        text = self.held + piece
+        if not self.started:
+            text = text.lstrip()
+        body = text.rstrip()
+        self.held = text[len(body) :]
+        self.started = self.started or bool(body)
+        return body
 
 
 def sampling_for(request, generation_config) -> Sampling:

@@ -44,7 +44,6 @@ class Job:
         self.cancelled = threading.Event()
         self.queued_at = time.perf_counter()
         self.streamed = False  # some of the answer has gone out
-        self._trim = TrimmedPieces()
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -59,29 +58,9 @@ class Job:
     def on_text(self, piece: str) -> None:
         if self.cancelled.is_set():
             raise Cancelled
-        if self.request.stream:
-            piece = self._trim(piece)
-            if piece:
-                self.streamed = True
-                self.post("text", piece)
-
-
-class TrimmedPieces:
-    """Streamed pieces without the whitespace the answer's text is stripped of: leading whitespace
-    dropped, trailing whitespace held back until more text follows. Joined, the pieces are exactly
-    the non-streamed answer."""
-
-    def __init__(self):
-        self.started, self.held = False, ""
-
-    def __call__(self, piece: str) -> str:
-        text = self.held + piece
-        if not self.started:
-            text = text.lstrip()
-        body = text.rstrip()
-        self.held = text[len(body) :]
-        self.started = self.started or bool(body)
-        return body
+        if self.request.stream:  # the engine's pieces join to exactly the answer's text
+            self.streamed = True
+            self.post("text", piece)
 
 
 class Worker:
@@ -163,7 +142,6 @@ class Worker:
                 raise ApiError(503, "out of device memory for this request", code="out_of_memory") from None
         self.sessions.clear()
         torch.cuda.empty_cache()
-        job._trim = TrimmedPieces()
         return self.answer(job)
 
     def _keep(self, key: str, media):
