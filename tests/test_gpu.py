@@ -248,20 +248,19 @@ def test_the_engine_on_qvls_tree_gives_transformers_tokens_on_cuda(tiny_model_di
     assert same(engine.session(video=request.video).ask(request.prompt, max_new_tokens=24).tokens)
 
 
-def test_a_random_preset_takes_the_tree_on_one_gpu_and_answers_as_transformers_with_its_weights(tiny_model_dir):
-    """random:3b on one GPU: qvl's tree by default, its random weights made on the card; the same
-    weights in transformers' model give the same tokens through the same fast path."""
+def test_a_random_preset_takes_the_tree_on_one_gpu(tiny_model_dir):
+    """random:3b on one GPU: qvl's tree by default, its random weights made on the card, answering
+    through the fast path with a CUDA graph (tests/test_native.py compares its tokens with
+    transformers' model holding the same weights)."""
     import torch
 
     from qvl.engine import Engine
 
     tree = Engine("random:3b", device="cuda", dtype="bfloat16")
     assert tree.native and tree.fast_path_problem is None
-    stock = Engine("random:3b", device="cuda", dtype="bfloat16", native=False)
-    stock.model.load_state_dict(tree.model.state_dict(), strict=False)
-    request = _tiny_video_request(max_new_tokens=16)
-    assert tree.generate(request).tokens == stock.generate(request).tokens
-    del tree, stock
+    assert len(tree.generate(_tiny_video_request(max_new_tokens=16)).tokens) >= 1
+    assert tree._fast.decoder.graph is not None
+    del tree
     torch.cuda.empty_cache()
 
 
