@@ -71,8 +71,8 @@ def load_model(
 ):
     """(model, processor) ready for inference: qvl's own module tree and processor (`engine.native`)
     where `native` asks for them and the checkpoint loads into them (None: where the weights are
-    read straight onto one GPU and no `attn_implementation` asks for transformers' attention),
-    else transformers'. psa: the prompt's attention through PSA wherever a request sets it."""
+    read straight onto one GPU, or a random:<preset> model's are made on one, and no
+    `attn_implementation` asks for transformers' attention), else transformers'. psa: the prompt's attention through PSA wherever a request sets it."""
     if resolved.random is None:
         check_tokenizer(resolved.path)
     # Started before transformers is imported, which the read then overlaps.
