@@ -221,7 +221,7 @@ def frame_plan(source: str, plan) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=source, show_header=False, title_justify="left")
+    table = Table(show_header=False)
     table.add_row("frames", str(plan.frames))
     table.add_row("frame size", f"{plan.width} x {plan.height}")
     table.add_row("span", f"{plan.timestamps[0]:.3f} s .. {plan.timestamps[-1]:.3f} s of {plan.source_duration:.3f} s")
@@ -229,7 +229,9 @@ def frame_plan(source: str, plan) -> None:
     table.add_row("LLM tokens", f"{plan.tokens:,}")
     for line in plan.notes:
         table.add_row("note", line)
-    Console(highlight=False).print(table)
+    out = Console(highlight=False)
+    out.print(source, soft_wrap=True, markup=False)  # whole, to copy: a table's title wraps at its width
+    out.print(table)
 
 
 def psa_profile(source: str, preset: str, report: dict) -> None:

@@ -69,6 +69,18 @@ def test_dry_run_needs_no_model(clip, monkeypatch):
     assert table.exit_code == 0 and "LLM tokens" in table.stdout
 
 
+def test_dry_runs_table_names_a_long_path_on_one_line(clip, tmp_path):
+    """The path whole, to copy from the terminal (a table's title wraps at the table's width)."""
+    import shutil
+
+    long = tmp_path / ("a_folder_whose_name_is_long_enough_to_wrap_" * 2) / "clip [1].mp4"
+    long.parent.mkdir()
+    shutil.copy(clip, long)
+    table = invoke("video", long, "--frames", "4", "--dry-run", env={"COLUMNS": "80"})
+    assert table.exit_code == 0, table.stderr
+    assert table.stdout.splitlines()[0] == str(long) and "LLM tokens" in table.stdout
+
+
 def test_infer_keeps_the_published_flags(clip):
     result = invoke("infer", "--type", "video", "--input", clip, "--preprocess-frames", "4", "--max-tokens", "3")
     assert result.exit_code == 0, result.stderr and result.stdout.strip()
