@@ -39,6 +39,10 @@ class CacheDirError(CacheError):
 
 def first_line(exc: BaseException) -> str:
     """An exception's message cut to its first line (its type's name when it has none): what an
-    error line quotes of a library's failure."""
+    error line quotes of a library's failure. A first line that only announces what follows
+    ("Validation error for field 'x':") takes the next line along."""
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]

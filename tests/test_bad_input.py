@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cli_helpers import assert_one_error, invoke, make_video
+from cli_helpers import assert_one_error, error_lines, invoke, make_video, run_subprocess
 from fs_helpers import unwritable_dir
 from PIL import Image
 
@@ -74,8 +74,8 @@ ROWS = [
         "random model too big for the memory",
         ["describe", "{photo}", "-m", "random:72b", "--device", "cpu"],
         2,
-        ["random:72b needs", "GiB", "--dtype bfloat16 (half the memory)"],
-        [],
+        ["random:72b needs", "GiB", "random:3b"],
+        ["--dtype bfloat16"],  # half of 72b's fp32 weights fits no machine this runs on
     ),
     # Generation options are checked before any media is read or any model loads.
     ("--max-tokens 0", ["describe", "{photo}", "--max-tokens", "0"], 2, ["--max-tokens", "at least 1"], []),
@@ -272,3 +272,50 @@ def test_cache_size_reports_leftovers_apart(tmp_path):
     assert record["entries"] == 0 and record["stale_bytes"] == 5000
     text = invoke("cache", "size", "--cache-dir", tmp_path / "c").stdout
     assert "left over" in text
+
+
+def test_an_error_line_that_announces_its_reason_takes_the_reason_along():
+    """A library's message whose first line ends in a colon (transformers' config validation):
+    the line says what is wrong, not just where."""
+    from qvl.errors import first_line
+
+    error = ValueError("Validation error for field 'hidden_size':\n  TypeError: expected int, got NoneType\n")
+    assert first_line(error) == "Validation error for field 'hidden_size': TypeError: expected int, got NoneType"
+    assert first_line(ValueError("one line\nmore")) == "one line" and first_line(ValueError()) == "ValueError"
+
+
+def test_a_checkpoint_lacking_a_weight_is_one_line_and_nothing_else(tiny_model_dir, tmp_path):
+    """transformers' own load report (a multi-line table with terminal colours) stays unsaid:
+    qvl's line names the weight, even with -q."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "lacking"
+    shutil.copytree(tiny_model_dir, folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors.pop(next(name for name in tensors if name.endswith("layers.0.mlp.up_proj.weight")))
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    photo = tmp_path / "red.png"
+    Image.new("RGB", (56, 56), "red").save(photo)
+    result = run_subprocess("describe", photo, "-m", folder, "--device", "cpu", "-q")
+    assert_one_error(result, contains="lacks model.language_model.layers.0.mlp.up_proj.weight", exit_code=2)
+    assert result.stderr.strip().splitlines() == error_lines(result.stderr)
+
+
+def test_a_random_model_too_big_suggests_bfloat16_only_where_half_fits(tiny_model_dir, monkeypatch):
+    import torch
+
+    from qvl.engine import load
+    from qvl.engine.native import config_from_dict
+    from qvl.errors import ModelError
+    from qvl.models import resolve_model
+
+    resolved = resolve_model("random:7b")
+    config = config_from_dict(load.random_config("7b", resolved.path))
+    need = load._parameter_count(config) * 4
+    for free, suggested in ((need * 3 // 4, True), (need // 4, False)):
+        monkeypatch.setattr(load, "free_memory", lambda device, free=free: (free, "this machine"))
+        with pytest.raises(ModelError, match="random:7b needs") as refused:
+            load._check_random_fits(resolved, config, "cpu", torch.float32)
+        assert ("--dtype bfloat16" in str(refused.value)) == suggested

@@ -179,6 +179,15 @@ def test_bad_options_are_one_line_before_any_model_loads(manifest, tmp_path, arg
     assert_one_error(result, contains=contains, exit_code=2)
 
 
+def test_a_frame_cache_that_cannot_be_used_is_one_line_before_any_model_loads(manifest, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = tmp_path / "r.jsonl"
+    result = invoke("batch", manifest, "-o", out, "-m", "not-a-model", "--cache-dir", blocker / "cache")
+    assert_one_error(result, contains="not writable", exit_code=2)
+    assert not out.exists()
+
+
 def test_more_gpus_than_the_machine_has_is_refused(manifest, tmp_path):
     import torch
 

@@ -17,6 +17,7 @@ from qvl.errors import InputError, OptionError
         ({"top_p": 0.0}, "--top-p"),
         ({"top_p": 1.5}, "--top-p"),
         ({"max_new_tokens": 0}, "--max-tokens"),
+        ({"max_new_tokens": 2.5}, "--max-tokens must be a whole number"),
     ],
 )
 def test_sampling_settings_that_mean_nothing_are_refused(settings, message):

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from cli_helpers import assert_one_error, invoke, json_lines, make_video_or_skip
+from cli_helpers import assert_one_error, error_lines, invoke, json_lines, make_video_or_skip
 from PIL import Image
 
 pytest.importorskip("starlette")
@@ -288,7 +288,7 @@ def _documented_codes() -> dict[int, set[str]]:
 
 def test_a_bad_field_is_named_as_the_request_names_it(server):
     got, reply = _post(server, {"messages": _user("Hi"), "max_tokens": 0})
-    assert got == 400 and reply["error"]["message"].startswith("max_tokens must be at least 1"), reply
+    assert got == 400 and reply["error"]["message"].startswith("max_tokens must be a whole number, at least 1"), reply
     assert "--" not in reply["error"]["message"]
 
 
@@ -379,6 +379,18 @@ def test_video_questions_through_the_server_give_the_same_rows(server, media):
     differ = {"timings", "from_cache", "cache"}  # an upload is decoded by the server, not through a cache
     for a, b in zip(json_lines(remote.stdout), json_lines(local.stdout), strict=True):
         assert {k: v for k, v in a.items() if k not in differ} == {k: v for k, v in b.items() if k not in differ}
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "json"])
+def test_a_bad_question_through_the_server_is_the_local_runs_error(server, media, stream):
+    """A question the engine refuses (it writes the media's own token) fails in the same words,
+    whether the server refuses it before or after its answer's stream began."""
+    args = ("video", media["video"], "--frames", "4", "--max-tokens", TOKENS, "-p", "<|video_pad|>?")
+    args += () if stream else ("--json",)
+    remote = invoke(*args, "--server", server, env={"QVL_API_KEY": KEY})
+    local = invoke(*args, "--model", "tiny")
+    assert error_lines(remote.stderr) == error_lines(local.stderr) and len(error_lines(local.stderr)) == 1
+    assert remote.exit_code == local.exit_code == 1
 
 
 @pytest.mark.parametrize("command", ["describe", "video"])

@@ -77,8 +77,13 @@ class BatchView:
         """The job's rows: `answered` and `failed` of `total`, this run and earlier ones together."""
 
 
-def check(settings, options: BatchOptions) -> None:
-    """`OptionError` for what can be refused before the results file is touched or a model loads."""
+def check(settings, options: BatchOptions, rows: list = ()) -> None:
+    """`OptionError` (or `CacheDirError`: a frame cache the `rows`' videos cannot use) for what can
+    be refused before the results file is touched or a model loads."""
+    if options.ray is None and any(row.kind == "video" for row in rows):  # Ray's nodes open their own
+        cache = options.cache.open()
+        if cache is not None:
+            cache.check_writable()
     if options.ray is None:
         from qvl.batch.local import check_gpus
 
@@ -110,7 +115,7 @@ def run(rows: list, settings, options: BatchOptions, view: BatchView | None = No
     """Answer the rows the results file lacks; the exit code: 0 if every row of the job is
     answered, 1 if any row's record is an error (this run's or an earlier one's)."""
     view = view or BatchView()
-    check(settings, options)
+    check(settings, options, rows)
     with Results.open(options.out) as results:
         if options.retry_failed:
             results.drop(row.id for row in rows if results.errors.get(row.id) is not None)

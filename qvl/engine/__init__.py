@@ -8,6 +8,7 @@ engine never touches files: `qvl.media` owns those.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -88,8 +89,8 @@ class Request:
 def check_sampling(max_tokens: int, temperature: float, top_p: float | None) -> None:
     """An `OptionError` for an answer's length or sampling settings that mean nothing (the CLI's
     options, checked before any model loads, and every `Request`)."""
-    if isinstance(max_tokens, bool) or max_tokens < 1:
-        raise OptionError(f"--max-tokens must be at least 1, not {max_tokens}")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, numbers.Integral) or max_tokens < 1:
+        raise OptionError(f"--max-tokens must be a whole number, at least 1, not {max_tokens!r}")
     if not temperature >= 0 or temperature == float("inf"):
         raise OptionError(f"--temperature must be a finite number >= 0, not {temperature}")
     if top_p is not None and not 0 < top_p <= 1:

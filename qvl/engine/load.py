@@ -219,14 +219,17 @@ def _pretrained_model(path, device: str, dtype, attn_implementation, reader=None
     try:
         if tensors is not None:
             config = Qwen2_5_VLConfig.from_pretrained(path)
-            loaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                None, config=config, state_dict=tensors, **kwargs
-            )
+            with _without_load_report():
+                loaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                    None, config=config, state_dict=tensors, **kwargs
+                )
             model = _complete(loaded, path)
             with contextlib.suppress(OSError):  # from_pretrained(path) too goes on without one
                 model.generation_config = GenerationConfig.from_pretrained(path)
             return model
-        return _complete(Qwen2_5_VLForConditionalGeneration.from_pretrained(path, **kwargs), path)
+        with _without_load_report():
+            loaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, **kwargs)
+        return _complete(loaded, path)
     except ModelError:
         raise
     except torch.cuda.OutOfMemoryError:
@@ -235,6 +238,22 @@ def _pretrained_model(path, device: str, dtype, attn_implementation, reader=None
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged file, a config's value, a tensor's shape
         raise ModelError(f"cannot load the model from {path}: {first_line(exc)}") from None
+
+
+@contextlib.contextmanager
+def _without_load_report():
+    """No warnings from transformers while it loads (its "LOAD REPORT" table, the layers its
+    tensor-parallel plan left alone): what they report, qvl says in one line (a missing weight,
+    `_complete`) or raises (a tensor of another shape)."""
+    import logging
+
+    logger = logging.getLogger("transformers")  # its modules' loggers inherit this one's level
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _complete(loaded, path):
@@ -301,7 +320,8 @@ def _check_random_fits(resolved: ResolvedModel, config, device: str, dtype) -> N
     need = _parameter_count(config) * torch.empty((), dtype=dtype).element_size()
     free, where = free_memory(device)
     if not fits(need, free):
-        halve = ", --dtype bfloat16 (half the memory)" if dtype == torch.float32 else ""
+        halved = dtype == torch.float32 and fits(need // 2, free)
+        halve = ", --dtype bfloat16 (half the memory)" if halved else ""
         raise ModelError(
             f"{resolved.name} needs {need / 2**30:.0f} GiB for its weights and {where} has "
             f"{free / 2**30:.0f} GiB free; try a smaller one (random:3b){halve} or the tiny model"

@@ -73,8 +73,8 @@ class Client:
             if data == b"[DONE]":
                 break
             event = json.loads(data)
-            if "error" in event:
-                raise self._error(500, event)
+            if "error" in event:  # after the stream began: its code says whose fault it is
+                raise self._error(None, event)
             choice = event["choices"][0]
             piece = choice["delta"].get("content")
             if piece:
@@ -113,7 +113,7 @@ class Client:
             raise self._error(response.status, error)
         return _Closing(response, connection)
 
-    def _error(self, status: int, body: dict) -> QvlError:
+    def _error(self, status: int | None, body: dict) -> QvlError:
         """A server's error object as the error a local run would raise."""
         error = body.get("error") if isinstance(body.get("error"), dict) else {}
         if not error.get("message"):  # not an OpenAI-shaped error: not a qvl server answering
@@ -125,8 +125,8 @@ class Client:
             return OptionError(message)
         if code == "model_not_found" or code == "model_error":
             return ModelError(message)
-        if status < 500:
-            return InputError(message)
+        if code in ("invalid_input", "invalid_messages") or (status is not None and status < 500):
+            return InputError(message)  # the request's, worded as a local run words it
         return QvlError(f"the qvl server at {self.url} failed: {message}")
 
 
