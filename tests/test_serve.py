@@ -289,7 +289,7 @@ def _documented_codes() -> dict[int, set[str]]:
 def test_a_bad_field_is_named_as_the_request_names_it(server):
     got, reply = _post(server, {"messages": _user("Hi"), "max_tokens": 0})
     assert got == 400 and reply["error"]["message"].startswith("max_tokens must be a whole number, at least 1"), reply
-    assert "--" not in reply["error"]["message"]
+    assert "--" not in reply["error"]["message"] and reply["error"]["param"] == "max_tokens"
 
 
 def test_the_openai_client_sees_the_errors(server):

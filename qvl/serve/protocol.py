@@ -55,7 +55,8 @@ class ApiError(Exception):
 def api_error(exc: QvlError) -> ApiError:
     """A qvl error as the API reports it: bad options and inputs are the client's (400), the rest ours."""
     if isinstance(exc, OptionError):
-        return ApiError(400, _field_names(str(exc)), code="invalid_option")
+        message, named = _field_names(str(exc))
+        return ApiError(400, message, code="invalid_option", param=named[0] if named else None)
     if isinstance(exc, InputError):
         return ApiError(400, str(exc), code="invalid_input")
     if isinstance(exc, ModelError):
@@ -63,18 +64,21 @@ def api_error(exc: QvlError) -> ApiError:
     return ApiError(500, str(exc), code="server_error")
 
 
-def _field_names(message: str) -> str:
-    """The command line's check messages with the request's field names (`--max-tokens` ->
-    `max_tokens`) where the option is a field of a request."""
+def _field_names(message: str) -> tuple[str, list[str]]:
+    """The command line's check message with the request's field names (`--max-tokens` ->
+    `max_tokens`) where the option is a field of a request, and those fields in order."""
     import re
 
-    fields = SAMPLING_FIELDS | set(VIDEO_FIELDS)
+    fields, named = SAMPLING_FIELDS | set(VIDEO_FIELDS), []
 
     def field(match):
         name = match.group(1).replace("-", "_")
-        return name if name in fields else match.group(0)
+        if name not in fields:
+            return match.group(0)
+        named.append(name)
+        return name
 
-    return re.sub(r"--([a-z][a-z-]*)", field, message)
+    return re.sub(r"--([a-z][a-z-]*)", field, message), named
 
 
 @dataclass(frozen=True)
