@@ -80,11 +80,10 @@ class BatchView:
 def check(settings, options: BatchOptions, rows: list = ()) -> None:
     """`OptionError` (or `CacheDirError`: a frame cache the `rows`' videos cannot use) for what can
     be refused before the results file is touched or a model loads."""
-    if options.ray is None and any(row.kind == "video" for row in rows):  # Ray's nodes open their own
-        cache = options.cache.open()
+    if options.ray is None:  # on Ray, the nodes open their own frame caches
+        cache = options.cache.open() if any(row.kind == "video" for row in rows) else None
         if cache is not None:
             cache.check_writable()
-    if options.ray is None:
         from qvl.batch.local import check_gpus
 
         check_gpus(options.gpus or 1, settings.device)

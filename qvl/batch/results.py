@@ -38,7 +38,7 @@ class Results:
 
     def __init__(self, path: Path, fd: int, errors: dict[Any, str | None], created: bool = False):
         self.path, self._fd, self.errors = path, fd, errors
-        self._created = created  # this run made the file: a job that fails before any row removes it
+        self._created = created  # this run made the file
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> Results:
@@ -113,9 +113,10 @@ class Results:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
-        empty = os.fstat(self._fd).st_size == 0 if self._fd >= 0 else False
+        # A job that failed before any row (the model did not load, Ray not found) leaves no file.
+        unused = exc_type is not None and self._created and self._fd >= 0 and os.fstat(self._fd).st_size == 0
         self.close()
-        if exc_type is not None and self._created and empty:  # the model did not load, Ray not found
+        if unused:
             self.path.unlink(missing_ok=True)
 
 

@@ -128,8 +128,8 @@ class Engine:
         own module tree with qvl's own inputs, which never import transformers' model classes
         (`engine.native`; a cold process's seconds): None takes them where a saved checkpoint is
         read straight onto one GPU or a random:<preset> model is made on one, True wherever the
-        checkpoint loads into them, False never. Requests on the tree always take the fast path: `generate(fast=False)` needs
-        transformers' model."""
+        checkpoint loads into them, False never. Requests on the tree always take the fast path:
+        `generate(fast=False)` needs transformers' model."""
         from qvl.engine.load import hide_load_progress, load_model
         from qvl.models import resolve_model
 

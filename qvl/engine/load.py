@@ -72,7 +72,8 @@ def load_model(
     """(model, processor) ready for inference: qvl's own module tree and processor (`engine.native`)
     where `native` asks for them and the checkpoint loads into them (None: where the weights are
     read straight onto one GPU, or a random:<preset> model's are made on one, and no
-    `attn_implementation` asks for transformers' attention), else transformers'. psa: the prompt's attention through PSA wherever a request sets it."""
+    `attn_implementation` asks for transformers' attention), else transformers'. psa: the
+    prompt's attention through PSA wherever a request sets it."""
     if resolved.random is None:
         check_tokenizer(resolved.path)
     # Started before transformers is imported, which the read then overlaps.
@@ -245,15 +246,14 @@ def _without_load_report():
     """No warnings from transformers while it loads (its "LOAD REPORT" table, the layers its
     tensor-parallel plan left alone): what they report, qvl says in one line (a missing weight,
     `_complete`) or raises (a tensor of another shape)."""
-    import logging
+    from transformers.utils import logging as hf_logging
 
-    logger = logging.getLogger("transformers")  # its modules' loggers inherit this one's level
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         yield
     finally:
-        logger.setLevel(level)
+        hf_logging.set_verbosity(verbosity)
 
 
 def _complete(loaded, path):

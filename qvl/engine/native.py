@@ -317,14 +317,9 @@ def random_model(
     """The tree with random weights made on `device` in `dtype`, drawn as transformers draws an
     untrained Qwen2.5-VL's: normal(0, std) products, convolutions and embeddings, zero biases,
     unit norms. Same shapes, so the same speed, as the published model of `config`."""
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # the parameters are made in `dtype`: no float32 copy on the way
-    try:
-        with torch.device("meta"):
-            model = NativeModel(config, generation_config)
-    finally:
-        torch.set_default_dtype(default)
-    model.to_empty(device=device)
+    with torch.device("meta"):
+        model = NativeModel(config, generation_config)
+    model.to(dtype).to_empty(device=device)  # on the meta device first: no float32 copy on the way
     generator = torch.Generator(device).manual_seed(seed)
     for module in model.modules():
         if isinstance(module, RMSNorm):
