@@ -124,7 +124,21 @@ class RunView:
     def __init__(self, *, json_output: bool, quiet: bool, several: bool = False, stats: bool = False):
         self.json_output, self.quiet, self.several, self.stats = json_output, quiet, several, stats
         # The engine streams its answer here as tokens arrive; with --json only the record is printed.
-        self.on_text = None if json_output else write
+        self.on_text = None if json_output else self._stream
+        self._heading: str | None = None  # the next answer's separator and header, written with its text
+        self._answers = 0  # answers written to stdout so far
+
+    def _stream(self, piece: str) -> None:
+        self._open_answer()
+        write(piece)
+
+    def _open_answer(self) -> None:
+        """The separator and header of the answer now streaming, once: a question that fails
+        before its first token leaves no header without an answer on stdout."""
+        if self._heading is not None:
+            write(self._heading)
+            self._heading = None
+            self._answers += 1
 
     def load_progress(self, background: bool) -> bool:
         # A load beside the frames' progress bar would draw its own bar into it.
@@ -142,10 +156,8 @@ class RunView:
         """The answer to input number `index` (from 1) is about to stream."""
         if self.json_output:
             return
-        if index > 1:
-            write("\n")
-        if self.several:
-            write(f"==> {label} <==\n")
+        separator = "\n" if self._answers else ""
+        self._heading = separator + (f"==> {label} <==\n" if self.several else "")
 
     def answered(self, record: dict[str, Any], psa) -> None:
         """One input's record; `psa` is the attention config the run asked for, or None."""
@@ -154,6 +166,7 @@ class RunView:
             if self.stats:
                 stage_timings(record["input"], record["timings"])
             return
+        self._open_answer()  # an empty answer still gets its header
         write("\n")
         if self.stats:
             stage_timings(record["input"], record["timings"])
@@ -178,6 +191,7 @@ class RunView:
             )
 
     def failed(self, record: dict[str, Any]) -> None:
+        self._heading = None
         failure(record, self.json_output)
 
     def warned(self, message: str) -> None:
