@@ -24,7 +24,7 @@ from qvl.options import (
 BenchModelOpt = Annotated[
     Optional[str],
     typer.Option(
-        "--model", "-m", help="Preset, random:<preset>, Hub id or local folder. Default: random:7b on CUDA, else tiny."
+        "--model", "-m", help="Preset, random:3b|7b|72b, Hub id or local folder. Default: random:7b on CUDA, else tiny."
     ),
 ]
 BenchFramesOpt = Annotated[

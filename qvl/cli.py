@@ -54,6 +54,7 @@ app = typer.Typer(
     help="Run Qwen2.5-VL on images and long videos from one machine.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
