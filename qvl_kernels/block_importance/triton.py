@@ -55,6 +55,7 @@ import triton.language as tl
 
 from .._autotune import autotune
 from .._device import capability
+from .._dot import dot
 from .._tma import ensure_tma_allocator, tma_ok_whole
 from .naive import _block_mean, check_args, check_fp8
 from .quantize import quantize_fp8
@@ -190,13 +191,6 @@ def _load_qk(
 
 
 @triton.jit
-def _dot(b_s, b_q, b_k, IEEE: tl.constexpr):
-    if IEEE:  # fp32 inputs: full-precision products (tests, references)
-        return tl.dot(b_q, b_k, b_s, input_precision="ieee")
-    return tl.dot(b_q, b_k, b_s)
-
-
-@triton.jit
 def _log2(x, FAST: tl.constexpr):
     # libdevice's log2f is a ~20-instruction software routine (no MUFU.LG2 in the SASS); the
     # hardware approximation (relative error ~2^-22) is plenty for a log-sum-exp, and the
@@ -266,7 +260,6 @@ def _key_tiles(
     STRIDE: tl.constexpr,
     R: tl.constexpr,
     CAUSAL: tl.constexpr,
-    IEEE: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BK: tl.constexpr,
@@ -295,7 +288,7 @@ def _key_tiles(
             b_q, b_k = _load_qk(
                 p_q, p_k, d_q, d_k, s_ql, s_kl, r0, t0, i_s // NK, (i_s % NK) * BK, L, D, STRIDE, BM, BN, BK, TMA
             )
-            b_s = _dot(b_s, b_q, b_k, IEEE)
+            b_s = dot(b_q, b_k, b_s)
             if i_s == STEPS - 1:
                 m_i, l_i = _tile_lse(
                     b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale, CAUSAL, BM, BN, R, FAST, MASK, ROW_SCALE
@@ -308,7 +301,7 @@ def _key_tiles(
                 b_q, b_k = _load_qk(
                     p_q, p_k, d_q, d_k, s_ql, s_kl, r0, t0, i_s // NK, (i_s % NK) * BK, L, D, STRIDE, BM, BN, BK, TMA
                 )
-                b_s = _dot(b_s, b_q, b_k, IEEE)
+                b_s = dot(b_q, b_k, b_s)
             m_i, l_i = _tile_lse(
                 b_s, m_i, l_i, p_lse, o_m, m_m, t0, LS, NB, scale, CAUSAL, BM, BN, R, FAST, MASK, ROW_SCALE
             )
@@ -344,7 +337,7 @@ def _xattn_kernel(
     STRIDE: tl.constexpr,
     R: tl.constexpr,
     CAUSAL: tl.constexpr,
-    IEEE: tl.constexpr,
+    IEEE: tl.constexpr,  # fp32 inputs: picks the configs (`_prune`); `dot` takes IEEE products from the dtype
     TMA: tl.constexpr,
     PARTIAL: tl.constexpr,
     ROW_SCALE: tl.constexpr,
@@ -420,7 +413,6 @@ def _xattn_kernel(
             STRIDE,
             R,
             CAUSAL,
-            IEEE,
             BM,
             BN,
             BKD,
@@ -442,7 +434,6 @@ def _xattn_kernel(
             STRIDE,
             R,
             CAUSAL,
-            IEEE,
             BM,
             BN,
             BKD,
@@ -465,7 +456,6 @@ def _xattn_kernel(
                 STRIDE,
                 R,
                 CAUSAL,
-                IEEE,
                 BM,
                 BN,
                 BKD,
@@ -488,7 +478,6 @@ def _xattn_kernel(
             STRIDE,
             R,
             CAUSAL,
-            IEEE,
             BM,
             BN,
             BKD,
@@ -510,7 +499,6 @@ def _xattn_kernel(
             STRIDE,
             R,
             CAUSAL,
-            IEEE,
             BM,
             BN,
             BKD,
