@@ -381,7 +381,12 @@ def _xattn_kernel(
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
     rows = (p_q, p_k, s_ql, s_kl, p_lse, o_m, m_m, r0, L, LS, NB, scale)
-    if TMA and D % BKD == 0:
+    # Pass 1 in up to three spans of key tiles: 0..n_full-1 without the mask and n_full..n_load-1
+    # with it, loaded by TMA from a 2-D view of the strided rows (VIEW) or by pointers; then, with
+    # VIEW, n_load..n_tiles-1, past the view's end (a partial last strided row), by pointers.
+    VIEW: tl.constexpr = TMA and D % BKD == 0
+    d_q, d_k, n_load = q, k, n_tiles  # d_q, d_k: unused without VIEW
+    if VIEW:
         # Strided row r is the span of STRIDE token rows from token r * STRIDE: a 2-D view
         # [rows, STRIDE * s_ql] whose columns j * s_ql + d are token r * STRIDE + j, dim d (a load
         # never crosses into the next token's row: BKD divides D). The views stop at the last full
@@ -395,118 +400,20 @@ def _xattn_kernel(
         d_k = tl.make_tensor_descriptor(
             p_k, shape=[LSF, STRIDE * s_kl], strides=[STRIDE * s_kl, 1], block_shape=[BN, BKD]
         )
-        n_tma = n_tiles
         if PARTIAL:
             if not CAUSAL:
-                n_tma = tl.minimum(n_tiles, LSF // BN)
-            n_tma = tl.where(r0 + BM > LSF, 0, n_tma)
-        n_plain = tl.minimum(n_full, n_tma)
+                n_load = tl.minimum(n_tiles, LSF // BN)
+            n_load = tl.where(r0 + BM > LSF, 0, n_load)
+        n_full = tl.minimum(n_full, n_load)
+    m_i, l_i = _key_tiles(
+        m_i, l_i, 0, n_full, d_q, d_k, rows, D, STRIDE, R, CAUSAL, BM, BN, BKD, FLAT, VIEW, FAST, False, ROW_SCALE
+    )
+    m_i, l_i = _key_tiles(
+        m_i, l_i, n_full, n_load, d_q, d_k, rows, D, STRIDE, R, CAUSAL, BM, BN, BKD, FLAT, VIEW, FAST, True, ROW_SCALE
+    )
+    if VIEW and PARTIAL:
         m_i, l_i = _key_tiles(
-            m_i,
-            l_i,
-            0,
-            n_plain,
-            d_q,
-            d_k,
-            rows,
-            D,
-            STRIDE,
-            R,
-            CAUSAL,
-            BM,
-            BN,
-            BKD,
-            FLAT,
-            True,
-            FAST,
-            False,
-            ROW_SCALE,
-        )
-        m_i, l_i = _key_tiles(
-            m_i,
-            l_i,
-            n_plain,
-            n_tma,
-            d_q,
-            d_k,
-            rows,
-            D,
-            STRIDE,
-            R,
-            CAUSAL,
-            BM,
-            BN,
-            BKD,
-            FLAT,
-            True,
-            FAST,
-            True,
-            ROW_SCALE,
-        )
-        if PARTIAL:
-            m_i, l_i = _key_tiles(
-                m_i,
-                l_i,
-                n_tma,
-                n_tiles,
-                q,
-                k,
-                rows,
-                D,
-                STRIDE,
-                R,
-                CAUSAL,
-                BM,
-                BN,
-                BKD,
-                FLAT,
-                False,
-                FAST,
-                True,
-                ROW_SCALE,
-            )
-    else:
-        m_i, l_i = _key_tiles(
-            m_i,
-            l_i,
-            0,
-            n_full,
-            q,
-            k,
-            rows,
-            D,
-            STRIDE,
-            R,
-            CAUSAL,
-            BM,
-            BN,
-            BKD,
-            FLAT,
-            False,
-            FAST,
-            False,
-            ROW_SCALE,
-        )
-        m_i, l_i = _key_tiles(
-            m_i,
-            l_i,
-            n_full,
-            n_tiles,
-            q,
-            k,
-            rows,
-            D,
-            STRIDE,
-            R,
-            CAUSAL,
-            BM,
-            BN,
-            BKD,
-            FLAT,
-            False,
-            FAST,
-            True,
-            ROW_SCALE,
+            m_i, l_i, n_load, n_tiles, q, k, rows, D, STRIDE, R, CAUSAL, BM, BN, BKD, FLAT, False, FAST, True, ROW_SCALE
         )
 
     # pass 2: exact softmax mass per (row, key block), rows summed into query blocks. It reads
