@@ -313,7 +313,7 @@ def _level_loop(
 
 
 @triton.jit
-def _edge_block(
+def _edge(
     b_acc,
     b_m,
     b_l,
@@ -328,6 +328,7 @@ def _edge_block(
     CAUSAL: tl.constexpr,
     POOL_IN_KERNEL: tl.constexpr,
 ):
+    # The edge block i_j at ratio R, with the causal and length masks.
     kvp = _level_pointers(kv, qt[4], D, R, POOL_IN_KERNEL)
     return _attend_block(b_acc, b_m, b_l, qt, kvp, i_j, R, BLOCK, BLOCK_N, BLOCK_D, True, CAUSAL, POOL_IN_KERNEL)
 
@@ -405,22 +406,16 @@ def _pyramid_attn_kernel(
     # The edge block (diagonal when causal, last key block otherwise), with masks.
     i_j = tl.load(p_meta + 5)
     lev = tl.load(p_meta + 6)
+    # One branch per level (R is a constexpr in each); an if/elif chain, as a static_range loop of
+    # ifs compiles a CTA barrier between consecutive ifs.
     if lev == 1:
-        b_acc, b_m, b_l = _edge_block(
-            b_acc, b_m, b_l, qt, kv, i_j, 1, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL
-        )
+        b_acc, b_m, b_l = _edge(b_acc, b_m, b_l, qt, kv, i_j, 1, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
     elif lev == 2:
-        b_acc, b_m, b_l = _edge_block(
-            b_acc, b_m, b_l, qt, kv, i_j, 2, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL
-        )
+        b_acc, b_m, b_l = _edge(b_acc, b_m, b_l, qt, kv, i_j, 2, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
     elif lev == 4:
-        b_acc, b_m, b_l = _edge_block(
-            b_acc, b_m, b_l, qt, kv, i_j, 4, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL
-        )
+        b_acc, b_m, b_l = _edge(b_acc, b_m, b_l, qt, kv, i_j, 4, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
     elif lev == 8:
-        b_acc, b_m, b_l = _edge_block(
-            b_acc, b_m, b_l, qt, kv, i_j, 8, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL
-        )
+        b_acc, b_m, b_l = _edge(b_acc, b_m, b_l, qt, kv, i_j, 8, D, BLOCK, BLOCK_N, BLOCK_D, CAUSAL, POOL_IN_KERNEL)
     # A row that saw no key at all (l = 0) gets 0.
     b_o = b_acc / tl.where(b_l > 0, b_l, 1.0)[:, None]
     p_o = O + i_b.to(tl.int64) * s_ob + i_h.to(tl.int64) * s_oh + o_m[:, None].to(tl.int64) * s_ol + o_d[None, :] * s_od
