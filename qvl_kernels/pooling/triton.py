@@ -37,23 +37,21 @@ def _pool_rows(
     s_xh,
     s_xl,
     s_xd,
-    i_t,
+    o_g,
     i_bh,
     H,
     L,
     D: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    NG: tl.constexpr,
     STORE2: tl.constexpr,
     STORE4: tl.constexpr,
     STORE8: tl.constexpr,
 ):
-    # NG groups of 8 tokens of one (batch, head) row. Token j of every group is one [NG, BD] load,
-    # so all the pooling is elementwise adds of tiles in one register layout (no shuffles or
-    # shared-memory round trips, which a reshape-and-sum over the token axis costs): 2x sums are
-    # pairs of tokens, 4x sums pairs of 2x sums, 8x the pair of 4x sums.
+    # Groups o_g (NG of them) of 8 tokens of one (batch, head) row. Token j of every group is one
+    # [NG, BD] load, so all the pooling is elementwise adds of tiles in one register layout (no
+    # shuffles or shared-memory round trips, which a reshape-and-sum over the token axis costs):
+    # 2x sums are pairs of tokens, 4x sums pairs of 2x sums, 8x the pair of 4x sums.
     i_b, i_h = i_bh // H, i_bh % H
-    o_g = i_t * NG + tl.arange(0, NG)
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < D
     o_t = o_g * 8
@@ -107,10 +105,11 @@ def _mean_pool_kernel(
     # Grid (token tiles, B * H, inputs): input 0, and input 1 when two are pooled in one launch
     # (k and v for pyramid attention: one launch fewer for the host to make).
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    o_g = i_t * NG + tl.arange(0, NG)  # the tile's groups of 8 tokens, the same for both inputs
     if tl.program_id(2) == 0:
-        _pool_rows(X0, Y02, Y04, Y08, s0b, s0h, s0l, s0d, i_t, i_bh, H, L, D, BLOCK_D, NG, STORE2, STORE4, STORE8)
+        _pool_rows(X0, Y02, Y04, Y08, s0b, s0h, s0l, s0d, o_g, i_bh, H, L, D, BLOCK_D, STORE2, STORE4, STORE8)
     else:
-        _pool_rows(X1, Y12, Y14, Y18, s1b, s1h, s1l, s1d, i_t, i_bh, H, L, D, BLOCK_D, NG, STORE2, STORE4, STORE8)
+        _pool_rows(X1, Y12, Y14, Y18, s1b, s1h, s1l, s1d, o_g, i_bh, H, L, D, BLOCK_D, STORE2, STORE4, STORE8)
 
 
 def _mean_pool_fwd(xs: tuple[torch.Tensor, ...], ratios: tuple[int, ...], block_t: int = 64) -> list[tuple]:
