@@ -9,7 +9,8 @@ import typer
 
 from qvl import output
 from qvl.errors import QvlError
-from qvl.options import CacheDirOpt, JsonOpt, QuietOpt, StrictHashOpt, fail, with_video_options
+from qvl.option_groups import with_video_options
+from qvl.options import CacheDirOpt, JsonOpt, QuietOpt, StrictHashOpt, fail
 from qvl.runner import frame_cache
 
 

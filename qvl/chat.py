@@ -22,6 +22,7 @@ import typer
 
 from qvl import output
 from qvl.errors import OptionError, QvlError
+from qvl.option_groups import with_answer_options, with_frame_cache_options, with_video_options
 from qvl.options import (
     HeadroomOpt,
     JsonOpt,
@@ -29,9 +30,6 @@ from qvl.options import (
     ServerOpt,
     StatsOpt,
     fail,
-    with_answer_options,
-    with_frame_cache_options,
-    with_video_options,
 )
 from qvl.paths import write_json_atomically
 

@@ -17,6 +17,7 @@ from qvl.bench_command import bench
 from qvl.cache_commands import cache_app, preprocess
 from qvl.chat import chat
 from qvl.errors import OptionError, QvlError
+from qvl.option_groups import with_answer_options, with_frame_cache_options, with_video_options
 from qvl.options import (
     BatchOutOpt,
     BatchSizeOpt,
@@ -43,9 +44,6 @@ from qvl.options import (
     fail,
     psa_config,
     run_settings,
-    with_answer_options,
-    with_frame_cache_options,
-    with_video_options,
 )
 from qvl.runner import Media, Runner, load_clip
 

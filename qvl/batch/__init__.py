@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from qvl.batch.results import Results
 from qvl.errors import OptionError
-from qvl.options import CacheSettings
+from qvl.option_groups import CacheSettings
 
 MAX_DEFAULT_WORKERS = 4
 
