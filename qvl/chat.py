@@ -22,15 +22,8 @@ import typer
 
 from qvl import output
 from qvl.errors import OptionError, QvlError
-from qvl.option_groups import with_answer_options, with_frame_cache_options, with_video_options
-from qvl.options import (
-    HeadroomOpt,
-    JsonOpt,
-    QuietOpt,
-    ServerOpt,
-    StatsOpt,
-    fail,
-)
+from qvl.option_groups import with_frame_cache_options, with_terminal_options, with_video_options
+from qvl.options import HeadroomOpt, fail
 from qvl.paths import write_json_atomically
 
 # A chat keeps more than one question's room: some fifteen turns of 512-token answers.
@@ -46,7 +39,7 @@ COMMANDS = (
 
 
 @with_video_options
-@with_answer_options
+@with_terminal_options
 @with_frame_cache_options
 def chat(
     media: Annotated[
@@ -57,10 +50,7 @@ def chat(
     ],
     headroom: HeadroomOpt = CHAT_HEADROOM,
     cache_settings=None,
-    json_output: JsonOpt = False,
-    quiet: QuietOpt = False,
-    stats: StatsOpt = False,
-    server: ServerOpt = None,
+    reply=None,
     video_options=None,
     settings=None,
     server_decides=None,
@@ -80,15 +70,15 @@ def chat(
     except QvlError as exc:
         fail(exc)
     cache = cache_settings.open() if video else None
-    interactive = sys.stdin.isatty()
-    view = ChatView(json_output=json_output, quiet=quiet, stats=stats, interactive=interactive)
+    interactive, quiet = sys.stdin.isatty(), reply.quiet
+    view = reply.view(ChatView, interactive=interactive)
     runner = Runner(settings, view)
     load = media_loader(images, video, video_options, cache, quiet, on_plan=lambda plan: runner.load_in_background())
-    if server is not None:  # the server keeps the media prefilled, with its own headroom
+    if reply.server is not None:  # the server keeps the media prefilled, with its own headroom
         from qvl.serve.client import remote_runner
 
         local = {**server_decides, "--headroom": headroom != CHAT_HEADROOM, **cache_settings.as_given()}
-        runner = remote_runner(server, settings, view, quiet=quiet, local_only=local)
+        runner = remote_runner(reply.server, settings, view, quiet=quiet, local_only=local)
         load = runner.media_loader(images, video, video_options)
     label = ", ".join(media)
     conversation = runner.open_conversation(label, load, headroom=headroom)

@@ -17,7 +17,7 @@ from qvl.bench_command import bench
 from qvl.cache_commands import cache_app, preprocess
 from qvl.chat import chat
 from qvl.errors import OptionError, QvlError
-from qvl.option_groups import with_answer_options, with_frame_cache_options, with_video_options
+from qvl.option_groups import with_answer_options, with_frame_cache_options, with_terminal_options, with_video_options
 from qvl.options import (
     BatchOutOpt,
     BatchSizeOpt,
@@ -38,8 +38,6 @@ from qvl.options import (
     QuietOpt,
     RayOpt,
     RetryFailedOpt,
-    ServerOpt,
-    StatsOpt,
     WorkersOpt,
     fail,
     psa_config,
@@ -80,16 +78,13 @@ def _root(
 
 
 @app.command()
-@with_answer_options
+@with_terminal_options
 def describe(
     images: Annotated[list[str], typer.Argument(help="Image paths, globs, directories, http(s) URLs or data URIs.")],
     prompt: QuestionsOpt = None,
     together: Annotated[bool, typer.Option("--together", help="Put all images in one prompt, one answer.")] = False,
     psa_log_dir: PsaLogDirOpt = None,
-    json_output: JsonOpt = False,
-    quiet: QuietOpt = False,
-    stats: StatsOpt = False,
-    server: ServerOpt = None,
+    reply=None,
     settings=None,
     server_decides=None,
 ) -> None:
@@ -99,9 +94,8 @@ def describe(
     sources = expand_image_inputs(images)
     questions = _questions(prompt, DEFAULT_IMAGES_PROMPT if together else DEFAULT_IMAGE_PROMPT)
     several = (not together and len(sources) > 1) or len(questions) > 1
-    view = output.RunView(json_output=json_output, quiet=quiet, several=several, stats=stats)
-    runner = _runner(settings, view, psa_log_dir, server, server_decides)
-    if server is not None:
+    runner = _runner(settings, reply, several, psa_log_dir, server_decides)
+    if reply.server is not None:
         open_image = runner.open_image
     if together:
         opened = []
@@ -123,22 +117,23 @@ def describe(
     raise typer.Exit(runner.exit_code)
 
 
-def _runner(settings, view, psa_log_dir, server, local_only: dict):
-    """The runner that answers: here, logging PSA to --psa-log-dir; or with --server the server's
-    model, where --psa-log-dir and the options only a local run honours ({flag: value}) are one
-    error line where given."""
+def _runner(settings, reply, several: bool, psa_log_dir, local_only: dict):
+    """The runner that answers, shown as `reply` says (`several`: more than one answer): here,
+    logging PSA to --psa-log-dir; or with --server the server's model, where --psa-log-dir and the
+    options only a local run honours ({flag: value}) are one error line where given."""
     from qvl.psa_log import psa_log_for
 
     try:  # checked first, whichever runner answers
         log = psa_log_for(psa_log_dir, settings.psa)
     except QvlError as exc:
         fail(exc)
-    if server is None:
+    view = reply.view(several=several)
+    if reply.server is None:
         return Runner(settings, view, psa_log=log)
     from qvl.serve.client import remote_runner
 
     local_only = {**local_only, "--psa-log-dir": psa_log_dir}
-    return remote_runner(server, settings, view, quiet=view.quiet, local_only=local_only)
+    return remote_runner(reply.server, settings, view, quiet=reply.quiet, local_only=local_only)
 
 
 def _questions(prompts: list[str] | None, default: str) -> list[str]:
@@ -157,7 +152,7 @@ def _open_or_raise(source, opener):
 
 @app.command()
 @with_video_options
-@with_answer_options
+@with_terminal_options
 @with_frame_cache_options
 def video(
     videos: Annotated[list[str], typer.Argument(help="Video paths or http(s) URLs.")],
@@ -165,28 +160,24 @@ def video(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the frame plan and stop; loads no model.")] = False,
     cache_settings=None,
     psa_log_dir: PsaLogDirOpt = None,
-    json_output: JsonOpt = False,
-    quiet: QuietOpt = False,
-    stats: StatsOpt = False,
-    server: ServerOpt = None,
+    reply=None,
     video_options=None,
     settings=None,
     server_decides=None,
 ) -> None:
     """Answer --prompt about each video, sampling frames at their real timestamps."""
     if dry_run:
-        raise typer.Exit(_dry_run(videos, video_options, json_output))
+        raise typer.Exit(_dry_run(videos, video_options, reply.json_output))
     questions = _questions(prompt, DEFAULT_VIDEO_PROMPT)
     several = len(videos) > 1 or len(questions) > 1
-    view = output.RunView(json_output=json_output, quiet=quiet, several=several, stats=stats)
-    runner = _runner(settings, view, psa_log_dir, server, {**server_decides, **cache_settings.as_given()})
-    if server is None:
+    runner = _runner(settings, reply, several, psa_log_dir, {**server_decides, **cache_settings.as_given()})
+    if reply.server is None:
         single = len(questions) == 1
 
         def on_plan(plan) -> None:  # the model loads while the first video decodes (with its cache, for one question)
             runner.load_in_background(plan.tokens if single else None)
 
-        load = _clip_loader(video_options, cache_settings.open(), quiet, on_plan=on_plan)
+        load = _clip_loader(video_options, cache_settings.open(), reply.quiet, on_plan=on_plan)
     else:
         load = runner.video_loader(video_options)
     for source in videos:

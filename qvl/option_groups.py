@@ -4,7 +4,9 @@ group to it built.
 `with_video_options`: the frame-sampling options of `video`, `preprocess`, `psa-profile`, `chat`
 and `batch`, as a `VideoOptions`. `with_frame_cache_options`: the frame cache's, as
 `CacheSettings`. `with_answer_options`: the model, sampling and PSA options of the commands that
-answer questions, as a `runner.Settings`. Nothing heavy is imported here either.
+answer questions, as a `runner.Settings`. `with_terminal_options`: those, and --json, --quiet,
+--stats and --server as `ReplySettings`, for the commands that answer at the terminal. Nothing
+heavy is imported here either.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from qvl.errors import QvlError
 from qvl.options import (
     ANSWER_OPTIONS,
     FRAME_CACHE_OPTIONS,
+    REPLY_OPTIONS,
     VIDEO_OPTIONS,
     fail,
     psa_config,
@@ -44,6 +47,13 @@ def _with_options(command, options, receives: tuple[str, ...], position, build):
     wrapper.__signature__ = signature.replace(parameters=own[:at] + added + own[at:])
     wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
     return wrapper
+
+
+def _in_place_of(command, name: str):
+    """The `position` that puts a group where `command`'s parameter `name` stands: the one
+    parameter taken out, so the others keep their index."""
+    at = list(inspect.signature(command, eval_str=True).parameters).index(name)
+    return lambda own: at
 
 
 def with_video_options(command):
@@ -91,16 +101,13 @@ class CacheSettings:
 def with_frame_cache_options(command):
     """Give `command` --no-cache, --cache-dir and --strict-hash where its `cache_settings`
     parameter stands; it receives them as that `CacheSettings`."""
-    names = list(inspect.signature(command, eval_str=True).parameters)
-
-    def in_place_of_cache_settings(own) -> int:
-        return names.index("cache_settings")  # the one parameter taken out, so the others keep their index
 
     def build(given) -> dict:
         cache = CacheSettings(given["cache_dir"], given["strict_hash"], enabled=not given["no_cache"])
         return {"cache_settings": cache}
 
-    return _with_options(command, FRAME_CACHE_OPTIONS, ("cache_settings",), in_place_of_cache_settings, build)
+    in_place = _in_place_of(command, "cache_settings")
+    return _with_options(command, FRAME_CACHE_OPTIONS, ("cache_settings",), in_place, build)
 
 
 # Of the answer options, the ones a server decides for itself (`--server` refuses them when given).
@@ -137,3 +144,33 @@ def with_answer_options(command):
         return {"settings": settings, "server_decides": {flag: given[name] for name, flag in _SERVER_DECIDES.items()}}
 
     return _with_options(command, ANSWER_OPTIONS, ("settings", "server_decides"), before_json, build)
+
+
+@dataclass(frozen=True)
+class ReplySettings:
+    """How describe, video and chat answer: shown as --json, --quiet and --stats say, by the
+    `qvl serve` at --server (None: by a model loaded here)."""
+
+    json_output: bool = False
+    quiet: bool = False
+    stats: bool = False
+    server: str | None = None
+
+    def view(self, kind=None, **settings):
+        """The `output.RunView` (or `kind`, a subclass of it) that shows the answers so; `settings`:
+        its other keywords."""
+        from qvl.output import RunView
+
+        return (kind or RunView)(json_output=self.json_output, quiet=self.quiet, stats=self.stats, **settings)
+
+
+def with_terminal_options(command):
+    """Give `command` the options of the commands that answer at the terminal (describe, video,
+    chat): `with_answer_options`' (received as it hands them over), then --json, --quiet, --stats
+    and --server where the command's `reply` parameter stands (received as that `ReplySettings`)."""
+
+    def build(given) -> dict:
+        return {"reply": ReplySettings(**given)}
+
+    replying = _with_options(command, REPLY_OPTIONS, ("reply",), _in_place_of(command, "reply"), build)
+    return with_answer_options(replying)  # its options go before --json

@@ -151,6 +151,15 @@ StatsOpt = Annotated[
     ),
 ]
 
+# (name, type, default) of the options of the commands that answer at the terminal (describe, video,
+# chat), in `--help` order: how their answers are shown, and what gives them.
+REPLY_OPTIONS = (
+    ("json_output", JsonOpt, False),
+    ("quiet", QuietOpt, False),
+    ("stats", StatsOpt, False),
+    ("server", ServerOpt, None),
+)
+
 # --- the frame cache ---------------------------------------------------------------------------
 
 CacheDirOpt = Annotated[
