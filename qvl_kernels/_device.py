@@ -50,3 +50,10 @@ def by_device(reference: Callable, kernel: Callable) -> Callable:
 def sm_count(device: torch.device) -> int:
     """Number of streaming multiprocessors of a CUDA device."""
     return _properties(_index(device)).multi_processor_count
+
+
+def fp32_on_gpu(x: torch.Tensor) -> bool:
+    """Whether an fp32 CUDA tensor asks for an attention kernel that its blocked PyTorch path
+    serves instead: Triton takes minutes to compile the attention kernels' fp32 tiles (IEEE
+    products, no tensor cores) on a GPU, longer than the blocked path takes to run a 32K prompt."""
+    return x.is_cuda and x.dtype == torch.float32

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .._device import capability, interpreting
+from .._device import capability, fp32_on_gpu, interpreting
 from ..block_importance import block_importance
 from ..level_mask import LEVELS, density, level_mask, level_mask_triton, stats_from_counts
 from ..similarity_cap import similarity_cap
@@ -71,7 +71,7 @@ def psa_levels(q: torch.Tensor, k: torch.Tensor, config: PSAConfig, counts: torc
 def psa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: PSAConfig | None = None):
     """Pyramid Sparse Attention: the kernels on CUDA tensors (and under TRITON_INTERPRET=1), the
     blocked plain-torch path of `blocked.py` (memory O(L x block), the references' result) on other
-    CPU tensors.
+    CPU tensors and for fp32 on a GPU (`fp32_on_gpu`).
 
     q: [B, HQ, L, D]; k, v: [B, HKV, L, D] (HQ = G * HKV, query head h reads KV head h // G; K/V
     are never copied per query head); config: PSAConfig() (the published default) when None.
@@ -81,7 +81,7 @@ def psa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: PSA
     from ..pyramid_attention import pyramid_attention
 
     config = PSAConfig() if config is None else config
-    if not q.is_cuda and not interpreting():
+    if (not q.is_cuda and not interpreting()) or fp32_on_gpu(q):
         return blocked.psa_attention(q, k, v, config)
     if not q.is_cuda:  # the Triton interpreter
         levels = psa_levels(q, k, config)

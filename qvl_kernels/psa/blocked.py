@@ -1,4 +1,4 @@
-"""PSA as one call in plain torch with memory O(L x block): the CPU path.
+"""PSA as one call in plain torch with memory O(L x block): the CPU path, and fp32 on a GPU.
 
 The same steps as `naive.psa_attention` (importance -> cap -> levels -> pyramid attention) with
 the two steps whose references hold an L x L score matrix, block importance and pyramid
@@ -16,7 +16,7 @@ from .naive import psa_steps
 
 
 def psa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: PSAConfig | None = None):
-    """Pyramid Sparse Attention on the CPU; same arguments and result as `naive.psa_attention`.
+    """Pyramid Sparse Attention without Triton; same arguments and result as `naive.psa_attention`.
 
     q: [B, HQ, L, D]; k, v: [B, HKV, L, D]; config: PSAConfig() when None. Returns (out
     [B, HQ, L, D] in q's dtype, stats of `level_stats`).

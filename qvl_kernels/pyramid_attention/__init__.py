@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import warnings
 
-from .._device import capability
+from .._device import capability, fp32_on_gpu
 from ..pooling import mean_pool_kv
+from .blocked import pyramid_attention_blocked
 from .naive import check_args
 from .triton import build_block_lists, pyramid_attention_triton
 
@@ -43,11 +44,14 @@ def pyramid_attention(q, k, v, levels, *, causal: bool = True, scale: float | No
     >= 16, default 128.
     Returns o: [B, HQ, L, D] in q's dtype. A query that sees no key gets 0.
     On an H100/H200 the calls it supports (block 128, bf16/fp16, head_dim 64 or 128) run the
-    Gluon kernel of hopper.py; every other call, the Triton kernel of triton.py.
+    Gluon kernel of hopper.py; fp32 on a GPU runs the blocked PyTorch path of blocked.py (see
+    `fp32_on_gpu`); every other call, the Triton kernel of triton.py.
     With every visible block at level 1 this equals (causal) scaled-dot-product attention.
     """
     global _gluon_builds
 
+    if fp32_on_gpu(q):
+        return pyramid_attention_blocked(q, k, v, levels, causal=causal, scale=scale, block=block)
     hopper = _hopper(q, k, v, block)
     if hopper is None:
         return pyramid_attention_triton(q, k, v, levels, causal=causal, scale=scale, block=block)

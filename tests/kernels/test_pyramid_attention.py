@@ -129,6 +129,9 @@ def test_strided_inputs():
     [(False, False), (False, True), (True, True)],
     ids=["plain-loads", "pool-in-kernel", "tma+pool-in-kernel"],
 )
+@pytest.mark.skipif(
+    DEVICE == "cuda", reason="fp32 tiles compile for minutes on a GPU, where fp32 takes the blocked path"
+)
 def test_load_strategies(tma, pool_in_kernel):
     # The default is TMA loads with pre-pooled K/V; the other load paths must agree too.
     from qvl_kernels.pyramid_attention import pyramid_attention_triton
@@ -142,6 +145,9 @@ def test_load_strategies(tma, pool_in_kernel):
 
 
 @pytest.mark.parametrize("block, index", [(64, 0), (64, 1), (128, 0), (128, 1)])
+@pytest.mark.skipif(
+    DEVICE == "cuda", reason="fp32 tiles compile for minutes on a GPU, where fp32 takes the blocked path"
+)
 def test_configs_with_fewer_stages_agree(block, index):
     # Where the tuned config needs more shared memory than the card has (fp32, pooling in the kernel),
     # the launcher falls back to these, one after another.
@@ -155,6 +161,23 @@ def test_configs_with_fewer_stages_agree(block, index):
     with poisoned_allocations():
         out = pyramid_attention_triton(q, k, v, lev, block=block, config=config)
     assert_close_rel(out, pyramid_attention_ref(q, k, v, lev, block=block), TOL[torch.float32])
+
+
+@pytest.mark.gpu
+def test_fp32_on_a_gpu_takes_the_blocked_path():
+    """fp32 CUDA tensors get the blocked PyTorch path's result (no Triton compile of fp32 tiles),
+    through pyramid_attention and through psa_attention."""
+    from qvl_kernels.psa import PSAConfig, psa_attention
+    from qvl_kernels.psa.blocked import psa_attention as psa_attention_blocked
+    from qvl_kernels.pyramid_attention.blocked import pyramid_attention_blocked
+
+    B, HQ, HKV, L, D, block = 1, 4, 2, 300, 64, 128
+    q, k, v = _qkv(B, HQ, HKV, L, D, torch.float32, seed=31, device="cuda")
+    lev = _levels(B, HQ, L, block, seed=31, device="cuda")
+    out = pyramid_attention(q, k, v, lev, block=block)
+    assert torch.equal(out, pyramid_attention_blocked(q, k, v, lev, block=block))
+    config = PSAConfig.preset("balanced")
+    assert torch.equal(psa_attention(q, k, v, config)[0], psa_attention_blocked(q, k, v, config)[0])
 
 
 def test_block_lists_group_by_level():
