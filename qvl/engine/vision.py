@@ -152,6 +152,16 @@ def _attend(q, k, v, groups: tuple[SequenceGroup, ...], scale: float) -> torch.T
     return out
 
 
+def _attention(qkv, cos, sin, plan: TowerPlan, full: bool, scale: float) -> torch.Tensor:
+    """One layer's attention, [tokens, heads, dim], from its q/k/v projection [tokens, 3, heads, dim]:
+    the rotary embedding on q and k in place, then attention within frames (`full`) or windows.
+    (A Triton kernel doing both in one launch gained ~2% of the tower: not taken,
+    benchmarks/experiments/tower_attention.py.)"""
+    q, k, v = qkv.unbind(1)
+    rotary_qk(q, k, cos, sin, fp32_math=True, out=(q, k))  # the tower's fp32 rotary, in place
+    return _attend(q, k, v, plan.frame_groups if full else plan.window_groups, scale)
+
+
 def _rotary(positions: torch.Tensor, head_dim: int, theta: float = 10000.0):
     """cos, sin [patches, head_dim] in fp32: half the rotary dims follow the row, half the column."""
     dim = head_dim // 2
@@ -182,11 +192,10 @@ def run_tower(visual, pixel_values: torch.Tensor, grid_thw, plan: TowerPlan | No
     # Each residual add is fused into the norm after it: norm(out, x) returns (normed, x + out).
     h = norm(blocks[0].norm1, x)
     for layer, block in enumerate(blocks):
-        groups = plan.frame_groups if layer in full_layers else plan.window_groups
         attn = block.attn
-        q, k, v = attn.qkv(h).view(tokens, 3, heads, head_dim).unbind(1)
-        rotary_qk(q, k, cos, sin, fp32_math=True, out=(q, k))  # the tower's fp32 rotary, in place
-        out = attn.proj(_attend(q, k, v, groups, attn.scaling).reshape(tokens, -1))
+        qkv = attn.qkv(h).view(tokens, 3, heads, head_dim)
+        o = _attention(qkv, cos, sin, plan, layer in full_layers, attn.scaling)
+        out = attn.proj(o.reshape(tokens, -1))
         h, x = norm(block.norm2, out, x)
         out = _mlp(block.mlp, h, silu=config.hidden_act == "silu")
         if layer + 1 < len(blocks):
