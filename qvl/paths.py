@@ -79,9 +79,11 @@ def write_atomically(path: Path, write) -> None:
 
 
 def check_folder_writable(folder: Path) -> None:
-    """Raise `OSError` where `folder` (parents too) could not be made or written into, creating
-    nothing: a run that fails later must not leave an empty folder behind. An existing folder is
-    tried with a temporary file; a missing one by the nearest path above it that exists."""
+    """Raise `OSError` where `folder` (parents too) could not be made or written into, leaving
+    nothing behind: a run that fails later must not leave an empty folder. An existing folder is
+    tried with a temporary file; a missing one with a temporary folder made and removed in the
+    nearest path above it that exists. Permission bits alone would not do: root passes them, and
+    some file systems (/proc, /sys) refuse new entries whatever they say."""
     import errno
     import tempfile
 
@@ -91,8 +93,7 @@ def check_folder_writable(folder: Path) -> None:
     above = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists() or p.is_symlink())
     if not above.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(above))
-    if not os.access(above, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(above))
+    os.rmdir(tempfile.mkdtemp(prefix=".qvl-write-test-", dir=above))
 
 
 def read_file_bytes(path: Path, source: str, error: type[Exception]) -> bytes:

@@ -20,3 +20,13 @@ def unwritable_dir(tmp_path: Path) -> Path:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder\n")
     return blocker / "cache"
+
+
+def uncreatable_dir() -> Path:
+    """A folder no one can make, root included, whatever the permission bits say: /proc takes no
+    new entries. Skips the test where there is no /proc."""
+    import pytest
+
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux's /proc")
+    return Path("/proc/qvl-no-such-folder")

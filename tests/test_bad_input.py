@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import assert_one_error, error_lines, invoke, make_video, run_subprocess
-from fs_helpers import unwritable_dir
+from fs_helpers import uncreatable_dir, unwritable_dir
 from PIL import Image
 
 from qvl.media.cache import FrameCache
@@ -205,6 +205,14 @@ def test_bad_input(files, tmp_path, template, code, words, absent):
     for word in absent:
         assert word not in line, line
     _cache_is_clean(cache_dir)
+
+
+def test_a_psa_log_dir_the_file_system_refuses_is_one_line_before_the_model_loads(files):
+    # Root passes every permission check, yet /proc takes no new folder: only trying tells.
+    args = ["describe", files["photo"], "-m", "tiny", "--psa", "--min-tokens", "0", "--max-tokens", "2"]
+    result = invoke(*args, "--psa-log-dir", uncreatable_dir())
+    assert_one_error(result, contains="--psa-log-dir", exit_code=2)
+    assert result.stdout == "" and "loaded " not in result.stderr
 
 
 # --- an unwritable cache folder: one line naming the folder and a fix that exists ------------------

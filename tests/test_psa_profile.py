@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from cli_helpers import assert_one_error, invoke, json_lines
+from fs_helpers import uncreatable_dir
 
 from qvl.psa_profile import ProfileOptions, first_difference
 
@@ -141,6 +142,13 @@ def test_an_out_folder_that_cannot_be_made_is_one_line_before_anything_loads(tmp
         "psa-profile", tmp_path / "missing.mp4", "--out", tmp_path / "file" / "sub", "--model", tmp_path / "none"
     )
     assert_one_error(result, contains="cannot write there", exit_code=2)
+
+
+def test_an_out_folder_the_file_system_refuses_is_one_line_before_anything_loads(image):
+    # Root passes every permission check, yet /proc takes no new folder: only trying tells.
+    result = invoke("psa-profile", image, "-m", "tiny", "--min-tokens", "8", "--out", uncreatable_dir())
+    assert_one_error(result, contains="--out", exit_code=2)
+    assert result.stdout == "" and "random weights" not in result.stderr  # no profile, no model
 
 
 def test_a_picture_that_cannot_be_written_is_one_line_and_leaves_no_part_of_itself(image, tmp_path):
