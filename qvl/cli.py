@@ -307,6 +307,7 @@ def psa_profile(
     try:
         options = ProfileOptions.parse(repeat=repeat, tokens=tokens, layers=layers, heads=heads)
         out_dir = out_folder(out)
+        options.check_model(model)
     except QvlError as exc:
         fail(exc)
     try:

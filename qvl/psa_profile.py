@@ -69,6 +69,45 @@ class ProfileOptions:
             raise OptionError(f"--heads: this model has query heads 0..{count - 1}, not {chosen[-1]}")
         return chosen
 
+    def check_model(self, spec: str | None) -> None:
+        """`layer_indices` and `check_heads` against the model `spec` names, where its shape is
+        known before it loads (`text_shape`); elsewhere the loaded model is checked."""
+        shape = text_shape(spec)
+        if shape is not None:
+            self.layer_indices(shape[0])
+            self.check_heads(shape[1])
+
+
+def text_shape(spec: str | None) -> tuple[int, int] | None:
+    """(layers, query heads) of the language model `spec` names, read without loading, building or
+    fetching it: tiny's and the presets' published shapes, else a local folder's or a downloaded
+    model's config.json. None where only the load can tell (a model not downloaded, an unreadable
+    config.json, a spec that is no model: the load reports that)."""
+    import json
+
+    from qvl.architectures import ARCHITECTURES
+    from qvl.errors import QvlError
+    from qvl.models import RANDOM_PREFIX, TINY_SENTINEL, default_model_spec, preset_for, resolve_model
+
+    spec = (spec or default_model_spec()).strip()
+    low = spec.lower()
+    name = low.removeprefix(RANDOM_PREFIX)  # random:7b has 7b's shape
+    preset = name if name in ARCHITECTURES else preset_for(spec)
+    if low in ("tiny", TINY_SENTINEL):
+        from qvl.tiny import TEXT_CONFIG as text
+    elif preset in ARCHITECTURES:
+        text = ARCHITECTURES[preset]["text"]
+    else:
+        try:
+            config = json.loads((resolve_model(spec, allow_download=False).path / "config.json").read_text())
+            text = config.get("text_config") or config  # older config.json files keep it at the top
+        except (QvlError, OSError, ValueError, AttributeError):
+            return None
+    try:
+        return int(text["num_hidden_layers"]), int(text["num_attention_heads"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
 
 def _parse_layers(text: str) -> tuple:
     items = []

@@ -172,6 +172,33 @@ def test_layers_and_heads_beyond_the_model_are_one_line_and_leave_no_out_folder(
     assert list(tmp_path.iterdir()) == []  # neither --out nor the folder above it was made
 
 
+@pytest.mark.parametrize(
+    "model, flag, value, message",
+    [
+        ("tiny", "--layers", "0,99", "layers 0..1, not 99"),
+        ("random:7b", "--layers", "last,28", "layers 0..27, not 28"),
+        ("3b", "--heads", "16", "heads 0..15, not 16"),  # not downloaded: its published shape
+    ],
+)
+def test_layers_and_heads_beyond_a_known_shape_are_refused_before_the_media_is_read(
+    tmp_path, model, flag, value, message
+):
+    result = invoke("psa-profile", tmp_path / "missing.png", "-m", model, flag, value)
+    assert_one_error(result, contains=message, exit_code=2)
+
+
+def test_a_model_folders_shape_is_read_from_its_config_json(tmp_path, tiny_model_dir):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    text = config.pop("text_config")
+    (folder / "config.json").write_text(json.dumps({**config, **text, "num_hidden_layers": 5}))  # the older layout
+    result = invoke("psa-profile", tmp_path / "missing.png", "-m", folder, "--layers", "5")
+    assert_one_error(result, contains="layers 0..4, not 5", exit_code=2)
+
+
 def test_layer_names_and_first_difference():
     assert ProfileOptions.parse(layers="first, middle,last,3").layer_indices(28) == [0, 3, 14, 27]
     assert first_difference([1, 2, 3], [1, 2, 3]) is None
