@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from cli_helpers import assert_one_error, error_lines, invoke, json_lines, make_video_or_skip
+from fs_helpers import unwritable_dir
 from PIL import Image
 
 pytest.importorskip("starlette")
@@ -475,6 +476,14 @@ def test_qvl_serve_refuses_local_files_and_drains_when_stopped(tiny_model_dir, m
     rest.join(timeout=10)
     assert "stopped after 1 answers" in rest.text and "Traceback" not in rest.text
     assert "qvl: error" not in rest.text and rest.text.count("stopped after") == 1, rest.text
+
+
+def test_an_unwritable_frame_cache_is_one_line_before_the_model_loads(tmp_path):
+    # The model folder does not exist: an error about the cache comes before the load's.
+    root = unwritable_dir(tmp_path)
+    result = invoke("serve", "--model", tmp_path / "no-model", "--port", "0", "--cache-dir", root)
+    line = assert_one_error(result, contains="not writable", exit_code=2)  # as `qvl video` says it
+    assert str(root) in line and "--no-cache" in line
 
 
 class _Reader(threading.Thread):

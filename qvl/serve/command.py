@@ -97,11 +97,16 @@ def serve(
         fail(OptionError(f"--max-download-mb must be positive (got {max_download_mb})"))
     if api_key is not None and not api_key.strip():
         fail(OptionError("--api-key is empty"))
+    cache = frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache)
+    if cache is not None:
+        try:  # as `qvl video` and `qvl batch` refuse it: before the model loads, not at the first video
+            cache.check_writable()
+        except QvlError as exc:
+            fail(exc)
     sock = _listen(host, port)  # a taken port is one line before the model loads
     runner = Runner(settings, output.RunView(json_output=False, quiet=quiet))
     try:
         engine = runner.engine()
-        cache = frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache)
     except QvlError as exc:
         sock.close()
         fail(exc)
