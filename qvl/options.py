@@ -289,6 +289,13 @@ def psa_config(psa: bool, preset: str | None, config_file: str | None = None, **
     if not psa and config_file is None:
         if overrides:
             fail(OptionError(f"--{next(iter(overrides)).replace('_', '-')} needs --psa or --psa-config"))
+        if preset is not None:  # a mistyped name is refused though PSA is off, not taken for no choice
+            from qvl.psa import AttentionConfig
+
+            try:
+                AttentionConfig.preset(preset)
+            except QvlError as exc:
+                fail(exc)
         return None
     from pathlib import Path
 

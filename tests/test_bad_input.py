@@ -215,6 +215,31 @@ def test_a_psa_log_dir_the_file_system_refuses_is_one_line_before_the_model_load
     assert result.stdout == "" and "loaded " not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["describe", "{photo}"],
+        ["video", "{good_video}", "--frames", "2"],
+        ["chat", "{photo}"],
+        ["batch", "{photo}", "--out", "{out}"],
+        ["psa-profile", "{photo}"],
+        ["serve", "--port", "0"],
+        ["bench", "--frames", "2"],
+    ],
+    ids=lambda args: args[0],
+)
+def test_an_unknown_psa_preset_is_refused_with_or_without_psa(files, tmp_path, args):
+    # The model folder does not exist: the preset's error comes before anything loads or is read.
+    if args[0] == "serve":
+        pytest.importorskip("uvicorn")  # else the missing serve extra is the one error line
+    named = {**files, "out": tmp_path / "results.jsonl"}
+    args = [a.format(**{k: str(v) for k, v in named.items()}) for a in args]
+    result = invoke(*args, "--psa-preset", "bogus", "--model", tmp_path / "no-model")
+    line = assert_one_error(result, contains="unknown PSA preset 'bogus'", exit_code=2)
+    assert "default, fast, balanced, dense" in line and result.stdout == ""
+    assert not named["out"].exists()
+
+
 # --- an unwritable cache folder: one line naming the folder and a fix that exists ------------------
 
 
