@@ -137,7 +137,15 @@ def _runner(settings, reply, several: bool, psa_log_dir, local_only: dict):
 
 
 def _questions(prompts: list[str] | None, default: str) -> list[str]:
-    """The --prompt values in order, or the command's default question."""
+    """The --prompt values in order, or the command's default question; one the model may not be
+    asked is one error line and exit 2 here, before any input is read or any model loads."""
+    from qvl.engine.questions import check_question
+
+    try:
+        for question in prompts or ():
+            check_question(question, "--prompt", OptionError)
+    except QvlError as exc:
+        fail(exc)
     return list(prompts) if prompts else [default]
 
 
@@ -304,6 +312,7 @@ def psa_profile(
     attention = psa_config(True, psa_preset, psa_config_file, min_tokens=min_tokens)
     settings = run_settings(model, device, dtype, attention)
     psa_preset = attention.preset_name  # the preset, or the config file's name
+    _questions([prompt] if prompt else None, "")
     try:
         options = ProfileOptions.parse(repeat=repeat, tokens=tokens, layers=layers, heads=heads)
         out_dir = out_folder(out)

@@ -166,6 +166,30 @@ ROWS = [
         ["--psa-log-dir", "cannot write"],
         [],
     ),
+    # A question is checked before any model loads: its text alone decides.
+    (
+        "a question among several writes the media's token",
+        ["describe", "{photo}", "-p", "What?", "-p", "<|image_pad|> here", "-p", "Why?"],
+        2,
+        ["--prompt '<|image_pad|> here' holds <|image_pad|>", "only the media's place"],
+        ["What?", "Why?"],
+    ),
+    ("video --prompt with a media token", ["video", "{good_video}", "-p", "a <|vision_start|>"], 2, ["--prompt"], []),
+    (
+        "--prompt with a media token through --server",
+        ["describe", "{photo}", "-p", "<|video_pad|>", "--server", "http://127.0.0.1:9"],
+        2,
+        ["--prompt '<|video_pad|>'"],
+        ["reach"],
+    ),
+    (
+        "psa-profile --prompt with a media token",
+        ["psa-profile", "{photo}", "-p", "<|vision_end|>"],
+        2,
+        ["--prompt"],
+        [],
+    ),
+    ("infer --prompt with a media token", ["infer", "--input", "{photo}", "-p", "<|image_pad|>"], 2, ["--prompt"], []),
     ("preprocess: nothing there", ["preprocess", "{missing}"], 1, ["no such file"], []),
     ("preprocess: --frames 0", ["preprocess", "{good_video}", "--frames", "0"], 2, ["--frames"], []),
 ]
@@ -238,6 +262,17 @@ def test_an_unknown_psa_preset_is_refused_with_or_without_psa(files, tmp_path, a
     line = assert_one_error(result, contains="unknown PSA preset 'bogus'", exit_code=2)
     assert "default, fast, balanced, dense" in line and result.stdout == ""
     assert not named["out"].exists()
+
+
+def test_a_prompt_of_bytes_that_are_not_utf8_is_refused_before_the_model(files):
+    """`-p $'\\xff'` from a shell: one line naming the question, exit 2, no model loaded."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "qvl", "describe", str(files["photo"]), "-m", "tiny", "-p", "why", "-p", b"\xffok"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert_one_error(result, contains="--prompt '\\udcffok' holds bytes that are not UTF-8 text", exit_code=2)
+    assert "loaded " not in result.stderr and result.stdout == ""
 
 
 # --- an unwritable cache folder: one line naming the folder and a fix that exists ------------------

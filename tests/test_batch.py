@@ -171,8 +171,9 @@ def test_retry_failed_runs_only_the_failed_rows_again(tmp_path, tiny_model_dir):
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--batch-size", "2", "--temperature", "0.5"], "--temperature"),
         (["--batch-size", "2", "--psa"], "--psa"),
+        (["-p", "what <|image_pad|>"], "--prompt 'what <|image_pad|>' holds <|image_pad|>"),
     ],
-    ids=["gpus-on-cpu", "gpus-0", "workers-0", "frames-0", "batch-size-0", "batch-sampled", "batch-psa"],
+    ids=["gpus-on-cpu", "gpus-0", "workers-0", "frames-0", "batch-size-0", "batch-sampled", "batch-psa", "prompt"],
 )
 def test_bad_options_are_one_line_before_any_model_loads(manifest, tmp_path, args, contains):
     result = invoke("batch", manifest, "-o", tmp_path / "r.jsonl", "-m", "not-a-model", *args)
@@ -205,8 +206,9 @@ def test_more_gpus_than_the_machine_has_is_refused(manifest, tmp_path):
         ('{"input": "a.mp4", "frames": "many"}', "whole number"),
         ('{"input": "a.png", "frames": 4}', "applies to videos"),
         ('{"id": 1, "input": "a.png"}\n{"id": 1, "input": "b.png"}', "ids must be unique"),
+        ('{"input": "a.png", "prompt": "<|video_pad|> said"}', "\"prompt\" '<|video_pad|> said' holds <|video_pad|>"),
     ],
-    ids=["unknown-key", "not-json", "no-input", "bad-frames", "frames-on-image", "same-id"],
+    ids=["unknown-key", "not-json", "no-input", "bad-frames", "frames-on-image", "same-id", "media-token-prompt"],
 )
 def test_a_bad_manifest_line_is_one_error_naming_the_line(tmp_path, line, contains):
     manifest = tmp_path / "m.jsonl"

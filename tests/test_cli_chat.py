@@ -212,7 +212,7 @@ def test_a_line_of_bytes_that_are_not_utf8_is_one_error_and_the_chat_goes_on(tin
     )
     stderr = done.stderr.decode()
     assert "Traceback" not in stderr and error_lines(stderr) == [
-        "qvl: error: the question holds bytes that are not UTF-8 text"
+        "qvl: error: the question '\\udcff\\udcfe' holds bytes that are not UTF-8 text"
     ], stderr
     records = [json.loads(line) for line in done.stdout.decode("utf-8").splitlines()]  # valid UTF-8 JSON
     assert [r["error"] is None for r in records] == [True, False, True]

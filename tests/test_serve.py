@@ -384,13 +384,14 @@ def test_video_questions_through_the_server_give_the_same_rows(server, media):
 
 @pytest.mark.parametrize("stream", [True, False], ids=["streamed", "json"])
 def test_a_bad_question_through_the_server_is_the_local_runs_error(server, media, stream):
-    """A question the engine refuses (it writes the media's own token) fails in the same words,
-    whether the server refuses it before or after its answer's stream began."""
-    args = ("video", media["video"], "--frames", "4", "--max-tokens", TOKENS, "-p", "<|video_pad|>?")
+    """A chat's question the engine refuses (it writes the media's own token) fails in the same
+    words, naming it, whether the server refuses it before or after its answer's stream began."""
+    args = ("chat", media["video"], "--frames", "4", "--max-tokens", TOKENS)
     args += () if stream else ("--json",)
-    remote = invoke(*args, "--server", server, env={"QVL_API_KEY": KEY})
-    local = invoke(*args, "--model", "tiny")
+    remote = invoke(*args, "--server", server, input="<|video_pad|>?\n", env={"QVL_API_KEY": KEY})
+    local = invoke(*args, "--model", "tiny", input="<|video_pad|>?\n")
     assert error_lines(remote.stderr) == error_lines(local.stderr) and len(error_lines(local.stderr)) == 1
+    assert "the question '<|video_pad|>?' holds <|video_pad|>" in local.stderr
     assert remote.exit_code == local.exit_code == 1
 
 

@@ -11,9 +11,10 @@ it matches; a `.jsonl` file is a manifest of one JSON object per line:
 input; `type` (image or video) defaults to the file's suffix; `prompt`, `max_tokens` and the frame
 options of `qvl video` (`frames`, `fps`, `start`, `end`, ...) override the command's for that row.
 Everything wrong with the inputs themselves (a path that matches nothing, a manifest line that is
-not JSON, an unknown key, an impossible frame option, two rows with one id) is an `OptionError`
-naming the argument or file and line, raised before any model loads; what is wrong with a
-row's media (a missing or corrupt file) is found when the row runs, and is that row's error.
+not JSON, an unknown key, an impossible frame option, a prompt the model may not be asked, two
+rows with one id) is an `OptionError` naming the argument or file and line, raised before any
+model loads; what is wrong with a row's media (a missing or corrupt file) is found when the row
+runs, and is that row's error.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from qvl.engine.questions import check_question
 from qvl.errors import OptionError, QvlError
 from qvl.media.fetch import is_url
 from qvl.media.images import IMAGE_SUFFIXES, is_data_uri
@@ -82,6 +84,8 @@ def expand(inputs: Iterable[str], video_options, *, prompts: Mapping[str, str], 
     video_options: the command's `VideoOptions`; prompts: the default question per kind; prompt:
     the command's --prompt, which replaces the defaults. Raises `OptionError` (see the module).
     """
+    if prompt is not None:
+        check_question(prompt, "--prompt", OptionError)
     defaults = {"prompts": prompts, "prompt": prompt, "video": video_options}
     rows: list[Row] = []
     seen: dict[Any, str | None] = {}  # id -> the manifest line it came from (None: a file argument)
@@ -166,6 +170,8 @@ def _manifest_row(entry: Any, folder: Path, defaults: dict) -> Row:
     prompt = entry.get("prompt")
     if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
         raise OptionError('"prompt" must be a non-empty string')
+    if prompt is not None:
+        check_question(prompt, '"prompt"', OptionError)
     max_tokens = entry.get("max_tokens")
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise OptionError(f'"max_tokens" must be a whole number of at least 1, not {max_tokens!r}')

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from qvl.engine.inputs import InputBuilder
 from qvl.engine.load import DEVICES, DTYPES, resolve_device, resolve_dtype
+from qvl.engine.questions import check_question
 from qvl.errors import InputError, ModelError, OptionError, first_line
 
 __all__ = [
@@ -190,15 +191,9 @@ class Engine:
     def chat_messages(request: Request) -> list[dict]:
         """The request as chat messages: the user's turns (the first with its images and video, as
         placeholders the processor expands) between the `history`'s answers. An `InputError` for a
-        question that is not text (bytes that are not UTF-8, as a shell passes them on)."""
+        question the model may not be asked (`check_question`)."""
         for question in (request.prompt, *(q for q, _ in request.history)):
-            try:
-                question.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InputError("the question holds bytes that are not UTF-8 text") from None
-            placed = next((token for token in _MEDIA_TOKENS if token in question), None)
-            if placed is not None:
-                raise InputError(f"the question holds {placed}, which only the media's place in the prompt may hold")
+            check_question(question)
         media: list[dict] = [{"type": "image"} for _ in request.images]
         if request.video is not None:
             media.append({"type": "video"})
@@ -417,11 +412,6 @@ def result_of(generated, tokenizer, timings: Timings, started: float, **fields) 
         timings.tokens_per_s = (len(tokens) - 1) / timings.decode_s
     text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
     return Result(text=text, generated_tokens=len(tokens), timings=timings, tokens=tokens, **fields)
-
-
-# The chat template's marks around and inside an image's or a video's place: the media's tokens
-# are counted from them, so a question may not write them itself.
-_MEDIA_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 
 def _text(text: str) -> dict:

@@ -169,7 +169,7 @@ class NativeProcessor:
         frames = torch.from_numpy(video.frames).to(device)
         try:
             made = video_inputs(self.tokenizer, self.pixels, text, frames, video.sampled_fps, self.video_token_id)
-        except ValueError as exc:  # questions cannot write it (`Engine.chat_messages`): the config's id is wrong
+        except ValueError as exc:  # questions cannot write it (`check_question`): the config's id is wrong
             from qvl.errors import ModelError
 
             raise ModelError(f"{exc}: {self.folder}/config.json's video_token_id is not its tokenizer's") from None
