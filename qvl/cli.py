@@ -103,7 +103,7 @@ def describe(
             try:
                 opened.append(_open_or_raise(source, open_image))
             except QvlError as exc:
-                runner.fail(label, exc, questions[0])
+                runner.fail_questions(label, exc, questions)
         # One answer about all the images: with any of them missing it would answer another question.
         if opened and runner.exit_code == 0:
             labels = ", ".join(label for label, _ in sources)

@@ -194,6 +194,12 @@ class RunView:
         self._heading = None
         failure(record, self.json_output)
 
+    def failed_again(self, record: dict[str, Any]) -> None:
+        """Another question's record of the input that just failed: its error line is out already."""
+        self._heading = None
+        if self.json_output:
+            json_line(record)
+
     def warned(self, message: str) -> None:
         warn(message)
 

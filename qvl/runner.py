@@ -162,6 +162,10 @@ class View:
         """One input failed: `record` is `error_record`'s (input, model, prompt, error; text, tokens
         and timings null)."""
 
+    def failed_again(self, record: dict[str, Any]) -> None:
+        """The failure just told, for another of the input's questions: by default told again."""
+        self.failed(record)
+
     def warned(self, message: str) -> None:
         """Something went wrong beside the answer (a PSA log line could not be written)."""
 
@@ -232,11 +236,17 @@ class Runner:
 
     def fail(self, label: str, exc: QvlError, prompt: str | None = None) -> dict[str, Any]:
         """Report one input's failure and return its record (`error_record`)."""
+        return self.fail_questions(label, exc, [prompt])[0]
+
+    def fail_questions(self, label: str, exc: QvlError, prompts: Sequence[str | None]) -> list[dict[str, Any]]:
+        """Report an input that failed before any of `prompts` was answered: a record each, told once."""
         model = self._engine.name if self._engine is not None else self.settings.model
-        record = error_record(label, str(exc), model=model, prompt=prompt)
-        self.view.failed(record)
-        self.exit_code = self.exit_code or exc.exit_code
-        return record
+        records = [error_record(label, str(exc), model=model, prompt=prompt) for prompt in prompts]
+        self.view.failed(records[0])
+        for record in records[1:]:
+            self.view.failed_again(record)
+        self.exit_code = 2 if self.stopped else self.exit_code or exc.exit_code  # stopped: no model
+        return records
 
     def run(
         self, label: str, prompt: str, load_media: Callable[[], Media], max_tokens: int | None = None
@@ -264,7 +274,7 @@ class Runner:
             inputs = media.inputs if len(prompts) == 1 else None
             answer = self.answerer(engine, media, session, max_tokens=max_tokens, inputs=inputs)
         except QvlError as exc:
-            return [self._not_opened(label, exc, prompts[0] if len(prompts) == 1 else None)]
+            return self.fail_questions(label, exc, prompts)
         records = []
         shared = session.timings if session is not None else None  # the media's one prefill
         for prompt in prompts:
@@ -339,7 +349,7 @@ class Runner:
             engine, media, media_s = self._load(load_media)
             session = self._session(engine, media, **session_options)
         except QvlError as exc:
-            self._not_opened(label, exc)
+            self.fail(label, exc)
             return None
         from qvl.conversation import Conversation
 
@@ -358,12 +368,6 @@ class Runner:
             self.stopped = True  # without a model no input can succeed
             raise
         return engine, media, media_s
-
-    def _not_opened(self, label: str, exc: QvlError, prompt: str | None = None) -> dict[str, Any]:
-        record = self.fail(label, exc, prompt)
-        if self.stopped:
-            self.exit_code = 2
-        return record
 
     @staticmethod
     def _session(engine, media: Media, **options):

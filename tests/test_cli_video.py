@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from cli_helpers import assert_one_error, invoke, json_lines, make_video, run_subprocess
+from cli_helpers import assert_one_error, error_lines, invoke, json_lines, make_video, run_subprocess
 
 pytestmark = pytest.mark.usefixtures("tiny_by_default")
 
@@ -136,6 +136,22 @@ def test_missing_video_does_not_stop_the_next(tmp_path, clip):
     assert result.exit_code == 1
     records = json_lines(result.stdout)
     assert "no such file" in records[0]["error"] and records[1]["error"] is None
+
+
+def test_a_bad_video_with_several_questions_is_a_record_per_question_and_one_line(tmp_path, clip):
+    """As docs/usage.md promises, one JSON object per input and question: a video that fails has
+    one for each question, each with its prompt; its error line is said once."""
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"not a video" * 100)
+    questions = ["What happens?", "Who speaks?"]
+    args = ["video", clip, corrupt, "--frames", "4", "--json", "--no-cache", *SMALL]
+    result = invoke(*args, "-p", questions[0], "-p", questions[1])
+    assert result.exit_code == 1
+    records = json_lines(result.stdout)
+    assert [(r["input"], r["prompt"]) for r in records] == [(str(p), q) for p in (clip, corrupt) for q in questions]
+    assert [r["error"] is None for r in records] == [True, True, False, False]
+    assert records[2]["error"] == records[3]["error"] and "not a video" in records[2]["error"]
+    assert error_lines(result.stderr) == [f"qvl: error: {records[2]['error']}"]
 
 
 STAGES = ("media", "processor", "vision", "prefill/TTFT", "decode", "warmup", "total")

@@ -73,6 +73,17 @@ def test_one_bad_input_does_not_stop_the_others(tmp_path):
     assert len(error_lines(result.stderr)) == 1
 
 
+@pytest.mark.parametrize("together", [False, True], ids=["each", "together"])
+def test_a_bad_image_with_several_questions_is_a_record_per_question_and_one_line(tmp_path, together):
+    good, missing = _image(tmp_path / "good.png"), tmp_path / "missing.jpg"
+    args = ["describe", good, missing, "--json", "--max-tokens", "2", "-p", "What?", "-p", "Why?"]
+    result = invoke(*args, *(["--together"] if together else []))
+    assert result.exit_code == 1
+    failed = [(r["input"], r["prompt"]) for r in json_lines(result.stdout) if r["error"] is not None]
+    assert failed == [(str(missing), "What?"), (str(missing), "Why?")]
+    assert len(error_lines(result.stderr)) == 1 and "no such file" in result.stderr
+
+
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple[str, str]]:
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()
