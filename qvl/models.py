@@ -17,6 +17,7 @@ with one line naming the exact ``qvl download`` command.
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import sys
 from dataclasses import dataclass
@@ -120,10 +121,11 @@ def preset_for(repo_id: str) -> str | None:
 
 
 def download_command(repo_id: str, revision: str | None = None) -> str:
-    """The exact ``qvl download`` command for a Hub id, using the preset name where there is one."""
-    cmd = f"qvl download {preset_for(repo_id) or repo_id}"
+    """The exact ``qvl download`` command for a Hub id, using the preset name where there is one,
+    quoted for a shell."""
+    cmd = f"qvl download {shlex.quote(preset_for(repo_id) or repo_id)}"
     if revision:
-        cmd += f" --revision {revision}"
+        cmd += f" --revision {shlex.quote(revision)}"
     return cmd
 
 

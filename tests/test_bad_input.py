@@ -275,6 +275,20 @@ def test_a_prompt_of_bytes_that_are_not_utf8_is_refused_before_the_model(files):
     assert "loaded " not in result.stderr and result.stdout == ""
 
 
+@pytest.mark.parametrize(
+    "command, name, other", [("video", "a photo's.jpg", "describe"), ("describe", "my clip.mp4", "video")]
+)
+def test_the_command_a_wrong_input_suggests_is_one_a_shell_runs(files, tmp_path, command, name, other):
+    """The suggested command quotes the path, so that copying it into a shell names the file."""
+    import shlex
+    import shutil
+
+    path = tmp_path / name
+    shutil.copy(files["photo"] if command == "video" else files["good_video"], path)
+    line = assert_one_error(invoke(command, path, "-m", "tiny", "--max-tokens", "1"), contains="use qvl", exit_code=1)
+    assert shlex.split(line.split(": use ", 1)[1]) == ["qvl", other, str(path)]
+
+
 # --- an unwritable cache folder: one line naming the folder and a fix that exists ------------------
 
 

@@ -78,6 +78,7 @@ def test_download_command():
     assert download_command("Qwen/Qwen2.5-VL-7B-Instruct") == "qvl download 7b"
     assert download_command("qwen/qwen2.5-vl-72b-instruct", "v1") == "qvl download 72b --revision v1"
     assert download_command("org/other") == "qvl download org/other"
+    assert download_command("org/other", "my branch") == "qvl download org/other --revision 'my branch'"
 
 
 @pytest.mark.parametrize("spec", ["tiny", "TINY", "qvl/tiny"])

@@ -12,6 +12,7 @@ import contextlib
 import glob
 import io
 import os
+import shlex
 import warnings
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
@@ -82,7 +83,7 @@ def _not_an_image(label: str) -> str:
     from qvl.media.preprocess import VIDEO_EXTENSIONS
 
     if PurePosixPath(label).suffix.lower() in VIDEO_EXTENSIONS:
-        return f"{label}: is a video, not an image: use qvl video {label}"
+        return f"{label}: is a video, not an image: use qvl video {shlex.quote(label)}"
     return f"{label}: not an image (unrecognised format)"
 
 

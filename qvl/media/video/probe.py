@@ -7,6 +7,7 @@ decoder can read. `open_container` is the one place qvl opens a PyAV container.
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,7 @@ def _refuse_still_image(path: Path, container) -> None:
     photo twice as a clip. Say what the file is and which command takes it instead."""
     name = container.format.name if container.format else ""
     if name.endswith("_pipe") or name in ("image2", "image2pipe"):
-        raise InputError(f"{path}: is a still image, not a video: use qvl describe {path}")
+        raise InputError(f"{path}: is a still image, not a video: use qvl describe {shlex.quote(str(path))}")
 
 
 def _first_frame(path: Path, container, has_audio: bool):
