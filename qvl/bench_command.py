@@ -12,12 +12,12 @@ from qvl.errors import QvlError
 from qvl.options import (
     DeviceOpt,
     DtypeOpt,
-    JsonOpt,
     MaxTokensOpt,
     PsaOpt,
     PsaPresetOpt,
     QuietOpt,
     fail,
+    json_opt,
     psa_config,
 )
 
@@ -31,6 +31,7 @@ BenchFramesOpt = Annotated[
     str, typer.Option("--frames", "-n", help="Frame counts to measure, comma-separated (even numbers).")
 ]
 RepeatOpt = Annotated[int, typer.Option("--repeat", help="Warm runs of each timing after the first (median).")]
+BenchJsonOpt = json_opt("one JSON object per frame count")
 
 
 def bench(
@@ -42,7 +43,7 @@ def bench(
     psa_preset: PsaPresetOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    json_output: JsonOpt = False,
+    json_output: BenchJsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Time each stage of a video question, transformers' stock path against qvl's fast path.

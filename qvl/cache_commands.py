@@ -10,8 +10,12 @@ import typer
 from qvl import output
 from qvl.errors import QvlError
 from qvl.option_groups import with_video_options
-from qvl.options import CacheDirOpt, JsonOpt, QuietOpt, StrictHashOpt, fail
+from qvl.options import CacheDirOpt, JsonOpt, QuietOpt, StrictHashOpt, fail, json_opt
 from qvl.runner import frame_cache
+
+CacheListJsonOpt = json_opt("one JSON object per cache entry")
+CacheSizeJsonOpt = json_opt("the folder, entry count and bytes as one JSON object")
+CacheClearJsonOpt = json_opt("the entries removed and bytes freed as one JSON object")
 
 
 @with_video_options
@@ -75,13 +79,13 @@ cache_app = typer.Typer(help="Inspect and clear the frame cache.", no_args_is_he
 
 
 @cache_app.command("list")
-def cache_list(cache_dir: CacheDirOpt = None, json_output: JsonOpt = False) -> None:
+def cache_list(cache_dir: CacheDirOpt = None, json_output: CacheListJsonOpt = False) -> None:
     """List cache entries: key, frames, frame size, bytes, age and source."""
     output.cache_entries(frame_cache(cache_dir).entries(), json_output)
 
 
 @cache_app.command("size")
-def cache_size(cache_dir: CacheDirOpt = None, json_output: JsonOpt = False) -> None:
+def cache_size(cache_dir: CacheDirOpt = None, json_output: CacheSizeJsonOpt = False) -> None:
     """Print the cache folder, its entry count and the bytes it uses (leftovers of interrupted runs apart)."""
     cache = frame_cache(cache_dir)
     output.cache_size(cache.root, len(cache.entries()), cache.total_size(), cache.stale_bytes(), json_output)
@@ -94,7 +98,7 @@ def cache_clear(
         typer.Option("--older-than", min=0.0, help="Only entries created more than DAYS ago.", metavar="DAYS"),
     ] = None,
     cache_dir: CacheDirOpt = None,
-    json_output: JsonOpt = False,
+    json_output: CacheClearJsonOpt = False,
 ) -> None:
     """Remove cache entries (all, or those older than --older-than DAYS)."""
     cache = frame_cache(cache_dir)

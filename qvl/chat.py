@@ -23,12 +23,13 @@ import typer
 from qvl import output
 from qvl.errors import OptionError, QvlError
 from qvl.option_groups import with_frame_cache_options, with_terminal_options, with_video_options
-from qvl.options import HeadroomOpt, fail
+from qvl.options import HeadroomOpt, fail, json_opt
 from qvl.paths import write_json_atomically
 
 # A chat keeps more than one question's room: some fifteen turns of 512-token answers.
 CHAT_HEADROOM = 8192
 PROMPT = "> "
+ChatJsonOpt = json_opt("one JSON object per question (its answer or its error)")
 COMMANDS = (
     ("/reset", "forget the conversation (the media stays prefilled)"),
     ("/save FILE", "write the conversation to FILE as JSON"),
@@ -39,7 +40,7 @@ COMMANDS = (
 
 
 @with_video_options
-@with_terminal_options
+@with_terminal_options(json_opt=ChatJsonOpt)
 @with_frame_cache_options
 def chat(
     media: Annotated[

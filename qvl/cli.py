@@ -28,10 +28,10 @@ from qvl.options import (
     MaxTokensOpt,
     ModelOpt,
     PrefetchOpt,
+    ProfileMinTokensOpt,
+    ProfilePsaConfigOpt,
     PromptOpt,
-    PsaConfigOpt,
     PsaLogDirOpt,
-    PsaMinTokensOpt,
     PsaOpt,
     PsaPresetOpt,
     QuestionsOpt,
@@ -280,8 +280,8 @@ def psa_profile(
     prompt: PromptOpt = None,
     cache_settings=None,
     psa_preset: PsaPresetOpt = None,
-    psa_config_file: PsaConfigOpt = None,
-    min_tokens: PsaMinTokensOpt = None,
+    psa_config_file: ProfilePsaConfigOpt = None,
+    min_tokens: ProfileMinTokensOpt = None,
     repeat: Annotated[int, typer.Option("--repeat", help="Timed prefills of each kind (median).")] = 3,
     tokens: Annotated[
         int, typer.Option("--tokens", "--max-tokens", help="Greedy tokens generated each way, to compare.")
@@ -384,7 +384,9 @@ def infer(
     max_tokens: MaxTokensOpt = 512,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    preprocess_frames: Annotated[Optional[int], typer.Option("--preprocess-frames")] = None,
+    preprocess_frames: Annotated[
+        Optional[int], typer.Option("--preprocess-frames", help="Number of frames to sample from a video (even).")
+    ] = None,
     psa: PsaOpt = False,
     psa_log_dir: PsaLogDirOpt = None,
 ) -> None:

@@ -21,6 +21,7 @@ from qvl.options import (
     FRAME_CACHE_OPTIONS,
     REPLY_OPTIONS,
     VIDEO_OPTIONS,
+    AnswersJsonOpt,
     fail,
     psa_config,
     run_settings,
@@ -164,13 +165,18 @@ class ReplySettings:
         return (kind or RunView)(json_output=self.json_output, quiet=self.quiet, stats=self.stats, **settings)
 
 
-def with_terminal_options(command):
+def with_terminal_options(command=None, *, json_opt=AnswersJsonOpt):
     """Give `command` the options of the commands that answer at the terminal (describe, video,
-    chat): `with_answer_options`' (received as it hands them over), then --json, --quiet, --stats
-    and --server where the command's `reply` parameter stands (received as that `ReplySettings`)."""
+    chat): `with_answer_options`' (received as it hands them over), then --json (`json_opt`: the
+    command's own, where its output is not one object per input and question), --quiet, --stats
+    and --server where the command's `reply` parameter stands (received as that `ReplySettings`).
+    `with_terminal_options(json_opt=...)` is the decorator with the command's own --json."""
+    if command is None:
+        return functools.partial(with_terminal_options, json_opt=json_opt)
 
     def build(given) -> dict:
         return {"reply": ReplySettings(**given)}
 
-    replying = _with_options(command, REPLY_OPTIONS, ("reply",), _in_place_of(command, "reply"), build)
+    options = (("json_output", json_opt, False), *REPLY_OPTIONS)
+    replying = _with_options(command, options, ("reply",), _in_place_of(command, "reply"), build)
     return with_answer_options(replying)  # its options go before --json

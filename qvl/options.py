@@ -54,22 +54,37 @@ PsaPresetOpt = Annotated[
         help="PSA budget: default (published bands; the default), balanced (~35%), fast (~10%), dense.",
     ),
 ]
-PsaConfigOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--psa-config",
-        metavar="FILE",
-        help="PSA settings from a .json or .toml file (implies --psa); its fields override --psa-preset's. See docs/psa.md.",
-    ),
-]
-PsaMinTokensOpt = Annotated[
-    Optional[int],
-    typer.Option(
-        "--min-tokens",
-        help="PSA only for prompts of at least this many tokens; shorter ones keep SDPA "
-        "(default 16384, or --psa-config's; psa-profile: 0).",
-    ),
-]
+
+
+def _psa_config_opt(implies: str):
+    """--psa-config, saying what giving it `implies` ("" where PSA runs anyway)."""
+    return Annotated[
+        Optional[str],
+        typer.Option(
+            "--psa-config",
+            metavar="FILE",
+            help=f"PSA settings from a .json or .toml file{implies}; its fields override --psa-preset's. See docs/psa.md.",
+        ),
+    ]
+
+
+def _min_tokens_opt(default: str):
+    """--min-tokens, with the command's `default` when no --psa-config names one."""
+    return Annotated[
+        Optional[int],
+        typer.Option(
+            "--min-tokens",
+            help="PSA only for prompts of at least this many tokens; shorter ones keep SDPA "
+            f"(default {default}, or --psa-config's).",
+        ),
+    ]
+
+
+PsaConfigOpt = _psa_config_opt(" (implies --psa)")
+PsaMinTokensOpt = _min_tokens_opt("16384")
+# psa-profile runs PSA whatever the flags (it has no --psa) and on any prompt's length.
+ProfilePsaConfigOpt = _psa_config_opt("")
+ProfileMinTokensOpt = _min_tokens_opt("0")
 PsaLogDirOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -140,7 +155,13 @@ RayOpt = Annotated[
 
 # --- output ------------------------------------------------------------------------------------
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object per input on stdout, nothing else.")]
+
+def json_opt(what: str):
+    """--json, for a command that then prints `what` on stdout."""
+    return Annotated[bool, typer.Option("--json", help=f"Print {what} on stdout, nothing else.")]
+
+
+JsonOpt = json_opt("one JSON object per input")
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr (warnings and errors still).")
 ]
@@ -151,10 +172,12 @@ StatsOpt = Annotated[
     ),
 ]
 
+# describe's and video's --json (chat's is its own: one object per question).
+AnswersJsonOpt = json_opt("one JSON object per input and question")
+
 # (name, type, default) of the options of the commands that answer at the terminal (describe, video,
-# chat), in `--help` order: how their answers are shown, and what gives them.
+# chat), in `--help` order after their --json: how their answers are shown, and what gives them.
 REPLY_OPTIONS = (
-    ("json_output", JsonOpt, False),
     ("quiet", QuietOpt, False),
     ("stats", StatsOpt, False),
     ("server", ServerOpt, None),
