@@ -23,6 +23,7 @@ class Conversation:
     def __init__(self, runner: Runner, engine, label: str, media: Media, media_s: float, session):
         self.runner, self.engine, self.label, self.media, self.session = runner, engine, label, media, session
         self.media_s = media_s  # reported with the first answer, as `run` does
+        self.media_prefill = session.timings if session is not None else None  # likewise
         self.turns: list[dict[str, Any]] = []
         self._answer = runner.answerer(engine, media, session)
 
@@ -36,6 +37,9 @@ class Conversation:
             result = self._answer(prompt, history)
         except QvlError as exc:
             return runner.fail(self.label, exc, prompt)
+        if self.media_prefill is not None:
+            result.timings.add_media_prefill(self.media_prefill)
+            self.media_prefill = None
         cache_bytes = self.session.cache_bytes if self.session is not None else None
         record = runner.answered(
             self.engine,

@@ -286,9 +286,7 @@ class Runner:
                 records.append(self.fail(label, exc, prompt))
                 continue
             if shared is not None:  # the first answer waited for it: its timings carry it
-                result.timings.preprocess_s += shared.preprocess_s
-                result.timings.vision_s += shared.vision_s
-                result.timings.prefill_s += shared.prefill_s
+                result.timings.add_media_prefill(shared)
                 shared = None
             records.append(self.answered(engine, label, prompt, media, result, media_s))
             media_s = 0.0  # loaded for the first answer

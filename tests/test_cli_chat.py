@@ -55,6 +55,8 @@ def test_questions_piped_to_a_process_are_one_conversation(clip):
     assert second["tokens"]["prompt"] > first["tokens"]["prompt"] + len("And then?") // 4  # the first turn is in view
     assert first["cache_bytes"] == second["cache_bytes"] > 0 and first["frames"] == 8
     assert first["timings"]["media_s"] > 0 and second["timings"]["media_s"] == 0.0
+    # The media's one prefill (its vision tower included) is the first answer's wait, as in `qvl video`.
+    assert first["timings"]["prefill_s"] >= first["timings"]["vision_s"] > 0 == second["timings"]["vision_s"]
     assert all(r["error"] is None for r in (first, second, again))
     assert "Traceback" not in result.stderr
 

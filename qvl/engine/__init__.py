@@ -47,6 +47,13 @@ class Timings:
     decode_s: float = 0.0  # the remaining tokens
     tokens_per_s: float = 0.0  # decode rate, first token excluded
 
+    def add_media_prefill(self, media: Timings) -> None:
+        """Count a session's one prefill of the media (processor, vision tower, prefill) in this
+        request's: the first answer about kept media waited for it."""
+        self.preprocess_s += media.preprocess_s
+        self.vision_s += media.vision_s
+        self.prefill_s += media.prefill_s
+
     def to_dict(self) -> dict[str, float]:
         return {k: round(v, 4) for k, v in asdict(self).items()}
 
