@@ -8,6 +8,7 @@ red line on stderr.
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Optional
 
 import typer
@@ -98,7 +99,7 @@ def describe(
     if reply.server is not None:
         open_image = runner.open_image
     if together:
-        opened = []
+        opened, started = [], time.perf_counter()
         for label, source in sources:
             try:
                 opened.append(_open_or_raise(source, open_image))
@@ -107,7 +108,8 @@ def describe(
         # One answer about all the images: with any of them missing it would answer another question.
         if opened and runner.exit_code == 0:
             labels = ", ".join(label for label, _ in sources)
-            runner.run_questions(labels, questions, lambda: Media(images=opened))
+            media_s = time.perf_counter() - started  # the images were opened here, before the run
+            runner.run_questions(labels, questions, lambda: Media(images=opened, media_s=media_s))
     else:
         for label, source in sources:
             runner.run_questions(

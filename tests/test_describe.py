@@ -48,6 +48,7 @@ def test_describe_together_gives_one_answer(tmp_path):
     (record,) = json_lines(result.stdout)
     single = json_lines(invoke("describe", a, "--json", "--max-tokens", "4").stdout)[0]
     assert record["tokens"]["prompt"] > single["tokens"]["prompt"]  # both images are in the prompt
+    assert record["timings"]["media_s"] > 0  # opening the images is timed as for one image
 
 
 def test_directory_glob_and_data_uri_inputs(tmp_path):
