@@ -66,12 +66,12 @@ def preprocess(
                     output.preprocessed(result)
         except QvlError as exc:  # the cache itself is unusable: nothing was done
             fail(exc)
+    for result in failed:  # after the progress bars, before the summary that counts them
+        output.error(result.error)
     output.note(
         f"{counts['new']} new, {counts['cached']} already cached, {counts['error']} failed; cache: {cache.root}",
         quiet=quiet,
     )
-    for result in failed:
-        output.error(result.error)
     raise typer.Exit(1 if failed else 0)
 
 

@@ -58,8 +58,11 @@ def test_preprocess_keeps_going_and_lists_failures(tmp_path, videos, not_a_video
     assert [row["status"] for row in rows.values()].count("error") == 3
     assert "not a video" in rows[str(not_a_video)]["error"]
     assert "audio only" in rows[str(audio_only)]["error"]
-    errors = [line for line in r.stderr.splitlines() if line.startswith("qvl: error:")]
+    lines = r.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("qvl: error:")]
     assert len(errors) == 3 and "Traceback" not in r.stderr
+    summary = next(i for i, line in enumerate(lines) if "1 new, 0 already cached, 3 failed" in line)
+    assert all(lines.index(line) < summary for line in errors)  # the count comes after what it counts
 
 
 def test_preprocess_human_output(tmp_path, videos):
