@@ -4,6 +4,8 @@ The CLI catches `QvlError` at the command boundary and prints its message as one
 exiting with `exit_code`; anything else is a bug and keeps its traceback.
 """
 
+import contextlib
+
 
 class QvlError(Exception):
     """Base class: a problem the user can fix, reported without a traceback."""
@@ -46,3 +48,22 @@ def first_line(exc: BaseException) -> str:
     if len(lines) > 1 and lines[0].endswith(":"):
         return f"{lines[0]} {lines[1]}"
     return lines[0]
+
+
+@contextlib.contextmanager
+def memory_errors():
+    """Running out of memory on one input (the machine's or the GPU's) as that input's error:
+    one line, and the next input runs."""
+    try:
+        yield
+    except MemoryError:
+        raise InputError(f"out of memory for this input; {_SMALLER}") from None
+    except RuntimeError as exc:  # torch's allocators, CUDA's OutOfMemoryError included
+        text = str(exc)
+        if "out of memory" not in text.lower() and "can't allocate memory" not in text:
+            raise
+        where = "on the GPU" if "CUDA" in text else "on this machine"
+        raise InputError(f"out of memory {where} for this input; {_SMALLER}") from None
+
+
+_SMALLER = "try fewer or smaller frames (--frames, --max-pixels), a lower --max-tokens or a smaller model"

@@ -12,13 +12,13 @@ of Typer or of how things are printed: the view decides that. Nothing heavy is i
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from qvl.errors import InputError, ModelError, OptionError, QvlError
+from qvl.engine.questions import headroom_for
+from qvl.errors import ModelError, OptionError, QvlError, memory_errors
 
 if TYPE_CHECKING:
     from qvl.conversation import Conversation
@@ -269,7 +269,8 @@ class Runner:
         try:
             engine, media, media_s = self._load(load_media)
             with memory_errors():
-                session = self._session(engine, media) if len(prompts) > 1 else None
+                room = headroom_for(prompts, self._sampling(max_tokens)["max_new_tokens"])
+                session = self._session(engine, media, headroom=room) if len(prompts) > 1 else None
             # Inputs prepared ahead (qvl batch) are for one question: several take the session.
             inputs = media.inputs if len(prompts) == 1 else None
             answer = self.answerer(engine, media, session, max_tokens=max_tokens, inputs=inputs)
@@ -408,25 +409,6 @@ class Runner:
             on_text=on_text,
             inputs=None if history else inputs,
         )
-
-
-@contextlib.contextmanager
-def memory_errors():
-    """Running out of memory on one input (the machine's or the GPU's) as that input's error:
-    one line, and the next input runs."""
-    try:
-        yield
-    except MemoryError:
-        raise InputError(f"out of memory for this input; {_SMALLER}") from None
-    except RuntimeError as exc:  # torch's allocators, CUDA's OutOfMemoryError included
-        text = str(exc)
-        if "out of memory" not in text.lower() and "can't allocate memory" not in text:
-            raise
-        where = "on the GPU" if "CUDA" in text else "on this machine"
-        raise InputError(f"out of memory {where} for this input; {_SMALLER}") from None
-
-
-_SMALLER = "try fewer or smaller frames (--frames, --max-pixels), a lower --max-tokens or a smaller model"
 
 
 def load_engine(settings: Settings, tokens: int | None = None, *, progress: bool = True, native: bool | None = None):

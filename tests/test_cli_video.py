@@ -203,16 +203,36 @@ def test_several_questions_read_the_video_once_and_answer_as_single_runs(tiny_mo
         assert json_lines(alone.stdout)[0]["text"] == record["text"]
 
 
-def test_a_failed_question_leaves_no_header_on_stdout(tiny_model_dir, tmp_path):
-    """Two questions, the first one too long for the room kept past the media: stdout holds the
-    second's header and answer only (no header over an empty answer), stderr the first's error."""
+def test_several_questions_get_a_session_with_room_for_the_longest(tiny_model_dir, tmp_path):
+    """A question longer than a session's default room (4,500 digits, a token each) beside a
+    short one: both answered, the session sized from the questions rather than refusing."""
     video = make_video(tmp_path / "clip.mp4", seconds=2)
-    args = ["video", video, "--frames", "4", "-m", "tiny", "--max-tokens", "4", "--no-cache"]
-    result = invoke(*args, "-p", "why " * 2000, "-p", "What happens?")
-    assert result.exit_code == 2
-    assert result.stdout.startswith(f"==> {video}: What happens? <==\n")
-    assert result.stdout.count("==>") == 1
-    assert "past the media" in result.stderr
+    long_question = "0123456789" * 450
+    args = ["video", video, "--frames", "4", "-m", "tiny", "--max-tokens", "4", "--json", "--no-cache"]
+    result = invoke(*args, "-p", long_question, "-p", "Who?")
+    assert result.exit_code == 0, result.stderr
+    first, second = json_lines(result.stdout)
+    assert first["error"] is None and second["error"] is None
+    assert first["tokens"]["prompt"] > 4500
+
+
+def test_a_failed_question_leaves_no_header_on_stdout(capsys):
+    """The text view of several answers, the first failing before its first piece: stdout holds
+    the second's header and answer only (no header over an empty answer), stderr the error."""
+    from qvl.output import RunView
+
+    view = RunView(json_output=False, quiet=True, several=True)
+    failed = {"input": "clip.mp4", "prompt": "Why?", "error": "clip.mp4: it went wrong"}
+    answered = {"input": "clip.mp4", "prompt": "What happens?", "psa": None, "timings": {}}
+    view.started("clip.mp4: Why?", 1)
+    view.failed(failed)
+    view.started("clip.mp4: What happens?", 2)
+    for piece in ("It ", "rains."):
+        view.on_text(piece)
+    view.answered(answered, psa=None)
+    out, err = capsys.readouterr()
+    assert out == "==> clip.mp4: What happens? <==\nIt rains.\n"
+    assert "it went wrong" in err
 
 
 def test_an_input_too_large_for_the_memory_is_one_line(tiny_model_dir, tmp_path):

@@ -12,6 +12,18 @@ from qvl.errors import InputError, QvlError
 MEDIA_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 # How much of a refused question its error line quotes: enough to tell it from the others.
 _QUOTED_CHARS = 60
+# Room in a session's cache past the media: a question and its answer, or a conversation.
+DEFAULT_HEADROOM = 4096
+# The chat template's tokens around a question and before its answer, with some to spare.
+_TEMPLATE_TOKENS = 64
+
+
+def headroom_for(questions, max_new_tokens: int) -> int:
+    """A session's room past the media for answering each of `questions` on its own: the longest
+    one (a token per UTF-8 byte at most), the template's marks and the answer; DEFAULT_HEADROOM
+    where that is more."""
+    longest = max((len(q.encode("utf-8", "surrogateescape")) for q in questions), default=0)
+    return max(DEFAULT_HEADROOM, longest + _TEMPLATE_TOKENS + max_new_tokens)
 
 
 def check_question(question: str, name: str = "the question", error: type[QvlError] = InputError) -> None:

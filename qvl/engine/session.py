@@ -32,10 +32,8 @@ from qvl.engine.decode import Sampling, StaticDecoder, capacity_for
 from qvl.engine.generate import TextStream, decode, eos_ids, sampling_for
 from qvl.engine.load import fits, free_memory
 from qvl.engine.prefill import prefill, prefill_text
+from qvl.engine.questions import DEFAULT_HEADROOM
 from qvl.errors import OptionError
-
-# Room in the session's cache past the prefix: a question and its answer, or a conversation.
-DEFAULT_HEADROOM = 4096
 
 
 class Session:
