@@ -141,11 +141,11 @@ def _runner(settings, reply, several: bool, psa_log_dir, local_only: dict):
 def _questions(prompts: list[str] | None, default: str) -> list[str]:
     """The --prompt values in order, or the command's default question; one the model may not be
     asked is one error line and exit 2 here, before any input is read or any model loads."""
-    from qvl.engine.questions import check_question
+    from qvl.engine.questions import check_given_question
 
     try:
         for question in prompts or ():
-            check_question(question, "--prompt", OptionError)
+            check_given_question(question, "--prompt")
     except QvlError as exc:
         fail(exc)
     return list(prompts) if prompts else [default]

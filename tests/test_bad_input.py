@@ -176,6 +176,13 @@ ROWS = [
     ),
     ("video --prompt with a media token", ["video", "{good_video}", "-p", "a <|vision_start|>"], 2, ["--prompt"], []),
     (
+        "an empty --prompt among several",
+        ["describe", "{photo}", "-p", "What?", "-p", " "],
+        2,
+        ["--prompt is empty"],
+        [],
+    ),
+    (
         "--prompt with a media token through --server",
         ["describe", "{photo}", "-p", "<|video_pad|>", "--server", "http://127.0.0.1:9"],
         2,

@@ -172,8 +172,19 @@ def test_retry_failed_runs_only_the_failed_rows_again(tmp_path, tiny_model_dir):
         (["--batch-size", "2", "--temperature", "0.5"], "--temperature"),
         (["--batch-size", "2", "--psa"], "--psa"),
         (["-p", "what <|image_pad|>"], "--prompt 'what <|image_pad|>' holds <|image_pad|>"),
+        (["-p", ""], "--prompt is empty"),
     ],
-    ids=["gpus-on-cpu", "gpus-0", "workers-0", "frames-0", "batch-size-0", "batch-sampled", "batch-psa", "prompt"],
+    ids=[
+        "gpus-on-cpu",
+        "gpus-0",
+        "workers-0",
+        "frames-0",
+        "batch-size-0",
+        "batch-sampled",
+        "batch-psa",
+        "prompt",
+        "empty-prompt",
+    ],
 )
 def test_bad_options_are_one_line_before_any_model_loads(manifest, tmp_path, args, contains):
     result = invoke("batch", manifest, "-o", tmp_path / "r.jsonl", "-m", "not-a-model", *args)

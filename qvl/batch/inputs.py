@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from qvl.engine.questions import check_question
+from qvl.engine.questions import check_given_question, check_question
 from qvl.errors import OptionError, QvlError
 from qvl.media.fetch import is_url
 from qvl.media.images import IMAGE_SUFFIXES, is_data_uri
@@ -85,7 +85,7 @@ def expand(inputs: Iterable[str], video_options, *, prompts: Mapping[str, str], 
     the command's --prompt, which replaces the defaults. Raises `OptionError` (see the module).
     """
     if prompt is not None:
-        check_question(prompt, "--prompt", OptionError)
+        check_given_question(prompt, "--prompt")
     defaults = {"prompts": prompts, "prompt": prompt, "video": video_options}
     rows: list[Row] = []
     seen: dict[Any, str | None] = {}  # id -> the manifest line it came from (None: a file argument)

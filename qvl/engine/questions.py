@@ -5,7 +5,7 @@ imported here.
 
 from __future__ import annotations
 
-from qvl.errors import InputError, QvlError
+from qvl.errors import InputError, OptionError, QvlError
 
 # The chat template's marks around and inside an image's or a video's place: the media's tokens
 # are counted from them, so a question may not write them itself.
@@ -37,6 +37,14 @@ def check_question(question: str, name: str = "the question", error: type[QvlErr
     placed = next((token for token in MEDIA_TOKENS if token in question), None)
     if placed is not None:
         raise error(f"{name} {_quoted(question)} holds {placed}, which only the media's place in the prompt may hold")
+
+
+def check_given_question(question: str, name: str) -> None:
+    """`check_question` for a question a person gave as an option, which may not be blank either
+    (most likely a shell variable that expanded to nothing): an `OptionError` naming `name`."""
+    if not question.strip():
+        raise OptionError(f"{name} is empty: write a question, or leave {name} out to ask the default one")
+    check_question(question, name, OptionError)
 
 
 def _quoted(question: str) -> str:
