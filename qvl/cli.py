@@ -141,7 +141,7 @@ def _runner(settings, reply, several: bool, psa_log_dir, local_only: dict):
 def _questions(prompts: list[str] | None, default: str) -> list[str]:
     """The --prompt values in order, or the command's default question; one the model may not be
     asked is one error line and exit 2 here, before any input is read or any model loads."""
-    from qvl.engine.questions import check_given_question
+    from qvl.questions import check_given_question
 
     try:
         for question in prompts or ():

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from qvl.engine.questions import headroom_for
 from qvl.errors import ModelError, OptionError, QvlError, memory_errors
+from qvl.questions import headroom_for
 
 if TYPE_CHECKING:
     from qvl.conversation import Conversation
@@ -268,9 +268,11 @@ class Runner:
             return []
         try:
             engine, media, media_s = self._load(load_media)
-            with memory_errors():
+            session = None
+            if len(prompts) > 1:  # room for the longest question and its answer
                 room = headroom_for(prompts, self._sampling(max_tokens)["max_new_tokens"])
-                session = self._session(engine, media, headroom=room) if len(prompts) > 1 else None
+                with memory_errors():
+                    session = self._session(engine, media, headroom=room)
             # Inputs prepared ahead (qvl batch) are for one question: several take the session.
             inputs = media.inputs if len(prompts) == 1 else None
             answer = self.answerer(engine, media, session, max_tokens=max_tokens, inputs=inputs)

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from qvl.engine.questions import check_given_question, check_question
 from qvl.errors import OptionError, QvlError
 from qvl.media.fetch import is_url
 from qvl.media.images import IMAGE_SUFFIXES, is_data_uri
 from qvl.media.preprocess import VIDEO_EXTENSIONS
+from qvl.questions import check_given_question, check_question
 
 KINDS = ("image", "video")
 MANIFEST_SUFFIX = ".jsonl"

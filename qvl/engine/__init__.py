@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from qvl.engine.inputs import InputBuilder
 from qvl.engine.load import DEVICES, DTYPES, resolve_device, resolve_dtype
-from qvl.engine.questions import check_question
 from qvl.errors import InputError, ModelError, OptionError, first_line
+from qvl.questions import check_question
 
 __all__ = [
     "DEVICES",

@@ -32,8 +32,8 @@ from qvl.engine.decode import Sampling, StaticDecoder, capacity_for
 from qvl.engine.generate import TextStream, decode, eos_ids, sampling_for
 from qvl.engine.load import fits, free_memory
 from qvl.engine.prefill import prefill, prefill_text
-from qvl.engine.questions import DEFAULT_HEADROOM
 from qvl.errors import OptionError
+from qvl.questions import DEFAULT_HEADROOM
 
 
 class Session:

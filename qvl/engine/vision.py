@@ -155,8 +155,8 @@ def _attend(q, k, v, groups: tuple[SequenceGroup, ...], scale: float) -> torch.T
 def _attention(qkv, cos, sin, plan: TowerPlan, full: bool, scale: float) -> torch.Tensor:
     """One layer's attention, [tokens, heads, dim], from its q/k/v projection [tokens, 3, heads, dim]:
     the rotary embedding on q and k in place, then attention within frames (`full`) or windows.
-    (A Triton kernel doing both in one launch gained ~2% of the tower: not taken,
-    benchmarks/experiments/tower_attention.py.)"""
+    One Triton kernel doing both lost to flash attention on the frames and saved too little on
+    the windows to keep (benchmarks/experiments/tower_attention.py, docs/benchmarks.md)."""
     q, k, v = qkv.unbind(1)
     rotary_qk(q, k, cos, sin, fp32_math=True, out=(q, k))  # the tower's fp32 rotary, in place
     return _attend(q, k, v, plan.frame_groups if full else plan.window_groups, scale)
