@@ -16,8 +16,9 @@ sampled):
 Reports videos/min for both, the batch's own steady rate (its wall time less the model load), and
 the GPU busy fraction over the batch's wall time and from its first answer on, which leaves out
 the process start and the model load (torch.cuda.utilization or nvidia-smi, sampled every 0.1 s
-in a thread; null on a machine without a GPU), and when the first answer came. Prints a table
-and writes JSON.
+in a thread; null on a machine without a GPU), when the first and the last answers came, the
+GPU's idle seconds before, between and after them, and its busy fraction second by second.
+Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def main() -> int:
         if failed or len(records) != len(videos):
             raise SystemExit(f"the batch answered {len(records) - len(failed)} of {len(videos)}: {failed[:1]}")
         load_s = max(r["timings"]["load_s"] for r in records)
+        first, last = sampler.first_answer_s, sampler.last_answer_s
 
         subset = videos[: args.loop]
         note(f"qvl video --json, one process per video, over {len(subset)} of them")
@@ -116,9 +118,17 @@ def main() -> int:
             "loop_extrapolated_s": round(per_video * len(videos), 1),
             "speedup": round(per_video * len(videos) / batch_s, 2),
             "gpu_busy_fraction": sampler.busy_fraction(),
-            "gpu_busy_after_first_answer": sampler.busy_fraction(after_first_answer=True),
+            "gpu_busy_after_first_answer": None if first is None else sampler.busy_fraction(first),
+            "gpu_busy_between_answers": None if first is None else sampler.busy_fraction(first, last),
+            "gpu_idle_s": {
+                "before_first_answer": sampler.idle_s(None, first),
+                "between_answers": None if first is None else sampler.idle_s(first, last),
+                "after_last_answer": None if last is None else sampler.idle_s(last),
+            },
             "gpu_samples": len(sampler.samples),
-            "first_answer_s": None if sampler.first_answer_s is None else round(sampler.first_answer_s, 2),
+            "gpu_busy_by_second": sampler.by_second(),
+            "first_answer_s": None if first is None else round(first, 2),
+            "last_answer_s": None if last is None else round(last, 2),
             "same_answers": sum(batch_texts.get(v) == t for v, t in loop_texts.items()),
         }
     finally:
@@ -142,13 +152,15 @@ def qvl(args: list[str], capture: bool = False) -> float | str:
 
 class GpuSampler:
     """GPU utilisation (percent of the last sample period with a kernel running) every `period`
-    seconds in a thread while in the `with` block (no samples without a GPU). `answers`: the results
-    file, whose first line marks the first answer (`first_answer`: that sample's index,
-    `first_answer_s`: its time from the start)."""
+    seconds in a thread while in the `with` block (no utilisation without a GPU), beside the number
+    of lines in `answers` (the results file) at that moment, to tell where the idle time is: before
+    the first answer (the process's start, the model's load), between the first and the last, and
+    after the last (the process's end)."""
 
     def __init__(self, cuda: bool, period: float = 0.1, answers: Path | None = None):
-        self.period, self.samples, self.answers, self.first_answer = period, [], answers, None
-        self.started = self.first_answer_s = None
+        self.period, self.answers = period, answers
+        self.samples: list[tuple[float, float | None, int]] = []  # (seconds from the start, %, lines)
+        self.started = None
         self.read = _utilization_reader() if cuda else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -162,28 +174,53 @@ class GpuSampler:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        self.ended = time.perf_counter() - self.started
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
             value = self.read() if self.read is not None else None
-            if value is not None:
-                self.samples.append(value)
-            if self.first_answer is None and self.answers is not None and _has_content(self.answers):
-                self.first_answer = len(self.samples)
-                self.first_answer_s = time.perf_counter() - self.started
+            self.samples.append((time.perf_counter() - self.started, value, _lines(self.answers)))
 
-    def busy_fraction(self, after_first_answer: bool = False) -> float | None:
-        samples = self.samples[self.first_answer or 0 :] if after_first_answer else self.samples
-        if after_first_answer and self.first_answer is None:
-            return None
+    @property
+    def first_answer_s(self) -> float | None:
+        return next((t for t, _, lines in self.samples if lines > 0), None)
+
+    @property
+    def last_answer_s(self) -> float | None:
+        final = self.samples[-1][2] if self.samples else 0
+        return next((t for t, _, lines in self.samples if lines == final), None) if final else None
+
+    def _phase(self, start: float | None, end: float | None) -> list[float]:
+        start, end = start or 0.0, float("inf") if end is None else end
+        return [u for t, u, _ in self.samples if u is not None and start <= t < end]
+
+    def busy_fraction(self, start: float | None = None, end: float | None = None) -> float | None:
+        """The mean utilisation of the samples from `start` to `end` seconds (None: the ends)."""
+        samples = self._phase(start, end)
         return round(statistics.fmean(samples) / 100, 3) if samples else None
 
+    def by_second(self) -> list[float]:
+        """The mean utilisation (0-1) of each whole second from the start."""
+        seconds: dict[int, list[float]] = {}
+        for t, u, _ in self.samples:
+            if u is not None:
+                seconds.setdefault(int(t), []).append(u)
+        return [
+            round(statistics.fmean(seconds[i]) / 100, 2) if i in seconds else None
+            for i in range(max(seconds, default=-1) + 1)
+        ]
 
-def _has_content(path: Path) -> bool:
+    def idle_s(self, start: float | None = None, end: float | None = None) -> float | None:
+        """Seconds of that span the GPU ran no kernel."""
+        samples = self._phase(start, end)
+        return round(sum(100 - u for u in samples) / 100 * self.period, 2) if samples else None
+
+
+def _lines(path: Path | None) -> int:
     try:
-        return path.stat().st_size > 0
+        return path.read_bytes().count(b"\n") if path is not None else 0
     except OSError:
-        return False
+        return 0
 
 
 def _utilization_reader():
@@ -240,6 +277,14 @@ def table(row: dict) -> None:
         "",
         "n/a" if after is None else f"{after:.0%}",
     )
+    idle = row["gpu_idle_s"]
+    if idle["before_first_answer"] is not None:
+        out.add_row(
+            "  GPU idle s: before the first answer / between / after the last",
+            "",
+            "",
+            " / ".join("n/a" if idle[k] is None else f"{idle[k]:.2f}" for k in idle),
+        )
     out.add_row("qvl video loop", f"{row['loop_videos_per_min']:.1f}", f"{row['loop_s_per_video']:.3f}", "n/a")
     out.add_row("speed-up", f"{row['speedup']:.2f}x", "", "")
     Console(highlight=False).print(out)

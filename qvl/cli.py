@@ -268,6 +268,8 @@ def batch(
             code = job.run(rows, settings, options, view)
     except QvlError as exc:
         fail(exc)
+    if ray is None:  # the results file is closed and the workers joined; a Ray session has exit handlers
+        ANSWERED.append(True)
     raise typer.Exit(code)
 
 
@@ -413,6 +415,6 @@ from qvl.serve.command import serve  # noqa: E402 (its own module: the server is
 app.command()(serve)
 
 
-# Set by the one-shot answer commands (describe, video) once every answer is out: `qvl.start` then
-# ends the process without the interpreter's teardown.
+# Set by the answer commands (describe, video, a batch off Ray) once every answer is out and their
+# files are closed: `qvl.start` then ends the process without the interpreter's teardown.
 ANSWERED: list = []

@@ -48,8 +48,9 @@ def main() -> None:
     # cycles (about a second after a model has loaded); frozen, they are left to the process's end.
     gc.freeze()
     if cli.ANSWERED and not interrupted:
-        # describe and video have printed their answers and closed their files; tearing down the
-        # modules, the threads' state and the CUDA context's objects would only delay the prompt.
+        # describe, video and batch have written their answers and closed their files; tearing
+        # down the modules, the threads' state and the CUDA context's objects would only delay the
+        # prompt (and, in a batch, the next job on the GPU).
         try:
             sys.stdout.flush()
         except StdoutFailed as exc:
