@@ -67,11 +67,19 @@ def fuse_padded_mlp(mlp, multiple: int = 128) -> tuple[torch.Tensor, torch.Tenso
 def gated_mlp(h, gate_up, gate_up_bias, down, down_bias, chunk: int) -> torch.Tensor:
     """down(SiLU(gate) * up) for the rows of `h`, gate and up as one product (`gate_up`, the gate's
     rows first), over chunks of `chunk` rows: the [rows, 2 x width] activations stay bounded
-    whatever the number of rows."""
-    out = torch.empty_like(h)
-    for start in range(0, h.shape[0], chunk):
+    whatever the number of rows. Each chunk's down product writes straight into its rows of the
+    result (no copy), and rows that fit one chunk take three launches in all."""
+    rows = h.shape[0]
+    if rows <= chunk:
+        return F.linear(silu_mul(*F.linear(h, gate_up, gate_up_bias).chunk(2, dim=-1)), down, down_bias)
+    out = h.new_empty(rows, down.shape[0])
+    for start in range(0, rows, chunk):
         both = F.linear(h[start : start + chunk], gate_up, gate_up_bias)
-        out[start : start + chunk] = F.linear(silu_mul(*both.chunk(2, dim=-1)), down, down_bias)
+        act, part = silu_mul(*both.chunk(2, dim=-1)), out[start : start + chunk]
+        if down_bias is None:
+            torch.mm(act, down.t(), out=part)
+        else:
+            torch.addmm(down_bias, act, down.t(), out=part)
     return out
 
 

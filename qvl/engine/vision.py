@@ -140,8 +140,7 @@ def _attend(q, k, v, groups: tuple[SequenceGroup, ...], scale: float) -> torch.T
         else:
             parts = [x.index_select(0, g.index) for x in (q, k, v)]
         qg, kg, vg = (x.view(g.count, g.length, heads, dim).transpose(1, 2) for x in parts)
-        with sdpa_kernel(_BACKENDS, set_priority=True):
-            o = F.scaled_dot_product_attention(qg, kg, vg, scale=scale)
+        o = F.scaled_dot_product_attention(qg, kg, vg, scale=scale)
         o = o.transpose(1, 2).reshape(span, heads, dim)
         if out is None:
             return o
@@ -154,7 +153,8 @@ def _attend(q, k, v, groups: tuple[SequenceGroup, ...], scale: float) -> torch.T
 
 def _attention(qkv, cos, sin, plan: TowerPlan, full: bool, scale: float) -> torch.Tensor:
     """One layer's attention, [tokens, heads, dim], from its q/k/v projection [tokens, 3, heads, dim]:
-    the rotary embedding on q and k in place, then attention within frames (`full`) or windows.
+    the rotary embedding on q and k in place, then attention within frames (`full`) or windows,
+    with the attention backends `run_tower` chose.
     One Triton kernel doing both lost to flash attention on the frames and saved too little on
     the windows to keep (benchmarks/experiments/tower_attention.py, docs/benchmarks.md)."""
     q, k, v = qkv.unbind(1)
@@ -190,25 +190,29 @@ def run_tower(visual, pixel_values: torch.Tensor, grid_thw, plan: TowerPlan | No
     full_layers = set(config.fullatt_block_indexes)
     blocks = list(visual.blocks)
     # Each residual add is fused into the norm after it: norm(out, x) returns (normed, x + out).
+    # The layers call F.linear rather than the modules and choose the attention backends once:
+    # on a slow host, issuing the tower's launches takes about as long as running them.
     h = norm(blocks[0].norm1, x)
-    for layer, block in enumerate(blocks):
-        attn = block.attn
-        qkv = attn.qkv(h).view(tokens, 3, heads, head_dim)
-        o = _attention(qkv, cos, sin, plan, layer in full_layers, attn.scaling)
-        out = attn.proj(o.reshape(tokens, -1))
-        h, x = norm(block.norm2, out, x)
-        out = _mlp(block.mlp, h, silu=config.hidden_act == "silu")
-        if layer + 1 < len(blocks):
-            h, x = norm(blocks[layer + 1].norm1, out, x)
-        else:
-            x = x + out
+    with sdpa_kernel(_BACKENDS, set_priority=True):
+        for layer, block in enumerate(blocks):
+            attn = block.attn
+            qkv = F.linear(h, attn.qkv.weight, attn.qkv.bias).view(tokens, 3, heads, head_dim)
+            o = _attention(qkv, cos, sin, plan, layer in full_layers, attn.scaling)
+            out = F.linear(o.reshape(tokens, -1), attn.proj.weight, attn.proj.bias)
+            h, x = norm(block.norm2, out, x)
+            out = _mlp(block.mlp, h, silu=config.hidden_act == "silu")
+            if layer + 1 < len(blocks):
+                h, x = norm(blocks[layer + 1].norm1, out, x)
+            else:
+                x = x + out
     return visual.merger(x)[plan.reverse_index]
 
 
-# Patches per MLP product: the [patches, 2 x 3,456] gate/up activations of 64 frames (32,768
-# patches) would be 0.45 GB in bf16; chunks keep them at a quarter of that, and a product of
-# 8,192 rows (145 GFLOP) is still large enough to fill the GPU.
-MLP_CHUNK = 8192
+# Patches per MLP product: 64 frames (32,768 patches) in one, whose [patches, 2 x 3,456] gate/up
+# activations (0.45 GB in bf16) are fewer bytes than the stock MLP's three [patches, 3,420]
+# intermediates; longer videos in chunks of that many, so the activations stay bounded. Each
+# chunk is three launches the host issues, 32 layers over.
+MLP_CHUNK = 32768
 
 
 def _mlp(mlp, h: torch.Tensor, silu: bool) -> torch.Tensor:
