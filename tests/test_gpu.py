@@ -140,12 +140,15 @@ def test_fast_path_graph_decode_matches_stock_generate(tiny_model_dir, exact_fp3
     assert engine.generate(request).tokens == fast  # the captured graph replays the same answer
 
 
-def test_fast_tower_matches_stock_in_bf16(tiny_model_dir):
+@pytest.mark.parametrize("chunk", [None, 100], ids=["one MLP product", "MLP in chunks"])
+def test_fast_tower_matches_stock_in_bf16(tiny_model_dir, monkeypatch, chunk):
     import torch
 
-    from qvl.engine import Engine, Request
+    from qvl.engine import Engine, Request, vision
     from qvl.engine.vision import run_tower
 
+    if chunk is not None:  # each chunk's down product written into its rows of the result
+        monkeypatch.setattr(vision, "MLP_CHUNK", chunk)
     engine = Engine("tiny", device="cuda", dtype="bfloat16")
     inputs = engine.prepare(Request("x", video=_tiny_video(8, 252, 364)))
     visual = engine.model.model.visual
