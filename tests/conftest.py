@@ -4,6 +4,7 @@ Triton kernels run on the CPU through the interpreter unless a CUDA device is pr
 variable has to be set before triton is first imported, so it is set here, at collection start.
 """
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ if not _cuda_available():
 # Tests never read or write the user's caches, and never reach for the Hub: one private qvl cache
 # (frames, the tiny model) and one private Hugging Face home for the whole session.
 _SESSION_HOME = tempfile.mkdtemp(prefix="qvl-tests-")
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)  # each test process its own
 os.environ["QVL_CACHE_DIR"] = os.path.join(_SESSION_HOME, "qvl")
 os.environ["HF_HOME"] = os.path.join(_SESSION_HOME, "hf")
 os.environ.pop("QVL_MODEL", None)

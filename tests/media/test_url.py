@@ -63,6 +63,19 @@ def test_http_404(server):
         load_video(f"{server}/missing.mp4", VideoOptions(frames=4))
 
 
+@pytest.mark.parametrize("name", ["missing.mp4", "big"], ids=["HTTP 404", "over the limit"])
+def test_a_failed_download_leaves_no_folder_behind(server, clip, tmp_path, monkeypatch, name):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the download's folder is made
+    url = f"{server}/{clip.name if name == 'big' else name}"
+    with pytest.raises(InputError):
+        load_video(url, VideoOptions(frames=4, max_download_mb=0.01))
+    with pytest.raises(InputError):
+        plan_source(url, VideoOptions(frames=4, max_download_mb=0.01))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_url_that_is_not_a_video(server, not_a_video):
     with pytest.raises(InputError, match="not a video"):
         load_video(f"{server}/{not_a_video.name}", VideoOptions(frames=4))

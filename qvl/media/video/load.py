@@ -100,7 +100,13 @@ class _LocalSource:
             import tempfile
 
             self.tmpdir = tempfile.mkdtemp(prefix="qvl-download-")
-            return download(self.source, self.tmpdir, max_mb=self.options.max_download_mb, option="--max-download-mb")
+            try:
+                return download(
+                    self.source, self.tmpdir, max_mb=self.options.max_download_mb, option="--max-download-mb"
+                )
+            except BaseException:  # `with` calls __exit__ only once __enter__ has returned
+                self.__exit__()
+                raise
         path = Path(self.source)
         check_readable(path)
         return path
