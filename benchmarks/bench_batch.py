@@ -17,7 +17,8 @@ Reports videos/min for both, the batch's own steady rate (its wall time less the
 the GPU busy fraction over the batch's wall time and from its first answer on, which leaves out
 the process start and the model load (torch.cuda.utilization or nvidia-smi, sampled every 0.1 s
 in a thread; null on a machine without a GPU), when the first and the last answers came, the
-GPU's idle seconds before, between and after them, and its busy fraction second by second.
+GPU's idle seconds before, between and after them, its busy fraction second by second, and how
+many rows waited for a decode step's CUDA graph to be captured.
 Prints a table and writes JSON.
 """
 
@@ -87,6 +88,9 @@ def main() -> int:
             raise SystemExit(f"the batch answered {len(records) - len(failed)} of {len(videos)}: {failed[:1]}")
         load_s = max(r["timings"]["load_s"] for r in records)
         first, last = sampler.first_answer_s, sampler.last_answer_s
+        # A decode step's CUDA graph is captured once per decoder (a new batch size or cache size);
+        # every row of a batch that captured one carries its seconds as warmup_s.
+        captures = [r["timings"]["warmup_s"] for r in records if (r["timings"] or {}).get("warmup_s")]
 
         subset = videos[: args.loop]
         note(f"qvl video --json, one process per video, over {len(subset)} of them")
@@ -125,6 +129,8 @@ def main() -> int:
                 "between_answers": None if first is None else sampler.idle_s(first, last),
                 "after_last_answer": None if last is None else sampler.idle_s(last),
             },
+            "rows_after_a_graph_capture": len(captures),
+            "graph_capture_s_max": round(max(captures, default=0.0), 3),
             "gpu_samples": len(sampler.samples),
             "gpu_busy_by_second": sampler.by_second(),
             "first_answer_s": None if first is None else round(first, 2),

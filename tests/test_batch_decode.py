@@ -74,3 +74,17 @@ def test_sampling_is_refused_and_no_requests_is_no_answers(engine):
     assert engine.generate_batch([]) == []
     with pytest.raises(OptionError, match="greedily"):
         engine.generate_batch([dataclasses.replace(_requests()[0], temperature=0.7)])
+
+
+def test_a_smaller_batch_reuses_the_decoder_and_its_spare_rows_rest(engine):
+    """Batches of varying size share one decoder (one cache, one graph on a GPU): the rows past a
+    smaller batch step from the first slot, unread, and the batch's answers are still each alone's."""
+    requests = _requests()
+    engine.generate_batch(requests)
+    decoder = engine._fast_generator().batch_decoder
+    fewer = [dataclasses.replace(requests[0], max_new_tokens=9), requests[1]]
+    got = [r.tokens for r in engine.generate_batch(fewer)]
+    assert engine._fast_generator().batch_decoder is decoder and decoder.rows == 3
+    assert got == [engine.generate(r, fast=False).tokens for r in fewer]
+    steps = max(r.max_new_tokens for r in fewer) - 1
+    assert int(decoder.position[2]) <= steps  # from slot 0, not from where the last batch left the row

@@ -217,7 +217,8 @@ def test_weights_read_onto_the_gpu_during_the_imports_build_the_same_model(tiny_
 
 def test_requests_decoded_together_on_the_gpu_match_each_alone(tiny_model_dir, exact_fp32):
     """The batch decoder's CUDA graph (per-row cache writes and lengths) against transformers'
-    generate of each request, greedy, fp32: identical tokens; a smaller batch after it too."""
+    generate of each request, greedy, fp32: identical tokens; a smaller batch after it too, on the
+    same graph."""
     from qvl.engine import Engine, Request
 
     engine = Engine("tiny", device="cuda", dtype="float32", native=False)
@@ -228,8 +229,10 @@ def test_requests_decoded_together_on_the_gpu_match_each_alone(tiny_model_dir, e
     ]
     stock = [engine.generate(r, fast=False).tokens for r in requests]
     assert [r.tokens for r in engine.generate_batch(requests)] == stock
-    assert engine._fast.batch_decoder.graph is not None
+    graph = engine._fast.batch_decoder.graph
+    assert graph is not None
     assert [r.tokens for r in engine.generate_batch(requests[:2])] == stock[:2]
+    assert engine._fast.batch_decoder.graph is graph  # the third row rested, nothing captured again
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -8,7 +8,10 @@ per row. Each row's prompt is prefilled on its own into its slot (`slot(row)`, w
 takes as it takes a single decoder); the step then runs every row, each at its own position, its
 attention over its own first `position + 1` slots (`decode_attention`'s per-row lengths), and is
 captured as one CUDA graph for the batch. A row that has ended keeps stepping, unread, until all
-have. Greedy with the checkpoint's repetition penalty, as the single decoder chooses.
+have. A decoder is kept for later batches of as many rows or fewer (the rows past a batch's step
+from the first slot, unread), so a job whose batches vary in size allocates its caches and
+captures its graph once, not at every change. Greedy with the checkpoint's repetition penalty, as
+the single decoder chooses.
 """
 
 from __future__ import annotations
@@ -61,6 +64,13 @@ class BatchDecoder(StaticDecoder):
         if self.sampling.repetition_penalty != 1.0:
             self.seen[row, prompt_ids.flatten()] = True
             self.seen[row, first_token] = True
+
+    def rest(self, first: int) -> None:
+        """Rows from `first` on hold no sequence: they step from the first slot, where each writes
+        and reads only its own keys and values, and their tokens are not read."""
+        self.token[first:] = 0
+        self.position[first:] = 0
+        self.rope_delta[first:] = 0
 
     def _store(self, i: int, k: torch.Tensor, v: torch.Tensor):
         self.keys[i][self.row_index, :, self.position] = k  # each row's new token at its own slot

@@ -181,6 +181,7 @@ class FastGenerator:
             first = first_token(done.logits, prompt, sampling)
             rows.append(Generated([first], time.perf_counter(), vision_s=done.vision_s, started_at=started))
             decoder.start_row(row, prompt, first, done.rope_delta)
+        decoder.rest(len(rows))
         active = [row.tokens[0] not in eos and limit > 1 for row, limit in zip(rows, limits)]
         if any(active):
             started = time.perf_counter()
@@ -189,7 +190,7 @@ class FastGenerator:
                 row.warmup_s = time.perf_counter() - started
 
             def take(step_tokens: list[int]) -> bool:
-                for i, token in enumerate(step_tokens):
+                for i, token in enumerate(step_tokens[: len(rows)]):
                     if active[i]:
                         rows[i].tokens.append(token)
                         active[i] = token not in eos and len(rows[i].tokens) < limits[i]
@@ -199,12 +200,13 @@ class FastGenerator:
         return rows
 
     def _ensure_batch_decoder(self, rows: int, tokens: int, sampling: Sampling) -> BatchDecoder:
-        """A batch decoder of exactly `rows` rows and room for `tokens`: the last one unless it is too
-        small, more than twice the size needed, or for another repetition penalty."""
+        """A batch decoder of at least `rows` rows and room for `tokens`: the last one unless it has
+        fewer rows, too little room or more than twice the room needed, or another repetition
+        penalty. A step of a few more rows costs about the same (it reads the same weights)."""
         current = self.batch_decoder
         if (
             not _serves(current, tokens)
-            or current.rows != rows
+            or current.rows < rows
             or current.sampling.repetition_penalty != sampling.repetition_penalty
         ):
             self.batch_decoder = None  # the old caches are freed before the new ones are allocated
