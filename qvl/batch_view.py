@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from qvl.batch import BatchView
-from qvl.output import console, error, first_compile, note, tiny_model, warn
+from qvl.output import console, error, first_compile, named_error, note, tiny_model, warn
 
 
 class ProgressView(BatchView):
@@ -47,7 +47,7 @@ class ProgressView(BatchView):
 
     def answered(self, record: dict[str, Any]) -> None:
         if record["error"] is not None:
-            error(record["error"])
+            error(named_error(record["error"], record["input"], record["id"]))
         if self.bar is not None:
             self.bar.advance(self.task)
 

@@ -67,7 +67,7 @@ def preprocess(
         except QvlError as exc:  # the cache itself is unusable: nothing was done
             fail(exc)
     for result in failed:  # after the progress bars, before the summary that counts them
-        output.error(result.error)
+        output.error(output.named_error(result.error, result.path))
     output.note(
         f"{counts['new']} new, {counts['cached']} already cached, {counts['error']} failed; cache: {cache.root}",
         quiet=quiet,

@@ -382,7 +382,9 @@ def download(
 @app.command("infer", hidden=True)
 def infer(
     input: Annotated[str, typer.Option("--input", help="Image or video path or URL.")],
-    type: Annotated[str, typer.Option("--type", help="image or video.")] = "image",
+    type: Annotated[
+        Optional[str], typer.Option("--type", help="image or video (default: video for a video file's extension).")
+    ] = None,
     prompt: PromptOpt = None,
     model: ModelOpt = None,
     max_tokens: MaxTokensOpt = 512,
@@ -395,6 +397,12 @@ def infer(
     psa_log_dir: PsaLogDirOpt = None,
 ) -> None:
     """The published example's flags (`--type image|video --input X`), mapped onto describe/video."""
+    if type is None:
+        from pathlib import PurePosixPath
+
+        from qvl.media.preprocess import VIDEO_EXTENSIONS
+
+        type = "video" if PurePosixPath(input).suffix.lower() in VIDEO_EXTENSIONS else "image"
     if type not in ("image", "video"):
         fail(OptionError(f"--type must be image or video, not {type!r}"))
     common = dict(

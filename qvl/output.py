@@ -207,9 +207,9 @@ class RunView:
 def stage_timings(label: str, timings: dict[str, float]) -> None:
     """One request's stages as one stderr line (`timings` is `Timings.to_dict()`).
 
-    Vision is measured on qvl's fast path only, and is part of the time to the first token, as
-    warm-up (cache allocation, graph capture) is part of decode; total is the request without the
-    model's load.
+    Vision is measured where qvl runs the tower (the fast path, a session's media prefill), and
+    is part of the time to the first token, as warm-up (cache allocation, graph capture) is part
+    of decode; total is the request without the model's load.
     """
     from rich.text import Text
 
@@ -231,9 +231,17 @@ def stage_timings(label: str, timings: dict[str, float]) -> None:
 
 def failure(record: dict[str, Any], json_output: bool) -> None:
     """One error line on stderr, and with --json the input's object carrying the error."""
-    error(record["error"])
+    error(named_error(record["error"], record["input"]))
     if json_output:
         json_line(record)
+
+
+def named_error(message: str, source: str, row_id: Any = None) -> str:
+    """An input's error message led by the input it is about (and a batch row's id, where the id is
+    not the input), unless it names it first already: with many inputs, an error line about an
+    option that a video cannot meet ("--frames 40 asks for more frames than ...") must say which."""
+    name = str(source) if row_id is None or str(row_id) == str(source) else f"{source} (id {row_id})"
+    return message if message.startswith(f"{name}:") else f"{name}: {message.removeprefix(f'{source}: ')}"
 
 
 def frame_plan(source: str, plan) -> None:

@@ -82,7 +82,11 @@ def test_every_row_gets_one_record_and_bad_rows_fail_in_band(manifest, finished)
     by_id = {r["id"]: r for r in records}
     for row_id, message in BAD.items():
         assert message in by_id[row_id]["error"] and by_id[row_id]["text"] is None
-    assert len(error_lines(result.stderr)) == len(BAD)
+    lines = error_lines(result.stderr)
+    assert len(lines) == len(BAD)
+    for row_id in BAD:  # each line names its row: the input, and the id where it is another name
+        (line,) = [line for line in lines if f"(id {row_id}): " in line]
+        assert line.startswith(f"qvl: error: {by_id[row_id]['input']} (id {row_id}): ")
     assert "Traceback" not in result.stderr
     good = [r for r in records if r["id"] not in BAD]
     assert all(r["error"] is None and isinstance(r["text"], str) for r in good)
@@ -214,12 +218,22 @@ def test_more_gpus_than_the_machine_has_is_refused(manifest, tmp_path):
         ('{"input": "a.png", "frame": 4}', "unknown key 'frame'"),
         ("not json", "not a JSON object"),
         ('{"id": "x"}', 'no "input"'),
-        ('{"input": "a.mp4", "frames": "many"}', "whole number"),
+        ('{"input": "a.mp4", "frames": "many"}', '"frames" must be a whole number, not "many"'),
+        ('{"input": "a.mp4", "frames": true}', '"frames" must be a whole number, not true'),
         ('{"input": "a.png", "frames": 4}', "applies to videos"),
         ('{"id": 1, "input": "a.png"}\n{"id": 1, "input": "b.png"}', "ids must be unique"),
         ('{"input": "a.png", "prompt": "<|video_pad|> said"}', "\"prompt\" '<|video_pad|> said' holds <|video_pad|>"),
     ],
-    ids=["unknown-key", "not-json", "no-input", "bad-frames", "frames-on-image", "same-id", "media-token-prompt"],
+    ids=[
+        "unknown-key",
+        "not-json",
+        "no-input",
+        "bad-frames",
+        "boolean-frames",
+        "frames-on-image",
+        "same-id",
+        "media-token-prompt",
+    ],
 )
 def test_a_bad_manifest_line_is_one_error_naming_the_line(tmp_path, line, contains):
     manifest = tmp_path / "m.jsonl"

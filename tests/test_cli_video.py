@@ -84,6 +84,8 @@ def test_dry_runs_table_names_a_long_path_on_one_line(clip, tmp_path):
 def test_infer_keeps_the_published_flags(clip):
     result = invoke("infer", "--type", "video", "--input", clip, "--preprocess-frames", "4", "--max-tokens", "3")
     assert result.exit_code == 0, result.stderr and result.stdout.strip()
+    guessed = invoke("infer", "--input", clip, "--preprocess-frames", "4", "--max-tokens", "3")  # no --type
+    assert guessed.exit_code == 0 and guessed.stdout.strip(), guessed.stderr
 
 
 def _bad_videos(tmp_path: Path, clip: Path) -> dict:
@@ -136,6 +138,17 @@ def test_missing_video_does_not_stop_the_next(tmp_path, clip):
     assert result.exit_code == 1
     records = json_lines(result.stdout)
     assert "no such file" in records[0]["error"] and records[1]["error"] is None
+
+
+def test_an_option_one_of_several_videos_cannot_meet_names_that_video(tmp_path, clip):
+    """--frames 40 fits the 6 s clip but not a 1 s one: the error line says which input it is about."""
+    short = make_video(tmp_path / "short.mp4", seconds=1)
+    (line,) = error_lines(invoke("video", clip, short, "--frames", "40", "--dry-run").stderr)
+    assert line.startswith(f"qvl: error: {short}: --frames 40 asks for more frames than the 1.00 s span")
+    answered = invoke("video", clip, short, "--frames", "40", "--json", "--no-cache", *SMALL)
+    (line,) = error_lines(answered.stderr)
+    assert line.startswith(f"qvl: error: {short}: --frames 40 asks")
+    assert [r["input"] for r in json_lines(answered.stdout)] == [str(clip), str(short)]
 
 
 def test_a_bad_video_with_several_questions_is_a_record_per_question_and_one_line(tmp_path, clip):

@@ -429,9 +429,11 @@ def test_through_the_server_a_mismatch_is_one_line(server, media, args, contains
     assert_one_error(result, contains=contains, exit_code=2)
 
 
-def test_a_missing_key_or_server_is_one_line(server, media):
+def test_a_missing_or_wrong_key_or_server_is_one_line(server, media):
     result = invoke("describe", media["image"], env={"QVL_SERVER": server, "QVL_API_KEY": ""})
-    assert_one_error(result, contains="QVL_API_KEY", exit_code=2)
+    assert_one_error(result, contains="wants an API key: set QVL_API_KEY", exit_code=2)
+    result = invoke("describe", media["image"], env={"QVL_SERVER": server, "QVL_API_KEY": "wrong"})
+    assert_one_error(result, contains="refused the API key given (QVL_API_KEY)", exit_code=2)
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         nowhere = "http://127.0.0.1:%d" % free.getsockname()[1]

@@ -163,10 +163,10 @@ def _manifest_row(entry: Any, folder: Path, defaults: dict) -> Row:
         source = str(folder / source)
     row_id = entry.get("id", source)
     if isinstance(row_id, bool) or not isinstance(row_id, (str, int)) or row_id == "":
-        raise OptionError(f'"id" must be a non-empty string or an integer, not {row_id!r}')
+        raise OptionError(f'"id" must be a non-empty string or an integer, not {_json(row_id)}')
     kind = entry.get("type", kind_of(source))
     if kind not in KINDS:
-        raise OptionError(f'"type" must be image or video, not {kind!r}')
+        raise OptionError(f'"type" must be image or video, not {_json(kind)}')
     prompt = entry.get("prompt")
     if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
         raise OptionError('"prompt" must be a non-empty string')
@@ -174,7 +174,7 @@ def _manifest_row(entry: Any, folder: Path, defaults: dict) -> Row:
         check_question(prompt, '"prompt"', OptionError)
     max_tokens = entry.get("max_tokens")
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-        raise OptionError(f'"max_tokens" must be a whole number of at least 1, not {max_tokens!r}')
+        raise OptionError(f'"max_tokens" must be a whole number of at least 1, not {_json(max_tokens)}')
     overrides = {key: entry[key] for key in VIDEO_KEYS if key in entry}
     if overrides and kind == "image":
         raise OptionError(f"{', '.join(overrides)} applies to videos, and this row is an image")
@@ -198,10 +198,15 @@ def _with_overrides(options, overrides: dict):
         kinds = str if key == "seek" else int if key in _WHOLE_KEYS else (int, float)
         if isinstance(value, bool) or not isinstance(value, kinds):
             wanted = "a string" if key == "seek" else "a whole number" if key in _WHOLE_KEYS else "a number"
-            raise OptionError(f'"{key}" must be {wanted}, not {value!r}')
+            raise OptionError(f'"{key}" must be {wanted}, not {_json(value)}')
     changes = dict(overrides)
     if "frames" in changes and "fps" not in changes:
         changes["fps"] = None
     if "fps" in changes and "frames" not in changes:
         changes["frames"] = None
     return dataclasses.replace(options, **changes)  # VideoOptions checks the values
+
+
+def _json(value) -> str:
+    """A manifest's value as JSON spells it (true, null, "text"), for error messages about it."""
+    return json.dumps(value, ensure_ascii=False)

@@ -42,7 +42,7 @@ class Timings:
     media_s: float = 0.0  # opening images or sampling video frames, filled in by the caller
     preprocess_s: float = 0.0  # processor: resize, patchify, tokenize
     prefill_s: float = 0.0  # time to the first generated token
-    vision_s: float = 0.0  # the vision tower, part of prefill_s (fast path only)
+    vision_s: float = 0.0  # the vision tower, part of prefill_s (where qvl runs it)
     warmup_s: float = 0.0  # the decode graph's capture (first request of a cache size), part of decode_s
     decode_s: float = 0.0  # the remaining tokens
     tokens_per_s: float = 0.0  # decode rate, first token excluded

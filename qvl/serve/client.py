@@ -119,6 +119,8 @@ class Client:
         if not error.get("message"):  # not an OpenAI-shaped error: not a qvl server answering
             return ModelError(f"{self.url} answered HTTP {status} without an error qvl sends: is it a qvl server?")
         message, code = error["message"], error.get("code")
+        if status == 401 and self.api_key:
+            return ModelError(f"the qvl server at {self.url} refused the API key given (QVL_API_KEY): {message}")
         if status == 401:
             return ModelError(f"the qvl server at {self.url} wants an API key: set QVL_API_KEY ({message})")
         if code == "invalid_option":

@@ -61,6 +61,8 @@ def test_preprocess_keeps_going_and_lists_failures(tmp_path, videos, not_a_video
     lines = r.stderr.splitlines()
     errors = [line for line in lines if line.startswith("qvl: error:")]
     assert len(errors) == 3 and "Traceback" not in r.stderr
+    failed = [not_a_video, audio_only, tmp_path / "missing.mp4"]
+    assert sorted(line.split(": ")[2] for line in errors) == sorted(str(p) for p in failed)  # each names its file
     summary = next(i for i, line in enumerate(lines) if "1 new, 0 already cached, 3 failed" in line)
     assert all(lines.index(line) < summary for line in errors)  # the count comes after what it counts
 
