@@ -218,7 +218,7 @@ def _dry_run(videos, options, json_output: bool) -> int:
         try:
             plan = plan_source(source, options)
         except QvlError as exc:
-            output.failure({"input": source, "error": str(exc)}, json_output)
+            output.failure({"input": source, "error": str(exc)}, json_output, named=len(videos) > 1)
             exit_code = exc.exit_code
             continue
         if json_output:

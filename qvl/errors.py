@@ -23,6 +23,13 @@ class OptionError(QvlError):
     exit_code = 2
 
 
+class PlanError(OptionError):
+    """Options one video cannot meet (more frames than it holds, a start past its end, more tokens
+    than its budget): that input fails, as a corrupt file would, and the options stay usable."""
+
+    exit_code = 1
+
+
 class ModelError(QvlError):
     """A model that cannot be resolved or loaded (unknown preset, missing weights, no network)."""
 

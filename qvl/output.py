@@ -192,7 +192,7 @@ class RunView:
 
     def failed(self, record: dict[str, Any]) -> None:
         self._heading = None
-        failure(record, self.json_output)
+        failure(record, self.json_output, named=self.several)
 
     def failed_again(self, record: dict[str, Any]) -> None:
         """Another question's record of the input that just failed: its error line is out already."""
@@ -229,9 +229,10 @@ def stage_timings(label: str, timings: dict[str, float]) -> None:
     console().print(Text(f"stats {label}: " + ", ".join(parts), style="cyan"), soft_wrap=True)
 
 
-def failure(record: dict[str, Any], json_output: bool) -> None:
-    """One error line on stderr, and with --json the input's object carrying the error."""
-    error(named_error(record["error"], record["input"]))
+def failure(record: dict[str, Any], json_output: bool, *, named: bool = True) -> None:
+    """One error line on stderr, and with --json the input's object carrying the error. named: the
+    line names the input (`named_error`), where there are several."""
+    error(named_error(record["error"], record["input"]) if named else record["error"])
     if json_output:
         json_line(record)
 

@@ -67,7 +67,7 @@ ROWS = [
     ("--frames 0", ["video", "{good_video}", "--frames", "0"], 2, ["--frames"], []),
     ("--fps -1", ["video", "{good_video}", "--fps", "-1"], 2, ["--fps"], []),
     ("--start after --end", ["video", "{good_video}", "--start", "10", "--end", "5"], 2, ["--start", "--end"], []),
-    ("--start past the end", ["video", "{good_video}", "--start", "10"], 2, ["--start", "past the end"], []),
+    ("--start past the end", ["video", "{good_video}", "--start", "10"], 1, ["--start", "past the end"], []),
     ("unknown preset", ["describe", "{photo}", "-m", "13b"], 2, ["unknown model preset", "13b"], []),
     ("unknown random size", ["describe", "{photo}", "-m", "random:9b"], 2, ["random:9b"], []),
     (

@@ -146,6 +146,7 @@ def test_an_option_one_of_several_videos_cannot_meet_names_that_video(tmp_path, 
     (line,) = error_lines(invoke("video", clip, short, "--frames", "40", "--dry-run").stderr)
     assert line.startswith(f"qvl: error: {short}: --frames 40 asks for more frames than the 1.00 s span")
     answered = invoke("video", clip, short, "--frames", "40", "--json", "--no-cache", *SMALL)
+    assert answered.exit_code == 1  # an input failed; the options were usable (the other answered)
     (line,) = error_lines(answered.stderr)
     assert line.startswith(f"qvl: error: {short}: --frames 40 asks")
     assert [r["input"] for r in json_lines(answered.stdout)] == [str(clip), str(short)]

@@ -183,7 +183,7 @@ def load_video(
     cache: a qvl.media.cache.FrameCache, or None to decode every time.
     progress: called as progress(frames_done, frames_total) while decoding.
     on_plan: called with the plan once it is made, before any frame is read.
-    Raises InputError (bad file or URL), OptionError (impossible plan), CacheError.
+    Raises InputError (bad file or URL), PlanError (an impossible plan for this video), CacheError.
     """
     import time
 

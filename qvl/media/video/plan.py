@@ -21,7 +21,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from qvl.errors import InputError, OptionError
+from qvl.errors import InputError, PlanError
 from qvl.media.video.options import (
     DEFAULT_FPS,
     FACTOR,
@@ -126,20 +126,20 @@ def _pair_tokens(height: int, width: int) -> int:
 def plan_frames(info: VideoInfo, options: VideoOptions) -> FramePlan:
     """Choose timestamps and frame size for `info` under `options` (qwen-vl-utils' rules).
 
-    Raises OptionError when the request cannot be met: a start past the end, more frames than
+    Raises PlanError (an OptionError) when the request cannot be met: a start past the end, more frames than
     the span holds, or a plan over the token budget (the message lists options that fit).
     """
     notes: list[str] = []
     duration = info.duration
     start = float(options.start or 0.0)
     if start >= duration:
-        raise OptionError(f"--start {start:g} s is past the end of the video ({duration:.2f} s long)")
+        raise PlanError(f"--start {start:g} s is past the end of the video ({duration:.2f} s long)")
     end = duration if options.end is None else float(options.end)
     if end > duration:
         notes.append(f"--end {end:g} s is past the end; using {duration:.3f} s")
         end = duration
     if end <= start:
-        raise OptionError(f"--start {start:g} s is not before --end {end:g} s")
+        raise PlanError(f"--start {start:g} s is not before --end {end:g} s")
     span = end - start
     available = max(1, int(round(span * info.fps)))  # source frames in the span
     cap = max(FRAME_FACTOR, _floor_by(available, FRAME_FACTOR))
@@ -149,7 +149,7 @@ def plan_frames(info: VideoInfo, options: VideoOptions) -> FramePlan:
         if n != options.frames:
             notes.append(f"--frames {options.frames} rounded up to {n} (frames come in pairs)")
         if n > cap:
-            raise OptionError(
+            raise PlanError(
                 f"--frames {options.frames} asks for more frames than the {span:.2f} s span "
                 f"holds ({available} at {info.fps:.4g} fps): use --frames {cap} or fewer"
             )
@@ -175,7 +175,7 @@ def plan_frames(info: VideoInfo, options: VideoOptions) -> FramePlan:
     tokens = n // FRAME_FACTOR * _pair_tokens(height, width)
     budget = total_pixels // (FACTOR * FACTOR)
     if tokens > budget:
-        raise OptionError(_over_budget(info, options, n, height, width, tokens, budget, span))
+        raise PlanError(_over_budget(info, options, n, height, width, tokens, budget, span))
 
     spacing = span / n
     timestamps = tuple(start + (i + 0.5) * spacing for i in range(n))
