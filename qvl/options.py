@@ -295,9 +295,14 @@ def run_settings(model, device, dtype, psa, max_tokens=512, temperature=0.0, top
     from qvl.runner import Settings
 
     try:
-        return Settings(model, device, dtype, psa, max_tokens, temperature, top_p, seed)
+        settings = Settings(model, device, dtype, psa, max_tokens, temperature, top_p, seed)
     except QvlError as exc:
         fail(exc)
+    if top_p is not None and not temperature:
+        from qvl import output
+
+        output.warn("--top-p has no effect without --temperature above 0: the answer is greedy")
+    return settings
 
 
 def psa_config(psa: bool, preset: str | None, config_file: str | None = None, **overrides):
