@@ -62,6 +62,7 @@ def answer_rows(
                     yield answer(runner, group[0][0], group[0][1].result())
                 else:
                     yield from answer_together(runner, [(row, future.result()) for row, future in group])
+            runner.finish_loading()  # every row failed before it needed the model: the process ends next
         finally:  # stopped early (interrupted): drop the rows not started
             for _, future in pending:
                 future.cancel()
