@@ -126,8 +126,9 @@ def _pair_tokens(height: int, width: int) -> int:
 def plan_frames(info: VideoInfo, options: VideoOptions) -> FramePlan:
     """Choose timestamps and frame size for `info` under `options` (qwen-vl-utils' rules).
 
-    Raises PlanError (an OptionError) when the request cannot be met: a start past the end, more frames than
-    the span holds, or a plan over the token budget (the message lists options that fit).
+    Raises PlanError (an OptionError) when the request cannot be met: a start past the end, more
+    frames than the span holds, or a plan over the token budget (the message lists options that
+    fit).
     """
     notes: list[str] = []
     duration = info.duration
