@@ -383,7 +383,8 @@ def download(
 def infer(
     input: Annotated[str, typer.Option("--input", help="Image or video path or URL.")],
     type: Annotated[
-        Optional[str], typer.Option("--type", help="image or video (default: video for a video file's extension).")
+        Optional[str],
+        typer.Option("--type", help="image or video (default: image for an image file's extension, else video)."),
     ] = None,
     prompt: PromptOpt = None,
     model: ModelOpt = None,
@@ -398,11 +399,9 @@ def infer(
 ) -> None:
     """The published example's flags (`--type image|video --input X`), mapped onto describe/video."""
     if type is None:
-        from pathlib import PurePosixPath
+        from qvl.batch.inputs import kind_of  # as `qvl batch` tells its rows apart
 
-        from qvl.media.preprocess import VIDEO_EXTENSIONS
-
-        type = "video" if PurePosixPath(input).suffix.lower() in VIDEO_EXTENSIONS else "image"
+        type = kind_of(input)
     if type not in ("image", "video"):
         fail(OptionError(f"--type must be image or video, not {type!r}"))
     common = dict(
