@@ -183,9 +183,12 @@ class GpuSampler:
         self.ended = time.perf_counter() - self.started
 
     def _run(self) -> None:
+        lines, read = 0, 0  # the results file is append-only: only its new bytes are counted
         while not self._stop.wait(self.period):
             value = self.read() if self.read is not None else None
-            self.samples.append((time.perf_counter() - self.started, value, _lines(self.answers)))
+            new = _tail(self.answers, read)
+            lines, read = lines + new.count(b"\n"), read + len(new)
+            self.samples.append((time.perf_counter() - self.started, value, lines))
 
     @property
     def first_answer_s(self) -> float | None:
@@ -222,11 +225,16 @@ class GpuSampler:
         return round(sum(100 - u for u in samples) / 100 * self.period, 2) if samples else None
 
 
-def _lines(path: Path | None) -> int:
+def _tail(path: Path | None, offset: int) -> bytes:
+    """The bytes of `path` from `offset` on (none where it is not there yet)."""
+    if path is None:
+        return b""
     try:
-        return path.read_bytes().count(b"\n") if path is not None else 0
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read()
     except OSError:
-        return 0
+        return b""
 
 
 def _utilization_reader():
