@@ -67,20 +67,27 @@ def fuse_padded_mlp(mlp, multiple: int = 128) -> tuple[torch.Tensor, torch.Tenso
 def gated_mlp(h, gate_up, gate_up_bias, down, down_bias, chunk: int) -> torch.Tensor:
     """down(SiLU(gate) * up) for the rows of `h`, gate and up as one product (`gate_up`, the gate's
     rows first), over chunks of `chunk` rows: the [rows, 2 x width] activations stay bounded
-    whatever the number of rows. Each chunk's down product writes straight into its rows of the
+    whatever the number of rows. The activation is written over the gate's half of that product
+    and the down product reads it there (a row stride cuBLAS takes as it is), so no third
+    [rows, width] buffer is held; each chunk's down product writes straight into its rows of the
     result (no copy), and rows that fit one chunk take three launches in all."""
     rows = h.shape[0]
     if rows <= chunk:
-        return F.linear(silu_mul(*F.linear(h, gate_up, gate_up_bias).chunk(2, dim=-1)), down, down_bias)
+        return F.linear(_activation(h, gate_up, gate_up_bias), down, down_bias)
     out = h.new_empty(rows, down.shape[0])
     for start in range(0, rows, chunk):
-        both = F.linear(h[start : start + chunk], gate_up, gate_up_bias)
-        act, part = silu_mul(*both.chunk(2, dim=-1)), out[start : start + chunk]
+        act, part = _activation(h[start : start + chunk], gate_up, gate_up_bias), out[start : start + chunk]
         if down_bias is None:
             torch.mm(act, down.t(), out=part)
         else:
             torch.addmm(down_bias, act, down.t(), out=part)
     return out
+
+
+def _activation(h, gate_up, gate_up_bias) -> torch.Tensor:
+    """SiLU(gate) * up for the rows of `h`, in place of the gate's half of their product."""
+    gate, up = F.linear(h, gate_up, gate_up_bias).chunk(2, dim=-1)
+    return silu_mul(gate, up, out=gate)
 
 
 def fuse_model(model) -> None:

@@ -28,8 +28,8 @@ def rotary_qk(q, k, cos, sin, fp32_math, out):
     return fn(q, k, cos, sin, fp32_math, out)
 
 
-def silu_mul(gate, up):
-    return (_silu_mul if gate.is_cuda else _silu_mul_naive.silu_mul)(gate, up)
+def silu_mul(gate, up, out=None):
+    return (_silu_mul if gate.is_cuda else _silu_mul_naive.silu_mul)(gate, up, out)
 
 
 def decode_attention(q, k_cache, v_cache, length):

@@ -39,6 +39,19 @@ def _silu_mul_fwd_kernel(
     tl.store(Y + i_m * s_ym + o_i, (b_s * b_u).to(Y.dtype.element_ty), mask=m_i)
 
 
+def _rows(out: torch.Tensor, I: int) -> torch.Tensor:
+    # [M, I] as a view of `out`, the kernel's writes landing in it
+    try:
+        rows = out.view(-1, I)
+    except RuntimeError:
+        rows = None
+    if rows is None or rows.stride(-1) != 1:
+        raise ValueError(
+            f"out's rows must be viewable as [M, {I}] with a contiguous last dimension, got strides {out.stride()}"
+        )
+    return rows
+
+
 def _flat(t: torch.Tensor, I: int) -> torch.Tensor:
     # [M, I] with a contiguous last dimension: a view where the strides allow it (halves of a
     # fused [..., 2I] buffer are), a copy otherwise
@@ -46,7 +59,7 @@ def _flat(t: torch.Tensor, I: int) -> torch.Tensor:
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+def silu_mul(gate: torch.Tensor, up: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """F.silu(gate) * up with eager rounding (definition: `naive.py`).
 
     gate, up: [..., I] of one shape and dtype (fp32/fp16/bf16), any strides; rows are read as views
@@ -54,19 +67,23 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     `silu_mul(*gate_up.chunk(2, -1))` for gate_up: [..., 2I] = cat([gate, up], -1).
     silu(g) = g / (1 + exp(-g)) is computed in fp32 and rounded to the dtype, then multiplied by up
     in fp32 and rounded again, as eager F.silu(gate) * up does.
-    Returns y: [..., I] contiguous, in the inputs' dtype.
+    out: where y goes, gate's shape and dtype, its rows viewable as [M, I] with a contiguous last
+    dimension (a half of a fused buffer is); it may be gate itself (each element is read before it
+    is written), which saves a gated MLP its third activation buffer.
+    Returns y: [..., I] in the inputs' dtype: `out` when given, else a new contiguous tensor.
     """
-    _check(gate, up)
+    _check(gate, up, out)
     if not gate.is_cuda and not interpreting():
         raise ValueError(
             "silu_mul (Triton) runs on CUDA tensors (or under TRITON_INTERPRET=1); "
             "for CPU tensors use qvl_kernels.silu_mul.naive.silu_mul"
         )
     I = gate.shape[-1]
-    y = torch.empty(gate.shape, device=gate.device, dtype=gate.dtype)
+    y = torch.empty(gate.shape, device=gate.device, dtype=gate.dtype) if out is None else out
     if y.numel() == 0:
         return y
-    g2, u2, y2 = _flat(gate, I), _flat(up, I), y.view(-1, I)
+    y2 = _rows(y, I)
+    g2, u2 = _flat(gate, I), _flat(up, I)
     BI = min(triton.next_power_of_2(I), 2048)
     grid = (g2.shape[0], triton.cdiv(I, BI))
     _silu_mul_fwd_kernel[grid](

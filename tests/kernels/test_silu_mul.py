@@ -64,6 +64,40 @@ def test_silu_mul_separate_tensors_and_strided_rows(dtype):
     assert torch.equal(silu_mul(gate.transpose(0, 1), up.transpose(0, 1)), y.transpose(0, 1))
 
 
+@DTYPES
+@pytest.mark.parametrize("shape", [(5, 77), (2, 3, 300)], ids=lambda v: str(v))
+def test_silu_mul_out_over_the_gate_and_into_strided_rows(shape, dtype):
+    """`out` given: the result lands there (the kernel and the reference alike), over the gate's
+    own half of a fused buffer (in place) or in the rows of a wider buffer, and equals the result
+    of a fresh output."""
+    gu, gate, up = _gate_up(shape, dtype, seed=shape[-1] + 3)
+    want = silu_mul(gate, up)
+    ref_gu = gu.cpu().clone()
+    ref_gate, ref_up = ref_gu.chunk(2, dim=-1)
+    wide = torch.full((*shape[:-1], 3 * shape[-1]), float("nan"), dtype=dtype, device=DEVICE)
+    into = wide[..., shape[-1] : 2 * shape[-1]]
+    assert silu_mul(gate, up, out=into) is into
+    assert torch.equal(into, want)
+    assert wide[..., : shape[-1]].isnan().all() and wide[..., 2 * shape[-1] :].isnan().all()
+    assert silu_mul(gate, up, out=gate) is gate
+    assert torch.equal(gate, want)
+    assert torch.equal(gu.chunk(2, dim=-1)[1], up)  # the up half is read, never written
+    reference = silu_mul_ref(ref_gate, ref_up)
+    assert silu_mul_ref(ref_gate, ref_up, out=ref_gate) is ref_gate
+    assert torch.equal(ref_gate, reference)
+
+
+def test_silu_mul_rejects_a_bad_out():
+    _, gate, up = _gate_up((3, 40), torch.float32, seed=0)
+    for op in (silu_mul, silu_mul_ref):
+        with pytest.raises(ValueError, match="out must have gate's shape"):
+            op(gate, up, out=torch.empty(3, 41, device=gate.device))
+        with pytest.raises(ValueError, match="out must have gate's shape"):
+            op(gate, up, out=torch.empty(3, 40, dtype=torch.float16, device=gate.device))
+    with pytest.raises(ValueError, match="contiguous last dimension"):
+        silu_mul(gate, up, out=torch.empty(40, 3, device=gate.device).t())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 def test_reference_is_eager_mlp_rounding(dtype):
     """The definition is the MLP's act_fn(gate_proj(x)) * up_proj(x) with act_fn = F.silu, which

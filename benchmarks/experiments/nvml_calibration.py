@@ -1,0 +1,54 @@
+"""Experiment: how NVML's GPU utilization (what bench_batch.py samples every 0.1 s) reads known
+duty cycles: a stream of matrix products with the host stopping for `gap` ms after each `busy` ms
+of work (synchronised), sampled as bench_batch samples, against the duty cycle the CUDA events
+measure. If NVML reads a 100%-busy stream as less, the batch's busy figure is low by as much."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+
+import torch
+
+
+def run(busy_ms: float, gap_ms: float, seconds: float = 3.0) -> tuple[float, float]:
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        a @ a
+    end.record()
+    torch.cuda.synchronize()
+    per_product = start.elapsed_time(end) / 10
+    products = max(1, round(busy_ms / per_product))
+    samples, stop = [], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            samples.append(torch.cuda.utilization(0))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample)
+    kernel_ms, t0 = 0.0, time.perf_counter()
+    sampler.start()
+    while time.perf_counter() - t0 < seconds:
+        start.record()
+        for _ in range(products):
+            a @ a
+        end.record()
+        end.synchronize()
+        kernel_ms += start.elapsed_time(end)
+        if gap_ms:
+            time.sleep(gap_ms / 1000)
+    wall = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    return kernel_ms / 1000 / wall, statistics.fmean(samples[3:]) / 100
+
+
+if __name__ == "__main__":
+    print(f"{'busy ms':>8} {'gap ms':>7} {'duty (events)':>14} {'NVML mean':>10}")
+    for busy, gap in ((20, 0), (20, 2), (5, 0.5), (5, 2), (1, 0.1), (20, 20)):
+        duty, nvml = run(busy, gap)
+        print(f"{busy:>8} {gap:>7} {duty:>14.3f} {nvml:>10.3f}")
