@@ -102,5 +102,8 @@ def cache_clear(
 ) -> None:
     """Remove cache entries (all, or those older than --older-than DAYS)."""
     cache = frame_cache(cache_dir)
-    removed, freed = cache.clear(older_than_days=older_than)
+    try:
+        removed, freed = cache.clear(older_than_days=older_than)
+    except QvlError as exc:
+        fail(exc)
     output.cache_cleared(cache.root, removed, freed, json_output)

@@ -21,7 +21,7 @@ from typing import Annotated
 import typer
 
 from qvl import output
-from qvl.errors import OptionError, QvlError
+from qvl.errors import OptionError, QvlError, counted
 from qvl.option_groups import with_frame_cache_options, with_terminal_options, with_video_options
 from qvl.options import HeadroomOpt, fail, json_opt
 from qvl.paths import write_json_atomically
@@ -237,7 +237,7 @@ class Chat:
             self._failed(QvlError(f"cannot write {path}: {exc.strerror or exc}"))
             return
         count = len(conversation.turns)
-        output.note(f"saved the conversation ({count} turn{'' if count == 1 else 's'}) to {path}", quiet=self.quiet)
+        output.note(f"saved the conversation ({counted(count, 'turn')}) to {path}", quiet=self.quiet)
 
     def _stats(self) -> None:
         """The last answer's stages and the kept cache, on stderr (asked for: shown even when quiet)."""

@@ -46,6 +46,12 @@ class CacheDirError(CacheError):
     exit_code = 2
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """`n` and the noun in the number it takes, for messages: "1 entry", "5 entries" (plural:
+    noun + "s")."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's message cut to its first line (its type's name when it has none): what an
     error line quotes of a library's failure. A first line that only announces what follows

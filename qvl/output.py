@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Callable, Iterator
 
+from qvl.errors import counted
+
 
 @lru_cache(maxsize=1)
 def console():
@@ -412,7 +414,7 @@ def cache_size(root, entries: int, total: int, stale: int, json_output: bool) ->
     if json_output:
         json_line({"root": str(root), "entries": entries, "bytes": total, "stale_bytes": stale})
         return
-    line = f"{total / 1e6:.1f} MB in {entries} entries"
+    line = f"{total / 1e6:.1f} MB in {counted(entries, 'entry', 'entries')}"
     if stale > 0:
         line += f" ({stale / 1e6:.1f} MB left over by interrupted runs; qvl cache clear removes it)"
     write(f"{line}  {root}\n")
@@ -422,7 +424,7 @@ def cache_cleared(root, removed: int, freed: int, json_output: bool) -> None:
     if json_output:
         json_line({"root": str(root), "removed": removed, "bytes_freed": freed})
     else:
-        write(f"removed {removed} entries, freed {freed / 1e6:.1f} MB  {root}\n")
+        write(f"removed {counted(removed, 'entry', 'entries')}, freed {freed / 1e6:.1f} MB  {root}\n")
 
 
 def age(seconds: float) -> str:

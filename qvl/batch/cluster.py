@@ -17,7 +17,7 @@ from collections import deque
 from typing import Any, Callable, Iterator
 
 from qvl.batch.work import WorkerView, answer, engine_info, ready
-from qvl.errors import ModelError, OptionError, QvlError, first_line
+from qvl.errors import ModelError, OptionError, QvlError, counted, first_line
 from qvl.runner import Runner, error_record
 
 # Calls queued on each model actor: one running, one waiting with its media already fetched.
@@ -54,7 +54,7 @@ def model_count(ray, models: int | None, device: str) -> tuple[int, bool]:
     if models is None:
         return max(gpus, 1), gpus > 0
     if gpus and models > gpus:
-        raise OptionError(f"--gpus {models}: the Ray cluster has {gpus} GPU{'' if gpus == 1 else 's'}")
+        raise OptionError(f"--gpus {models}: the Ray cluster has {counted(gpus, 'GPU')}")
     return models, gpus > 0
 
 

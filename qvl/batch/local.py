@@ -20,7 +20,7 @@ from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
 from qvl.batch.work import WorkerView, answer, answer_together, decode_threads, engine_info, ready
-from qvl.errors import ModelError, OptionError, QvlError
+from qvl.errors import ModelError, OptionError, QvlError, counted
 from qvl.runner import Runner
 
 # Rows decoded together by default on a GPU: one decode step reads every weight once for all of
@@ -93,7 +93,7 @@ def check_gpus(gpus: int, device: str) -> None:
 
     count = torch.cuda.device_count()
     if gpus > count:
-        raise OptionError(f"--gpus {gpus}: this machine has {count} CUDA device{'' if count == 1 else 's'}")
+        raise OptionError(f"--gpus {gpus}: this machine has {counted(count, 'CUDA device')}")
 
 
 def answer_on_gpus(

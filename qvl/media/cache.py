@@ -17,6 +17,7 @@ disk is detected on read, removed and rebuilt.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from qvl.errors import CacheDirError, CacheError
+from qvl.errors import CacheDirError, CacheError, counted, first_line
 from qvl.media.jpeg_frames import JPEG_QUALITY, encode_jpegs, read_frames
 from qvl.paths import write_json_atomically
 
@@ -273,15 +274,21 @@ class FrameCache:
             raise
         return final
 
-    def _discard(self, d: Path) -> None:
-        """Remove an entry: rename it away first so readers never see it half deleted."""
+    def _discard(self, d: Path) -> OSError | None:
+        """Remove an entry: rename it away first so readers never see it half deleted. None once
+        it is gone from the cache (remains that resist removal wait in tmp/ for a later clear),
+        else why it is still there."""
         trash = self._tmp_dir() / f"trash-{d.name}-{uuid.uuid4().hex[:8]}"
+        problem = None
         try:
             self._tmp_dir().mkdir(parents=True, exist_ok=True)
             os.rename(d, trash)
-        except OSError:
-            trash = d
+        except OSError as exc:
+            problem, trash = exc, d
         shutil.rmtree(trash, ignore_errors=True)
+        if not os.path.lexists(d):
+            return None
+        return problem or PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
     # -- management ----------------------------------------------------------------------------
     def entries(self) -> list[CacheEntry]:
@@ -356,23 +363,28 @@ class FrameCache:
     def clear(self, older_than_days: float | None = None) -> tuple[int, int]:
         """Remove entries (all, or those created more than `older_than_days` ago).
 
-        Returns (entries removed, bytes freed); the bytes include the leftovers of interrupted
-        runs (see `stale()`), which always go, and which are also left in `last_stale` as
-        (folders, bytes) so a caller can report them apart. With no age limit, a leftover a
-        minute old counts as stale, and probe records go as well.
+        Returns (entries removed, bytes freed), counting only what went; the bytes include the
+        leftovers of interrupted runs (see `stale()`), which always go, and which are also left
+        in `last_stale` as (folders, bytes) so a caller can report them apart. With no age limit,
+        a leftover a minute old counts as stale, and probe records go as well. Raises CacheError
+        after removing what it could when some entries could not be removed (a read-only folder).
         """
         now = time.time()
         removed = freed = 0
+        kept: list[OSError] = []
         entries = self.entries()
-        for e in entries:
-            if older_than_days is None or now - e.created > older_than_days * 86400:
-                self._discard(e.path)
+        doomed = [
+            (e.path, e.size_bytes)
+            for e in entries
+            if older_than_days is None or now - e.created > older_than_days * 86400
+        ]
+        for path, size in doomed + self.damaged(entries):  # damaged entries are of no use at any age
+            problem = self._discard(path)
+            if problem is None:
                 removed += 1
-                freed += e.size_bytes
-        for path, size in self.damaged(entries):  # of no use at any age
-            self._discard(path)
-            removed += 1
-            freed += size
+                freed += size
+            else:
+                kept.append(problem)
         stale_dirs = stale_bytes = 0
         for path, size in self.stale(max_age=60 if older_than_days is None else STALE_TMP_SECONDS):
             if path.is_dir() and not path.is_symlink():
@@ -385,6 +397,11 @@ class FrameCache:
         self.last_stale = (stale_dirs, stale_bytes)
         if older_than_days is None:
             shutil.rmtree(self.root / "probes", ignore_errors=True)
+        if kept:
+            raise CacheError(
+                f"{counted(len(kept), 'entry', 'entries')} of {self.root} could not be removed "
+                f"({kept[0].strerror or first_line(kept[0])}); removed {removed}"
+            )
         return removed, freed + stale_bytes
 
 

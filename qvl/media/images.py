@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from qvl.errors import InputError
+from qvl.errors import InputError, counted
 from qvl.media.fetch import fetch_bytes, is_url
 from qvl.paths import read_file_bytes
 
@@ -76,7 +76,7 @@ def _note_videos_left_out(raw: str, folder: Path) -> None:
     if videos:
         from qvl.output import warn
 
-        warn(f"{raw}: {videos} video{'' if videos == 1 else 's'} left out (qvl video or qvl batch answers them)")
+        warn(f"{raw}: {counted(videos, 'video')} left out (qvl video or qvl batch answers them)")
 
 
 def _not_an_image(label: str) -> str:

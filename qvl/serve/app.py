@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from qvl.errors import QvlError
+from qvl.errors import QvlError, counted
 from qvl.serve import protocol
 from qvl.serve.media import stage
 from qvl.serve.protocol import ApiError
@@ -94,7 +94,9 @@ def create_app(worker: Worker, config: ServeConfig) -> Starlette:
         except QueueFull:
             staged.close()
             raise ApiError(
-                503, f"the queue is full ({worker.queue_size} requests waiting); try again", code="overloaded"
+                503,
+                f"the queue is full ({counted(worker.queue_size, 'request')} waiting); try again",
+                code="overloaded",
             ) from None
         if chat_request.stream:
             return StreamingResponse(_stream(job, engine.name), media_type="text/event-stream")

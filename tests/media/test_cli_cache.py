@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +102,36 @@ def test_cache_size_and_clear(tmp_path, videos):
     gone = json_lines(invoke("cache", "clear", "--cache-dir", cache, "--json").stdout)[0]
     assert gone["removed"] == 3 and gone["bytes_freed"] > 0
     assert json_lines(invoke("cache", "list", "--cache-dir", cache, "--json").stdout) == []
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path):
+    """`folder` and all below it made unchangeable for this process: the mode bits, or, for root
+    (whom they do not stop), the immutable attribute; skips where neither is available."""
+    if os.geteuid() != 0:
+        folders = [folder, *(p for p in folder.rglob("*") if p.is_dir())]
+        for d in folders:
+            d.chmod(0o555)
+        try:
+            yield
+        finally:
+            for d in folders:
+                d.chmod(0o755)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "-R", "+i", folder], capture_output=True).returncode:
+        pytest.skip("cannot make a folder read-only for root here (no chattr, or a file system without it)")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-R", "-i", folder], check=True)
+
+
+def test_cache_clear_of_a_read_only_cache_says_so(tmp_path, videos):
+    """Entries that cannot be removed are neither counted as removed nor passed over in silence."""
+    cache = tmp_path / "cache"
+    invoke("preprocess", videos, "--frames", "4", "--cache-dir", cache)
+    with _read_only(cache):
+        assert_one_error(invoke("cache", "clear", "--cache-dir", cache), contains="3 entries", exit_code=1)
+    assert json_lines(invoke("cache", "size", "--cache-dir", cache, "--json").stdout)[0]["entries"] == 3
+    gone = json_lines(invoke("cache", "clear", "--cache-dir", cache, "--json").stdout)[0]
+    assert gone["removed"] == 3
