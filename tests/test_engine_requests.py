@@ -50,3 +50,18 @@ def test_a_question_may_not_write_the_medias_tokens(tiny_model_dir, native, ques
     for request in (Request(question), Request(question, video=video), Request("Why?", history=[(question, "No.")])):
         with pytest.raises(InputError, match="only the media"):
             engine.generate(request)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_an_answer_longer_than_the_models_context_is_refused(tiny_model_dir, native):
+    """A prompt and --max-tokens past max_position_embeddings: one OptionError naming what fits,
+    before any cache is made, alone or decoded together."""
+    from qvl.engine import Engine
+
+    engine = Engine("tiny", device="cpu", native=native)
+    context = engine.model.config.get_text_config().max_position_embeddings
+    with pytest.raises(OptionError, match=f"context of {context:,} tokens: at most"):
+        engine.generate(Request("Hello", max_new_tokens=context))
+    with pytest.raises(OptionError, match="context of"):
+        engine.generate_batch([Request("Hi", max_new_tokens=2), Request("Hello", max_new_tokens=10**8)])
+    assert engine.generate(Request("Hello", max_new_tokens=2)).generated_tokens == 2

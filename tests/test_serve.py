@@ -236,6 +236,7 @@ def test_eight_concurrent_requests_are_all_answered(server, media):
             "local_files_refused",
         ),
         ({"messages": _user("Hi"), "frames": 8}, 400, "invalid_option"),
+        ({"messages": _user("Hi"), "max_tokens": 10**8}, 400, "invalid_option"),
         (b"x" * 1_500_000, 413, "body_too_large"),
     ],
     ids=[
@@ -256,11 +257,16 @@ def test_eight_concurrent_requests_are_all_answered(server, media):
         "corrupt-image",
         "local-file",
         "frames-without-video",
+        "past-the-context",
         "oversized-body",
     ],
 )
-def test_a_bad_request_gets_its_status_and_documented_code(server, body, status, code):
-    got, reply = _post(server, body)
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "streamed"])
+def test_a_bad_request_gets_its_status_and_documented_code(server, body, status, code, stream):
+    """Streamed or not, a request refused before its first token gets the status and code."""
+    if stream and isinstance(body, bytes):
+        pytest.skip("a body that is no JSON object cannot ask for a stream")
+    got, reply = _post(server, {**body, "stream": True} if stream else body)
     assert got == status, reply
     assert set(reply["error"]) == {"message", "type", "param", "code"} and reply["error"]["message"]
     assert reply["error"]["code"] == code, reply
@@ -477,8 +483,44 @@ def test_qvl_serve_refuses_local_files_and_drains_when_stopped(tiny_model_dir, m
     finally:
         process.kill()
     rest.join(timeout=10)
-    assert "stopped after 1 answers" in rest.text and "Traceback" not in rest.text
-    assert "qvl: error" not in rest.text and rest.text.count("stopped after") == 1, rest.text
+    assert "stopped: 1 request answered" in rest.text and "Traceback" not in rest.text
+    assert "qvl: error" not in rest.text and rest.text.count("stopped: ") == 1, rest.text
+
+
+def test_a_second_ctrl_c_stops_at_once_in_one_line(tiny_model_dir):
+    """Ctrl-C twice during an answer: the process ends at once, exit 130, one line saying what it
+    dropped, and none of the tracebacks of requests cancelled mid-answer."""
+    env = {k: v for k, v in os.environ.items() if k != "QVL_API_KEY"}
+    command = [sys.executable, "-m", "qvl", "serve", "--model", "tiny", "--port", "0"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url, rest = _serving_url(process)
+        body = {"messages": _user("Hi"), "max_tokens": 30_000}  # minutes of decoding on a CPU
+
+        def ask():
+            try:
+                _post(url, body, key=None)
+            except OSError:  # the server is gone without answering, as it should be
+                pass
+
+        threading.Thread(target=ask, daemon=True).start()
+        while not _http("GET", url + "/health", key=None)[1]["busy"]:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+    finally:
+        process.kill()
+    rest.join(timeout=10)
+    assert "stopped at once by a second Ctrl-C, dropping 1 request" in rest.text, rest.text
+    assert "Traceback" not in rest.text and "ERROR" not in rest.text, rest.text
+
+
+def test_an_empty_api_key_is_refused_given_or_in_the_environment(tiny_model_dir):
+    for args, env in ((("--api-key", " "), {}), ((), {"QVL_API_KEY": ""})):
+        result = invoke("serve", "--model", "tiny", "--port", "0", *args, env=env)
+        assert_one_error(result, contains="is empty", exit_code=2)
 
 
 def test_an_unwritable_frame_cache_is_one_line_before_the_model_loads(tmp_path):

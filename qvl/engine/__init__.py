@@ -253,6 +253,7 @@ class Engine:
         started = time.perf_counter()
         inputs = self.prepare(request) if inputs is None else inputs.to(self.model.device)
         timings.preprocess_s = time.perf_counter() - started
+        self.check_room(inputs["input_ids"].shape[1], request.max_new_tokens)
 
         tokenizer = self.processor.tokenizer
         stream = TextStream(tokenizer, on_text)
@@ -282,6 +283,17 @@ class Engine:
             psa=summary,
             psa_layers=psa_stats.per_layer() if psa_stats is not None else [],
         )
+
+    def check_room(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """An `OptionError` where the prompt and the answer's room pass the model's context
+        (`max_position_embeddings`): positions past it were never trained, and the fast path would
+        make a KV cache that long before the first token."""
+        context = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        if context and prompt_tokens + max_new_tokens > context:
+            raise OptionError(
+                f"--max-tokens {max_new_tokens:,} with a prompt of {prompt_tokens:,} tokens passes the model's "
+                f"context of {context:,} tokens: at most {max(context - prompt_tokens, 0):,} new tokens"
+            )
 
     def _card(self) -> str:
         import torch
@@ -326,6 +338,7 @@ class Engine:
             started = time.perf_counter()
             prepared.append(self.prepare(request) if ahead is None else ahead.to(self.model.device))
             timings[-1].preprocess_s = time.perf_counter() - started
+            self.check_room(prepared[-1]["input_ids"].shape[1], request.max_new_tokens)
         tokenizer = self.processor.tokenizer
         with torch.inference_mode():
             rows = self._fast_generator().generate_rows(prepared, requests, eos_ids(self.model, tokenizer))

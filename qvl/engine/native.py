@@ -62,6 +62,7 @@ def config_from_dict(raw: dict) -> Config:
         rope_theta=float(rope.get("rope_theta") or text.get("rope_theta") or raw.get("rope_theta") or 1e6),
         mrope_section=list(rope.get("mrope_section", [16, 24, 24])),
         use_sliding_window=bool(text.get("use_sliding_window", False)),
+        max_position_embeddings=text.get("max_position_embeddings") or raw.get("max_position_embeddings"),
         _attn_implementation="sdpa",
     )
     vision = raw["vision_config"]

@@ -98,19 +98,22 @@ def create_app(worker: Worker, config: ServeConfig) -> Starlette:
                 f"the queue is full ({counted(worker.queue_size, 'request')} waiting); try again",
                 code="overloaded",
             ) from None
-        if chat_request.stream:
-            return StreamingResponse(_stream(job, engine.name), media_type="text/event-stream")
+        streaming = False
         try:
             while True:
                 kind, value = await _next_event(job, request)
                 if kind == "gone":
                     return Response(status_code=499)  # nobody is listening: the request is dropped
+                if kind == "error":  # before any text: the status says it, streamed or not
+                    return _error(value)
+                if chat_request.stream:  # the first text (or the answer): the stream starts with it
+                    streaming = True
+                    return StreamingResponse(_stream(job, engine.name, (kind, value)), media_type="text/event-stream")
                 if kind == "done":
                     return JSONResponse(protocol.completion(chat_request, engine.name, value))
-                if kind == "error":
-                    return _error(value)
         finally:
-            job.cancel()  # a no-op once answered; drops the request if the client went away
+            if not streaming:
+                job.cancel()  # a no-op once answered; drops the request if the client went away
 
     async def models(request: Request):
         return JSONResponse({"object": "list", "data": [_model_card(engine, started)]})
@@ -172,14 +175,15 @@ def _parse_and_stage(body: bytes, config: ServeConfig, psa: bool):
         raise protocol.api_error(exc) from None
 
 
-async def _stream(job: Job, model: str):
-    """The answer as server-sent events: a role chunk, text chunks, a last chunk with the finish
-    reason, usage and qvl's object (or an error object), then [DONE]."""
+async def _stream(job: Job, model: str, first: tuple):
+    """The answer as server-sent events from its `first` event on: a role chunk, text chunks, a
+    last chunk with the finish reason, usage and qvl's object (or an error object, for an error
+    met after the first text), then [DONE]."""
     request = job.request
     try:
         yield protocol.event(protocol.chunk(request, model, {"role": "assistant", "content": ""}))
+        kind, value = first
         while True:
-            kind, value = await job.events.get()
             if kind == "text":
                 yield protocol.event(protocol.chunk(request, model, {"content": value}))
             elif kind == "done":
@@ -189,6 +193,7 @@ async def _stream(job: Job, model: str):
             else:
                 yield protocol.event(value.body())
                 break
+            kind, value = await job.events.get()
         yield protocol.event("[DONE]")
     finally:
         job.cancel()

@@ -6,13 +6,15 @@ Nothing heavy at import: Starlette, uvicorn and the engine are imported when the
 
 from __future__ import annotations
 
+import os
+import sys
 from contextlib import contextmanager
 from typing import Annotated, Optional
 
 import typer
 
 from qvl import output
-from qvl.errors import OptionError, QvlError
+from qvl.errors import OptionError, QvlError, counted
 from qvl.options import (
     CacheDirOpt,
     DeviceOpt,
@@ -31,7 +33,9 @@ from qvl.options import (
     run_settings,
 )
 
-HostOpt = Annotated[str, typer.Option("--host", help="Address to listen on; anything but loopback needs care.")]
+HostOpt = Annotated[
+    str, typer.Option("--host", help="Address to listen on; anything but loopback is warned about without --api-key.")
+]
 PortOpt = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free port).")]
 ApiKeyOpt = Annotated[
     Optional[str],
@@ -95,8 +99,9 @@ def serve(
     settings = run_settings(model, device, dtype, attention)
     if not max_download_mb > 0:
         fail(OptionError(f"--max-download-mb must be positive (got {max_download_mb})"))
-    if api_key is not None and not api_key.strip():
-        fail(OptionError("--api-key is empty"))
+    if api_key is None and os.environ.get("QVL_API_KEY") is not None or api_key is not None and not api_key.strip():
+        # an empty variable (a secret that did not resolve) must not open the server to anyone
+        fail(OptionError("--api-key (or QVL_API_KEY) is empty: give a key, or unset QVL_API_KEY to serve without one"))
     cache = frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache)
     if cache is not None:
         try:  # as `qvl video` and `qvl batch` refuse it: before the model loads, not at the first video
@@ -120,19 +125,21 @@ def serve(
     # Said even when quiet: with --port 0 it is the only place the port is told.
     output.note(f"serving {engine.name} on {address}/v1 (Ctrl-C stops after the requests in flight)")
     worker.start()
-    with _signals_stop(server):
+    with _signals_stop(server, lambda: worker.waiting + int(worker.busy)):
         try:
             server.run(sockets=[sock])
         finally:
             worker.stop()
-            output.note(f"stopped after {worker.answered} answers ({worker.failed} failed)", quiet=quiet)
+            failed = f", {worker.failed} failed" if worker.failed else ""
+            output.note(f"stopped: {counted(worker.answered, 'request')} answered{failed}", quiet=quiet)
 
 
 @contextmanager
-def _signals_stop(server):
+def _signals_stop(server, in_flight):
     """SIGINT and SIGTERM stop the server as it means to be stopped, and the exit is 0 (as uvicorn's
-    own command's): uvicorn drains on either, then raises the signal again into the handlers it
-    found, which without these would end the run as `qvl.start` ends an interrupted one (130, 143)."""
+    own command's): uvicorn drains the requests in flight (`in_flight()` of them) on either. A
+    second Ctrl-C stops at once, exit 130, with one line saying what was dropped: uvicorn's own
+    forced exit would cancel the requests mid-answer and log each one's traceback."""
     import signal
     import threading
 
@@ -140,9 +147,17 @@ def _signals_stop(server):
         yield
         return
 
-    def stop(signum, frame) -> None:  # before uvicorn listens (it starts and stops at once), or after
+    def stop(signum, frame) -> None:  # uvicorn runs this while it serves (`capture_signals`), as before and after
+        if server.should_exit and signum == signal.SIGINT:
+            dropped = in_flight()
+            what = f", dropping {counted(dropped, 'request')}" if dropped else ""
+            output.warn(f"stopped at once by a second Ctrl-C{what}")
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os._exit(130)
         server.should_exit = True
 
+    server.handle_exit = stop
     found = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
