@@ -181,8 +181,10 @@ def run(
     if engine is None:
         model = config.model
         if model is None:
-            model = default_model(resolve_device(config.device))
-            note(f"no --model: measuring {model}")
+            device = resolve_device(config.device)
+            model = default_model(device)
+            found = "no CUDA GPU found, so " if device == "cpu" and config.device == "auto" else ""
+            note(f"no --model: {found}measuring {model}")
         # transformers' model, which the stock path runs (qvl's own tree would not serve it)
         engine = Engine(
             model, device=config.device, dtype=config.dtype, psa=config.psa, progress=progress, native=False
@@ -198,7 +200,7 @@ def run(
     clock = _Clock(engine.model.device)
     with tempfile.TemporaryDirectory(prefix="qvl-bench-") as folder:
         seconds = max(config.frames) / SAMPLE_FPS
-        note(f"writing a {seconds:g} s synthetic video ({SIDE}x{SIDE}, {SOURCE_FPS} fps)")
+        note(f"writing a synthetic video of {seconds:g} s ({SIDE}x{SIDE}, {SOURCE_FPS} fps)")
         video = write_video(Path(folder) / "bench.mp4", seconds)
         for count in config.frames:
             record = {**about, "frames": count, **measure(engine, video, count, config, clock, note)}

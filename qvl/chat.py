@@ -24,6 +24,7 @@ from qvl import output
 from qvl.errors import OptionError, QvlError, counted
 from qvl.option_groups import with_frame_cache_options, with_terminal_options, with_video_options
 from qvl.options import HeadroomOpt, fail, json_opt
+from qvl.options import video_options as default_frame_options
 from qvl.paths import write_json_atomically
 
 # A chat keeps more than one question's room: some fifteen turns of 512-token answers.
@@ -70,8 +71,14 @@ def chat(
             raise OptionError(f"--max-tokens {max_tokens} leaves no room for a question in --headroom {headroom}")
     except QvlError as exc:
         fail(exc)
-    cache = cache_settings.open() if video else None
     interactive, quiet = sys.stdin.isatty(), reply.quiet
+    default = default_frame_options()
+    if video is None and dataclasses.replace(video_options, max_download_mb=default.max_download_mb) != default:
+        output.warn("the frame options apply to a video, and these media are images: they are not used")
+    if not interactive and _stdin_is_empty():
+        output.note("no questions on stdin: nothing to answer", quiet=quiet)
+        raise typer.Exit(0)
+    cache = cache_settings.open() if video else None
     view = reply.view(ChatView, interactive=interactive)
     runner = Runner(settings, view)
     load = media_loader(images, video, video_options, cache, quiet, on_plan=lambda plan: runner.load_in_background())
@@ -90,6 +97,19 @@ def chat(
     # At a terminal each failure was seen as it happened, and Ctrl-D is a clean end; a script
     # feeding stdin learns from the exit code that something failed.
     raise typer.Exit(0 if interactive else runner.exit_code or code)
+
+
+def _stdin_is_empty() -> bool:
+    """Whether stdin (not a terminal) is at its end already (`< /dev/null`, an empty file, a
+    finished pipe): the chat then loads no model and prefills nothing. A pipe whose writer has not
+    written yet is not at its end: the model loads meanwhile."""
+    import select
+
+    try:
+        readable, _, _ = select.select([sys.stdin], [], [], 0)
+        return bool(readable) and sys.stdin.buffer.peek(1) == b""
+    except (OSError, ValueError, AttributeError):  # no real file behind stdin (a test's, an IDE's)
+        return False
 
 
 def split_media(sources: list[str]) -> tuple[list[str], str | None]:

@@ -33,14 +33,14 @@ class Conversation:
         runner = self.runner
         runner.started(self.label)
         history = [(turn["prompt"], turn["text"]) for turn in self.turns]
+        cache_bytes = self.session.cache_bytes if self.session is not None else None
         try:
             result = self._answer(prompt, history)
-        except QvlError as exc:
-            return runner.fail(self.label, exc, prompt)
+        except QvlError as exc:  # not a turn: null where an answer has its number
+            return runner.fail(self.label, exc, prompt, turn=None, cache_bytes=cache_bytes)
         if self.media_prefill is not None:
             result.timings.add_media_prefill(self.media_prefill)
             self.media_prefill = None
-        cache_bytes = self.session.cache_bytes if self.session is not None else None
         record = runner.answered(
             self.engine,
             self.label,

@@ -234,14 +234,17 @@ class Runner:
         if self._loading is not None:
             self._loading[0].join()
 
-    def fail(self, label: str, exc: QvlError, prompt: str | None = None) -> dict[str, Any]:
-        """Report one input's failure and return its record (`error_record`)."""
-        return self.fail_questions(label, exc, [prompt])[0]
+    def fail(self, label: str, exc: QvlError, prompt: str | None = None, **fields) -> dict[str, Any]:
+        """Report one input's failure and return its record (`error_record`, plus `fields`: the
+        keys a caller's answers add, such as a chat's `turn`)."""
+        return self.fail_questions(label, exc, [prompt], **fields)[0]
 
-    def fail_questions(self, label: str, exc: QvlError, prompts: Sequence[str | None]) -> list[dict[str, Any]]:
+    def fail_questions(
+        self, label: str, exc: QvlError, prompts: Sequence[str | None], **fields
+    ) -> list[dict[str, Any]]:
         """Report an input that failed before any of `prompts` was answered: a record each, told once."""
         model = self._engine.name if self._engine is not None else self.settings.model
-        records = [error_record(label, str(exc), model=model, prompt=prompt) for prompt in prompts]
+        records = [{**error_record(label, str(exc), model=model, prompt=prompt), **fields} for prompt in prompts]
         self.view.failed(records[0])
         for record in records[1:]:
             self.view.failed_again(record)

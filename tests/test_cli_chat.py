@@ -219,3 +219,26 @@ def test_a_line_of_bytes_that_are_not_utf8_is_one_error_and_the_chat_goes_on(tin
     records = [json.loads(line) for line in done.stdout.decode("utf-8").splitlines()]  # valid UTF-8 JSON
     assert [r["error"] is None for r in records] == [True, False, True]
     assert records[1]["prompt"] == "\ufffd\ufffd" and records[2]["prompt"] == "again"
+    # One shape for every row: the failed question is no turn (null), the answers count on.
+    assert [set(r) for r in records[1:]] == [set(records[0])] * 2
+    assert [r["turn"] for r in records] == [1, None, 2] and records[1]["cache_bytes"] == records[0]["cache_bytes"]
+
+
+def test_no_questions_on_stdin_loads_nothing(clip, tmp_path):
+    """stdin at its end from the start: one note, exit 0, and neither the video's frames decoded
+    (no cache entry) nor the model loaded (no load line)."""
+    cache = tmp_path / "cache"
+    command = [sys.executable, "-m", "qvl", "chat", str(clip), "--model", "tiny", "--cache-dir", str(cache)]
+    done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "", done.stderr
+    assert "no questions on stdin" in done.stderr and "loaded tiny" not in done.stderr, done.stderr
+    assert not list(cache.rglob("meta.json"))
+
+
+def test_frame_options_about_images_say_they_are_not_used(tmp_path):
+    house = Path(__file__).parents[1] / "examples" / "house.jpg"
+    result = invoke("chat", house, "--frames", "8", "--max-tokens", "2", "--json", input="Hi?\n")
+    assert result.exit_code == 0, result.stderr
+    assert "the frame options apply to a video" in result.stderr
+    quiet = invoke("chat", house, "--max-tokens", "2", "--json", input="Hi?\n")
+    assert "frame options" not in quiet.stderr
