@@ -96,6 +96,8 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[str, str]]:
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     wide = _image(tmp_path / "wide.png", size=(2010, 10))
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
     return {
         "missing": (str(tmp_path / "nope.jpg"), "no such file"),
         "empty directory": (str(empty_dir), "directory has no images"),
@@ -105,6 +107,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[str, str]]:
         "corrupt png": (str(corrupt), "image"),
         "aspect ratio over 200": (str(wide), "aspect ratio"),
         "bad data uri": ("data:image/png;base64,@@@", "base64"),
+        "a video": (str(video), f"is a video, not an image: use qvl video {video}"),
     }
 
 
@@ -119,6 +122,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[str, str]]:
         "corrupt png",
         "aspect ratio over 200",
         "bad data uri",
+        "a video",
     ],
 )
 def test_bad_image_is_one_clear_line(tmp_path, case):

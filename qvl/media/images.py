@@ -79,11 +79,12 @@ def _note_videos_left_out(raw: str, folder: Path) -> None:
         warn(f"{raw}: {counted(videos, 'video')} left out (qvl video or qvl batch answers them)")
 
 
-def _not_an_image(label: str) -> str:
+def _not_an_image(label: str, video_hint: str | None) -> str:
     from qvl.media.preprocess import VIDEO_EXTENSIONS
 
     if PurePosixPath(label).suffix.lower() in VIDEO_EXTENSIONS:
-        return f"{label}: is a video, not an image: use qvl video {shlex.quote(label)}"
+        hint = f"use qvl video {shlex.quote(label)}" if video_hint is None else video_hint
+        return f"{label}: is a video, not an image: {hint}"
     return f"{label}: not an image (unrecognised format)"
 
 
@@ -98,9 +99,10 @@ def open_image(source: str):
     return decode_image(read_source_bytes(source), _label(source))
 
 
-def decode_image(data: bytes, label: str, *, max_pixels: int | None = None):
+def decode_image(data: bytes, label: str, *, max_pixels: int | None = None, video_hint: str | None = None):
     """`open_image` for bytes already read (`label` names them in errors). max_pixels: refuse an
-    image of more pixels before decoding it (Pillow's own bomb check is about 180 megapixels)."""
+    image of more pixels before decoding it (Pillow's own bomb check is about 180 megapixels).
+    video_hint: what to do with a video given as an image (default: the `qvl video` command)."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -116,7 +118,7 @@ def decode_image(data: bytes, label: str, *, max_pixels: int | None = None):
             frames = getattr(img, "n_frames", 1) if getattr(img, "is_animated", False) else 1
             image = to_rgb(img)
     except UnidentifiedImageError:
-        raise InputError(_not_an_image(label)) from None
+        raise InputError(_not_an_image(label, video_hint)) from None
     except Image.DecompressionBombError as exc:
         raise InputError(f"{label}: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

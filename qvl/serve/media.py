@@ -41,7 +41,10 @@ class Staged:
         from qvl.media.images import decode_image
         from qvl.runner import Media, load_clip
 
-        images = [decode_image(data, label, max_pixels=MAX_IMAGE_PIXELS) for label, data in self.images]
+        images = [
+            decode_image(data, label, max_pixels=MAX_IMAGE_PIXELS, video_hint="send it as a video_url part")
+            for label, data in self.images
+        ]
         if self.video is None:
             return Media(images=images)
         label, source, uploaded = self.video

@@ -157,3 +157,15 @@ def test_a_link_to_nothing_is_called_a_broken_link(tmp_path):
         assert isinstance(error, InputError) and str(error).endswith(": broken symbolic link")
     [(_, error)] = expand_image_inputs([str(tmp_path / "missing.jpg")])
     assert str(error).endswith(": no such file")
+
+
+def test_a_video_given_as_an_image_says_what_to_do_instead():
+    """On the command line the `qvl video` command; through the server (which passes its own
+    hint) a video_url part, never a command the API's client cannot run."""
+    from qvl.media.images import decode_image
+
+    clip = b"\x00\x00\x00\x18ftypmp42" + bytes(64)
+    with pytest.raises(InputError, match="clip.mp4: is a video, not an image: use qvl video clip.mp4$"):
+        decode_image(clip, "clip.mp4")
+    with pytest.raises(InputError, match="is a video, not an image: send it as a video_url part$"):
+        decode_image(clip, "clip.mp4", video_hint="send it as a video_url part")
