@@ -135,3 +135,11 @@ def test_cache_clear_of_a_read_only_cache_says_so(tmp_path, videos):
     assert json_lines(invoke("cache", "size", "--cache-dir", cache, "--json").stdout)[0]["entries"] == 3
     gone = json_lines(invoke("cache", "clear", "--cache-dir", cache, "--json").stdout)[0]
     assert gone["removed"] == 3
+
+
+def test_cache_list_names_a_relative_input_by_its_absolute_path(tmp_path, videos, monkeypatch):
+    monkeypatch.chdir(videos)
+    cache = tmp_path / "cache"
+    assert invoke("preprocess", "a.mp4", "--frames", "4", "--cache-dir", cache).exit_code == 0
+    (entry,) = json_lines(invoke("cache", "list", "--cache-dir", cache, "--json").stdout)
+    assert entry["source"] == str(videos / "a.mp4")

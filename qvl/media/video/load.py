@@ -132,8 +132,10 @@ def plan_source(source: str | os.PathLike, options: VideoOptions | None = None, 
 
 def _cache_meta(src: str, prep: _Prepared, ex: Extraction, fps: float) -> dict:
     info = prep.info
+    # A file's absolute path: `qvl cache list` is read from anywhere, later.
+    path = src if is_url(src) else os.path.abspath(os.path.expanduser(src))
     return {
-        "source": {"path": src, **(prep.identity or {})},
+        "source": {"path": path, **(prep.identity or {})},
         "timestamps": [float(t) for t in ex.timestamps],
         "sampled_fps": fps,
         "source_duration": info.duration,
