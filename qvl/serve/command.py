@@ -99,8 +99,10 @@ def serve(
     settings = run_settings(model, device, dtype, attention)
     if not max_download_mb > 0:
         fail(OptionError(f"--max-download-mb must be positive (got {max_download_mb})"))
-    if api_key is None and os.environ.get("QVL_API_KEY") is not None or api_key is not None and not api_key.strip():
-        # an empty variable (a secret that did not resolve) must not open the server to anyone
+    # An empty variable (a secret that did not resolve) reaches here as no key: it must not open
+    # the server to anyone.
+    empty_variable = api_key is None and os.environ.get("QVL_API_KEY") is not None
+    if empty_variable or (api_key is not None and not api_key.strip()):
         fail(OptionError("--api-key (or QVL_API_KEY) is empty: give a key, or unset QVL_API_KEY to serve without one"))
     cache = frame_cache(cache_dir, strict_hash=strict_hash, enabled=not no_cache)
     if cache is not None:
