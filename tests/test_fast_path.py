@@ -244,3 +244,42 @@ def test_steps_queued_ahead_give_the_stock_tokens_and_stop_at_the_end(engine, mo
     assert stopped[-1] == end and len(stopped) == stock.tokens.index(end) + 1
     monkeypatch.undo()
     assert engine.generate(request, fast=True).tokens == stock.tokens
+
+
+@pytest.mark.parametrize("kind", REQUESTS)
+def test_inputs_planned_ahead_give_the_same_tokens_without_planning_again(engine, kind, monkeypatch):
+    """Inputs made ahead carry their `PromptPlan` (mRoPE positions and the towers' plans, made on
+    the CPU): the fast path reads it instead of planning from the ids (neither is called again),
+    and gives the tokens it gives without one; the stock path leaves it out of the model's
+    arguments."""
+    import qvl.engine.vision
+    from qvl.engine.prefill import PROMPT_PLAN, plan_prompt
+
+    request = REQUESTS[kind]()
+    unplanned = engine.generate(request, fast=True)
+    inputs = engine.prepare(request, device="cpu")
+    inputs[PROMPT_PLAN] = plan_prompt(engine.model, inputs)
+
+    def planned_again(*args, **kwargs):
+        raise AssertionError("planned again in the prefill")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(engine.model.model, "get_rope_index", planned_again)
+        patched.setattr(qvl.engine.vision, "plan_tower", planned_again)
+        planned = engine.generate(request, fast=True, inputs=inputs)
+    assert planned.tokens == unplanned.tokens and planned.text == unplanned.text
+    assert engine.generate(request, fast=False, inputs=inputs).tokens == unplanned.tokens
+
+
+def test_inputs_made_ahead_for_the_fast_path_carry_their_plan(tiny_model_dir):
+    """On the CPU the tree's fast path serves: inputs made ahead (device given) carry a plan, those
+    made for the model at once do not, and a batch of requests made ahead answers as each alone."""
+    from qvl.engine.prefill import PROMPT_PLAN
+
+    native = Engine("tiny", device="cpu", native=True)
+    requests = [REQUESTS["video"](), REQUESTS["two-images"]()]
+    assert PROMPT_PLAN in native.prepare(requests[0], device="cpu")
+    assert PROMPT_PLAN not in native.prepare(requests[0])
+    alone = [native.generate(request).tokens for request in requests]
+    together = native.generate_batch(requests, [native.prepare(r, device="cpu") for r in requests])
+    assert [r.tokens for r in together] == alone

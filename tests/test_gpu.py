@@ -233,6 +233,11 @@ def test_requests_decoded_together_on_the_gpu_match_each_alone(tiny_model_dir, e
     assert graph is not None
     assert [r.tokens for r in engine.generate_batch(requests[:2])] == stock[:2]
     assert engine._fast.batch_decoder.graph is graph  # the third row rested, nothing captured again
+    # Made ahead on the CPU, as `qvl batch`'s workers make them: each carries its plan
+    # (positions and the towers' plans), and the answers stay the same.
+    ahead = [engine.prepare(r, device="cpu") for r in requests]
+    assert all("qvl_prompt_plan" in inputs for inputs in ahead)
+    assert [r.tokens for r in engine.generate_batch(requests, ahead)] == stock
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -217,11 +217,19 @@ class Engine:
 
         device="cpu" keeps every step on the CPU and touches no GPU, so worker threads can prepare
         requests while the model answers others; `generate(request, inputs=...)` then moves them.
+        Inputs made ahead for qvl's fast path also carry their `prefill.PromptPlan` (mRoPE positions,
+        the towers' plans), so that the thread driving the GPU neither computes it nor waits for
+        the GPU to read the ids back.
         """
         import torch
 
         target = torch.device(device) if device is not None else self.model.device
-        return self._inputs(self.chat_text(request), request.images, request.video, target)
+        inputs = self._inputs(self.chat_text(request), request.images, request.video, target)
+        if device is not None and self.fast_path_problem is None:
+            from qvl.engine.prefill import PROMPT_PLAN, plan_prompt
+
+            inputs[PROMPT_PLAN] = plan_prompt(self.model, inputs)
+        return inputs
 
     def generate(
         self,

@@ -12,7 +12,7 @@ import torch
 
 from qvl.engine.batch_decode import BatchDecoder
 from qvl.engine.decode import Sampling, StaticDecoder, capacity_for, choose
-from qvl.engine.prefill import prefill
+from qvl.engine.prefill import PROMPT_PLAN, prefill
 
 
 @dataclass
@@ -115,7 +115,8 @@ def stock_generate(model, tokenizer, inputs, request, stream: TextStream) -> Gen
             pass
 
     timing = Timing()
-    output = model.generate(**inputs, **_generation_kwargs(request, tokenizer), streamer=timing)
+    model_inputs = {k: v for k, v in inputs.items() if k != PROMPT_PLAN}  # the fast path's alone
+    output = model.generate(**model_inputs, **_generation_kwargs(request, tokenizer), streamer=timing)
     finished = time.perf_counter()
     new = output[0, inputs["input_ids"].shape[1] :].tolist()
     return Generated(tokens=new, first_token_at=timing.first_at or finished)

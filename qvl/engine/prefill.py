@@ -19,10 +19,55 @@ from dataclasses import dataclass
 import torch
 
 from qvl.engine import language
-from qvl.engine.vision import run_tower
+from qvl.engine.vision import TowerPlan, plan_tower, run_tower
 
 # Processor outputs that get_rope_index may take, by the names transformers uses.
 _ROPE_INPUTS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "mm_token_type_ids", "attention_mask")
+# A prompt's media: its pixels, their grid, and the token that stands for them, by kind.
+_MEDIA = (
+    ("pixel_values", "image_grid_thw", "image_token_id"),
+    ("pixel_values_videos", "video_grid_thw", "video_token_id"),
+)
+# The key under which inputs made ahead of time carry their `PromptPlan` (never passed to the model).
+PROMPT_PLAN = "qvl_prompt_plan"
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    """What a prompt's prefill needs besides its tensors, from its token ids and media grids: the
+    mRoPE positions and the towers' plans. Made on the CPU with the inputs (`plan_prompt`, in a
+    thread that prepares requests ahead), it spares the thread driving the GPU that host work and
+    the synchronisations of reading GPU ids back, between the kernels of one request and the
+    next."""
+
+    position_ids: torch.Tensor  # [3, 1, length]
+    rope_delta: int  # decode positions are text positions + rope_delta
+    text_delta: int  # text appended to this prompt sits at cache slot + text_delta on every axis
+    max_position: int  # the largest mRoPE position of the prompt, on any axis
+    towers: dict[str, TowerPlan]  # by pixel key
+
+
+def plan_prompt(model, inputs, *, towers: bool = True) -> PromptPlan:
+    """The `PromptPlan` of `inputs` (the processor's outputs, on any device; the CPU spares the
+    GPU); towers=False leaves the towers' plans out (`run_tower` makes its own)."""
+    core = model.model
+    ids = inputs["input_ids"]
+    rope_kwargs = {k: inputs[k] for k in _rope_parameters(core) if inputs.get(k) is not None}
+    position_ids, rope_deltas = core.get_rope_index(ids, **rope_kwargs)
+    plans = {
+        pixels: plan_tower(inputs[grid], core.visual.config)
+        for pixels, grid, _ in _MEDIA
+        if towers and inputs.get(pixels) is not None
+    }
+    # Text after the prompt continues from its last token's position, which a video's temporal
+    # axis can exceed: the model's rope delta (from the largest position) is for decoding right after.
+    return PromptPlan(
+        position_ids=position_ids,
+        rope_delta=int(rope_deltas.flatten()[0]),
+        text_delta=int(position_ids[0, 0, -1]) + 1 - ids.shape[1],
+        max_position=int(position_ids.max()),
+        towers=plans,
+    )
 
 
 @dataclass
@@ -38,41 +83,38 @@ class Prefilled:
 def prefill(model, inputs, make_decoder) -> Prefilled:
     """The prompt's forward pass; the language model's keys and values go into the cache of the
     `decode.StaticDecoder` that `make_decoder()` returns, called once the vision tower is done (so
-    its activations and the cache are never held at once)."""
+    its activations and the cache are never held at once). Inputs made ahead carry their
+    `PromptPlan` (`PROMPT_PLAN`); others are planned here, from their ids on the model's device."""
     core = model.model
-    config = model.config
     ids = inputs["input_ids"]
+    plan = inputs.get(PROMPT_PLAN)
     sync = ids.device.type == "cuda"
     started = time.perf_counter()
     embeds = core.get_input_embeddings()(ids)
-    for pixels_key, grid_key, token_id in (
-        ("pixel_values", "image_grid_thw", config.image_token_id),
-        ("pixel_values_videos", "video_grid_thw", config.video_token_id),
-    ):
+    for pixels_key, grid_key, token_key in _MEDIA:
         if inputs.get(pixels_key) is None:
             continue
-        features = run_tower(core.visual, inputs[pixels_key], inputs[grid_key])
-        mask = (ids == token_id).unsqueeze(-1).expand_as(embeds)
+        tower = plan.towers[pixels_key] if plan is not None else None
+        features = run_tower(core.visual, inputs[pixels_key], inputs[grid_key], tower)
+        mask = (ids == getattr(model.config, token_key)).unsqueeze(-1).expand_as(embeds)
         embeds = embeds.masked_scatter(mask, features.to(embeds.dtype))
     if sync:
         torch.cuda.synchronize()
     vision_s = time.perf_counter() - started
-    rope_kwargs = {k: inputs[k] for k in _rope_parameters(core) if inputs.get(k) is not None}
-    position_ids, rope_deltas = core.get_rope_index(ids, **rope_kwargs)
+    plan = plan or plan_prompt(model, inputs, towers=False)
+    position_ids = plan.position_ids.to(ids.device)
     decoder = make_decoder()
     if language.supported(model):
         hidden = language.run_language_model(model, embeds, position_ids, decoder.keys, decoder.values)
         logits = model.lm_head(hidden)[-1].float()
     else:
         logits = _last_logits(model, embeds, position_ids, decoder.prefill_cache())
-    # Text after the prompt continues from its last token's position, which a video's temporal axis
-    # can exceed: the model's rope delta (from the largest position) is for decoding right after.
     return Prefilled(
         logits=logits,
-        rope_delta=int(rope_deltas.flatten()[0]),
+        rope_delta=plan.rope_delta,
         vision_s=vision_s,
-        text_delta=int(position_ids[0, 0, -1]) + 1 - ids.shape[1],
-        max_position=int(position_ids.max()),
+        text_delta=plan.text_delta,
+        max_position=plan.max_position,
     )
 
 
