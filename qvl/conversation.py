@@ -36,8 +36,8 @@ class Conversation:
         cache_bytes = self.session.cache_bytes if self.session is not None else None
         try:
             result = self._answer(prompt, history)
-        except QvlError as exc:  # not a turn: null where an answer has its number
-            return runner.fail(self.label, exc, prompt, turn=None, cache_bytes=cache_bytes)
+        except QvlError as exc:  # an answer's keys (the media's known), and no turn's number
+            return runner.fail(self.label, exc, prompt, **self.media.record, turn=None, cache_bytes=cache_bytes)
         if self.media_prefill is not None:
             result.timings.add_media_prefill(self.media_prefill)
             self.media_prefill = None

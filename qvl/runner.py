@@ -244,7 +244,11 @@ class Runner:
     ) -> list[dict[str, Any]]:
         """Report an input that failed before any of `prompts` was answered: a record each, told once."""
         model = self._engine.name if self._engine is not None else self.settings.model
-        records = [{**error_record(label, str(exc), model=model, prompt=prompt), **fields} for prompt in prompts]
+        records = []
+        for prompt in prompts:
+            record = error_record(label, str(exc), model=model, prompt=prompt)
+            error = record.pop("error")  # last, as in answers, after the keys the caller's answers add
+            records.append({**record, **fields, "error": error})
         self.view.failed(records[0])
         for record in records[1:]:
             self.view.failed_again(record)

@@ -242,3 +242,12 @@ def test_frame_options_about_images_say_they_are_not_used(tmp_path):
     assert "the frame options apply to a video" in result.stderr
     quiet = invoke("chat", house, "--max-tokens", "2", "--json", input="Hi?\n")
     assert "frame options" not in quiet.stderr
+
+
+def test_a_failed_question_about_a_video_has_an_answers_keys(clip):
+    result = invoke(*_chat_args(clip, "--json"), input="What happens?\nbad <|image_pad|> here\nAnd then?\n")
+    assert result.exit_code == 1 and len(error_lines(result.stderr)) == 1, result.stderr
+    records = json_lines(result.stdout)
+    assert [r["turn"] for r in records] == [1, None, 2]
+    assert [list(r) for r in records[1:]] == [list(records[0])] * 2  # the same keys, in the same order
+    assert records[1]["frames"] == records[0]["frames"] and records[1]["error"]

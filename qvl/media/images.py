@@ -79,10 +79,15 @@ def _note_videos_left_out(raw: str, folder: Path) -> None:
         warn(f"{raw}: {counted(videos, 'video')} left out (qvl video or qvl batch answers them)")
 
 
-def _not_an_image(label: str, video_hint: str | None) -> str:
+def _looks_like_a_video(data: bytes) -> bool:
+    """The container signatures of MP4/MOV (an `ftyp` box), Matroska/WebM and AVI."""
+    return data[4:8] == b"ftyp" or data[:4] == b"\x1a\x45\xdf\xa3" or (data[:4] == b"RIFF" and data[8:12] == b"AVI ")
+
+
+def _not_an_image(label: str, data: bytes, video_hint: str | None) -> str:
     from qvl.media.preprocess import VIDEO_EXTENSIONS
 
-    if PurePosixPath(label).suffix.lower() in VIDEO_EXTENSIONS:
+    if PurePosixPath(label).suffix.lower() in VIDEO_EXTENSIONS or _looks_like_a_video(data):
         hint = f"use qvl video {shlex.quote(label)}" if video_hint is None else video_hint
         return f"{label}: is a video, not an image: {hint}"
     return f"{label}: not an image (unrecognised format)"
@@ -118,7 +123,7 @@ def decode_image(data: bytes, label: str, *, max_pixels: int | None = None, vide
             frames = getattr(img, "n_frames", 1) if getattr(img, "is_animated", False) else 1
             image = to_rgb(img)
     except UnidentifiedImageError:
-        raise InputError(_not_an_image(label, video_hint)) from None
+        raise InputError(_not_an_image(label, data, video_hint)) from None
     except Image.DecompressionBombError as exc:
         raise InputError(f"{label}: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -169,3 +169,9 @@ def test_a_video_given_as_an_image_says_what_to_do_instead():
         decode_image(clip, "clip.mp4")
     with pytest.raises(InputError, match="is a video, not an image: send it as a video_url part$"):
         decode_image(clip, "clip.mp4", video_hint="send it as a video_url part")
+    # Without a telling name (a data URI), the container's signature tells.
+    for data in (clip, b"\x1a\x45\xdf\xa3" + bytes(60), b"RIFF\x00\x00\x00\x00AVI " + bytes(60)):
+        with pytest.raises(InputError, match="data URI: is a video, not an image"):
+            decode_image(data, "data URI", video_hint="send it as a video_url part")
+    with pytest.raises(InputError, match="data URI: not an image"):
+        decode_image(b"plain text, no container", "data URI")
