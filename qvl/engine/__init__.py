@@ -217,9 +217,8 @@ class Engine:
 
         device="cpu" keeps every step on the CPU and touches no GPU, so worker threads can prepare
         requests while the model answers others; `generate(request, inputs=...)` then moves them.
-        Inputs made ahead for qvl's fast path also carry their `prefill.PromptPlan` (mRoPE positions,
-        the towers' plans), so that the thread driving the GPU neither computes it nor waits for
-        the GPU to read the ids back.
+        Made ahead for the fast path, they carry their `prefill.PromptPlan` (positions, the towers'
+        plans): the thread driving the GPU then neither makes it nor reads the ids back.
         """
         import torch
 
@@ -250,7 +249,7 @@ class Engine:
         """
         import torch
 
-        from qvl.engine.generate import TextStream, eos_ids, stock_generate
+        from qvl.engine.generate import TextStream, eos_ids, result_of, stock_generate
 
         check_sampling(request.max_new_tokens, request.temperature, request.top_p)  # as changed since made
         if fast is None:
@@ -293,9 +292,8 @@ class Engine:
         )
 
     def check_room(self, prompt_tokens: int, max_new_tokens: int) -> None:
-        """An `OptionError` where the prompt and the answer's room pass the model's context
-        (`max_position_embeddings`): positions past it were never trained, and the fast path would
-        make a KV cache that long before the first token."""
+        """An `OptionError` where the prompt and the answer pass the model's context: positions past
+        it were never trained, and the fast path would make a KV cache that long up front."""
         context = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
         if context and prompt_tokens + max_new_tokens > context:
             raise OptionError(
@@ -327,7 +325,7 @@ class Engine:
         last row ends."""
         import torch
 
-        from qvl.engine.generate import eos_ids
+        from qvl.engine.generate import eos_ids, result_of
 
         if not requests:
             return []
@@ -365,15 +363,12 @@ class Engine:
 
     def warm_up(self, tokens: int | None = None) -> float:
         """Answer a tiny video request (two black frames; two tokens, one where `tokens` is given) on
-        the fast path and return the seconds it took (added to `load_s`): the first request of a
-        process pays one-time costs (cuBLAS handles, CUDA modules loaded on first use, each Triton
-        kernel's load from its cache) that this takes instead, where the caller can overlap it
-        with other work. Does nothing off a GPU's fast path.
-
-        tokens: the prompt and answer tokens the next request will hold, where known (a planned
-        video's tokens, the text's and --max-tokens): its KV cache is made and its decode step
-        captured here too, for greedy decoding. Does nothing off a GPU's fast path; a failure here is
-        left for the first real request to meet."""
+        the fast path and return the seconds it took (added to `load_s`): the one-time costs of a
+        process's first request (cuBLAS handles, CUDA modules loaded on first use, each Triton
+        kernel's load from its cache) are paid here, where the caller can overlap them with other
+        work. tokens: the next request's prompt and answer tokens, where known: its KV cache and
+        greedy decode graph are made here too. Off a GPU's fast path it does nothing; a failure
+        is left for the first real request."""
         if self.fast_path_problem is not None or self.device != "cuda":  # a CPU has no such costs
             return 0.0
         import numpy as np
@@ -425,21 +420,6 @@ class Engine:
         from qvl.psa import PSAStats, psa_request
 
         return psa_request(self.psa, self.text_length(input_ids), PSAStats())
-
-
-def result_of(generated, tokenizer, timings: Timings, started: float, **fields) -> Result:
-    """A `Result` from a path's `Generated` (new tokens, first token's time): `timings` completed
-    with the stages from `started` (when generation began) to now."""
-    finished = time.perf_counter()
-    tokens = generated.tokens
-    timings.prefill_s = generated.first_token_at - started
-    timings.vision_s = generated.vision_s
-    timings.warmup_s = generated.warmup_s
-    timings.decode_s = finished - generated.first_token_at
-    if len(tokens) > 1 and timings.decode_s > 0:
-        timings.tokens_per_s = (len(tokens) - 1) / timings.decode_s
-    text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-    return Result(text=text, generated_tokens=len(tokens), timings=timings, tokens=tokens, **fields)
 
 
 def _text(text: str) -> dict:

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import torch
 
+from qvl.engine import Result, Timings  # the package imports this module only inside its methods
 from qvl.engine.batch_decode import BatchDecoder
 from qvl.engine.decode import Sampling, StaticDecoder, capacity_for, choose
 from qvl.engine.prefill import PROMPT_PLAN, prefill
@@ -298,3 +299,18 @@ def first_token(logits: torch.Tensor, prompt: torch.Tensor, sampling: Sampling) 
     seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
     seen[prompt.flatten()] = True
     return int(choose(logits, sampling, seen, sampling.temperature))
+
+
+def result_of(generated, tokenizer, timings: Timings, started: float, **fields) -> Result:
+    """A `Result` from a path's `Generated` (new tokens, first token's time): `timings` completed
+    with the stages from `started` (when generation began) to now."""
+    finished = time.perf_counter()
+    tokens = generated.tokens
+    timings.prefill_s = generated.first_token_at - started
+    timings.vision_s = generated.vision_s
+    timings.warmup_s = generated.warmup_s
+    timings.decode_s = finished - generated.first_token_at
+    if len(tokens) > 1 and timings.decode_s > 0:
+        timings.tokens_per_s = (len(tokens) - 1) / timings.decode_s
+    text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    return Result(text=text, generated_tokens=len(tokens), timings=timings, tokens=tokens, **fields)

@@ -137,7 +137,8 @@ class Session:
         """Answer one question about the session's media, after the earlier turns `history`
         ((question, answer) pairs, none by default; `history` is not changed); a `Result` as
         `Engine.generate` gives."""
-        from qvl.engine import Request, Timings, result_of
+        from qvl.engine import Request, Timings
+        from qvl.engine.generate import result_of
 
         if max_new_tokens < 1:
             raise OptionError(f"--max-tokens must be at least 1, not {max_new_tokens}")

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from qvl.errors import CacheDirError, CacheError, counted, first_line
+from qvl.media.cache_files import HOST as _HOST
+from qvl.media.cache_files import is_abandoned, tree_size, walk_size
 from qvl.media.jpeg_frames import JPEG_QUALITY, encode_jpegs, read_frames
 from qvl.paths import write_json_atomically
 
@@ -323,7 +324,7 @@ class FrameCache:
         """Entry folders not among `entries` (default: `entries()`): their meta.json is unreadable."""
         known = {e.path for e in (self.entries() if entries is None else entries)}
         shards = [s for s in self.entries_dir.iterdir() if s.is_dir()] if self.entries_dir.is_dir() else []
-        return [(d, _tree_size(d)) for s in shards for d in s.iterdir() if d.is_dir() and d not in known]
+        return [(d, tree_size(d)) for s in shards for d in s.iterdir() if d.is_dir() and d not in known]
 
     def stale(self, *, max_age: float = STALE_TMP_SECONDS) -> list[tuple[Path, int]]:
         """Leftovers of interrupted runs, with their sizes in bytes: nothing reads them.
@@ -348,8 +349,8 @@ class FrameCache:
             except OSError:
                 continue
             # A write probe or a probe record lives for microseconds: a minute old, it is left over.
-            if (path.name.startswith(".") and age > 60) or _is_abandoned(path.name) or age > max_age:
-                out.append((path, _tree_size(path)))
+            if (path.name.startswith(".") and age > 60) or is_abandoned(path.name) or age > max_age:
+                out.append((path, tree_size(path)))
         return out
 
     def stale_bytes(self) -> int:
@@ -358,7 +359,7 @@ class FrameCache:
 
     def total_size(self) -> int:
         """Bytes used by the cache root (entries, probe records and leftovers in tmp/)."""
-        return _walk_size(self.root) if self.root.is_dir() else 0
+        return walk_size(self.root) if self.root.is_dir() else 0
 
     def clear(self, older_than_days: float | None = None) -> tuple[int, int]:
         """Remove entries (all, or those created more than `older_than_days` ago).
@@ -403,56 +404,6 @@ class FrameCache:
                 f"({kept[0].strerror or first_line(kept[0])}); removed {removed}"
             )
         return removed, freed + stale_bytes
-
-
-_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-
-
-def _is_abandoned(name: str) -> bool:
-    """True for a tmp/ name whose writer is certainly gone: a half-removed entry, or a work folder
-    of a process of this host that no longer runs."""
-    if name.startswith("trash-"):
-        return True
-    parts = name.split(".")
-    if len(parts) != 3 or "-" not in parts[1]:
-        return False  # not a work folder of this format: only age decides
-    host, _, pid = parts[1].partition("-")
-    if host != _HOST or not pid.isdigit():
-        return False
-    return not _process_alive(int(pid))
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: it exists, owned by someone else
-        return True
-    return True
-
-
-def _tree_size(path: Path) -> int:
-    if not path.is_dir() or path.is_symlink():
-        try:
-            return path.lstat().st_size
-        except OSError:
-            return 0
-    return _walk_size(path)
-
-
-def _walk_size(path: Path) -> int:
-    """Bytes of the files below the folder `path` (links not followed; vanished files skipped)."""
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, f)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def _fsync_dir(d: Path) -> None:
