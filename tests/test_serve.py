@@ -176,6 +176,20 @@ def test_a_second_question_about_a_video_reuses_its_session(server, media):
         assert {k: media_record[k] for k in ("frames", "timestamps", "frame_size")} == {
             k: local[k] for k in ("frames", "timestamps", "frame_size")
         }
+        assert media_record["notes"] == []
+
+
+def test_what_the_frame_plan_changed_is_in_the_answer(server, media):
+    """An odd `frames` rounds up as on the command line, and the answer says so: an API client
+    has no terminal for the note."""
+    reply = _client(server).chat.completions.create(
+        model="tiny",
+        messages=_user("What happens?", _video_part(media["video"])),
+        max_tokens=2,
+        extra_body={"frames": 5},
+    )
+    record = reply.model_extra["qvl"]["media"]
+    assert record["frames"] == 6 and record["notes"] == ["frames 5 rounded up to 6 (frames come in pairs)"]
 
 
 def test_eight_concurrent_requests_are_all_answered(server, media):

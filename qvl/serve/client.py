@@ -184,8 +184,8 @@ class RemoteModel:
 
         reply = self.client.chat(self.body(request), on_text)
         extra = reply["qvl"]
-        if isinstance(request.video, RemoteVideo):
-            request.video.record.update(extra.get("media") or {})
+        if isinstance(request.video, RemoteVideo):  # its plan's notes were printed here, as planned
+            request.video.record.update({k: v for k, v in (extra.get("media") or {}).items() if k != "notes"})
         timings = Timings(
             **{k: v for k, v in (extra.get("timings") or {}).items() if k in Timings.__dataclass_fields__}
         )

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from qvl.errors import InputError
-from qvl.serve.protocol import ChatRequest, Part
+from qvl.serve.protocol import ChatRequest, Part, field_names
 
 MAX_IMAGE_PIXELS = 50_000_000  # per decoded image; the processor shrinks larger ones anyway
 
@@ -54,7 +54,10 @@ class Staged:
             if uploaded:  # name the upload as the client sent it, not by its temporary file
                 raise InputError(str(exc).replace(source, label)) from None
             raise
-        return Media(images=images, video=clip.video, record=clip.record, notes=clip.notes)
+        # The plan's notes (`frames 7` rounded up to 8, an `end` past the video) go back in the
+        # media record: an API client has no terminal that a note would reach.
+        record = {**clip.record, "notes": [field_names(note)[0] for note in clip.notes]}
+        return Media(images=images, video=clip.video, record=record, notes=clip.notes)
 
     def close(self) -> None:
         if self.folder is not None:

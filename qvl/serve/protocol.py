@@ -55,7 +55,7 @@ class ApiError(Exception):
 def api_error(exc: QvlError) -> ApiError:
     """A qvl error as the API reports it: bad options and inputs are the client's (400), the rest ours."""
     if isinstance(exc, OptionError):
-        message, named = _field_names(str(exc))
+        message, named = field_names(str(exc))
         return ApiError(400, message, code="invalid_option", param=named[0] if named else None)
     if isinstance(exc, InputError):
         return ApiError(400, str(exc), code="invalid_input")
@@ -64,7 +64,7 @@ def api_error(exc: QvlError) -> ApiError:
     return ApiError(500, str(exc), code="server_error")
 
 
-def _field_names(message: str) -> tuple[str, list[str]]:
+def field_names(message: str) -> tuple[str, list[str]]:
     """The command line's check message with the request's field names (`--max-tokens` ->
     `max_tokens`) where the option is a field of a request, and those fields in order."""
     import re
