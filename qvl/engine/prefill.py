@@ -47,17 +47,16 @@ class PromptPlan:
     towers: dict[str, TowerPlan]  # by pixel key
 
 
-def plan_prompt(model, inputs, *, towers: bool = True) -> PromptPlan:
-    """The `PromptPlan` of `inputs` (the processor's outputs, on any device; the CPU spares the
-    GPU); towers=False leaves the towers' plans out (`run_tower` makes its own)."""
+def plan_prompt(model, inputs) -> PromptPlan:
+    """The `PromptPlan` of `inputs` (the processor's outputs, on any device; the CPU spares the GPU)."""
     core = model.model
     ids = inputs["input_ids"]
     rope_kwargs = {k: inputs[k] for k in _rope_parameters(core) if inputs.get(k) is not None}
     position_ids, rope_deltas = core.get_rope_index(ids, **rope_kwargs)
-    plans = {
+    towers = {
         pixels: plan_tower(inputs[grid], core.visual.config)
         for pixels, grid, _ in _MEDIA
-        if towers and inputs.get(pixels) is not None
+        if inputs.get(pixels) is not None
     }
     # Text after the prompt continues from its last token's position, which a video's temporal
     # axis can exceed: the model's rope delta (from the largest position) is for decoding right after.
@@ -66,7 +65,7 @@ def plan_prompt(model, inputs, *, towers: bool = True) -> PromptPlan:
         rope_delta=int(rope_deltas.flatten()[0]),
         text_delta=int(position_ids[0, 0, -1]) + 1 - ids.shape[1],
         max_position=int(position_ids.max()),
-        towers=plans,
+        towers=towers,
     )
 
 
@@ -87,21 +86,19 @@ def prefill(model, inputs, make_decoder) -> Prefilled:
     `PromptPlan` (`PROMPT_PLAN`); others are planned here, from their ids on the model's device."""
     core = model.model
     ids = inputs["input_ids"]
-    plan = inputs.get(PROMPT_PLAN)
+    plan = inputs.get(PROMPT_PLAN) or plan_prompt(model, inputs)
     sync = ids.device.type == "cuda"
     started = time.perf_counter()
     embeds = core.get_input_embeddings()(ids)
     for pixels_key, grid_key, token_key in _MEDIA:
         if inputs.get(pixels_key) is None:
             continue
-        tower = plan.towers[pixels_key] if plan is not None else None
-        features = run_tower(core.visual, inputs[pixels_key], inputs[grid_key], tower)
+        features = run_tower(core.visual, inputs[pixels_key], inputs[grid_key], plan.towers[pixels_key])
         mask = (ids == getattr(model.config, token_key)).unsqueeze(-1).expand_as(embeds)
         embeds = embeds.masked_scatter(mask, features.to(embeds.dtype))
     if sync:
         torch.cuda.synchronize()
     vision_s = time.perf_counter() - started
-    plan = plan or plan_prompt(model, inputs, towers=False)
     position_ids = plan.position_ids.to(ids.device)
     decoder = make_decoder()
     if language.supported(model):
