@@ -159,6 +159,30 @@ def test_fast_tower_matches_stock_in_bf16(tiny_model_dir, monkeypatch, chunk):
     assert float((out - ref).norm() / ref.norm()) < 1e-2
 
 
+def test_a_chunked_mlp_holds_one_chunks_activations_at_a_time():
+    """The chunks' [rows, 2 x width] products are the MLP's peak: the next chunk's is made only
+    after the last one's is freed, so the peak is the result and one chunk's product."""
+    import torch
+
+    from qvl.engine.fuse import gated_mlp
+
+    rows, chunk, hidden, width = 4096, 1024, 256, 2048
+    torch.manual_seed(0)
+    h = torch.randn(rows, hidden, device="cuda", dtype=torch.bfloat16)
+    gate_up = torch.randn(2 * width, hidden, device="cuda", dtype=torch.bfloat16) / hidden**0.5
+    down = torch.randn(hidden, width, device="cuda", dtype=torch.bfloat16) / width**0.5
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = gated_mlp(h, gate_up, None, down, None, chunk)
+    torch.cuda.synchronize()
+    held = torch.cuda.max_memory_allocated() - before
+    one_chunk = chunk * 2 * width * h.element_size()
+    assert held < out.numel() * out.element_size() + 1.5 * one_chunk
+    whole = gated_mlp(h, gate_up, None, down, None, rows)
+    assert torch.allclose(out.float(), whole.float(), rtol=2e-2, atol=2e-2)
+
+
 def test_session_answers_as_fresh_stock_requests_on_cuda(tiny_model_dir, exact_fp32):
     """A session's questions through the CUDA graph, greedy, fp32: the tokens of a fresh request
     through qvl's fast path and through transformers' generate, a long question between two short ones."""

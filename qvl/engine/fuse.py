@@ -81,6 +81,7 @@ def gated_mlp(h, gate_up, gate_up_bias, down, down_bias, chunk: int) -> torch.Te
             torch.mm(act, down.t(), out=part)
         else:
             torch.addmm(down_bias, act, down.t(), out=part)
+        del act  # else two chunks' activations are held while the next one is made
     return out
 
 

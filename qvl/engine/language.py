@@ -78,6 +78,7 @@ def run_language_model(
             k, v = keys[i, :, :end].unsqueeze(0), values[i, :, :end].unsqueeze(0)
         out, _ = attend(attn, q, k, v, mask, dropout=0.0, scaling=attn.scaling)
         out = attn.o_proj(out.reshape(length, heads * dim))
+        del qkv, q, k, v  # freed before the MLP, whose activations are the layer's peak
         h, x = norm(layer.post_attention_layernorm, out, x)
         out = _mlp(layer.mlp, h)
         if i + 1 < len(layers):

@@ -199,6 +199,7 @@ def run_tower(visual, pixel_values: torch.Tensor, grid_thw, plan: TowerPlan | No
             qkv = F.linear(h, attn.qkv.weight, attn.qkv.bias).view(tokens, 3, heads, head_dim)
             o = _attention(qkv, cos, sin, plan, layer in full_layers, attn.scaling)
             out = F.linear(o.reshape(tokens, -1), attn.proj.weight, attn.proj.bias)
+            del qkv, o  # freed before the MLP, whose activations are the layer's peak
             h, x = norm(block.norm2, out, x)
             out = _mlp(block.mlp, h, silu=config.hidden_act == "silu")
             if layer + 1 < len(blocks):
