@@ -47,8 +47,48 @@ def run(busy_ms: float, gap_ms: float, seconds: float = 3.0) -> tuple[float, flo
     return kernel_ms / 1000 / wall, statistics.fmean(samples[3:]) / 100
 
 
+def graph_stream(seconds: float = 3.0, kernels: int = 400) -> tuple[float, float]:
+    """A decode step's kind of work: a CUDA graph of `kernels` small memory-bound products
+    ([4, 4096] x [4096, 4096]), replayed back to back; the host syncs once per 20 replays."""
+    x = torch.randn(4, 4096, device="cuda", dtype=torch.bfloat16)
+    weights = [torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16) for _ in range(8)]
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for w in weights:
+            x @ w
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(kernels):
+            x @ weights[i % len(weights)]
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples, stop = [], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            samples.append(torch.cuda.utilization(0))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample)
+    kernel_ms, t0 = 0.0, time.perf_counter()
+    sampler.start()
+    while time.perf_counter() - t0 < seconds:
+        start.record()
+        for _ in range(20):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        kernel_ms += start.elapsed_time(end)
+    wall = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    return kernel_ms / 1000 / wall, statistics.fmean(samples[3:]) / 100
+
+
 if __name__ == "__main__":
     print(f"{'busy ms':>8} {'gap ms':>7} {'duty (events)':>14} {'NVML mean':>10}")
     for busy, gap in ((20, 0), (20, 2), (5, 0.5), (5, 2), (1, 0.1), (20, 20)):
         duty, nvml = run(busy, gap)
         print(f"{busy:>8} {gap:>7} {duty:>14.3f} {nvml:>10.3f}")
+    duty, nvml = graph_stream()
+    print(f"{'graph of 400 small products':>17} {duty:>14.3f} {nvml:>10.3f}")
