@@ -12,14 +12,20 @@ variant's seconds per row and NVML's busy reading over its seconds (sampled ever
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import torch
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+from batch_gaps import video_rows  # noqa: E402
 
 
 class Nvml:
@@ -51,22 +57,16 @@ def main() -> None:
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
 
-    from qvl.batch.inputs import expand
     from qvl.batch.local import answer_rows
     from qvl.batch.work import answer_together, decode_threads, ready
-    from qvl.bench import SOURCE_FPS, default_model, write_video
-    from qvl.options import video_options
+    from qvl.bench import default_model
     from qvl.runner import Runner, Settings, frame_cache
 
     folder = Path(tempfile.mkdtemp(prefix="qvl-batch-beside-"))
-    seed = iter(range(10**6))
+    seeds = itertools.count()
 
     def fresh_rows():  # new files each time: nothing decoded before is reused
-        videos = [
-            write_video(folder / f"v{i:05d}.mp4", args.frames / SOURCE_FPS, side=args.side, fps=SOURCE_FPS, seed=i)
-            for i in (next(seed) for _ in range(args.rows))
-        ]
-        return expand([str(v) for v in videos], video_options(frames=args.frames), prompts={"video": "Describe this."})
+        return video_rows(folder, itertools.islice(seeds, args.rows), args.frames, args.side)
 
     model = args.model or default_model("cuda" if cuda else "cpu")
     runner = Runner(Settings(model=model, max_tokens=args.max_tokens))

@@ -48,6 +48,19 @@ STEPS = [  # (module, owner attribute path, label)
 ]
 
 
+def video_rows(folder: Path, seeds, frames: int, side: int) -> list:
+    """A batch's rows over synthetic videos of `frames` frames at `side` x `side` written into
+    `folder`, one per seed (a new seed, a new file: nothing decoded before is reused)."""
+    from qvl.batch.inputs import expand
+    from qvl.bench import SOURCE_FPS, write_video
+    from qvl.options import video_options
+
+    videos = [
+        write_video(folder / f"v{i:05d}.mp4", frames / SOURCE_FPS, side=side, fps=SOURCE_FPS, seed=i) for i in seeds
+    ]
+    return expand([str(v) for v in videos], video_options(frames=frames), prompts={"video": "Describe this video."})
+
+
 def label_steps() -> None:
     import importlib
 
@@ -117,22 +130,13 @@ def main() -> None:
     parser.add_argument("--min-gap-us", type=float, default=50.0)
     args = parser.parse_args()
 
-    from qvl.batch.inputs import expand
     from qvl.batch.local import answer_rows
-    from qvl.bench import SOURCE_FPS, default_model, write_video
-    from qvl.options import video_options
+    from qvl.bench import default_model
     from qvl.runner import Runner, Settings, frame_cache
 
     cuda = torch.cuda.is_available()
     model = args.model or default_model("cuda" if cuda else "cpu")
-    folder = Path(tempfile.mkdtemp(prefix="qvl-batch-gaps-"))
-    videos = [
-        write_video(folder / f"v{i:04d}.mp4", args.frames / SOURCE_FPS, side=args.side, fps=SOURCE_FPS, seed=i)
-        for i in range(args.videos)
-    ]
-    rows = expand(
-        [str(v) for v in videos], video_options(frames=args.frames), prompts={"video": "Describe this video."}
-    )
+    rows = video_rows(Path(tempfile.mkdtemp(prefix="qvl-batch-gaps-")), range(args.videos), args.frames, args.side)
     if args.switch_interval_ms is not None:
         sys.setswitchinterval(args.switch_interval_ms / 1000)
     if args.torch_threads is not None:
@@ -166,15 +170,21 @@ def main() -> None:
         print("no GPU kernels recorded (no CUDA device): nothing to attribute")
         return
     print(f"GPU busy over the profiled span: {busy:.1%}; {len(found)} gaps of >= {args.min_gap_us:.0f} us")
+    report(found, lambda t: host_step_at(events, t), len(answered))
+
+
+def report(found, step_at, rows: int, largest: int = 10) -> None:
+    """The idle time of `found` gaps ((gap_us, start_us)) by the host step `step_at(start)` names,
+    per row too, then the `largest` gaps."""
     by_step = collections.Counter()
     for gap_us, start in found:
-        by_step[host_step_at(events, start)] += gap_us
+        by_step[step_at(start)] += gap_us
     print(f"{'host step when the GPU went idle':<40} {'idle ms':>9} {'per row':>9}")
     for step, us in by_step.most_common():
-        print(f"{step:<40} {us / 1000:>9.2f} {us / 1000 / len(answered):>9.2f}")
+        print(f"{step:<40} {us / 1000:>9.2f} {us / 1000 / rows:>9.2f}")
     print("largest gaps:")
-    for gap_us, start in sorted(found, reverse=True)[:10]:
-        print(f"  {gap_us / 1000:8.2f} ms  during {host_step_at(events, start)}")
+    for gap_us, start in sorted(found, reverse=True)[:largest]:
+        print(f"  {gap_us / 1000:8.2f} ms  during {step_at(start)}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from batch_gaps import STEPS  # noqa: E402
+from batch_gaps import STEPS, report, video_rows  # noqa: E402
 
 STEPS += [
     ("qvl.batch.local", "answer_together", "batch answer together"),
@@ -99,22 +99,14 @@ def main() -> None:
         raise SystemExit("--after + --profiled must not exceed --videos")
 
     from qvl import batch
-    from qvl.batch.inputs import expand
-    from qvl.bench import SOURCE_FPS, default_model, write_video
+    from qvl.bench import default_model
     from qvl.option_groups import CacheSettings
-    from qvl.options import video_options
     from qvl.runner import Settings
 
     cuda = torch.cuda.is_available()
     model = args.model or default_model("cuda" if cuda else "cpu")
     folder = Path(tempfile.mkdtemp(prefix="qvl-batch-job-gaps-"))
-    videos = [
-        write_video(folder / f"v{i:04d}.mp4", args.frames / SOURCE_FPS, side=args.side, fps=SOURCE_FPS, seed=i)
-        for i in range(args.videos)
-    ]
-    rows = expand(
-        [str(v) for v in videos], video_options(frames=args.frames), prompts={"video": "Describe this video."}
-    )
+    rows = video_rows(folder, range(args.videos), args.frames, args.side)
     label_steps()
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     prof = torch.profiler.profile(activities=activities)
@@ -192,16 +184,8 @@ def main() -> None:
         return min(covering, key=lambda e: e.time_range.end - e.time_range.start).name
 
     found = [(b[0] - a[1], a[1]) for a, b in zip(kernels, kernels[1:]) if b[0] - a[1] >= args.min_gap_us]
-    by_step = collections.Counter()
-    for gap_us, start in found:
-        by_step[step_at(start)] += gap_us
     print(f"{len(found)} gaps of >= {args.min_gap_us:.0f} us between kernels")
-    print(f"{'host step when the GPU went idle':<40} {'idle ms':>9} {'per row':>9}")
-    for step, us in by_step.most_common():
-        print(f"{step:<40} {us / 1000:>9.2f} {us / 1000 / args.profiled:>9.2f}")
-    print("largest gaps:")
-    for gap_us, start in sorted(found, reverse=True)[:12]:
-        print(f"  {gap_us / 1000:8.2f} ms  during {step_at(start)}")
+    report(found, step_at, args.profiled, largest=12)
 
 
 if __name__ == "__main__":
