@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import concurrent.futures
-import functools
 import os
 import statistics
 import sys
@@ -30,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from batch_gaps import STEPS, report, video_rows  # noqa: E402
+from batch_gaps import STEPS, label_steps, report, video_rows  # noqa: E402
 
 STEPS += [
     ("qvl.batch.local", "answer_together", "batch answer together"),
@@ -41,28 +39,8 @@ STEPS += [
     ("qvl.engine.generate", "result_of", "result_of (detokenize)"),
     ("qvl.runner", "Runner.answered", "runner.answered (record)"),
     ("qvl.batch.results", "Results.append", "results.append"),
+    ("concurrent.futures", "Future.result", "wait for a row's media"),
 ]
-
-
-def label(target, name: str, text: str) -> None:
-    original = getattr(target, name)
-
-    @functools.wraps(original)
-    def labelled(*args, **kwargs):
-        with torch.profiler.record_function(text):
-            return original(*args, **kwargs)
-
-    setattr(target, name, labelled)
-
-
-def label_steps() -> None:
-    import importlib
-
-    for module_name, path, text in STEPS:
-        module = importlib.import_module(module_name)
-        owner, _, name = path.rpartition(".")
-        label(getattr(module, owner) if owner else module, name, text)
-    label(concurrent.futures.Future, "result", "wait for a row's media")
 
 
 def intervals(events, kinds) -> list[list[float]]:
@@ -168,7 +146,7 @@ def main() -> None:
         print(f"{name:<48} {count:>6} {us / 1000:>8.2f} {us / 1000 / args.profiled:>8.2f}")
 
     driver = next((e.thread for e in events if e.name == "batch answer together"), None)
-    labels = {text for _, _, text in STEPS} | {"wait for a row's media"}
+    labels = {text for _, _, text in STEPS}
     host = [
         e
         for e in events
