@@ -2,7 +2,9 @@
 answers groups of rows (4 decoded together, as the batch does) with every row's media and inputs
 made before the clock starts, then as the batch runs them, CPU workers decoding and preparing
 the rows ahead meanwhile, with each worker's torch CPU threads, its decoding threads and its
-inputs page-locked (the copy to the GPU then by DMA, not staged by the driver) varied. No
+inputs page-locked (the copy to the GPU then by DMA, not staged by the driver) varied, and the
+rows made in worker processes instead (a prototype: each process holds the model's tree on the
+meta device for `Engine.prepare`, and the inputs come back through shared memory). No
 profiler (CUPTI slows the GPU's kernels enough to hide a host that keeps up only just); each
 variant's seconds per row and NVML's busy reading over its seconds (sampled every 0.1 s).
 
@@ -13,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -44,6 +47,50 @@ class Nvml:
     def mean(self, start: float, end: float) -> float:
         read = [u for t, u in self.samples if start + 0.2 <= t <= end]
         return statistics.fmean(read) if read else float("nan")
+
+
+_PREPARER = None  # in a worker process: an engine without weights, for `prepare` alone
+
+
+def _start_process(model_name: str, threads: int) -> None:
+    """A worker process's preparer: qvl's module tree on the meta device (no weights, no GPU),
+    its processor and chat template; what `Engine.prepare(request, device="cpu")` reads."""
+    global _PREPARER
+    import json
+
+    from qvl.engine import Engine, native
+    from qvl.engine.load import random_config
+    from qvl.engine.native_inputs import NativeProcessor
+    from qvl.models import resolve_model
+
+    torch.set_num_threads(threads)
+    resolved = resolve_model(model_name)
+    made = random_config(resolved.random, resolved.path) if resolved.random else None
+    config = native.config_from_dict(made or json.loads((resolved.path / "config.json").read_text()))
+    with torch.device("meta"):
+        model = native.NativeModel(config, native.read_generation_config(resolved.path))
+    engine = Engine.__new__(Engine)
+    engine.model, engine.native, engine.fast_path_problem = model, True, None
+    engine.processor = NativeProcessor(resolved.path, config.image_token_id, config.video_token_id)
+    engine._inputs = engine.processor.inputs
+    _PREPARER = engine
+
+
+def _ready_in_process(row, decoding: int, max_tokens: int):
+    """What `qvl.batch.work.ready` makes of `row` (its media loaded, its inputs prepared), made
+    in a worker process; its tensors come back through shared memory."""
+    from qvl.batch.work import load
+    from qvl.engine import Request
+    from qvl.runner import frame_cache
+
+    started = time.perf_counter()
+    media = load(row, frame_cache(enabled=False), decoding)
+    media.media_s = time.perf_counter() - started
+    request = Request(prompt=row.prompt, images=media.images, video=media.video, max_new_tokens=max_tokens)
+    started = time.perf_counter()
+    media.inputs = _PREPARER.prepare(request, device="cpu")
+    media.preprocess_s = time.perf_counter() - started
+    return media
 
 
 def main() -> None:
@@ -142,6 +189,22 @@ def main() -> None:
         patched(**kwargs)
         measure(name, beside(fresh_rows()))
     patched()
+    for threads in (max(1, (os.cpu_count() or 1) // args.workers), 1):
+        pool = ProcessPoolExecutor(
+            args.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_process,
+            initargs=(model, threads),
+        )
+
+        def via_processes(row, cache, *, runner=None, workers=None, pool=pool):
+            return pool.submit(_ready_in_process, row, decode_threads(args.workers), args.max_tokens).result()
+
+        local.ready = via_processes
+        list(answer_rows(runner, fresh_rows()[:8], cache, workers=args.workers, prefetch=8, batch_size=4))  # started
+        measure(f"{args.workers} worker processes beside, torch threads {threads} each", beside(fresh_rows()))
+        pool.shutdown()
+    local.ready = ready
     measure(f"{args.workers} workers beside, again", beside(fresh_rows()))
     measure("ready before the clock, again", ahead())
     nvml.stop.set()
