@@ -159,13 +159,16 @@ def main() -> None:
 
     import qvl.batch.local as local
 
+    default_threads = torch.get_num_threads()
+
     def patched(threads: int | None = None, pinned: bool = False, decoding: int | None = None):
         """answer_rows's workers with their own torch CPU threads, their inputs page-locked, or
         `decoding` threads per video."""
 
         def prepared(*a, **k):
-            if threads is not None:
-                torch.set_num_threads(threads)  # this worker thread's OpenMP threads
+            # This worker thread's OpenMP threads; the call also sets the count that threads made
+            # later start with, so every variant sets its own.
+            torch.set_num_threads(threads or default_threads)
             media = ready(*a, **k)
             inputs = getattr(media, "inputs", None)
             if pinned and cuda and inputs is not None:
@@ -177,7 +180,6 @@ def main() -> None:
         local.ready = prepared
         local.decode_threads = (lambda workers: decoding) if decoding else decode_threads
 
-    default_threads = torch.get_num_threads()
     measure("ready before the clock (nothing beside the GPU)", ahead())
     measure(f"{args.workers} workers beside (as qvl batch)", beside(fresh_rows()))
     for name, kwargs in (
@@ -189,6 +191,7 @@ def main() -> None:
         patched(**kwargs)
         measure(name, beside(fresh_rows()))
     patched()
+    torch.set_num_threads(default_threads)
     for threads in (max(1, (os.cpu_count() or 1) // args.workers), 1):
         pool = ProcessPoolExecutor(
             args.workers,
