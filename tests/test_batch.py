@@ -400,3 +400,44 @@ def test_rows_go_together_by_default_on_a_gpu_where_the_settings_allow():
     assert _batch_size(sampled, BatchOptions("r.jsonl")) == 1
     assert _batch_size(greedy, BatchOptions("r.jsonl", ray="local")) == 1
     check(sampled, BatchOptions("r.jsonl", ray="local"))  # the default is no reason to refuse
+
+
+def test_workers_beside_a_gpu_model_take_a_share_of_the_cores_which_ends_with_them():
+    """A worker's processor beside a model on a GPU runs on its share of torch's CPU threads; the
+    thread that runs the model keeps its count, and threads started after the share ends get the
+    count there was before (torch gives a new thread the count last set anywhere). Beside a model on
+    the CPU a worker keeps torch's count: the model needs the cores."""
+    import threading
+    from types import SimpleNamespace
+
+    import torch
+
+    from qvl.batch.work import CoreShare
+
+    before = torch.get_num_threads()
+    if before < 2:
+        pytest.skip("a share smaller than torch's count needs 2 cores or more")
+    share = before // 2
+    seen = {}
+
+    def in_thread(name, device=None):
+        def run():
+            if device is not None:
+                cores.take(SimpleNamespace(device=device))
+            seen[name] = torch.get_num_threads()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+
+    with CoreShare(share) as cores:
+        in_thread("beside the CPU's model", "cpu")
+        in_thread("beside a GPU's model", "cuda")
+        seen["the model's thread"] = torch.get_num_threads()
+    in_thread("started after")
+    assert seen == {
+        "beside the CPU's model": before,
+        "beside a GPU's model": share,
+        "the model's thread": before,
+        "started after": before,
+    }

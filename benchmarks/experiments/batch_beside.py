@@ -165,9 +165,9 @@ def main() -> None:
         """answer_rows's workers with their own torch CPU threads, their inputs page-locked, or
         `decoding` threads per video."""
 
-        def prepared(*a, **k):
-            # This worker thread's OpenMP threads; the call also sets the count that threads made
-            # later start with, so every variant sets its own.
+        def prepared(*a, cores=None, **k):
+            # This worker thread's OpenMP threads (instead of the batch's share of the cores); the
+            # call also sets the count that threads made later start with, so every variant sets its own.
             torch.set_num_threads(threads or default_threads)
             media = ready(*a, **k)
             inputs = getattr(media, "inputs", None)
@@ -183,6 +183,7 @@ def main() -> None:
     measure("ready before the clock (nothing beside the GPU)", ahead())
     measure(f"{args.workers} workers beside (as qvl batch)", beside(fresh_rows()))
     for name, kwargs in (
+        ("workers beside, torch's count each (qvl batch before)", dict()),
         ("workers beside, 1 torch thread each", dict(threads=1)),
         ("workers beside, 1 torch thread, 1 decoding thread", dict(threads=1, decoding=1)),
         ("workers beside, inputs page-locked", dict(pinned=True)),
@@ -190,7 +191,6 @@ def main() -> None:
     ):
         patched(**kwargs)
         measure(name, beside(fresh_rows()))
-    patched()
     torch.set_num_threads(default_threads)
     for threads in (max(1, (os.cpu_count() or 1) // args.workers), 1):
         pool = ProcessPoolExecutor(
@@ -200,15 +200,15 @@ def main() -> None:
             initargs=(model, threads),
         )
 
-        def via_processes(row, cache, *, runner=None, workers=None, pool=pool):
+        def via_processes(row, cache, *, runner=None, workers=None, cores=None, pool=pool):
             return pool.submit(_ready_in_process, row, decode_threads(args.workers), args.max_tokens).result()
 
         local.ready = via_processes
         list(answer_rows(runner, fresh_rows()[:8], cache, workers=args.workers, prefetch=8, batch_size=4))  # started
         measure(f"{args.workers} worker processes beside, torch threads {threads} each", beside(fresh_rows()))
         pool.shutdown()
-    local.ready = ready
-    measure(f"{args.workers} workers beside, again", beside(fresh_rows()))
+    local.ready, local.decode_threads = ready, decode_threads
+    measure(f"{args.workers} workers beside, again (as qvl batch)", beside(fresh_rows()))
     measure("ready before the clock, again", ahead())
     nvml.stop.set()
     card = torch.cuda.get_device_name() if cuda else "the CPU"

@@ -19,7 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
-from qvl.batch.work import WorkerView, answer, answer_together, decode_threads, engine_info, ready
+from qvl.batch.work import (
+    CoreShare,
+    WorkerView,
+    answer,
+    answer_together,
+    decode_threads,
+    engine_info,
+    ready,
+)
 from qvl.errors import ModelError, OptionError, QvlError, counted
 from qvl.runner import Runner
 
@@ -42,10 +50,11 @@ def answer_rows(
     runner.load_in_background()
     threads = decode_threads(workers)
     rows = iter(rows)
-    with ThreadPoolExecutor(workers, thread_name_prefix="qvl-prefetch") as pool:
+    # The pool closes first, its workers done, then the cores' share ends.
+    with CoreShare(threads) as cores, ThreadPoolExecutor(workers, thread_name_prefix="qvl-prefetch") as pool:
 
         def submit(row):  # the worker's processor waits for the engine
-            return row, pool.submit(ready, row, cache, runner=runner, workers=threads)
+            return row, pool.submit(ready, row, cache, runner=runner, workers=threads, cores=cores)
 
         pending = deque(submit(row) for row in islice(rows, max(prefetch, 1)))
         try:

@@ -7,6 +7,7 @@ gets the same frames, the same request and the same record wherever it runs.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -31,14 +32,57 @@ class WorkerView(View):
         return False
 
 
-def ready(row, cache, *, runner: Runner | None = None, workers: int | None = None) -> Media | QvlError:
+class CoreShare:
+    """torch's CPU threads for the workers that run the processor beside a model on a GPU: the
+    cores shared out among them, as their decoding threads are. Each processor would otherwise
+    start a thread per core, and several at once crowd each other and the thread feeding the GPU
+    (docs/benchmarks.md, `qvl batch`). torch starts a new thread with the count last set in any
+    thread, so the count found first is put back when the share ends (`with CoreShare(n) as cores:`
+    around the workers)."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self._found: int | None = None
+        self._lock = threading.Lock()
+
+    def take(self, engine) -> None:
+        """In a worker, before its processor runs: this thread's share, where `engine` is on a GPU
+        (on the CPU the model itself needs the cores, and keeps torch's own count)."""
+        if engine.device != "cuda":
+            return
+        import torch
+
+        with self._lock:
+            if self._found is None:
+                self._found = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+
+    def __enter__(self) -> CoreShare:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Threads started from now on get the count there was before (the workers are done)."""
+        if self._found is not None:
+            import torch
+
+            torch.set_num_threads(self._found)
+
+
+def ready(
+    row, cache, *, runner: Runner | None = None, workers: int | None = None, cores: CoreShare | None = None
+) -> Media | QvlError:
     """The row's media, timed, with its processor inputs made on the CPU when a `runner` (with its
-    engine loaded) is given; or the error that stopped it, to be that row's record."""
+    engine loaded) is given, on this thread's share of the `cores`; or the error that stopped it,
+    to be that row's record."""
     started = time.perf_counter()
     try:
         media = load(row, cache, workers)
         media.media_s = time.perf_counter() - started
-        return runner.prepare(row.prompt, media) if runner is not None else media
+        if runner is None:
+            return media
+        if cores is not None:
+            cores.take(runner.engine())
+        return runner.prepare(row.prompt, media)
     except QvlError as exc:
         return exc
     except Exception as exc:  # one odd file (a decoder's or the processor's surprise) fails its row only
