@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from qvl.batch import BatchView
+from qvl.errors import counted
 from qvl.output import console, error, first_compile, named_error, note, tiny_model, warn
 
 
@@ -27,7 +28,7 @@ class ProgressView(BatchView):
 
     def started(self, total: int, done: int, out: str) -> None:
         if done:
-            note(f"{done} rows already in {out}; {total} to run", quiet=self.quiet)
+            note(f"{counted(done, 'row')} already in {out}; {total} to run", quiet=self.quiet)
         if not total or self.quiet or not console().is_terminal:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

@@ -262,7 +262,7 @@ def batch(
 
     prompts = {"image": DEFAULT_IMAGE_PROMPT, "video": DEFAULT_VIDEO_PROMPT}
     try:
-        rows = expand(inputs, video_options, prompts=prompts, prompt=prompt)
+        rows = expand(inputs, video_options, prompts=prompts, prompt=prompt, out=out)
         options = job.BatchOptions(out, retry_failed, gpus, workers, prefetch, ray, cache_settings, batch_size)
         with ProgressView(quiet=quiet) as view:
             code = job.run(rows, settings, options, view)

@@ -151,7 +151,8 @@ def test_retry_failed_runs_only_the_failed_rows_again(tmp_path, tiny_model_dir):
     )
     out = tmp_path / "results.jsonl"
     first = invoke("batch", tmp_path / "todo.jsonl", "-o", out, *TINY)
-    assert first.exit_code == 1 and "late.png: no such file" in first.stderr
+    # ids are paths from the results file's folder; the line names the path opened too
+    assert first.exit_code == 1 and f"{tmp_path / 'late.png'} (id late.png): no such file" in first.stderr
     before = out.read_bytes()
     _image(tmp_path / "late.png", 2)
     again = invoke("batch", tmp_path / "todo.jsonl", "-o", out, *TINY, "-q")  # without the flag: nothing to do
@@ -177,6 +178,7 @@ def test_retry_failed_runs_only_the_failed_rows_again(tmp_path, tiny_model_dir):
         (["--batch-size", "2", "--psa"], "--psa"),
         (["-p", "what <|image_pad|>"], "--prompt 'what <|image_pad|>' holds <|image_pad|>"),
         (["-p", ""], "--prompt is empty"),
+        (["-o", "-"], "--out -: give the results file's path"),
     ],
     ids=[
         "gpus-on-cpu",
@@ -188,6 +190,7 @@ def test_retry_failed_runs_only_the_failed_rows_again(tmp_path, tiny_model_dir):
         "batch-psa",
         "prompt",
         "empty-prompt",
+        "out-dash",
     ],
 )
 def test_bad_options_are_one_line_before_any_model_loads(manifest, tmp_path, args, contains):
@@ -441,3 +444,71 @@ def test_workers_beside_a_gpu_model_take_a_share_of_the_cores_which_ends_with_th
         "the model's thread": before,
         "started after": before,
     }
+
+
+def test_a_job_run_again_from_another_folder_or_by_another_path_answers_no_row_twice(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """Default ids are the files' real paths from the results file's folder: run again from
+    another folder, through the manifest by an absolute path, or a folder spelled otherwise, the
+    job finds its rows done."""
+    data = tmp_path / "data"
+    (data / "imgs").mkdir(parents=True)
+    for i in range(2):
+        _image(data / "imgs" / f"p{i}.png", i)
+    (data / "m.jsonl").write_text(
+        json.dumps({"input": "imgs/p0.png"}) + "\n" + json.dumps({"input": "imgs/p1.png"}) + "\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    first = invoke("batch", "data/m.jsonl", "-o", "data/out.jsonl", *TINY)
+    assert first.exit_code == 0, first.stderr
+    assert [r["id"] for r in _records(data / "out.jsonl")] == ["imgs/p0.png", "imgs/p1.png"]
+    monkeypatch.chdir(data)
+    for args in (["m.jsonl", "-o", "out.jsonl"], [str(data / "m.jsonl"), "-o", str(data / "out.jsonl")]):
+        again = invoke("batch", *args, *TINY)
+        assert again.exit_code == 0 and "2 rows already in" in again.stderr and "0 to run" in again.stderr
+    folder = invoke("batch", "imgs/../imgs/", "-o", "out.jsonl", *TINY)
+    assert folder.exit_code == 0 and "0 to run" in folder.stderr
+    assert len(_records(data / "out.jsonl")) == 2
+
+
+def test_a_folder_or_glob_leaves_out_hidden_files_and_the_results_file(tmp_path, tiny_model_dir, monkeypatch):
+    """macOS's `._name.png` beside a copied file and a hidden folder are not rows; a glob that
+    matches the results file does not read it as a manifest when the job runs again."""
+    _image(tmp_path / "a.png", 1)
+    (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07")
+    (tmp_path / ".cache").mkdir()
+    _image(tmp_path / ".cache" / "thumb.png", 2)
+    monkeypatch.chdir(tmp_path)
+    first = invoke("batch", ".", "-o", "results.jsonl", *TINY)
+    assert first.exit_code == 0, first.stderr
+    assert [r["id"] for r in _records(tmp_path / "results.jsonl")] == ["a.png"]
+    (tmp_path / "more.jsonl").write_text(json.dumps({"input": "a.png", "id": "again"}) + "\n")
+    globbed = invoke("batch", *sorted(str(p.name) for p in tmp_path.glob("*.jsonl")), "-o", "results.jsonl", *TINY)
+    assert globbed.exit_code == 0, globbed.stderr
+    assert [r["id"] for r in _records(tmp_path / "results.jsonl")] == ["a.png", "again"]
+
+
+def test_a_manifest_saved_with_a_byte_order_mark_is_read(tmp_path, tiny_model_dir):
+    _image(tmp_path / "a.png", 1)
+    (tmp_path / "m.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "x", "input": "a.png"}).encode() + b"\n")
+    result = invoke("batch", tmp_path / "m.jsonl", "-o", tmp_path / "r.jsonl", *TINY)
+    assert result.exit_code == 0, result.stderr
+    assert [r["id"] for r in _records(tmp_path / "r.jsonl")] == ["x"]
+
+
+def test_retry_failed_rewrites_the_file_a_link_names_and_keeps_its_permissions(tmp_path, tiny_model_dir):
+    _image(tmp_path / "a.png", 1)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"input": "a.png"}) + "\n" + json.dumps({"input": "late.png"}) + "\n")
+    (tmp_path / "kept").mkdir()
+    real = tmp_path / "kept" / "results.jsonl"
+    real.touch(mode=0o640)
+    real.chmod(0o640)
+    link = tmp_path / "results.jsonl"
+    link.symlink_to(real)
+    assert invoke("batch", tmp_path / "m.jsonl", "-o", link, *TINY).exit_code == 1
+    _image(tmp_path / "late.png", 2)
+    retried = invoke("batch", tmp_path / "m.jsonl", "-o", link, *TINY, "--retry-failed")
+    assert retried.exit_code == 0, retried.stderr
+    assert link.is_symlink() and (real.stat().st_mode & 0o777) == 0o640
+    assert [(r["id"], r["error"]) for r in _records(real)] == [("a.png", None), ("late.png", None)]

@@ -2,13 +2,15 @@
 
     rows = expand(["clips/", "photos/*.jpg", "todo.jsonl"], video_options, prompts=DEFAULT_PROMPTS)
 
-A folder gives every image and video file under it (recursively, sorted); a glob gives the files
-it matches; a `.jsonl` file is a manifest of one JSON object per line:
+A folder gives every image and video file under it (recursively, sorted; hidden files and folders
+left out); a glob gives the files it matches; a `.jsonl` file is a manifest of one JSON object per line:
 
     {"id": "c1", "input": "clips/a.mp4", "prompt": "Who speaks?", "frames": 16, "max_tokens": 64}
 
 `input` is required (a path relative to the manifest's folder, or a URL); `id` defaults to the
-input; `type` (image or video) defaults to the file's suffix; `prompt`, `max_tokens` and the frame
+input: a URL as it is, a file's path from the results file's folder (`out`; the current folder
+without one), so that a job run again from another folder, or reaching a file by another path,
+gives each file the id it had; `type` (image or video) defaults to the file's suffix; `prompt`, `max_tokens` and the frame
 options of `qvl video` (`frames`, `fps`, `start`, `end`, ...) override the command's for that row.
 Everything wrong with the inputs themselves (a path that matches nothing, a manifest line that is
 not JSON, an unknown key, an impossible frame option, a prompt the model may not be asked, two
@@ -78,15 +80,27 @@ def kind_of(source: str) -> str:
     return "image" if Path(path).suffix.lower() in IMAGE_SUFFIXES else "video"
 
 
-def expand(inputs: Iterable[str], video_options, *, prompts: Mapping[str, str], prompt: str | None = None) -> list[Row]:
+def expand(
+    inputs: Iterable[str],
+    video_options,
+    *,
+    prompts: Mapping[str, str],
+    prompt: str | None = None,
+    out: str | os.PathLike | None = None,
+) -> list[Row]:
     """Every row of `inputs`, in order, files found twice kept once.
 
     video_options: the command's `VideoOptions`; prompts: the default question per kind; prompt:
-    the command's --prompt, which replaces the defaults. Raises `OptionError` (see the module).
+    the command's --prompt, which replaces the defaults; out: the results file, whose folder
+    files' default ids start from and which is never a row itself (a glob may match it). Raises
+    `OptionError` (see the module).
     """
     if prompt is not None:
         check_given_question(prompt, "--prompt")
-    defaults = {"prompts": prompts, "prompt": prompt, "video": video_options}
+    out = os.path.expanduser(out) if out is not None else None
+    results = os.path.realpath(out) if out is not None else None
+    anchor = os.path.realpath(os.path.dirname(os.path.abspath(out)) if out is not None else os.curdir)
+    defaults = {"prompts": prompts, "prompt": prompt, "video": video_options, "anchor": anchor, "results": results}
     rows: list[Row] = []
     seen: dict[Any, str | None] = {}  # id -> the manifest line it came from (None: a file argument)
     for raw in inputs:
@@ -109,7 +123,7 @@ def _rows_of(raw: str, defaults: dict) -> Iterable[tuple[Row, str | None]]:
         return
     path = Path(raw).expanduser()
     if path.is_dir():
-        found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _MEDIA_SUFFIXES)
+        found = sorted(p for p in path.rglob("*") if p.is_file() and _listed(p.relative_to(path)))
         if not found:
             raise OptionError(f"{raw}: no image or video files in this folder")
     elif path.is_file():
@@ -121,19 +135,36 @@ def _rows_of(raw: str, defaults: dict) -> Iterable[tuple[Row, str | None]]:
     else:
         raise OptionError(f"{raw}: no such file or folder")
     for file in found:
+        if os.path.realpath(file) == defaults["results"]:
+            continue
         if file.suffix.lower() == MANIFEST_SUFFIX:
             yield from _read_manifest(file, defaults)
         else:
-            yield _row(str(file), str(file), defaults), None
+            yield _row(file_id(str(file), defaults["anchor"]), str(file), defaults), None
+
+
+def file_id(path: str, anchor: str) -> str:
+    """A file's default id: its real path from the folder `anchor` (the results file's)."""
+    real = os.path.realpath(path)
+    try:
+        return os.path.relpath(real, anchor)
+    except ValueError:  # another drive (Windows): no path from the anchor
+        return real
 
 
 _MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_EXTENSIONS
 
 
+def _listed(relative: Path) -> bool:
+    """Whether a folder's file is a row: an image or video, not hidden nor in a hidden folder
+    (macOS's `._name.jpg` beside every copied file, a `.git` folder)."""
+    return relative.suffix.lower() in _MEDIA_SUFFIXES and not any(part.startswith(".") for part in relative.parts)
+
+
 def _read_manifest(path: Path, defaults: dict) -> Iterable[tuple[Row, str]]:
     """The rows of a JSONL manifest, each with "FILE:LINE" saying where it was read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # spreadsheets' exports may start with a byte-order mark
     except (OSError, UnicodeDecodeError) as exc:
         raise OptionError(f"{path}: cannot read the manifest ({getattr(exc, 'strerror', None) or exc})") from None
     for number, line in enumerate(text.splitlines(), 1):
@@ -159,9 +190,10 @@ def _manifest_row(entry: Any, folder: Path, defaults: dict) -> Row:
     source = entry.get("input")
     if not isinstance(source, str) or not source:
         raise OptionError('no "input" (a path or URL)')
-    if not (is_url(source) or is_data_uri(source) or os.path.isabs(source) or folder == Path(".")):
+    remote = is_url(source) or is_data_uri(source)
+    if not (remote or os.path.isabs(source) or folder == Path(".")):
         source = str(folder / source)
-    row_id = entry.get("id", source)
+    row_id = entry.get("id", source if remote else file_id(source, defaults["anchor"]))
     if isinstance(row_id, bool) or not isinstance(row_id, (str, int)) or row_id == "":
         raise OptionError(f'"id" must be a non-empty string or an integer, not {_json(row_id)}')
     kind = entry.get("type", kind_of(source))

@@ -47,6 +47,12 @@ class Results:
         Raises `OptionError` if the file cannot be written, another job holds it, or a line is not
         a batch record (a whole line that is not a JSON object with an "id": another file).
         """
+        if str(path) in ("", "-"):
+            given = str(path) or "''"
+            raise OptionError(
+                f"--out {given}: give the results file's path (results.jsonl); its records are appended "
+                "as rows are answered and read again to resume (to watch them: tail -f FILE)"
+            )
         if str(path).endswith(("/", os.sep)):
             raise OptionError(f"--out {path}: names a folder; give the results file's path (results.jsonl)")
         path = Path(path).expanduser()
@@ -84,17 +90,25 @@ class Results:
         self.errors[record["id"]] = record["error"]
 
     def drop(self, ids: Iterable[Any]) -> None:
-        """Rewrite the file without the lines of `ids` (to run those rows again)."""
+        """Rewrite the file without the lines of `ids` (to run those rows again): the file a link
+        names, with its permissions. Raises `OptionError` where its folder cannot be written."""
         ids = set(ids) & set(self.errors)
         if not ids:
             return
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        target = Path(os.path.realpath(self.path))
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
             with open(temporary, "wb") as fh:
                 fh.writelines(line for record_id, _, line in _lines(self._fd, self.path) if record_id not in ids)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(temporary, self.path)
+            os.chmod(temporary, os.fstat(self._fd).st_mode & 0o7777)
+            os.replace(temporary, target)
+        except OSError as exc:
+            raise OptionError(
+                f"--out {self.path}: cannot rewrite it without the failed rows ({exc.strerror or exc}); "
+                "--retry-failed writes a new file beside it and renames it over the old one"
+            ) from None
         finally:
             temporary.unlink(missing_ok=True)
         old, self._fd = self._fd, os.open(self.path, _FLAGS, 0o644)
