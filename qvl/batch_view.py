@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from qvl.batch import BatchView
@@ -19,6 +20,7 @@ class ProgressView(BatchView):
         self.quiet = quiet
         self.bar = None
         self.task = None
+        self.log = None  # where stderr is no terminal (a log file, a scheduler's): a line every tenth
 
     def loaded(self, info: dict[str, Any]) -> None:
         if info["is_tiny"]:
@@ -29,7 +31,10 @@ class ProgressView(BatchView):
     def started(self, total: int, done: int, out: str) -> None:
         if done:
             note(f"{counted(done, 'row')} already in {out}; {total} to run", quiet=self.quiet)
-        if not total or self.quiet or not console().is_terminal:
+        if not total or self.quiet:
+            return
+        if not console().is_terminal:
+            self.log = _TenthsLog(total)
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -51,6 +56,8 @@ class ProgressView(BatchView):
             error(named_error(record["error"], record["input"], record["id"]))
         if self.bar is not None:
             self.bar.advance(self.task)
+        elif self.log is not None:
+            self.log.advance()
 
     def finished(self, answered: int, failed: int, total: int) -> None:
         self.close()
@@ -69,6 +76,25 @@ class ProgressView(BatchView):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _TenthsLog:
+    """Progress as plain lines for a log: one each time another tenth of the rows is done (the
+    last tenth is the summary's)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.started = total, 0, time.monotonic()
+
+    def advance(self) -> None:
+        before, self.done = self.done, self.done + 1
+        if self.done >= self.total or self.done * 10 // self.total == before * 10 // self.total:
+            return
+        per_row = (time.monotonic() - self.started) / self.done
+        left = round(per_row * (self.total - self.done))
+        note(
+            f"rows: {self.done:,} of {self.total:,} ({100 * self.done // self.total}%), "
+            f"{60 / per_row:.1f} rows/min, about {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d} left"
+        )
 
 
 def _rate_column():

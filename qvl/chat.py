@@ -76,6 +76,7 @@ def chat(
     if video is None and dataclasses.replace(video_options, max_download_mb=default.max_download_mb) != default:
         output.warn("the frame options apply to a video, and these media are images: they are not used")
     if not interactive and _stdin_is_empty():
+        _check_files(media)  # nothing to ask is no reason to pass over a mistyped path
         output.note("no questions on stdin: nothing to answer", quiet=quiet)
         raise typer.Exit(0)
     cache = cache_settings.open() if video else None
@@ -97,6 +98,18 @@ def chat(
     # At a terminal each failure was seen as it happened, and Ctrl-D is a clean end; a script
     # feeding stdin learns from the exit code that something failed.
     raise typer.Exit(0 if interactive else runner.exit_code or code)
+
+
+def _check_files(media: list[str]) -> None:
+    """One error line and exit 1, as a question would have had, for a local file that is not there."""
+    from qvl.errors import InputError
+    from qvl.media.fetch import is_url
+    from qvl.media.images import is_data_uri
+
+    for item in media:
+        path = Path(item).expanduser()
+        if not (is_url(item) or is_data_uri(item) or path.is_file()):
+            fail(InputError(f"{item}: {'is a folder, not a file' if path.is_dir() else 'no such file'}"))
 
 
 def _stdin_is_empty() -> bool:

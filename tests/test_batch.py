@@ -512,3 +512,17 @@ def test_retry_failed_rewrites_the_file_a_link_names_and_keeps_its_permissions(t
     assert retried.exit_code == 0, retried.stderr
     assert link.is_symlink() and (real.stat().st_mode & 0o777) == 0o640
     assert [(r["id"], r["error"]) for r in _records(real)] == [("a.png", None), ("late.png", None)]
+
+
+def test_without_a_terminal_progress_is_a_line_each_tenth_of_the_rows(tmp_path, tiny_model_dir):
+    """stderr to a log (not a terminal): a plain line as each tenth of the rows is done, the last
+    tenth being the summary's; none with -q."""
+    for i in range(4):
+        _image(tmp_path / f"p{i}.png", i)
+    result = invoke("batch", tmp_path, "-o", tmp_path / "r.jsonl", *TINY)
+    assert result.exit_code == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("rows: ")]
+    assert [line.split(",")[0] for line in lines] == ["rows: 1 of 4 (25%)", "rows: 2 of 4 (50%)", "rows: 3 of 4 (75%)"]
+    assert all(" rows/min, about 0:" in line and line.endswith(" left") for line in lines)
+    quiet = invoke("batch", tmp_path, "-o", tmp_path / "q.jsonl", *TINY, "-q")
+    assert quiet.exit_code == 0 and "rows: " not in quiet.stderr

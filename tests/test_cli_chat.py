@@ -233,6 +233,17 @@ def test_no_questions_on_stdin_loads_nothing(clip, tmp_path):
     assert done.returncode == 0 and done.stdout == "", done.stderr
     assert "no questions on stdin" in done.stderr and "loaded tiny" not in done.stderr, done.stderr
     assert not list(cache.rglob("meta.json"))
+    # nothing to ask is no reason to pass over a path that names no file
+    missing = subprocess.run(
+        [*command[:4], str(tmp_path / "nowhere.mp4"), *command[5:]],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode == 1 and error_lines(missing.stderr) == [
+        f"qvl: error: {tmp_path / 'nowhere.mp4'}: no such file"
+    ]
 
 
 def test_frame_options_about_images_say_they_are_not_used(tmp_path):
