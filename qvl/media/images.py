@@ -124,8 +124,11 @@ def decode_image(data: bytes, label: str, *, max_pixels: int | None = None, vide
             image = to_rgb(img)
     except UnidentifiedImageError:
         raise InputError(_not_an_image(label, data, video_hint)) from None
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"{label}: {exc}") from None
+    except Image.DecompressionBombError:
+        raise InputError(
+            f"{label}: over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, which Pillow will not decode "
+            "(its guard against decompression bombs); scale it down first: the model sees far fewer pixels"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError(f"{label}: corrupt or truncated image ({exc})") from None
     from qvl.output import warn

@@ -146,6 +146,28 @@ def test_a_very_large_image_gets_qvls_warning_not_pillows(monkeypatch, capsys, r
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
+def test_an_image_past_pillows_bomb_limit_is_qvls_one_line_with_a_way_forward(monkeypatch):
+    """Twice Pillow's threshold (about 180 megapixels; lowered here) Pillow refuses to decode: the
+    error says so in qvl's words and what to do, not Pillow's message."""
+    import io
+
+    from PIL import Image
+
+    from qvl.errors import InputError
+    from qvl.media.images import decode_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), "red").save(buffer, format="PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    with pytest.raises(InputError) as caught:
+        decode_image(buffer.getvalue(), "huge.png")
+    message = str(caught.value)
+    assert (
+        message.startswith("huge.png: over 0 megapixels, which Pillow will not decode") and "scale it down" in message
+    )
+    assert "Image size" not in message
+
+
 def test_a_link_to_nothing_is_called_a_broken_link(tmp_path):
     from qvl.media.images import expand_image_inputs
 
