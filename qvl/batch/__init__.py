@@ -1,6 +1,6 @@
 """`qvl batch`: thousands of images and videos answered into one results file, resumably.
 
-    rows = inputs.expand(["clips/", "todo.jsonl"], video_options, prompts=...)
+    rows = inputs.expand(["clips/", "todo.jsonl"], video_options, prompts=..., out="results.jsonl")
     exit_code = run(rows, settings, BatchOptions(out="results.jsonl"), view)
 
 One record per row (the `--json` record of `describe`/`video` with the row's `id` first) is

@@ -1,17 +1,19 @@
 """A batch job's rows: files, folders, globs, URLs and JSONL manifests -> one `Row` per input.
 
-    rows = expand(["clips/", "photos/*.jpg", "todo.jsonl"], video_options, prompts=DEFAULT_PROMPTS)
+    rows = expand(["clips/", "photos/*.jpg", "todo.jsonl"], video_options, prompts=DEFAULT_PROMPTS, out=path)
 
-A folder gives every image and video file under it (recursively, sorted; hidden files and folders
-left out); a glob gives the files it matches; a `.jsonl` file is a manifest of one JSON object per line:
+A folder gives every image and video file under it (recursively, sorted; hidden files and
+folders left out); a glob gives the files it matches; a `.jsonl` file is a manifest of one JSON
+object per line:
 
     {"id": "c1", "input": "clips/a.mp4", "prompt": "Who speaks?", "frames": 16, "max_tokens": 64}
 
 `input` is required (a path relative to the manifest's folder, or a URL); `id` defaults to the
-input: a URL as it is, a file's path from the results file's folder (`out`; the current folder
-without one), so that a job run again from another folder, or reaching a file by another path,
-gives each file the id it had; `type` (image or video) defaults to the file's suffix; `prompt`, `max_tokens` and the frame
-options of `qvl video` (`frames`, `fps`, `start`, `end`, ...) override the command's for that row.
+input: a URL as it is, a file's real path from the results file's folder (`out`; the current
+folder without one), so that a job run again from another folder, or reaching a file by another
+path, gives each file the id it had; `type` (image or video) defaults to the file's suffix;
+`prompt`, `max_tokens` and the frame options of `qvl video` (`frames`, `fps`, `start`, `end`,
+...) override the command's for that row.
 Everything wrong with the inputs themselves (a path that matches nothing, a manifest line that is
 not JSON, an unknown key, an impossible frame option, a prompt the model may not be asked, two
 rows with one id) is an `OptionError` naming the argument or file and line, raised before any
