@@ -238,7 +238,13 @@ def _with_overrides(options, overrides: dict):
         changes["fps"] = None
     if "fps" in changes and "frames" not in changes:
         changes["frames"] = None
-    return dataclasses.replace(options, **changes)  # VideoOptions checks the values
+    try:
+        return dataclasses.replace(options, **changes)  # VideoOptions checks the values
+    except OptionError as exc:  # it names the command's flags: a row's own values go by its keys
+        message = str(exc)
+        for key in overrides:
+            message = message.replace(f"--{key.replace('_', '-')} ", f'"{key}" ')
+        raise OptionError(message) from None
 
 
 def _json(value) -> str:
