@@ -530,3 +530,11 @@ def test_without_a_terminal_progress_is_a_line_each_tenth_of_the_rows(tmp_path, 
     assert all(" rows/min, about 0:" in line and line.endswith(" left") for line in lines)
     quiet = invoke("batch", tmp_path, "-o", tmp_path / "q.jsonl", *TINY, "-q")
     assert quiet.exit_code == 0 and "rows: " not in quiet.stderr
+
+
+def test_a_video_named_as_an_image_says_how_a_batch_reads_it_as_a_video(tmp_path, tiny_model_dir):
+    write_video(tmp_path / "clip.mp4", 1.0, side=64, fps=8).rename(tmp_path / "clip.jpg")
+    result = invoke("batch", tmp_path / "clip.jpg", "-o", tmp_path / "r.jsonl", *TINY)
+    assert_one_error(result, contains='is a video, not an image: a manifest row with "type": "video" reads it as one')
+    (tmp_path / "m.jsonl").write_text(json.dumps({"input": "clip.jpg", "type": "video", "id": "v"}) + "\n")
+    assert invoke("batch", tmp_path / "m.jsonl", "-o", tmp_path / "r2.jsonl", *TINY).exit_code == 0

@@ -20,7 +20,7 @@ def load(row, cache, workers: int | None = None) -> Media:
     if row.kind == "image":
         from qvl.media.images import open_image
 
-        return Media(images=[open_image(row.input)])
+        return Media(images=[open_image(row.input, video_hint='a manifest row with "type": "video" reads it as one')])
     return load_clip(row.input, row.video, cache, workers=workers)
 
 

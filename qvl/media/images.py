@@ -93,15 +93,16 @@ def _not_an_image(label: str, data: bytes, video_hint: str | None) -> str:
     return f"{label}: not an image (unrecognised format)"
 
 
-def open_image(source: str):
-    """Open and fully decode one image as RGB `PIL.Image`; raise `InputError` if it can't be used.
+def open_image(source: str, *, video_hint: str | None = None):
+    """Open and fully decode one image as RGB `PIL.Image`; raise `InputError` if it can't be used
+    (video_hint: what to do with a video given as an image, as `decode_image` takes it).
 
     The model sees what a person sees in an image viewer: EXIF orientation applied, 16-bit and
     float pixels scaled into 8 bits (not clipped), transparency composited on white, CMYK and
     palette images converted. An animated image (GIF, APNG, WebP) gives its first frame, with a
     one-line note on stderr: `qvl video` takes clips.
     """
-    return decode_image(read_source_bytes(source), _label(source))
+    return decode_image(read_source_bytes(source), _label(source), video_hint=video_hint)
 
 
 def decode_image(data: bytes, label: str, *, max_pixels: int | None = None, video_hint: str | None = None):
