@@ -66,6 +66,9 @@ class ProgressView(BatchView):
         else:
             note(f"{answered} of {total} rows answered, {failed} failed", quiet=self.quiet)
 
+    def warned(self, message: str) -> None:
+        warn(message)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()

@@ -538,3 +538,20 @@ def test_a_video_named_as_an_image_says_how_a_batch_reads_it_as_a_video(tmp_path
     assert_one_error(result, contains='is a video, not an image: a manifest row with "type": "video" reads it as one')
     (tmp_path / "m.jsonl").write_text(json.dumps({"input": "clip.jpg", "type": "video", "id": "v"}) + "\n")
     assert invoke("batch", tmp_path / "m.jsonl", "-o", tmp_path / "r2.jsonl", *TINY).exit_code == 0
+
+
+def test_rows_kept_that_another_model_or_prompt_answered_are_said_to_be_kept(tmp_path, tiny_model_dir):
+    """A job run again with another model or prompt keeps the rows done (their ids are), and says
+    so in one warning; the same options again say nothing."""
+    for i in range(2):
+        _image(tmp_path / f"p{i}.png", i)
+    out = tmp_path / "r.jsonl"
+    assert invoke("batch", tmp_path, "-o", out, *TINY).exit_code == 0
+    same = invoke("batch", tmp_path, "-o", out, *TINY)
+    assert same.exit_code == 0 and "another --out asks again" not in same.stderr
+    other = invoke("batch", tmp_path, "-o", out, *TINY, "-p", "What colour is it?")
+    assert other.exit_code == 0 and f"2 rows in {out} were answered about another prompt, and are kept" in other.stderr
+    assert "another --out asks again" in other.stderr and len(_records(out)) == 2
+    (tmp_path / "m.jsonl").write_text(json.dumps({"input": "p0.png", "id": "p0.png"}) + "\n")
+    by_other = invoke("batch", tmp_path / "m.jsonl", "-o", out, *TINY[2:], "-m", "random:3b")
+    assert by_other.exit_code == 0 and f"1 row in {out} was answered by tiny, and is kept" in by_other.stderr

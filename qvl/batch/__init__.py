@@ -76,6 +76,9 @@ class BatchView:
     def finished(self, answered: int, failed: int, total: int) -> None:
         """The job's rows: `answered` and `failed` of `total`, this run and earlier ones together."""
 
+    def warned(self, message: str) -> None:
+        """Something the person should know that stops nothing (rows kept that another model answered)."""
+
 
 def check(settings, options: BatchOptions, rows: list = ()) -> None:
     """`OptionError` (or `CacheDirError`: a frame cache the `rows`' videos cannot use) for what can
@@ -120,6 +123,9 @@ def run(rows: list, settings, options: BatchOptions, view: BatchView | None = No
             results.drop(row.id for row in rows if results.errors.get(row.id) is not None)
         todo = [row for row in rows if row.id not in results.errors]
         view.started(len(todo), len(rows) - len(todo), str(results.path))
+        kept = _asked_otherwise([row for row in rows if row.id in results.errors], results, settings)
+        if kept:
+            view.warned(kept)
         if todo:
             for record in _records(todo, settings, options, view):
                 results.append(record)
@@ -127,6 +133,33 @@ def run(rows: list, settings, options: BatchOptions, view: BatchView | None = No
         failed = sum(results.errors.get(row.id) is not None for row in rows)
     view.finished(len(rows) - failed, failed, len(rows))
     return 1 if failed else 0
+
+
+def _asked_otherwise(kept: list, results: Results, settings) -> str | None:
+    """What to tell where rows kept from the results file were answered by another model or about
+    another prompt than this run would ask: they are not asked again (their ids are done)."""
+    from qvl.errors import counted
+    from qvl.models import default_model_spec
+
+    model = (settings.model or default_model_spec()).strip()  # as records name it: the model as given
+    others, other_prompt, differ = set(), False, 0
+    for row in kept:
+        by, about = results.asked.get(row.id, (None, None))
+        by_other = by is not None and by != model
+        about_other = about is not None and about != row.prompt
+        if by_other or about_other:
+            differ += 1
+            others |= {str(by)} if by_other else set()
+            other_prompt = other_prompt or about_other
+    if not differ:
+        return None
+    how = " or ".join(
+        ([f"by {', '.join(sorted(others))}"] if others else []) + (["about another prompt"] if other_prompt else [])
+    )
+    return (
+        f"{counted(differ, 'row')} in {results.path} {'was' if differ == 1 else 'were'} answered {how}, and "
+        f"{'is' if differ == 1 else 'are'} kept; another --out asks again with these options"
+    )
 
 
 def _records(rows: list, settings, options: BatchOptions, view: BatchView) -> Iterator[dict[str, Any]]:

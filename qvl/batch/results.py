@@ -34,10 +34,18 @@ _FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 
 class Results:
     """The results file at `path`, open for appending; `errors`: each id's error in it (its last
-    line's), None for an answered row."""
+    line's), None for an answered row; `asked`: each id's (model, prompt) as its record says."""
 
-    def __init__(self, path: Path, fd: int, errors: dict[Any, str | None], created: bool = False):
+    def __init__(
+        self,
+        path: Path,
+        fd: int,
+        errors: dict[Any, str | None],
+        created: bool = False,
+        asked: dict[Any, tuple[Any, Any]] | None = None,
+    ):
         self.path, self._fd, self.errors = path, fd, errors
+        self.asked = asked if asked is not None else {}
         self._created = created  # this run made the file
 
     @classmethod
@@ -70,11 +78,14 @@ class Results:
             raise OptionError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
         try:
             _lock(fd, path)
-            errors = {record_id: error for record_id, error, _ in _lines(fd, path)}
+            errors, asked = {}, {}
+            for record, _ in _lines(fd, path):
+                errors[record["id"]] = record["error"]
+                asked[record["id"]] = (record.get("model"), record.get("prompt"))
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, errors, created)
+        return cls(path, fd, errors, created, asked)
 
     def append(self, record: dict) -> None:
         """Add one record as one line, written whole or not at all."""
@@ -88,6 +99,7 @@ class Results:
         except OSError as exc:
             raise QvlError(f"--out {self.path}: cannot write a record ({exc.strerror or exc})") from None
         self.errors[record["id"]] = record["error"]
+        self.asked[record["id"]] = (record.get("model"), record.get("prompt"))
 
     def drop(self, ids: Iterable[Any]) -> None:
         """Rewrite the file without the lines of `ids` (to run those rows again): the file a link
@@ -99,7 +111,7 @@ class Results:
         temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
             with open(temporary, "wb") as fh:
-                fh.writelines(line for record_id, _, line in _lines(self._fd, self.path) if record_id not in ids)
+                fh.writelines(line for record, line in _lines(self._fd, self.path) if record["id"] not in ids)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.chmod(temporary, os.fstat(self._fd).st_mode & 0o7777)
@@ -116,6 +128,7 @@ class Results:
         _lock(self._fd, self.path)
         for record_id in ids:
             del self.errors[record_id]
+            self.asked.pop(record_id, None)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -147,8 +160,8 @@ def _lock(fd: int, path: Path) -> None:
         pass  # a file system without locks: go on unlocked
 
 
-def _lines(fd: int, path: Path) -> Iterator[tuple[Any, str | None, bytes]]:
-    """(id, error, line) of each line of the file, after cutting off a torn last line."""
+def _lines(fd: int, path: Path) -> Iterator[tuple[dict, bytes]]:
+    """(record, line) of each line of the file, after cutting off a torn last line."""
     _cut_torn_tail(fd)
     with open(os.dup(fd), "rb") as fh:
         fh.seek(0)
@@ -161,7 +174,7 @@ def _lines(fd: int, path: Path) -> Iterator[tuple[Any, str | None, bytes]]:
                 raise OptionError(
                     f"--out {path}: line {number} is not a qvl batch record; give a new file or the one this job wrote"
                 )
-            yield record["id"], record["error"], line
+            yield record, line
 
 
 def _cut_torn_tail(fd: int, chunk: int = 1 << 16) -> None:
