@@ -21,6 +21,7 @@ class ProgressView(BatchView):
         self.bar = None
         self.task = None
         self.log = None  # where stderr is no terminal (a log file, a scheduler's): a line every tenth
+        self.out, self.written = None, 0  # the results file, and the records this run wrote to it
 
     def loaded(self, info: dict[str, Any]) -> None:
         if info["is_tiny"]:
@@ -29,6 +30,7 @@ class ProgressView(BatchView):
         first_compile(info.get("compiled_s", 0.0), quiet=self.quiet)
 
     def started(self, total: int, done: int, out: str) -> None:
+        self.out = out
         if done:
             note(f"{counted(done, 'row')} already in {out}; {total} to run", quiet=self.quiet)
         if not total or self.quiet:
@@ -52,6 +54,7 @@ class ProgressView(BatchView):
         self.task = self.bar.add_task("rows", total=total)
 
     def answered(self, record: dict[str, Any]) -> None:
+        self.written += 1
         if record["error"] is not None:
             error(named_error(record["error"], record["input"], record["id"]))
         if self.bar is not None:
@@ -77,8 +80,16 @@ class ProgressView(BatchView):
     def __enter__(self) -> BatchView:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self.close()
+        from qvl.start import Terminated
+
+        if self.out is not None and exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, Terminated)):
+            note(
+                f"stopped with {counted(self.written, 'row')} answered into {self.out} by this run; "
+                "the same command goes on from there",
+                quiet=self.quiet,
+            )
 
 
 class _TenthsLog:

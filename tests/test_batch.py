@@ -555,3 +555,17 @@ def test_rows_kept_that_another_model_or_prompt_answered_are_said_to_be_kept(tmp
     (tmp_path / "m.jsonl").write_text(json.dumps({"input": "p0.png", "id": "p0.png"}) + "\n")
     by_other = invoke("batch", tmp_path / "m.jsonl", "-o", out, *TINY[2:], "-m", "random:3b")
     assert by_other.exit_code == 0 and f"1 row in {out} was answered by tiny, and is kept" in by_other.stderr
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_a_stopped_job_says_how_many_rows_it_wrote_and_how_to_go_on(capfd, stop):
+    from qvl.batch_view import ProgressView
+    from qvl.start import Terminated
+
+    raised = KeyboardInterrupt if stop == "ctrl-c" else Terminated
+    with pytest.raises(raised), ProgressView(quiet=False) as view:
+        view.started(5, 2, "r.jsonl")
+        view.answered({"id": "a", "input": "a.png", "error": None})
+        raise raised()
+    err = capfd.readouterr().err
+    assert "stopped with 1 row answered into r.jsonl by this run; the same command goes on from there" in err
