@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from qvl.batch import BatchView
-from qvl.errors import counted
+from qvl.errors import Terminated, counted
 from qvl.output import console, error, first_compile, named_error, note, tiny_model, warn
 
 
@@ -82,8 +82,6 @@ class ProgressView(BatchView):
 
     def __exit__(self, exc_type, *exc) -> None:
         self.close()
-        from qvl.start import Terminated
-
         if self.out is not None and exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, Terminated)):
             note(
                 f"stopped with {counted(self.written, 'row')} answered into {self.out} by this run; "

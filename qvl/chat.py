@@ -109,7 +109,7 @@ def _check_files(media: list[str]) -> None:
     for item in media:
         path = Path(item).expanduser()
         if not (is_url(item) or is_data_uri(item) or path.is_file()):
-            fail(InputError(f"{item}: {'is a folder, not a file' if path.is_dir() else 'no such file'}"))
+            fail(InputError(f"{item}: {'is a directory, not a file' if path.is_dir() else 'no such file'}"))
 
 
 def _stdin_is_empty() -> bool:

@@ -46,6 +46,12 @@ class CacheDirError(CacheError):
     exit_code = 2
 
 
+class Terminated(BaseException):
+    """SIGTERM (`timeout`, `kill`, a scheduler): raised where the main thread is, so that every
+    `finally` runs (half-written cache entries and temporary files go) before the exit. Not an
+    `Exception` nor a `KeyboardInterrupt`: nothing that handles those (a chat's Ctrl-C) keeps it."""
+
+
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """`n` and the noun in the number it takes, for messages: "1 entry", "5 entries" (plural:
     noun + "s")."""

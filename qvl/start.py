@@ -13,6 +13,8 @@ import gc
 import os
 import sys
 
+from qvl.errors import Terminated
+
 
 def main() -> None:
     from qvl import paths
@@ -114,12 +116,6 @@ def _stdout_failed(exc: StdoutFailed) -> int:
         os.close(null)
     sys.stdout = stream
     return 1
-
-
-class Terminated(BaseException):
-    """SIGTERM (`timeout`, `kill`, a scheduler): raised where the main thread is, so that every
-    `finally` runs (half-written cache entries and temporary files go) before the exit. Not an
-    `Exception` nor a `KeyboardInterrupt`: nothing that handles those (a chat's Ctrl-C) keeps it."""
 
 
 def _note_interrupts() -> list:

@@ -560,7 +560,7 @@ def test_rows_kept_that_another_model_or_prompt_answered_are_said_to_be_kept(tmp
 @pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
 def test_a_stopped_job_says_how_many_rows_it_wrote_and_how_to_go_on(capfd, stop):
     from qvl.batch_view import ProgressView
-    from qvl.start import Terminated
+    from qvl.errors import Terminated
 
     raised = KeyboardInterrupt if stop == "ctrl-c" else Terminated
     with pytest.raises(raised), ProgressView(quiet=False) as view:

@@ -149,7 +149,8 @@ def _asked_otherwise(kept: list, results: Results, settings) -> str | None:
         about_other = about is not None and about != row.prompt
         if by_other or about_other:
             differ += 1
-            others |= {str(by)} if by_other else set()
+            if by_other:
+                others.add(str(by))
             other_prompt = other_prompt or about_other
     if not differ:
         return None
