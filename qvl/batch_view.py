@@ -9,6 +9,9 @@ from qvl.batch import BatchView
 from qvl.errors import Terminated, counted
 from qvl.output import console, error, first_compile, named_error, note, tiny_model, warn
 
+# Frame-plan notes said on stderr, each different one once; the rest are in the records' "notes".
+NOTES_SAID = 3
+
 
 class ProgressView(BatchView):
     """What a person sees of `qvl batch`: a progress bar with the rate and
@@ -22,6 +25,7 @@ class ProgressView(BatchView):
         self.task = None
         self.log = None  # where stderr is no terminal (a log file, a scheduler's): a line every tenth
         self.out, self.written = None, 0  # the results file, and the records this run wrote to it
+        self.notes: set[str] = set()  # the frame plans' notes seen so far
 
     def loaded(self, info: dict[str, Any]) -> None:
         if info["is_tiny"]:
@@ -57,10 +61,25 @@ class ProgressView(BatchView):
         self.written += 1
         if record["error"] is not None:
             error(named_error(record["error"], record["input"], record["id"]))
+        self._plan_notes(record)
         if self.bar is not None:
             self.bar.advance(self.task)
         elif self.log is not None:
             self.log.advance()
+
+    def _plan_notes(self, record: dict[str, Any]) -> None:
+        """What the row's frame plan changed from what was asked (`--frames 3` rounded up): each
+        different note once, the first few of them, as `qvl video` says them."""
+        for line in record.get("notes") or ():
+            if line in self.notes:
+                continue
+            self.notes.add(line)
+            if len(self.notes) <= NOTES_SAID:
+                note(f"{record['input']}: {line}", quiet=self.quiet)
+            elif len(self.notes) == NOTES_SAID + 1:
+                note(
+                    "more rows' frame plans changed what was asked: each record's \"notes\" says how", quiet=self.quiet
+                )
 
     def finished(self, answered: int, failed: int, total: int) -> None:
         self.close()

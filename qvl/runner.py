@@ -98,6 +98,7 @@ def clip_record(clip) -> dict[str, Any]:
         "from_cache": clip.from_cache,
         "cache": clip.cache,  # hit, miss, rebuilt (a damaged entry was replaced) or off
         "timestamps": [round(t, 3) for t in clip.timestamps],
+        "notes": list(clip.plan.notes),  # what the plan changed from what was asked, as stderr says it
     }
 
 

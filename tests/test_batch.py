@@ -532,6 +532,28 @@ def test_without_a_terminal_progress_is_a_line_each_tenth_of_the_rows(tmp_path, 
     assert quiet.exit_code == 0 and "rows: " not in quiet.stderr
 
 
+def test_frame_plan_notes_are_in_each_record_and_said_once_each_on_stderr(tmp_path, tiny_model_dir):
+    """What a row's frame plan changed from what was asked is in its record's `notes` (a
+    manifest row's own options named by their keys); stderr says each different note once, the
+    first few, then where the rest are."""
+    rows = [{"id": "own", "input": "c0.mp4", "frames": 5}, {"id": "cmd", "input": "c1.mp4"}]
+    rows += [{"id": f"end-{i}", "input": f"c{i}.mp4", "end": 30 + i} for i in (2, 3, 4)]
+    for i in range(5):
+        write_video(tmp_path / f"c{i}.mp4", 1.0, side=64, fps=8, seed=i)
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = invoke("batch", tmp_path / "m.jsonl", "-o", tmp_path / "r.jsonl", *TINY, "--frames", "3")
+    assert result.exit_code == 0, result.stderr
+    notes = {record["id"]: record["notes"] for record in _records(tmp_path / "r.jsonl")}
+    assert notes["own"] == ['"frames" 5 rounded up to 6 (frames come in pairs)']
+    assert notes["cmd"] == ["--frames 3 rounded up to 4 (frames come in pairs)"]
+    assert notes["end-3"] == ['"end" 33 s is past the end; using 1.000 s', *notes["cmd"]]
+    said = [line for line in result.stderr.splitlines() if "rounded up" in line or "past the end" in line]
+    assert len(said) == 3 and len(set(said)) == 3 and "c0.mp4: " in said[0]
+    assert result.stderr.count('each record\'s "notes" says how') == 1
+    quiet = invoke("batch", tmp_path / "m.jsonl", "-o", tmp_path / "q.jsonl", *TINY, "--frames", "3", "-q")
+    assert quiet.exit_code == 0 and "rounded" not in quiet.stderr
+
+
 def test_a_video_named_as_an_image_says_how_a_batch_reads_it_as_a_video(tmp_path, tiny_model_dir):
     write_video(tmp_path / "clip.mp4", 1.0, side=64, fps=8).rename(tmp_path / "clip.jpg")
     result = invoke("batch", tmp_path / "clip.jpg", "-o", tmp_path / "r.jsonl", *TINY)

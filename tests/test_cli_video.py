@@ -187,16 +187,17 @@ def test_stats_adds_stage_lines_on_stderr_and_leaves_stdout_alone(clip):
     assert len([line for line in stats.stderr.splitlines() if line.startswith("stats ")]) == 1
 
 
-def test_plan_notes_reach_stderr_on_a_normal_run_and_quiet_hides_them(clip):
+def test_plan_notes_reach_stderr_on_a_normal_run_and_the_record_and_quiet_hides_them(clip):
+    """The notes are for a person on stderr; a pipeline reads them in the record's `notes`."""
     args = ["video", clip, "--frames", "3", "--end", "99", "--no-cache", *SMALL]
-    for extra in ([], ["--json"]):
-        result = invoke(*args, *extra)
+    plain, as_json = invoke(*args), invoke(*args, "--json")
+    for result in (plain, as_json):
         assert result.exit_code == 0, result.stderr
         assert "rounded up to 4" in result.stderr and "past the end" in result.stderr
-        assert "rounded" not in result.stdout and "past the end" not in result.stdout
-    if extra:
-        (record,) = json_lines(result.stdout)  # stdout stays one JSON object
-        assert record["frames"] == 4
+    assert "rounded" not in plain.stdout and "past the end" not in plain.stdout
+    (record,) = json_lines(as_json.stdout)  # stdout stays one JSON object
+    assert record["frames"] == 4 and len(record["notes"]) == 2
+    assert [line for line in record["notes"] if "rounded up to 4" in line or "past the end" in line] == record["notes"]
     quiet = invoke(*args, "--quiet")
     assert quiet.exit_code == 0 and "rounded" not in quiet.stderr and "past the end" not in quiet.stderr
 

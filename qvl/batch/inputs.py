@@ -63,7 +63,8 @@ class Row:
 
     id: the key of its line in the results file (a string, or a manifest's integer); kind: image
     or video; max_tokens: the row's own limit, or None for the command's; video: the row's
-    `VideoOptions` (the command's with the row's overrides), None for images.
+    `VideoOptions` (the command's with the row's overrides), None for images; keys: the frame
+    options a manifest row set itself, which its errors and notes name by their keys.
     """
 
     id: str | int
@@ -72,6 +73,15 @@ class Row:
     prompt: str
     max_tokens: int | None = None
     video: Any = None
+    keys: tuple[str, ...] = ()
+
+
+def by_keys(message: str, keys: Iterable[str]) -> str:
+    """A message about the command's frame options with those of `keys` named as a manifest row
+    spells them (`"frames" 3 rounded up`, not `--frames 3`)."""
+    for key in keys:
+        message = message.replace(f"--{key.replace('_', '-')} ", f'"{key}" ')
+    return message
 
 
 def kind_of(source: str) -> str:
@@ -217,13 +227,13 @@ def _manifest_row(entry: Any, folder: Path, defaults: dict) -> Row:
 
 def _row(row_id, source: str, defaults: dict, *, kind=None, prompt=None, max_tokens=None, video=None) -> Row:
     kind = kind or kind_of(source)
-    options = None
+    options, keys = None, tuple(video or ())
     if kind == "video":
         options = defaults["video"]
         if video:
             options = _with_overrides(options, video)
     prompt = prompt or defaults["prompt"] or defaults["prompts"][kind]
-    return Row(id=row_id, input=source, kind=kind, prompt=prompt, max_tokens=max_tokens, video=options)
+    return Row(id=row_id, input=source, kind=kind, prompt=prompt, max_tokens=max_tokens, video=options, keys=keys)
 
 
 def _with_overrides(options, overrides: dict):
@@ -241,10 +251,7 @@ def _with_overrides(options, overrides: dict):
     try:
         return dataclasses.replace(options, **changes)  # VideoOptions checks the values
     except OptionError as exc:  # it names the command's flags: a row's own values go by its keys
-        message = str(exc)
-        for key in overrides:
-            message = message.replace(f"--{key.replace('_', '-')} ", f'"{key}" ')
-        raise OptionError(message) from None
+        raise OptionError(by_keys(str(exc), overrides)) from None
 
 
 def _json(value) -> str:

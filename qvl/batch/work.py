@@ -21,7 +21,13 @@ def load(row, cache, workers: int | None = None) -> Media:
         from qvl.media.images import open_image
 
         return Media(images=[open_image(row.input, video_hint='a manifest row with "type": "video" reads it as one')])
-    return load_clip(row.input, row.video, cache, workers=workers)
+    media = load_clip(row.input, row.video, cache, workers=workers)
+    if row.keys:  # the plan's notes about the row's own frame options name its keys, as its errors do
+        from qvl.batch.inputs import by_keys
+
+        media.notes = [by_keys(line, row.keys) for line in media.notes]
+        media.record["notes"] = list(media.notes)
+    return media
 
 
 class WorkerView(View):

@@ -184,8 +184,9 @@ class RemoteModel:
 
         reply = self.client.chat(self.body(request), on_text)
         extra = reply["qvl"]
-        if isinstance(request.video, RemoteVideo):  # its plan's notes were printed here, as planned
-            request.video.record.update({k: v for k, v in (extra.get("media") or {}).items() if k != "notes"})
+        if isinstance(request.video, RemoteVideo):  # a file planned here has its notes as a local run words them
+            kept = request.video.record
+            kept.update({k: v for k, v in (extra.get("media") or {}).items() if k != "notes" or k not in kept})
         timings = Timings(
             **{k: v for k, v in (extra.get("timings") or {}).items() if k in Timings.__dataclass_fields__}
         )
@@ -282,6 +283,7 @@ class RemoteRunner(Runner):
             plan = plan_source(source, options)
             output.plan_notes(source, plan.notes, quiet=self.quiet)
             video = RemoteVideo(self._data_uri(source, "video/mp4"), fields)
+            video.record["notes"] = list(plan.notes)
             return Media(video=video, record=video.record, notes=plan.notes)
 
         return load
