@@ -409,11 +409,12 @@ def test_rows_go_together_by_default_on_a_gpu_where_the_settings_allow():
     check(sampled, BatchOptions("r.jsonl", ray="local"))  # the default is no reason to refuse
 
 
-def test_workers_beside_a_gpu_model_take_a_share_of_the_cores_which_ends_with_them():
-    """A worker's processor beside a model on a GPU runs on its share of torch's CPU threads; the
-    thread that runs the model keeps its count, and threads started after the share ends get the
-    count there was before (torch gives a new thread the count last set anywhere). Beside a model on
-    the CPU a worker keeps torch's count: the model needs the cores."""
+def test_workers_take_a_share_of_the_cores_and_the_model_keeps_its_count():
+    """A worker's processor beside a model on a GPU runs on its share of torch's CPU threads (beside
+    a model on the CPU it keeps torch's count: the model needs the cores). The thread that runs the model keeps its count
+    although it ran no op before the workers set theirs (torch gives a thread its count at its
+    first op: the last count set anywhere), and threads started after the share ends get the count
+    there was before."""
     import threading
     from types import SimpleNamespace
 
@@ -424,27 +425,28 @@ def test_workers_beside_a_gpu_model_take_a_share_of_the_cores_which_ends_with_th
     before = torch.get_num_threads()
     if before < 2:
         pytest.skip("a share smaller than torch's count needs 2 cores or more")
-    share = before // 2
     seen = {}
 
-    def in_thread(name, device=None):
-        def run():
-            if device is not None:
-                cores.take(SimpleNamespace(device=device))
-            seen[name] = torch.get_num_threads()
-
-        thread = threading.Thread(target=run)
+    def in_thread(run, *args):
+        thread = threading.Thread(target=run, args=args)
         thread.start()
         thread.join()
 
-    with CoreShare(share) as cores:
-        in_thread("beside the CPU's model", "cpu")
-        in_thread("beside a GPU's model", "cuda")
-        seen["the model's thread"] = torch.get_num_threads()
-    in_thread("started after")
+    def worker(name, cores, device):
+        cores.take(SimpleNamespace(device=device))
+        seen[name] = torch.get_num_threads()
+
+    def model():  # a fresh thread, as the model's is where the job runs on one
+        with CoreShare(before // 2) as cores:
+            in_thread(worker, "beside the CPU's model", cores, "cpu")
+            in_thread(worker, "beside a GPU's model", cores, "cuda")
+            seen["the model's thread"] = torch.get_num_threads()
+
+    in_thread(model)
+    in_thread(lambda: seen.update({"started after": torch.get_num_threads()}))
     assert seen == {
         "beside the CPU's model": before,
-        "beside a GPU's model": share,
+        "beside a GPU's model": before // 2,
         "the model's thread": before,
         "started after": before,
     }

@@ -7,7 +7,6 @@ gets the same frames, the same request and the same record wherever it runs.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from typing import Any
 
@@ -42,36 +41,34 @@ class CoreShare:
     """torch's CPU threads for the workers that run the processor beside a model on a GPU: the
     cores shared out among them, as their decoding threads are. Each processor would otherwise
     start a thread per core, and several at once crowd each other and the thread feeding the GPU
-    (docs/benchmarks.md, `qvl batch`). torch starts a new thread with the count last set in any
-    thread, so the count found first is put back when the share ends (`with CoreShare(n) as cores:`
-    around the workers)."""
+    (docs/benchmarks.md, `qvl batch`). Beside a model on the CPU the workers keep torch's count:
+    one thread each made the job slower there. torch gives a thread its count when it first runs
+    an op: the last count set in any thread. So entering the share (`with CoreShare(n) as cores:`
+    around the workers, in the thread that will run the model) fixes that thread's count first,
+    and leaving it puts the count back for threads started later."""
 
     def __init__(self, threads: int):
         self.threads = threads
         self._found: int | None = None
-        self._lock = threading.Lock()
 
     def take(self, engine) -> None:
-        """In a worker, before its processor runs: this thread's share, where `engine` is on a GPU
-        (on the CPU the model itself needs the cores, and keeps torch's own count)."""
-        if engine.device != "cuda":
-            return
-        import torch
+        """In a worker, before its processor runs: this thread's share, where `engine` is on a GPU."""
+        if engine.device == "cuda":
+            import torch
 
-        with self._lock:
-            if self._found is None:
-                self._found = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
+            torch.set_num_threads(self.threads)
 
     def __enter__(self) -> CoreShare:
+        import torch
+
+        self._found = torch.get_num_threads()  # this thread's count, fixed before any worker sets its own
         return self
 
     def __exit__(self, *exc) -> None:
         """Threads started from now on get the count there was before (the workers are done)."""
-        if self._found is not None:
-            import torch
+        import torch
 
-            torch.set_num_threads(self._found)
+        torch.set_num_threads(self._found)
 
 
 def ready(
