@@ -176,19 +176,11 @@ def _records(rows: list, settings, options: BatchOptions, view: BatchView) -> It
             prefetch=options.prefetch,
             on_loaded=view.loaded,
         )
+    here = {"workers": options.cpu_workers, "prefetch": options.ahead, "batch_size": _batch_size(settings, options)}
     if (options.gpus or 1) > 1:
         from qvl.batch.local import answer_on_gpus
 
-        return answer_on_gpus(
-            settings,
-            rows,
-            options.cache,
-            gpus=options.gpus,
-            workers=options.cpu_workers,
-            prefetch=options.ahead,
-            batch_size=_batch_size(settings, options),
-            on_loaded=view.loaded,
-        )
+        return answer_on_gpus(settings, rows, options.cache, gpus=options.gpus, on_loaded=view.loaded, **here)
     from qvl.batch.local import answer_rows
     from qvl.batch.work import engine_info
     from qvl.runner import Runner, View
@@ -197,12 +189,4 @@ def _records(rows: list, settings, options: BatchOptions, view: BatchView) -> It
         def loaded(self, engine) -> None:
             view.loaded(engine_info(engine))
 
-    runner = Runner(settings, Loaded())
-    return answer_rows(
-        runner,
-        rows,
-        options.cache.open(),
-        workers=options.cpu_workers,
-        prefetch=options.ahead,
-        batch_size=_batch_size(settings, options),
-    )
+    return answer_rows(Runner(settings, Loaded()), rows, options.cache.open(), **here)
