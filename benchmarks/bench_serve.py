@@ -36,14 +36,12 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import ROOT, write_results
+from common import ROOT, request_options, write_results
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="default: random:7b on CUDA, else tiny")
-    parser.add_argument("--frames", type=int, default=64)
-    parser.add_argument("--max-tokens", type=int, default=128)
+    request_options(parser, frames=64, max_tokens=128)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--videos", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2, help="questions per client in (b)")

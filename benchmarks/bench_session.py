@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import sync, synthetic_video, write_results
+from common import request_options, sync, synthetic_video, write_results
 
 QUESTIONS = [
     "Describe this video.",
@@ -51,10 +51,8 @@ def _peak_gb() -> float | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="random:7b")
-    parser.add_argument("--frames", type=int, default=256)
+    request_options(parser, frames=256, max_tokens=32, model="random:7b")
     parser.add_argument("--questions", type=int, default=4)
-    parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--out", default="bench-out/session.json")
     args = parser.parse_args()
 

@@ -1,5 +1,5 @@
 """What the benchmarks share: the model shapes, timing (CUDA events, the profiler), the inputs
-(random and video-like), SDPA baselines and fixed level masks.
+(random and video-like), SDPA baselines, fixed level masks and the request options.
 
 Scripts import it as `from common import ...` (the script's folder is first on sys.path; those
 under experiments/ put this folder there). Importing it also puts the repository root on
@@ -254,6 +254,14 @@ def synthetic_video(frames: int, side: int = 448, fps: float = 2.0, seed: int = 
 
     small = np.random.default_rng(seed).integers(0, 255, (frames, side // 16, side // 16, 3), dtype=np.uint8)
     return VideoFrames(np.repeat(np.repeat(small, 16, axis=1), 16, axis=2), fps)
+
+
+def request_options(parser, *, frames: int, max_tokens: int, model: str | None = None) -> None:
+    """--model, --frames and --max-tokens, which every end-to-end script takes; model None: the
+    script picks random:7b on CUDA and the tiny model elsewhere (`qvl.bench.default_model`)."""
+    parser.add_argument("--model", default=model, help=f"default: {model or 'random:7b on CUDA, else tiny'}")
+    parser.add_argument("--frames", type=int, default=frames, help="frames a video")
+    parser.add_argument("--max-tokens", type=int, default=max_tokens, help="new tokens an answer")
 
 
 def sync() -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from batch_gaps import video_rows  # noqa: E402
+from batch_gaps import request_options, video_rows  # noqa: E402
 
 
 class Nvml:
@@ -95,12 +95,10 @@ def _ready_in_process(row, decoding: int, max_tokens: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="default: random:7b on CUDA, else tiny")
+    request_options(parser, frames=16, max_tokens=64)
     parser.add_argument("--rows", type=int, default=48)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--side", type=int, default=448)
-    parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
 

@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import request_options  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="random:7b")
+    request_options(parser, frames=16, max_tokens=64, model="random:7b")
     parser.add_argument("--requests", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--batch", default="2,4,8")
     parser.add_argument("--out", default="batch_decode.json")
     args = parser.parse_args()

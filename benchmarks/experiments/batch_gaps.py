@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from common import ROOT  # noqa: E402,F401  (puts the repository on sys.path)
+from common import request_options  # noqa: E402  (importing it puts the repository on sys.path)
 
 STEPS = [  # (module, owner attribute path, label)
     ("qvl.runner", "Runner.run", "runner.run"),
@@ -116,16 +116,14 @@ def host_step_at(events, t: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="default: random:7b on CUDA, else tiny")
+    request_options(parser, frames=16, max_tokens=64)
     parser.add_argument("--videos", type=int, default=48)
     parser.add_argument("--after", type=int, default=16, help="rows answered before the profile starts")
     parser.add_argument("--profiled", type=int, default=8, help="rows recorded; the rest are still decoding")
     parser.add_argument("--switch-interval-ms", type=float, default=None)
     parser.add_argument("--ahead", type=int, default=None, help="decode steps queued ahead (default: the engine's)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--side", type=int, default=448)
-    parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--min-gap-us", type=float, default=50.0)
     args = parser.parse_args()

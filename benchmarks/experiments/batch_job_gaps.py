@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from batch_gaps import STEPS, label_steps, report, video_rows  # noqa: E402
+from batch_gaps import STEPS, label_steps, report, request_options, video_rows  # noqa: E402
 
 STEPS += [
     ("qvl.batch.local", "answer_together", "batch answer together"),
@@ -64,13 +64,11 @@ def is_copy(name: str) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="default: random:7b on CUDA, else tiny")
+    request_options(parser, frames=16, max_tokens=64)
     parser.add_argument("--videos", type=int, default=80)
     parser.add_argument("--after", type=int, default=24)
     parser.add_argument("--profiled", type=int, default=16)
-    parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--side", type=int, default=448)
-    parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--min-gap-us", type=float, default=50.0)
     args = parser.parse_args()
     if args.after + args.profiled > args.videos:

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import request_options  # noqa: E402
+
 OURS = ("/qvl/", "/qvl_kernels/", "/transformers/")
 
 
@@ -87,9 +90,7 @@ def answer_once(engine, request, fast: bool, label: str, top: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="random:7b")
-    parser.add_argument("--frames", type=int, default=64)
-    parser.add_argument("--max-tokens", type=int, default=256)
+    request_options(parser, frames=64, max_tokens=256, model="random:7b")
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
     if not torch.cuda.is_available():
