@@ -51,7 +51,7 @@ PsaPresetOpt = Annotated[
     Optional[str],
     typer.Option(
         "--psa-preset",
-        help="PSA budget: default (published bands; the default), balanced (~35%), fast (~10%), dense.",
+        help="PSA budget (implies --psa): default (published bands; the default), balanced (~35%), fast (~10%), dense.",
     ),
 ]
 
@@ -309,21 +309,17 @@ def psa_config(psa: bool, preset: str | None, config_file: str | None = None, **
     """The PSA configuration the flags ask for, or None; a bad value is one error line and exit 2.
 
     config_file: a .json or .toml file of `AttentionConfig.from_dict`'s fields; it implies PSA.
-    preset: --psa-preset, the preset to start from (None: "default"); with a file that names its
-    own `preset`, a different --psa-preset is an error rather than a silent choice of one of them.
+    preset: --psa-preset, the preset to start from (None: "default"); it implies PSA too (asking
+    for a budget and getting dense attention would be a silent surprise); with a file that names
+    its own `preset`, a different --psa-preset is an error rather than a silent choice of one.
     overrides: settings of this command's own flags (--min-tokens), applied last.
     """
     overrides = {name: value for name, value in overrides.items() if value is not None}
-    if not psa and config_file is None:
+    if not psa and config_file is None and preset is None:
         if overrides:
-            fail(OptionError(f"--{next(iter(overrides)).replace('_', '-')} needs --psa or --psa-config"))
-        if preset is not None:  # a mistyped name is refused though PSA is off, not taken for no choice
-            from qvl.psa import AttentionConfig
-
-            try:
-                AttentionConfig.preset(preset)
-            except QvlError as exc:
-                fail(exc)
+            fail(
+                OptionError(f"--{next(iter(overrides)).replace('_', '-')} needs --psa (or --psa-preset, --psa-config)")
+            )
         return None
     from pathlib import Path
 

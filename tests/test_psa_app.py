@@ -76,6 +76,21 @@ def test_cli_psa_json_and_bad_preset(tmp_path):
     assert_one_error(invoke("describe", image, "--model", "tiny", "--psa", "--psa-preset", "turbo"), contains="turbo")
 
 
+def test_a_psa_preset_alone_turns_psa_on(tmp_path):
+    """`--psa-preset fast` without `--psa` runs PSA (a budget asked for is not dense attention in
+    silence); `--min-tokens 0` makes it run on this short prompt."""
+    from PIL import Image
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(image)
+    args = ("describe", image, "--model", "tiny", "--json", "--max-tokens", "2", "--min-tokens", "0")
+    result = invoke(*args, "--psa-preset", "fast")
+    assert result.exit_code == 0, result.stderr
+    (record,) = json_lines(result.stdout)
+    assert record["psa"] is not None and record["psa"]["tokens"] == record["tokens"]["prompt"]
+    assert_one_error(invoke(*args), contains="--min-tokens needs --psa")
+
+
 def test_stats_summary_of_nothing_is_none():
     assert PSAStats().summary() is None
 
