@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from qvl import output
-from qvl.errors import QvlError
+from qvl.errors import CacheDirError, QvlError
 from qvl.option_groups import with_video_options
 from qvl.options import CacheDirOpt, JsonOpt, QuietOpt, StrictHashOpt, fail, json_opt
 from qvl.runner import frame_cache
@@ -78,16 +78,30 @@ def preprocess(
 cache_app = typer.Typer(help="Inspect and clear the frame cache.", no_args_is_help=True)
 
 
+def _kept_cache(cache_dir: str | None):
+    """The frame cache that `list`, `size` and `clear` look at: a --cache-dir given must be a
+    folder that exists, since a mistyped one would read as an empty cache."""
+    if cache_dir is not None:
+        from pathlib import Path
+
+        path = Path(cache_dir).expanduser()
+        if not path.exists():
+            fail(CacheDirError(f"--cache-dir {cache_dir}: no such folder"))
+        if not path.is_dir():
+            fail(CacheDirError(f"--cache-dir {cache_dir}: not a folder"))
+    return frame_cache(cache_dir)
+
+
 @cache_app.command("list")
 def cache_list(cache_dir: CacheDirOpt = None, json_output: CacheListJsonOpt = False) -> None:
     """List cache entries: key, frames, frame size, bytes, age and source."""
-    output.cache_entries(frame_cache(cache_dir).entries(), json_output)
+    output.cache_entries(_kept_cache(cache_dir).entries(), json_output)
 
 
 @cache_app.command("size")
 def cache_size(cache_dir: CacheDirOpt = None, json_output: CacheSizeJsonOpt = False) -> None:
     """Print the cache folder, its entry count and the bytes it uses (leftovers of interrupted runs apart)."""
-    cache = frame_cache(cache_dir)
+    cache = _kept_cache(cache_dir)
     output.cache_size(cache.root, len(cache.entries()), cache.total_size(), cache.stale_bytes(), json_output)
 
 
@@ -101,7 +115,7 @@ def cache_clear(
     json_output: CacheClearJsonOpt = False,
 ) -> None:
     """Remove cache entries (all, or those older than --older-than DAYS)."""
-    cache = frame_cache(cache_dir)
+    cache = _kept_cache(cache_dir)
     try:
         removed, freed = cache.clear(older_than_days=older_than)
     except QvlError as exc:

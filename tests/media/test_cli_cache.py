@@ -143,3 +143,17 @@ def test_cache_list_names_a_relative_input_by_its_absolute_path(tmp_path, videos
     assert invoke("preprocess", "a.mp4", "--frames", "4", "--cache-dir", cache).exit_code == 0
     (entry,) = json_lines(invoke("cache", "list", "--cache-dir", cache, "--json").stdout)
     assert entry["source"] == str(videos / "a.mp4")
+
+
+@pytest.mark.parametrize("command", ["list", "size", "clear"])
+def test_a_cache_dir_that_is_no_folder_is_one_line_not_an_empty_cache(tmp_path, command):
+    """A mistyped --cache-dir would read as an empty cache (and clear would 'remove 0 entries')."""
+    a_file = tmp_path / "red.png"
+    a_file.write_bytes(b"not a folder")
+    assert_one_error(
+        invoke("cache", command, "--cache-dir", tmp_path / "nowhere"), contains="no such folder", exit_code=2
+    )
+    assert_one_error(invoke("cache", command, "--cache-dir", a_file), contains="red.png: not a folder", exit_code=2)
+    assert not (tmp_path / "nowhere").exists() and a_file.read_bytes() == b"not a folder"
+    (tmp_path / "empty").mkdir()
+    assert invoke("cache", command, "--cache-dir", tmp_path / "empty").exit_code == 0
