@@ -298,10 +298,12 @@ def run_settings(model, device, dtype, psa, max_tokens=512, temperature=0.0, top
         settings = Settings(model, device, dtype, psa, max_tokens, temperature, top_p, seed)
     except QvlError as exc:
         fail(exc)
-    if top_p is not None and not temperature:
+    idle = [name for name, value in (("--top-p", top_p), ("--seed", seed)) if value is not None]
+    if idle and not temperature:
         from qvl import output
 
-        output.warn("--top-p has no effect without --temperature above 0: the answer is greedy")
+        does = "has" if len(idle) == 1 else "have"
+        output.warn(f"{' and '.join(idle)} {does} no effect without --temperature above 0: the answer is greedy")
     return settings
 
 

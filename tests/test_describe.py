@@ -223,10 +223,12 @@ def test_a_server_that_is_not_qvls_is_one_line(tmp_path):
     assert_one_error(result, contains="is it a qvl server?", exit_code=2)
 
 
-def test_top_p_without_a_temperature_says_it_does_nothing():
+def test_top_p_or_a_seed_without_a_temperature_says_it_does_nothing():
     greedy = invoke("describe", HOUSE, "--top-p", "0.5", "--max-tokens", "2", "--json")
     assert greedy.exit_code == 0, greedy.stderr
     assert "--top-p has no effect without --temperature above 0" in greedy.stderr
     assert json_lines(greedy.stdout)[0]["error"] is None
-    sampled = invoke("describe", HOUSE, "--top-p", "0.5", "--temperature", "0.7", "--max-tokens", "2")
-    assert sampled.exit_code == 0 and "--top-p has no effect" not in sampled.stderr
+    both = invoke("describe", HOUSE, "--top-p", "0.5", "--seed", "3", "--max-tokens", "2")
+    assert both.exit_code == 0 and "--top-p and --seed have no effect without --temperature" in both.stderr
+    sampled = invoke("describe", HOUSE, "--seed", "3", "--temperature", "0.7", "--max-tokens", "2")
+    assert sampled.exit_code == 0 and "no effect" not in sampled.stderr
