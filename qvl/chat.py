@@ -237,6 +237,9 @@ class Chat:
         """Run one slash command; False when it ends the chat."""
         name, _, argument = line.partition(" ")
         argument = argument.strip()
+        if argument and name in ("/quit", "/exit", "/reset", "/stats", "/help"):  # a typo must not end the chat
+            self._failed(OptionError(f"{name} takes nothing after it; a question that starts with / begins with //"))
+            return True
         if name in ("/quit", "/exit"):
             return False
         if name == "/reset":

@@ -87,6 +87,7 @@ def test_slash_commands_from_a_pipe(clip, tmp_path):
         "/save",
         "/help",
         "/bogus",
+        "/quit now",  # a typo, not the end: the question after it is still answered
         "//etc/hosts?",  # a question that starts with a slash
     ]
     result = invoke(*_chat_args(clip), input="\n".join(lines) + "\n")
@@ -104,8 +105,9 @@ def test_slash_commands_from_a_pipe(clip, tmp_path):
     assert [(t["turn"], t["prompt"], t["text"]) for t in saved["turns"]] == [(1, "What happens?", answers[0].strip())]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["talk.json"]  # no temporary file left behind
     errors = error_lines(stderr)
-    assert len(errors) == 3 and "cannot write" in errors[0] and "no such file" in errors[0].lower()
+    assert len(errors) == 4 and "cannot write" in errors[0] and "no such file" in errors[0].lower()
     assert "/save needs a FILE" in errors[1] and "unknown command /bogus" in errors[2]
+    assert "/quit takes nothing after it" in errors[3]
     assert "/reset" in stderr and "/quit" in stderr  # /help
 
 
