@@ -41,9 +41,11 @@ def main() -> None:
     except StdoutFailed as exc:
         code = _stdout_failed(exc)
     except Terminated:
+        _end_line()
         output.error("terminated")
         code = 143
     if interrupted:
+        _end_line()
         output.error("interrupted")
         code = 130
     # The interpreter's shutdown would walk every object torch and transformers made looking for
@@ -64,6 +66,13 @@ def main() -> None:
     sys.exit(code or 0)
 
 
+def _end_line() -> None:
+    """Close the line of an answer cut short (stdout may be the plain stream again after a failure)."""
+    end_line = getattr(sys.stdout, "end_line", None)
+    if end_line is not None:
+        end_line()
+
+
 class StdoutFailed(Exception):
     """Standard output took no more (a full disk, a closed pipe): `OSError` `error` of a write."""
 
@@ -78,14 +87,28 @@ class _Stdout:
 
     def __init__(self, stream):
         self._stream = stream  # None where the process started with its standard output closed
+        self.mid_line = False  # an answer cut short leaves its line open: `end_line` closes it
 
     def write(self, text):
         if self._stream is None:
             raise StdoutFailed(OSError(errno.EBADF, "it is closed"))
         try:
-            return self._stream.write(text)
+            written = self._stream.write(text)
         except OSError as exc:
             raise StdoutFailed(exc) from None
+        if text:
+            self.mid_line = not text.endswith("\n")
+        return written
+
+    def end_line(self) -> None:
+        """After an interruption: the answer being streamed ends its line, so that the shell's
+        prompt (or a reader of lines) does not run on from it; a failing stdout is left as it is."""
+        if self.mid_line:
+            try:
+                self.write("\n")
+                self.flush()
+            except StdoutFailed:
+                pass
 
     def flush(self):
         if self._stream is None:

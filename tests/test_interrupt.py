@@ -86,3 +86,26 @@ def test_ctrl_c_during_qvl_video_leaves_only_whole_entries(videos, tmp_path, tin
     assert [r["error"] for r in records] == [None] * 3
     assert sum(r["cache"] == "hit" for r in records) == size["entries"]
     assert _cache_size(root)["entries"] == 3
+
+
+def test_ctrl_c_mid_answer_at_a_terminal_ends_the_answers_line(tmp_path, tiny_model_dir):
+    """The streamed answer cut short ends its line: the error line (and then the shell's prompt)
+    starts on a line of its own."""
+    import re
+
+    pexpect = pytest.importorskip("pexpect")
+    from PIL import Image
+
+    image = tmp_path / "p.png"
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(image)
+    argv = ["-m", "qvl", "describe", str(image), "-m", "tiny", "--max-tokens", "20000"]
+    child = pexpect.spawn(sys.executable, argv, encoding="utf-8", codec_errors="replace", timeout=60)
+    child.expect_exact("loaded tiny")
+    child.expect(r"\S")  # the answer is streaming
+    time.sleep(0.3)
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+    before = re.sub(r"\x1b\[[0-9;]*m", "", child.before).split("qvl: error: interrupted")[0]
+    assert before.endswith("\n"), repr(before[-40:])
