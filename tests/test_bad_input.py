@@ -318,6 +318,7 @@ def test_unwritable_cache_dir_for_video(files, tmp_path, tiny_model_dir):
     result = invoke("video", files["good_video"], "--frames", "2", "-m", "tiny", "--cache-dir", root)
     line = assert_one_error(result, contains="not writable", exit_code=2)  # an option to change, as usage.md says
     assert str(root) in line and "--no-cache" in line  # qvl video has --no-cache
+    assert "give --cache-dir a writable folder" in line and "QVL_CACHE_DIR" not in line  # the folder named is the fix
 
 
 def test_unwritable_cache_dir_for_preprocess(files, tmp_path):

@@ -108,6 +108,7 @@ class FrameCache:
 
     def __init__(self, root: str | os.PathLike | None = None, strict_hash: bool = False):
         self.root = Path(root).expanduser() if root is not None else default_root()
+        self.given = root is not None  # a folder the person named (--cache-dir), not the default
         self.strict_hash = strict_hash
         self.last_status = ""  # "hit", "miss" or "rebuilt" after get(); read by load_video
         self.last_stale = (0, 0)  # (folders, bytes) of leftovers removed by the last clear()
@@ -170,7 +171,9 @@ class FrameCache:
     def _not_writable(self, exc: OSError, *, can_skip: bool) -> CacheDirError:
         reason = exc.strerror or type(exc).__name__
         chosen = os.environ.get("QVL_CACHE_DIR")
-        if chosen and Path(chosen).expanduser() in self.root.parents:  # qvl's models are there too
+        if self.given:
+            fixes = "give --cache-dir a writable folder" + (", or use --no-cache" if can_skip else "")
+        elif chosen and Path(chosen).expanduser() in self.root.parents:  # qvl's models are there too
             fixes = f"set QVL_CACHE_DIR (now {chosen}) to a writable folder"
         elif can_skip:
             fixes = "pass --cache-dir DIR, set QVL_CACHE_DIR, or use --no-cache"
