@@ -62,6 +62,8 @@ def test_directory_glob_and_data_uri_inputs(tmp_path):
     assert result.exit_code == 0, result.stderr
     inputs = [r["input"] for r in json_lines(result.stdout)]
     assert inputs == [str(folder / "a.jpg"), str(folder / "b.png"), str(folder / "b.png"), "data URI"]
+    two = invoke("describe", uri, uri, "--json", "--max-tokens", "2")  # several: told apart
+    assert [r["input"] for r in json_lines(two.stdout)] == ["data URI 1", "data URI 2"]
 
 
 def test_one_bad_input_does_not_stop_the_others(tmp_path):

@@ -44,12 +44,17 @@ def expand_image_inputs(inputs: list[str]) -> list[tuple[str, str | InputError]]
 
     Directories expand to the images directly inside them (sorted), globs to their matches.
     An input that yields nothing gets an `InputError` as its source, so one bad input does
-    not stop the others.
+    not stop the others. A data URI is labelled "data URI", numbered where there are several
+    ("data URI 2"), so their records can be told apart.
     """
     expanded: list[tuple[str, str | InputError]] = []
+    several = sum(is_data_uri(raw) for raw in inputs) > 1
     for raw in inputs:
         if is_url(raw) or is_data_uri(raw):
-            expanded.append((_label(raw), raw))
+            label = _label(raw)
+            if several and is_data_uri(raw):
+                label += f" {sum(is_data_uri(s) for _, s in expanded if isinstance(s, str)) + 1}"
+            expanded.append((label, raw))
             continue
         path = Path(raw).expanduser()
         if path.is_dir():
