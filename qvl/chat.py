@@ -47,7 +47,7 @@ def chat(
     media: Annotated[
         list[str],
         typer.Argument(
-            metavar="MEDIA...", help="Images and/or one video: paths or http(s) URLs (images also data: URIs)."
+            metavar="MEDIA", help="Images and/or one video: paths or http(s) URLs (images also data: URIs)."
         ),
     ],
     headroom: HeadroomOpt = CHAT_HEADROOM,
