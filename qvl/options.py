@@ -90,7 +90,7 @@ PsaLogDirOpt = Annotated[
     typer.Option(
         "--psa-log-dir",
         metavar="DIR",
-        help="Append one JSON line per layer per PSA prefill to DIR/psa-YYYY-MM-DD.jsonl (needs --psa or --psa-config).",
+        help="Append one JSON line per layer per PSA prefill to DIR/psa-YYYY-MM-DD.jsonl (needs --psa, --psa-preset or --psa-config).",
     ),
 ]
 

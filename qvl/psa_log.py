@@ -34,7 +34,9 @@ def psa_log_for(folder: str | os.PathLike | None, psa_config) -> PSALog | None:
     if folder is None:
         return None
     if psa_config is None:
-        raise OptionError("--psa-log-dir needs --psa or --psa-config: without PSA there is nothing to log")
+        raise OptionError(
+            "--psa-log-dir needs --psa (or --psa-preset, --psa-config): without PSA there is nothing to log"
+        )
     return PSALog(folder)
 
 
