@@ -38,6 +38,8 @@ COMMANDS = (
     ("/help", "this list"),
     ("/quit", "leave (Ctrl-D does too)"),
 )
+# Commands that take nothing after them (and /quit's other name): words there are a typo.
+BARE_COMMANDS = {usage for usage, _ in COMMANDS if " " not in usage} | {"/exit"}
 
 
 @with_video_options
@@ -237,7 +239,7 @@ class Chat:
         """Run one slash command; False when it ends the chat."""
         name, _, argument = line.partition(" ")
         argument = argument.strip()
-        if argument and name in ("/quit", "/exit", "/reset", "/stats", "/help"):  # a typo must not end the chat
+        if argument and name in BARE_COMMANDS:  # a typo must not end the chat
             self._failed(OptionError(f"{name} takes nothing after it; a question that starts with / begins with //"))
             return True
         if name in ("/quit", "/exit"):

@@ -48,12 +48,13 @@ def expand_image_inputs(inputs: list[str]) -> list[tuple[str, str | InputError]]
     ("data URI 2"), so their records can be told apart.
     """
     expanded: list[tuple[str, str | InputError]] = []
-    several = sum(is_data_uri(raw) for raw in inputs) > 1
+    several, numbered = sum(is_data_uri(raw) for raw in inputs) > 1, 0
     for raw in inputs:
         if is_url(raw) or is_data_uri(raw):
             label = _label(raw)
             if several and is_data_uri(raw):
-                label += f" {sum(is_data_uri(s) for _, s in expanded if isinstance(s, str)) + 1}"
+                numbered += 1
+                label += f" {numbered}"
             expanded.append((label, raw))
             continue
         path = Path(raw).expanduser()
